@@ -1,0 +1,26 @@
+//! Everything two vgas processes must agree on: ids, subject names, the codec, the wire types,
+//! named limits, configuration files and typed errors.
+//!
+//! This crate never opens a socket or spawns a process, so it can be linked by every binary,
+//! test and benchmark without dragging a runtime along.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod subjects;
+pub mod wire;
+
+pub use codec::Encoding;
+pub use error::{CodecError, ErrorCode, VgaError};
+pub use ids::{TaskId, WorkerId};
+pub use subjects::Subjects;
+
+/// Milliseconds since the Unix epoch, the one clock every wire type uses.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,71 @@
+//! Every limit vgas enforces, named once with the reason it exists. Settings that an operator
+//! may change start from these values; per-task overrides are capped by them.
+
+use std::time::Duration;
+
+/// Largest submit payload accepted (1 MiB). Input files ride inside the task, so this bounds
+/// what one client can make the master store per task; bigger inputs belong in Object Store.
+pub const MAX_SUBMIT_BYTES: usize = 1024 * 1024;
+
+/// Largest control request (status, info, cancel) accepted: these carry an id at most.
+pub const MAX_CONTROL_BYTES: usize = 4 * 1024;
+
+/// Largest heartbeat accepted: a node's toolchain list fits easily; more is garbage.
+pub const MAX_HEARTBEAT_BYTES: usize = 64 * 1024;
+
+/// Tasks accepted but not yet assigned. Past this, submit answers `busy` instead of letting
+/// memory and latency grow without bound.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// Default wall-clock deadline of a task, and the largest one a task may ask for.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// Attempts a retryable task gets before it fails for good (first run included).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The most attempts a task may ask for.
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// How often a worker beats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Beats a node may miss before it is abnormal (no new work; its tasks are retried).
+pub const MISSED_BEATS_ABNORMAL: u32 = 3;
+/// Beats a node may miss before it is forgotten altogether.
+pub const MISSED_BEATS_REMOVED: u32 = 30;
+
+/// Extra time the master grants past a task's deadline before it assumes the worker lost it:
+/// the worker kills at the deadline and needs a moment to report.
+pub const DEADLINE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a worker has to acknowledge an assignment before the master tries another.
+pub const ASSIGN_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a task that no live worker can run waits for one to appear before it fails.
+pub const NO_WORKER_WAIT: Duration = Duration::from_secs(30);
+
+/// Largest chunk of stdout or stderr sent in one event.
+pub const OUTPUT_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Default cap on a task's combined stdout and stderr (16 MiB); past it the task is killed.
+pub const DEFAULT_OUTPUT_CAP: u64 = 16 * 1024 * 1024;
+/// Default address-space limit of a native task (2 GiB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Default CPU-seconds limit of a native task.
+pub const DEFAULT_CPU_SECONDS: u64 = 600;
+/// Default largest file a native task may write (1 GiB).
+pub const DEFAULT_FILE_SIZE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default cap on processes of a native task's sandbox user: stops fork bombs.
+pub const DEFAULT_MAX_PROCESSES: u64 = 256;
+
+/// Input files per task and their total size: inputs ride in the submit payload.
+pub const MAX_INPUT_FILES: usize = 256;
+
+/// Events per task kept in flight between a sandbox and the publisher; the sandbox waits
+/// (back-pressure) rather than buffer without bound.
+pub const EVENT_CHANNEL_CAPACITY: usize = 64;
+
+/// How long a draining worker lets running tasks finish before it hands them back.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a process waits for its own tasks after shutdown is asked for.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);

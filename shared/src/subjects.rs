@@ -1,0 +1,149 @@
+//! Every NATS subject, stream, bucket and service name vgas uses, built in one place under a
+//! configurable prefix (default `vgas`) so several swarms can share one NATS account.
+
+use crate::ids::{TaskId, WorkerId};
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "vgas";
+
+/// Subject builder for one swarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects::new(DEFAULT_PREFIX).expect("default prefix is valid")
+    }
+}
+
+impl Subjects {
+    /// A prefix is one or more subject tokens (`vgas`, `team.vgas`), no wildcards.
+    pub fn new(prefix: &str) -> Result<Self, crate::VgaError> {
+        let ok = !prefix.is_empty()
+            && prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !ok {
+            return Err(crate::VgaError::Config(format!(
+                "subject prefix {prefix:?} must be dot-separated tokens of letters, digits, '-' or '_'"
+            )));
+        }
+        Ok(Subjects {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Request: submit a task. Person-facing (JSON).
+    pub fn submit(&self) -> String {
+        format!("{}.task.submit", self.prefix)
+    }
+
+    /// Request: the swarm's `SwarmPulse`. Person-facing (JSON).
+    pub fn status(&self) -> String {
+        format!("{}.status", self.prefix)
+    }
+
+    /// Request: one task's record and outcome. Person-facing (JSON).
+    pub fn task_info(&self) -> String {
+        format!("{}.task.info", self.prefix)
+    }
+
+    /// Request: cancel a task. Person-facing (JSON).
+    pub fn task_cancel(&self) -> String {
+        format!("{}.task.cancel", self.prefix)
+    }
+
+    /// Stream of one task's events (started, output chunks, finished).
+    pub fn task_events(&self, id: &TaskId) -> String {
+        format!("{}.task.{id}.events", self.prefix)
+    }
+
+    /// Wildcard over every task's events.
+    pub fn all_task_events(&self) -> String {
+        format!("{}.task.*.events", self.prefix)
+    }
+
+    /// A worker's heartbeat.
+    pub fn heartbeat(&self, id: &WorkerId) -> String {
+        format!("{}.heartbeat.{id}", self.prefix)
+    }
+
+    /// Wildcard over every heartbeat (the master subscribes to this).
+    pub fn all_heartbeats(&self) -> String {
+        format!("{}.heartbeat.*", self.prefix)
+    }
+
+    /// Master to worker: one assignment, as a request the worker acknowledges.
+    pub fn worker_task(&self, id: &WorkerId) -> String {
+        format!("{}.worker.{id}.task", self.prefix)
+    }
+
+    /// Master to worker: stop a running attempt.
+    pub fn worker_cancel(&self, id: &WorkerId) -> String {
+        format!("{}.worker.{id}.cancel", self.prefix)
+    }
+
+    /// Worker to master, through JetStream: the outcome of one attempt.
+    pub fn result(&self, id: &TaskId) -> String {
+        format!("{}.result.{id}", self.prefix)
+    }
+
+    /// Wildcard over every result subject (the results stream captures this).
+    pub fn all_results(&self) -> String {
+        format!("{}.result.*", self.prefix)
+    }
+
+    /// JetStream stream holding worker results until the master has recorded them.
+    pub fn results_stream(&self) -> String {
+        format!("{}_RESULTS", self.token_prefix().to_uppercase())
+    }
+
+    /// JetStream KV bucket holding every accepted task's record.
+    pub fn tasks_bucket(&self) -> String {
+        format!("{}_tasks", self.token_prefix())
+    }
+
+    /// Name of the NATS micro service the master registers.
+    pub fn service_name(&self) -> String {
+        format!("{}-master", self.token_prefix())
+    }
+
+    /// The prefix as one token, for names that allow no dots.
+    fn token_prefix(&self) -> String {
+        self.prefix.replace('.', "_")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_subjects_under_prefix() {
+        let s = Subjects::new("team.vgas").unwrap();
+        let t = TaskId::parse("t1").unwrap();
+        let w = WorkerId::parse("w1").unwrap();
+        assert_eq!(s.submit(), "team.vgas.task.submit");
+        assert_eq!(s.task_events(&t), "team.vgas.task.t1.events");
+        assert_eq!(s.heartbeat(&w), "team.vgas.heartbeat.w1");
+        assert_eq!(s.worker_task(&w), "team.vgas.worker.w1.task");
+        assert_eq!(s.results_stream(), "TEAM_VGAS_RESULTS");
+        assert_eq!(s.tasks_bucket(), "team_vgas_tasks");
+        assert_eq!(Subjects::default().status(), "vgas.status");
+    }
+
+    #[test]
+    fn refuses_bad_prefixes() {
+        for bad in ["", "a..b", "a.*", "a.>", "a b", ".a"] {
+            assert!(Subjects::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

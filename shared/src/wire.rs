@@ -1,0 +1,526 @@
+//! The messages on the wire. Person-facing requests (`TaskSpec`, `TaskQuery`) refuse unknown
+//! fields so a typo is an error, not a silent default; messages between our own processes
+//! accept unknown fields (`#[serde(default)]`) so versions can mix during an upgrade.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Encoding;
+use crate::error::VgaError;
+use crate::ids::{TaskId, WorkerId};
+use crate::limits;
+
+/// What a task runs. Only `exec` exists today; the build, wasm and agent kinds extend this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A command with args, env, stdin and input files, in the native sandbox.
+    #[default]
+    Exec,
+}
+
+/// A task as a person or program submits it on `vgas.task.submit`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Optional id chosen by the submitter, so it can subscribe to the events before it
+    /// submits. Resubmitting the same spec under the same id is idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// Program and arguments; the program is looked up on the worker's `PATH`.
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdin: String,
+    /// Files written into the task directory before the command starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<InputFile>,
+    /// Wall-clock deadline in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<u64>,
+    #[serde(default)]
+    pub needs: Needs,
+    /// Resource limits below the worker's ceilings.
+    #[serde(default)]
+    pub limits: TaskLimits,
+    /// Whether the task may run again elsewhere when its worker is lost (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    /// Attempts before giving up (default 3, at most 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// An input file: `{"path":"in.txt","text":"..."}` or `{"path":"in.bin","base64":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Unix mode bits, for example 493 (0o755) for a script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+impl InputFile {
+    /// The file's bytes.
+    pub fn contents(&self) -> Result<Vec<u8>, VgaError> {
+        match (&self.text, &self.base64) {
+            (Some(t), None) => Ok(t.clone().into_bytes()),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| {
+                    VgaError::InvalidTask(format!("file {:?}: bad base64: {e}", self.path))
+                }),
+            _ => Err(VgaError::InvalidTask(format!(
+                "file {:?}: give exactly one of \"text\" or \"base64\"",
+                self.path
+            ))),
+        }
+    }
+}
+
+/// What a worker must offer to take the task.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Needs {
+    /// Capability tags the worker must advertise, all of them (for example `"gcc"`, `"gpu"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+}
+
+/// Per-task resource limits; `None` takes the worker's default, and a value above the
+/// worker's ceiling is lowered to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cap_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size_mb: Option<u64>,
+}
+
+impl TaskSpec {
+    /// Checks everything that can be checked without a worker. A task that fails here was
+    /// never accepted and changed nothing.
+    pub fn validate(&self) -> Result<(), VgaError> {
+        let bad = |m: String| Err(VgaError::InvalidTask(m));
+        if self.cmd.is_empty() || self.cmd[0].is_empty() {
+            return bad("\"cmd\" must name a program: [\"prog\", \"arg\", ...]".into());
+        }
+        if self
+            .cmd
+            .iter()
+            .chain(self.env.values())
+            .any(|s| s.contains('\0'))
+        {
+            return bad("command arguments and env values must not contain NUL".into());
+        }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return bad(format!("env name {k:?} is not valid"));
+            }
+        }
+        let deadline = self.deadline();
+        if deadline.is_zero() || deadline > limits::MAX_DEADLINE {
+            return bad(format!(
+                "\"deadline_s\" must be 1 to {}",
+                limits::MAX_DEADLINE.as_secs()
+            ));
+        }
+        if let Some(n) = self.max_attempts {
+            if n == 0 || n > limits::MAX_ATTEMPTS {
+                return bad(format!(
+                    "\"max_attempts\" must be 1 to {}",
+                    limits::MAX_ATTEMPTS
+                ));
+            }
+        }
+        if self.files.len() > limits::MAX_INPUT_FILES {
+            return bad(format!("at most {} input files", limits::MAX_INPUT_FILES));
+        }
+        for f in &self.files {
+            check_relative_path(&f.path)?;
+            f.contents()?;
+        }
+        for c in &self.needs.capabilities {
+            if c.is_empty() || c.len() > 64 {
+                return bad(format!("capability {c:?} must be 1 to 64 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn deadline(&self) -> std::time::Duration {
+        self.deadline_s
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(limits::DEFAULT_DEADLINE)
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        if self.retryable == Some(false) {
+            1
+        } else {
+            self.max_attempts.unwrap_or(limits::DEFAULT_MAX_ATTEMPTS)
+        }
+    }
+}
+
+/// A path inside the task directory: relative, no `..`, no empty components.
+pub fn check_relative_path(path: &str) -> Result<(), VgaError> {
+    let ok = !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != ".." && c != ".");
+    if ok {
+        Ok(())
+    } else {
+        Err(VgaError::InvalidTask(format!(
+            "file path {path:?} must be relative, inside the task directory, without '..'"
+        )))
+    }
+}
+
+/// The accept reply to a submit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitReply {
+    pub task_id: TaskId,
+    /// The subject the task's events are published on.
+    pub events: String,
+    /// True when this id was already accepted with the same spec (an idempotent resubmit).
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// `{"task_id":"..."}`: the body of `vgas.task.info` and `vgas.task.cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    pub task_id: TaskId,
+}
+
+/// How a task ended. The one final result of a task carries exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// The command ran and exited with this code (0 is success).
+    Exited { exit_code: i32 },
+    /// The command was killed by a signal it did not ask for: a limit or a crash.
+    Signaled { signal: i32, message: String },
+    /// The command passed its wall-clock deadline and was killed with its process group.
+    TimedOut { deadline_s: u64 },
+    /// The command exceeded a vgas limit (output cap) and was killed.
+    LimitExceeded { limit: String, message: String },
+    /// The task could not be run at all (bad program, sandbox setup failed, ...).
+    Error { message: String },
+    /// The task was cancelled on request.
+    Cancelled,
+    /// The master gave up: attempts exhausted, or no worker could take it.
+    Abandoned { message: String },
+}
+
+impl TaskOutcome {
+    /// The exit code `vgas submit` ends with, shell-style: the command's own, 124 for a
+    /// timeout, 128+N for signal N, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TaskOutcome::Exited { exit_code } => *exit_code,
+            TaskOutcome::Signaled { signal, .. } => 128 + signal,
+            TaskOutcome::TimedOut { .. } => 124,
+            _ => 1,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        matches!(self, TaskOutcome::Exited { exit_code: 0 })
+    }
+
+    /// A one-line account for people.
+    pub fn describe(&self) -> String {
+        match self {
+            TaskOutcome::Exited { exit_code } => format!("exited with code {exit_code}"),
+            TaskOutcome::Signaled { signal, message } => {
+                format!("killed by signal {signal}: {message}")
+            }
+            TaskOutcome::TimedOut { deadline_s } => format!("timed out after {deadline_s}s"),
+            TaskOutcome::LimitExceeded { limit, message } => {
+                format!("{limit} limit exceeded: {message}")
+            }
+            TaskOutcome::Error { message } => format!("could not run: {message}"),
+            TaskOutcome::Cancelled => "cancelled".into(),
+            TaskOutcome::Abandoned { message } => format!("abandoned: {message}"),
+        }
+    }
+}
+
+/// One event on `vgas.task.<id>.events`. Output chunks carry the attempt they belong to, so a
+/// reader can drop a lost attempt's output when a `retrying` event says a new one began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TaskEvent {
+    Assigned {
+        worker: WorkerId,
+        attempt: u32,
+    },
+    Started {
+        worker: WorkerId,
+        attempt: u32,
+    },
+    Stdout {
+        attempt: u32,
+        data: String,
+    },
+    Stderr {
+        attempt: u32,
+        data: String,
+    },
+    Retrying {
+        attempt: u32,
+        reason: String,
+    },
+    /// The one final result, published once by the master.
+    Finished {
+        task_id: TaskId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<WorkerId>,
+        attempts: u32,
+        duration_ms: u64,
+        outcome: TaskOutcome,
+    },
+}
+
+/// Master to worker on `vgas.worker.<id>.task`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub spec: TaskSpec,
+    /// The encoding the submitter used; events go out in it.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// The worker's answer to an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignAck {
+    pub accepted: bool,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Worker to master, through JetStream: how one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerResult {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub worker: WorkerId,
+    pub outcome: TaskOutcome,
+    pub duration_ms: u64,
+    /// The worker stopped before finishing (drain): run the task again, not counted as an
+    /// attempt.
+    #[serde(default)]
+    pub handed_back: bool,
+}
+
+/// A toolchain found on a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Toolchain {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+/// Worker to master on `vgas.heartbeat.<id>`, every `HEARTBEAT_INTERVAL`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Heartbeat {
+    pub worker: Option<WorkerId>,
+    pub seq: u64,
+    pub hostname: String,
+    pub slots: usize,
+    pub free_slots: usize,
+    /// Attempts running now, so a restarted master can tell lost tasks from running ones.
+    pub running: Vec<(TaskId, u32)>,
+    pub cpus: usize,
+    pub memory_mb: u64,
+    pub load1: f64,
+    pub toolchains: Vec<Toolchain>,
+    pub capabilities: Vec<String>,
+    /// What the native sandbox could set up here (`full` or a list of what is missing).
+    pub isolation: String,
+    /// No new work: the worker is shutting down.
+    pub draining: bool,
+    /// Last beat: forget this worker now.
+    pub leaving: bool,
+}
+
+/// One live node in `SwarmPulse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: WorkerId,
+    pub hostname: String,
+    pub slots: usize,
+    pub free_slots: usize,
+    pub in_flight: usize,
+    pub cpus: usize,
+    pub memory_mb: u64,
+    pub load1: f64,
+    pub capabilities: Vec<String>,
+    pub toolchains: Vec<Toolchain>,
+    pub isolation: String,
+    pub draining: bool,
+    pub last_seen_ms_ago: u64,
+    pub tasks_done: u64,
+}
+
+/// A node that stopped beating, with why it is listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbnormalNode {
+    pub id: WorkerId,
+    pub reason: String,
+    pub last_seen_ms_ago: u64,
+}
+
+/// The swarm at a glance: the reply of `vgas.status`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SwarmPulse {
+    pub live: Vec<NodeStatus>,
+    pub abnormal: Vec<AbnormalNode>,
+    /// Accepted tasks waiting for a worker.
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    /// Tasks assigned and not yet finished.
+    pub in_flight: usize,
+    pub tasks_accepted: u64,
+    pub tasks_finished: u64,
+    pub uptime_ms: u64,
+}
+
+/// The state of one task, as kept in the tasks bucket and answered by `vgas.task.info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Assigned {
+        worker: WorkerId,
+        since_ms: u64,
+    },
+    Finished {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<WorkerId>,
+        outcome: TaskOutcome,
+        finished_ms: u64,
+    },
+}
+
+/// A task's durable record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: TaskId,
+    pub spec: TaskSpec,
+    pub encoding: Encoding,
+    pub accepted_ms: u64,
+    /// The attempt now running or last run (1-based); 0 before the first assignment.
+    pub attempt: u32,
+    pub state: TaskState,
+    /// Why earlier attempts ended without a result.
+    #[serde(default)]
+    pub retries: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    fn spec(json: &str) -> Result<TaskSpec, String> {
+        let (s, _): (TaskSpec, _) = decode(json.as_bytes(), 1 << 20).map_err(|e| e.to_string())?;
+        s.validate().map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let s = spec(r#"{"kind":"exec","cmd":["make","-j2"],"env":{},"stdin":"","deadline_s":60,"needs":{}}"#)
+            .unwrap();
+        assert_eq!(s.cmd, ["make", "-j2"]);
+        assert_eq!(s.deadline().as_secs(), 60);
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_reasons() {
+        let cases = [
+            (r#"{"cmd":[]}"#, "must name a program"),
+            (r#"{"cmd":"ls"}"#, "invalid type"),
+            (r#"{"cmd":["ls"],"bogus":1}"#, "unknown field"),
+            (r#"{"cmd":["ls"],"deadline_s":0}"#, "deadline_s"),
+            (
+                r#"{"cmd":["ls"],"files":[{"path":"../x","text":""}]}"#,
+                "must be relative",
+            ),
+            (
+                r#"{"cmd":["ls"],"files":[{"path":"a","base64":"!!"}]}"#,
+                "bad base64",
+            ),
+            (r#"{"cmd":["ls"],"task_id":"a.b"}"#, "invalid task id"),
+            (r#"{"cmd":["ls"],"kind":"nope"}"#, "unknown variant"),
+            (r#"{"cmd":["ls"],"max_attempts":99}"#, "max_attempts"),
+        ];
+        for (input, want) in cases {
+            let err = spec(input).unwrap_err();
+            assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn events_have_the_documented_json_shape() {
+        let e = TaskEvent::Stdout {
+            attempt: 1,
+            data: "hi\n".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"stdout","attempt":1,"data":"hi\n"}"#
+        );
+        let fin = TaskEvent::Finished {
+            task_id: TaskId::parse("t").unwrap(),
+            worker: None,
+            attempts: 1,
+            duration_ms: 5,
+            outcome: TaskOutcome::Exited { exit_code: 0 },
+        };
+        let json = serde_json::to_string(&fin).unwrap();
+        assert!(
+            json.contains(r#""outcome":{"status":"exited","exit_code":0}"#),
+            "{json}"
+        );
+        let mp = encode(crate::Encoding::MsgPack, &fin).unwrap();
+        let (back, _): (TaskEvent, _) = decode(&mp, 1 << 20).unwrap();
+        assert_eq!(back, fin);
+    }
+
+    #[test]
+    fn heartbeats_tolerate_unknown_fields() {
+        let hb: Heartbeat = serde_json::from_str(r#"{"slots":2,"from_the_future":true}"#).unwrap();
+        assert_eq!(hb.slots, 2);
+    }
+}
