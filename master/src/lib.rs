@@ -1,1 +1,192 @@
-//! placeholder
+//! The vgas master: admission, the Gatling scheduler (`AgentScheduler`), the task lifecycle,
+//! the NATS micro service people and tools talk to, and the `vgas` user CLI.
+//!
+//! `run` is the whole master; `main` only parses arguments, sets up tracing and hands over a
+//! cancellation token, so tests and benchmarks start the same master in-process.
+
+pub mod auth;
+pub mod cli;
+pub mod connect;
+pub mod dispatch;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_nats::service::ServiceExt;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+use vgas_shared::config::Resolved;
+use vgas_shared::limits::{DEFAULT_QUEUE_CAPACITY, SHUTDOWN_TIMEOUT};
+use vgas_shared::now_ms;
+
+use crate::dispatch::{Counters, Dispatcher};
+use crate::scheduler::AgentScheduler;
+use crate::service::{EndpointKind, Handlers};
+
+/// Commands in flight to the dispatcher: bounded, so a flood of results or submits waits.
+const COMMAND_CHANNEL_CAPACITY: usize = 1024;
+
+/// Master settings after flags, environment and file are merged.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub conn: Resolved,
+    pub queue_capacity: usize,
+}
+
+impl MasterConfig {
+    pub fn new(conn: Resolved) -> Self {
+        let queue_capacity = conn
+            .file
+            .master
+            .queue_capacity
+            .unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        MasterConfig {
+            conn,
+            queue_capacity,
+        }
+    }
+}
+
+/// Runs the master until `shutdown` fires.
+pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
+    let subjects = cfg.conn.subjects.clone();
+    let client = connect::connect(&cfg.conn, "vgas-master").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let store = store::TaskStore::open(&js, &subjects).await?;
+    let consumer = store::results_consumer(&js, &subjects).await?;
+
+    let sched = Arc::new(AgentScheduler::new());
+    let counters = Arc::new(Counters::default());
+    let tracker = TaskTracker::new();
+    let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY.max(cfg.queue_capacity));
+    let wake = Arc::new(Notify::new());
+
+    let mut dispatcher = Dispatcher::new(
+        sched.clone(),
+        store.clone(),
+        client.clone(),
+        subjects.clone(),
+        counters.clone(),
+        tx.clone(),
+        tracker.clone(),
+    );
+    let records = store.all().await?;
+    dispatcher.recover(records);
+
+    let heartbeats = client
+        .subscribe(subjects.all_heartbeats())
+        .await
+        .context("subscribe to heartbeats")?;
+    let handlers = Handlers {
+        sched: sched.clone(),
+        store,
+        counters,
+        tx: tx.clone(),
+        subjects: subjects.clone(),
+        admission: Arc::new(Semaphore::new(cfg.queue_capacity)),
+        queue_capacity: cfg.queue_capacity,
+        started_ms: now_ms(),
+    };
+    let service = client
+        .service_builder()
+        .description("vgas master: task admission, Gatling dispatch, swarm status")
+        .start(subjects.service_name(), env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("register the micro service: {e}"))?;
+    let endpoints = [
+        (EndpointKind::Submit, "submit", subjects.submit()),
+        (EndpointKind::Status, "status", subjects.status()),
+        (EndpointKind::Info, "info", subjects.task_info()),
+        (EndpointKind::Cancel, "cancel", subjects.task_cancel()),
+    ];
+    for (kind, name, subject) in endpoints {
+        let ep = service
+            .endpoint_builder()
+            .name(name)
+            .add(subject.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("add endpoint {subject}: {e}"))?;
+        let h = handlers.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = h.serve(kind, ep) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+
+    let stop = shutdown.clone();
+    let (s2, w2) = (sched.clone(), wake.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = service::heartbeats(heartbeats, s2, w2) => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+    let stop = shutdown.clone();
+    let tx2 = tx.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            r = service::results(consumer, tx2) => {
+                if let Err(e) = r { tracing::error!("results consumer ended: {e:#}"); }
+            }
+            _ = stop.cancelled() => {}
+        }
+    });
+    drop(tx);
+    info!(prefix = subjects.prefix(), url = %cfg.conn.nats_url, "master ready");
+    dispatcher.run(rx, wake, shutdown.clone()).await;
+
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some master tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
+    }
+    let _ = service.stop().await;
+    client.drain().await.ok();
+    info!("master stopped");
+    Ok(())
+}
+
+/// Sets up `tracing` with `RUST_LOG` (default `info`), logging to stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Like [`init_tracing`] but quiet by default (`warn`), for the user CLI.
+pub fn init_tracing_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub async fn shutdown_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutdown requested");
+    token.cancel();
+}

@@ -144,3 +144,87 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 }
+
+/// Connection settings every vgas binary takes, as flags or environment variables; a value
+/// left out comes from the config file, then from the default.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URL [default: nats://127.0.0.1:4222]
+    #[arg(long, env = "VGAS_NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// Credentials file (TOML with `user` and `password`) [default: <state-dir>/creds/<role>.creds]
+    #[arg(long, env = "VGAS_CREDS", global = true)]
+    pub creds: Option<PathBuf>,
+    /// Subject prefix of this swarm [default: vgas]
+    #[arg(long, env = "VGAS_PREFIX", global = true)]
+    pub prefix: Option<String>,
+    /// Configuration file [default: ./vgas.toml when it exists]
+    #[arg(long, env = "VGAS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// State folder (credentials, server auth file) [default: .vgas]
+    #[arg(long, env = "VGAS_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Default NATS URL when neither flag, env nor file names one.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Connection settings after flags, environment, file and defaults are applied.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub nats_url: String,
+    pub creds: Option<Credentials>,
+    pub subjects: crate::Subjects,
+    pub state_dir: PathBuf,
+    pub file: FileConfig,
+}
+
+impl CommonArgs {
+    /// Applies the precedence rule for `role`. A credentials file named explicitly must exist;
+    /// the default one is used only when present.
+    pub fn resolve(&self, role: Role) -> Result<Resolved, VgaError> {
+        let default_file = Path::new("vgas.toml");
+        let file_path = self
+            .config
+            .clone()
+            .or_else(|| default_file.exists().then(|| default_file.to_path_buf()));
+        let file = FileConfig::load(file_path.as_deref())?;
+        let state_dir = self
+            .state_dir
+            .clone()
+            .or_else(|| file.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let file_creds = match role {
+            Role::Master => file.master.creds.clone(),
+            Role::Worker => file.worker.creds.clone(),
+            Role::Client => file.client.creds.clone(),
+        };
+        let creds = match self.creds.clone().or(file_creds) {
+            Some(path) => Some(Credentials::load(&path)?),
+            None => {
+                let path = role.creds_path(&state_dir);
+                if path.exists() {
+                    Some(Credentials::load(&path)?)
+                } else {
+                    None
+                }
+            }
+        };
+        let prefix = self
+            .prefix
+            .clone()
+            .or_else(|| file.prefix.clone())
+            .unwrap_or_else(|| crate::subjects::DEFAULT_PREFIX.to_owned());
+        Ok(Resolved {
+            nats_url: self
+                .nats_url
+                .clone()
+                .or_else(|| file.nats_url.clone())
+                .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+            creds,
+            subjects: crate::Subjects::new(&prefix)?,
+            state_dir,
+            file,
+        })
+    }
+}

@@ -1,1 +1,412 @@
-//! placeholder
+//! The integration-test harness: a real `nats-server` started from the repository's
+//! `nats.conf` (with users made by the real `vgas init`), real `vgas-master` and `vgas-worker`
+//! processes, and NATS clients for each role. Every guard kills what it started on `Drop`, one
+//! server per test so tests run in parallel, and every wait is bounded.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vgas_shared::codec::{decode_as, encode, Reply};
+use vgas_shared::config::{Credentials, Role};
+use vgas_shared::wire::{SubmitReply, SwarmPulse, TaskEvent, TaskSpec};
+use vgas_shared::{Encoding, Subjects, TaskId};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace. `scripts/test.sh` builds them before the tests run.
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let p = target.join("debug").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let local = repo_root().join(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop; its output goes to a log file.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    self.child = None;
+                    return Ok(st);
+                }
+            } else {
+                bail!("{} already reaped", self.name);
+            }
+            if Instant::now() > end {
+                bail!(
+                    "{} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A nats-server with the repository's `nats.conf` and users from `vgas init`, on free ports,
+/// with its state in a temporary directory.
+#[derive(Debug)]
+pub struct Swarm {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub server: Proc,
+    pub subjects: Subjects,
+    procs_started: usize,
+}
+
+impl Swarm {
+    /// Starts nats-server and waits until it accepts connections.
+    pub async fn start() -> Result<Swarm> {
+        let dir = tempfile::Builder::new().prefix("vgas-test-").tempdir()?;
+        std::fs::copy(repo_root().join("nats.conf"), dir.path().join("nats.conf"))?;
+        let out = Command::new(bin("vgas"))
+            .args(["init", "--state-dir"])
+            .arg(dir.path().join(".vgas"))
+            .output()
+            .context("run vgas init")?;
+        if !out.status.success() {
+            bail!("vgas init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port();
+        let server = Self::spawn_server(dir.path(), port)?;
+        let swarm = Swarm {
+            dir,
+            port,
+            server,
+            subjects: Subjects::default(),
+            procs_started: 0,
+        };
+        swarm.wait_server_up().await?;
+        Ok(swarm)
+    }
+
+    fn spawn_server(dir: &Path, port: u16) -> Result<Proc> {
+        let log = dir.join(format!("nats-server-{port}-{}.log", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(nats_server_bin())
+            .args(["-c", "nats.conf", "-p"])
+            .arg(port.to_string())
+            .args(["-m", &free_port().to_string()])
+            .current_dir(dir)
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("start nats-server (run scripts/ensure-tools.sh)")?;
+        Ok(Proc {
+            name: "nats-server".into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    async fn wait_server_up(&self) -> Result<()> {
+        let port = self.port;
+        wait_for("nats-server to listen", WAIT, || async move {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        })
+        .await
+    }
+
+    /// Kills nats-server (SIGKILL) and starts it again on the same port and store.
+    pub async fn restart_server(&mut self) -> Result<()> {
+        self.server.kill();
+        self.server = Self::spawn_server(self.dir.path(), self.port)?;
+        self.wait_server_up().await
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".vgas")
+    }
+
+    pub fn creds(&self, role: Role) -> Credentials {
+        Credentials::load(&role.creds_path(&self.state_dir())).expect("creds")
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
+        self.procs_started += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.log", self.procs_started));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(bin(program));
+        cmd.args(args)
+            .env("VGAS_NATS_URL", self.url())
+            .env("VGAS_STATE_DIR", self.state_dir())
+            .env(
+                "RUST_LOG",
+                std::env::var("VGAS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("start {program}"))?;
+        Ok(Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Starts `vgas-master`.
+    pub fn master(&mut self, extra: &[&str]) -> Result<Proc> {
+        self.spawn("master", "vgas-master", extra, &[])
+    }
+
+    /// Starts `vgas-worker` with this id and slot count.
+    pub fn worker(&mut self, id: &str, slots: usize, extra: &[&str]) -> Result<Proc> {
+        let slots = slots.to_string();
+        let mut args = vec!["--id", id, "--slots", &slots];
+        args.extend_from_slice(extra);
+        self.spawn(id, "vgas-worker", &args, &[])
+    }
+
+    /// Runs the `vgas` CLI to completion with the client's credentials.
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        Command::new(bin("vgas"))
+            .args(args)
+            .env("VGAS_NATS_URL", self.url())
+            .env("VGAS_STATE_DIR", self.state_dir())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .context("run vgas")
+    }
+
+    /// Connects as `role`.
+    pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
+        let c = self.creds(role);
+        Ok(
+            async_nats::ConnectOptions::with_user_and_password(c.user, c.password)
+                .connect(self.url())
+                .await?,
+        )
+    }
+
+    /// Waits until `vgas.status` lists `n` live workers (the master answering included).
+    pub async fn wait_workers(&self, client: &async_nats::Client, n: usize) -> Result<SwarmPulse> {
+        let subjects = self.subjects.clone();
+        wait_for(&format!("{n} live workers"), WAIT, || {
+            let (client, subjects) = (client.clone(), subjects.clone());
+            async move {
+                let p: SwarmPulse = request(&client, subjects.status(), &serde_json::json!({}))
+                    .await
+                    .ok()?;
+                (p.live.len() == n).then_some(p)
+            }
+        })
+        .await
+    }
+}
+
+/// A MessagePack request that expects a non-error reply.
+pub async fn request<Q: Serialize, A: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    body: &Q,
+) -> Result<A> {
+    let bytes = encode(Encoding::MsgPack, body)?;
+    let msg = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject, bytes.into()),
+    )
+    .await??;
+    let reply: Reply<A> = decode_as(Encoding::MsgPack, &msg.payload)?;
+    Ok(reply.into_result()?)
+}
+
+/// Everything a task published, collected until its `finished` event.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub stdout: String,
+    pub stderr: String,
+    pub events: Vec<TaskEvent>,
+}
+
+impl Collected {
+    pub fn finished(&self) -> Option<&TaskEvent> {
+        self.events
+            .iter()
+            .find(|e| matches!(e, TaskEvent::Finished { .. }))
+    }
+
+    pub fn outcome(&self) -> vgas_shared::wire::TaskOutcome {
+        match self.finished() {
+            Some(TaskEvent::Finished { outcome, .. }) => outcome.clone(),
+            _ => panic!("no finished event in {:?}", self.events),
+        }
+    }
+
+    pub fn finished_count(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, TaskEvent::Finished { .. }))
+            .count()
+    }
+}
+
+/// Subscribes to a task's events, submits it, and collects events until it finishes (then
+/// waits `linger` more to catch any duplicate final result).
+pub async fn run_task(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    mut spec: TaskSpec,
+    linger: Duration,
+) -> Result<Collected> {
+    let id = spec.task_id.clone().unwrap_or_else(TaskId::random);
+    spec.task_id = Some(id.clone());
+    let sub = client.subscribe(subjects.task_events(&id)).await?;
+    let _: SubmitReply = request(client, subjects.submit(), &spec).await?;
+    collect(sub, WAIT + spec.deadline(), linger).await
+}
+
+/// Collects events from `sub` until a `finished` event (plus `linger`), or fails after `timeout`.
+pub async fn collect(
+    mut sub: async_nats::Subscriber,
+    timeout: Duration,
+    linger: Duration,
+) -> Result<Collected> {
+    use futures::StreamExt;
+    let mut c = Collected::default();
+    let end = tokio::time::Instant::now() + timeout;
+    let mut linger_end: Option<tokio::time::Instant> = None;
+    loop {
+        let until = linger_end.unwrap_or(end);
+        let msg = match tokio::time::timeout_at(until, sub.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => bail!("subscription closed"),
+            Err(_) if linger_end.is_some() => return Ok(c),
+            Err(_) => bail!("no finished event within {timeout:?}; got {:?}", c.events),
+        };
+        let ev: TaskEvent = decode_as(Encoding::detect(&msg.payload), &msg.payload)?;
+        match &ev {
+            TaskEvent::Stdout { data, .. } => c.stdout.push_str(data),
+            TaskEvent::Stderr { data, .. } => c.stderr.push_str(data),
+            TaskEvent::Finished { .. } if linger_end.is_none() => {
+                linger_end = Some(tokio::time::Instant::now() + linger);
+            }
+            _ => {}
+        }
+        c.events.push(ev);
+    }
+}
+
+/// A spec for `sh -c script`.
+pub fn sh(script: &str) -> TaskSpec {
+    TaskSpec {
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}

@@ -1,1 +1,103 @@
-//! placeholder
+//! The vgas worker: beats to the master, takes assignments through a slot semaphore, runs
+//! them in the native sandbox, streams their output and reports one result per attempt.
+//!
+//! `run` is the whole worker; `main` only parses settings and wires up signals, so tests start
+//! the same worker as a process.
+
+pub mod probe;
+pub mod runner;
+pub mod sandbox;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+use vgas_shared::config::Resolved;
+use vgas_shared::limits::DEFAULT_DRAIN_TIMEOUT;
+use vgas_shared::WorkerId;
+
+use crate::sandbox::{Limits, SandboxConfig};
+
+/// Most task slots one worker runs; also the width of its sandbox uid range.
+pub const MAX_SLOTS: usize = 512;
+
+/// First uid of the sandbox ranges: above any uid a distribution hands out to people.
+const SANDBOX_UID_FLOOR: u32 = 1_000_000;
+
+/// A sandbox uid range no other running worker on this host has: the sandbox kills every
+/// process of a slot's uid when its task ends, so two workers on one host must never share
+/// one. A pid is unique among running processes (`pid_max` is at most 2^22, so the range
+/// stays below 2^31).
+fn process_uid_base() -> u32 {
+    SANDBOX_UID_FLOOR + std::process::id() * MAX_SLOTS as u32
+}
+
+/// Worker settings after flags, environment and file are merged.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub conn: Resolved,
+    pub id: WorkerId,
+    /// Tasks run at once.
+    pub slots: usize,
+    /// Capability tags offered on top of the toolchains found.
+    pub capabilities: Vec<String>,
+    pub sandbox: SandboxConfig,
+    /// How long SIGTERM lets running tasks finish before handing them back.
+    pub drain_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults from the file section `[worker]`, then built-in values.
+    pub fn new(conn: Resolved) -> Result<Self> {
+        let f = conn.file.worker.clone();
+        let mut ceilings = Limits::default();
+        if let Some(mb) = f.memory_mb {
+            ceilings.memory_bytes = mb * 1024 * 1024;
+        }
+        if let Some(s) = f.cpu_seconds {
+            ceilings.cpu_seconds = s;
+        }
+        if let Some(n) = f.max_processes {
+            ceilings.max_processes = n;
+        }
+        if let Some(mb) = f.output_cap_mb {
+            ceilings.output_cap = mb * 1024 * 1024;
+        }
+        let work_dir = f
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("vgas-worker"));
+        std::fs::create_dir_all(&work_dir)
+            .with_context(|| format!("create work dir {}", work_dir.display()))?;
+        Ok(WorkerConfig {
+            id: WorkerId::generate(&probe::hostname()),
+            slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
+            capabilities: f.capabilities.clone().unwrap_or_default(),
+            sandbox: SandboxConfig {
+                work_dir: PathBuf::from(work_dir),
+                ceilings,
+                uid_base: Some(f.sandbox_uid_base.unwrap_or_else(process_uid_base)),
+            },
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            conn,
+        })
+    }
+}
+
+/// Runs the worker until `shutdown` fires, then drains: no new tasks, running ones get
+/// `drain_timeout` to finish and are handed back after that.
+pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
+    runner::Worker::start(cfg).await?.serve(shutdown).await
+}
+
+/// Connects as `name` with the worker's credentials.
+pub async fn connect(cfg: &Resolved, name: &str) -> Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new().name(name);
+    if let Some(c) = &cfg.creds {
+        opts = opts.user_and_password(c.user.clone(), c.password.clone());
+    }
+    opts.connect(cfg.nats_url.as_str())
+        .await
+        .with_context(|| format!("connect to NATS at {}", cfg.nats_url))
+}

@@ -1,1 +1,71 @@
-fn main() {}
+//! `vgas-worker`: parses settings, sets up tracing and SIGTERM, then runs the worker.
+
+use anyhow::Result;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use vgas_shared::config::{CommonArgs, Role};
+use vgas_shared::WorkerId;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vgas-worker",
+    version,
+    about = "A vgas worker: lends this machine's cores to the swarm"
+)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Tasks run at once [default: number of CPUs]
+    #[arg(long, env = "VGAS_SLOTS")]
+    slots: Option<usize>,
+    /// Worker id [default: <hostname>-<random>]
+    #[arg(long, env = "VGAS_WORKER_ID")]
+    id: Option<WorkerId>,
+    /// Capability tag to offer on top of the toolchains found (repeatable).
+    #[arg(long = "capability", value_name = "TAG")]
+    capabilities: Vec<String>,
+    /// Seconds SIGTERM lets running tasks finish before handing them back.
+    #[arg(long, env = "VGAS_DRAIN_TIMEOUT")]
+    drain_timeout: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_tracing();
+    let args = Args::parse();
+    let mut cfg = vgas_worker::WorkerConfig::new(args.common.resolve(Role::Worker)?)?;
+    if let Some(n) = args.slots {
+        cfg.slots = n.clamp(1, vgas_worker::MAX_SLOTS);
+    }
+    if let Some(id) = args.id {
+        cfg.id = id;
+    }
+    cfg.capabilities.extend(args.capabilities);
+    if let Some(s) = args.drain_timeout {
+        cfg.drain_timeout = std::time::Duration::from_secs(s);
+    }
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested: draining");
+        token.cancel();
+    });
+    vgas_worker::run(cfg, shutdown).await
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,495 @@
+//! The task lifecycle: one actor owns every unfinished task, so each state change happens in
+//! one place and in order: queued, assigned to a worker (`dispatch_task`), then exactly one
+//! final result. It retries an attempt whose worker is lost or whose deadline passed without
+//! a result, and gives up with a clear reason after the task's attempt budget.
+//!
+//! Every state change is written to the tasks bucket before it is announced, so a master that
+//! is killed and restarted resumes from the bucket ([`Dispatcher::recover`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+use vgas_shared::codec::{decode_as, encode};
+use vgas_shared::limits::{
+    ASSIGN_ACK_TIMEOUT, DEADLINE_GRACE, HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL, NO_WORKER_WAIT,
+};
+use vgas_shared::wire::{
+    AssignAck, Assignment, TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult,
+};
+use vgas_shared::{now_ms, Encoding, Subjects, TaskId, WorkerId};
+
+use crate::scheduler::{AgentScheduler, NoWorker};
+use crate::store::TaskStore;
+
+/// How often the actor checks deadlines, lost workers and the queue.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Commands for the actor. The channel is bounded; senders wait when it is full.
+#[derive(Debug)]
+pub enum Command {
+    /// A task written to the store and acknowledged to its submitter.
+    Accepted {
+        record: Box<TaskRecord>,
+        permit: OwnedSemaphorePermit,
+    },
+    /// A worker's result, read from the results stream; `done` fires once it is recorded.
+    Result {
+        result: WorkerResult,
+        done: oneshot::Sender<()>,
+    },
+    /// A worker refused or did not acknowledge an assignment.
+    AssignFailed {
+        task_id: TaskId,
+        attempt: u32,
+        reason: String,
+    },
+    Cancel {
+        task_id: TaskId,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// Figures shared with the status endpoint.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub queue_depth: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub accepted: AtomicU64,
+    pub finished: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    rec: TaskRecord,
+    /// Holds one admission slot while the task waits in the queue.
+    permit: Option<OwnedSemaphorePermit>,
+    queued_at_ms: u64,
+    cancel_requested: bool,
+}
+
+/// The actor.
+#[derive(Debug)]
+pub struct Dispatcher {
+    sched: Arc<AgentScheduler>,
+    store: TaskStore,
+    client: Client,
+    subjects: Subjects,
+    counters: Arc<Counters>,
+    tasks: HashMap<TaskId, Tracked>,
+    pending: VecDeque<TaskId>,
+    tx: mpsc::Sender<Command>,
+    tracker: TaskTracker,
+    started_ms: u64,
+}
+
+impl Dispatcher {
+    pub fn new(
+        sched: Arc<AgentScheduler>,
+        store: TaskStore,
+        client: Client,
+        subjects: Subjects,
+        counters: Arc<Counters>,
+        tx: mpsc::Sender<Command>,
+        tracker: TaskTracker,
+    ) -> Self {
+        Dispatcher {
+            sched,
+            store,
+            client,
+            subjects,
+            counters,
+            tasks: HashMap::new(),
+            pending: VecDeque::new(),
+            tx,
+            tracker,
+            started_ms: now_ms(),
+        }
+    }
+
+    /// Takes back every unfinished task from the store after a (re)start.
+    pub fn recover(&mut self, records: Vec<TaskRecord>) {
+        let mut per_worker: HashMap<WorkerId, usize> = HashMap::new();
+        for rec in records {
+            match &rec.state {
+                TaskState::Finished { .. } => continue,
+                TaskState::Queued => self.pending.push_back(rec.task_id.clone()),
+                TaskState::Assigned { worker, .. } => {
+                    *per_worker.entry(worker.clone()).or_default() += 1;
+                }
+            }
+            info!(task_id = %rec.task_id, "recovered unfinished task");
+            self.tasks.insert(
+                rec.task_id.clone(),
+                Tracked {
+                    queued_at_ms: now_ms(),
+                    rec,
+                    permit: None,
+                    cancel_requested: false,
+                },
+            );
+        }
+        for (w, n) in per_worker {
+            self.sched.restore_in_flight(&w, n);
+        }
+        self.publish_counters();
+    }
+
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                _ = wake.notified() => {}
+                _ = tick.tick() => self.check_assigned().await,
+            }
+            self.try_dispatch().await;
+            self.publish_counters();
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Accepted { record, permit } => {
+                let id = record.task_id.clone();
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                self.tasks.insert(
+                    id.clone(),
+                    Tracked {
+                        rec: *record,
+                        permit: Some(permit),
+                        queued_at_ms: now_ms(),
+                        cancel_requested: false,
+                    },
+                );
+                self.pending.push_back(id);
+            }
+            Command::Result { result, done } => {
+                self.on_result(result).await;
+                let _ = done.send(());
+            }
+            Command::AssignFailed {
+                task_id,
+                attempt,
+                reason,
+            } => {
+                let current = self.tasks.get(&task_id).map(|t| t.rec.attempt);
+                if current == Some(attempt) {
+                    debug!(task_id = %task_id, "assignment failed: {reason}");
+                    self.requeue(&task_id, None).await;
+                }
+            }
+            Command::Cancel { task_id, reply } => {
+                let found = self.cancel(&task_id).await;
+                let _ = reply.send(found);
+            }
+        }
+    }
+
+    /// Hands queued tasks to workers while the scheduler finds room.
+    async fn try_dispatch(&mut self) {
+        let mut waiting = VecDeque::new();
+        while let Some(id) = self.pending.pop_front() {
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
+            match self.sched.gatling_rotate_next(&t.rec.spec.needs) {
+                Ok(worker) => self.dispatch_task(&id, worker.id.clone()).await,
+                Err(NoWorker::NoneCapable)
+                    if now_ms().saturating_sub(t.queued_at_ms)
+                        > NO_WORKER_WAIT.as_millis() as u64 =>
+                {
+                    let caps = &t.rec.spec.needs.capabilities;
+                    let message = if caps.is_empty() {
+                        format!("no live worker joined within {}s", NO_WORKER_WAIT.as_secs())
+                    } else {
+                        format!(
+                            "no live worker offers capabilities {caps:?} (waited {}s)",
+                            NO_WORKER_WAIT.as_secs()
+                        )
+                    };
+                    self.finalize(&id, TaskOutcome::Abandoned { message }, None)
+                        .await;
+                }
+                Err(_) => waiting.push_back(id),
+            }
+        }
+        self.pending = waiting;
+    }
+
+    /// Binds a task to `worker`, records it, then sends it (seed: `dispatch_task`). The
+    /// acknowledgement is awaited off the actor; a refusal comes back as `AssignFailed`.
+    async fn dispatch_task(&mut self, id: &TaskId, worker: WorkerId) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.rec.attempt += 1;
+        t.rec.state = TaskState::Assigned {
+            worker: worker.clone(),
+            since_ms: now_ms(),
+        };
+        t.permit = None;
+        if let Err(e) = self.store.put(&t.rec).await {
+            warn!(task_id = %id, "could not record assignment, will retry: {e:#}");
+            t.rec.attempt -= 1;
+            t.rec.state = TaskState::Queued;
+            self.sched.release(&worker);
+            self.pending.push_back(id.clone());
+            return;
+        }
+        let attempt = t.rec.attempt;
+        let enc = t.rec.encoding;
+        let assignment = Assignment {
+            task_id: id.clone(),
+            attempt,
+            spec: t.rec.spec.clone(),
+            encoding: enc,
+        };
+        self.emit(
+            id,
+            enc,
+            &TaskEvent::Assigned {
+                worker: worker.clone(),
+                attempt,
+            },
+        )
+        .await;
+        let (client, subject, tx) = (
+            self.client.clone(),
+            self.subjects.worker_task(&worker),
+            self.tx.clone(),
+        );
+        let span = info_span!("task", task_id = %id, worker = %worker, attempt);
+        let task_id = id.clone();
+        self.tracker.spawn(
+            async move {
+                let reason = match send_assignment(&client, subject, &assignment).await {
+                    Ok(()) => return,
+                    Err(reason) => reason,
+                };
+                let _ = tx
+                    .send(Command::AssignFailed {
+                        task_id,
+                        attempt,
+                        reason,
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn on_result(&mut self, r: WorkerResult) {
+        let Some(t) = self.tasks.get(&r.task_id) else {
+            debug!(task_id = %r.task_id, "result for a task no longer tracked");
+            return;
+        };
+        let current =
+            matches!(&t.rec.state, TaskState::Assigned { worker, .. } if *worker == r.worker);
+        if !current || t.rec.attempt != r.attempt {
+            debug!(task_id = %r.task_id, attempt = r.attempt, "stale result ignored");
+            return;
+        }
+        self.sched.release(&r.worker);
+        if r.handed_back && !t.cancel_requested {
+            let reason = format!("worker {} handed the task back while draining", r.worker);
+            self.requeue(&r.task_id, Some(reason)).await;
+            return;
+        }
+        self.sched.count_done(&r.worker);
+        self.finalize(&r.task_id, r.outcome, Some(r.worker)).await;
+    }
+
+    /// Retries attempts whose worker is gone or whose deadline passed with no result.
+    async fn check_assigned(&mut self) {
+        let now = now_ms();
+        let beat_window = HEARTBEAT_INTERVAL.as_millis() as u64 * MISSED_BEATS_ABNORMAL as u64;
+        self.sched.reap();
+        let mut lost = Vec::new();
+        for (id, t) in &self.tasks {
+            let TaskState::Assigned { worker, since_ms } = &t.rec.state else {
+                continue;
+            };
+            let age = now.saturating_sub(*since_ms);
+            let deadline = (t.rec.spec.deadline() + DEADLINE_GRACE).as_millis() as u64;
+            if age > deadline {
+                lost.push((
+                    id.clone(),
+                    worker.clone(),
+                    format!(
+                        "no result from worker {worker} within the deadline of {}s",
+                        t.rec.spec.deadline().as_secs()
+                    ),
+                ));
+            } else if !self.sched.is_live(worker)
+                && age > beat_window
+                && now.saturating_sub(self.started_ms) > beat_window
+            {
+                lost.push((
+                    id.clone(),
+                    worker.clone(),
+                    format!("worker {worker} stopped heartbeating"),
+                ));
+            }
+        }
+        for (id, worker, reason) in lost {
+            warn!(task_id = %id, "attempt lost: {reason}");
+            self.sched.release(&worker);
+            self.lose_attempt(&id, reason).await;
+        }
+    }
+
+    /// Counts a lost attempt; queues the task again or gives up.
+    async fn lose_attempt(&mut self, id: &TaskId, reason: String) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if t.cancel_requested {
+            self.finalize(id, TaskOutcome::Cancelled, None).await;
+            return;
+        }
+        t.rec.retries.push(reason.clone());
+        let max = t.rec.spec.max_attempts() as usize;
+        if t.rec.retries.len() >= max {
+            let message = if max == 1 {
+                format!("{reason}; the task is not retryable")
+            } else {
+                format!("gave up after {max} attempts; last: {reason}")
+            };
+            self.finalize(id, TaskOutcome::Abandoned { message }, None)
+                .await;
+        } else {
+            self.requeue(id, Some(reason)).await;
+        }
+    }
+
+    /// Puts a task back at the head of the queue; `reason` is announced as a retry.
+    async fn requeue(&mut self, id: &TaskId, reason: Option<String>) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.rec.state = TaskState::Queued;
+        if let Err(e) = self.store.put(&t.rec).await {
+            warn!(task_id = %id, "could not record requeue: {e:#}");
+        }
+        if let Some(reason) = reason {
+            let ev = TaskEvent::Retrying {
+                attempt: t.rec.attempt + 1,
+                reason,
+            };
+            let enc = t.rec.encoding;
+            self.emit(id, enc, &ev).await;
+        }
+        self.pending.push_front(id.clone());
+    }
+
+    async fn cancel(&mut self, id: &TaskId) -> bool {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        t.cancel_requested = true;
+        match &t.rec.state {
+            TaskState::Assigned { worker, .. } => {
+                #[derive(serde::Serialize)]
+                struct CancelMsg<'a> {
+                    task_id: &'a TaskId,
+                    attempt: u32,
+                }
+                let msg = CancelMsg {
+                    task_id: id,
+                    attempt: t.rec.attempt,
+                };
+                if let Ok(bytes) = encode(Encoding::MsgPack, &msg) {
+                    let subject = self.subjects.worker_cancel(worker);
+                    if let Err(e) = self.client.publish(subject, bytes.into()).await {
+                        warn!(task_id = %id, "could not send cancel: {e}");
+                    }
+                }
+            }
+            _ => {
+                self.pending.retain(|p| p != id);
+                self.finalize(id, TaskOutcome::Cancelled, None).await;
+            }
+        }
+        true
+    }
+
+    /// Records and announces the one final result of a task, then forgets it.
+    async fn finalize(&mut self, id: &TaskId, outcome: TaskOutcome, worker: Option<WorkerId>) {
+        let Some(mut t) = self.tasks.remove(id) else {
+            return;
+        };
+        let now = now_ms();
+        t.rec.state = TaskState::Finished {
+            worker: worker.clone(),
+            outcome: outcome.clone(),
+            finished_ms: now,
+        };
+        if let Err(e) = self.store.put(&t.rec).await {
+            warn!(task_id = %id, "could not record the final result: {e:#}");
+        }
+        info!(task_id = %id, attempts = t.rec.attempt, "finished: {}", outcome.describe());
+        let ev = TaskEvent::Finished {
+            task_id: id.clone(),
+            worker,
+            attempts: t.rec.attempt,
+            duration_ms: now.saturating_sub(t.rec.accepted_ms),
+            outcome,
+        };
+        self.emit(id, t.rec.encoding, &ev).await;
+        self.counters.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes one event in the submitter's encoding. Publishing only queues the bytes for
+    /// the connection, in order; it waits only when the outbound buffer is full.
+    async fn emit(&self, id: &TaskId, enc: Encoding, ev: &TaskEvent) {
+        let Ok(bytes) = encode(enc, ev) else { return };
+        let subject = self.subjects.task_events(id);
+        if let Err(e) = self.client.publish(subject, Bytes::from(bytes)).await {
+            warn!(task_id = %id, "could not publish task event: {e}");
+        }
+    }
+
+    fn publish_counters(&self) {
+        let in_flight = self
+            .tasks
+            .values()
+            .filter(|t| matches!(t.rec.state, TaskState::Assigned { .. }))
+            .count();
+        self.counters
+            .queue_depth
+            .store(self.pending.len(), Ordering::Relaxed);
+        self.counters.in_flight.store(in_flight, Ordering::Relaxed);
+    }
+}
+
+async fn send_assignment(client: &Client, subject: String, a: &Assignment) -> Result<(), String> {
+    let bytes = encode(Encoding::MsgPack, a).map_err(|e| e.to_string())?;
+    let reply = tokio::time::timeout(ASSIGN_ACK_TIMEOUT, client.request(subject, bytes.into()))
+        .await
+        .map_err(|_| "worker did not acknowledge in time".to_string())?
+        .map_err(|e| format!("worker unreachable: {e}"))?;
+    let ack: AssignAck = decode_as(Encoding::MsgPack, &reply.payload).map_err(|e| e.to_string())?;
+    if ack.accepted {
+        Ok(())
+    } else {
+        Err(format!("worker refused: {}", ack.reason))
+    }
+}

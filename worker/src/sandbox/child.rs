@@ -1,0 +1,353 @@
+//! What the child does between fork and exec: new session, private mount namespace with
+//! everything but the task directory read-only, no network, resource limits, then the switch
+//! to the sandbox uid (last, because the mounts need root).
+//!
+//! That code runs in a copy of a multi-threaded process, so it may only make async-signal-safe
+//! calls: everything it needs ([`ChildPlan`]) is prepared in the parent, and it allocates
+//! nothing. A failing step reports through the errno that std passes back from the child; the
+//! step (and which mount or limit) is packed above the errno bits so the parent can say in
+//! words what went wrong ([`ChildPlan::describe_failure`]).
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::isolation::Isolation;
+use super::mounts::{self, MountPoint};
+use super::procs;
+use super::Limits;
+
+/// Extra CPU seconds between SIGXCPU (the soft limit, catchable) and SIGKILL (the hard one).
+pub(crate) const CPU_HARD_LIMIT_GRACE_S: u64 = 2;
+
+/// errno values fit below this many bits of a failure code; the step sits above them.
+const ERRNO_BITS: u32 = 12;
+/// Bits of the step number; the index of the mount or limit sits above them.
+const STAGE_BITS: u32 = 5;
+/// Largest index a failure code can carry (the remaining bits of a positive i32).
+const MAX_DETAIL: usize = (1 << (31 - ERRNO_BITS - STAGE_BITS)) - 1;
+
+/// errno values a non-essential read-only remount may fail with and be skipped.
+const SKIPPABLE_REMOUNT_ERRORS: &[i32] = &[
+    libc::EINVAL,
+    libc::EACCES,
+    libc::EPERM,
+    libc::ENOENT,
+    libc::ENOTDIR,
+];
+
+/// Names of the limits in the order [`ChildPlan::apply`] sets them.
+const RLIMIT_NAMES: [&str; 5] = [
+    "RLIMIT_AS",
+    "RLIMIT_CPU",
+    "RLIMIT_FSIZE",
+    "RLIMIT_NPROC",
+    "RLIMIT_CORE",
+];
+
+/// The steps of the child's setup, for failure reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    NewSession = 1,
+    MountNamespace,
+    PrivateRoot,
+    BindTaskDir,
+    SecureTaskDir,
+    ReadOnly,
+    NetNamespace,
+    Chdir,
+    Rlimit,
+    NoNewPrivs,
+    DropGroups,
+    SetGid,
+    SetUid,
+}
+
+const STAGES: [Stage; 13] = [
+    Stage::NewSession,
+    Stage::MountNamespace,
+    Stage::PrivateRoot,
+    Stage::BindTaskDir,
+    Stage::SecureTaskDir,
+    Stage::ReadOnly,
+    Stage::NetNamespace,
+    Stage::Chdir,
+    Stage::Rlimit,
+    Stage::NoNewPrivs,
+    Stage::DropGroups,
+    Stage::SetGid,
+    Stage::SetUid,
+];
+
+/// A failed step as an io::Error whose raw code packs step, index and errno. No allocation.
+fn fail(stage: Stage, detail: usize) -> io::Error {
+    let errno = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EINVAL);
+    let errno = errno.clamp(1, (1 << ERRNO_BITS) - 1);
+    let detail = detail.min(MAX_DETAIL) as i32;
+    io::Error::from_raw_os_error(
+        (detail << (ERRNO_BITS + STAGE_BITS)) | ((stage as i32) << ERRNO_BITS) | errno,
+    )
+}
+
+/// Unpacks a code made by [`fail`]; `None` for a plain errno (from exec itself).
+pub(crate) fn decode_failure(code: i32) -> Option<(Stage, usize, i32)> {
+    if code < (1 << ERRNO_BITS) {
+        return None;
+    }
+    let stage_no = ((code >> ERRNO_BITS) & ((1 << STAGE_BITS) - 1)) as usize;
+    let stage = *STAGES.get(stage_no.checked_sub(1)?)?;
+    let detail = (code >> (ERRNO_BITS + STAGE_BITS)) as usize;
+    Some((stage, detail, code & ((1 << ERRNO_BITS) - 1)))
+}
+
+/// Everything the child needs, prepared in the parent.
+#[derive(Debug)]
+pub(crate) struct ChildPlan {
+    task_dir: CString,
+    task_dir_shown: String,
+    /// Set when a mount namespace is wanted: flags for the task directory's own bind mount,
+    /// and the mount points to make read-only.
+    mounts: Option<(libc::c_ulong, Vec<MountPoint>)>,
+    new_net: bool,
+    /// (soft, hard) in [`RLIMIT_NAMES`] order.
+    rlimits: [(u64, u64); 5],
+    uid: Option<u32>,
+}
+
+impl ChildPlan {
+    pub(crate) fn new(
+        task_dir: &Path,
+        isolation: &Isolation,
+        limits: &Limits,
+        uid: Option<u32>,
+    ) -> Result<ChildPlan, String> {
+        let c_dir = CString::new(task_dir.as_os_str().as_bytes())
+            .map_err(|_| "task directory path contains NUL".to_owned())?;
+        let mounts = if isolation.mount_ns {
+            let table = mounts::read_mount_table()?;
+            let own = mounts::flags_of_mount_holding(&table, task_dir);
+            let bind_flags =
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | own;
+            Some((bind_flags, mounts::readonly_plan(&table, task_dir)?))
+        } else {
+            None
+        };
+        // RLIMIT_NPROC counts every process of the real uid. Without a uid of its own the task
+        // shares the worker's, so it gets what the worker already runs on top (root ignores
+        // the limit altogether, which is why the uid switch is what contains fork bombs).
+        // SAFETY: getuid cannot fail.
+        let real_uid = unsafe { libc::getuid() };
+        let nproc = match uid {
+            Some(_) => limits.max_processes,
+            None if real_uid == 0 => limits.max_processes,
+            None => limits
+                .max_processes
+                .saturating_add(procs::tasks_of_uid(real_uid)),
+        };
+        let cpu_hard = limits.cpu_seconds.saturating_add(CPU_HARD_LIMIT_GRACE_S);
+        let wanted = [
+            (limits.memory_bytes, limits.memory_bytes),
+            (limits.cpu_seconds, cpu_hard),
+            (limits.file_size_bytes, limits.file_size_bytes),
+            (nproc, nproc),
+            (0, 0),
+        ];
+        Ok(ChildPlan {
+            task_dir: c_dir,
+            task_dir_shown: task_dir.display().to_string(),
+            mounts,
+            new_net: isolation.net_ns,
+            rlimits: clamp_to_hard_limits(wanted),
+            uid,
+        })
+    }
+
+    /// Runs in the child, between fork and exec. Async-signal-safe: only syscalls on data in
+    /// `self`, no allocation, no locks.
+    pub(crate) fn apply(&self) -> io::Result<()> {
+        // SAFETY (all blocks below): plain syscall wrappers called with pointers into `self`
+        // (NUL-terminated C strings) or null where the call allows it; nothing is retained.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(fail(Stage::NewSession, 0));
+        }
+        if let Some((bind_flags, readonly)) = &self.mounts {
+            let null = std::ptr::null::<libc::c_char>();
+            let dir = self.task_dir.as_ptr();
+            if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+                return Err(fail(Stage::MountNamespace, 0));
+            }
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if unsafe { libc::mount(null, c"/".as_ptr(), null, private, std::ptr::null()) } != 0 {
+                return Err(fail(Stage::PrivateRoot, 0));
+            }
+            if unsafe { libc::mount(dir, dir, null, libc::MS_BIND, std::ptr::null()) } != 0 {
+                return Err(fail(Stage::BindTaskDir, 0));
+            }
+            if unsafe { libc::mount(null, dir, null, *bind_flags, std::ptr::null()) } != 0 {
+                return Err(fail(Stage::SecureTaskDir, 0));
+            }
+            for (i, m) in readonly.iter().enumerate() {
+                let rc = unsafe {
+                    libc::mount(
+                        null,
+                        m.path.as_ptr(),
+                        null,
+                        m.remount_flags,
+                        std::ptr::null(),
+                    )
+                };
+                if rc != 0 {
+                    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                    if m.essential || !SKIPPABLE_REMOUNT_ERRORS.contains(&errno) {
+                        return Err(fail(Stage::ReadOnly, i));
+                    }
+                }
+            }
+        }
+        if self.new_net && unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(fail(Stage::NetNamespace, 0));
+        }
+        // After the bind mount, so the working directory is on the writable mount.
+        if unsafe { libc::chdir(self.task_dir.as_ptr()) } != 0 {
+            return Err(fail(Stage::Chdir, 0));
+        }
+        let resources = [
+            libc::RLIMIT_AS,
+            libc::RLIMIT_CPU,
+            libc::RLIMIT_FSIZE,
+            libc::RLIMIT_NPROC,
+            libc::RLIMIT_CORE,
+        ];
+        for (i, (resource, &(soft, hard))) in
+            resources.into_iter().zip(self.rlimits.iter()).enumerate()
+        {
+            let lim = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+                return Err(fail(Stage::Rlimit, i));
+            }
+        }
+        // No setuid binary inside the sandbox can give back what the switch below takes away.
+        if unsafe {
+            libc::prctl(
+                libc::PR_SET_NO_NEW_PRIVS,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        } != 0
+        {
+            return Err(fail(Stage::NoNewPrivs, 0));
+        }
+        if let Some(uid) = self.uid {
+            if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+                return Err(fail(Stage::DropGroups, 0));
+            }
+            if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::getegid() } != uid {
+                return Err(fail(Stage::SetGid, 0));
+            }
+            if unsafe { libc::setuid(uid) } != 0
+                || unsafe { libc::geteuid() } != uid
+                || unsafe { libc::getuid() } != uid
+            {
+                return Err(fail(Stage::SetUid, 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Words for a failure reported by [`ChildPlan::apply`].
+    pub(crate) fn describe_failure(&self, stage: Stage, detail: usize, errno: i32) -> String {
+        let why = io::Error::from_raw_os_error(errno);
+        let uid = self.uid.unwrap_or(0);
+        let step = match stage {
+            Stage::NewSession => "could not start a new session".to_owned(),
+            Stage::MountNamespace => "could not create a mount namespace".to_owned(),
+            Stage::PrivateRoot => "could not make / private in the mount namespace".to_owned(),
+            Stage::BindTaskDir => format!("could not bind-mount {}", self.task_dir_shown),
+            Stage::SecureTaskDir => {
+                format!("could not remount {} nosuid,nodev", self.task_dir_shown)
+            }
+            Stage::ReadOnly => {
+                let shown = self
+                    .mounts
+                    .as_ref()
+                    .and_then(|(_, r)| r.get(detail))
+                    .map_or_else(
+                        || format!("mount #{detail}"),
+                        |m| m.path.to_string_lossy().into_owned(),
+                    );
+                format!("could not remount {shown} read-only")
+            }
+            Stage::NetNamespace => "could not create a network namespace".to_owned(),
+            Stage::Chdir => format!("could not enter {}", self.task_dir_shown),
+            Stage::Rlimit => format!(
+                "could not set {}",
+                RLIMIT_NAMES.get(detail).unwrap_or(&"a resource limit")
+            ),
+            Stage::NoNewPrivs => "could not set no_new_privs".to_owned(),
+            Stage::DropGroups => "could not drop supplementary groups".to_owned(),
+            Stage::SetGid => format!("could not switch to gid {uid}"),
+            Stage::SetUid => format!("could not switch to uid {uid}"),
+        };
+        format!("sandbox setup failed: {step}: {why}")
+    }
+}
+
+/// Lowers each wanted (soft, hard) pair to the worker's own hard limit, which a process
+/// without CAP_SYS_RESOURCE cannot raise (asking for more would fail the task).
+fn clamp_to_hard_limits(wanted: [(u64, u64); 5]) -> [(u64, u64); 5] {
+    let resources = [
+        libc::RLIMIT_AS,
+        libc::RLIMIT_CPU,
+        libc::RLIMIT_FSIZE,
+        libc::RLIMIT_NPROC,
+        libc::RLIMIT_CORE,
+    ];
+    let mut out = wanted;
+    for (slot, resource) in out.iter_mut().zip(resources) {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into `cur`, which outlives the call.
+        if unsafe { libc::getrlimit(resource, &mut cur) } == 0 {
+            let max = cur.rlim_max as u64;
+            *slot = (slot.0.min(max), slot.1.min(max));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_codes_round_trip() {
+        for (i, stage) in STAGES.iter().enumerate() {
+            assert_eq!(*stage as usize, i + 1, "stage numbering");
+        }
+        let cases = [
+            (Stage::NewSession, 0, libc::EPERM),
+            (Stage::ReadOnly, 17, libc::EROFS),
+            (Stage::SetUid, 0, libc::EAGAIN),
+            (Stage::Rlimit, 3, libc::EPERM),
+            (Stage::ReadOnly, MAX_DETAIL, 4095),
+        ];
+        for (stage, detail, errno) in cases {
+            // SAFETY: writing errno of this thread.
+            unsafe { *libc::__errno_location() = errno };
+            let code = fail(stage, detail).raw_os_error().unwrap();
+            assert!(code > 0);
+            assert_eq!(decode_failure(code), Some((stage, detail, errno)));
+        }
+        assert_eq!(decode_failure(libc::ENOENT), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! The worker's native sandbox: runs one `exec` task as a process tree in a fresh directory,
+//! under resource limits, with a read-only view of the rest of the file system, no network and
+//! a uid of its own where the host allows it, streaming its output while it runs.
+//!
+//! Why native processes and not containers: a worker must start on any Linux box with nothing
+//! installed, and the isolation that matters here (a task must not wreck the host, see the
+//! network, or outlive its deadline) is a handful of syscalls. What the host allows is probed
+//! once ([`Isolation::probe`]) and reported in heartbeats, so weaker isolation (for example a
+//! worker that is not root) is visible instead of silent.
+//!
+//! Layout: [`run_exec`] here ties the pieces together; `taskdir` prepares the directory and the
+//! environment, `mounts` reads the mount table, `child` is what runs between fork and exec,
+//! `run` supervises the running tree (deadline, cancel, output cap), `output` streams the
+//! pipes, `procs` finds and kills processes, `outcome` turns endings into words, and
+//! `isolation` probes the host.
+
+mod child;
+mod isolation;
+mod mounts;
+mod outcome;
+mod output;
+mod procs;
+mod run;
+mod taskdir;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_containment;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use vgas_shared::limits;
+use vgas_shared::wire::{TaskLimits, TaskOutcome, TaskSpec};
+
+pub use isolation::Isolation;
+
+/// First sandbox uid (and gid) when the worker is root: slot N runs as `DEFAULT_UID_BASE + N`.
+/// High enough to collide with no real account or the usual container uid ranges, so
+/// `kill(-1)` as that uid can only hit the task's own processes, and one slot's processes can
+/// neither signal nor read another's.
+pub const DEFAULT_UID_BASE: u32 = 200_000;
+
+/// `PATH` given to tasks when the worker itself has none.
+pub const SAFE_DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One mebibyte: per-task limits on the wire are in MiB, the sandbox works in bytes.
+const MIB: u64 = 1024 * 1024;
+
+/// Worker-wide ceilings and defaults for native tasks.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Per-task directories are created under here (created with mode 0711 if missing).
+    pub work_dir: PathBuf,
+    /// Per-task values are min(requested, ceiling); nothing requested means the ceiling.
+    pub ceilings: Limits,
+    /// When root: slot N runs as uid/gid `uid_base + N` (`None`: [`DEFAULT_UID_BASE`]).
+    pub uid_base: Option<u32>,
+}
+
+impl SandboxConfig {
+    /// A configuration with the default ceilings and uid base.
+    pub fn new(work_dir: PathBuf) -> SandboxConfig {
+        SandboxConfig {
+            work_dir,
+            ceilings: Limits::default(),
+            uid_base: None,
+        }
+    }
+
+    /// The uid (and gid) slot `slot` runs as when uids are switched; `None` on overflow.
+    pub fn sandbox_uid(&self, slot: usize) -> Option<u32> {
+        let base = self.uid_base.unwrap_or(DEFAULT_UID_BASE);
+        u32::try_from(slot)
+            .ok()
+            .and_then(|s| base.checked_add(s))
+            .filter(|&uid| uid != 0 && uid != u32::MAX)
+    }
+}
+
+/// Resource limits of one native task, in bytes, seconds and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Address space (`RLIMIT_AS`).
+    pub memory_bytes: u64,
+    /// CPU time (`RLIMIT_CPU`): SIGXCPU at this, SIGKILL a little later.
+    pub cpu_seconds: u64,
+    /// Processes (threads included) of the sandbox uid (`RLIMIT_NPROC`).
+    pub max_processes: u64,
+    /// Combined stdout and stderr; past it the task is killed.
+    pub output_cap: u64,
+    /// Largest file the task may write (`RLIMIT_FSIZE`).
+    pub file_size_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            memory_bytes: limits::DEFAULT_MEMORY_BYTES,
+            cpu_seconds: limits::DEFAULT_CPU_SECONDS,
+            max_processes: limits::DEFAULT_MAX_PROCESSES,
+            output_cap: limits::DEFAULT_OUTPUT_CAP,
+            file_size_bytes: limits::DEFAULT_FILE_SIZE_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits of one task: what it asked for, lowered to these ceilings; what it did not
+    /// ask for is the ceiling. A request can only lower a limit, never raise it.
+    pub fn for_task(&self, req: &TaskLimits) -> Limits {
+        let mib = |v: Option<u64>, ceiling: u64| {
+            v.map_or(ceiling, |m| m.saturating_mul(MIB).min(ceiling))
+        };
+        let count = |v: Option<u64>, ceiling: u64| v.map_or(ceiling, |n| n.min(ceiling));
+        Limits {
+            memory_bytes: mib(req.memory_mb, self.memory_bytes),
+            cpu_seconds: count(req.cpu_seconds, self.cpu_seconds),
+            max_processes: count(req.max_processes, self.max_processes),
+            output_cap: mib(req.output_cap_mb, self.output_cap),
+            file_size_bytes: mib(req.file_size_mb, self.file_size_bytes),
+        }
+    }
+}
+
+/// A chunk of output, as it is produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputChunk {
+    Stdout(String),
+    Stderr(String),
+}
+
+/// Runs `spec` (kind exec) in a fresh directory, streaming output into `out` as it is
+/// produced, and returns how it ended. Never panics; every failure is a [`TaskOutcome`].
+///
+/// `slot` (0-based) picks the sandbox uid when uids are switched, so tasks running at the same
+/// time in different slots cannot touch each other. If `cancel` fires, everything the task
+/// started is killed and the result is [`TaskOutcome::Cancelled`].
+pub async fn run_exec(
+    cfg: &SandboxConfig,
+    isolation: &Isolation,
+    slot: usize,
+    spec: &TaskSpec,
+    out: Sender<OutputChunk>,
+    cancel: CancellationToken,
+) -> TaskOutcome {
+    let error = |message: String| TaskOutcome::Error { message };
+    let Some(program) = spec.cmd.first().filter(|p| !p.is_empty()) else {
+        return error("\"cmd\" must name a program".into());
+    };
+    if spec.cmd.iter().any(|a| a.contains('\0')) {
+        return error("command arguments must not contain NUL".into());
+    }
+    let limits = cfg.ceilings.for_task(&spec.limits);
+    let uid = if isolation.uid_switch {
+        match cfg.sandbox_uid(slot) {
+            Some(uid) => Some(uid),
+            None => return error(format!("no sandbox uid for slot {slot}")),
+        }
+    } else {
+        None
+    };
+    if cancel.is_cancelled() {
+        return TaskOutcome::Cancelled;
+    }
+    let dir = match taskdir::prepare(&cfg.work_dir, &spec.files, uid) {
+        Ok(dir) => dir,
+        Err(message) => return error(format!("sandbox setup failed: {message}")),
+    };
+    let env = match taskdir::environment(dir.path(), &spec.env) {
+        Ok(env) => env,
+        Err(message) => return error(message),
+    };
+    // Processes a crashed earlier run of this slot left behind would share the uid's limits.
+    if let Some(uid) = uid {
+        procs::kill_uid(uid).await;
+    }
+    let plan = match child::ChildPlan::new(dir.path(), isolation, &limits, uid) {
+        Ok(plan) => Arc::new(plan),
+        Err(message) => {
+            taskdir::remove(dir);
+            return error(format!("sandbox setup failed: {message}"));
+        }
+    };
+
+    let task_path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&spec.cmd[1..])
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let in_child = Arc::clone(&plan);
+    // SAFETY: `ChildPlan::apply` is async-signal-safe: it only makes syscalls on data prepared
+    // here in the parent, and neither allocates nor takes locks.
+    unsafe {
+        cmd.pre_exec(move || in_child.apply());
+    }
+    let outcome = match cmd.spawn() {
+        Ok(child) => {
+            let deadline = spec.deadline();
+            let job = run::Job {
+                uid,
+                limits,
+                deadline,
+                stdin: spec.stdin.clone(),
+            };
+            run::supervise(child, job, out, cancel).await
+        }
+        Err(e) => outcome::spawn_error(&e, program, &plan, task_path.as_deref()),
+    };
+    drop(cmd);
+    if let Some(uid) = uid {
+        procs::kill_uid(uid).await;
+    }
+    taskdir::remove(dir);
+    outcome
+}

@@ -1,0 +1,165 @@
+//! Finding and killing a task's processes. The process group catches the ordinary tree; with
+//! a uid of its own per slot, killing every process of that uid also catches whatever left the
+//! group (`setsid`, double forks), which a process group alone cannot.
+
+use std::time::Duration;
+
+/// Kill-and-check rounds before giving up on a uid that still has live processes.
+const UID_KILL_ROUNDS: u32 = 100;
+/// Pause between those rounds: SIGKILLed processes need a moment to become zombies.
+const UID_KILL_RETRY: Duration = Duration::from_millis(10);
+
+/// SIGKILLs the process group `pgid` (the task's session leader's pid).
+pub(crate) fn kill_group(pgid: i32) {
+    // SAFETY: getpgrp cannot fail.
+    let own = unsafe { libc::getpgrp() };
+    // Never 0, 1 or our own group: kill(-0) and kill(-1) mean something else entirely.
+    if pgid > 1 && pgid != own {
+        // SAFETY: kill has no memory effects; ESRCH (group already gone) is fine.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
+/// True for uids it is safe to wipe out: never root and never the worker's own.
+fn killable_uid(uid: u32) -> bool {
+    // SAFETY: getuid/geteuid cannot fail.
+    uid != 0 && uid != unsafe { libc::getuid() } && uid != unsafe { libc::geteuid() }
+}
+
+/// One sweep: a forked helper becomes `uid` and calls kill(-1, SIGKILL), which reaches every
+/// process of that uid and no other. Needs root; without it the helper can do nothing.
+fn sweep_uid(uid: u32) {
+    if !killable_uid(uid) {
+        return;
+    }
+    // SAFETY: the child makes only async-signal-safe syscalls and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: raw syscalls in the single-threaded child; it never returns.
+        unsafe {
+            if libc::setuid(uid) == 0 && libc::getuid() == uid {
+                libc::kill(-1, libc::SIGKILL);
+            }
+            libc::_exit(0);
+        }
+    }
+    if pid < 0 {
+        tracing::warn!(uid, error = %std::io::Error::last_os_error(), "cannot fork to kill the sandbox uid's processes");
+        return;
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` outlives the call.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+}
+
+/// Kills every process of `uid` and waits (bounded) until none is alive. Returns whether none
+/// is. Zombies do not count: they are dead, only not yet reaped by init.
+pub(crate) async fn kill_uid(uid: u32) -> bool {
+    if !killable_uid(uid) {
+        return false;
+    }
+    for _ in 0..UID_KILL_ROUNDS {
+        let round = move || {
+            sweep_uid(uid);
+            live_processes_of_uid(uid)
+        };
+        let left = match tokio::task::spawn_blocking(round).await {
+            Ok(n) => n,
+            Err(_) => round(),
+        };
+        if left == 0 {
+            return true;
+        }
+        tokio::time::sleep(UID_KILL_RETRY).await;
+    }
+    tracing::warn!(uid, "processes of the sandbox uid survived SIGKILL");
+    false
+}
+
+/// What /proc/<pid>/status says about a process: real uid, state letter, thread count.
+fn status_of(pid_dir: &std::path::Path) -> Option<(u32, char, u64)> {
+    let text = std::fs::read_to_string(pid_dir.join("status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.trim().to_owned())
+    };
+    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+    let state = field("State:")?.chars().next()?;
+    let threads = field("Threads:").and_then(|t| t.parse().ok()).unwrap_or(1);
+    Some((uid, state, threads))
+}
+
+/// Every process directory under /proc, with its status.
+fn all_processes() -> Vec<(std::path::PathBuf, u32, char, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| {
+            let path = e.path();
+            status_of(&path).map(|(uid, state, threads)| (path, uid, state, threads))
+        })
+        .collect()
+}
+
+/// Processes of real uid `uid` that are not zombies (or dead).
+pub(crate) fn live_processes_of_uid(uid: u32) -> usize {
+    all_processes()
+        .iter()
+        .filter(|(_, u, state, _)| *u == uid && !matches!(state, 'Z' | 'X'))
+        .count()
+}
+
+/// Threads of real uid `uid`, zombies included: what RLIMIT_NPROC counts against.
+pub(crate) fn tasks_of_uid(uid: u32) -> u64 {
+    all_processes()
+        .iter()
+        .filter(|(_, u, _, _)| *u == uid)
+        .map(|(_, _, _, threads)| threads)
+        .sum()
+}
+
+/// Live processes whose command line contains `marker` (tests use unique markers to find
+/// what a task left behind, whatever uid it ran as).
+#[cfg(test)]
+pub(crate) fn live_processes_with(marker: &str) -> usize {
+    all_processes()
+        .iter()
+        .filter(|(_, _, state, _)| !matches!(state, 'Z' | 'X'))
+        .filter(|(path, _, _, _)| {
+            std::fs::read(path.join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(marker)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_itself_is_never_a_target() {
+        // SAFETY: getuid cannot fail.
+        let me = unsafe { libc::getuid() };
+        assert!(!killable_uid(0));
+        assert!(!killable_uid(me));
+        assert!(tasks_of_uid(me) >= 1, "this test process runs as uid {me}");
+        assert!(live_processes_of_uid(me) >= 1);
+    }
+}

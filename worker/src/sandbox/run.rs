@@ -1,0 +1,170 @@
+//! Supervising a started task: feed its stdin, stream its output, and end it on whichever
+//! comes first of its own exit, the wall-clock deadline, the output cap or a cancel. Whatever
+//! way it ends, the whole process group (and, with a uid of its own, every process of that
+//! uid) is killed, so nothing the task started outlives it.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use vgas_shared::wire::TaskOutcome;
+
+use super::output::{pump, Budget, CapExceeded, Stream};
+use super::{outcome, procs, Limits, OutputChunk};
+
+/// How long the output pipes may stay open after the main process exited and its stragglers
+/// were killed. Only an escaped process (one that left the process group without a uid of its
+/// own to find it by) can hold them longer; its output is then dropped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long to wait for the killed main process to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a running task needs besides its process.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) uid: Option<u32>,
+    pub(crate) limits: Limits,
+    pub(crate) deadline: Duration,
+    pub(crate) stdin: String,
+}
+
+/// How supervision ended.
+#[derive(Debug)]
+enum Ended {
+    Exited(ExitStatus),
+    OutputCap,
+    TimedOut,
+    Cancelled,
+    WaitFailed(String),
+}
+
+/// Kills everything the task started.
+async fn kill_all(pgid: Option<i32>, uid: Option<u32>) {
+    if let Some(pgid) = pgid {
+        procs::kill_group(pgid);
+    }
+    if let Some(uid) = uid {
+        procs::kill_uid(uid).await;
+    }
+}
+
+/// Supervises `child` until it ends one way or another; see the module doc.
+pub(crate) async fn supervise(
+    mut child: Child,
+    job: Job,
+    out: Sender<OutputChunk>,
+    cancel: CancellationToken,
+) -> TaskOutcome {
+    // The child called setsid, so its pid is its process group.
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    let feeder = child.stdin.take().map(|mut stdin| {
+        let data = job.stdin.clone();
+        tokio::spawn(async move {
+            // A task that exits without reading its input is not an error.
+            if !data.is_empty() {
+                let _ = stdin.write_all(data.as_bytes()).await;
+            }
+            let _ = stdin.shutdown().await;
+        })
+    });
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let budget = Budget::new(job.limits.output_cap);
+
+    let ended = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Ended::Cancelled,
+        _ = tokio::time::sleep(job.deadline) => Ended::TimedOut,
+        e = watch(&mut child, stdout, stderr, &out, &budget, pgid, job.uid) => e,
+    };
+
+    kill_all(pgid, job.uid).await;
+    if let Some(feeder) = feeder {
+        feeder.abort();
+    }
+    if tokio::time::timeout(REAP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?pgid,
+            "the task's main process was not reaped after SIGKILL"
+        );
+    }
+
+    match ended {
+        Ended::Exited(status) => outcome::from_status(status, &job.limits),
+        Ended::OutputCap => TaskOutcome::LimitExceeded {
+            limit: "output".into(),
+            message: format!(
+                "stdout and stderr together passed the cap of {} bytes; the task was killed",
+                job.limits.output_cap
+            ),
+        },
+        Ended::TimedOut => TaskOutcome::TimedOut {
+            deadline_s: job.deadline.as_secs(),
+        },
+        Ended::Cancelled => TaskOutcome::Cancelled,
+        Ended::WaitFailed(message) => TaskOutcome::Error {
+            message: format!("lost track of the task's process: {message}"),
+        },
+    }
+}
+
+/// Streams the output until the main process has exited and its pipes are drained, or the
+/// output cap is passed. Stragglers are killed as soon as the main process exits, so a
+/// background process holding a pipe open cannot keep the task alive.
+async fn watch(
+    child: &mut Child,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    out: &Sender<OutputChunk>,
+    budget: &Budget,
+    pgid: Option<i32>,
+    uid: Option<u32>,
+) -> Ended {
+    let pumps = async {
+        let stdout = async {
+            match stdout {
+                Some(pipe) => pump(pipe, Stream::Stdout, out, budget).await,
+                None => Ok(()),
+            }
+        };
+        let stderr = async {
+            match stderr {
+                Some(pipe) => pump(pipe, Stream::Stderr, out, budget).await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(stdout, stderr).map(|_| ())
+    };
+    tokio::pin!(pumps);
+    let status = tokio::select! {
+        drained = &mut pumps => {
+            if drained == Err(CapExceeded) {
+                return Ended::OutputCap;
+            }
+            // Both pipes closed; the main process may still be running.
+            let status = child.wait().await;
+            kill_all(pgid, uid).await;
+            status
+        }
+        status = child.wait() => {
+            kill_all(pgid, uid).await;
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut pumps).await {
+                Ok(Err(CapExceeded)) => return Ended::OutputCap,
+                Ok(Ok(())) => {}
+                Err(_) => tracing::warn!(?pgid, "task output still open after its processes were killed; dropping the rest"),
+            }
+            status
+        }
+    };
+    match status {
+        Ok(status) => Ended::Exited(status),
+        Err(e) => Ended::WaitFailed(e.to_string()),
+    }
+}

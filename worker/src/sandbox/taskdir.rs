@@ -1,0 +1,248 @@
+//! The task's directory and environment: a fresh directory per task holding its input files
+//! (owned by the sandbox uid when uids are switched), an environment built from an allow-list
+//! so no worker secret leaks in, and removal afterwards even of what the task locked down.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use tempfile::TempDir;
+use vgas_shared::wire::{check_relative_path, InputFile};
+
+use super::SAFE_DEFAULT_PATH;
+
+/// Mode of the work directory when the sandbox creates it: others may pass through (to reach
+/// their own task directory) but not list it.
+const WORK_DIR_MODE: u32 = 0o711;
+/// Mode of an input file that does not say.
+const DEFAULT_FILE_MODE: u32 = 0o644;
+/// Mode bits an input file may ask for: no setuid, setgid or sticky bits.
+const FILE_MODE_MASK: u32 = 0o777;
+/// Prefix of per-task directory names.
+const TASK_DIR_PREFIX: &str = "task-";
+/// Worker variables passed through to tasks when set; everything else is dropped.
+const PASSED_THROUGH: &[&str] = &["LANG", "LC_ALL"];
+
+/// Creates the task directory under `work_dir` with `files` in it, handed to `uid` when set.
+pub(crate) fn prepare(
+    work_dir: &Path,
+    files: &[InputFile],
+    uid: Option<u32>,
+) -> Result<TempDir, String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(WORK_DIR_MODE)
+        .create(work_dir)
+        .map_err(|e| format!("cannot create work directory {}: {e}", work_dir.display()))?;
+    // Canonical, so the path matches the mount table and the bind mount hits the right place.
+    let work_dir = fs::canonicalize(work_dir)
+        .map_err(|e| format!("cannot resolve work directory {}: {e}", work_dir.display()))?;
+    if uid.is_some() {
+        ensure_passable(&work_dir)?;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(TASK_DIR_PREFIX)
+        .tempdir_in(&work_dir)
+        .map_err(|e| {
+            format!(
+                "cannot create a task directory in {}: {e}",
+                work_dir.display()
+            )
+        })?;
+    let filled = write_inputs(dir.path(), files).and_then(|()| match uid {
+        Some(uid) => chown_tree(dir.path(), uid),
+        None => Ok(()),
+    });
+    match filled {
+        Ok(()) => Ok(dir),
+        Err(e) => {
+            remove(dir);
+            Err(e)
+        }
+    }
+}
+
+/// The sandbox uid must be able to pass through the work directory to reach its own.
+fn ensure_passable(work_dir: &Path) -> Result<(), String> {
+    let meta = fs::metadata(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o001 == 0 {
+        fs::set_permissions(work_dir, fs::Permissions::from_mode(mode | 0o001)).map_err(|e| {
+            format!(
+                "cannot make {} passable for the sandbox uid: {e}",
+                work_dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes the input files, with their parent directories and modes.
+fn write_inputs(dir: &Path, files: &[InputFile]) -> Result<(), String> {
+    for f in files {
+        check_relative_path(&f.path).map_err(|e| e.to_string())?;
+        let contents = f.contents().map_err(|e| e.to_string())?;
+        let path = dir.join(&f.path);
+        let what = |e: std::io::Error| format!("cannot write input file {:?}: {e}", f.path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(what)?;
+        }
+        let mode = f.mode.unwrap_or(DEFAULT_FILE_MODE) & FILE_MODE_MASK;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(what)?;
+        file.write_all(&contents).map_err(what)?;
+        // The umask may have cut bits off at creation.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(what)?;
+    }
+    Ok(())
+}
+
+/// Hands the directory tree to `uid` (and the group of the same number). Links are not
+/// followed: only the entries themselves change owner.
+fn chown_tree(dir: &Path, uid: u32) -> Result<(), String> {
+    let own = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(uid), Some(uid))
+            .map_err(|e| format!("cannot chown {}: {e}", p.display()))
+    };
+    own(dir)?;
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        if kind.is_dir() {
+            chown_tree(&entry.path(), uid)?;
+        } else {
+            own(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The task's environment: `PATH` (the worker's or [`SAFE_DEFAULT_PATH`]), `LANG`/`LC_ALL` when
+/// the worker has them, `HOME` and `TMPDIR` set to the task directory, then `spec_env` on top.
+pub(crate) fn environment(
+    dir: &Path,
+    spec_env: &BTreeMap<String, String>,
+) -> Result<Vec<(OsString, OsString)>, String> {
+    let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
+    let path = std::env::var_os("PATH").filter(|p| !p.is_empty());
+    env.insert(
+        "PATH".into(),
+        path.unwrap_or_else(|| SAFE_DEFAULT_PATH.into()),
+    );
+    for name in PASSED_THROUGH {
+        if let Some(v) = std::env::var_os(name) {
+            env.insert(name.into(), v);
+        }
+    }
+    env.insert("HOME".into(), dir.as_os_str().to_owned());
+    env.insert("TMPDIR".into(), dir.as_os_str().to_owned());
+    for (k, v) in spec_env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(format!("env name {k:?} or its value is not valid"));
+        }
+        env.insert(k.into(), v.into());
+    }
+    Ok(env.into_iter().collect())
+}
+
+/// Removes the task directory. Call only once every process of the task is dead. If the task
+/// took permissions away from its own directories (which stops a non-root worker), they are
+/// given back first.
+pub(crate) fn remove(dir: TempDir) {
+    let path = dir.path().to_owned();
+    if dir.close().is_ok() {
+        return;
+    }
+    restore_permissions(&path);
+    if let Err(e) = fs::remove_dir_all(&path) {
+        tracing::warn!(dir = %path.display(), error = %e, "cannot remove task directory");
+    }
+}
+
+/// Makes every directory under `dir` (links not followed) readable, writable and passable.
+fn restore_permissions(dir: &Path) {
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            restore_permissions(&entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_is_an_allow_list() {
+        let dir = Path::new("/w/task-1");
+        let spec: BTreeMap<String, String> = [
+            ("FOO".to_owned(), "bar".to_owned()),
+            ("HOME".to_owned(), "/h".to_owned()),
+        ]
+        .into();
+        let env = environment(dir, &spec).unwrap();
+        let names: Vec<_> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        for want in ["PATH", "HOME", "TMPDIR", "FOO"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let get = |n: &str| {
+            env.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(get("HOME").as_deref(), Some("/h"), "spec.env wins");
+        assert_eq!(get("TMPDIR").as_deref(), Some("/w/task-1"));
+        assert!(names
+            .iter()
+            .all(|n| ["PATH", "HOME", "TMPDIR", "FOO", "LANG", "LC_ALL"].contains(n)));
+        let bad: BTreeMap<String, String> = [("A=B".to_owned(), String::new())].into();
+        assert!(environment(dir, &bad).is_err());
+    }
+
+    #[test]
+    fn inputs_land_with_their_modes_and_bad_paths_are_refused() {
+        let work = tempfile::tempdir().unwrap();
+        let file = |path: &str, mode| InputFile {
+            path: path.into(),
+            text: Some("x".into()),
+            base64: None,
+            mode,
+        };
+        let dir = prepare(
+            work.path(),
+            &[file("a/b/c.sh", Some(0o4755)), file("d", None)],
+            None,
+        )
+        .unwrap();
+        let mode = |p: &str| {
+            fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("a/b/c.sh"), 0o755, "setuid bit dropped");
+        assert_eq!(mode("d"), DEFAULT_FILE_MODE);
+        remove(dir);
+        assert!(prepare(work.path(), &[file("../x", None)], None).is_err());
+        assert_eq!(
+            fs::read_dir(work.path()).unwrap().count(),
+            0,
+            "failed setups leave nothing"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Tests that the sandbox contains what it must: deadlines, memory, fork bombs, output, CPU and
+//! file size limits, writes outside the task directory, the network and escaped processes.
+//! Checks that need an isolation the host lacks say so and are skipped, so the same tests pass
+//! as root (everything exercised) and as an ordinary user.
+
+use std::time::Duration;
+
+use vgas_shared::wire::{TaskLimits, TaskOutcome};
+
+use super::tests::{
+    assert_nothing_left, harness, isolation, run, sandbox_uid, sh, spec, unique, unique_sleep,
+    TEST_UID_BASE,
+};
+
+fn failed(outcome: &TaskOutcome) -> bool {
+    matches!(outcome, TaskOutcome::Exited { exit_code } if *exit_code != 0)
+        || matches!(outcome, TaskOutcome::Signaled { .. })
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_killed_at_the_deadline() {
+    let h = harness();
+    let marker = unique("vgas-loop");
+    let mut s = spec(&["sh", "-c", "while :; do :; done", &marker]);
+    s.deadline_s = Some(1);
+    let ran = run(&h, 10, s).await;
+    assert_eq!(ran.outcome, TaskOutcome::TimedOut { deadline_s: 1 });
+    assert!(ran.elapsed < Duration::from_secs(3), "{:?}", ran.elapsed);
+    assert_nothing_left(10, &marker);
+}
+
+#[tokio::test]
+async fn a_memory_hog_fails_under_the_memory_limit() {
+    let h = harness();
+    let mut cases = vec![sh("head -c 3G /dev/zero | tail")];
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        cases.push(spec(&["/usr/bin/python3", "-c", "x = bytearray(4 << 30)"]));
+    }
+    for mut s in cases {
+        s.limits = TaskLimits {
+            memory_mb: Some(256),
+            ..TaskLimits::default()
+        };
+        let cmd = s.cmd.join(" ");
+        let ran = run(&h, 11, s).await;
+        assert!(
+            failed(&ran.outcome),
+            "{cmd}: {:?} {}",
+            ran.outcome,
+            ran.stderr
+        );
+        println!("{cmd}: {:?}: {}", ran.outcome, ran.stderr.trim());
+    }
+}
+
+#[tokio::test]
+async fn a_process_spawning_loop_hits_the_process_limit() {
+    let h = harness();
+    let marker = unique_sleep();
+    let mut s = sh(&format!(
+        "i=0; while [ $i -lt 1000 ]; do sleep {marker} & i=$((i+1)); done; wait"
+    ));
+    s.limits.max_processes = Some(32);
+    s.deadline_s = Some(5);
+    let ran = run(&h, 12, s).await;
+    println!("spawning loop: {:?}: {}", ran.outcome, ran.stderr.trim());
+    assert!(!ran.outcome.succeeded(), "{:?}", ran.outcome);
+    if isolation().uid_switch {
+        assert!(
+            failed(&ran.outcome),
+            "contained before the deadline: {:?}",
+            ran.outcome
+        );
+        assert!(
+            ran.stderr.to_lowercase().contains("fork"),
+            "the shell could not fork: {}",
+            ran.stderr
+        );
+    }
+    assert_nothing_left(12, &marker);
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_and_cleaned_up() {
+    let h = harness();
+    let marker = unique("vgas-bomb");
+    // The bomb runs in the background; the main shell outlives the deadline.
+    let mut s = spec(&["bash", "-c", ":(){ :|:& };: ; sleep 30; exit 0", &marker]);
+    s.limits.max_processes = Some(32);
+    s.deadline_s = Some(5);
+    let ran = run(&h, 13, s).await;
+    assert!(!ran.outcome.succeeded(), "{:?}", ran.outcome);
+    assert!(ran.elapsed < Duration::from_secs(15), "{:?}", ran.elapsed);
+    assert_nothing_left(13, &marker);
+}
+
+#[tokio::test]
+async fn writes_outside_the_task_directory_fail() {
+    let h = harness();
+    let ran = run(&h, 14, sh("echo inside > f && cat f")).await;
+    assert_eq!(
+        ran.outcome,
+        TaskOutcome::Exited { exit_code: 0 },
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.stdout, "inside\n");
+    if !isolation().mount_ns {
+        println!(
+            "skipped: no mount namespace here ({}), writes outside are not blocked",
+            isolation().describe()
+        );
+        return;
+    }
+    let name = unique("vgas-escape-test");
+    let targets = [
+        std::path::Path::new("/tmp").join(&name),
+        std::path::Path::new("/var/tmp").join(&name),
+        std::path::Path::new("/dev/shm").join(&name),
+        h.work.path().join(&name),
+    ];
+    for target in targets {
+        let ran = run(&h, 14, sh(&format!("echo x > {}", target.display()))).await;
+        assert!(
+            !ran.outcome.succeeded(),
+            "{}: {:?}",
+            target.display(),
+            ran.outcome
+        );
+        assert!(!target.exists(), "{} was written", target.display());
+        assert!(
+            ran.stderr.contains("Read-only file system"),
+            "{}: {}",
+            target.display(),
+            ran.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn output_past_the_cap_kills_the_task() {
+    let h = harness();
+    let cases = [
+        ("yes | head -c 10M", false),
+        ("head -c 1048576 /dev/zero | tr '\\0' a", true),
+    ];
+    for (script, fits) in cases {
+        let mut s = sh(script);
+        s.limits.output_cap_mb = Some(1);
+        let ran = run(&h, 15, s).await;
+        assert!(
+            ran.stdout.len() <= 1 << 20,
+            "{script}: {} bytes passed on",
+            ran.stdout.len()
+        );
+        if fits {
+            assert_eq!(
+                ran.outcome,
+                TaskOutcome::Exited { exit_code: 0 },
+                "{script}"
+            );
+            assert_eq!(ran.stdout.len(), 1 << 20);
+        } else {
+            assert!(
+                matches!(&ran.outcome, TaskOutcome::LimitExceeded { limit, .. } if limit == "output"),
+                "{script}: {:?}",
+                ran.outcome
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn signals_are_explained() {
+    let h = harness();
+    let cpu = TaskLimits {
+        cpu_seconds: Some(1),
+        ..TaskLimits::default()
+    };
+    let fsize = TaskLimits {
+        file_size_mb: Some(1),
+        ..TaskLimits::default()
+    };
+    let cases = [
+        (
+            "kill -SEGV $$",
+            TaskLimits::default(),
+            libc::SIGSEGV,
+            "segmentation fault",
+        ),
+        (
+            "while :; do :; done",
+            cpu,
+            libc::SIGXCPU,
+            "CPU time limit of 1 s exceeded",
+        ),
+        (
+            "exec head -c 2M /dev/zero > big",
+            fsize,
+            libc::SIGXFSZ,
+            "file size limit of 1 MiB exceeded",
+        ),
+    ];
+    for (script, limits, want_signal, want_words) in cases {
+        let mut s = sh(script);
+        s.limits = limits;
+        let ran = run(&h, 16, s).await;
+        match &ran.outcome {
+            TaskOutcome::Signaled { signal, message } => {
+                assert_eq!(*signal, want_signal, "{script}");
+                assert!(message.contains(want_words), "{script}: {message}");
+            }
+            other => panic!("{script}: {other:?} {}", ran.stderr),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_task_has_no_network() {
+    let h = harness();
+    if !isolation().net_ns {
+        println!(
+            "skipped: no network namespace here ({})",
+            isolation().describe()
+        );
+        return;
+    }
+    let ran = run(&h, 17, sh("cat /proc/net/dev")).await;
+    assert_eq!(
+        ran.outcome,
+        TaskOutcome::Exited { exit_code: 0 },
+        "{}",
+        ran.stderr
+    );
+    let interfaces: Vec<&str> = ran
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim())
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{}", ran.stdout);
+}
+
+#[tokio::test]
+async fn processes_that_leave_the_group_are_still_killed() {
+    let h = harness();
+    if !isolation().uid_switch {
+        println!(
+            "skipped: no uid switch here ({}), an escaped process cannot be found",
+            isolation().describe()
+        );
+        return;
+    }
+    let marker = unique_sleep();
+    let ran = run(
+        &h,
+        18,
+        sh(&format!(
+            "setsid sleep {marker} >/dev/null 2>&1 & echo started"
+        )),
+    )
+    .await;
+    assert_eq!(ran.outcome, TaskOutcome::Exited { exit_code: 0 });
+    assert_nothing_left(18, &marker);
+}
+
+#[tokio::test]
+async fn the_task_runs_as_its_slot_uid() {
+    let h = harness();
+    let ran = run(&h, 19, sh("id -u; id -G; stat -c %u .")).await;
+    assert_eq!(
+        ran.outcome,
+        TaskOutcome::Exited { exit_code: 0 },
+        "{}",
+        ran.stderr
+    );
+    match sandbox_uid(19) {
+        Some(uid) => {
+            assert_eq!(uid, TEST_UID_BASE + 19);
+            assert_eq!(ran.stdout, format!("{uid}\n{uid}\n{uid}\n"));
+        }
+        None => println!(
+            "no uid switch here ({}): ran as {}",
+            isolation().describe(),
+            ran.stdout.trim()
+        ),
+    }
+}
