@@ -1,0 +1,201 @@
+//! Faults: a worker killed mid-task, a master killed and restarted, a worker draining on
+//! SIGTERM, and a nats-server restart. In each case the submitter sees exactly one final
+//! result and no accepted task is lost.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use vgas_shared::codec::decode_as;
+use vgas_shared::config::Role;
+use vgas_shared::wire::{SubmitReply, TaskEvent, TaskOutcome, TaskSpec};
+use vgas_shared::{Encoding, TaskId};
+use vgas_tests::{collect, request, run_task, sh, Swarm, WAIT};
+
+/// Submits `spec` and returns its event subscription and the worker that started it.
+async fn submit_until_started(
+    client: &async_nats::Client,
+    swarm: &Swarm,
+    mut spec: TaskSpec,
+) -> (async_nats::Subscriber, String, Vec<TaskEvent>) {
+    let id = TaskId::random();
+    spec.task_id = Some(id.clone());
+    let mut sub = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let _: SubmitReply = request(client, swarm.subjects.submit(), &spec)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("started event")
+            .unwrap();
+        let ev: TaskEvent = decode_as(Encoding::MsgPack, &msg.payload).unwrap();
+        seen.push(ev.clone());
+        if let TaskEvent::Started { worker, .. } = ev {
+            return (sub, worker.to_string(), seen);
+        }
+    }
+}
+
+fn finished_worker(events: &[TaskEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            TaskEvent::Finished {
+                worker: Some(w), ..
+            } => Some(w.to_string()),
+            _ => None,
+        })
+        .expect("finished with a worker")
+}
+
+#[tokio::test]
+async fn worker_killed_mid_task_the_task_completes_elsewhere() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let mut w1 = swarm.worker("w1", 1, &[]).unwrap();
+    let mut w2 = swarm.worker("w2", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 2).await.unwrap();
+
+    let (sub, first, _) = submit_until_started(&client, &swarm, sh("sleep 2; echo done")).await;
+    if first == "w1" {
+        w1.signal(libc::SIGKILL)
+    } else {
+        w2.signal(libc::SIGKILL)
+    }
+    let c = collect(sub, WAIT * 2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(c.finished_count(), 1, "{:?}", c.events);
+    assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert_ne!(finished_worker(&c.events), first);
+    assert!(c
+        .events
+        .iter()
+        .any(|e| matches!(e, TaskEvent::Retrying { reason, .. } if reason.contains("heartbeat"))));
+    // The killed worker is reported abnormal with the reason.
+    let p: vgas_shared::wire::SwarmPulse = request(&client, swarm.subjects.status(), &())
+        .await
+        .unwrap();
+    assert!(
+        p.abnormal
+            .iter()
+            .any(|a| a.id.as_str() == first && a.reason.contains("heartbeat")),
+        "{p:?}"
+    );
+}
+
+#[tokio::test]
+async fn master_killed_and_restarted_resumes_every_accepted_task() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let mut master = swarm.master(&[]).unwrap();
+    let _w = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    // One task running, one queued behind it (the worker has one slot).
+    let (running, _, _) = submit_until_started(&client, &swarm, sh("sleep 3; echo first")).await;
+    let queued_id = TaskId::random();
+    let mut queued = sh("echo second");
+    queued.task_id = Some(queued_id.clone());
+    let queued_sub = client
+        .subscribe(swarm.subjects.task_events(&queued_id))
+        .await
+        .unwrap();
+    let _: SubmitReply = request(&client, swarm.subjects.submit(), &queued)
+        .await
+        .unwrap();
+
+    master.signal(libc::SIGKILL);
+    master.wait_exit(WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _master2 = swarm.master(&[]).unwrap();
+
+    let a = collect(running, WAIT * 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(a.finished_count(), 1, "{:?}", a.events);
+    assert_eq!(a.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert_eq!(a.stdout, "first\n");
+    let b = collect(queued_sub, WAIT * 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(b.finished_count(), 1, "{:?}", b.events);
+    assert_eq!(b.stdout, "second\n");
+}
+
+#[tokio::test]
+async fn sigterm_drains_running_tasks_then_leaves() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let mut w1 = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    let (sub, _, _) =
+        submit_until_started(&client, &swarm, sh("sleep 2; echo finished anyway")).await;
+    w1.signal(libc::SIGTERM);
+    let c = collect(sub, WAIT, Duration::ZERO).await.unwrap();
+    assert_eq!(c.stdout, "finished anyway\n");
+    assert!(c.outcome().succeeded());
+    assert!(
+        w1.wait_exit(WAIT).await.unwrap().success(),
+        "{}",
+        w1.log_text()
+    );
+    swarm.wait_workers(&client, 0).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_draining_worker_hands_back_what_it_cannot_finish() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let mut w1 = swarm.worker("w1", 1, &["--drain-timeout", "1"]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    let (sub, first, _) = submit_until_started(&client, &swarm, sh("sleep 3; echo done")).await;
+    assert_eq!(first, "w1");
+    let _w2 = swarm.worker("w2", 1, &[]).unwrap();
+    swarm.wait_workers(&client, 2).await.unwrap();
+    w1.signal(libc::SIGTERM);
+    let c = collect(sub, WAIT * 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(c.finished_count(), 1);
+    assert!(c.outcome().succeeded(), "{:?}", c.events);
+    assert_eq!(finished_worker(&c.events), "w2");
+    assert!(c
+        .events
+        .iter()
+        .any(|e| matches!(e, TaskEvent::Retrying { reason, .. } if reason.contains("handed"))));
+    assert!(w1.wait_exit(WAIT).await.unwrap().success());
+}
+
+#[tokio::test]
+async fn the_swarm_survives_a_nats_server_restart() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let _w = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    assert!(
+        run_task(&client, &swarm.subjects, sh("echo before"), Duration::ZERO)
+            .await
+            .unwrap()
+            .outcome()
+            .succeeded()
+    );
+
+    swarm.restart_server().await.unwrap();
+    // Everyone reconnects by themselves; the test's client too.
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let c = run_task(&client, &swarm.subjects, sh("echo after"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.stdout, "after\n");
+}
