@@ -144,6 +144,8 @@ impl Drop for Proc {
 pub struct Swarm {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The HTTP monitoring port (nats.conf binds it to loopback).
+    pub monitor_port: u16,
     pub server: Proc,
     pub subjects: Subjects,
     procs_started: usize,
@@ -162,11 +164,12 @@ impl Swarm {
         if !out.status.success() {
             bail!("vgas init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let port = free_port();
-        let server = Self::spawn_server(dir.path(), port)?;
+        let (port, monitor_port) = (free_port(), free_port());
+        let server = Self::spawn_server(dir.path(), port, monitor_port)?;
         let swarm = Swarm {
             dir,
             port,
+            monitor_port,
             server,
             subjects: Subjects::default(),
             procs_started: 0,
@@ -175,7 +178,7 @@ impl Swarm {
         Ok(swarm)
     }
 
-    fn spawn_server(dir: &Path, port: u16) -> Result<Proc> {
+    fn spawn_server(dir: &Path, port: u16, monitor_port: u16) -> Result<Proc> {
         let log = dir.join(format!("nats-server-{port}-{}.log", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -184,7 +187,7 @@ impl Swarm {
         let child = Command::new(nats_server_bin())
             .args(["-c", "nats.conf", "-p"])
             .arg(port.to_string())
-            .args(["-m", &free_port().to_string()])
+            .args(["-m", &monitor_port.to_string()])
             .current_dir(dir)
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -208,7 +211,7 @@ impl Swarm {
     /// Kills nats-server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart_server(&mut self) -> Result<()> {
         self.server.kill();
-        self.server = Self::spawn_server(self.dir.path(), self.port)?;
+        self.server = Self::spawn_server(self.dir.path(), self.port, self.monitor_port)?;
         self.wait_server_up().await
     }
 

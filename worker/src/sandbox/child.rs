@@ -113,7 +113,7 @@ pub(crate) struct ChildPlan {
     mounts: Option<(libc::c_ulong, Vec<MountPoint>)>,
     new_net: bool,
     /// (soft, hard) in [`RLIMIT_NAMES`] order.
-    rlimits: [(u64, u64); 5],
+    rlimits: [(libc::rlim_t, libc::rlim_t); 5],
     uid: Option<u32>,
 }
 
@@ -225,8 +225,8 @@ impl ChildPlan {
             resources.into_iter().zip(self.rlimits.iter()).enumerate()
         {
             let lim = libc::rlimit {
-                rlim_cur: soft as libc::rlim_t,
-                rlim_max: hard as libc::rlim_t,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if unsafe { libc::setrlimit(resource, &lim) } != 0 {
                 return Err(fail(Stage::Rlimit, i));
@@ -302,7 +302,7 @@ impl ChildPlan {
 
 /// Lowers each wanted (soft, hard) pair to the worker's own hard limit, which a process
 /// without CAP_SYS_RESOURCE cannot raise (asking for more would fail the task).
-fn clamp_to_hard_limits(wanted: [(u64, u64); 5]) -> [(u64, u64); 5] {
+fn clamp_to_hard_limits(wanted: [(u64, u64); 5]) -> [(libc::rlim_t, libc::rlim_t); 5] {
     let resources = [
         libc::RLIMIT_AS,
         libc::RLIMIT_CPU,
@@ -318,11 +318,18 @@ fn clamp_to_hard_limits(wanted: [(u64, u64); 5]) -> [(u64, u64); 5] {
         };
         // SAFETY: getrlimit writes into `cur`, which outlives the call.
         if unsafe { libc::getrlimit(resource, &mut cur) } == 0 {
-            let max = cur.rlim_max as u64;
+            #[allow(clippy::useless_conversion)]
+            let max = u64::from(cur.rlim_max);
             *slot = (slot.0.min(max), slot.1.min(max));
         }
     }
-    out
+    out.map(|(soft, hard)| (to_rlim(soft), to_rlim(hard)))
+}
+
+/// A limit as `rlim_t`, which is narrower than u64 on some 32-bit targets.
+#[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+fn to_rlim(v: u64) -> libc::rlim_t {
+    libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY)
 }
 
 #[cfg(test)]
@@ -349,5 +356,54 @@ mod tests {
             assert_eq!(decode_failure(code), Some((stage, detail, errno)));
         }
         assert_eq!(decode_failure(libc::ENOENT), None);
+    }
+
+    #[test]
+    fn failures_are_described_with_the_mount_or_limit_involved() {
+        let iso = Isolation {
+            mount_ns: true,
+            net_ns: true,
+            uid_switch: false,
+        };
+        let plan = ChildPlan::new(
+            Path::new("/nonexistent/task-1"),
+            &iso,
+            &Limits::default(),
+            Some(200_001),
+        )
+        .unwrap();
+        let (_, readonly) = plan.mounts.as_ref().expect("a mount plan");
+        let root = readonly
+            .iter()
+            .position(|m| m.path.as_bytes() == b"/")
+            .expect("/ is mounted");
+        let cases = [
+            (
+                Stage::ReadOnly,
+                root,
+                libc::EPERM,
+                "could not remount / read-only: Operation not permitted",
+            ),
+            (Stage::Rlimit, 3, libc::EPERM, "could not set RLIMIT_NPROC"),
+            (
+                Stage::SetUid,
+                0,
+                libc::EAGAIN,
+                "could not switch to uid 200001",
+            ),
+            (
+                Stage::BindTaskDir,
+                0,
+                libc::ENOENT,
+                "could not bind-mount /nonexistent/task-1",
+            ),
+        ];
+        for (stage, detail, errno, want) in cases {
+            let got = plan.describe_failure(stage, detail, errno);
+            assert!(
+                got.starts_with("sandbox setup failed: ") && got.contains(want),
+                "{got}"
+            );
+        }
     }
 }

@@ -218,10 +218,8 @@ pub async fn run_exec(
         }
         Err(e) => outcome::spawn_error(&e, program, &plan, task_path.as_deref()),
     };
+    // `supervise` has killed everything the task started; a failed spawn started nothing.
     drop(cmd);
-    if let Some(uid) = uid {
-        procs::kill_uid(uid).await;
-    }
     taskdir::remove(dir);
     outcome
 }

@@ -15,7 +15,7 @@ use super::Limits;
 /// `1536 MiB`-style sizes for messages.
 fn size(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.checked_rem(MIB) == Some(0) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{bytes} bytes")
