@@ -76,7 +76,7 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
             ),
             Role::Client => format!(
                 "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"$SRV.>\"] }}, \
-                 subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.events\"] }}"
+                 subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.>\"] }}"
             ),
         };
         out.push_str(&format!(

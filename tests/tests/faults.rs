@@ -56,8 +56,8 @@ fn finished_worker(events: &[TaskEvent]) -> String {
 async fn worker_killed_mid_task_the_task_completes_elsewhere() {
     let mut swarm = Swarm::start().await.unwrap();
     let _m = swarm.master(&[]).unwrap();
-    let mut w1 = swarm.worker("w1", 1, &[]).unwrap();
-    let mut w2 = swarm.worker("w2", 1, &[]).unwrap();
+    let w1 = swarm.worker("w1", 1, &[]).unwrap();
+    let w2 = swarm.worker("w2", 1, &[]).unwrap();
     let client = swarm.connect(Role::Client).await.unwrap();
     swarm.wait_workers(&client, 2).await.unwrap();
 

@@ -8,7 +8,6 @@ pub mod probe;
 pub mod runner;
 pub mod sandbox;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -75,7 +74,7 @@ impl WorkerConfig {
             slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
             capabilities: f.capabilities.clone().unwrap_or_default(),
             sandbox: SandboxConfig {
-                work_dir: PathBuf::from(work_dir),
+                work_dir,
                 ceilings,
                 uid_base: Some(f.sandbox_uid_base.unwrap_or_else(process_uid_base)),
             },

@@ -64,6 +64,7 @@ pub(crate) enum Stage {
     SetUid,
 }
 
+/// Every step, in numbering order (`STAGES[n - 1]` is step `n`), for decoding.
 const STAGES: [Stage; 13] = [
     Stage::NewSession,
     Stage::MountNamespace,

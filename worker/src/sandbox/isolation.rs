@@ -9,9 +9,11 @@ use super::mounts;
 /// Uid the probe switches to (nobody); any unprivileged uid would do.
 const PROBE_UID: u32 = 65534;
 
-/// Exit-status bits of the probe child.
+/// Exit-status bit of the probe child: a mount namespace with `/` remounted read-only worked.
 const PROBE_MOUNT_NS: i32 = 1;
+/// Exit-status bit of the probe child: a network namespace worked.
 const PROBE_NET_NS: i32 = 2;
+/// Exit-status bit of the probe child: switching to [`PROBE_UID`] worked.
 const PROBE_UID_SWITCH: i32 = 4;
 
 /// What isolation this host gives, probed once at worker start (by actually trying it in a

@@ -331,38 +331,6 @@ async fn a_missing_program_is_an_error_naming_it() {
 }
 
 #[tokio::test]
-async fn a_sandbox_setup_failure_is_an_error_with_the_reason() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        println!("skipped: as root every namespace can be created; the reasons are unit-tested in child.rs");
-        return;
-    }
-    let h = harness();
-    let asks_too_much = Isolation {
-        mount_ns: true,
-        net_ns: false,
-        uid_switch: false,
-    };
-    let (tx, _rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-    let outcome = run_exec(
-        &h.cfg,
-        &asks_too_much,
-        8,
-        &sh("true"),
-        tx,
-        CancellationToken::new(),
-    )
-    .await;
-    match outcome {
-        TaskOutcome::Error { message } => assert!(
-            message.contains("could not create a mount namespace"),
-            "{message}"
-        ),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[tokio::test]
 async fn cancel_kills_the_task() {
     let h = harness();
     let marker = unique_sleep();

@@ -11,10 +11,55 @@ use super::tests::{
     assert_nothing_left, harness, isolation, run, sandbox_uid, sh, spec, unique, unique_sleep,
     TEST_UID_BASE,
 };
+use super::{Limits, MIB};
 
 fn failed(outcome: &TaskOutcome) -> bool {
     matches!(outcome, TaskOutcome::Exited { exit_code } if *exit_code != 0)
         || matches!(outcome, TaskOutcome::Signaled { .. })
+}
+
+#[test]
+fn task_limits_can_only_lower_the_ceilings() {
+    let ceilings = Limits {
+        memory_bytes: 1024 * MIB,
+        cpu_seconds: 60,
+        max_processes: 100,
+        output_cap: 16 * MIB,
+        file_size_bytes: 512 * MIB,
+    };
+    let asked = |memory_mb, cpu_seconds, max_processes| TaskLimits {
+        memory_mb,
+        cpu_seconds,
+        max_processes,
+        output_cap_mb: Some(u64::MAX),
+        file_size_mb: Some(1),
+    };
+    let cases = [
+        (asked(None, None, None), (1024 * MIB, 60, 100)),
+        (asked(Some(256), Some(5), Some(32)), (256 * MIB, 5, 32)),
+        (
+            asked(Some(1 << 40), Some(999), Some(1 << 20)),
+            (1024 * MIB, 60, 100),
+        ),
+    ];
+    for (req, (memory, cpu, procs)) in cases {
+        let got = ceilings.for_task(&req);
+        assert_eq!(
+            (got.memory_bytes, got.cpu_seconds, got.max_processes),
+            (memory, cpu, procs),
+            "{req:?}"
+        );
+        assert_eq!(
+            got.output_cap,
+            16 * MIB,
+            "a huge request is capped, not overflowed"
+        );
+        assert_eq!(got.file_size_bytes, MIB);
+    }
+    assert_eq!(
+        Limits::default().memory_bytes,
+        vgas_shared::limits::DEFAULT_MEMORY_BYTES
+    );
 }
 
 #[tokio::test]
@@ -89,6 +134,7 @@ async fn a_fork_bomb_is_contained_and_cleaned_up() {
     s.limits.max_processes = Some(32);
     s.deadline_s = Some(5);
     let ran = run(&h, 13, s).await;
+    println!("fork bomb: {:?} after {:?}", ran.outcome, ran.elapsed);
     assert!(!ran.outcome.succeeded(), "{:?}", ran.outcome);
     assert!(ran.elapsed < Duration::from_secs(15), "{:?}", ran.elapsed);
     assert_nothing_left(13, &marker);
@@ -284,5 +330,37 @@ async fn the_task_runs_as_its_slot_uid() {
             isolation().describe(),
             ran.stdout.trim()
         ),
+    }
+}
+
+#[tokio::test]
+async fn a_sandbox_setup_failure_is_an_error_with_the_reason() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        println!("skipped: as root every namespace can be created; the reasons are unit-tested in child.rs");
+        return;
+    }
+    let h = harness();
+    let asks_too_much = super::Isolation {
+        mount_ns: true,
+        net_ns: false,
+        uid_switch: false,
+    };
+    let (tx, _rx) = tokio::sync::mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
+    let outcome = super::run_exec(
+        &h.cfg,
+        &asks_too_much,
+        8,
+        &sh("true"),
+        tx,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    match outcome {
+        TaskOutcome::Error { message } => assert!(
+            message.contains("could not create a mount namespace"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
     }
 }

@@ -1,0 +1,41 @@
+//! The JSON protocol as a plain NATS client speaks it: `tests/py/protocol_test.py` (nats-py,
+//! installed by scripts/ensure-tools.sh) against a real swarm.
+
+use vgas_shared::config::Role;
+use vgas_tests::{repo_root, Swarm};
+
+#[tokio::test]
+async fn a_plain_nats_client_speaks_the_documented_json() {
+    let python = std::env::var("VGAS_PYTHON").unwrap_or_else(|_| {
+        repo_root()
+            .join(".tools/venv/bin/python")
+            .display()
+            .to_string()
+    });
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: run scripts/ensure-tools.sh (it installs nats-py)"
+    );
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let _w = swarm.worker("w1", 2, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let creds = swarm.creds(Role::Client);
+    let out = tokio::process::Command::new(&python)
+        .arg(repo_root().join("tests/py/protocol_test.py"))
+        .env("VGAS_NATS_URL", swarm.url())
+        .env("VGAS_USER", &creds.user)
+        .env("VGAS_PASSWORD", &creds.password)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("protocol: 5 passed, 0 failed"), "{text}");
+}
