@@ -44,7 +44,7 @@ pub fn init(state_dir: &Path, subjects: &Subjects) -> Result<InitReport> {
             Credentials::load(&path)?
         } else {
             let creds = Credentials {
-                user: format!("vgas-{}", role.name()),
+                user: format!("{}-{}", subjects.prefix().replace('.', "-"), role.name()),
                 password: Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN),
             };
             let text = toml::to_string(&creds).context("encode credentials")?;

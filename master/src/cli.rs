@@ -236,48 +236,69 @@ async fn follow(client: &Client, conn: &Resolved, id: &TaskId) -> Result<i32> {
     follow_events(client, conn, id, sub).await
 }
 
-/// Prints a task's output as it streams and returns its exit code once it has finished.
+/// What a follower does with one event.
+#[derive(Debug, Default)]
+struct Follower {
+    /// The newest attempt seen; output of older (lost) attempts is dropped.
+    attempt: u32,
+}
+
+impl Follower {
+    /// Prints output, notes retries; returns the outcome once the task has finished.
+    fn on_event(&mut self, payload: &[u8]) -> Result<Option<TaskOutcome>> {
+        let Ok(ev) = decode_as::<TaskEvent>(Encoding::detect(payload), payload) else {
+            return Ok(None);
+        };
+        match ev {
+            TaskEvent::Assigned { attempt, .. } | TaskEvent::Started { attempt, .. } => {
+                self.attempt = self.attempt.max(attempt)
+            }
+            TaskEvent::Stdout { attempt, data } if attempt >= self.attempt => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data.as_bytes())?;
+                out.flush()?;
+            }
+            TaskEvent::Stderr { attempt, data } if attempt >= self.attempt => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(data.as_bytes())?;
+                err.flush()?;
+            }
+            TaskEvent::Retrying { attempt, reason } => {
+                self.attempt = attempt;
+                eprintln!("vgas: retrying as attempt {attempt}: {reason}");
+            }
+            TaskEvent::Finished { outcome, .. } => return Ok(Some(outcome)),
+            _ => {}
+        }
+        Ok(None)
+    }
+}
+
+/// Prints a task's output as it streams and returns its exit code once it has finished. The
+/// task's record is polled too, so a follower that missed the final event still ends.
 async fn follow_events(
     client: &Client,
     conn: &Resolved,
     id: &TaskId,
     mut sub: async_nats::Subscriber,
 ) -> Result<i32> {
-    let mut attempt = 0u32;
+    let mut follower = Follower::default();
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     loop {
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else { bail!("event subscription closed") };
-                let Ok(ev) = decode_as::<TaskEvent>(Encoding::detect(&msg.payload), &msg.payload) else { continue };
-                match ev {
-                    TaskEvent::Assigned { attempt: a, .. } | TaskEvent::Started { attempt: a, .. } => attempt = attempt.max(a),
-                    TaskEvent::Stdout { attempt: a, data } if a >= attempt => {
-                        let mut out = std::io::stdout().lock();
-                        out.write_all(data.as_bytes())?;
-                        out.flush()?;
-                    }
-                    TaskEvent::Stderr { attempt: a, data } if a >= attempt => {
-                        let mut err = std::io::stderr().lock();
-                        err.write_all(data.as_bytes())?;
-                        err.flush()?;
-                    }
-                    TaskEvent::Retrying { attempt: a, reason } => {
-                        attempt = a;
-                        eprintln!("vgas: retrying as attempt {a}: {reason}");
-                    }
-                    TaskEvent::Finished { outcome, .. } => return Ok(report(id, &outcome)),
-                    _ => {}
+                if let Some(outcome) = follower.on_event(&msg.payload)? {
+                    return Ok(report(id, &outcome));
                 }
             }
             _ = poll.tick() => {
                 let rec: TaskRecord = request(client, conn.subjects.task_info(), &TaskQuery { task_id: id.clone() }).await?;
                 if let TaskState::Finished { outcome, .. } = rec.state {
                     // Let output already on its way arrive before ending.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
-                        if let Ok(TaskEvent::Stdout { data, .. }) = decode_as::<TaskEvent>(Encoding::detect(&msg.payload), &msg.payload) {
-                            print!("{data}");
+                    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+                        if follower.on_event(&msg.payload)?.is_some() {
+                            break;
                         }
                     }
                     return Ok(report(id, &outcome));

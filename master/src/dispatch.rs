@@ -189,13 +189,7 @@ impl Dispatcher {
                 task_id,
                 attempt,
                 reason,
-            } => {
-                let current = self.tasks.get(&task_id).map(|t| t.rec.attempt);
-                if current == Some(attempt) {
-                    debug!(task_id = %task_id, "assignment failed: {reason}");
-                    self.requeue(&task_id, None).await;
-                }
-            }
+            } => self.on_assign_failed(&task_id, attempt, reason).await,
             Command::Cancel { task_id, reply } => {
                 let found = self.cancel(&task_id).await;
                 let _ = reply.send(found);
@@ -294,6 +288,28 @@ impl Dispatcher {
             }
             .instrument(span),
         );
+    }
+
+    /// A worker refused an assignment or did not acknowledge it: give its slot back and queue
+    /// the task again (a refusal is not a lost attempt). If the acknowledgement was only late,
+    /// the worker may have started it, so it is told to cancel that attempt.
+    async fn on_assign_failed(&mut self, id: &TaskId, attempt: u32, reason: String) {
+        let Some(t) = self.tasks.get(id) else { return };
+        let TaskState::Assigned { worker, .. } = &t.rec.state else {
+            return;
+        };
+        if t.rec.attempt != attempt {
+            return;
+        }
+        let worker = worker.clone();
+        debug!(task_id = %id, worker = %worker, "assignment failed: {reason}");
+        self.sched.release(&worker);
+        self.send_cancel(id, &worker, attempt).await;
+        if t.cancel_requested {
+            self.finalize(id, TaskOutcome::Cancelled, None).await;
+        } else {
+            self.requeue(id, None).await;
+        }
     }
 
     async fn on_result(&mut self, r: WorkerResult) {
@@ -407,21 +423,8 @@ impl Dispatcher {
         t.cancel_requested = true;
         match &t.rec.state {
             TaskState::Assigned { worker, .. } => {
-                #[derive(serde::Serialize)]
-                struct CancelMsg<'a> {
-                    task_id: &'a TaskId,
-                    attempt: u32,
-                }
-                let msg = CancelMsg {
-                    task_id: id,
-                    attempt: t.rec.attempt,
-                };
-                if let Ok(bytes) = encode(Encoding::MsgPack, &msg) {
-                    let subject = self.subjects.worker_cancel(worker);
-                    if let Err(e) = self.client.publish(subject, bytes.into()).await {
-                        warn!(task_id = %id, "could not send cancel: {e}");
-                    }
-                }
+                let (worker, attempt) = (worker.clone(), t.rec.attempt);
+                self.send_cancel(id, &worker, attempt).await;
             }
             _ => {
                 self.pending.retain(|p| p != id);
@@ -429,6 +432,28 @@ impl Dispatcher {
             }
         }
         true
+    }
+
+    /// Tells `worker` to stop `attempt` of a task; a worker not running it ignores this.
+    async fn send_cancel(&self, id: &TaskId, worker: &WorkerId, attempt: u32) {
+        #[derive(serde::Serialize)]
+        struct CancelMsg<'a> {
+            task_id: &'a TaskId,
+            attempt: u32,
+        }
+        let Ok(bytes) = encode(
+            Encoding::MsgPack,
+            &CancelMsg {
+                task_id: id,
+                attempt,
+            },
+        ) else {
+            return;
+        };
+        let subject = self.subjects.worker_cancel(worker);
+        if let Err(e) = self.client.publish(subject, bytes.into()).await {
+            warn!(task_id = %id, "could not send cancel: {e}");
+        }
     }
 
     /// Records and announces the one final result of a task, then forgets it.

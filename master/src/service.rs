@@ -69,6 +69,19 @@ impl Handlers {
         let task_id = spec.task_id.clone().unwrap_or_else(TaskId::random);
         spec.task_id = Some(task_id.clone());
         let events = self.subjects.task_events(&task_id);
+        // An idempotent resubmit is answered even when the queue is full.
+        if spec.task_id.is_some() {
+            match self.store.get(&task_id).await {
+                Ok(Some(old)) => return self.resubmitted(&old, &spec, enc),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(err(
+                        ErrorCode::Internal,
+                        format!("could not read the task store: {e:#}"),
+                    ))
+                }
+            }
+        }
         let Ok(permit) = self.admission.clone().try_acquire_owned() else {
             return Err(err(
                 ErrorCode::Busy,
@@ -129,6 +142,27 @@ impl Handlers {
                 task_id,
                 events,
                 duplicate: false,
+            },
+        )
+    }
+
+    /// The answer to a submit whose id is taken: the same spec is an idempotent resubmit,
+    /// another spec is a conflict.
+    fn resubmitted(&self, old: &TaskRecord, spec: &TaskSpec, enc: Encoding) -> Answer {
+        let task_id = old.task_id.clone();
+        if old.spec != *spec {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("task id {task_id} is already used by a different task"),
+            ));
+        }
+        let events = self.subjects.task_events(&task_id);
+        reply(
+            enc,
+            &SubmitReply {
+                task_id,
+                events,
+                duplicate: true,
             },
         )
     }

@@ -27,14 +27,6 @@ impl Encoding {
             _ => Encoding::MsgPack,
         }
     }
-
-    /// The `Content-Type` a message in this encoding carries.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Json => "application/json",
-            Encoding::MsgPack => "application/msgpack",
-        }
-    }
 }
 
 /// Encodes `value` in `encoding`.

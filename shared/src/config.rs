@@ -31,7 +31,6 @@ pub struct FileConfig {
 pub struct MasterFileConfig {
     pub creds: Option<PathBuf>,
     pub queue_capacity: Option<usize>,
-    pub max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

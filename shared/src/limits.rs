@@ -57,7 +57,8 @@ pub const DEFAULT_FILE_SIZE_BYTES: u64 = 1024 * 1024 * 1024;
 /// Default cap on processes of a native task's sandbox user: stops fork bombs.
 pub const DEFAULT_MAX_PROCESSES: u64 = 256;
 
-/// Input files per task and their total size: inputs ride in the submit payload.
+/// Input files per task. Their total size is bounded by [`MAX_SUBMIT_BYTES`], since inputs
+/// ride in the submit payload.
 pub const MAX_INPUT_FILES: usize = 256;
 
 /// Events per task kept in flight between a sandbox and the publisher; the sandbox waits

@@ -357,7 +357,8 @@ pub struct Heartbeat {
     pub hostname: String,
     pub slots: usize,
     pub free_slots: usize,
-    /// Attempts running now, so a restarted master can tell lost tasks from running ones.
+    /// Attempts running now (task id, attempt), for operators and tools; the master itself
+    /// relies on results and heartbeat silence, not on this list.
     pub running: Vec<(TaskId, u32)>,
     pub cpus: usize,
     pub memory_mb: u64,

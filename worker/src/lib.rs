@@ -27,7 +27,7 @@ const SANDBOX_UID_FLOOR: u32 = 1_000_000;
 /// A sandbox uid range no other running worker on this host has: the sandbox kills every
 /// process of a slot's uid when its task ends, so two workers on one host must never share
 /// one. A pid is unique among running processes (`pid_max` is at most 2^22, so the range
-/// stays below 2^31).
+/// ends below 2^32 - 1, the largest uid).
 fn process_uid_base() -> u32 {
     SANDBOX_UID_FLOOR + std::process::id() * MAX_SLOTS as u32
 }

@@ -39,7 +39,10 @@ use vgas_shared::wire::{TaskLimits, TaskOutcome, TaskSpec};
 
 pub use isolation::Isolation;
 
-/// First sandbox uid (and gid) when the worker is root: slot N runs as `DEFAULT_UID_BASE + N`.
+/// First sandbox uid (and gid) when the worker is root and `SandboxConfig::uid_base` is `None`
+/// (tests and embedders): slot N runs as `DEFAULT_UID_BASE + N`. The `vgas-worker` binary
+/// always sets its own per-process base instead (see `WorkerConfig::new`), so two workers on
+/// one host never share a uid.
 /// High enough to collide with no real account or the usual container uid ranges, so
 /// `kill(-1)` as that uid can only hit the task's own processes, and one slot's processes can
 /// neither signal nor read another's.
