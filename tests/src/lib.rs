@@ -27,12 +27,18 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A built binary of the workspace. `scripts/test.sh` builds them before the tests run.
+/// A built binary of the workspace: from `VGAS_BIN_DIR` when set (benchmarks use release
+/// builds), else the debug build that `scripts/test.sh` makes before the tests run.
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let dir = std::env::var_os("VGAS_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let p = target.join("debug").join(name);
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"))
+                .join("debug")
+        });
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace --bins` first",

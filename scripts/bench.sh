@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every benchmark in one run, release builds: the Gatling scheduler (criterion) and the
+# end-to-end figures next to raw NATS request-reply. Results go to stdout; docs/benchmarks.md
+# records them with this command.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/ensure-tools.sh
+# shellcheck disable=SC1091
+source .tools/env
+cargo build --release --workspace --bins --locked
+cargo bench -p vgas-master --bench gatling --locked
+VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench e2e --locked
