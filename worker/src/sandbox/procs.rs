@@ -27,7 +27,9 @@ fn killable_uid(uid: u32) -> bool {
 }
 
 /// One sweep: a forked helper becomes `uid` and calls kill(-1, SIGKILL), which reaches every
-/// process of that uid and no other. Needs root; without it the helper can do nothing.
+/// process of that uid and no other. Needs root; without it the helper can do nothing. (Its
+/// return value says nothing useful: Linux answers 0 when any process exists, even if every
+/// one refused the signal, so the caller checks /proc instead.)
 fn sweep_uid(uid: u32) {
     if !killable_uid(uid) {
         return;
@@ -94,7 +96,32 @@ fn status_of(pid_dir: &std::path::Path) -> Option<(u32, char, u64)> {
     Some((uid, state, threads))
 }
 
+/// Process directories under /proc owned by `uid` (a `/proc/<pid>` directory belongs to the
+/// process's effective uid, which equals the real one for sandboxed tasks), with their status.
+/// One `stat` per process filters first, so a scan costs little when the uid has none.
+fn processes_of(uid: u32) -> Vec<(std::path::PathBuf, u32, char, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.uid() == uid))
+        .filter_map(|e| {
+            let path = e.path();
+            status_of(&path).map(|(uid, state, threads)| (path, uid, state, threads))
+        })
+        .filter(|(_, u, _, _)| *u == uid)
+        .collect()
+}
+
 /// Every process directory under /proc, with its status.
+#[cfg(test)]
 fn all_processes() -> Vec<(std::path::PathBuf, u32, char, u64)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -115,17 +142,16 @@ fn all_processes() -> Vec<(std::path::PathBuf, u32, char, u64)> {
 
 /// Processes of real uid `uid` that are not zombies (or dead).
 pub(crate) fn live_processes_of_uid(uid: u32) -> usize {
-    all_processes()
+    processes_of(uid)
         .iter()
-        .filter(|(_, u, state, _)| *u == uid && !matches!(state, 'Z' | 'X'))
+        .filter(|(_, _, state, _)| !matches!(state, 'Z' | 'X'))
         .count()
 }
 
 /// Threads of real uid `uid`, zombies included: what RLIMIT_NPROC counts against.
 pub(crate) fn tasks_of_uid(uid: u32) -> u64 {
-    all_processes()
+    processes_of(uid)
         .iter()
-        .filter(|(_, u, _, _)| *u == uid)
         .map(|(_, _, _, threads)| threads)
         .sum()
 }

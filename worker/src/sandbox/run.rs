@@ -82,7 +82,10 @@ pub(crate) async fn supervise(
         e = watch(&mut child, stdout, stderr, &out, &budget, pgid, job.uid) => e,
     };
 
-    kill_all(pgid, job.uid).await;
+    // `watch` already killed the stragglers of a task whose main process exited.
+    if !matches!(ended, Ended::Exited(_)) {
+        kill_all(pgid, job.uid).await;
+    }
     if let Some(feeder) = feeder {
         feeder.abort();
     }
