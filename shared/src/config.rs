@@ -135,6 +135,54 @@ mod tests {
     }
 
     #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("vgas-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vgas.toml");
+        std::fs::write(
+            &file,
+            "nats_url = 'nats://from-file:1'\nprefix = 'filepre'\n",
+        )
+        .unwrap();
+        let args = |url: Option<&str>| CommonArgs {
+            nats_url: url.map(String::from),
+            config: Some(file.clone()),
+            state_dir: Some(dir.join("state")),
+            ..Default::default()
+        };
+        let from_file = args(None).resolve(Role::Client).unwrap();
+        assert_eq!(from_file.nats_url, "nats://from-file:1");
+        assert_eq!(from_file.subjects.prefix(), "filepre");
+        assert!(from_file.creds.is_none(), "no default creds file exists");
+        let from_flag = args(Some("nats://flag:2")).resolve(Role::Client).unwrap();
+        assert_eq!(from_flag.nats_url, "nats://flag:2");
+        let defaults = CommonArgs {
+            config: Some(dir.join("missing.toml")),
+            ..Default::default()
+        };
+        assert!(
+            defaults.resolve(Role::Client).is_err(),
+            "a named config file must exist"
+        );
+        let none = CommonArgs {
+            state_dir: Some(dir.join("state")),
+            ..Default::default()
+        };
+        let d = none.resolve(Role::Worker).unwrap();
+        assert_eq!(d.nats_url, DEFAULT_NATS_URL);
+        assert_eq!(d.subjects.prefix(), "vgas");
+        let creds_missing = CommonArgs {
+            creds: Some(dir.join("nope.creds")),
+            ..Default::default()
+        };
+        assert!(
+            creds_missing.resolve(Role::Client).is_err(),
+            "a named creds file must exist"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn credentials_never_print_the_password() {
         let c = Credentials {
             user: "u".into(),

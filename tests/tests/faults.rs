@@ -199,3 +199,32 @@ async fn the_swarm_survives_a_nats_server_restart() {
         .unwrap();
     assert_eq!(c.stdout, "after\n");
 }
+
+#[tokio::test]
+async fn a_frozen_worker_turns_abnormal_and_rejoins_when_it_thaws() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let w1 = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    w1.signal(libc::SIGSTOP);
+    let p = vgas_tests::wait_for("w1 to turn abnormal", WAIT, || {
+        let (client, s) = (client.clone(), swarm.subjects.clone());
+        async move {
+            let p: vgas_shared::wire::SwarmPulse = request(&client, s.status(), &()).await.ok()?;
+            (!p.abnormal.is_empty()).then_some(p)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.abnormal[0].id.as_str(), "w1");
+    assert!(p.live.is_empty());
+    w1.signal(libc::SIGCONT);
+    let p = swarm.wait_workers(&client, 1).await.unwrap();
+    assert!(p.abnormal.is_empty(), "{p:?}");
+    let c = run_task(&client, &swarm.subjects, sh("echo back"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.stdout, "back\n");
+}

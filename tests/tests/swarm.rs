@@ -153,3 +153,69 @@ async fn cli_submit_status_and_a_late_worker() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "on big\n");
 }
+
+#[tokio::test]
+async fn cli_watch_and_cancel() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _m = swarm.master(&[]).unwrap();
+    let _w = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    // Detach, then watch the running task to its end.
+    let out = swarm
+        .cli(&[
+            "submit",
+            "--detach",
+            "--id",
+            "watched",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1; echo late; exit 5",
+        ])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "watched");
+    let out = swarm.cli(&["watch", "watched"]).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("late"),
+        "{out:?}"
+    );
+    // Watching a finished task reports how it ended.
+    let out = swarm.cli(&["watch", "watched"]).unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exited with code 5"),
+        "{out:?}"
+    );
+
+    // Cancel a running task: it ends as cancelled, once, and the worker keeps serving.
+    let id = vgas_shared::TaskId::parse("doomed").unwrap();
+    let sub = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let out = swarm
+        .cli(&["submit", "--detach", "--id", "doomed", "--", "sleep", "60"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = swarm.cli(&["cancel", "doomed"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let c = vgas_tests::collect(sub, Duration::from_secs(20), Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(c.outcome(), TaskOutcome::Cancelled);
+    assert_eq!(c.finished_count(), 1);
+    let out = swarm.cli(&["cancel", "doomed"]).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "cancelling a finished task is an error"
+    );
+    let c = run_task(&client, &swarm.subjects, sh("echo next"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.stdout, "next\n");
+}
