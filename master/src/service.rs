@@ -47,6 +47,20 @@ fn err(code: ErrorCode, message: impl Into<String>) -> WireError {
     }
 }
 
+/// Decodes a request body within its size limit; a failure comes back as the error reply, in
+/// the encoding the request appears to use.
+fn decode_request<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    limit: usize,
+) -> Result<(T, Encoding), (Encoding, WireError)> {
+    decode(payload, limit).map_err(|e| {
+        (
+            Encoding::detect(payload),
+            WireError::from(&VgaError::from(e)),
+        )
+    })
+}
+
 fn reply<T: Serialize>(enc: Encoding, value: &T) -> Answer {
     encode(enc, value).map_err(|e| err(ErrorCode::Internal, e.to_string()))
 }
@@ -55,9 +69,9 @@ impl Handlers {
     /// `vgas.task.submit`: validate, take a queue place, record, then accept.
     pub async fn submit(&self, payload: &[u8]) -> (Encoding, Answer) {
         let enc = Encoding::detect(payload);
-        let spec: TaskSpec = match decode(payload, MAX_SUBMIT_BYTES) {
+        let spec: TaskSpec = match decode_request(payload, MAX_SUBMIT_BYTES) {
             Ok((spec, _)) => spec,
-            Err(e) => return (enc, Err(WireError::from(&VgaError::from(e)))),
+            Err((enc, e)) => return (enc, Err(e)),
         };
         if let Err(e) = spec.validate() {
             return (enc, Err(WireError::from(&e)));
@@ -180,14 +194,9 @@ impl Handlers {
     }
 
     async fn info(&self, payload: &[u8]) -> (Encoding, Answer) {
-        let (q, enc) = match decode::<TaskQuery>(payload, MAX_CONTROL_BYTES) {
+        let (q, enc) = match decode_request::<TaskQuery>(payload, MAX_CONTROL_BYTES) {
             Ok(v) => v,
-            Err(e) => {
-                return (
-                    Encoding::detect(payload),
-                    Err(WireError::from(&VgaError::from(e))),
-                )
-            }
+            Err((enc, e)) => return (enc, Err(e)),
         };
         let answer = match self.store.get(&q.task_id).await {
             Ok(Some(rec)) => reply(enc, &rec),
@@ -198,14 +207,9 @@ impl Handlers {
     }
 
     async fn cancel(&self, payload: &[u8]) -> (Encoding, Answer) {
-        let (q, enc) = match decode::<TaskQuery>(payload, MAX_CONTROL_BYTES) {
+        let (q, enc) = match decode_request::<TaskQuery>(payload, MAX_CONTROL_BYTES) {
             Ok(v) => v,
-            Err(e) => {
-                return (
-                    Encoding::detect(payload),
-                    Err(WireError::from(&VgaError::from(e))),
-                )
-            }
+            Err((enc, e)) => return (enc, Err(e)),
         };
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Cancel {

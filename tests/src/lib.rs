@@ -214,6 +214,21 @@ impl Swarm {
         .await
     }
 
+    /// The usual start of a test: nats-server, a master, workers `(id, slots)`, a client
+    /// connection, and every worker live. The master is the first process returned.
+    pub async fn with_workers(
+        workers: &[(&str, usize)],
+    ) -> Result<(Swarm, Vec<Proc>, async_nats::Client)> {
+        let mut swarm = Swarm::start().await?;
+        let mut procs = vec![swarm.master(&[])?];
+        for (id, slots) in workers {
+            procs.push(swarm.worker(id, *slots, &[])?);
+        }
+        let client = swarm.connect(Role::Client).await?;
+        swarm.wait_workers(&client, workers.len()).await?;
+        Ok((swarm, procs, client))
+    }
+
     /// Kills nats-server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart_server(&mut self) -> Result<()> {
         self.server.kill();

@@ -54,18 +54,13 @@ fn finished_worker(events: &[TaskEvent]) -> String {
 
 #[tokio::test]
 async fn worker_killed_mid_task_the_task_completes_elsewhere() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let w1 = swarm.worker("w1", 1, &[]).unwrap();
-    let w2 = swarm.worker("w2", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 2).await.unwrap();
+    let (swarm, procs, client) = Swarm::with_workers(&[("w1", 1), ("w2", 1)]).await.unwrap();
 
     let (sub, first, _) = submit_until_started(&client, &swarm, sh("sleep 2; echo done")).await;
     if first == "w1" {
-        w1.signal(libc::SIGKILL)
+        procs[1].signal(libc::SIGKILL)
     } else {
-        w2.signal(libc::SIGKILL)
+        procs[2].signal(libc::SIGKILL)
     }
     let c = collect(sub, WAIT * 2, Duration::from_secs(2))
         .await
@@ -91,11 +86,7 @@ async fn worker_killed_mid_task_the_task_completes_elsewhere() {
 
 #[tokio::test]
 async fn master_killed_and_restarted_resumes_every_accepted_task() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let mut master = swarm.master(&[]).unwrap();
-    let _w = swarm.worker("w1", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
 
     // One task running, one queued behind it (the worker has one slot).
     let (running, _, _) = submit_until_started(&client, &swarm, sh("sleep 3; echo first")).await;
@@ -110,8 +101,8 @@ async fn master_killed_and_restarted_resumes_every_accepted_task() {
         .await
         .unwrap();
 
-    master.signal(libc::SIGKILL);
-    master.wait_exit(WAIT).await.unwrap();
+    procs[0].signal(libc::SIGKILL);
+    procs[0].wait_exit(WAIT).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _master2 = swarm.master(&[]).unwrap();
 
@@ -130,22 +121,18 @@ async fn master_killed_and_restarted_resumes_every_accepted_task() {
 
 #[tokio::test]
 async fn sigterm_drains_running_tasks_then_leaves() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let mut w1 = swarm.worker("w1", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
 
     let (sub, _, _) =
         submit_until_started(&client, &swarm, sh("sleep 2; echo finished anyway")).await;
-    w1.signal(libc::SIGTERM);
+    procs[1].signal(libc::SIGTERM);
     let c = collect(sub, WAIT, Duration::ZERO).await.unwrap();
     assert_eq!(c.stdout, "finished anyway\n");
     assert!(c.outcome().succeeded());
     assert!(
-        w1.wait_exit(WAIT).await.unwrap().success(),
+        procs[1].wait_exit(WAIT).await.unwrap().success(),
         "{}",
-        w1.log_text()
+        procs[1].log_text()
     );
     swarm.wait_workers(&client, 0).await.unwrap();
 }
@@ -178,11 +165,7 @@ async fn a_draining_worker_hands_back_what_it_cannot_finish() {
 
 #[tokio::test]
 async fn the_swarm_survives_a_nats_server_restart() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let _w = swarm.worker("w1", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (mut swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
     assert!(
         run_task(&client, &swarm.subjects, sh("echo before"), Duration::ZERO)
             .await
@@ -202,13 +185,9 @@ async fn the_swarm_survives_a_nats_server_restart() {
 
 #[tokio::test]
 async fn a_frozen_worker_turns_abnormal_and_rejoins_when_it_thaws() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let w1 = swarm.worker("w1", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (swarm, procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
 
-    w1.signal(libc::SIGSTOP);
+    procs[1].signal(libc::SIGSTOP);
     let p = vgas_tests::wait_for("w1 to turn abnormal", WAIT, || {
         let (client, s) = (client.clone(), swarm.subjects.clone());
         async move {
@@ -220,7 +199,7 @@ async fn a_frozen_worker_turns_abnormal_and_rejoins_when_it_thaws() {
     .unwrap();
     assert_eq!(p.abnormal[0].id.as_str(), "w1");
     assert!(p.live.is_empty());
-    w1.signal(libc::SIGCONT);
+    procs[1].signal(libc::SIGCONT);
     let p = swarm.wait_workers(&client, 1).await.unwrap();
     assert!(p.abnormal.is_empty(), "{p:?}");
     let c = run_task(&client, &swarm.subjects, sh("echo back"), Duration::ZERO)

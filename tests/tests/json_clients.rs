@@ -16,11 +16,7 @@ async fn a_plain_nats_client_speaks_the_documented_json() {
         std::path::Path::new(&python).exists(),
         "{python} is missing: run scripts/ensure-tools.sh (it installs nats-py)"
     );
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let _w = swarm.worker("w1", 2, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 2)]).await.unwrap();
     let creds = swarm.creds(Role::Client);
     let out = tokio::process::Command::new(&python)
         .arg(repo_root().join("tests/py/protocol_test.py"))

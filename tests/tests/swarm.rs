@@ -9,11 +9,7 @@ use vgas_tests::{run_task, sh, Swarm};
 
 #[tokio::test]
 async fn submit_streams_output_live_and_reports_exit_code() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let _w = swarm.worker("w1", 2, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 2)]).await.unwrap();
 
     // A chunk printed before a pause must arrive before the task ends.
     let id = vgas_shared::TaskId::random();
@@ -53,11 +49,7 @@ async fn submit_streams_output_live_and_reports_exit_code() {
 
 #[tokio::test]
 async fn stdin_env_and_input_files_reach_the_command() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let _w = swarm.worker("w1", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
     let mut spec = sh("cat; echo \"$GREETING\"; cat data/in.txt");
     spec.stdin = "from stdin\n".into();
     spec.env.insert("GREETING".into(), "hello env".into());
@@ -115,11 +107,7 @@ async fn gatling_rotation_shares_work_fairly_across_three_workers() {
 
 #[tokio::test]
 async fn cli_submit_status_and_a_late_worker() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let _w = swarm.worker("w1", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (mut swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
 
     let out = swarm
         .cli(&["submit", "--", "sh", "-c", "echo out; echo err >&2; exit 7"])
@@ -156,11 +144,7 @@ async fn cli_submit_status_and_a_late_worker() {
 
 #[tokio::test]
 async fn cli_watch_and_cancel() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let _m = swarm.master(&[]).unwrap();
-    let _w = swarm.worker("w1", 1, &[]).unwrap();
-    let client = swarm.connect(Role::Client).await.unwrap();
-    swarm.wait_workers(&client, 1).await.unwrap();
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
 
     // Detach, then watch the running task to its end.
     let out = swarm

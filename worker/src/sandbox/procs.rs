@@ -96,48 +96,42 @@ fn status_of(pid_dir: &std::path::Path) -> Option<(u32, char, u64)> {
     Some((uid, state, threads))
 }
 
-/// Process directories under /proc owned by `uid` (a `/proc/<pid>` directory belongs to the
-/// process's effective uid, which equals the real one for sandboxed tasks), with their status.
-/// One `stat` per process filters first, so a scan costs little when the uid has none.
-fn processes_of(uid: u32) -> Vec<(std::path::PathBuf, u32, char, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
+/// The numeric entries of /proc: one per process.
+fn proc_dirs() -> impl Iterator<Item = std::fs::DirEntry> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter(|e| {
             e.file_name()
                 .to_str()
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         })
+}
+
+type ProcInfo = (std::path::PathBuf, u32, char, u64);
+
+fn with_status(e: std::fs::DirEntry) -> Option<ProcInfo> {
+    let path = e.path();
+    status_of(&path).map(|(uid, state, threads)| (path, uid, state, threads))
+}
+
+/// Processes of `uid` (a `/proc/<pid>` directory belongs to the process's effective uid, which
+/// equals the real one for sandboxed tasks), with their status. One `stat` per process
+/// filters first, so a scan costs little when the uid has none.
+fn processes_of(uid: u32) -> Vec<ProcInfo> {
+    use std::os::unix::fs::MetadataExt;
+    proc_dirs()
         .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.uid() == uid))
-        .filter_map(|e| {
-            let path = e.path();
-            status_of(&path).map(|(uid, state, threads)| (path, uid, state, threads))
-        })
+        .filter_map(with_status)
         .filter(|(_, u, _, _)| *u == uid)
         .collect()
 }
 
-/// Every process directory under /proc, with its status.
+/// Every process, with its status.
 #[cfg(test)]
-fn all_processes() -> Vec<(std::path::PathBuf, u32, char, u64)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| {
-            let path = e.path();
-            status_of(&path).map(|(uid, state, threads)| (path, uid, state, threads))
-        })
-        .collect()
+fn all_processes() -> Vec<ProcInfo> {
+    proc_dirs().filter_map(with_status).collect()
 }
 
 /// Processes of real uid `uid` that are not zombies (or dead).
