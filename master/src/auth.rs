@@ -70,12 +70,12 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
         let perms = match role {
             Role::Master => "publish: \">\", subscribe: \">\"".to_string(),
             Role::Worker => format!(
-                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\"] }}, \
+                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\"] }}, \
                  subscribe: {{ allow: [\"{p}.worker.*.task\", \"{p}.worker.*.cancel\", \"_INBOX.>\"] }}, \
                  allow_responses: true"
             ),
             Role::Client => format!(
-                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"$SRV.>\"] }}, \
+                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\"] }}, \
                  subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.>\"] }}"
             ),
         };
@@ -124,5 +124,6 @@ mod tests {
             assert_eq!(mode, 0o600, "{}", p.display());
         }
         assert!(conf1.contains("\"vgas.task.submit\""));
+        assert!(conf1.contains("\"vgas.llm.complete\""));
     }
 }

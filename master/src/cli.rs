@@ -52,6 +52,24 @@ pub enum Cmd {
     Watch { task_id: TaskId },
     /// Cancel a task.
     Cancel { task_id: TaskId },
+    /// List the vgas nodes on the LAN (mDNS): mode, cluster, addresses, joined or not.
+    Discover {
+        /// Seconds to listen.
+        #[arg(long, default_value_t = 3)]
+        wait: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Provider API keys in the master's vault (run on the master's machine).
+    #[command(subcommand)]
+    Vault(crate::cli_vault::VaultCmd),
+    /// LLM usage by provider, model and day, with budgets and rates.
+    Usage {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,9 +117,16 @@ pub async fn run(cli: Cli) -> Result<i32> {
         println!("wrote   {}", report.auth_conf.display());
         return Ok(0);
     }
+    if let Cmd::Discover { wait, json } = cli.cmd {
+        return crate::discovery::discover_cmd(&conn, Duration::from_secs(wait), json).await;
+    }
+    if let Cmd::Vault(cmd) = cli.cmd {
+        return crate::cli_vault::run_vault(&conn, cmd);
+    }
     let client = crate::connect::connect(&conn, "vgas-cli").await?;
     let code = match cli.cmd {
-        Cmd::Init => unreachable!("handled above"),
+        Cmd::Init | Cmd::Discover { .. } | Cmd::Vault(_) => unreachable!("handled above"),
+        Cmd::Usage { json } => crate::cli_vault::run_usage(&client, &conn, json).await?,
         Cmd::Submit(args) => submit(&client, &conn, args).await?,
         Cmd::Status { json } => {
             let pulse: SwarmPulse = request(
@@ -357,6 +382,13 @@ pub fn render_status(p: &SwarmPulse) -> String {
             n.isolation,
             n.capabilities.join(","),
             state
+        ));
+    }
+    for u in &p.unjoined {
+        let why = u.not_joined.map(|w| w.describe()).unwrap_or("");
+        s.push_str(&format!(
+            "SEEN     {:<28} cluster {} at {:?}: {}\n",
+            u.advert.node_id, u.advert.cluster, u.addresses, why
         ));
     }
     for a in &p.abnormal {

@@ -6,8 +6,12 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cli_vault;
 pub mod connect;
+pub mod discovery;
 pub mod dispatch;
+pub mod gateway;
+pub mod keys;
 pub mod scheduler;
 pub mod service;
 pub mod store;
@@ -82,6 +86,11 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         .subscribe(subjects.all_heartbeats())
         .await
         .context("subscribe to heartbeats")?;
+    let node_id = format!(
+        "master-{}",
+        uuid::Uuid::new_v4().simple().to_string().split_at(8).0
+    );
+    let mdns = discovery::start(&cfg.conn, &node_id, shutdown.clone());
     let handlers = Handlers {
         sched: sched.clone(),
         store,
@@ -91,6 +100,8 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         admission: Arc::new(Semaphore::new(cfg.queue_capacity)),
         queue_capacity: cfg.queue_capacity,
         started_ms: now_ms(),
+        seen: mdns.as_ref().map(|(_, seen)| seen.clone()),
+        cluster: cfg.conn.cluster.clone(),
     };
     let service = client
         .service_builder()
@@ -120,6 +131,16 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
             }
         });
     }
+    // The LLM gateway (llm.complete, llm.usage): starts without a vault file.
+    gateway::start(
+        &cfg.conn,
+        &js,
+        &service,
+        client.clone(),
+        &tracker,
+        shutdown.clone(),
+    )
+    .await?;
 
     let stop = shutdown.clone();
     let (s2, w2) = (sched.clone(), wake.clone());
@@ -152,7 +173,10 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         tracing::warn!("some master tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
     }
     let _ = service.stop().await;
-    client.drain().await.ok();
+    if let Some((d, _)) = mdns {
+        tokio::task::spawn_blocking(move || d.stop()).await.ok();
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.drain()).await;
     info!("master stopped");
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct Handlers {
     pub admission: Arc<Semaphore>,
     pub queue_capacity: usize,
     pub started_ms: u64,
+    /// Nodes seen by mDNS, when discovery is on.
+    pub seen: Option<crate::discovery::SeenMap>,
+    pub cluster: String,
 }
 
 type Answer = Result<Vec<u8>, WireError>;
@@ -190,6 +193,10 @@ impl Handlers {
         pulse.tasks_accepted = self.counters.accepted.load(Ordering::Relaxed);
         pulse.tasks_finished = self.counters.finished.load(Ordering::Relaxed);
         pulse.uptime_ms = now_ms().saturating_sub(self.started_ms);
+        if let Some(seen) = &self.seen {
+            let live: Vec<String> = pulse.live.iter().map(|n| n.id.to_string()).collect();
+            pulse.unjoined = crate::discovery::unjoined(seen, &self.cluster, &live);
+        }
         pulse
     }
 

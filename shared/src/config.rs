@@ -18,6 +18,10 @@ pub struct FileConfig {
     pub nats_url: Option<String>,
     pub prefix: Option<String>,
     pub state_dir: Option<PathBuf>,
+    pub cluster: Option<String>,
+    /// mDNS announcements and browsing (default on).
+    pub mdns: Option<bool>,
+    pub mdns_interfaces: Option<Vec<String>>,
     #[serde(default)]
     pub master: MasterFileConfig,
     #[serde(default)]
@@ -211,6 +215,27 @@ pub struct CommonArgs {
     /// State folder (credentials, server auth file) [default: .vgas]
     #[arg(long, env = "VGAS_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+    /// Cluster name: a worker joins only a master of its own cluster [default: vgas]
+    #[arg(long, env = "VGAS_CLUSTER", global = true)]
+    pub cluster: Option<String>,
+    /// Neither announce nor browse over mDNS.
+    #[arg(long, env = "VGAS_NO_MDNS", global = true)]
+    pub no_mdns: bool,
+    /// Network interface to use for mDNS (repeatable) [default: every non-loopback interface]
+    #[arg(
+        long = "mdns-interface",
+        env = "VGAS_MDNS_INTERFACES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub mdns_interfaces: Vec<String>,
+}
+
+/// mDNS settings after resolution; `None` in [`Resolved::mdns`] means mDNS is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MdnsConfig {
+    /// Interfaces to announce and browse on; empty means every non-loopback interface.
+    pub interfaces: Vec<String>,
 }
 
 /// Default NATS URL when neither flag, env nor file names one.
@@ -220,6 +245,11 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub nats_url: String,
+    /// Whether the URL came from a flag, the environment or the file (a worker without one
+    /// finds its master by mDNS).
+    pub nats_url_explicit: bool,
+    pub cluster: String,
+    pub mdns: Option<MdnsConfig>,
     pub creds: Option<Credentials>,
     pub subjects: crate::Subjects,
     pub state_dir: PathBuf,
@@ -262,12 +292,22 @@ impl CommonArgs {
             .clone()
             .or_else(|| file.prefix.clone())
             .unwrap_or_else(|| crate::subjects::DEFAULT_PREFIX.to_owned());
+        let explicit_url = self.nats_url.clone().or_else(|| file.nats_url.clone());
+        let mdns_on = !self.no_mdns && file.mdns.unwrap_or(true);
+        let interfaces = if self.mdns_interfaces.is_empty() {
+            file.mdns_interfaces.clone().unwrap_or_default()
+        } else {
+            self.mdns_interfaces.clone()
+        };
         Ok(Resolved {
-            nats_url: self
-                .nats_url
+            nats_url_explicit: explicit_url.is_some(),
+            nats_url: explicit_url.unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+            cluster: self
+                .cluster
                 .clone()
-                .or_else(|| file.nats_url.clone())
-                .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+                .or_else(|| file.cluster.clone())
+                .unwrap_or_else(|| crate::discovery::DEFAULT_CLUSTER.to_owned()),
+            mdns: mdns_on.then_some(MdnsConfig { interfaces }),
             creds,
             subjects: crate::Subjects::new(&prefix)?,
             state_dir,

@@ -64,6 +64,14 @@ pub enum ErrorCode {
     Conflict,
     /// Something on our side failed; the request may be retried.
     Internal,
+    /// A budget or rate limit refused the call before anything was spent; the message names
+    /// the limit. Also a provider's own `insufficient_quota`.
+    QuotaExceeded,
+    /// The gateway cannot serve this yet: no vault, no key for the provider, no passphrase,
+    /// or the provider is not configured. The message says what to do.
+    Unavailable,
+    /// The provider failed or answered with an error; the message has its words.
+    Upstream,
 }
 
 /// The body of every error reply: `{"error":{"code":"busy","message":"..."}}`.

@@ -1,15 +1,20 @@
 //! Everything two vgas processes must agree on: ids, subject names, the codec, the wire types,
-//! named limits, configuration files and typed errors.
+//! named limits, configuration files, typed errors and the key vault's file format.
 //!
 //! This crate never opens a socket or spawns a process, so it can be linked by every binary,
 //! test and benchmark without dragging a runtime along.
 
 pub mod codec;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod llm;
+#[cfg(feature = "mdns")]
+pub mod mdns;
 pub mod subjects;
+pub mod vault;
 pub mod wire;
 
 pub use codec::Encoding;

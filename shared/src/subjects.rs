@@ -101,6 +101,22 @@ impl Subjects {
         format!("{}.result.*", self.prefix)
     }
 
+    /// Request: an LLM completion through the master's gateway; tokens stream back on the
+    /// reply subject. Worker to master.
+    pub fn llm_complete(&self) -> String {
+        format!("{}.llm.complete", self.prefix)
+    }
+
+    /// Request: the LLM usage report. Person-facing (JSON).
+    pub fn llm_usage(&self) -> String {
+        format!("{}.llm.usage", self.prefix)
+    }
+
+    /// JetStream KV bucket holding LLM usage counters (per provider, model and day).
+    pub fn usage_bucket(&self) -> String {
+        format!("{}_llm_usage", self.token_prefix())
+    }
+
     /// JetStream stream holding worker results until the master has recorded them.
     pub fn results_stream(&self) -> String {
         format!("{}_RESULTS", self.token_prefix().to_uppercase())
@@ -138,6 +154,9 @@ mod tests {
         assert_eq!(s.results_stream(), "TEAM_VGAS_RESULTS");
         assert_eq!(s.tasks_bucket(), "team_vgas_tasks");
         assert_eq!(Subjects::default().status(), "vgas.status");
+        assert_eq!(s.llm_complete(), "team.vgas.llm.complete");
+        assert_eq!(s.llm_usage(), "team.vgas.llm.usage");
+        assert_eq!(s.usage_bucket(), "team_vgas_llm_usage");
     }
 
     #[test]

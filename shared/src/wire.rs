@@ -414,6 +414,8 @@ pub struct SwarmPulse {
     pub tasks_accepted: u64,
     pub tasks_finished: u64,
     pub uptime_ms: u64,
+    /// Workers seen on the LAN by mDNS that are not live here, with the likely reason.
+    pub unjoined: Vec<crate::discovery::SeenNode>,
 }
 
 /// The state of one task, as kept in the tasks bucket and answered by `vgas.task.info`.

@@ -35,8 +35,9 @@ async def micro_service(nc):
     assert ping["name"] == "vgas-master", ping
     assert ping["type"] == "io.nats.micro.v1.ping_response", ping
     info = await req(nc, "$SRV.INFO.vgas-master", b"")
-    subjects = sorted(e["subject"] for e in info["endpoints"])
-    assert subjects == ["vgas.status", "vgas.task.cancel", "vgas.task.info", "vgas.task.submit"], subjects
+    subjects = {e["subject"] for e in info["endpoints"]}
+    core = {"vgas.status", "vgas.task.cancel", "vgas.task.info", "vgas.task.submit"}
+    assert core <= subjects, subjects
     await req(nc, "vgas.status", b"")
     stats = await req(nc, "$SRV.STATS.vgas-master", b"")
     status = [e for e in stats["endpoints"] if e["subject"] == "vgas.status"][0]

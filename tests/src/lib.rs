@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+pub mod provider;
+
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -155,11 +158,29 @@ pub struct Swarm {
     pub server: Proc,
     pub subjects: Subjects,
     procs_started: usize,
+    /// The namespace host nats-server runs on, for multi-host tests; `None`: this machine.
+    pub server_host: Option<netns::Host>,
+}
+
+/// Where a process runs and how it finds the swarm.
+#[derive(Debug, Clone, Copy)]
+pub enum Placement<'a> {
+    /// This machine, told the server's URL; no mDNS.
+    Local,
+    /// A namespace host, told the server's URL; mDNS on.
+    On(&'a netns::Host),
+    /// A namespace host with no URL: it finds the master by mDNS.
+    Discover(&'a netns::Host),
 }
 
 impl Swarm {
     /// Starts nats-server and waits until it accepts connections.
     pub async fn start() -> Result<Swarm> {
+        Self::start_on(None).await
+    }
+
+    /// Starts nats-server on `host` (a namespace), or on this machine.
+    pub async fn start_on(host: Option<netns::Host>) -> Result<Swarm> {
         let dir = tempfile::Builder::new().prefix("vgas-test-").tempdir()?;
         std::fs::copy(repo_root().join("nats.conf"), dir.path().join("nats.conf"))?;
         let out = Command::new(bin("vgas"))
@@ -171,8 +192,9 @@ impl Swarm {
             bail!("vgas init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let (port, monitor_port) = (free_port(), free_port());
-        let server = Self::spawn_server(dir.path(), port, monitor_port)?;
+        let server = Self::spawn_server(dir.path(), port, monitor_port, host.as_ref())?;
         let swarm = Swarm {
+            server_host: host,
             dir,
             port,
             monitor_port,
@@ -184,13 +206,18 @@ impl Swarm {
         Ok(swarm)
     }
 
-    fn spawn_server(dir: &Path, port: u16, monitor_port: u16) -> Result<Proc> {
+    fn spawn_server(
+        dir: &Path,
+        port: u16,
+        monitor_port: u16,
+        host: Option<&netns::Host>,
+    ) -> Result<Proc> {
         let log = dir.join(format!("nats-server-{port}-{}.log", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(nats_server_bin())
+        let child = in_host(host, &nats_server_bin())
             .args(["-c", "nats.conf", "-p"])
             .arg(port.to_string())
             .args(["-m", &monitor_port.to_string()])
@@ -207,9 +234,10 @@ impl Swarm {
     }
 
     async fn wait_server_up(&self) -> Result<()> {
+        let addr = self.server_addr();
         let port = self.port;
         wait_for("nats-server to listen", WAIT, || async move {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            TcpStream::connect((addr, port)).ok().map(|_| ())
         })
         .await
     }
@@ -232,12 +260,32 @@ impl Swarm {
     /// Kills nats-server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart_server(&mut self) -> Result<()> {
         self.server.kill();
-        self.server = Self::spawn_server(self.dir.path(), self.port, self.monitor_port)?;
+        self.server = Self::spawn_server(
+            self.dir.path(),
+            self.port,
+            self.monitor_port,
+            self.server_host.as_ref(),
+        )?;
         self.wait_server_up().await
     }
 
+    /// Kills nats-server and starts it on another host, same port and store: the server
+    /// moved to a new address.
+    pub async fn move_server(&mut self, host: netns::Host) -> Result<()> {
+        self.server.kill();
+        self.server_host = Some(host);
+        self.restart_server().await
+    }
+
+    fn server_addr(&self) -> std::net::Ipv4Addr {
+        self.server_host
+            .as_ref()
+            .map(|h| h.addr)
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST)
+    }
+
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.server_addr(), self.port)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -255,15 +303,39 @@ impl Swarm {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Proc> {
+        self.spawn_at(Placement::Local, name, program, args, env)
+    }
+
+    /// Starts a vgas binary at `place`; its output goes to a log file in the swarm's folder.
+    pub fn spawn_at(
+        &mut self,
+        place: Placement<'_>,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
         self.procs_started += 1;
         let log = self
             .dir
             .path()
             .join(format!("{name}-{}.log", self.procs_started));
         let file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(bin(program));
+        let host = match place {
+            Placement::Local => None,
+            Placement::On(h) | Placement::Discover(h) => Some(h),
+        };
+        let mut cmd = in_host(host, &bin(program));
+        if !matches!(place, Placement::Discover(_)) {
+            cmd.env("VGAS_NATS_URL", self.url());
+        }
+        // mDNS would announce on this machine's real network: only processes inside the
+        // multi-host tests' own namespaces use it.
+        cmd.env(
+            "VGAS_NO_MDNS",
+            if host.is_some() { "false" } else { "true" },
+        );
         cmd.args(args)
-            .env("VGAS_NATS_URL", self.url())
             .env("VGAS_STATE_DIR", self.state_dir())
             .env(
                 "RUST_LOG",
@@ -322,16 +394,32 @@ impl Swarm {
     /// Waits until `vgas.status` lists `n` live workers (the master answering included).
     pub async fn wait_workers(&self, client: &async_nats::Client, n: usize) -> Result<SwarmPulse> {
         let subjects = self.subjects.clone();
-        wait_for(&format!("{n} live workers"), WAIT, || {
-            let (client, subjects) = (client.clone(), subjects.clone());
+        let last = std::sync::Arc::new(std::sync::Mutex::new(String::from("no answer")));
+        let waited = wait_for(&format!("{n} live workers"), WAIT, || {
+            let (client, subjects, last) = (client.clone(), subjects.clone(), last.clone());
             async move {
-                let p: SwarmPulse = request(&client, subjects.status(), &serde_json::json!({}))
-                    .await
-                    .ok()?;
+                let p =
+                    request::<_, SwarmPulse>(&client, subjects.status(), &serde_json::json!({}))
+                        .await;
+                *last.lock().expect("last") = format!("{p:?}");
+                let p = p.ok()?;
                 (p.live.len() == n).then_some(p)
             }
         })
-        .await
+        .await;
+        waited.with_context(|| format!("last status: {}", last.lock().expect("last")))
+    }
+}
+
+/// A command for `program`, inside `host`'s namespace when given.
+fn in_host(host: Option<&netns::Host>, program: &Path) -> Command {
+    match host {
+        Some(h) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &h.ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 

@@ -4,6 +4,7 @@
 //! `run` is the whole worker; `main` only parses settings and wires up signals, so tests start
 //! the same worker as a process.
 
+pub mod join;
 pub mod probe;
 pub mod runner;
 pub mod sandbox;
@@ -87,7 +88,7 @@ impl WorkerConfig {
 /// Runs the worker until `shutdown` fires, then drains: no new tasks, running ones get
 /// `drain_timeout` to finish and are handed back after that.
 pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
-    runner::Worker::start(cfg).await?.serve(shutdown).await
+    join::run(cfg, shutdown).await
 }
 
 /// Connects as `name` with the worker's credentials.

@@ -31,6 +31,9 @@ use crate::WorkerConfig;
 /// minute in all): long enough to ride out a nats-server restart.
 const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
 
+/// How long leaving waits for the server to confirm what was sent.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One running attempt, as cancel and drain see it.
 #[derive(Debug)]
 struct Running {
@@ -53,6 +56,9 @@ pub struct Worker {
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
     draining: Arc<AtomicBool>,
     tracker: TaskTracker,
+    /// Set before shutdown to skip the drain: running tasks are handed back at once (the
+    /// master moved and this connection is dead, so they could not report anyway).
+    hand_back_now: Arc<AtomicBool>,
     seq: Arc<AtomicU64>,
     toolchains: Vec<vgas_shared::wire::Toolchain>,
 }
@@ -78,6 +84,7 @@ impl Worker {
             running: Arc::default(),
             draining: Arc::default(),
             tracker: TaskTracker::new(),
+            hand_back_now: Arc::default(),
             seq: Arc::default(),
             toolchains,
         })
@@ -129,6 +136,16 @@ impl Worker {
     }
 
     /// Serves assignments until `shutdown`, then drains and leaves.
+    /// The connection this worker serves on.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A switch that makes the next shutdown hand running tasks back instead of draining.
+    pub fn hand_back_switch(&self) -> Arc<AtomicBool> {
+        self.hand_back_now.clone()
+    }
+
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
         let subjects = self.cfg.conn.subjects.clone();
         let mut tasks = self
@@ -167,12 +184,17 @@ impl Worker {
 
         // Drain: refuse new work, tell the master, give running tasks time, hand back the rest.
         me.draining.store(true, Ordering::Release);
-        let _ = tasks.unsubscribe().await;
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, tasks.unsubscribe()).await;
         me.beat(false).await;
         me.tracker.close();
         let n = me.running.lock().expect("running lock").len();
         info!(running = n, "draining");
-        if tokio::time::timeout(me.cfg.drain_timeout, me.tracker.wait())
+        let drain = if me.hand_back_now.load(Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            me.cfg.drain_timeout
+        };
+        if tokio::time::timeout(drain, me.tracker.wait())
             .await
             .is_err()
         {
@@ -190,7 +212,8 @@ impl Worker {
         beats_stop.cancel();
         let _ = beater.await;
         me.beat(true).await;
-        me.client.flush().await.ok();
+        // A flush waits for the server; bounded, since the server may be gone (master moved).
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, me.client.flush()).await;
         info!("worker stopped");
         Ok(())
     }

@@ -1,0 +1,183 @@
+//! Hosts made of network namespaces, for multi-host tests: a switch namespace holding a
+//! bridge, one namespace per host joined to it by a veth pair, and a veth from the test's own
+//! namespace so the test can reach the hosts. Addresses are in a /24 of 10.213.0.0/16 that
+//! exists only inside these namespaces. Everything is removed on drop, also when a test fails.
+//! Needs root and `ip` (iproute2); elsewhere [`Lan::new`] returns `None` and says why.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// One host: its namespace and address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    /// The switch-side end of its veth, the one `link_down` takes down.
+    switch_end: String,
+}
+
+/// A LAN of namespaces.
+#[derive(Debug)]
+pub struct Lan {
+    tag: String,
+    subnet: u8,
+    switch: String,
+    root_veth: String,
+    hosts: Vec<Host>,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Lan {
+    /// Builds a LAN of `n` hosts, or returns `None` (printing why) where namespaces cannot be
+    /// made.
+    pub fn new(n: usize) -> Result<Option<Lan>> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: multi-host tests need root to create network namespaces");
+            return Ok(None);
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("SKIPPED: multi-host tests need `ip` (Debian package iproute2)");
+            return Ok(None);
+        }
+        let pid = std::process::id();
+        let tag = format!("{:x}", (pid ^ (crate::free_port() as u32)) & 0xffff);
+        let subnet = (1 + (pid % 250)) as u8;
+        let mut lan = Lan {
+            switch: format!("vgsw{tag}"),
+            root_veth: format!("vgr{tag}"),
+            tag,
+            subnet,
+            hosts: Vec::new(),
+        };
+        ip(&["netns", "add", &lan.switch])?;
+        ip(&["-n", &lan.switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &lan.switch, "link", "set", "br0", "up"])?;
+        ip(&["-n", &lan.switch, "link", "set", "lo", "up"])?;
+        // The test's own end, so it can reach nats-server on a host.
+        let peer = format!("vgp{}", lan.tag);
+        ip(&[
+            "link",
+            "add",
+            &lan.root_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &lan.switch])?;
+        ip(&[
+            "-n",
+            &lan.switch,
+            "link",
+            "set",
+            &peer,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        let root_addr = format!("10.213.{}.254/24", lan.subnet);
+        ip(&["addr", "add", &root_addr, "dev", &lan.root_veth])?;
+        ip(&["link", "set", &lan.root_veth, "up"])?;
+        for _ in 0..n {
+            lan.add_host()?;
+        }
+        Ok(Some(lan))
+    }
+
+    /// Adds one more host (a new address on the same LAN).
+    pub fn add_host(&mut self) -> Result<Host> {
+        let i = self.hosts.len();
+        let ns = format!("vgh{}-{}", i, self.tag);
+        let (inner, outer) = (format!("vgi{i}{}", self.tag), format!("vgo{i}{}", self.tag));
+        let addr = Ipv4Addr::new(10, 213, self.subnet, (i + 1) as u8);
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+        ])?;
+        ip(&["link", "set", &inner, "netns", &ns])?;
+        ip(&["link", "set", &outer, "netns", &self.switch])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &outer,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        // mDNS needs a multicast route.
+        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        let host = Host {
+            ns,
+            addr,
+            switch_end: outer,
+        };
+        self.hosts.push(host.clone());
+        Ok(host)
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i]
+    }
+
+    /// Cuts host `i` off the LAN (its cable pulled at the switch).
+    pub fn link_down(&self, i: usize) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &self.hosts[i].switch_end,
+            "down",
+        ])
+    }
+
+    /// Plugs host `i` back in.
+    pub fn link_up(&self, i: usize) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &self.hosts[i].switch_end,
+            "up",
+        ])
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.root_veth]);
+        for h in &self.hosts {
+            let _ = ip(&["netns", "del", &h.ns]);
+        }
+        let _ = ip(&["netns", "del", &self.switch]);
+    }
+}
