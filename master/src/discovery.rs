@@ -43,6 +43,7 @@ pub fn advertised_urls(nats_url: &str) -> Vec<String> {
 pub fn start(
     conn: &Resolved,
     node_id: &str,
+    http_port: Option<u16>,
     stop: CancellationToken,
 ) -> Option<(NetworkDiscovery, SeenMap)> {
     let cfg = conn.mdns.as_ref()?;
@@ -65,7 +66,7 @@ pub fn start(
         cluster: conn.cluster.clone(),
         proto: PROTOCOL_VERSION,
         nats_urls: urls,
-        http_port: None,
+        http_port,
         summary: String::new(),
     };
     if let Err(e) = d.broadcast_presence(&advert, port) {

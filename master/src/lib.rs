@@ -40,6 +40,8 @@ const COMMAND_CHANNEL_CAPACITY: usize = 1024;
 pub struct MasterConfig {
     pub conn: Resolved,
     pub queue_capacity: usize,
+    /// The nats-server monitoring port to put in the mDNS advert, when the operator gives it.
+    pub advertise_http_port: Option<u16>,
 }
 
 impl MasterConfig {
@@ -52,6 +54,7 @@ impl MasterConfig {
         MasterConfig {
             conn,
             queue_capacity,
+            advertise_http_port: None,
         }
     }
 }
@@ -90,7 +93,12 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         "master-{}",
         uuid::Uuid::new_v4().simple().to_string().split_at(8).0
     );
-    let mdns = discovery::start(&cfg.conn, &node_id, shutdown.clone());
+    let mdns = discovery::start(
+        &cfg.conn,
+        &node_id,
+        cfg.advertise_http_port,
+        shutdown.clone(),
+    );
     let handlers = Handlers {
         sched: sched.clone(),
         store,

@@ -159,6 +159,31 @@ impl Lan {
         ])
     }
 
+    /// Takes host `i`'s own interface down or up, as if it were configured after start.
+    pub fn set_host_interface(&self, i: usize, up: bool) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.hosts[i].ns,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ])?;
+        if up {
+            // The multicast route goes with the link; put it back.
+            let _ = ip(&[
+                "-n",
+                &self.hosts[i].ns,
+                "route",
+                "replace",
+                "224.0.0.0/4",
+                "dev",
+                "eth0",
+            ]);
+        }
+        Ok(())
+    }
+
     /// Plugs host `i` back in.
     pub fn link_up(&self, i: usize) -> Result<()> {
         ip(&[

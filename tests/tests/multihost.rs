@@ -18,7 +18,7 @@ async fn status(client: &async_nats::Client, swarm: &Swarm) -> Option<SwarmPulse
 
 #[tokio::test]
 async fn workers_find_the_master_by_mdns_and_strangers_stay_out() {
-    let Some(lan) = Lan::new(4).unwrap() else {
+    let Some(lan) = Lan::new(5).unwrap() else {
         return;
     };
     let mut swarm = Swarm::start_on(Some(lan.host(0).clone())).await.unwrap();
@@ -28,7 +28,7 @@ async fn workers_find_the_master_by_mdns_and_strangers_stay_out() {
             Placement::On(&h0),
             "master",
             "vgas-master",
-            &["--cluster", "lab"],
+            &["--cluster", "lab", "--advertise-http-port", "8222"],
             &[],
         )
         .unwrap();
@@ -55,7 +55,7 @@ async fn workers_find_the_master_by_mdns_and_strangers_stay_out() {
             &[],
         )
         .unwrap();
-    let _stranger = swarm
+    let stranger = swarm
         .spawn_at(
             Placement::Discover(&h3),
             "w3",
@@ -135,9 +135,53 @@ async fn workers_find_the_master_by_mdns_and_strangers_stay_out() {
         .find(|n| n.advert.mode == vgas_shared::discovery::ClientMode::Master)
         .expect("the master");
     assert_eq!(master.advert.cluster, "lab");
+    assert_eq!(master.advert.http_port, Some(8222));
+    assert_eq!(
+        master.advert.proto,
+        vgas_shared::discovery::PROTOCOL_VERSION
+    );
+    assert!(
+        master
+            .advert
+            .urls_from(&master.addresses)
+            .contains(&swarm.url()),
+        "{master:?}"
+    );
     assert!(
         master.addresses.contains(&std::net::IpAddr::V4(h0.addr)),
         "{master:?}"
+    );
+
+    // A node that stops says goodbye: it leaves the list at once, not when its record expires.
+    stranger.signal(libc::SIGTERM);
+    wait_for("the stranger's goodbye", Duration::from_secs(10), || {
+        let (client, swarm) = (client.clone(), &swarm);
+        async move {
+            let p = status(&client, swarm).await?;
+            (!p.unjoined.iter().any(|u| u.advert.node_id == "stranger")).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+
+    // A worker whose only interface comes up after it started still finds the master.
+    let h4 = lan.host(4).clone();
+    lan.set_host_interface(4, false).unwrap();
+    let _late = swarm
+        .spawn_at(
+            Placement::Discover(&h4),
+            "w4",
+            "vgas-worker",
+            &["--id", "late", "--cluster", "lab"],
+            &[],
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lan.set_host_interface(4, true).unwrap();
+    let pulse = swarm.wait_workers(&client, 3).await.unwrap();
+    assert!(
+        pulse.live.iter().any(|n| n.id.as_str() == "late"),
+        "{pulse:?}"
     );
 }
 

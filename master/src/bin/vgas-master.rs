@@ -17,6 +17,9 @@ struct Args {
     /// Tasks that may wait for a worker before submit answers `busy`.
     #[arg(long, env = "VGAS_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
+    /// The nats-server monitoring (HTTP) port to announce over mDNS.
+    #[arg(long, env = "VGAS_ADVERTISE_HTTP_PORT")]
+    advertise_http_port: Option<u16>,
 }
 
 #[tokio::main]
@@ -25,6 +28,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let conn = args.common.resolve(Role::Master)?;
     let mut cfg = vgas_master::MasterConfig::new(conn);
+    cfg.advertise_http_port = args.advertise_http_port;
     if let Some(q) = args.queue_capacity {
         cfg.queue_capacity = q;
     }
