@@ -35,12 +35,18 @@ impl Recorded {
 /// One scripted answer.
 #[derive(Debug, Clone)]
 pub struct Scripted {
+    /// Pause after each chunk of a chunked answer, so streaming is observable (zero in the
+    /// benchmark).
+    pub pace: Duration,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     /// Sent as separate chunks (SSE) when `chunked`, else as one body with Content-Length.
     pub chunks: Vec<String>,
     pub chunked: bool,
 }
+
+/// Default pause between streamed chunks.
+pub const STREAM_PACE: Duration = Duration::from_millis(5);
 
 /// The server; stops when dropped.
 #[derive(Debug)]
@@ -66,6 +72,9 @@ impl FakeProvider {
         let (r, s) = (requests.clone(), script.clone());
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
+                // Each SSE event is its own small write: without this, Nagle's algorithm and
+                // the peer's delayed ACK add about 40 ms per response.
+                let _ = conn.set_nodelay(true);
                 tokio::spawn(serve(conn, r.clone(), s.clone()));
             }
         });
@@ -147,6 +156,7 @@ async fn serve(
                 r#"{"error":{"message":"no scripted answer","type":"server_error"}}"#.into(),
             ],
             chunked: false,
+            pace: Duration::ZERO,
         });
         if write_answer(&mut conn, &answer).await.is_err() {
             return;
@@ -172,7 +182,9 @@ async fn write_answer(conn: &mut TcpStream, a: &Scripted) -> std::io::Result<()>
             conn.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes())
                 .await?;
             conn.flush().await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if !a.pace.is_zero() {
+                tokio::time::sleep(a.pace).await;
+            }
         }
         conn.write_all(b"0\r\n\r\n").await?;
     } else {
@@ -228,6 +240,7 @@ pub fn openai_stream(words: &[&str], prompt: u64, completion: u64, cached: u64) 
         ]),
         chunks,
         chunked: true,
+        pace: STREAM_PACE,
     }
 }
 
@@ -272,6 +285,7 @@ pub fn anthropic_stream(words: &[&str], input: u64, output: u64, cache_read: u64
         ]),
         chunks,
         chunked: true,
+        pace: STREAM_PACE,
     }
 }
 
@@ -298,5 +312,6 @@ pub fn openai_429(insufficient_quota: bool, retry_after_s: u32) -> Scripted {
             if insufficient_quota { "insufficient_quota" } else { "rate_limit_exceeded" }
         )],
         chunked: false,
+        pace: Duration::ZERO,
     }
 }
