@@ -17,6 +17,7 @@ use vgas_shared::codec::encode;
 use vgas_shared::config::Role;
 use vgas_shared::wire::{Heartbeat, SubmitReply, SwarmPulse, TaskSpec};
 use vgas_shared::{Encoding, TaskId, WorkerId};
+use vgas_tests::bench::{latencies, pct_ms};
 use vgas_tests::{collect, request, Swarm};
 
 /// Sequential round trips per latency measurement.
@@ -28,11 +29,6 @@ const THROUGHPUT_WINDOW: Duration = Duration::from_secs(4);
 /// Simulated workers for the heartbeat measurement, and how long it runs.
 const SIM_WORKERS: usize = 1_000;
 const SIM_SECONDS: u64 = 10;
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
 
 async fn raw_roundtrip(client: &async_nats::Client) {
     client
@@ -68,16 +64,7 @@ where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    for _ in 0..20 {
-        f().await;
-    }
-    let mut lat = Vec::with_capacity(LATENCY_SAMPLES);
-    for _ in 0..LATENCY_SAMPLES {
-        let t = Instant::now();
-        f().await;
-        lat.push(t.elapsed());
-    }
-    lat.sort();
+    let lat = latencies(20, LATENCY_SAMPLES, &f).await;
     let done = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + THROUGHPUT_WINDOW;
     let loops: Vec<_> = (0..CONCURRENCY)
@@ -96,7 +83,7 @@ where
         l.await.expect("loop");
     }
     let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    (pct(&lat, 0.5), pct(&lat, 0.99), rate)
+    (pct_ms(&lat, 0.5), pct_ms(&lat, 0.99), rate)
 }
 
 async fn noop_tasks(workers: usize) {
@@ -215,8 +202,8 @@ async fn thousand_heartbeats() {
     lat.sort();
     println!(
         "| {SIM_WORKERS} | {SIM_SECONDS} s | {share:.1}% of one core | {:.2} | {:.2} | {} |",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
+        pct_ms(&lat, 0.5),
+        pct_ms(&lat, 0.99),
         lat.len()
     );
 }

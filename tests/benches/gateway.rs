@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +16,7 @@ use vgas_shared::codec::{decode_as, encode, Reply};
 use vgas_shared::config::Role;
 use vgas_shared::llm::{ChatMessage, CompletionEvent, CompletionRequest, UsageReport};
 use vgas_shared::Encoding;
+use vgas_tests::bench::{latencies, pct_ms};
 use vgas_tests::provider::{openai_stream, FakeProvider};
 use vgas_tests::{bin, request, wait_for, Placement, Swarm, WAIT};
 
@@ -23,10 +24,6 @@ use vgas_tests::{bin, request, wait_for, Placement, Swarm, WAIT};
 const SAMPLES: usize = 300;
 const WARMUP: usize = 20;
 const PASS: &str = "bench vault passphrase";
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
-}
 
 /// The provider request body the gateway sends, sent directly instead.
 fn direct_body() -> String {
@@ -87,17 +84,8 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    for _ in 0..WARMUP {
-        f().await;
-    }
-    let mut lat = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        let t = Instant::now();
-        f().await;
-        lat.push(t.elapsed());
-    }
-    lat.sort();
-    (pct(&lat, 0.5), pct(&lat, 0.99))
+    let lat = latencies(WARMUP, SAMPLES, f).await;
+    (pct_ms(&lat, 0.5), pct_ms(&lat, 0.99))
 }
 
 fn main() {

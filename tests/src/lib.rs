@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub mod netns;
 pub mod provider;
 
@@ -367,6 +368,13 @@ impl Swarm {
         let mut args = vec!["--id", id, "--slots", &slots];
         args.extend_from_slice(extra);
         self.spawn(id, "vgas-worker", &args, &[])
+    }
+
+    /// Starts `vgas-worker --id ID EXTRA...` at `place`.
+    pub fn worker_at(&mut self, place: Placement<'_>, id: &str, extra: &[&str]) -> Result<Proc> {
+        let mut args = vec!["--id", id];
+        args.extend_from_slice(extra);
+        self.spawn_at(place, id, "vgas-worker", &args, &[])
     }
 
     /// Runs the `vgas` CLI to completion with the client's credentials.

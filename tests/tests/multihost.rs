@@ -38,30 +38,24 @@ async fn workers_find_the_master_by_mdns_and_strangers_stay_out() {
         lan.host(3).clone(),
     );
     let _w1 = swarm
-        .spawn_at(
+        .worker_at(
             Placement::Discover(&h1),
             "w1",
-            "vgas-worker",
-            &["--id", "w1", "--slots", "1", "--cluster", "lab"],
-            &[],
+            &["--slots", "1", "--cluster", "lab"],
         )
         .unwrap();
     let _w2 = swarm
-        .spawn_at(
+        .worker_at(
             Placement::Discover(&h2),
             "w2",
-            "vgas-worker",
-            &["--id", "w2", "--slots", "1", "--cluster", "lab"],
-            &[],
+            &["--slots", "1", "--cluster", "lab"],
         )
         .unwrap();
     let stranger = swarm
-        .spawn_at(
+        .worker_at(
             Placement::Discover(&h3),
-            "w3",
-            "vgas-worker",
-            &["--id", "stranger", "--cluster", "elsewhere"],
-            &[],
+            "stranger",
+            &["--cluster", "elsewhere"],
         )
         .unwrap();
     let client = swarm.connect(Role::Client).await.unwrap();
@@ -168,13 +162,7 @@ async fn workers_find_the_master_by_mdns_and_strangers_stay_out() {
     let h4 = lan.host(4).clone();
     lan.set_host_interface(4, false).unwrap();
     let _late = swarm
-        .spawn_at(
-            Placement::Discover(&h4),
-            "w4",
-            "vgas-worker",
-            &["--id", "late", "--cluster", "lab"],
-            &[],
-        )
+        .worker_at(Placement::Discover(&h4), "late", &["--cluster", "lab"])
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     lan.set_host_interface(4, true).unwrap();
@@ -197,22 +185,10 @@ async fn a_cut_link_fails_over_and_the_worker_rejoins_then_a_moved_master_is_fou
         .unwrap();
     let (h1, h2) = (lan.host(1).clone(), lan.host(2).clone());
     let _w1 = swarm
-        .spawn_at(
-            Placement::Discover(&h1),
-            "w1",
-            "vgas-worker",
-            &["--id", "w1", "--slots", "1"],
-            &[],
-        )
+        .worker_at(Placement::Discover(&h1), "w1", &["--slots", "1"])
         .unwrap();
     let _w2 = swarm
-        .spawn_at(
-            Placement::Discover(&h2),
-            "w2",
-            "vgas-worker",
-            &["--id", "w2", "--slots", "1"],
-            &[],
-        )
+        .worker_at(Placement::Discover(&h2), "w2", &["--slots", "1"])
         .unwrap();
     let client = swarm.connect(Role::Client).await.unwrap();
     swarm.wait_workers(&client, 2).await.unwrap();
