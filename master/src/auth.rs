@@ -61,6 +61,17 @@ pub fn init(state_dir: &Path, subjects: &Subjects) -> Result<InitReport> {
 /// The `authorization` block for nats-server.
 pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
     let p = s.prefix();
+    // The wasm modules bucket: workers read it (stream info, the object's meta, an ordered
+    // consumer over its chunks); clients also put into it (chunks and meta, and the purge
+    // that replacing an object does).
+    let (b, st) = (s.modules_bucket(), s.modules_stream());
+    let modules_read = format!(
+        "\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.{st}\", \"$JS.API.STREAM.MSG.GET.{st}\", \
+         \"$JS.API.DIRECT.GET.{st}.>\", \"$JS.API.CONSUMER.CREATE.{st}\", \
+         \"$JS.API.CONSUMER.CREATE.{st}.>\", \"$JS.API.CONSUMER.DELETE.{st}.>\", \
+         \"$JS.API.CONSUMER.INFO.{st}.>\", \"$JS.FC.{st}.>\""
+    );
+    let modules_write = format!("\"$O.{b}.>\", \"$JS.API.STREAM.PURGE.{st}\"");
     let mut out = String::from(
         "# Written by `vgas init`: one user per role, each with only the subjects it needs.\n\
          # Regenerate with `vgas init`; the credentials live in creds/ beside this file.\n\
@@ -70,12 +81,12 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
         let perms = match role {
             Role::Master => "publish: \">\", subscribe: \">\"".to_string(),
             Role::Worker => format!(
-                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\"] }}, \
+                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\", {modules_read}] }}, \
                  subscribe: {{ allow: [\"{p}.worker.*.task\", \"{p}.worker.*.cancel\", \"_INBOX.>\"] }}, \
                  allow_responses: true"
             ),
             Role::Client => format!(
-                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\"] }}, \
+                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\", {modules_read}, {modules_write}] }}, \
                  subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.>\"] }}"
             ),
         };
@@ -125,5 +136,7 @@ mod tests {
         }
         assert!(conf1.contains("\"vgas.task.submit\""));
         assert!(conf1.contains("\"vgas.llm.complete\""));
+        assert!(conf1.contains("\"$O.vgas_modules.>\""));
+        assert!(conf1.contains("\"$JS.API.STREAM.INFO.OBJ_vgas_modules\""));
     }
 }

@@ -98,8 +98,12 @@ pub struct SubmitArgs {
     /// Print the task id and return without following the output.
     #[arg(long)]
     pub detach: bool,
-    /// The command and its arguments.
-    #[arg(required = true, last = true)]
+    /// Run this WASI module (uploaded to the modules bucket if missing) instead of a
+    /// command; what follows `--` is its argv.
+    #[arg(long, value_name = "MODULE.wasm")]
+    pub wasm: Option<PathBuf>,
+    /// The command and its arguments (with --wasm: the module's argv).
+    #[arg(required_unless_present = "wasm", last = true)]
     pub cmd: Vec<String>,
 }
 
@@ -230,6 +234,7 @@ fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
         retryable: args.no_retry.then_some(false),
         ..Default::default()
     };
+    let spec = crate::cli_wasm::wasm_spec(spec, args.wasm.as_deref())?;
     spec.validate()?;
     Ok(spec)
 }
@@ -237,6 +242,9 @@ fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
 async fn submit(client: &Client, conn: &Resolved, args: SubmitArgs) -> Result<i32> {
     let id = args.id.clone().unwrap_or_else(TaskId::random);
     let spec = build_spec(&args, id.clone())?;
+    if let (Some(path), Some(name)) = (&args.wasm, &spec.module) {
+        crate::cli_wasm::upload_if_missing(client, conn, path, name).await?;
+    }
     // Subscribe before submitting so not one chunk of output is missed.
     let sub = client.subscribe(conn.subjects.task_events(&id)).await?;
     let reply: SubmitReply = match request(client, conn.subjects.submit(), &spec).await {
@@ -293,6 +301,11 @@ impl Follower {
                 eprintln!("vgas: retrying as attempt {attempt}: {reason}");
             }
             TaskEvent::Finished { outcome, .. } => return Ok(Some(outcome)),
+            TaskEvent::Artifact {
+                attempt,
+                path,
+                base64,
+            } if attempt >= self.attempt => crate::cli_wasm::save_artifact(&path, &base64)?,
             _ => {}
         }
         Ok(None)

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cli;
 pub mod cli_vault;
+pub mod cli_wasm;
 pub mod connect;
 pub mod discovery;
 pub mod dispatch;
@@ -66,6 +67,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let js = async_nats::jetstream::new(client.clone());
     let store = store::TaskStore::open(&js, &subjects).await?;
     let consumer = store::results_consumer(&js, &subjects).await?;
+    store::open_modules_bucket(&js, &subjects).await?;
 
     let sched = Arc::new(AgentScheduler::new());
     let counters = Arc::new(Counters::default());

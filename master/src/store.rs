@@ -139,3 +139,23 @@ pub async fn results_consumer(
         .await
         .context("create the master's results consumer")
 }
+
+/// Opens the wasm modules Object Store bucket, creating it (file storage, bounded by
+/// `MODULES_BUCKET_MAX_BYTES`) if it does not exist yet. Clients put modules into it by hash;
+/// workers read them.
+pub async fn open_modules_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result<()> {
+    let bucket = subjects.modules_bucket();
+    if js.get_object_store(&bucket).await.is_ok() {
+        return Ok(());
+    }
+    js.create_object_store(jetstream::object_store::Config {
+        bucket: bucket.clone(),
+        description: Some("vgas wasm modules, named sha256:<hex> of their bytes".into()),
+        max_bytes: vgas_shared::limits::MODULES_BUCKET_MAX_BYTES,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("create the Object Store bucket {bucket}"))?;
+    Ok(())
+}

@@ -70,3 +70,25 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a process waits for its own tasks after shutdown is asked for.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest wasm module a worker fetches from the modules bucket (256 MiB): real tools compiled
+/// to WASI (compilers, synthesis tools) are 50 to 100 MB; past this a fetch is refused rather
+/// than filling the worker's memory and disk.
+pub const MAX_MODULE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Size of the modules Object Store bucket (2 GiB, half of `max_file_store` in `nats.conf`):
+/// bounds what clients can make the server store; a put past it fails and old modules must be
+/// deleted.
+pub const MODULES_BUCKET_MAX_BYTES: i64 = 2 * 1024 * 1024 * 1024;
+
+/// Default disk bound of a worker's wasm cache (module bytes and compiled modules, 4 GiB);
+/// past it the least recently used entries are removed.
+pub const DEFAULT_WASM_CACHE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Largest file a wasm task's directory may hand back inline as an artifact event (1 MiB,
+/// 1.4 MB as base64): keeps every event well under the server's message size limit.
+pub const MAX_INLINE_ARTIFACT_BYTES: u64 = 1024 * 1024;
+
+/// Most artifact files one wasm task sends back: a module that writes thousands of files
+/// would otherwise flood the events subject.
+pub const MAX_ARTIFACTS: usize = 256;

@@ -127,6 +127,17 @@ impl Subjects {
         format!("{}_tasks", self.token_prefix())
     }
 
+    /// JetStream Object Store bucket holding wasm modules, each named `sha256:<hex>` of its
+    /// bytes. The master creates it; clients put into it; workers read it.
+    pub fn modules_bucket(&self) -> String {
+        format!("{}_modules", self.token_prefix())
+    }
+
+    /// The stream behind the modules bucket (Object Store's naming), for permissions.
+    pub fn modules_stream(&self) -> String {
+        format!("OBJ_{}", self.modules_bucket())
+    }
+
     /// Name of the NATS micro service the master registers.
     pub fn service_name(&self) -> String {
         format!("{}-master", self.token_prefix())
@@ -157,6 +168,8 @@ mod tests {
         assert_eq!(s.llm_complete(), "team.vgas.llm.complete");
         assert_eq!(s.llm_usage(), "team.vgas.llm.usage");
         assert_eq!(s.usage_bucket(), "team_vgas_llm_usage");
+        assert_eq!(s.modules_bucket(), "team_vgas_modules");
+        assert_eq!(s.modules_stream(), "OBJ_team_vgas_modules");
     }
 
     #[test]

@@ -12,13 +12,16 @@ use crate::error::VgaError;
 use crate::ids::{TaskId, WorkerId};
 use crate::limits;
 
-/// What a task runs. Only `exec` exists today; the build, wasm and agent kinds extend this.
+/// What a task runs. The build and agent kinds extend this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// A command with args, env, stdin and input files, in the native sandbox.
     #[default]
     Exec,
+    /// A WASI module named by content hash (`module`), run in the worker's wasmtime sandbox
+    /// with `cmd` as its argv, the same env, stdin and input files.
+    Wasm,
 }
 
 /// A task as a person or program submits it on `vgas.task.submit`.
@@ -31,8 +34,14 @@ pub struct TaskSpec {
     pub task_id: Option<TaskId>,
     #[serde(default)]
     pub kind: TaskKind,
-    /// Program and arguments; the program is looked up on the worker's `PATH`.
+    /// Program and arguments; the program is looked up on the worker's `PATH`. For a wasm
+    /// task, the module's argv (may be empty: argv[0] is then the module's name).
+    #[serde(default)]
     pub cmd: Vec<String>,
+    /// Wasm tasks only: the module, `sha256:<64 lowercase hex>` of its bytes, as stored in
+    /// the modules Object Store bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -119,8 +128,20 @@ impl TaskSpec {
     /// never accepted and changed nothing.
     pub fn validate(&self) -> Result<(), VgaError> {
         let bad = |m: String| Err(VgaError::InvalidTask(m));
-        if self.cmd.is_empty() || self.cmd[0].is_empty() {
-            return bad("\"cmd\" must name a program: [\"prog\", \"arg\", ...]".into());
+        match (self.kind, &self.module) {
+            (TaskKind::Exec, Some(_)) => {
+                return bad(
+                    "an exec task must not name a \"module\" (use \"kind\":\"wasm\")".into(),
+                )
+            }
+            (TaskKind::Exec, None) if self.cmd.is_empty() || self.cmd[0].is_empty() => {
+                return bad("\"cmd\" must name a program: [\"prog\", \"arg\", ...]".into());
+            }
+            (TaskKind::Wasm, None) => {
+                return bad("a wasm task must name its \"module\": \"sha256:<hex>\"".into())
+            }
+            (TaskKind::Wasm, Some(m)) => check_module_ref(m)?,
+            (TaskKind::Exec, None) => {}
         }
         if self
             .cmd
@@ -193,6 +214,26 @@ pub fn check_relative_path(path: &str) -> Result<(), VgaError> {
     } else {
         Err(VgaError::InvalidTask(format!(
             "file path {path:?} must be relative, inside the task directory, without '..'"
+        )))
+    }
+}
+
+/// The prefix of a module reference; the rest is the SHA-256 of the module's bytes.
+pub const MODULE_REF_PREFIX: &str = "sha256:";
+
+/// A module reference: `sha256:` and 64 lowercase hex digits. It is also the module's name in
+/// the modules Object Store bucket.
+pub fn check_module_ref(module: &str) -> Result<(), VgaError> {
+    let hex = module.strip_prefix(MODULE_REF_PREFIX).unwrap_or("");
+    if hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(VgaError::InvalidTask(format!(
+            "module {module:?} must be \"sha256:\" and 64 lowercase hex digits"
         )))
     }
 }
@@ -293,6 +334,14 @@ pub enum TaskEvent {
     Retrying {
         attempt: u32,
         reason: String,
+    },
+    /// A file the task wrote into its directory (wasm tasks), sent before the result, inline
+    /// up to `limits::MAX_INLINE_ARTIFACT_BYTES`.
+    Artifact {
+        attempt: u32,
+        /// Relative to the task directory.
+        path: String,
+        base64: String,
     },
     /// The one final result, published once by the master.
     Finished {
@@ -451,79 +500,5 @@ pub struct TaskRecord {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::codec::{decode, encode};
-
-    fn spec(json: &str) -> Result<TaskSpec, String> {
-        let (s, _): (TaskSpec, _) = decode(json.as_bytes(), 1 << 20).map_err(|e| e.to_string())?;
-        s.validate().map_err(|e| e.to_string())?;
-        Ok(s)
-    }
-
-    #[test]
-    fn the_design_example_parses() {
-        let s = spec(r#"{"kind":"exec","cmd":["make","-j2"],"env":{},"stdin":"","deadline_s":60,"needs":{}}"#)
-            .unwrap();
-        assert_eq!(s.cmd, ["make", "-j2"]);
-        assert_eq!(s.deadline().as_secs(), 60);
-    }
-
-    #[test]
-    fn bad_specs_are_refused_with_reasons() {
-        let cases = [
-            (r#"{"cmd":[]}"#, "must name a program"),
-            (r#"{"cmd":"ls"}"#, "invalid type"),
-            (r#"{"cmd":["ls"],"bogus":1}"#, "unknown field"),
-            (r#"{"cmd":["ls"],"deadline_s":0}"#, "deadline_s"),
-            (
-                r#"{"cmd":["ls"],"files":[{"path":"../x","text":""}]}"#,
-                "must be relative",
-            ),
-            (
-                r#"{"cmd":["ls"],"files":[{"path":"a","base64":"!!"}]}"#,
-                "bad base64",
-            ),
-            (r#"{"cmd":["ls"],"task_id":"a.b"}"#, "invalid task id"),
-            (r#"{"cmd":["ls"],"kind":"nope"}"#, "unknown variant"),
-            (r#"{"cmd":["ls"],"max_attempts":99}"#, "max_attempts"),
-        ];
-        for (input, want) in cases {
-            let err = spec(input).unwrap_err();
-            assert!(err.contains(want), "{input}: {err}");
-        }
-    }
-
-    #[test]
-    fn events_have_the_documented_json_shape() {
-        let e = TaskEvent::Stdout {
-            attempt: 1,
-            data: "hi\n".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&e).unwrap(),
-            r#"{"type":"stdout","attempt":1,"data":"hi\n"}"#
-        );
-        let fin = TaskEvent::Finished {
-            task_id: TaskId::parse("t").unwrap(),
-            worker: None,
-            attempts: 1,
-            duration_ms: 5,
-            outcome: TaskOutcome::Exited { exit_code: 0 },
-        };
-        let json = serde_json::to_string(&fin).unwrap();
-        assert!(
-            json.contains(r#""outcome":{"status":"exited","exit_code":0}"#),
-            "{json}"
-        );
-        let mp = encode(crate::Encoding::MsgPack, &fin).unwrap();
-        let (back, _): (TaskEvent, _) = decode(&mp, 1 << 20).unwrap();
-        assert_eq!(back, fin);
-    }
-
-    #[test]
-    fn heartbeats_tolerate_unknown_fields() {
-        let hb: Heartbeat = serde_json::from_str(r#"{"slots":2,"from_the_future":true}"#).unwrap();
-        assert_eq!(hb.slots, 2);
-    }
-}
+#[path = "wire_tests.rs"]
+mod tests;

@@ -8,6 +8,7 @@ pub mod join;
 pub mod probe;
 pub mod runner;
 pub mod sandbox;
+pub mod wasm;
 
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub struct WorkerConfig {
     /// Capability tags offered on top of the toolchains found.
     pub capabilities: Vec<String>,
     pub sandbox: SandboxConfig,
+    /// The wasm sandbox's module caches.
+    pub wasm: crate::wasm::WasmConfig,
     /// How long SIGTERM lets running tasks finish before handing them back.
     pub drain_timeout: Duration,
 }
@@ -75,10 +78,11 @@ impl WorkerConfig {
             slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
             capabilities: f.capabilities.clone().unwrap_or_default(),
             sandbox: SandboxConfig {
-                work_dir,
+                work_dir: work_dir.clone(),
                 ceilings,
                 uid_base: Some(f.sandbox_uid_base.unwrap_or_else(process_uid_base)),
             },
+            wasm: crate::wasm::WasmConfig::new(work_dir.join("wasm-cache")),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             conn,
         })

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_nats::{jetstream, Client, HeaderMap, Message};
+use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -20,11 +21,14 @@ use vgas_shared::codec::{decode, encode};
 use vgas_shared::limits::{
     EVENT_CHANNEL_CAPACITY, HEARTBEAT_INTERVAL, MAX_SUBMIT_BYTES, SHUTDOWN_TIMEOUT,
 };
-use vgas_shared::wire::{AssignAck, Assignment, Heartbeat, TaskEvent, TaskOutcome, WorkerResult};
+use vgas_shared::wire::{
+    AssignAck, Assignment, Heartbeat, TaskEvent, TaskKind, TaskOutcome, WorkerResult,
+};
 use vgas_shared::{Encoding, TaskId};
 
 use crate::probe;
 use crate::sandbox::{self, Isolation, OutputChunk};
+use crate::wasm::{ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
 
 /// Attempts to store a result in JetStream before giving up on it (with back-off, about a
@@ -61,6 +65,10 @@ pub struct Worker {
     hand_back_now: Arc<AtomicBool>,
     seq: Arc<AtomicU64>,
     toolchains: Vec<vgas_shared::wire::Toolchain>,
+    /// The wasmtime engine and module caches that `wasm` tasks run with.
+    wasm: Arc<WasmRuntime>,
+    /// The modules bucket, read when a module is in no cache.
+    modules: ObjectStoreSource,
 }
 
 impl Worker {
@@ -73,8 +81,15 @@ impl Worker {
         let toolchains = tokio::task::spawn_blocking(probe::toolchains)
             .await
             .context("probe toolchains")?;
+        let wasm = Arc::new(WasmRuntime::new(&cfg.wasm)?);
+        let modules = ObjectStoreSource {
+            js: js.clone(),
+            bucket: cfg.conn.subjects.modules_bucket(),
+        };
         info!(worker = %cfg.id, slots = cfg.slots, isolation = %isolation.describe(), "worker starting");
         Ok(Worker {
+            wasm,
+            modules,
             slots: Arc::new(Semaphore::new(cfg.slots)),
             free_slots: Arc::new(Mutex::new((0..cfg.slots).rev().collect())),
             cfg: Arc::new(cfg),
@@ -331,15 +346,42 @@ impl Worker {
                 self.emit(&events, a.encoding, &ev).await;
             }
         };
-        let run = sandbox::run_exec(
-            &self.cfg.sandbox,
-            &self.isolation,
-            slot,
-            &a.spec,
-            tx,
-            cancel,
-        );
-        let (outcome, ()) = tokio::join!(run, forward);
+        let run = async {
+            match a.spec.kind {
+                TaskKind::Exec => {
+                    let outcome = sandbox::run_exec(
+                        &self.cfg.sandbox,
+                        &self.isolation,
+                        slot,
+                        &a.spec,
+                        tx,
+                        cancel,
+                    );
+                    (outcome.await, Vec::new())
+                }
+                TaskKind::Wasm => {
+                    let run = self.wasm.run(
+                        &self.cfg.sandbox.work_dir,
+                        &self.cfg.sandbox.ceilings,
+                        &a.spec,
+                        &self.modules,
+                        tx,
+                        cancel,
+                    );
+                    let run = run.await;
+                    (run.outcome, run.artifacts)
+                }
+            }
+        };
+        let ((outcome, artifacts), ()) = tokio::join!(run, forward);
+        for art in artifacts {
+            let ev = TaskEvent::Artifact {
+                attempt: a.attempt,
+                path: art.path,
+                base64: base64::engine::general_purpose::STANDARD.encode(&art.bytes),
+            };
+            self.emit(&events, a.encoding, &ev).await;
+        }
         let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
         info!(handed_back, "ended: {}", outcome.describe());
         let result = WorkerResult {

@@ -1,0 +1,114 @@
+//! Wasm sandbox costs: one small task with a warm compiled-module cache (directory, WASI
+//! context, instantiation, run, artifact scan) against spawning a native process; loading a
+//! compiled module from the disk cache; and a cold compile, which that cache removes.
+//!
+//! `cargo bench -p vgas-worker --bench wasm`
+
+use std::collections::HashMap;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tokio_util::sync::CancellationToken;
+use vgas_shared::wire::{TaskKind, TaskSpec};
+use vgas_worker::sandbox::Limits;
+use vgas_worker::wasm::{sha256_hex, ModuleSource, WasmConfig, WasmRuntime};
+
+struct Modules(HashMap<String, Vec<u8>>);
+
+impl ModuleSource for Modules {
+    async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.get(name).cloned())
+    }
+}
+
+/// A command that prints one line.
+fn hello() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) "hi\n")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 3))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    )
+    .unwrap()
+}
+
+/// A module with `n` functions of some arithmetic, to give the compiler real work.
+fn big(n: usize) -> Vec<u8> {
+    let mut wat = String::from("(module (memory 1)");
+    for i in 0..n {
+        wat.push_str(&format!(
+            "(func $f{i} (param i32) (result i32) (local i32) \
+             (local.set 1 (i32.mul (local.get 0) (i32.const {i}))) \
+             (if (i32.gt_u (local.get 1) (i32.const 1000)) (then (local.set 1 (i32.load (local.get 1))))) \
+             (i32.add (local.get 1) (i32.xor (local.get 0) (i32.const 7))))"
+        ));
+    }
+    wat.push_str("(func (export \"_start\")))");
+    wat::parse_str(wat).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let wasm = WasmRuntime::new(&WasmConfig::new(cache.path().to_path_buf())).unwrap();
+    let bytes = hello();
+    let name = format!("sha256:{}", sha256_hex(&bytes));
+    let modules = Modules(HashMap::from([(name.clone(), bytes)]));
+    let spec = TaskSpec {
+        kind: TaskKind::Wasm,
+        module: Some(name.clone()),
+        ..Default::default()
+    };
+    let ceilings = Limits::default();
+    let run_once = || async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let drain = async { while rx.recv().await.is_some() {} };
+        let (r, ()) = tokio::join!(
+            wasm.run(
+                work.path(),
+                &ceilings,
+                &spec,
+                &modules,
+                tx,
+                CancellationToken::new()
+            ),
+            drain
+        );
+        assert!(r.outcome.succeeded(), "{:?}", r.outcome);
+    };
+    rt.block_on(run_once());
+
+    c.bench_function("wasm_task_warm_cache", |b| {
+        b.iter(|| rt.block_on(run_once()))
+    });
+    c.bench_function("native_spawn_true", |b| {
+        b.iter(|| {
+            let st = std::process::Command::new("true").status().unwrap();
+            assert!(st.success());
+        })
+    });
+    c.bench_function("wasm_load_from_disk_cache", |b| {
+        b.iter(|| {
+            wasm.cache().memory_clear();
+            rt.block_on(wasm.load(&name, &modules)).unwrap();
+        })
+    });
+    let big = big(2000);
+    eprintln!("big module: {} bytes", big.len());
+    let mut g = c.benchmark_group("cold");
+    g.sample_size(10);
+    g.bench_function("wasm_compile_2000_functions", |b| {
+        b.iter(|| wasmtime::Module::new(wasm.engine(), &big).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

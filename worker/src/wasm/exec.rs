@@ -1,0 +1,299 @@
+//! Runs one wasm task: a fresh directory with the input files, a WASI context that preopens
+//! only that directory (as `.`) with the task's args, env and stdin and no network, a store
+//! with the memory limiter and the epoch callback, `_start`, then the outcome in plain words
+//! and the files the module wrote as artifacts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use vgas_shared::limits::{MAX_ARTIFACTS, MAX_INLINE_ARTIFACT_BYTES};
+use vgas_shared::wire::{check_relative_path, TaskOutcome, TaskSpec};
+use wasmtime::{Linker, Module, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use super::guard::{Guard, Limiter};
+use super::stdio::{ChunkOut, Which};
+use super::{ModuleSource, WasmRuntime};
+use crate::sandbox::{Limits, OutputChunk};
+
+/// How long past its deadline (or a cancel) a module stuck inside a host call (a long WASI
+/// sleep) is waited for; after that the task is reported and the thread left to end at its
+/// next epoch check.
+const STUCK_GRACE: Duration = Duration::from_secs(2);
+
+/// A file the module wrote into its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// Relative to the task directory.
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// How a wasm task ended and what it left.
+#[derive(Debug)]
+pub struct WasmRun {
+    pub outcome: TaskOutcome,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// The store's data: the WASI preview 1 context and the limiter.
+struct CoreState {
+    wasi: WasiP1Ctx,
+    limiter: Limiter,
+}
+
+impl WasmRuntime {
+    /// Runs `spec` (kind wasm) in a fresh directory under `work_dir`, streaming output into
+    /// `out`. Never panics; every failure is a [`TaskOutcome`].
+    pub async fn run(
+        &self,
+        work_dir: &Path,
+        ceilings: &Limits,
+        spec: &TaskSpec,
+        source: &impl ModuleSource,
+        out: Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> WasmRun {
+        let fail = |message: String| WasmRun {
+            outcome: TaskOutcome::Error { message },
+            artifacts: Vec::new(),
+        };
+        let Some(name) = spec.module.as_deref() else {
+            return fail("a wasm task must name its \"module\"".into());
+        };
+        let module = tokio::select! {
+            loaded = self.load(name, source) => match loaded {
+                Ok((m, from)) => {
+                    tracing::debug!(?from, "module loaded");
+                    m
+                }
+                Err(message) => return fail(message),
+            },
+            _ = cancel.cancelled() => return WasmRun { outcome: TaskOutcome::Cancelled, artifacts: Vec::new() },
+        };
+        if module.get_export("_start").is_none() {
+            return fail(format!(
+                "{name} exports no `_start` function, so it is not a WASI command \
+                 (a library or reactor module cannot run as a task)"
+            ));
+        }
+        let dir = match prepare_dir(work_dir, spec) {
+            Ok(d) => d,
+            Err(e) => return fail(format!("sandbox setup failed: {e}")),
+        };
+        let limits = ceilings.for_task(&spec.limits);
+        let guard = Guard::new(
+            limits,
+            spec.deadline(),
+            dir.path().to_path_buf(),
+            cancel.clone(),
+        );
+        let argv: Vec<String> = if spec.cmd.is_empty() {
+            vec![name.to_owned()]
+        } else {
+            spec.cmd.clone()
+        };
+        let env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&argv)
+            .envs(&env)
+            .stdin(MemoryInputPipe::new(spec.stdin.clone()))
+            .stdout(ChunkOut {
+                which: Which::Stdout,
+                tx: out.clone(),
+                guard: guard.clone(),
+            })
+            .stderr(ChunkOut {
+                which: Which::Stderr,
+                tx: out,
+                guard: guard.clone(),
+            });
+        if let Err(e) = wasi.preopened_dir(dir.path(), ".", FsPerms::ReadWrite) {
+            return fail(format!(
+                "sandbox setup failed: preopen the task directory: {e}"
+            ));
+        }
+        let state = CoreState {
+            wasi: wasi.build_p1(),
+            limiter: Limiter(guard.clone()),
+        };
+        let engine = self.engine.clone();
+        let in_thread = guard.clone();
+        let mut handle =
+            tokio::task::spawn_blocking(move || run_start(&engine, &module, state, &in_thread));
+        let stuck = async {
+            tokio::select! {
+                _ = tokio::time::sleep(spec.deadline() + STUCK_GRACE) => {}
+                _ = async { cancel.cancelled().await; tokio::time::sleep(STUCK_GRACE).await } => {}
+            }
+        };
+        let ran = tokio::select! {
+            r = &mut handle => r,
+            _ = stuck => {
+                // The thread still holds the directory open; it is removed by the OS's
+                // clean-up of the work dir, not here, to not pull files from under it.
+                guard.hit(if cancel.is_cancelled() { super::guard::Stop::Cancelled } else { super::guard::Stop::Deadline });
+                let outcome = guard.outcome().unwrap_or(TaskOutcome::Cancelled);
+                let _ = dir.keep();
+                return WasmRun { outcome, artifacts: Vec::new() };
+            }
+        };
+        let outcome = match ran {
+            Ok(o) => o,
+            Err(e) => TaskOutcome::Error {
+                message: format!("the wasm run failed inside the worker: {e}"),
+            },
+        };
+        let (outcome, artifacts) = collect_artifacts(dir.path(), spec, outcome);
+        WasmRun { outcome, artifacts }
+    }
+}
+
+/// Instantiates and runs `_start` on this (blocking) thread.
+fn run_start(
+    engine: &wasmtime::Engine,
+    module: &Module,
+    state: CoreState,
+    guard: &Arc<Guard>,
+) -> TaskOutcome {
+    let mut linker: Linker<CoreState> = Linker::new(engine);
+    if let Err(e) = wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi) {
+        return TaskOutcome::Error {
+            message: format!("the worker could not link WASI: {e}"),
+        };
+    }
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(guard.ticker());
+    let result = linker
+        .instantiate(&mut store, module)
+        .map_err(|e| (true, e))
+        .and_then(|instance| {
+            let start = instance
+                .get_typed_func::<(), ()>(&mut store, "_start")
+                .map_err(|e| (true, e))?;
+            start.call(&mut store, ()).map_err(|e| (false, e))
+        });
+    drop(store);
+    if let Some(stopped) = guard.outcome() {
+        return stopped;
+    }
+    match result {
+        Ok(()) => TaskOutcome::Exited { exit_code: 0 },
+        Err((_, e)) if e.downcast_ref::<I32Exit>().is_some() => TaskOutcome::Exited {
+            exit_code: e.downcast_ref::<I32Exit>().map_or(1, |x| x.0),
+        },
+        Err((_, e)) if e.downcast_ref::<Trap>().is_some() => TaskOutcome::Error {
+            message: format!("the module trapped: {e:?}"),
+        },
+        Err((true, e)) => TaskOutcome::Error {
+            message: format!("the module could not be started: {e}"),
+        },
+        Err((false, e)) => TaskOutcome::Error {
+            message: format!("the module failed: {e:?}"),
+        },
+    }
+}
+
+/// A fresh task directory under `work_dir` holding the spec's input files.
+fn prepare_dir(work_dir: &Path, spec: &TaskSpec) -> Result<tempfile::TempDir, String> {
+    std::fs::create_dir_all(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("wasm-")
+        .tempdir_in(work_dir)
+        .map_err(|e| format!("create a task directory in {}: {e}", work_dir.display()))?;
+    for f in &spec.files {
+        check_relative_path(&f.path).map_err(|e| e.to_string())?;
+        let bytes = f.contents().map_err(|e| e.to_string())?;
+        let path = dir.path().join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", f.path))?;
+        }
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", f.path))?;
+    }
+    Ok(dir)
+}
+
+/// The regular files in `dir` that are not unchanged inputs, sorted by path. A file too big
+/// to send inline, or too many files, turn a success into `LimitExceeded` (artifacts by
+/// Object Store reference are not implemented); a failed run keeps its own outcome.
+fn collect_artifacts(
+    dir: &Path,
+    spec: &TaskSpec,
+    outcome: TaskOutcome,
+) -> (TaskOutcome, Vec<Artifact>) {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let inputs: BTreeMap<&str, Vec<u8>> = spec
+        .files
+        .iter()
+        .filter_map(|f| Some((f.path.as_str(), f.contents().ok()?)))
+        .collect();
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                // Symlinks are not followed: a module may not hand back what it cannot read.
+                Ok(t) if t.is_file() => found.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    let mut artifacts = Vec::new();
+    let mut over = None;
+    for path in found {
+        let rel = path
+            .strip_prefix(dir)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let size = std::fs::symlink_metadata(&path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size > MAX_INLINE_ARTIFACT_BYTES {
+            over.get_or_insert(format!(
+                "{rel} is {size} bytes; files over {} KiB cannot be sent back inline",
+                MAX_INLINE_ARTIFACT_BYTES / 1024
+            ));
+            continue;
+        }
+        let mut bytes = Vec::new();
+        let read = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|f| f.take(MAX_INLINE_ARTIFACT_BYTES).read_to_end(&mut bytes));
+        if read.is_err() || inputs.get(rel.as_str()) == Some(&bytes) {
+            continue;
+        }
+        if artifacts.len() == MAX_ARTIFACTS {
+            over.get_or_insert(format!(
+                "the module wrote more than {MAX_ARTIFACTS} files; only that many are sent back"
+            ));
+            break;
+        }
+        artifacts.push(Artifact { path: rel, bytes });
+    }
+    match over {
+        Some(message) if outcome.succeeded() => (
+            TaskOutcome::LimitExceeded {
+                limit: "artifact".into(),
+                message,
+            },
+            artifacts,
+        ),
+        _ => (outcome, artifacts),
+    }
+}

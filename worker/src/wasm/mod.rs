@@ -1,0 +1,242 @@
+//! The worker's wasmtime sandbox: runs one `wasm` task, a WASI preview 1 command module named
+//! by the SHA-256 of its bytes, in a fresh directory that is its only preopened path, with no
+//! network, only the task's own environment, a memory limit (`ResourceLimiter`), CPU and
+//! wall-clock limits (epoch interruption), caps on output and on the files it writes, its
+//! output streamed as it runs and the files it wrote handed back as artifacts.
+//!
+//! Why wasm beside the native sandbox: a WASI module runs the same on every worker, whatever
+//! its OS and installed tools, and cannot reach anything it was not given, so a team ships a
+//! generator or a compiler once and runs it anywhere in the swarm.
+//!
+//! Layout: [`WasmRuntime`] here owns the engine, the epoch ticker and the caches and loads
+//! modules (memory, then compiled on disk, then bytes on disk, then the Object Store);
+//! `cache` is the disk and memory caches; `exec` runs one task; `guard` holds the limits and
+//! the reason a run was stopped; `stdio` streams stdout and stderr.
+
+mod cache;
+mod exec;
+mod guard;
+mod stdio;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt as _;
+use vgas_shared::limits::{DEFAULT_WASM_CACHE_BYTES, MAX_MODULE_BYTES};
+use vgas_shared::wire::MODULE_REF_PREFIX;
+use wasmtime::{Config, Engine, Module, OptLevel};
+
+pub use cache::{sha256_hex, ModuleCache};
+pub use exec::{Artifact, WasmRun};
+
+/// How often the engine's epoch advances: the granularity of the deadline, CPU and cancel
+/// checks of a running module (and what a check costs it: one callback per tick).
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Worker-wide wasm settings.
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// Where module bytes and compiled modules are cached.
+    pub cache_dir: PathBuf,
+    /// Disk bound of that cache.
+    pub cache_bytes: u64,
+}
+
+impl WasmConfig {
+    pub fn new(cache_dir: PathBuf) -> WasmConfig {
+        WasmConfig {
+            cache_dir,
+            cache_bytes: DEFAULT_WASM_CACHE_BYTES,
+        }
+    }
+}
+
+/// Where module bytes come from when no cache has them (the Object Store bucket on a worker).
+pub trait ModuleSource: Sync {
+    /// The bytes stored under `name` (`sha256:<hex>`); `Ok(None)` if there is no such module.
+    fn fetch(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send;
+}
+
+/// The modules bucket of the swarm, read with the worker's connection.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreSource {
+    pub js: async_nats::jetstream::Context,
+    pub bucket: String,
+}
+
+impl ModuleSource for ObjectStoreSource {
+    async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        use async_nats::jetstream::object_store::GetErrorKind;
+        let store = self
+            .js
+            .get_object_store(&self.bucket)
+            .await
+            .map_err(|e| format!("cannot open the modules bucket {}: {e}", self.bucket))?;
+        let mut object = match store.get(name).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {name} from {}: {e}", self.bucket)),
+        };
+        if object.info.size as u64 > MAX_MODULE_BYTES {
+            return Err(format!(
+                "module {name} is {} MiB; the limit is {} MiB",
+                object.info.size >> 20,
+                MAX_MODULE_BYTES >> 20
+            ));
+        }
+        let mut bytes = Vec::with_capacity(object.info.size);
+        (&mut object)
+            .take(MAX_MODULE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("reading {name} from {}: {e}", self.bucket))?;
+        Ok(Some(bytes))
+    }
+}
+
+/// The engine, its epoch ticker and the module caches of one worker.
+#[derive(Debug)]
+pub struct WasmRuntime {
+    engine: Engine,
+    /// Shared with the blocking threads that read, check and write entries.
+    cache: Arc<ModuleCache>,
+    /// Stops the ticker thread when the runtime is dropped.
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Release);
+    }
+}
+
+/// How a module was loaded, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedFrom {
+    Memory,
+    CompiledCache,
+    Compiled,
+}
+
+impl WasmRuntime {
+    /// The engine (Cranelift, epoch interruption) and the caches under `cfg.cache_dir`.
+    pub fn new(cfg: &WasmConfig) -> anyhow::Result<WasmRuntime> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasm engine: {e}"))?;
+        let cache = ModuleCache::open(&cfg.cache_dir, cfg.cache_bytes, &engine)
+            .map_err(|e| anyhow::anyhow!("wasm cache {}: {e}", cfg.cache_dir.display()))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, ticking) = (ticker_stop.clone(), engine.clone());
+        std::thread::Builder::new()
+            .name("vgas-wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })?;
+        Ok(WasmRuntime {
+            engine,
+            cache: Arc::new(cache),
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn cache(&self) -> &ModuleCache {
+        &self.cache
+    }
+
+    /// The compiled module named `name` (`sha256:<hex>`): from memory, the compiled cache,
+    /// or compiled from bytes found on disk or fetched from `source` (checked against the
+    /// hash first). The error is a sentence for the task's outcome.
+    pub async fn load(
+        &self,
+        name: &str,
+        source: &impl ModuleSource,
+    ) -> Result<(Module, LoadedFrom), String> {
+        vgas_shared::wire::check_module_ref(name).map_err(|e| e.to_string())?;
+        let hex = &name[MODULE_REF_PREFIX.len()..];
+        if let Some(m) = self.cache.memory_get(hex) {
+            return Ok((m, LoadedFrom::Memory));
+        }
+        // Reading and checking entries (hashing up to hundreds of MB) is blocking work.
+        let (cache, engine, key) = (self.cache.clone(), self.engine.clone(), hex.to_owned());
+        let on_disk =
+            tokio::task::spawn_blocking(move || match cache.compiled_get(&engine, &key) {
+                Some(m) => Ok(m),
+                None => Err(cache.bytes_get(&key)),
+            })
+            .await
+            .map_err(|e| format!("reading the module cache: {e}"))?;
+        let cached_bytes = match on_disk {
+            Ok(m) => {
+                self.cache.memory_put(hex, &m);
+                return Ok((m, LoadedFrom::CompiledCache));
+            }
+            Err(bytes) => bytes,
+        };
+        let bytes = match cached_bytes {
+            Some(b) => b,
+            None => {
+                let bytes = source.fetch(name).await?.ok_or_else(|| {
+                    format!(
+                        "module {name} is not in the modules bucket; upload it first \
+                         (`vgas submit --wasm FILE` does, or `nats object put`)"
+                    )
+                })?;
+                let got = sha256_hex(&bytes);
+                if got != hex {
+                    return Err(format!(
+                        "the bytes stored as {name} have hash sha256:{got}; refusing to run them"
+                    ));
+                }
+                bytes
+            }
+        };
+        let module = self.compile(name, bytes).await?;
+        self.cache.memory_put(hex, &module);
+        Ok((module, LoadedFrom::Compiled))
+    }
+
+    /// Compiles `bytes` off the async threads and stores them and the result in the caches.
+    async fn compile(&self, name: &str, bytes: Vec<u8>) -> Result<Module, String> {
+        if bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00]) {
+            return Err(format!(
+                "{name} is a WebAssembly component (WASI 0.2); this worker runs WASI preview 1 \
+                 core modules only"
+            ));
+        }
+        let hex = name[MODULE_REF_PREFIX.len()..].to_owned();
+        let (engine, cache) = (self.engine.clone(), self.cache.clone());
+        let started = Instant::now();
+        let module = tokio::task::spawn_blocking(move || {
+            let module = Module::new(&engine, &bytes)?;
+            if let Err(e) = cache.bytes_put(&hex, &bytes) {
+                tracing::warn!("could not cache module {hex}: {e}");
+            }
+            cache.compiled_put(&hex, &module);
+            Ok::<_, wasmtime::Error>(module)
+        })
+        .await
+        .map_err(|e| format!("compiling {name}: {e}"))?
+        .map_err(|e| format!("{name} is not a valid WebAssembly module: {e}"))?;
+        tracing::info!(
+            module = name,
+            ms = started.elapsed().as_millis() as u64,
+            "compiled"
+        );
+        Ok(module)
+    }
+}
