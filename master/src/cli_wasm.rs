@@ -1,16 +1,17 @@
 //! `vgas submit --wasm`: names a module by the SHA-256 of its bytes, uploads it into the
 //! modules Object Store bucket when the bucket does not have it yet (chunked, so modules far
 //! past the NATS message size limit go through), and saves the artifacts a wasm task sends
-//! back.
+//! back: inline ones from the event, larger ones fetched from the artifacts bucket.
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::object_store::InfoErrorKind;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use vgas_shared::config::Resolved;
-use vgas_shared::limits::MAX_MODULE_BYTES;
+use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_MODULE_BYTES};
 use vgas_shared::wire::{check_relative_path, TaskKind, TaskSpec, MODULE_REF_PREFIX};
 
 /// The name of the module at `path`: `sha256:<hex>` of its bytes.
@@ -72,21 +73,63 @@ pub async fn upload_if_missing(
 /// directory of its own, so a task can never overwrite the user's files.
 pub const ARTIFACT_DIR: &str = "vgas-artifacts";
 
-/// Writes an artifact under [`ARTIFACT_DIR`], at its relative path.
-pub fn save_artifact(path: &str, base64: &str) -> Result<()> {
+/// Where the artifact at relative `path` goes under [`ARTIFACT_DIR`], its directory created.
+fn artifact_target(path: &str) -> Result<PathBuf> {
     check_relative_path(path)?;
     let rel = Path::new(ARTIFACT_DIR).join(path);
-    let rel = rel.as_path();
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         bail!("artifact path {path:?} is not a plain relative path");
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(base64)
-        .with_context(|| format!("artifact {path}: bad base64"))?;
     if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
-    std::fs::write(rel, bytes).with_context(|| format!("write artifact {path}"))?;
+    Ok(rel)
+}
+
+/// Writes an artifact sent inline under [`ARTIFACT_DIR`], at its relative path.
+pub fn save_artifact(path: &str, base64: &str) -> Result<()> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .with_context(|| format!("artifact {path}: bad base64"))?;
+    let rel = artifact_target(path)?;
+    std::fs::write(&rel, bytes).with_context(|| format!("write artifact {path}"))?;
     eprintln!("vgas: wrote {}", rel.display());
+    Ok(())
+}
+
+/// Downloads an artifact sent by reference (`object` in the artifacts bucket, `size` bytes)
+/// to its relative path under [`ARTIFACT_DIR`], refusing one over `MAX_ARTIFACT_BYTES`.
+pub async fn fetch_artifact(
+    client: &async_nats::Client,
+    conn: &Resolved,
+    path: &str,
+    object: &str,
+    size: u64,
+) -> Result<()> {
+    if size > MAX_ARTIFACT_BYTES {
+        bail!("artifact {path} is {size} bytes, over the {MAX_ARTIFACT_BYTES} byte limit");
+    }
+    let rel = artifact_target(path)?;
+    let bucket = conn.subjects.artifacts_bucket();
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js
+        .get_object_store(&bucket)
+        .await
+        .with_context(|| format!("open the artifacts bucket {bucket}"))?;
+    let mut reader = store
+        .get(object)
+        .await
+        .with_context(|| format!("fetch artifact {path} ({object}) from {bucket}"))?;
+    let mut file = tokio::fs::File::create(&rel)
+        .await
+        .with_context(|| format!("create {}", rel.display()))?;
+    let copied = tokio::io::copy(&mut (&mut reader).take(MAX_ARTIFACT_BYTES), &mut file)
+        .await
+        .with_context(|| format!("download artifact {path}"))?;
+    file.flush().await?;
+    if copied != size {
+        bail!("artifact {path}: got {copied} bytes, expected {size}");
+    }
+    eprintln!("vgas: wrote {} ({copied} bytes)", rel.display());
     Ok(())
 }

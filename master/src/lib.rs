@@ -68,6 +68,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let store = store::TaskStore::open(&js, &subjects).await?;
     let consumer = store::results_consumer(&js, &subjects).await?;
     store::open_modules_bucket(&js, &subjects).await?;
+    store::open_artifacts_bucket(&js, &subjects).await?;
 
     let sched = Arc::new(AgentScheduler::new());
     let counters = Arc::new(Counters::default());

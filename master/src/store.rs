@@ -159,3 +159,24 @@ pub async fn open_modules_bucket(js: &jetstream::Context, subjects: &Subjects) -
     .with_context(|| format!("create the Object Store bucket {bucket}"))?;
     Ok(())
 }
+
+/// Opens the wasm artifacts Object Store bucket, creating it (file storage, bounded by
+/// `ARTIFACTS_BUCKET_MAX_BYTES`, objects kept `ARTIFACT_MAX_AGE`) if it does not exist yet.
+/// Workers put artifacts too large to send inline into it; clients read them.
+pub async fn open_artifacts_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result<()> {
+    let bucket = subjects.artifacts_bucket();
+    if js.get_object_store(&bucket).await.is_ok() {
+        return Ok(());
+    }
+    js.create_object_store(jetstream::object_store::Config {
+        bucket: bucket.clone(),
+        description: Some("vgas wasm artifacts, named <task id>/<attempt>/<path>".into()),
+        max_bytes: vgas_shared::limits::ARTIFACTS_BUCKET_MAX_BYTES,
+        max_age: vgas_shared::limits::ARTIFACT_MAX_AGE,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("create the Object Store bucket {bucket}"))?;
+    Ok(())
+}

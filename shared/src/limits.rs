@@ -89,6 +89,19 @@ pub const DEFAULT_WASM_CACHE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// 1.4 MB as base64): keeps every event well under the server's message size limit.
 pub const MAX_INLINE_ARTIFACT_BYTES: u64 = 1024 * 1024;
 
+/// Largest file a wasm task may hand back at all (256 MiB), through the artifacts Object
+/// Store bucket: past it the run ends `limit_exceeded` `artifact`. Bounds what one task makes
+/// the server store and every follower download, well inside the bucket's size.
+pub const MAX_ARTIFACT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Size of the artifacts Object Store bucket (1 GiB, a quarter of `max_file_store` in
+/// `nats.conf`, beside the modules bucket's half): a put past it fails and the task says so.
+pub const ARTIFACTS_BUCKET_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+
+/// How long an artifact stays in the artifacts bucket (24 h): long enough for `vgas watch` or
+/// a client to fetch it after the task, short enough that old builds do not fill the bucket.
+pub const ARTIFACT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Most artifact files one wasm task sends back: a module that writes thousands of files
 /// would otherwise flood the events subject.
 pub const MAX_ARTIFACTS: usize = 256;

@@ -133,6 +133,18 @@ impl Subjects {
         format!("{}_modules", self.token_prefix())
     }
 
+    /// JetStream Object Store bucket holding wasm tasks' artifacts too large to send inline,
+    /// each named `<task id>/<attempt>/<path>`. The master creates it; workers put into it;
+    /// clients read it.
+    pub fn artifacts_bucket(&self) -> String {
+        format!("{}_artifacts", self.token_prefix())
+    }
+
+    /// The stream behind the artifacts bucket, for permissions.
+    pub fn artifacts_stream(&self) -> String {
+        format!("OBJ_{}", self.artifacts_bucket())
+    }
+
     /// The stream behind the modules bucket (Object Store's naming), for permissions.
     pub fn modules_stream(&self) -> String {
         format!("OBJ_{}", self.modules_bucket())
@@ -170,6 +182,8 @@ mod tests {
         assert_eq!(s.usage_bucket(), "team_vgas_llm_usage");
         assert_eq!(s.modules_bucket(), "team_vgas_modules");
         assert_eq!(s.modules_stream(), "OBJ_team_vgas_modules");
+        assert_eq!(s.artifacts_bucket(), "team_vgas_artifacts");
+        assert_eq!(s.artifacts_stream(), "OBJ_team_vgas_artifacts");
     }
 
     #[test]

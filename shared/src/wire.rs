@@ -335,13 +335,22 @@ pub enum TaskEvent {
         attempt: u32,
         reason: String,
     },
-    /// A file the task wrote into its directory (wasm tasks), sent before the result, inline
-    /// up to `limits::MAX_INLINE_ARTIFACT_BYTES`.
+    /// A file the task wrote into its directory (wasm tasks), sent before the result: inline
+    /// in `base64` up to `limits::MAX_INLINE_ARTIFACT_BYTES`; larger (up to
+    /// `limits::MAX_ARTIFACT_BYTES`) it is put into the artifacts Object Store bucket, `object`
+    /// names it there, `size` is its length and `base64` is empty.
     Artifact {
         attempt: u32,
         /// Relative to the task directory.
         path: String,
+        #[serde(default)]
         base64: String,
+        /// The object's name in the artifacts bucket, for a file sent by reference.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object: Option<String>,
+        /// Bytes of a file sent by reference.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// The one final result, published once by the master.
     Finished {

@@ -77,11 +77,30 @@ fn wasm_specs_parse_and_keep_exec_json_unchanged() {
         attempt: 1,
         path: "out/a.txt".into(),
         base64: "aGk=".into(),
+        object: None,
+        size: None,
     };
     assert_eq!(
         serde_json::to_string(&art).unwrap(),
         r#"{"type":"artifact","attempt":1,"path":"out/a.txt","base64":"aGk="}"#
     );
+    // A large file goes by reference into the artifacts bucket; older readers still parse it.
+    let by_ref = TaskEvent::Artifact {
+        attempt: 2,
+        path: "big.bin".into(),
+        base64: String::new(),
+        object: Some("t/2/big.bin".into()),
+        size: Some(5 << 20),
+    };
+    let json = serde_json::to_string(&by_ref).unwrap();
+    assert_eq!(
+        json,
+        r#"{"type":"artifact","attempt":2,"path":"big.bin","base64":"","object":"t/2/big.bin","size":5242880}"#
+    );
+    assert_eq!(serde_json::from_str::<TaskEvent>(&json).unwrap(), by_ref);
+    let mp = encode(crate::Encoding::MsgPack, &by_ref).unwrap();
+    let (back, _): (TaskEvent, _) = decode(&mp, 1 << 20).unwrap();
+    assert_eq!(back, by_ref);
 }
 
 #[test]

@@ -20,6 +20,9 @@ use vgas_shared::config::{Credentials, Role};
 use vgas_shared::wire::{SubmitReply, SwarmPulse, TaskEvent, TaskSpec};
 use vgas_shared::{Encoding, Subjects, TaskId};
 
+/// Attempts at starting nats-server on free ports before a test gives up.
+const SERVER_START_TRIES: usize = 3;
+
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -182,7 +185,7 @@ impl Swarm {
 
     /// Starts nats-server on `host` (a namespace), or on this machine.
     pub async fn start_on(host: Option<netns::Host>) -> Result<Swarm> {
-        let dir = tempfile::Builder::new().prefix("vgas-test-").tempdir()?;
+        let mut dir = tempfile::Builder::new().prefix("vgas-test-").tempdir()?;
         std::fs::copy(repo_root().join("nats.conf"), dir.path().join("nats.conf"))?;
         let out = Command::new(bin("vgas"))
             .args(["init", "--state-dir"])
@@ -192,19 +195,34 @@ impl Swarm {
         if !out.status.success() {
             bail!("vgas init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let (port, monitor_port) = (free_port(), free_port());
-        let server = Self::spawn_server(dir.path(), port, monitor_port, host.as_ref())?;
-        let swarm = Swarm {
-            server_host: host,
-            dir,
-            port,
-            monitor_port,
-            server,
-            subjects: Subjects::default(),
-            procs_started: 0,
-        };
-        swarm.wait_server_up().await?;
-        Ok(swarm)
+        // A port found free can be taken before nats-server binds it: then the server exits
+        // and the start is retried on new ports.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (port, monitor_port) = (free_port(), free_port());
+            let server = Self::spawn_server(dir.path(), port, monitor_port, host.as_ref())?;
+            let mut swarm = Swarm {
+                server_host: host.clone(),
+                dir,
+                port,
+                monitor_port,
+                server,
+                subjects: Subjects::default(),
+                procs_started: 0,
+            };
+            match swarm.wait_server_up().await {
+                Ok(()) => return Ok(swarm),
+                Err(e) if tries < SERVER_START_TRIES => {
+                    eprintln!(
+                        "nats-server did not start (try {tries}), retrying on new ports: {e:#}"
+                    );
+                    swarm.server.kill();
+                    dir = swarm.dir;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn spawn_server(
@@ -213,7 +231,10 @@ impl Swarm {
         monitor_port: u16,
         host: Option<&netns::Host>,
     ) -> Result<Proc> {
-        let log = dir.join(format!("nats-server-{port}-{}.log", std::process::id()));
+        // A fresh log per start, so "Server is ready" always speaks of this process.
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("nats-server-{port}-{n}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -234,13 +255,31 @@ impl Swarm {
         })
     }
 
-    async fn wait_server_up(&self) -> Result<()> {
+    /// Waits until this swarm's own nats-server says it is ready and accepts a connection;
+    /// fails at once if it exited (a port taken, say).
+    async fn wait_server_up(&mut self) -> Result<()> {
         let addr = self.server_addr();
         let port = self.port;
-        wait_for("nats-server to listen", WAIT, || async move {
-            TcpStream::connect((addr, port)).ok().map(|_| ())
-        })
-        .await
+        let end = Instant::now() + WAIT;
+        loop {
+            if let Some(c) = self.server.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("nats-server exited ({st}):\n{}", self.server.log_text());
+                }
+            }
+            if self.server.log_text().contains("Server is ready")
+                && TcpStream::connect((addr, port)).is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                bail!(
+                    "nats-server not ready within {WAIT:?}:\n{}",
+                    self.server.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The usual start of a test: nats-server, a master, workers `(id, slots)`, a client

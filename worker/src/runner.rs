@@ -28,7 +28,7 @@ use vgas_shared::{Encoding, TaskId};
 
 use crate::probe;
 use crate::sandbox::{self, Isolation, OutputChunk};
-use crate::wasm::{ObjectStoreSource, WasmRuntime};
+use crate::wasm::{Artifact, ArtifactBody, ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
 
 /// Attempts to store a result in JetStream before giving up on it (with back-off, about a
@@ -357,7 +357,7 @@ impl Worker {
                         tx,
                         cancel,
                     );
-                    (outcome.await, Vec::new())
+                    (outcome.await, Vec::new(), None)
                 }
                 TaskKind::Wasm => {
                     let run = self.wasm.run(
@@ -369,16 +369,21 @@ impl Worker {
                         cancel,
                     );
                     let run = run.await;
-                    (run.outcome, run.artifacts)
+                    (run.outcome, run.artifacts, run.dir)
                 }
             }
         };
-        let ((outcome, artifacts), ()) = tokio::join!(run, forward);
+        let ((mut outcome, artifacts, _dir), ()) = tokio::join!(run, forward);
+        // `_dir` keeps the task directory until its large artifacts are uploaded.
         for art in artifacts {
-            let ev = TaskEvent::Artifact {
-                attempt: a.attempt,
-                path: art.path,
-                base64: base64::engine::general_purpose::STANDARD.encode(&art.bytes),
+            let ev = match self.artifact_event(&a.task_id, a.attempt, art).await {
+                Ok(ev) => ev,
+                Err(message) => {
+                    if outcome.succeeded() {
+                        outcome = TaskOutcome::Error { message };
+                    }
+                    continue;
+                }
             };
             self.emit(&events, a.encoding, &ev).await;
         }
@@ -393,6 +398,37 @@ impl Worker {
             handed_back,
         };
         self.publish_result(&result).await;
+    }
+
+    /// The event for one artifact: inline, or by reference once uploaded to the artifacts
+    /// bucket. The error is a sentence for the task's outcome.
+    async fn artifact_event(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        art: Artifact,
+    ) -> Result<TaskEvent, String> {
+        Ok(match art.body {
+            ArtifactBody::Inline(bytes) => TaskEvent::Artifact {
+                attempt,
+                path: art.path,
+                base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                object: None,
+                size: None,
+            },
+            ArtifactBody::Large { file, size } => {
+                let bucket = self.cfg.conn.subjects.artifacts_bucket();
+                let object =
+                    crate::wasm::upload(&self.js, &bucket, task, attempt, &art.path, &file).await?;
+                TaskEvent::Artifact {
+                    attempt,
+                    path: art.path,
+                    base64: String::new(),
+                    object: Some(object),
+                    size: Some(size),
+                }
+            }
+        })
     }
 
     async fn emit(&self, subject: &str, enc: Encoding, ev: &TaskEvent) {

@@ -1,22 +1,21 @@
 //! Runs one wasm task: a fresh directory with the input files, a WASI context that preopens
 //! only that directory (as `.`) with the task's args, env and stdin and no network, a store
 //! with the memory limiter and the epoch callback, `_start`, then the outcome in plain words
-//! and the files the module wrote as artifacts.
+//! and the files the module wrote as artifacts (collected by `artifacts`).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
-use vgas_shared::limits::{MAX_ARTIFACTS, MAX_INLINE_ARTIFACT_BYTES};
 use vgas_shared::wire::{check_relative_path, TaskOutcome, TaskSpec};
 use wasmtime::{Linker, Module, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use super::artifacts::{collect_artifacts, Artifact};
 use super::guard::{Guard, Limiter};
 use super::stdio::{ChunkOut, Which};
 use super::{ModuleSource, WasmRuntime};
@@ -27,19 +26,13 @@ use crate::sandbox::{Limits, OutputChunk};
 /// next epoch check.
 const STUCK_GRACE: Duration = Duration::from_secs(2);
 
-/// A file the module wrote into its directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Artifact {
-    /// Relative to the task directory.
-    pub path: String,
-    pub bytes: Vec<u8>,
-}
-
 /// How a wasm task ended and what it left.
 #[derive(Debug)]
 pub struct WasmRun {
     pub outcome: TaskOutcome,
     pub artifacts: Vec<Artifact>,
+    /// The task directory, kept while large artifacts in it are uploaded; removed on drop.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 /// The store's data: the WASI preview 1 context and the limiter.
@@ -63,6 +56,7 @@ impl WasmRuntime {
         let fail = |message: String| WasmRun {
             outcome: TaskOutcome::Error { message },
             artifacts: Vec::new(),
+            dir: None,
         };
         let Some(name) = spec.module.as_deref() else {
             return fail("a wasm task must name its \"module\"".into());
@@ -75,7 +69,7 @@ impl WasmRuntime {
                 }
                 Err(message) => return fail(message),
             },
-            _ = cancel.cancelled() => return WasmRun { outcome: TaskOutcome::Cancelled, artifacts: Vec::new() },
+            _ = cancel.cancelled() => return WasmRun { outcome: TaskOutcome::Cancelled, artifacts: Vec::new(), dir: None },
         };
         if module.get_export("_start").is_none() {
             return fail(format!(
@@ -141,7 +135,7 @@ impl WasmRuntime {
                 guard.hit(if cancel.is_cancelled() { super::guard::Stop::Cancelled } else { super::guard::Stop::Deadline });
                 let outcome = guard.outcome().unwrap_or(TaskOutcome::Cancelled);
                 let _ = dir.keep();
-                return WasmRun { outcome, artifacts: Vec::new() };
+                return WasmRun { outcome, artifacts: Vec::new(), dir: None };
             }
         };
         let outcome = match ran {
@@ -151,7 +145,11 @@ impl WasmRuntime {
             },
         };
         let (outcome, artifacts) = collect_artifacts(dir.path(), spec, outcome);
-        WasmRun { outcome, artifacts }
+        WasmRun {
+            outcome,
+            artifacts,
+            dir: Some(dir),
+        }
     }
 }
 
@@ -219,81 +217,4 @@ fn prepare_dir(work_dir: &Path, spec: &TaskSpec) -> Result<tempfile::TempDir, St
         std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", f.path))?;
     }
     Ok(dir)
-}
-
-/// The regular files in `dir` that are not unchanged inputs, sorted by path. A file too big
-/// to send inline, or too many files, turn a success into `LimitExceeded` (artifacts by
-/// Object Store reference are not implemented); a failed run keeps its own outcome.
-fn collect_artifacts(
-    dir: &Path,
-    spec: &TaskSpec,
-    outcome: TaskOutcome,
-) -> (TaskOutcome, Vec<Artifact>) {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let inputs: BTreeMap<&str, Vec<u8>> = spec
-        .files
-        .iter()
-        .filter_map(|f| Some((f.path.as_str(), f.contents().ok()?)))
-        .collect();
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                // Symlinks are not followed: a module may not hand back what it cannot read.
-                Ok(t) if t.is_file() => found.push(e.path()),
-                _ => {}
-            }
-        }
-    }
-    found.sort();
-    let mut artifacts = Vec::new();
-    let mut over = None;
-    for path in found {
-        let rel = path
-            .strip_prefix(dir)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let size = std::fs::symlink_metadata(&path)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if size > MAX_INLINE_ARTIFACT_BYTES {
-            over.get_or_insert(format!(
-                "{rel} is {size} bytes; files over {} KiB cannot be sent back inline",
-                MAX_INLINE_ARTIFACT_BYTES / 1024
-            ));
-            continue;
-        }
-        let mut bytes = Vec::new();
-        let read = std::fs::File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .and_then(|f| f.take(MAX_INLINE_ARTIFACT_BYTES).read_to_end(&mut bytes));
-        if read.is_err() || inputs.get(rel.as_str()) == Some(&bytes) {
-            continue;
-        }
-        if artifacts.len() == MAX_ARTIFACTS {
-            over.get_or_insert(format!(
-                "the module wrote more than {MAX_ARTIFACTS} files; only that many are sent back"
-            ));
-            break;
-        }
-        artifacts.push(Artifact { path: rel, bytes });
-    }
-    match over {
-        Some(message) if outcome.succeeded() => (
-            TaskOutcome::LimitExceeded {
-                limit: "artifact".into(),
-                message,
-            },
-            artifacts,
-        ),
-        _ => (outcome, artifacts),
-    }
 }

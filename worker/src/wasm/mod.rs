@@ -11,8 +11,10 @@
 //! Layout: [`WasmRuntime`] here owns the engine, the epoch ticker and the caches and loads
 //! modules (memory, then compiled on disk, then bytes on disk, then the Object Store);
 //! `cache` is the disk and memory caches; `exec` runs one task; `guard` holds the limits and
-//! the reason a run was stopped; `stdio` streams stdout and stderr.
+//! the reason a run was stopped; `stdio` streams stdout and stderr; `artifacts` collects the
+//! files a run wrote and uploads the large ones to the artifacts Object Store bucket.
 
+mod artifacts;
 mod cache;
 mod exec;
 mod guard;
@@ -32,8 +34,9 @@ use vgas_shared::limits::{DEFAULT_WASM_CACHE_BYTES, MAX_MODULE_BYTES};
 use vgas_shared::wire::MODULE_REF_PREFIX;
 use wasmtime::{Config, Engine, Module, OptLevel};
 
+pub use artifacts::{upload, Artifact, ArtifactBody};
 pub use cache::{sha256_hex, ModuleCache};
-pub use exec::{Artifact, WasmRun};
+pub use exec::WasmRun;
 
 /// How often the engine's epoch advances: the granularity of the deadline, CPU and cancel
 /// checks of a running module (and what a check costs it: one callback per tick).

@@ -138,10 +138,11 @@ async fn prints_writes_a_file_and_exits_with_its_code() {
         run.artifacts,
         vec![Artifact {
             path: "out.txt".into(),
-            bytes: b"hello".to_vec()
+            body: ArtifactBody::Inline(b"hello".to_vec())
         }]
     );
-    // The task directory is gone afterwards.
+    // The task directory is gone once the run is dropped.
+    drop(run);
     assert_eq!(std::fs::read_dir(h.work.path()).unwrap().count(), 0);
 }
 
