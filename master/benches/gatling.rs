@@ -3,9 +3,11 @@
 //!
 //! Run: `cargo bench -p vgas-master --bench gatling`
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::sync::Arc;
+
+use common::contended;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vgas_master::scheduler::{AgentScheduler, WorkerEntry};
 use vgas_shared::wire::Needs;
@@ -19,28 +21,15 @@ fn pool(caps: &[&str]) -> Arc<AgentScheduler> {
     Arc::new(AgentScheduler::with_pool(workers))
 }
 
-/// Each of `threads` threads makes `iters` calls; the slowest thread's time is the result.
-fn contended(s: &Arc<AgentScheduler>, needs: &Needs, threads: usize, iters: u64) -> Duration {
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (s, needs, barrier) = (s.clone(), needs.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let w = s.gatling_rotate_next(&needs).expect("a free worker");
-                    w.release();
-                }
-                start.elapsed()
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .max()
-        .unwrap_or_default()
+/// One call as the benchmark times it: a pick, then the release of the reserved slot.
+fn pick_and_release(
+    s: Arc<AgentScheduler>,
+    needs: Needs,
+) -> Arc<impl Fn() + Send + Sync + 'static> {
+    Arc::new(move || {
+        let w = s.gatling_rotate_next(&needs).expect("a free worker");
+        w.release();
+    })
 }
 
 fn bench(c: &mut Criterion) {
@@ -55,12 +44,12 @@ fn bench(c: &mut Criterion) {
             },
         ),
     ] {
-        let s = pool(&caps);
+        let call = pick_and_release(pool(&caps), needs);
         for threads in [1usize, 2, 8] {
             g.bench_with_input(
                 BenchmarkId::new(label, format!("{threads}_threads")),
                 &threads,
-                |b, &t| b.iter_custom(|iters| contended(&s, &needs, t, iters)),
+                |b, &t| b.iter_custom(|iters| contended(t, iters, call.clone())),
             );
         }
     }

@@ -4,9 +4,11 @@
 //!
 //! Run: `cargo bench -p vgas-master --bench keys`
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
+mod common;
+
+use common::contended;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use secrecy::{ExposeSecret, SecretString};
 use vgas_master::keys::usage::UsageBook;
@@ -40,28 +42,6 @@ fn manager(dir: &std::path::Path) -> Arc<ApiKeyManager> {
         .expect("store");
     }
     m
-}
-
-fn contended(threads: usize, iters: u64, f: Arc<dyn Fn() + Send + Sync>) -> Duration {
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (f, barrier) = (f.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    f();
-                }
-                start.elapsed()
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .max()
-        .unwrap_or_default()
 }
 
 fn bench(c: &mut Criterion) {
