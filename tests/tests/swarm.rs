@@ -50,7 +50,8 @@ async fn submit_streams_output_live_and_reports_exit_code() {
 #[tokio::test]
 async fn stdin_env_and_input_files_reach_the_command() {
     let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
-    let mut spec = sh("cat; echo \"$GREETING\"; cat data/in.txt");
+    let mut spec =
+        sh("cat; echo \"$GREETING\"; cat data/in.txt; echo \"$VGAS_WORKER_ID $VGAS_ATTEMPT\"");
     spec.stdin = "from stdin\n".into();
     spec.env.insert("GREETING".into(), "hello env".into());
     spec.files.push(vgas_shared::wire::InputFile {
@@ -61,7 +62,7 @@ async fn stdin_env_and_input_files_reach_the_command() {
     let c = run_task(&client, &swarm.subjects, spec, Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(c.stdout, "from stdin\nhello env\nfrom a file\n");
+    assert_eq!(c.stdout, "from stdin\nhello env\nfrom a file\nw1 1\n");
     assert!(c.outcome().succeeded());
 }
 

@@ -346,14 +346,22 @@ impl Worker {
                 self.emit(&events, a.encoding, &ev).await;
             }
         };
+        // The task learns who runs it; these names override the task's own env.
+        let mut spec = a.spec.clone();
+        spec.env
+            .insert("VGAS_TASK_ID".into(), a.task_id.to_string());
+        spec.env
+            .insert("VGAS_ATTEMPT".into(), a.attempt.to_string());
+        spec.env
+            .insert("VGAS_WORKER_ID".into(), self.cfg.id.to_string());
         let run = async {
-            match a.spec.kind {
+            match spec.kind {
                 TaskKind::Exec => {
                     let outcome = sandbox::run_exec(
                         &self.cfg.sandbox,
                         &self.isolation,
                         slot,
-                        &a.spec,
+                        &spec,
                         tx,
                         cancel,
                     );
@@ -363,7 +371,7 @@ impl Worker {
                     let run = self.wasm.run(
                         &self.cfg.sandbox.work_dir,
                         &self.cfg.sandbox.ceilings,
-                        &a.spec,
+                        &spec,
                         &self.modules,
                         tx,
                         cancel,
