@@ -149,14 +149,7 @@ impl Lan {
 
     /// Cuts host `i` off the LAN (its cable pulled at the switch).
     pub fn link_down(&self, i: usize) -> Result<()> {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &self.hosts[i].switch_end,
-            "down",
-        ])
+        self.switch_port(i, "down")
     }
 
     /// Takes host `i`'s own interface down or up, as if it were configured after start.
@@ -186,13 +179,18 @@ impl Lan {
 
     /// Plugs host `i` back in.
     pub fn link_up(&self, i: usize) -> Result<()> {
+        self.switch_port(i, "up")
+    }
+
+    /// Sets the switch-side end of host `i`'s cable `up` or `down`.
+    fn switch_port(&self, i: usize, state: &str) -> Result<()> {
         ip(&[
             "-n",
             &self.switch,
             "link",
             "set",
             &self.hosts[i].switch_end,
-            "up",
+            state,
         ])
     }
 }

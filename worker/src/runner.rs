@@ -64,7 +64,9 @@ pub struct Worker {
     /// master moved and this connection is dead, so they could not report anyway).
     hand_back_now: Arc<AtomicBool>,
     seq: Arc<AtomicU64>,
-    toolchains: Vec<vgas_shared::wire::Toolchain>,
+    /// What every heartbeat repeats (identity, slots, CPUs, memory, toolchains, capabilities,
+    /// isolation), worked out once at start; each beat fills in only what changes.
+    beat_template: Heartbeat,
     /// The wasmtime engine and module caches that `wasm` tasks run with.
     wasm: Arc<WasmRuntime>,
     /// The modules bucket, read when a module is in no cache.
@@ -81,6 +83,23 @@ impl Worker {
         let toolchains = tokio::task::spawn_blocking(probe::toolchains)
             .await
             .context("probe toolchains")?;
+        let mut capabilities = cfg.capabilities.clone();
+        for t in &toolchains {
+            if !capabilities.contains(&t.name) {
+                capabilities.push(t.name.clone());
+            }
+        }
+        let beat_template = Heartbeat {
+            worker: Some(cfg.id.clone()),
+            hostname: probe::hostname(),
+            slots: cfg.slots,
+            cpus: probe::cpus(),
+            memory_mb: probe::memory_mb(),
+            toolchains,
+            capabilities,
+            isolation: isolation.describe(),
+            ..Default::default()
+        };
         let wasm = Arc::new(WasmRuntime::new(&cfg.wasm)?);
         let modules = ObjectStoreSource {
             js: js.clone(),
@@ -101,7 +120,7 @@ impl Worker {
             tracker: TaskTracker::new(),
             hand_back_now: Arc::default(),
             seq: Arc::default(),
-            toolchains,
+            beat_template,
         })
     }
 
@@ -113,27 +132,14 @@ impl Worker {
             .iter()
             .map(|(id, r)| (id.clone(), r.attempt))
             .collect();
-        let mut capabilities = self.cfg.capabilities.clone();
-        for t in &self.toolchains {
-            if !capabilities.contains(&t.name) {
-                capabilities.push(t.name.clone());
-            }
-        }
         Heartbeat {
-            worker: Some(self.cfg.id.clone()),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
-            hostname: probe::hostname(),
-            slots: self.cfg.slots,
             free_slots: self.slots.available_permits(),
             running,
-            cpus: probe::cpus(),
-            memory_mb: probe::memory_mb(),
             load1: probe::load1(),
-            toolchains: self.toolchains.clone(),
-            capabilities,
-            isolation: self.isolation.describe(),
             draining: self.draining.load(Ordering::Acquire),
             leaving,
+            ..self.beat_template.clone()
         }
     }
 

@@ -215,15 +215,8 @@ impl ChildPlan {
         if unsafe { libc::chdir(self.task_dir.as_ptr()) } != 0 {
             return Err(fail(Stage::Chdir, 0));
         }
-        let resources = [
-            libc::RLIMIT_AS,
-            libc::RLIMIT_CPU,
-            libc::RLIMIT_FSIZE,
-            libc::RLIMIT_NPROC,
-            libc::RLIMIT_CORE,
-        ];
         for (i, (resource, &(soft, hard))) in
-            resources.into_iter().zip(self.rlimits.iter()).enumerate()
+            RLIMITS.into_iter().zip(self.rlimits.iter()).enumerate()
         {
             let lim = libc::rlimit {
                 rlim_cur: soft,
@@ -301,18 +294,27 @@ impl ChildPlan {
     }
 }
 
+/// The type `setrlimit` takes for a resource: glibc has its own, other libcs use `c_int`.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// The rlimits a task gets, in the order of `ChildPlan::rlimits` and of the `wanted` pairs
+/// built for it: address space, CPU seconds, file size, processes, core size.
+const RLIMITS: [Resource; 5] = [
+    libc::RLIMIT_AS,
+    libc::RLIMIT_CPU,
+    libc::RLIMIT_FSIZE,
+    libc::RLIMIT_NPROC,
+    libc::RLIMIT_CORE,
+];
+
 /// Lowers each wanted (soft, hard) pair to the worker's own hard limit, which a process
 /// without CAP_SYS_RESOURCE cannot raise (asking for more would fail the task).
 fn clamp_to_hard_limits(wanted: [(u64, u64); 5]) -> [(libc::rlim_t, libc::rlim_t); 5] {
-    let resources = [
-        libc::RLIMIT_AS,
-        libc::RLIMIT_CPU,
-        libc::RLIMIT_FSIZE,
-        libc::RLIMIT_NPROC,
-        libc::RLIMIT_CORE,
-    ];
     let mut out = wanted;
-    for (slot, resource) in out.iter_mut().zip(resources) {
+    for (slot, resource) in out.iter_mut().zip(RLIMITS) {
         let mut cur = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
