@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use vgas_shared::codec::{decode_as, encode};
 use vgas_shared::limits::{
-    ASSIGN_ACK_TIMEOUT, DEADLINE_GRACE, HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL, NO_WORKER_WAIT,
+    ASSIGN_ACK_TIMEOUT, DEADLINE_GRACE, HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL,
 };
 use vgas_shared::wire::{
     AssignAck, Assignment, TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult,
@@ -208,15 +208,18 @@ impl Dispatcher {
                 Ok(worker) => self.dispatch_task(&id, worker.id.clone()).await,
                 Err(NoWorker::NoneCapable)
                     if now_ms().saturating_sub(t.queued_at_ms)
-                        > NO_WORKER_WAIT.as_millis() as u64 =>
+                        >= t.rec.spec.wait_for_worker().as_millis() as u64 =>
                 {
                     let caps = &t.rec.spec.needs.capabilities;
                     let message = if caps.is_empty() {
-                        format!("no live worker joined within {}s", NO_WORKER_WAIT.as_secs())
+                        format!(
+                            "no live worker joined within {}s",
+                            t.rec.spec.wait_for_worker().as_secs()
+                        )
                     } else {
                         format!(
                             "no live worker offers capabilities {caps:?} (waited {}s)",
-                            NO_WORKER_WAIT.as_secs()
+                            t.rec.spec.wait_for_worker().as_secs()
                         )
                     };
                     self.finalize(&id, TaskOutcome::Abandoned { message }, None)

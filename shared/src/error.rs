@@ -27,6 +27,9 @@ pub enum VgaError {
     InvalidTask(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A compiler or environment could not be found, probed or prepared.
+    #[error("toolchain: {0}")]
+    Toolchain(String),
     #[error("{path}: {source}")]
     Io {
         path: String,

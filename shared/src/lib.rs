@@ -1,9 +1,11 @@
 //! Everything two vgas processes must agree on: ids, subject names, the codec, the wire types,
 //! named limits, configuration files, typed errors and the key vault's file format.
 //!
-//! This crate never opens a socket or spawns a process, so it can be linked by every binary,
-//! test and benchmark without dragging a runtime along.
+//! This crate never opens a socket, so it can be linked by every binary, test and benchmark
+//! without dragging a runtime along; the one process it runs is a compiler's own version probe
+//! (`toolchain`), which the submitting and the compiling side must compute alike.
 
+pub mod build;
 pub mod codec;
 pub mod config;
 pub mod discovery;
@@ -14,6 +16,7 @@ pub mod llm;
 #[cfg(feature = "mdns")]
 pub mod mdns;
 pub mod subjects;
+pub mod toolchain;
 pub mod vault;
 pub mod wire;
 

@@ -40,6 +40,10 @@ pub const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// How long a worker has to acknowledge an assignment before the master tries another.
 pub const ASSIGN_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest capability tag: room for `compiler:` and 32 hex digits of an identity, and for
+/// people's own tags; longer is garbage that would only bloat every heartbeat.
+pub const MAX_CAPABILITY_LEN: usize = 96;
+
 /// How long a task that no live worker can run waits for one to appear before it fails.
 pub const NO_WORKER_WAIT: Duration = Duration::from_secs(30);
 

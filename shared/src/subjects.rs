@@ -150,6 +150,43 @@ impl Subjects {
         format!("OBJ_{}", self.modules_bucket())
     }
 
+    /// Where a `BuildPlan` is submitted (request-reply, the master answers).
+    pub fn build_submit(&self) -> String {
+        format!("{}.build.submit", self.prefix)
+    }
+
+    /// Where one build's `BuildUpdate`s are published (`vgas build` and the master's plan
+    /// runner publish; anyone following the build subscribes).
+    pub fn build_updates(&self, build_id: &str) -> String {
+        format!("{}.build.{build_id}.updates", self.prefix)
+    }
+
+    /// JetStream KV bucket: the build cache's index, cache key to `CacheEntry`.
+    pub fn build_cache_bucket(&self) -> String {
+        format!("{}_build_cache", self.token_prefix())
+    }
+
+    /// JetStream Object Store bucket: the build cache's objects, named by cache key.
+    pub fn build_objects_bucket(&self) -> String {
+        format!("{}_build_objects", self.token_prefix())
+    }
+
+    /// JetStream Object Store bucket: segment sources too large to ride in a task, named
+    /// `sha256:<hex>` of their bytes. Clients put; workers read.
+    pub fn build_sources_bucket(&self) -> String {
+        format!("{}_build_sources", self.token_prefix())
+    }
+
+    /// The stream behind an Object Store bucket (Object Store's naming), for permissions.
+    pub fn object_stream(bucket: &str) -> String {
+        format!("OBJ_{bucket}")
+    }
+
+    /// The stream behind a KV bucket (KV's naming), for permissions.
+    pub fn kv_stream(bucket: &str) -> String {
+        format!("KV_{bucket}")
+    }
+
     /// Name of the NATS micro service the master registers.
     pub fn service_name(&self) -> String {
         format!("{}-master", self.token_prefix())
@@ -184,6 +221,13 @@ mod tests {
         assert_eq!(s.modules_stream(), "OBJ_team_vgas_modules");
         assert_eq!(s.artifacts_bucket(), "team_vgas_artifacts");
         assert_eq!(s.artifacts_stream(), "OBJ_team_vgas_artifacts");
+        assert_eq!(s.build_submit(), "team.vgas.build.submit");
+        assert_eq!(s.build_updates("b1"), "team.vgas.build.b1.updates");
+        assert_eq!(s.build_cache_bucket(), "team_vgas_build_cache");
+        assert_eq!(
+            Subjects::object_stream(&s.build_objects_bucket()),
+            "OBJ_team_vgas_build_objects"
+        );
     }
 
     #[test]

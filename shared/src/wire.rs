@@ -22,6 +22,9 @@ pub enum TaskKind {
     /// A WASI module named by content hash (`module`), run in the worker's wasmtime sandbox
     /// with `cmd` as its argv, the same env, stdin and input files.
     Wasm,
+    /// One build segment (`compile`): a translation unit compiled to an object by the exact
+    /// compiler its `compile.compiler` names; the object comes back as an artifact.
+    Compile,
 }
 
 /// A task as a person or program submits it on `vgas.task.submit`.
@@ -63,6 +66,14 @@ pub struct TaskSpec {
     /// Attempts before giving up (default 3, at most 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Compile tasks only: the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile: Option<crate::build::CompileSpec>,
+    /// How long the task may wait for a live worker that can run it before it is abandoned
+    /// (default and most: `limits::NO_WORKER_WAIT`). 0 fails at once, so a build segment with
+    /// no capable worker compiles locally instead of waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_worker_s: Option<u64>,
 }
 
 /// An input file: `{"path":"in.txt","text":"..."}` or `{"path":"in.bin","base64":"..."}`.
@@ -128,7 +139,34 @@ impl TaskSpec {
     /// never accepted and changed nothing.
     pub fn validate(&self) -> Result<(), VgaError> {
         let bad = |m: String| Err(VgaError::InvalidTask(m));
+        match (self.kind, &self.compile) {
+            (TaskKind::Compile, None) => {
+                return bad("a compile task needs its \"compile\" segment".into())
+            }
+            (TaskKind::Compile, Some(c)) => {
+                c.validate()?;
+                if self.module.is_some() || !self.cmd.is_empty() || !self.stdin.is_empty() {
+                    return bad(
+                        "a compile task has no \"cmd\", \"module\" or \"stdin\": the segment says it all"
+                            .into(),
+                    );
+                }
+                let tag = crate::build::compiler_tag(&c.compiler);
+                if !self.needs.capabilities.contains(&tag) {
+                    return bad(format!(
+                        "a compile task must need its compiler's capability {tag:?}"
+                    ));
+                }
+            }
+            (_, Some(_)) => {
+                return bad(
+                    "only a compile task (\"kind\":\"compile\") has a \"compile\" segment".into(),
+                )
+            }
+            (_, None) => {}
+        }
         match (self.kind, &self.module) {
+            (TaskKind::Compile, _) => {}
             (TaskKind::Exec, Some(_)) => {
                 return bad(
                     "an exec task must not name a \"module\" (use \"kind\":\"wasm\")".into(),
@@ -179,8 +217,19 @@ impl TaskSpec {
             f.contents()?;
         }
         for c in &self.needs.capabilities {
-            if c.is_empty() || c.len() > 64 {
-                return bad(format!("capability {c:?} must be 1 to 64 characters"));
+            if c.is_empty() || c.len() > limits::MAX_CAPABILITY_LEN {
+                return bad(format!(
+                    "capability {c:?} must be 1 to {} characters",
+                    limits::MAX_CAPABILITY_LEN
+                ));
+            }
+        }
+        if let Some(w) = self.wait_for_worker_s {
+            if w > limits::NO_WORKER_WAIT.as_secs() {
+                return bad(format!(
+                    "\"wait_for_worker_s\" must be 0 to {}",
+                    limits::NO_WORKER_WAIT.as_secs()
+                ));
             }
         }
         Ok(())
@@ -190,6 +239,13 @@ impl TaskSpec {
         self.deadline_s
             .map(std::time::Duration::from_secs)
             .unwrap_or(limits::DEFAULT_DEADLINE)
+    }
+
+    /// How long the task may wait for a capable live worker.
+    pub fn wait_for_worker(&self) -> std::time::Duration {
+        self.wait_for_worker_s
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(limits::NO_WORKER_WAIT)
     }
 
     pub fn max_attempts(&self) -> u32 {
@@ -404,6 +460,10 @@ pub struct Toolchain {
     pub version: String,
     #[serde(default)]
     pub path: String,
+    /// For compilers: the exact identity (`sha256:<hex>`); segments that name it need the
+    /// capability tag `compiler:<first 32 hex digits>`, which the worker also offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::build::CompilerIdentity>,
 }
 
 /// Worker to master on `vgas.heartbeat.<id>`, every `HEARTBEAT_INTERVAL`.

@@ -63,6 +63,7 @@ pub fn toolchains() -> Vec<Toolchain> {
                 name: name.to_string(),
                 version,
                 path: path.display().to_string(),
+                identity: None,
             })
         })
         .collect()

@@ -385,6 +385,13 @@ impl Worker {
                     let run = run.await;
                     (run.outcome, run.artifacts, run.dir)
                 }
+                TaskKind::Compile => (
+                    TaskOutcome::Error {
+                        message: "this worker does not compile build segments yet".into(),
+                    },
+                    Vec::new(),
+                    None,
+                ),
             }
         };
         let ((mut outcome, artifacts, _dir), ()) = tokio::join!(run, forward);

@@ -1,0 +1,246 @@
+use super::*;
+
+#[test]
+fn version_requirements() {
+    let m = |req: &str, v: &str| VersionReq::parse(req).unwrap().matches(v);
+    assert!(m("12", "12.2.0"));
+    assert!(m("12.2", "12.2.0"));
+    assert!(!m("12.3", "12.2.0"));
+    assert!(m("=12.2.0", "12.2.0"));
+    assert!(m(">=11", "12.2.0"));
+    assert!(!m("<12", "12.2.0"));
+    assert!(m("<13", "12.2.0"));
+    assert!(!m(">12", "12.2.0"));
+    assert!(m(">12.1", "12.2.0"));
+    assert!(!m("12", "garbage"));
+    for bad in ["", "x", ">=", "1.2.3.4.5", "~1"] {
+        assert!(VersionReq::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn env_specs_are_checked() {
+    let ok = EnvSpec {
+        toolchain: "gcc".into(),
+        version: Some(">=10".into()),
+        ..Default::default()
+    };
+    ok.validate().unwrap();
+    let bad = [
+        EnvSpec {
+            toolchain: "tcc".into(),
+            ..Default::default()
+        },
+        EnvSpec {
+            toolchain: "conda".into(),
+            ..Default::default()
+        },
+        EnvSpec {
+            toolchain: "gcc".into(),
+            packages: vec!["numpy".into()],
+            ..Default::default()
+        },
+        EnvSpec {
+            toolchain: "gcc".into(),
+            identity: Some("sha256:zz".into()),
+            ..Default::default()
+        },
+        EnvSpec {
+            toolchain: "conda".into(),
+            packages: vec!["--force".into()],
+            ..Default::default()
+        },
+    ];
+    for b in bad {
+        assert!(b.validate().is_err(), "{b:?}");
+    }
+    // The same spec keeps the same key; another spec another.
+    assert_eq!(ok.key(), ok.clone().key());
+    let other = EnvSpec {
+        version: Some("12".into()),
+        ..ok.clone()
+    };
+    assert_ne!(ok.key(), other.key());
+}
+
+#[test]
+fn sources_round_trip_and_refuse_bombs() {
+    let text = "int main(void) { return 0; }\n".repeat(100);
+    let s = Source::packed(text.as_bytes());
+    s.validate().unwrap();
+    assert_eq!(s.inline_bytes(1 << 20).unwrap().unwrap(), text.as_bytes());
+    assert!(
+        s.inline_bytes(10).is_err(),
+        "a size past the cap is refused"
+    );
+    let both = Source {
+        text: Some("x".into()),
+        lz4: s.lz4.clone(),
+        object: None,
+    };
+    assert!(both.validate().is_err());
+    assert!(Source::default().validate().is_err());
+    let garbage = Source {
+        lz4: Some("AAAAAAAA".into()),
+        ..Default::default()
+    };
+    assert!(garbage.inline_bytes(1 << 20).is_err());
+}
+
+#[test]
+fn cache_keys_change_with_what_shapes_the_object() {
+    let args = vec!["-O2".to_string()];
+    let k = |c: &str, l: Language, a: &[String], n: &str, cwd: &str, src: &[u8]| {
+        cache_key(c, l, a, n, cwd, src)
+    };
+    let base = k("sha256:a", Language::C, &args, "a.c", "/x", b"int x;");
+    assert_eq!(base.len(), 64);
+    assert_eq!(
+        base,
+        k("sha256:a", Language::C, &args, "a.c", "/x", b"int x;")
+    );
+    assert_ne!(
+        base,
+        k("sha256:b", Language::C, &args, "a.c", "/x", b"int x;")
+    );
+    assert_ne!(
+        base,
+        k("sha256:a", Language::Cxx, &args, "a.c", "/x", b"int x;")
+    );
+    assert_ne!(
+        base,
+        k(
+            "sha256:a",
+            Language::C,
+            &["-O0".into()],
+            "a.c",
+            "/x",
+            b"int x;"
+        )
+    );
+    assert_ne!(
+        base,
+        k("sha256:a", Language::C, &args, "b.c", "/x", b"int x;")
+    );
+    assert_ne!(
+        base,
+        k("sha256:a", Language::C, &args, "a.c", "/x", b"int y;")
+    );
+    // The directory only matters with debug info.
+    assert_eq!(
+        base,
+        k("sha256:a", Language::C, &args, "a.c", "/y", b"int x;")
+    );
+    let g = vec!["-g".to_string()];
+    assert_ne!(
+        k("sha256:a", Language::C, &g, "a.c", "/x", b"int x;"),
+        k("sha256:a", Language::C, &g, "a.c", "/y", b"int x;")
+    );
+    // Fields are length-prefixed: moving a byte from one to the next changes the key.
+    assert_ne!(
+        k(
+            "sha256:a",
+            Language::C,
+            &["-O2".into(), "x".into()],
+            "a.c",
+            "/x",
+            b""
+        ),
+        k("sha256:a", Language::C, &["-O2x".into()], "a.c", "/x", b"")
+    );
+}
+
+#[test]
+fn segment_flags_that_touch_other_files_are_refused() {
+    for a in [
+        "-o",
+        "-ofoo",
+        "-c",
+        "-MD",
+        "-fplugin=x.so",
+        "@args",
+        "foo.c",
+        "-Wp,-MD,x",
+    ] {
+        assert!(is_forbidden_compile_arg(a), "{a}");
+    }
+    for a in [
+        "-O2",
+        "-Wall",
+        "-std=c99",
+        "-fPIC",
+        "-g",
+        "-DNDEBUG",
+        "-march=native",
+    ] {
+        assert!(!is_forbidden_compile_arg(a), "{a}");
+    }
+}
+
+#[test]
+fn diagnostics_merge_dedup_and_order() {
+    let one = "b.c: In function 'main':\n\
+               b.c:5:37: warning: unused variable 'y' [-Wunused-variable]\n    \
+               5 | int y;\n      |     ^\n\
+               inc.h:2:1: warning: no newline\n";
+    let two = "a.c:9:3: error: expected ';' before '}' token\n\
+               inc.h:2:1: warning: no newline\n\
+               a.c:1: note: something without a column\n";
+    let r = DiagnosticReport::merge([one, two]);
+    assert_eq!((r.errors, r.warnings, r.notes), (1, 2, 1));
+    let order: Vec<(&str, u64)> = r.items.iter().map(|d| (d.file.as_str(), d.line)).collect();
+    assert_eq!(order, [("a.c", 1), ("a.c", 9), ("b.c", 5), ("inc.h", 2)]);
+    let inc = r.items.iter().find(|d| d.file == "inc.h").unwrap();
+    assert_eq!(
+        inc.count, 2,
+        "a header's warning seen by two segments is one item, counted"
+    );
+    let b = r.items.iter().find(|d| d.file == "b.c").unwrap();
+    assert!(b.context.contains("int y;"), "{b:?}");
+    assert_eq!(b.column, 37);
+    assert_eq!(b.message, "unused variable 'y' [-Wunused-variable]");
+}
+
+#[test]
+fn plans_are_checked() {
+    let seg = PlanSegment {
+        name: "main.c".into(),
+        source: Source {
+            text: Some("int main(void){return 0;}".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let plan = BuildPlan {
+        compiler: EnvSpec {
+            toolchain: "gcc".into(),
+            ..Default::default()
+        },
+        args: vec!["-O2".into()],
+        segments: vec![seg.clone()],
+        link: Some(LinkSpec {
+            output: "app".into(),
+            args: vec!["-lm".into()],
+        }),
+        preprocessed: false,
+    };
+    plan.validate().unwrap();
+    let mut dup = plan.clone();
+    dup.segments.push(seg);
+    assert!(dup.validate().is_err());
+    let mut evil = plan.clone();
+    evil.link.as_mut().unwrap().output = "../../etc/passwd".into();
+    assert!(evil.validate().is_err());
+    let mut evil = plan.clone();
+    evil.link.as_mut().unwrap().args = vec!["-o/etc/x".into()];
+    assert!(evil.validate().is_err());
+    let mut evil = plan.clone();
+    evil.args = vec!["-fplugin=/tmp/x.so".into()];
+    assert!(evil.validate().is_err());
+    let json = serde_json::to_string(&plan).unwrap();
+    assert_eq!(serde_json::from_str::<BuildPlan>(&json).unwrap(), plan);
+    assert!(serde_json::from_str::<BuildPlan>(
+        r#"{"compiler":{"toolchain":"gcc"},"segments":[],"typo":1}"#
+    )
+    .is_err());
+}
