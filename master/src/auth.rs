@@ -75,6 +75,14 @@ fn object_write(bucket: &str, stream: &str) -> String {
     format!("\"$O.{bucket}.>\", \"$JS.API.STREAM.PURGE.{stream}\"")
 }
 
+/// What reading KV bucket `bucket` takes: its stream's info and direct or API gets.
+fn kv_read(bucket: &str) -> String {
+    let stream = Subjects::kv_stream(bucket);
+    format!(
+        "\"$JS.API.STREAM.INFO.{stream}\", \"$JS.API.DIRECT.GET.{stream}.>\", \"$JS.API.STREAM.MSG.GET.{stream}\""
+    )
+}
+
 /// The `authorization` block for nats-server.
 pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
     let p = s.prefix();
@@ -88,6 +96,23 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
     let (ab, ast) = (s.artifacts_bucket(), s.artifacts_stream());
     let artifacts_read = object_read(&ast);
     let artifacts_write = object_write(&ab, &ast);
+    // The build cache: clients read and write the index and the objects (a submitter stores
+    // what it compiled); clients put segment sources too large for a task, workers read them.
+    let (cb, ob, sb) = (
+        s.build_cache_bucket(),
+        s.build_objects_bucket(),
+        s.build_sources_bucket(),
+    );
+    let (ost, sst) = (Subjects::object_stream(&ob), Subjects::object_stream(&sb));
+    let build_client = format!(
+        "\"{p}.build.submit\", \"{p}.build.*.updates\", {}, \"$KV.{cb}.>\", {}, {}, {}, {}",
+        kv_read(&cb),
+        object_read(&ost),
+        object_write(&ob, &ost),
+        object_read(&sst),
+        object_write(&sb, &sst)
+    );
+    let sources_read = object_read(&sst);
     let mut out = String::from(
         "# Written by `vgas init`: one user per role, each with only the subjects it needs.\n\
          # Regenerate with `vgas init`; the credentials live in creds/ beside this file.\n\
@@ -97,13 +122,13 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
         let perms = match role {
             Role::Master => "publish: \">\", subscribe: \">\"".to_string(),
             Role::Worker => format!(
-                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\", {modules_read}, {artifacts_read}, {artifacts_write}] }}, \
+                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\", {modules_read}, {artifacts_read}, {artifacts_write}, {sources_read}] }}, \
                  subscribe: {{ allow: [\"{p}.worker.*.task\", \"{p}.worker.*.cancel\", \"_INBOX.>\"] }}, \
                  allow_responses: true"
             ),
             Role::Client => format!(
-                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\", {modules_read}, {modules_write}, {artifacts_read}] }}, \
-                 subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.>\"] }}"
+                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\", {modules_read}, {modules_write}, {artifacts_read}, {build_client}] }}, \
+                 subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.>\", \"{p}.build.*.updates\"] }}"
             ),
         };
         out.push_str(&format!(

@@ -64,6 +64,8 @@ pub enum Cmd {
     /// Provider API keys in the master's vault (run on the master's machine).
     #[command(subcommand)]
     Vault(crate::cli_vault::VaultCmd),
+    /// Build C/C++ on the swarm: `vgas build -- make -j8`, `--compdb`, or `--plan`.
+    Build(crate::build::cli::BuildArgs),
     /// LLM usage by provider, model and day, with budgets and rates.
     Usage {
         /// Print the report as JSON.
@@ -132,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Cmd::Init | Cmd::Discover { .. } | Cmd::Vault(_) => unreachable!("handled above"),
         Cmd::Usage { json } => crate::cli_vault::run_usage(&client, &conn, json).await?,
         Cmd::Submit(args) => submit(&client, &conn, args).await?,
+        Cmd::Build(args) => crate::build::cli::run(&client, &conn, args).await?,
         Cmd::Status { json } => {
             let pulse: SwarmPulse = request(
                 &client,
@@ -169,7 +172,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
 #[error("the master refused: {0}")]
 pub struct Refused(pub vgas_shared::error::WireError);
 
-async fn request<Q: Serialize, A: DeserializeOwned>(
+pub(crate) async fn request<Q: Serialize, A: DeserializeOwned>(
     client: &Client,
     subject: String,
     body: &Q,

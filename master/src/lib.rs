@@ -5,6 +5,7 @@
 //! cancellation token, so tests and benchmarks start the same master in-process.
 
 pub mod auth;
+pub mod build;
 pub mod cli;
 pub mod cli_vault;
 pub mod cli_wasm;
@@ -43,6 +44,8 @@ pub struct MasterConfig {
     pub queue_capacity: usize,
     /// The nats-server monitoring port to put in the mDNS advert, when the operator gives it.
     pub advertise_http_port: Option<u16>,
+    /// The build cache's size bound.
+    pub build_cache_bytes: u64,
 }
 
 impl MasterConfig {
@@ -52,10 +55,17 @@ impl MasterConfig {
             .master
             .queue_capacity
             .unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        let build_cache_bytes = conn
+            .file
+            .master
+            .build_cache_mb
+            .map(|mb| mb * 1024 * 1024)
+            .unwrap_or(build::cache::DEFAULT_CACHE_BYTES);
         MasterConfig {
             conn,
             queue_capacity,
             advertise_http_port: None,
+            build_cache_bytes,
         }
     }
 }
@@ -69,6 +79,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let consumer = store::results_consumer(&js, &subjects).await?;
     store::open_modules_bucket(&js, &subjects).await?;
     store::open_artifacts_bucket(&js, &subjects).await?;
+    build::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes).await?;
 
     let sched = Arc::new(AgentScheduler::new());
     let counters = Arc::new(Counters::default());
@@ -152,6 +163,36 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     )
     .await?;
+
+    // Build plans from any NATS client, and the build cache's size bound.
+    build::service::start(
+        &cfg.conn,
+        &service,
+        client.clone(),
+        sched.clone(),
+        &tracker,
+        shutdown.clone(),
+    )
+    .await?;
+    let (stop, js2, s3, bound) = (
+        shutdown.clone(),
+        js.clone(),
+        subjects.clone(),
+        cfg.build_cache_bytes,
+    );
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(build::cache::SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = build::cache::sweep(&js2, &s3, bound).await {
+                        tracing::warn!("build cache sweep: {e:#}");
+                    }
+                }
+            }
+        }
+    });
 
     let stop = shutdown.clone();
     let (s2, w2) = (sched.clone(), wake.clone());

@@ -419,6 +419,10 @@ pub struct LinkSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildPlan {
+    /// Optional id chosen by the submitter, so it can subscribe to the updates before it
+    /// submits (1 to 64 letters, digits, '-' or '_').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
     /// The compiler to use: a toolchain name with an optional version, or an exact identity.
     pub compiler: EnvSpec,
     /// Flags for every segment (`-O2`, `-Wall`).
@@ -438,6 +442,9 @@ pub const MAX_PLAN_SEGMENTS: usize = 10_000;
 impl BuildPlan {
     pub fn validate(&self) -> Result<(), VgaError> {
         let bad = |m: String| Err(VgaError::InvalidTask(m));
+        if let Some(id) = &self.build_id {
+            TaskId::parse(id)?;
+        }
         self.compiler.validate()?;
         if self.compiler.toolchain == "conda" || self.compiler.toolchain == "rustc" {
             return bad("a build plan compiles C or C++: use gcc, g++, clang or clang++".into());
@@ -528,11 +535,16 @@ pub enum BuildUpdate {
         compile_ms: u64,
         /// Submit to result, minus the compile itself (0 for cache hits and local compiles).
         overhead_ms: u64,
+        /// What the compiler printed (warnings), cut at `MAX_UPDATE_DIAGNOSTICS`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        diagnostics: String,
     },
     Failed {
         segment: String,
         origin: Origin,
         exit_code: i32,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        diagnostics: String,
     },
     /// A segment has waited past the slow-segment threshold: which worker it waits on.
     Waiting {
@@ -550,6 +562,10 @@ pub enum BuildUpdate {
         report: DiagnosticReport,
     },
 }
+
+/// Diagnostics text one update carries at most (64 KiB): the whole text goes to the user's
+/// terminal anyway; the update only feeds the merged report.
+pub const MAX_UPDATE_DIAGNOSTICS: usize = 64 * 1024;
 
 /// Counts of a build, for the summary and `--stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

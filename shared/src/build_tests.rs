@@ -223,8 +223,12 @@ fn plans_are_checked() {
             args: vec!["-lm".into()],
         }),
         preprocessed: false,
+        build_id: None,
     };
     plan.validate().unwrap();
+    let mut bad_id = plan.clone();
+    bad_id.build_id = Some("a.b".into());
+    assert!(bad_id.validate().is_err());
     let mut dup = plan.clone();
     dup.segments.push(seg);
     assert!(dup.validate().is_err());

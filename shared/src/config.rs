@@ -35,6 +35,8 @@ pub struct FileConfig {
 pub struct MasterFileConfig {
     pub creds: Option<PathBuf>,
     pub queue_capacity: Option<usize>,
+    /// Size bound of the swarm-wide build cache, in MiB (default 1024).
+    pub build_cache_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -428,6 +428,26 @@ impl Swarm {
             .context("run vgas")
     }
 
+    /// Runs the `vgas` CLI to completion in `cwd` with extra environment.
+    pub fn cli_in(
+        &self,
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<std::process::Output> {
+        let mut cmd = Command::new(bin("vgas"));
+        cmd.args(args)
+            .env("VGAS_NATS_URL", self.url())
+            .env("VGAS_STATE_DIR", self.state_dir())
+            .env("VGAS_NO_MDNS", "true")
+            .current_dir(cwd)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().context("run vgas")
+    }
+
     /// Connects as `role`.
     pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
         let c = self.creds(role);

@@ -26,6 +26,8 @@ use vgas_shared::wire::{
 };
 use vgas_shared::{Encoding, TaskId};
 
+use crate::compile::{sources_bucket, Compiler};
+use crate::env::EnvironmentManager;
 use crate::probe;
 use crate::sandbox::{self, Isolation, OutputChunk};
 use crate::wasm::{Artifact, ArtifactBody, ObjectStoreSource, WasmRuntime};
@@ -37,6 +39,13 @@ const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
 
 /// How long leaving waits for the server to confirm what was sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Something kept alive until a task's artifacts are sent (its task directory).
+type KeepAlive = Option<Box<dyn std::any::Any + Send>>;
+
+fn keep_alive<T: Send + 'static>(dir: Option<T>) -> KeepAlive {
+    dir.map(|d| Box::new(d) as Box<dyn std::any::Any + Send>)
+}
 
 /// One running attempt, as cancel and drain see it.
 #[derive(Debug)]
@@ -71,24 +80,28 @@ pub struct Worker {
     wasm: Arc<WasmRuntime>,
     /// The modules bucket, read when a module is in no cache.
     modules: ObjectStoreSource,
+    /// The compilers (with their identities) and environments of this worker.
+    envs: Arc<EnvironmentManager>,
+    /// The build sources bucket, read for segments whose source is sent by reference.
+    sources: ObjectStoreSource,
 }
 
 impl Worker {
     pub async fn start(cfg: WorkerConfig) -> Result<Worker> {
         let client = crate::connect(&cfg.conn, &format!("vgas-worker {}", cfg.id)).await?;
         let js = jetstream::new(client.clone());
-        let isolation = tokio::task::spawn_blocking(Isolation::probe)
-            .await
-            .context("probe isolation")?;
-        let toolchains = tokio::task::spawn_blocking(probe::toolchains)
-            .await
-            .context("probe toolchains")?;
+        // Independent probes, at once: identifying compilers runs them and hashes them.
+        let (id, work_dir) = (cfg.id.to_string(), cfg.sandbox.work_dir.clone());
+        let (isolation, toolchains, envs) = tokio::join!(
+            tokio::task::spawn_blocking(Isolation::probe),
+            tokio::task::spawn_blocking(probe::toolchains),
+            tokio::task::spawn_blocking(move || EnvironmentManager::probe(&id, &work_dir)),
+        );
+        let isolation = isolation.context("probe isolation")?;
+        let mut toolchains = toolchains.context("probe toolchains")?;
+        let envs = Arc::new(envs.context("probe compilers")?);
         let mut capabilities = cfg.capabilities.clone();
-        for t in &toolchains {
-            if !capabilities.contains(&t.name) {
-                capabilities.push(t.name.clone());
-            }
-        }
+        envs.offer(&mut toolchains, &mut capabilities);
         let beat_template = Heartbeat {
             worker: Some(cfg.id.clone()),
             hostname: probe::hostname(),
@@ -101,14 +114,14 @@ impl Worker {
             ..Default::default()
         };
         let wasm = Arc::new(WasmRuntime::new(&cfg.wasm)?);
-        let modules = ObjectStoreSource {
-            js: js.clone(),
-            bucket: cfg.conn.subjects.modules_bucket(),
-        };
-        info!(worker = %cfg.id, slots = cfg.slots, isolation = %isolation.describe(), "worker starting");
+        let modules = ObjectStoreSource::modules(js.clone(), cfg.conn.subjects.modules_bucket());
+        let sources = sources_bucket(js.clone(), cfg.conn.subjects.build_sources_bucket());
+        info!(worker = %cfg.id, slots = cfg.slots, isolation = %isolation.describe(), compilers = envs.compilers().len(), "worker starting");
         Ok(Worker {
             wasm,
             modules,
+            envs,
+            sources,
             slots: Arc::new(Semaphore::new(cfg.slots)),
             free_slots: Arc::new(Mutex::new((0..cfg.slots).rev().collect())),
             cfg: Arc::new(cfg),
@@ -360,6 +373,7 @@ impl Worker {
             .insert("VGAS_ATTEMPT".into(), a.attempt.to_string());
         spec.env
             .insert("VGAS_WORKER_ID".into(), self.cfg.id.to_string());
+        // The third part keeps the task directory until its large artifacts are uploaded.
         let run = async {
             match spec.kind {
                 TaskKind::Exec => {
@@ -371,7 +385,7 @@ impl Worker {
                         tx,
                         cancel,
                     );
-                    (outcome.await, Vec::new(), None)
+                    (outcome.await, Vec::new(), keep_alive::<()>(None))
                 }
                 TaskKind::Wasm => {
                     let run = self.wasm.run(
@@ -383,19 +397,21 @@ impl Worker {
                         cancel,
                     );
                     let run = run.await;
-                    (run.outcome, run.artifacts, run.dir)
+                    (run.outcome, run.artifacts, keep_alive(run.dir))
                 }
-                TaskKind::Compile => (
-                    TaskOutcome::Error {
-                        message: "this worker does not compile build segments yet".into(),
-                    },
-                    Vec::new(),
-                    None,
-                ),
+                TaskKind::Compile => {
+                    let compiler = Compiler {
+                        sandbox: &self.cfg.sandbox,
+                        isolation: &self.isolation,
+                        envs: &self.envs,
+                        sources: &self.sources,
+                    };
+                    let run = compiler.run(slot, &spec, tx, cancel).await;
+                    (run.outcome, run.artifacts, keep_alive(run.dir))
+                }
             }
         };
         let ((mut outcome, artifacts, _dir), ()) = tokio::join!(run, forward);
-        // `_dir` keeps the task directory until its large artifacts are uploaded.
         for art in artifacts {
             let ev = match self.artifact_event(&a.task_id, a.attempt, art).await {
                 Ok(ev) => ev,

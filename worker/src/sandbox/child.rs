@@ -109,6 +109,9 @@ pub(crate) fn decode_failure(code: i32) -> Option<(Stage, usize, i32)> {
 pub(crate) struct ChildPlan {
     task_dir: CString,
     task_dir_shown: String,
+    /// The working directory: the task directory or a directory inside it.
+    cwd: CString,
+    cwd_shown: String,
     /// Set when a mount namespace is wanted: flags for the task directory's own bind mount,
     /// and the mount points to make read-only.
     mounts: Option<(libc::c_ulong, Vec<MountPoint>)>,
@@ -119,14 +122,24 @@ pub(crate) struct ChildPlan {
 }
 
 impl ChildPlan {
+    /// The plan for a task in `task_dir` whose command runs in `cwd` (inside `task_dir`).
     pub(crate) fn new(
         task_dir: &Path,
+        cwd: &Path,
         isolation: &Isolation,
         limits: &Limits,
         uid: Option<u32>,
     ) -> Result<ChildPlan, String> {
         let c_dir = CString::new(task_dir.as_os_str().as_bytes())
             .map_err(|_| "task directory path contains NUL".to_owned())?;
+        if !cwd.starts_with(task_dir) {
+            return Err(format!(
+                "working directory {} is outside the task directory",
+                cwd.display()
+            ));
+        }
+        let c_cwd = CString::new(cwd.as_os_str().as_bytes())
+            .map_err(|_| "working directory path contains NUL".to_owned())?;
         let mounts = if isolation.mount_ns {
             let table = mounts::read_mount_table()?;
             let own = mounts::flags_of_mount_holding(&table, task_dir);
@@ -159,6 +172,8 @@ impl ChildPlan {
         Ok(ChildPlan {
             task_dir: c_dir,
             task_dir_shown: task_dir.display().to_string(),
+            cwd: c_cwd,
+            cwd_shown: cwd.display().to_string(),
             mounts,
             new_net: isolation.net_ns,
             rlimits: clamp_to_hard_limits(wanted),
@@ -212,7 +227,7 @@ impl ChildPlan {
             return Err(fail(Stage::NetNamespace, 0));
         }
         // After the bind mount, so the working directory is on the writable mount.
-        if unsafe { libc::chdir(self.task_dir.as_ptr()) } != 0 {
+        if unsafe { libc::chdir(self.cwd.as_ptr()) } != 0 {
             return Err(fail(Stage::Chdir, 0));
         }
         for (i, (resource, &(soft, hard))) in
@@ -280,7 +295,7 @@ impl ChildPlan {
                 format!("could not remount {shown} read-only")
             }
             Stage::NetNamespace => "could not create a network namespace".to_owned(),
-            Stage::Chdir => format!("could not enter {}", self.task_dir_shown),
+            Stage::Chdir => format!("could not enter {}", self.cwd_shown),
             Stage::Rlimit => format!(
                 "could not set {}",
                 RLIMIT_NAMES.get(detail).unwrap_or(&"a resource limit")
@@ -370,6 +385,7 @@ mod tests {
         };
         let plan = ChildPlan::new(
             Path::new("/nonexistent/task-1"),
+            Path::new("/nonexistent/task-1/src"),
             &iso,
             &Limits::default(),
             Some(200_001),
@@ -399,6 +415,12 @@ mod tests {
                 0,
                 libc::ENOENT,
                 "could not bind-mount /nonexistent/task-1",
+            ),
+            (
+                Stage::Chdir,
+                0,
+                libc::ENOENT,
+                "could not enter /nonexistent/task-1/src",
             ),
         ];
         for (stage, detail, errno, want) in cases {

@@ -8,11 +8,12 @@
 //! once ([`Isolation::probe`]) and reported in heartbeats, so weaker isolation (for example a
 //! worker that is not root) is visible instead of silent.
 //!
-//! Layout: [`run_exec`] here ties the pieces together; `taskdir` prepares the directory and the
-//! environment, `mounts` reads the mount table, `child` is what runs between fork and exec,
-//! `run` supervises the running tree (deadline, cancel, output cap), `output` streams the
-//! pipes, `procs` finds and kills processes, `outcome` turns endings into words, and
-//! `isolation` probes the host.
+//! Layout: [`run_exec`] here ties the pieces together ([`run_native`] with [`RunOptions`] for
+//! commands that run in a subdirectory and leave a file to read back, like a compile);
+//! `taskdir` prepares the directory and the environment and keeps or removes it, `mounts`
+//! reads the mount table, `child` is what runs between fork and exec, `run` supervises the
+//! running tree (deadline, cancel, output cap), `output` streams the pipes, `procs` finds and
+//! kills processes, `outcome` turns endings into words, and `isolation` probes the host.
 
 mod child;
 mod isolation;
@@ -28,7 +29,7 @@ mod tests;
 #[cfg(test)]
 mod tests_containment;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ use vgas_shared::limits;
 use vgas_shared::wire::{TaskLimits, TaskOutcome, TaskSpec};
 
 pub use isolation::Isolation;
+pub use taskdir::KeptDir;
 
 /// First sandbox uid (and gid) when the worker is root and `SandboxConfig::uid_base` is `None`
 /// (tests and embedders): slot N runs as `DEFAULT_UID_BASE + N`. The `vgas-worker` binary
@@ -137,6 +139,50 @@ pub enum OutputChunk {
     Stderr(String),
 }
 
+/// Builds a command's argv from the absolute working directory it will run in.
+pub type CommandFor<'a> = dyn Fn(&Path) -> Vec<String> + Sync + 'a;
+
+/// How a native run goes beyond a plain exec task (compile tasks use it): where in the task
+/// directory the command runs, more files for that directory, a command that depends on the
+/// directory's real path, and whether the directory is kept for the caller to read back.
+#[derive(Default)]
+pub struct RunOptions<'a> {
+    /// The working directory, relative to the task directory (checked like an input file's
+    /// path, created, owned by the sandbox uid); empty: the task directory itself.
+    pub workdir: &'a str,
+    /// More files, relative to the task directory, written after the spec's own (a spec file
+    /// at the same path is replaced).
+    pub extra_files: &'a [(String, Vec<u8>)],
+    /// The argv to run, given the absolute working directory it will run in; `None`:
+    /// `spec.cmd`.
+    pub command: Option<&'a CommandFor<'a>>,
+    /// Keep the task directory after the run ([`NativeRun::dir`]) instead of removing it.
+    pub keep_dir: bool,
+}
+
+impl std::fmt::Debug for RunOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("workdir", &self.workdir)
+            .field(
+                "extra_files",
+                &self.extra_files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .field("command", &self.command.map(|_| "fn(workdir) -> argv"))
+            .field("keep_dir", &self.keep_dir)
+            .finish()
+    }
+}
+
+/// How a native run ended, and its directory when [`RunOptions::keep_dir`] asked for it.
+#[derive(Debug)]
+pub struct NativeRun {
+    pub outcome: TaskOutcome,
+    /// The task directory, once every process of the task is dead; `None` when it was not
+    /// kept or never made.
+    pub dir: Option<KeptDir>,
+}
+
 /// Runs `spec` (kind exec) in a fresh directory, streaming output into `out` as it is
 /// produced, and returns how it ended. Never panics; every failure is a [`TaskOutcome`].
 ///
@@ -151,13 +197,28 @@ pub async fn run_exec(
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
 ) -> TaskOutcome {
-    let error = |message: String| TaskOutcome::Error { message };
-    let Some(program) = spec.cmd.first().filter(|p| !p.is_empty()) else {
-        return error("\"cmd\" must name a program".into());
+    let opts = RunOptions::default();
+    run_native(cfg, isolation, slot, spec, &opts, out, cancel)
+        .await
+        .outcome
+}
+
+/// [`run_exec`] with [`RunOptions`]: the same limits, uid, namespaces, deadline, cancel and
+/// output streaming, in `opts.workdir` with `opts.extra_files`, running `opts.command`. A kept
+/// directory is handed back only after supervision killed everything the task started.
+pub async fn run_native(
+    cfg: &SandboxConfig,
+    isolation: &Isolation,
+    slot: usize,
+    spec: &TaskSpec,
+    opts: &RunOptions<'_>,
+    out: Sender<OutputChunk>,
+    cancel: CancellationToken,
+) -> NativeRun {
+    let error = |message: String| NativeRun {
+        outcome: TaskOutcome::Error { message },
+        dir: None,
     };
-    if spec.cmd.iter().any(|a| a.contains('\0')) {
-        return error("command arguments must not contain NUL".into());
-    }
     let limits = cfg.ceilings.for_task(&spec.limits);
     let uid = if isolation.uid_switch {
         match cfg.sandbox_uid(slot) {
@@ -168,21 +229,43 @@ pub async fn run_exec(
         None
     };
     if cancel.is_cancelled() {
-        return TaskOutcome::Cancelled;
+        return NativeRun {
+            outcome: TaskOutcome::Cancelled,
+            dir: None,
+        };
     }
-    let dir = match taskdir::prepare(&cfg.work_dir, &spec.files, uid) {
+    let dir = match taskdir::prepare(&cfg.work_dir, &spec.files, opts, uid) {
         Ok(dir) => dir,
         Err(message) => return error(format!("sandbox setup failed: {message}")),
     };
+    let cwd = match opts.workdir {
+        "" => dir.path().to_path_buf(),
+        sub => dir.path().join(sub),
+    };
+    let argv = match opts.command {
+        Some(command) => command(&cwd),
+        None => spec.cmd.clone(),
+    };
+    let Some(program) = argv.first().filter(|p| !p.is_empty()).cloned() else {
+        taskdir::remove(dir);
+        return error("\"cmd\" must name a program".into());
+    };
+    if argv.iter().any(|a| a.contains('\0')) {
+        taskdir::remove(dir);
+        return error("command arguments must not contain NUL".into());
+    }
     let env = match taskdir::environment(dir.path(), &spec.env) {
         Ok(env) => env,
-        Err(message) => return error(message),
+        Err(message) => {
+            taskdir::remove(dir);
+            return error(message);
+        }
     };
     // Processes a crashed earlier run of this slot left behind would share the uid's limits.
     if let Some(uid) = uid {
         procs::kill_uid(uid).await;
     }
-    let plan = match child::ChildPlan::new(dir.path(), isolation, &limits, uid) {
+    let plan = match child::ChildPlan::new(dir.path(), &cwd, isolation, &limits, uid) {
         Ok(plan) => Arc::new(plan),
         Err(message) => {
             taskdir::remove(dir);
@@ -194,8 +277,8 @@ pub async fn run_exec(
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone());
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&spec.cmd[1..])
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&argv[1..])
         .env_clear()
         .envs(env)
         .stdin(Stdio::piped())
@@ -219,10 +302,16 @@ pub async fn run_exec(
             };
             run::supervise(child, job, out, cancel).await
         }
-        Err(e) => outcome::spawn_error(&e, program, &plan, task_path.as_deref()),
+        Err(e) => outcome::spawn_error(&e, &program, &plan, task_path.as_deref()),
     };
     // `supervise` has killed everything the task started; a failed spawn started nothing.
     drop(cmd);
+    if opts.keep_dir {
+        return NativeRun {
+            outcome,
+            dir: Some(KeptDir::new(dir)),
+        };
+    }
     taskdir::remove(dir);
-    outcome
+    NativeRun { outcome, dir: None }
 }

@@ -1,18 +1,20 @@
 //! The task's directory and environment: a fresh directory per task holding its input files
 //! (owned by the sandbox uid when uids are switched), an environment built from an allow-list
 //! so no worker secret leaks in, and removal afterwards even of what the task locked down.
+//! A caller that reads back what the task wrote (a compile's object) gets the directory as a
+//! [`KeptDir`], which finds files without following links and removes the directory on drop.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use vgas_shared::wire::{check_relative_path, InputFile};
 
-use super::SAFE_DEFAULT_PATH;
+use super::{RunOptions, SAFE_DEFAULT_PATH};
 
 /// Mode of the work directory when the sandbox creates it: others may pass through (to reach
 /// their own task directory) but not list it.
@@ -26,10 +28,12 @@ const TASK_DIR_PREFIX: &str = "task-";
 /// Worker variables passed through to tasks when set; everything else is dropped.
 const PASSED_THROUGH: &[&str] = &["LANG", "LC_ALL"];
 
-/// Creates the task directory under `work_dir` with `files` in it, handed to `uid` when set.
+/// Creates the task directory under `work_dir` with `files`, then `opts.workdir` and
+/// `opts.extra_files` in it, handed to `uid` when set.
 pub(crate) fn prepare(
     work_dir: &Path,
     files: &[InputFile],
+    opts: &RunOptions<'_>,
     uid: Option<u32>,
 ) -> Result<TempDir, String> {
     fs::DirBuilder::new()
@@ -52,10 +56,12 @@ pub(crate) fn prepare(
                 work_dir.display()
             )
         })?;
-    let filled = write_inputs(dir.path(), files).and_then(|()| match uid {
-        Some(uid) => chown_tree(dir.path(), uid),
-        None => Ok(()),
-    });
+    let filled = write_inputs(dir.path(), files)
+        .and_then(|()| write_extras(dir.path(), opts))
+        .and_then(|()| match uid {
+            Some(uid) => chown_tree(dir.path(), uid),
+            None => Ok(()),
+        });
     match filled {
         Ok(()) => Ok(dir),
         Err(e) => {
@@ -83,26 +89,45 @@ fn ensure_passable(work_dir: &Path) -> Result<(), String> {
 /// Writes the input files, with their parent directories and modes.
 fn write_inputs(dir: &Path, files: &[InputFile]) -> Result<(), String> {
     for f in files {
-        check_relative_path(&f.path).map_err(|e| e.to_string())?;
         let contents = f.contents().map_err(|e| e.to_string())?;
-        let path = dir.join(&f.path);
-        let what = |e: std::io::Error| format!("cannot write input file {:?}: {e}", f.path);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(what)?;
-        }
-        let mode = f.mode.unwrap_or(DEFAULT_FILE_MODE) & FILE_MODE_MASK;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
-            .map_err(what)?;
-        file.write_all(&contents).map_err(what)?;
-        // The umask may have cut bits off at creation.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(what)?;
+        write_file(dir, &f.path, &contents, f.mode)?;
     }
+    Ok(())
+}
+
+/// Creates the working directory and writes the extra files of `opts`.
+fn write_extras(dir: &Path, opts: &RunOptions<'_>) -> Result<(), String> {
+    if !opts.workdir.is_empty() {
+        check_relative_path(opts.workdir).map_err(|e| e.to_string())?;
+        fs::create_dir_all(dir.join(opts.workdir))
+            .map_err(|e| format!("cannot create working directory {:?}: {e}", opts.workdir))?;
+    }
+    for (path, contents) in opts.extra_files {
+        write_file(dir, path, contents, None)?;
+    }
+    Ok(())
+}
+
+/// Writes one file at `rel` under `dir`, with its parent directories and mode.
+fn write_file(dir: &Path, rel: &str, contents: &[u8], mode: Option<u32>) -> Result<(), String> {
+    check_relative_path(rel).map_err(|e| e.to_string())?;
+    let path = dir.join(rel);
+    let what = |e: std::io::Error| format!("cannot write input file {rel:?}: {e}");
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(what)?;
+    }
+    let mode = mode.unwrap_or(DEFAULT_FILE_MODE) & FILE_MODE_MASK;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&path)
+        .map_err(what)?;
+    file.write_all(contents).map_err(what)?;
+    // The umask may have cut bits off at creation.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(what)?;
     Ok(())
 }
 
@@ -169,6 +194,61 @@ pub(crate) fn remove(dir: TempDir) {
     }
 }
 
+/// A task directory kept after its run for the caller to read what the task wrote. It exists
+/// only once every process of the task is dead, so nothing changes it any more; it is removed
+/// (as [`remove`] does) when dropped.
+#[derive(Debug)]
+pub struct KeptDir {
+    dir: Option<TempDir>,
+}
+
+impl KeptDir {
+    pub(crate) fn new(dir: TempDir) -> KeptDir {
+        KeptDir { dir: Some(dir) }
+    }
+
+    /// The task directory.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new(""), |d| d.path())
+    }
+
+    /// The regular file at `rel` (relative, no `..`) and its size; `Ok(None)` when there is
+    /// none. No link is followed, neither the file nor a directory on the way, so a task
+    /// cannot make the worker read or send back a file outside its directory.
+    pub fn regular_file(&self, rel: &str) -> Result<Option<(PathBuf, u64)>, String> {
+        check_relative_path(rel).map_err(|e| e.to_string())?;
+        let mut path = self.path().to_path_buf();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            path.push(part);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("cannot inspect {rel:?}: {e}")),
+            };
+            let last = i + 1 == parts.len();
+            let kind = meta.file_type();
+            if last && kind.is_file() {
+                return Ok(Some((path, meta.len())));
+            }
+            if last || !kind.is_dir() {
+                return Err(format!(
+                    "{rel:?} is not a regular file inside the task directory"
+                ));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for KeptDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            remove(dir);
+        }
+    }
+}
+
 /// Makes every directory under `dir` (links not followed) readable, writable and passable.
 fn restore_permissions(dir: &Path) {
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
@@ -222,9 +302,11 @@ mod tests {
             base64: None,
             mode,
         };
+        let opts = RunOptions::default();
         let dir = prepare(
             work.path(),
             &[file("a/b/c.sh", Some(0o4755)), file("d", None)],
+            &opts,
             None,
         )
         .unwrap();
@@ -238,11 +320,46 @@ mod tests {
         assert_eq!(mode("a/b/c.sh"), 0o755, "setuid bit dropped");
         assert_eq!(mode("d"), DEFAULT_FILE_MODE);
         remove(dir);
-        assert!(prepare(work.path(), &[file("../x", None)], None).is_err());
+        assert!(prepare(work.path(), &[file("../x", None)], &opts, None).is_err());
         assert_eq!(
             fs::read_dir(work.path()).unwrap().count(),
             0,
             "failed setups leave nothing"
         );
+    }
+
+    #[test]
+    fn extras_land_in_the_workdir_and_kept_files_are_found_without_links() {
+        let work = tempfile::tempdir().unwrap();
+        let extra = [("src/in.i".to_owned(), b"int x;".to_vec())];
+        let opts = RunOptions {
+            workdir: "src/deep",
+            extra_files: &extra,
+            ..RunOptions::default()
+        };
+        let dir = KeptDir::new(prepare(work.path(), &[], &opts, None).unwrap());
+        assert!(dir.path().join("src/deep").is_dir());
+        let (path, size) = dir.regular_file("src/in.i").unwrap().expect("found");
+        assert_eq!((path, size), (dir.path().join("src/in.i"), 6));
+        assert_eq!(dir.regular_file("src/none.o").unwrap(), None);
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("src/deep/l.o")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("src"), dir.path().join("up")).unwrap();
+        assert!(
+            dir.regular_file("src/deep/l.o").is_err(),
+            "a link is not read"
+        );
+        assert!(
+            dir.regular_file("up/in.i").is_err(),
+            "nor a linked directory"
+        );
+        assert!(dir.regular_file("../x").is_err());
+        let kept = dir.path().to_owned();
+        drop(dir);
+        assert!(!kept.exists(), "dropped, the directory goes");
+        let bad = RunOptions {
+            workdir: "../out",
+            ..RunOptions::default()
+        };
+        assert!(prepare(work.path(), &[], &bad, None).is_err());
     }
 }

@@ -60,17 +60,54 @@ impl WasmConfig {
     }
 }
 
-/// Where module bytes come from when no cache has them (the Object Store bucket on a worker).
+/// Where content-addressed bytes come from: wasm modules when no cache has them, and build
+/// segment sources too large to ride in their task (the Object Store buckets on a worker).
 pub trait ModuleSource: Sync {
-    /// The bytes stored under `name` (`sha256:<hex>`); `Ok(None)` if there is no such module.
+    /// The bytes stored under `name` (`sha256:<hex>`); `Ok(None)` if there is no such object.
     fn fetch(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send;
 }
 
-/// The modules bucket of the swarm, read with the worker's connection.
+/// [`ModuleSource::fetch`], then a check that the bytes hash to their name: bytes stored
+/// under the wrong name are refused, never used. The error is a sentence for the outcome.
+pub async fn fetch_checked(
+    source: &impl ModuleSource,
+    name: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    vgas_shared::wire::check_module_ref(name).map_err(|e| e.to_string())?;
+    let Some(bytes) = source.fetch(name).await? else {
+        return Ok(None);
+    };
+    let got = sha256_hex(&bytes);
+    if got != name[MODULE_REF_PREFIX.len()..] {
+        return Err(format!(
+            "the bytes stored as {name} have hash sha256:{got}; refusing to use them"
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// An Object Store bucket of the swarm holding objects named by the SHA-256 of their bytes,
+/// read with the worker's connection.
 #[derive(Debug, Clone)]
 pub struct ObjectStoreSource {
     pub js: async_nats::jetstream::Context,
     pub bucket: String,
+    /// What the bucket holds, for messages (`module`, `source`).
+    pub what: &'static str,
+    /// Largest object read; a larger one is an error before any byte is read.
+    pub max_bytes: u64,
+}
+
+impl ObjectStoreSource {
+    /// The wasm modules bucket.
+    pub fn modules(js: async_nats::jetstream::Context, bucket: String) -> ObjectStoreSource {
+        ObjectStoreSource {
+            js,
+            bucket,
+            what: "module",
+            max_bytes: MAX_MODULE_BYTES,
+        }
+    }
 }
 
 impl ModuleSource for ObjectStoreSource {
@@ -80,25 +117,33 @@ impl ModuleSource for ObjectStoreSource {
             .js
             .get_object_store(&self.bucket)
             .await
-            .map_err(|e| format!("cannot open the modules bucket {}: {e}", self.bucket))?;
+            .map_err(|e| format!("cannot open the bucket {}: {e}", self.bucket))?;
         let mut object = match store.get(name).await {
             Ok(o) => o,
             Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot read {name} from {}: {e}", self.bucket)),
         };
-        if object.info.size as u64 > MAX_MODULE_BYTES {
+        if object.info.size as u64 > self.max_bytes {
             return Err(format!(
-                "module {name} is {} MiB; the limit is {} MiB",
+                "{} {name} is {} MiB; the limit is {} MiB",
+                self.what,
                 object.info.size >> 20,
-                MAX_MODULE_BYTES >> 20
+                self.max_bytes >> 20
             ));
         }
         let mut bytes = Vec::with_capacity(object.info.size);
         (&mut object)
-            .take(MAX_MODULE_BYTES + 1)
+            .take(self.max_bytes + 1)
             .read_to_end(&mut bytes)
             .await
             .map_err(|e| format!("reading {name} from {}: {e}", self.bucket))?;
+        if bytes.len() as u64 > self.max_bytes {
+            return Err(format!(
+                "{} {name} is over the limit of {} MiB",
+                self.what,
+                self.max_bytes >> 20
+            ));
+        }
         Ok(Some(bytes))
     }
 }
@@ -192,21 +237,12 @@ impl WasmRuntime {
         };
         let bytes = match cached_bytes {
             Some(b) => b,
-            None => {
-                let bytes = source.fetch(name).await?.ok_or_else(|| {
-                    format!(
-                        "module {name} is not in the modules bucket; upload it first \
-                         (`vgas submit --wasm FILE` does, or `nats object put`)"
-                    )
-                })?;
-                let got = sha256_hex(&bytes);
-                if got != hex {
-                    return Err(format!(
-                        "the bytes stored as {name} have hash sha256:{got}; refusing to run them"
-                    ));
-                }
-                bytes
-            }
+            None => fetch_checked(source, name).await?.ok_or_else(|| {
+                format!(
+                    "module {name} is not in the modules bucket; upload it first \
+                     (`vgas submit --wasm FILE` does, or `nats object put`)"
+                )
+            })?,
         };
         let module = self.compile(name, bytes).await?;
         self.cache.memory_put(hex, &module);

@@ -305,7 +305,7 @@ async fn bad_modules_fail_with_clear_errors() {
         (trap, "the module trapped"),
         (imports, "could not be started"),
         (unknown, "is not in the modules bucket"),
-        (liar, "refusing to run them"),
+        (liar, "refusing to use them"),
     ];
     for (name, want) in cases {
         let (run, _) = h.run(&Harness::spec(&name)).await;

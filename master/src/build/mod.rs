@@ -1,0 +1,22 @@
+//! The build farm's submitting side and the master's plan runner. A compile job is read like
+//! distcc reads it (`args`), preprocessed here (`prepare`), looked up in the swarm-wide cache
+//! (`cache`), compiled on a worker with the identical compiler or, failing that, here
+//! (`segment`, `local`), and linked here with one merged diagnostics report (`aggregate`).
+//! The ways in: the compiler wrapper (`wrapper`), `vgas build` with a command, a compilation
+//! database (`compdb`) or a plan (`cli`), and `vgas.build.submit` for any NATS client
+//! (`service`). `progress` is what the user sees.
+
+pub mod aggregate;
+pub mod args;
+pub mod cache;
+pub mod cli;
+pub mod compdb;
+pub mod local;
+pub mod prepare;
+pub mod progress;
+pub mod segment;
+pub mod service;
+pub mod wrapper;
+
+pub use aggregate::aggregate_artifacts;
+pub use segment::{compile_segment, dispatch_build_segments};

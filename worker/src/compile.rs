@@ -1,0 +1,284 @@
+//! Running `compile` tasks: one build segment compiled to an object by the exact compiler its
+//! `compile.compiler` identity names, inside the native sandbox, so a compile gets the same
+//! limits, uid, lack of network, deadline, cancel and output streaming as an exec task. The
+//! diagnostics stream out as stderr events; the object comes back as the artifact
+//! `vgas-segment.o`. A compile error is a result (`exited` with the compiler's code), not a
+//! fault.
+//!
+//! The compiler runs in `compile.workdir` inside the task directory, where the user's files
+//! shipped in the task's `files` sit at their relative paths, so diagnostics quote source lines
+//! as a local compile would; the input is `vgas-segment.i` (`.ii` for C++) there, and debug
+//! info names the submitter's directory (`-fdebug-prefix-map`) instead of the task directory.
+
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use vgas_shared::build::{CompileSpec, Language};
+use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
+use vgas_shared::wire::{TaskOutcome, TaskSpec};
+
+use crate::env::EnvironmentManager;
+use crate::sandbox::{self, Isolation, KeptDir, OutputChunk, RunOptions, SandboxConfig};
+use crate::wasm::{fetch_checked, Artifact, ArtifactBody, ModuleSource, ObjectStoreSource};
+
+/// Largest source a segment may have, inline or fetched: preprocessed C++ translation units
+/// of template-heavy code reach tens of MiB; past this it is a mistake, and each running
+/// compile holds its source in memory.
+pub const MAX_SOURCE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The object the compiler writes, and the artifact's path.
+pub const OBJECT_FILE: &str = "vgas-segment.o";
+
+/// The build sources bucket, read for segments whose source is sent by reference.
+pub fn sources_bucket(js: async_nats::jetstream::Context, bucket: String) -> ObjectStoreSource {
+    ObjectStoreSource {
+        js,
+        bucket,
+        what: "source",
+        max_bytes: MAX_SOURCE_BYTES as u64,
+    }
+}
+
+/// The input file's name for `language`.
+pub fn input_file(language: Language) -> &'static str {
+    match language {
+        Language::C => "vgas-segment.i",
+        Language::Cxx => "vgas-segment.ii",
+    }
+}
+
+/// How a compile task ended and what it left.
+#[derive(Debug)]
+pub struct CompileRun {
+    pub outcome: TaskOutcome,
+    /// The object, on success.
+    pub artifacts: Vec<Artifact>,
+    /// The task directory, kept while a large object in it is uploaded; removed on drop.
+    pub dir: Option<KeptDir>,
+}
+
+impl CompileRun {
+    fn ended(outcome: TaskOutcome) -> CompileRun {
+        CompileRun {
+            outcome,
+            artifacts: Vec::new(),
+            dir: None,
+        }
+    }
+
+    fn error(message: String) -> CompileRun {
+        CompileRun::ended(TaskOutcome::Error { message })
+    }
+}
+
+/// What a compile runs with: the sandbox, the compilers, and the build sources bucket.
+#[derive(Debug)]
+pub struct Compiler<'a, S> {
+    pub sandbox: &'a SandboxConfig,
+    pub isolation: &'a Isolation,
+    pub envs: &'a EnvironmentManager,
+    /// Where sources sent by reference (`source.object`) are fetched from.
+    pub sources: &'a S,
+}
+
+impl<S: ModuleSource> Compiler<'_, S> {
+    /// Runs the compile task `spec` in sandbox slot `slot`, streaming the compiler's output
+    /// into `out`. Never panics; every failure is a [`TaskOutcome`].
+    pub async fn run(
+        &self,
+        slot: usize,
+        spec: &TaskSpec,
+        out: Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> CompileRun {
+        let Some(c) = &spec.compile else {
+            return CompileRun::error("a compile task needs its \"compile\" segment".into());
+        };
+        // The master checked it; checked again because these flags reach a compiler here.
+        if let Err(e) = c.validate() {
+            return CompileRun::error(e.to_string());
+        }
+        let Some(compiler) = self.envs.compiler_by_identity(&c.compiler) else {
+            return CompileRun::error(format!(
+                "no compiler with identity {} on this worker ({})",
+                c.compiler,
+                self.envs.worker()
+            ));
+        };
+        if let Err(message) = self.envs.verify(compiler) {
+            return CompileRun::error(message);
+        }
+        let source = tokio::select! {
+            s = self.source(c) => s,
+            _ = cancel.cancelled() => return CompileRun::ended(TaskOutcome::Cancelled),
+        };
+        let source = match source {
+            Ok(s) => s,
+            Err(message) => return CompileRun::error(message),
+        };
+        let input = in_workdir(&c.workdir, input_file(c.language));
+        let object = in_workdir(&c.workdir, OBJECT_FILE);
+        if let Some(f) = spec
+            .files
+            .iter()
+            .find(|f| f.path == input || f.path == object)
+        {
+            return CompileRun::error(format!(
+                "file {:?} is where the segment's input or object goes; ship it under another \
+                 name",
+                f.path
+            ));
+        }
+        let extra = [(input, source)];
+        let command = |cwd: &Path| compile_argv(&compiler.path, c, cwd);
+        let opts = RunOptions {
+            workdir: &c.workdir,
+            extra_files: &extra,
+            command: Some(&command),
+            keep_dir: true,
+        };
+        let run = sandbox::run_native(self.sandbox, self.isolation, slot, spec, &opts, out, cancel);
+        let run = run.await;
+        match (run.outcome, run.dir) {
+            (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => collect_object(dir, &object),
+            (TaskOutcome::Exited { exit_code: 0 }, None) => {
+                CompileRun::error("the task directory was not kept after the compile".into())
+            }
+            // A failed compile's directory goes at once (dropped here).
+            (outcome, _) => CompileRun::ended(outcome),
+        }
+    }
+
+    /// The source's bytes: inline, or fetched from the build sources bucket and checked
+    /// against its name. A self-contained source gets a `#line` naming it, so diagnostics and
+    /// `__FILE__` say `source_name` rather than the input file; preprocessed output carries
+    /// its own line markers.
+    async fn source(&self, c: &CompileSpec) -> Result<Vec<u8>, String> {
+        let bytes = match c.source.inline_bytes(MAX_SOURCE_BYTES) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                let Some(name) = &c.source.object else {
+                    return Err("the segment's source is empty".into());
+                };
+                fetch_checked(self.sources, name)
+                    .await?
+                    .ok_or_else(|| format!("source {name} is not in the build sources bucket"))?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if bytes.len() > MAX_SOURCE_BYTES {
+            return Err(format!(
+                "the source is {} bytes; segments are limited to {} MiB",
+                bytes.len(),
+                MAX_SOURCE_BYTES >> 20
+            ));
+        }
+        if c.preprocessed {
+            return Ok(bytes);
+        }
+        let mut named = format!("#line 1 \"{}\"\n", c_string_body(&c.source_name)).into_bytes();
+        named.extend_from_slice(&bytes);
+        Ok(named)
+    }
+}
+
+/// `name` inside the working directory `workdir` (relative to the task directory).
+fn in_workdir(workdir: &str, name: &str) -> String {
+    if workdir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{workdir}/{name}")
+    }
+}
+
+/// `s` escaped for the inside of a C string literal.
+fn c_string_body(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The compiler's argv when it runs in `cwd`: `<compiler> -x <lang> [-fpreprocessed
+/// -fdirectives-only] <args> [-fdebug-prefix-map=<cwd>=<compile.cwd>] -c <input> -o
+/// vgas-segment.o`.
+pub fn compile_argv(compiler: &Path, c: &CompileSpec, cwd: &Path) -> Vec<String> {
+    let mut argv = vec![
+        compiler.display().to_string(),
+        "-x".into(),
+        c.language.x_arg().into(),
+    ];
+    if c.preprocessed {
+        argv.extend(["-fpreprocessed".into(), "-fdirectives-only".into()]);
+    }
+    argv.extend(c.args.iter().cloned());
+    if !c.cwd.is_empty() {
+        let here = cwd.display().to_string();
+        // The compiler splits the map at its first '=': a directory holding one cannot be
+        // mapped, and its debug info then names the task directory.
+        if here.contains('=') {
+            tracing::warn!(dir = %here, "cannot map a directory with '=' in debug info");
+        } else {
+            argv.push(format!("-fdebug-prefix-map={here}={}", c.cwd));
+        }
+    }
+    argv.extend([
+        "-c".into(),
+        input_file(c.language).into(),
+        "-o".into(),
+        OBJECT_FILE.into(),
+    ]);
+    argv
+}
+
+/// The object the compiler left at `rel` in `dir`, as the run's artifact: inline when small
+/// (the directory goes now), by reference to the file in the kept directory when large.
+fn collect_object(dir: KeptDir, rel: &str) -> CompileRun {
+    let (path, size) = match dir.regular_file(rel) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return CompileRun::error(format!(
+                "the compiler exited with 0 but wrote no {OBJECT_FILE}"
+            ))
+        }
+        Err(message) => return CompileRun::error(message),
+    };
+    if size > MAX_ARTIFACT_BYTES {
+        return CompileRun::ended(TaskOutcome::LimitExceeded {
+            limit: "artifact".into(),
+            message: format!(
+                "{OBJECT_FILE} is {size} bytes; files over {} MiB are not sent back",
+                MAX_ARTIFACT_BYTES >> 20
+            ),
+        });
+    }
+    let artifact = |body| Artifact {
+        path: OBJECT_FILE.into(),
+        body,
+    };
+    if size > MAX_INLINE_ARTIFACT_BYTES {
+        return CompileRun {
+            outcome: TaskOutcome::Exited { exit_code: 0 },
+            artifacts: vec![artifact(ArtifactBody::Large { file: path, size })],
+            dir: Some(dir),
+        };
+    }
+    let mut bytes = Vec::new();
+    let read = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|f| f.take(MAX_INLINE_ARTIFACT_BYTES).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        return CompileRun::error(format!("cannot read {OBJECT_FILE}: {e}"));
+    }
+    CompileRun {
+        outcome: TaskOutcome::Exited { exit_code: 0 },
+        artifacts: vec![artifact(ArtifactBody::Inline(bytes))],
+        dir: None,
+    }
+}
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;
