@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quick start: installs what it needs, builds, starts nats-server from nats.conf, one
-# master and two workers, runs real work on the swarm (streamed live), shows the swarm's
+# master and two workers, runs real work on the swarm (streamed live, and a C build through
+# the build farm and its cache), shows the swarm's
 # status, and shuts everything down cleanly. Logs: .vgas/logs/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -71,6 +72,14 @@ set +e
 "$bin/vgas" submit -- sh -c 'echo "about to fail" >&2; exit 3'
 echo "vgas submit exited with $?"
 set -e
+
+step "vgas build -- make: a C project's units compile on the workers, the link runs here"
+build_dir=$(mktemp -d)
+cp -r tests/c/calc/. "$build_dir"
+(cd "$build_dir" && "$bin/vgas" build --stats -- make -j4 && ./app)
+step "make clean, then the same build again: every unit comes from the swarm-wide cache"
+(cd "$build_dir" && make -s clean && "$bin/vgas" build -- make -j4 && ./app)
+rm -rf "$build_dir"
 
 step "vgas status"
 "$bin/vgas" status

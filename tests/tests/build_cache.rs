@@ -1,0 +1,108 @@
+//! The build cache's size bound through real processes: a master started with a 1 MiB bound
+//! evicts the oldest objects once the objects pass it, a rebuild compiles exactly the evicted
+//! units again, and `vgas build --stats` reports what the cache holds.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use vgas_shared::build::{BuildUpdate, Origin};
+use vgas_tests::Swarm;
+
+/// Bytes of initialised data in each unit: three of them pass a 1 MiB bound, two do not.
+const UNIT_DATA_BYTES: usize = 400 * 1024;
+
+fn ok(out: &Output) -> &Output {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// (on a worker, from the cache, here).
+fn origins(out: &Output) -> (usize, usize, usize) {
+    let mut n = (0, 0, 0);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Ok(BuildUpdate::Done { origin, .. }) = serde_json::from_str(line) {
+            match origin {
+                Origin::Worker { .. } => n.0 += 1,
+                Origin::Cache => n.1 += 1,
+                Origin::Local { .. } => n.2 += 1,
+            }
+        }
+    }
+    n
+}
+
+/// MiB of objects `vgas build --stats` says the cache holds.
+fn cached_mib(swarm: &Swarm) -> f64 {
+    let out = swarm.cli(&["build", "--stats"]).unwrap();
+    let text = String::from_utf8_lossy(ok(&out).stdout.as_slice()).into_owned();
+    text.split_whitespace()
+        .find_map(|w| w.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no size in {text:?}"))
+}
+
+#[tokio::test]
+async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
+    if Command::new("gcc").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no gcc on PATH");
+        return;
+    }
+    let mut swarm = Swarm::start().await.unwrap();
+    let config = swarm.dir.path().join("master.toml");
+    std::fs::write(&config, "[master]\nbuild_cache_mb = 1\n").unwrap();
+    let _master = swarm
+        .master(&["--config", config.to_str().unwrap()])
+        .unwrap();
+    let _worker = swarm.worker("w1", 2, &[]).unwrap();
+    let client = swarm.connect(vgas_shared::config::Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+
+    let dir = swarm.dir.path().join("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut makefile = String::from("all: a.o b.o c.o\n");
+    for (i, u) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::write(
+            dir.join(format!("{u}.c")),
+            format!("const char data_{u}[{UNIT_DATA_BYTES}] = {{ {} }};\n", i + 1),
+        )
+        .unwrap();
+        makefile.push_str(&format!("{u}.o: {u}.c\n\t$(CC) -c {u}.c -o {u}.o\n"));
+    }
+    std::fs::write(dir.join("Makefile"), makefile).unwrap();
+    let build = || {
+        swarm
+            .cli_in(&dir, &["build", "--json", "--", "make", "-j3"], &[])
+            .unwrap()
+    };
+    let clean = || {
+        for u in ["a", "b", "c"] {
+            let _ = std::fs::remove_file(dir.join(format!("{u}.o")));
+        }
+    };
+
+    assert_eq!(origins(ok(&build())), (3, 0, 0));
+    let before = cached_mib(&swarm);
+    assert!(before > 1.0, "three 400 KiB objects are cached: {before} MiB");
+
+    // The sweeper runs every 10 s: within 30 s the objects are under the bound.
+    vgas_tests::wait_for("the sweep", Duration::from_secs(30), || async {
+        (cached_mib(&swarm) < 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+
+    clean();
+    let again = build();
+    let (remote, cached, here) = origins(ok(&again));
+    assert_eq!(here, 0);
+    assert_eq!(remote + cached, 3);
+    assert!(
+        (1..3).contains(&remote),
+        "the evicted units compile again, the kept ones come from the cache: {remote} compiled, {cached} cached"
+    );
+}
