@@ -59,7 +59,10 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
         .master(&["--config", config.to_str().unwrap()])
         .unwrap();
     let _worker = swarm.worker("w1", 2, &[]).unwrap();
-    let client = swarm.connect(vgas_shared::config::Role::Client).await.unwrap();
+    let client = swarm
+        .connect(vgas_shared::config::Role::Client)
+        .await
+        .unwrap();
     swarm.wait_workers(&client, 1).await.unwrap();
 
     let dir = swarm.dir.path().join("big");
@@ -68,7 +71,10 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
     for (i, u) in ["a", "b", "c"].iter().enumerate() {
         std::fs::write(
             dir.join(format!("{u}.c")),
-            format!("const char data_{u}[{UNIT_DATA_BYTES}] = {{ {} }};\n", i + 1),
+            format!(
+                "const char data_{u}[{UNIT_DATA_BYTES}] = {{ {} }};\n",
+                i + 1
+            ),
         )
         .unwrap();
         makefile.push_str(&format!("{u}.o: {u}.c\n\t$(CC) -c {u}.c -o {u}.o\n"));
@@ -87,7 +93,10 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
 
     assert_eq!(origins(ok(&build())), (3, 0, 0));
     let before = cached_mib(&swarm);
-    assert!(before > 1.0, "three 400 KiB objects are cached: {before} MiB");
+    assert!(
+        before > 1.0,
+        "three 400 KiB objects are cached: {before} MiB"
+    );
 
     // The sweeper runs every 10 s: within 30 s the objects are under the bound.
     vgas_tests::wait_for("the sweep", Duration::from_secs(30), || async {
