@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The side-by-side C build benchmark (draft): one real third-party project (Lua 5.4.4, 34
+# The side-by-side C build benchmark: one real third-party project (Lua 5.4.4, 34
 # translation units, its own Makefile; scripts/fetch-c-project.sh), the same machine, the same
 # parallelism N, in one run:
 #   local   make -jN                                (after make clean)
 #   distcc  make -jN CC="distcc gcc -std=gnu99"     against a distccd on 127.0.0.1 (--jobs N)
-#   vgas    vgas build --stats -- make -jN          against a swarm on this machine (run_vgas,
-#                                                   not runnable yet: see TODO(vgas-cli))
+#   vgas    vgas build --json --stats -- make -jN   against a swarm on this machine: one
+#                                                   worker with N slots
+#   vgas-scale  the same with 1..SCALE_MAX worker hosts of one slot each, the second and later
+#               in network namespaces of their own (needs root and ip), clean builds only
 # Each tool: REPS clean builds (median), then REPS rebuilds after `make clean` (median). distcc
 # and a local make have no cache, so their rebuild is a full build again; vgas's clean build
 # starts from an emptied build cache and its rebuild finds every object in it.
@@ -24,8 +26,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${JOBS:-$(nproc)}
 reps=${REPS:-3}
-tools=${TOOLS:-local distcc vgas}
+tools=${TOOLS:-local distcc vgas vgas-scale}
 vgas_workers=${VGAS_BENCH_WORKERS:-1}   # one worker with N slots, as one distccd with --jobs N
+scale_max=${SCALE_MAX:-2}                # the scaling series: 1..SCALE_MAX worker hosts of one slot
 
 say() { echo "bench-build: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -69,6 +72,8 @@ forget_pid() { # $1 = a pid stopped already
 cleanup() {
   local rc=$?
   stop_all
+  cleanup_netns
+  [ -n "${hub:-}" ] && ip link del "$hub" 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
   exit "$rc"
 }
@@ -177,67 +182,171 @@ run_distcc() {
 }
 
 # --- 3. vgas --------------------------------------------------------------------------------
-# ===========================================================================================
-# run_vgas: the vgas build farm on a swarm started here as scripts/demo.sh does it (nats-server
-# with nats.conf and users from `vgas init`, one master, workers), on loopback, mDNS off.
-# NOT RUNNABLE YET: `vgas build` is still being written. Needs the release binaries
-# (cargo build --release --workspace --bins --locked); without them it records "not run".
-# ===========================================================================================
-# The "vgas: 34 segments in 5.1s: 34 on workers, 0 from cache, 0 here, 0 failed" line.
-vgas_summary() { grep -m1 -o '[0-9]* segments in .*' "$1" || echo "no summary line"; }
-run_vgas() {
-  local bin="${VGAS_BIN_DIR:-$root/target/release}"
-  local vgas="$bin/vgas" b
+# The vgas build farm on a swarm started here as scripts/demo.sh does it (nats-server with
+# nats.conf and users from `vgas init`, one master, workers), mDNS off. With the scaling series
+# (tool vgas-scale) nats-server listens on the host end of a veth pair, and every worker after
+# the first runs in a network namespace of its own, reaching it over that veth as a worker on
+# another host would. Needs the release binaries (cargo build --release --workspace --bins
+# --locked); without them it records "not run".
+vgas_bin="${VGAS_BIN_DIR:-$root/target/release}"
+vgas="$vgas_bin/vgas"
+swarm_up=""         # "addr port" once started
+worker_pids=()
+netns=()            # namespaces made here, removed on exit
+veths=()
+nats_addr=127.0.0.1
+cleanup_netns() {
+  local n v
+  for v in "${veths[@]}"; do ip link del "$v" 2>/dev/null || true; done
+  for n in "${netns[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  veths=(); netns=()
+}
+
+have_vgas() {
+  local b
   for b in vgas vgas-master vgas-worker; do
-    if [ ! -x "$bin/$b" ]; then
-      notes[vgas]="not run: $bin/$b missing (cargo build --release --workspace --bins --locked)"
-      say "vgas: ${notes[vgas]}"
-      return 0
-    fi
+    [ -x "$vgas_bin/$b" ] || { echo "not run: $vgas_bin/$b missing (cargo build --release --workspace --bins --locked)"; return 1; }
   done
+}
+
+# A veth pair whose far end sits in a new namespace; sets nats_addr to the near end.
+tag=$(printf '%x' $(( $$ & 0xffff )))
+subnet=$(( 1 + $$ % 250 ))
+make_host_ns() { # $1 = index (2, 3, ...); sets host_ns to the namespace made
+  local i=$1 ns="vgb${tag}h$1" near="vgb${tag}n$1" far="vgb${tag}f$1"
+  ip netns add "$ns"; netns+=("$ns")
+  ip link add "$near" type veth peer name "$far"; veths+=("$near")
+  ip link set "$far" netns "$ns"
+  ip addr add "10.214.$subnet.$((4 * i - 3))/30" dev "$near"
+  ip link set "$near" up
+  ip -n "$ns" addr add "10.214.$subnet.$((4 * i - 2))/30" dev "$far"
+  ip -n "$ns" link set "$far" up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" route add default via "10.214.$subnet.$((4 * i - 3))"
+  host_ns=$ns
+}
+# The address nats-server listens on when workers run in namespaces: a dummy interface of
+# this namespace, reached from each worker namespace through its veth (default route).
+hub=""
+make_hub() {
+  hub="vgb${tag}hub"
+  ip link add "$hub" type dummy
+  ip addr add "10.214.$subnet.254/32" dev "$hub"
+  ip link set "$hub" up
+  nats_addr="10.214.$subnet.254"
+}
+
+start_swarm() { # $1 = address nats-server listens on
   "$root/scripts/ensure-tools.sh"
   # shellcheck disable=SC1091
   source "$root/.tools/env"
-
-  # The swarm's own folder: nats.conf reads ./.vgas/auth.conf and keeps JetStream in
-  # ./.vgas/jetstream, relative to where nats-server starts.
-  local swarm="$work/swarm" port mport i slots
-  mkdir -p "$swarm"
+  local swarm="$work/swarm" port mport
+  rm -rf "$swarm"; mkdir -p "$swarm"
   cp "$root/nats.conf" "$swarm/nats.conf"
   "$vgas" init --state-dir "$swarm/.vgas" >"$logs/vgas-init.log" 2>&1 \
     || { cat "$logs/vgas-init.log" >&2; die "vgas init failed"; }
   port=$(free_port); mport=$(free_port)
-  (cd "$swarm" && exec "$NATS_SERVER_BIN" -c nats.conf -p "$port" -m "$mport") >"$logs/nats-server.log" 2>&1 &
+  (cd "$swarm" && exec "$NATS_SERVER_BIN" -c nats.conf -a "$1" -p "$port" -m "$mport") >"$logs/nats-server.log" 2>&1 &
   pids+=($!)
-  wait_port "$port" || { cat "$logs/nats-server.log" >&2; die "nats-server did not start on port $port"; }
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$port") 2>/dev/null && break; sleep 0.1; done
+  (exec 3<>"/dev/tcp/$1/$port") 2>/dev/null || { cat "$logs/nats-server.log" >&2; die "nats-server did not start on $1:$port"; }
+  export VGAS_NATS_URL="nats://$1:$port" VGAS_STATE_DIR="$swarm/.vgas" VGAS_NO_MDNS=true
+  (cd "$swarm" && exec "$vgas_bin/vgas-master") >"$logs/vgas-master.log" 2>&1 &
+  pids+=($!)
+  swarm_up="$1 $port"
+}
 
-  export VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_STATE_DIR="$swarm/.vgas" VGAS_NO_MDNS=true
-  (cd "$swarm" && exec "$bin/vgas-master") >"$logs/vgas-master.log" 2>&1 &
-  pids+=($!)
-  slots=$(( jobs / vgas_workers )); [ "$slots" -ge 1 ] || slots=1
-  for ((i = 1; i <= vgas_workers; i++)); do
-    (cd "$swarm" && exec "$bin/vgas-worker" --id "bench-w$i" --slots "$slots") >"$logs/vgas-worker-$i.log" 2>&1 &
-    pids+=($!)
+# start_workers N SLOTS [NETNS]: N workers of SLOTS slots; with NETNS=1 every worker after the
+# first runs in a namespace of its own. Waits until all are live.
+start_workers() {
+  local n=$1 slots=$2 in_ns=${3:-0} i live
+  for ((i = 1; i <= n; i++)); do
+    if [ "$in_ns" = 1 ] && [ "$i" -gt 1 ]; then
+      make_host_ns "$i"
+      (cd "$work/swarm" && exec ip netns exec "$host_ns" "$vgas_bin/vgas-worker" --id "bench-w$i" --slots "$slots") >"$logs/vgas-worker-$n-$i.log" 2>&1 &
+    else
+      (cd "$work/swarm" && exec "$vgas_bin/vgas-worker" --id "bench-w$i" --slots "$slots") >"$logs/vgas-worker-$n-$i.log" 2>&1 &
+    fi
+    worker_pids+=($!); pids+=($!)
   done
-  local live=0
   for _ in $(seq 150); do
-    live=0
-    for ((i = 1; i <= vgas_workers; i++)); do
-      "$vgas" status --json 2>/dev/null | grep -q "\"bench-w$i\"" && live=$((live + 1))
-    done
-    [ "$live" -eq "$vgas_workers" ] && break
+    live=$("$vgas" status --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("live", [])))' 2>/dev/null || echo 0)
+    [ "$live" -eq "$n" ] && return 0
     sleep 0.2
   done
-  [ "$live" -eq "$vgas_workers" ] || die "only $live of $vgas_workers vgas workers came up (logs in $logs)"
+  die "only $live of $n vgas workers came up (logs in $logs)"
+}
+stop_workers() {
+  local p
+  for p in "${worker_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${worker_pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
+    forget_pid "$p"
+  done
+  worker_pids=()
+  cleanup_netns
+  # The master forgets them after 3 missed heartbeats.
+  for _ in $(seq 100); do
+    [ "$("$vgas" status --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("live", [])))' 2>/dev/null || echo 1)" = 0 ] && break
+    sleep 0.2
+  done
+}
 
-  # The wrapper takes the compiler by PATH (gcc, cc, ...), which the Makefile's own
-  # CC = gcc -std=gnu99 goes through.
-  local cmd=("$vgas" build --stats -- make "-j$jobs" "$target") r t
-  commands[vgas]="vgas build --purge-cache; make clean && vgas build --stats -- make -j$jobs $target   (in src/; rebuild: without the purge)"
+# The summary of a `vgas build --json` log: the Finished update's counts.
+vgas_summary() {
+  python3 - "$1" <<'PY'
+import json, sys
+fin = None
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("{"):
+        try:
+            u = json.loads(line)
+        except ValueError:
+            continue
+        if u.get("type") == "finished":
+            fin = u["stats"]
+if fin is None:
+    print("no finished update")
+else:
+    print(f'{fin["segments"]} segments: {fin["remote"]} on workers, {fin["cache_hits"]} from cache, '
+          f'{fin["local"]} here, {fin["failed"]} failed, per worker {fin["per_worker"]}')
+PY
+}
+# Per-segment overhead (submit to result minus the compile) over the given --json logs.
+vgas_overhead() {
+  python3 - "$@" <<'PY'
+import json, sys
+over, comp = [], []
+for path in sys.argv[1:]:
+    for line in open(path, errors="replace"):
+        if not line.startswith("{"):
+            continue
+        try:
+            u = json.loads(line)
+        except ValueError:
+            continue
+        if u.get("type") == "done" and isinstance(u.get("origin"), dict) and "worker" in u["origin"]:
+            over.append(u["overhead_ms"]); comp.append(u["compile_ms"])
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else 0
+print(f"{len(over)} segments; overhead p50 {pct(over, 50)} ms, p90 {pct(over, 90)} ms, max {max(over or [0])} ms; "
+      f"compile on the worker p50 {pct(comp, 50)} ms")
+PY
+}
+build_cmd() { echo "$vgas" build --json --stats -- make "-j$jobs" "$target"; }
+
+run_vgas() {
+  local why
+  if ! why=$(have_vgas); then notes[vgas]=$why; say "vgas: $why"; return 0; fi
+  [ -n "$swarm_up" ] || start_swarm "$nats_addr"
+  start_workers "$vgas_workers" "$(( jobs / vgas_workers > 0 ? jobs / vgas_workers : 1 ))"
+  local r t cmd
+  read -ra cmd <<<"$(build_cmd)"
+  commands[vgas]="vgas build --purge-cache; make clean && vgas build --json --stats -- make -j$jobs $target   (in src/; rebuild: without the purge)"
   for ((r = 1; r <= reps; r++)); do
     make_clean
-    # TODO(vgas-cli): empty the swarm's build cache so that this is a cold-cache build. The
-    # flag is `vgas build --purge-cache` in the work in progress; confirm it once it lands.
     "$vgas" build --purge-cache >"$logs/vgas-purge-$r.log" 2>&1 \
       || { cat "$logs/vgas-purge-$r.log" >&2; die "could not empty the vgas build cache"; }
     t=$(timed "$logs/vgas-clean-$r.log" "${cmd[@]}"); check_binary
@@ -250,9 +359,31 @@ run_vgas() {
     rebuild_runs[vgas]+="$t "
     say "vgas rebuild after make clean (warm cache) $r/$reps: ${t}s ($(vgas_summary "$logs/vgas-rebuild-$r.log"))"
   done
-  notes[vgas]="cache emptied before each clean build; rebuild from the warm cache; $vgas_workers worker(s) x $slots slots; binaries: $bin"
-  unset VGAS_NATS_URL VGAS_STATE_DIR VGAS_NO_MDNS
-  stop_all
+  overhead_line=$(vgas_overhead "$logs"/vgas-clean-*.log)
+  say "vgas per-segment overhead: $overhead_line"
+  notes[vgas]="cache emptied before each clean build; rebuild from the warm cache; $vgas_workers worker x $(( jobs / vgas_workers )) slots"
+  stop_workers
+}
+
+# The scaling series: 1, 2, ... SCALE_MAX workers of one slot each (the second and later in
+# network namespaces), clean builds from an empty cache.
+declare -A scale_runs
+run_vgas_scale() {
+  local why w r t cmd
+  if ! why=$(have_vgas); then notes[vgas-scale]=$why; say "vgas-scale: $why"; return 0; fi
+  [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 || { notes[vgas-scale]="not run: needs root and ip for namespaces"; return 0; }
+  read -ra cmd <<<"$(build_cmd)"
+  for ((w = 1; w <= scale_max; w++)); do
+    start_workers "$w" 1 1
+    for ((r = 1; r <= reps; r++)); do
+      make_clean
+      "$vgas" build --purge-cache >/dev/null 2>&1 || die "could not empty the vgas build cache"
+      t=$(timed "$logs/vgas-scale-$w-$r.log" "${cmd[@]}"); check_binary
+      scale_runs[$w]+="$t "
+      say "vgas, $w worker host(s) x 1 slot, clean build $r/$reps: ${t}s ($(vgas_summary "$logs/vgas-scale-$w-$r.log"))"
+    done
+    stop_workers
+  done
 }
 
 # --- the run --------------------------------------------------------------------------------
@@ -260,12 +391,17 @@ say "$project ($units translation units), N=$jobs, $reps repetitions, in $work"
 make_clean
 timed "$logs/warmup.log" make "-j$jobs" "$target" >/dev/null
 check_binary
+case " $tools " in
+  *" vgas-scale "*) [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && make_hub ;;
+esac
+overhead_line=""
 for tool in $tools; do
   case "$tool" in
     local) run_local ;;
     distcc) run_distcc ;;
     vgas) run_vgas ;;
-    *) die "unknown tool '$tool' (local, distcc, vgas)" ;;
+    vgas-scale) run_vgas_scale ;;
+    *) die "unknown tool '$tool' (local, distcc, vgas, vgas-scale)" ;;
   esac
 done
 
@@ -281,6 +417,7 @@ echo
 echo "| tool | clean build median (s) | ratio to local | rebuild after make clean median (s) | runs: clean / rebuild (s) | note |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for tool in $tools; do
+  [ "$tool" = vgas-scale ] && continue
   if [ -z "${clean_runs[$tool]:-}" ]; then
     echo "| $tool | - | - | - | - | ${notes[$tool]:-not run} |"
     continue
@@ -290,6 +427,25 @@ for tool in $tools; do
   [ -n "$local_median" ] && ratio=$(awk -v a="$c" -v b="$local_median" 'BEGIN { printf "%.2fx", a / b }')
   echo "| $tool | $c | $ratio | $rb | $(fmt_runs "${clean_runs[$tool]}") / $(fmt_runs "${rebuild_runs[$tool]}") | ${notes[$tool]:-} |"
 done
+if [ -n "${clean_runs[local]:-}" ] && [ -n "${rebuild_runs[vgas]:-}" ]; then
+  echo
+  echo "vgas rebuild after make clean vs local clean build: $(awk -v a="$local_median" -v b="$(median "${rebuild_runs[vgas]}")" 'BEGIN { printf "%.1fx faster", a / b }')"
+fi
+[ -n "$overhead_line" ] && { echo; echo "vgas per-segment overhead (clean builds): $overhead_line"; }
+if [ -n "${scale_runs[1]:-}" ]; then
+  echo
+  echo "### Worker hosts added (one slot each; host 2 and later in their own network namespace), clean builds, cold cache"
+  echo
+  echo "| worker hosts | clean build median (s) | vs 1 host | runs (s) |"
+  echo "| --- | --- | --- | --- |"
+  one=$(median "${scale_runs[1]}")
+  for ((w = 1; w <= scale_max; w++)); do
+    [ -n "${scale_runs[$w]:-}" ] || continue
+    m=$(median "${scale_runs[$w]}")
+    echo "| $w | $m | $(awk -v a="$m" -v b="$one" 'BEGIN { printf "%.2fx", a / b }') | $(fmt_runs "${scale_runs[$w]}") |"
+  done
+fi
+[ -n "${notes[vgas-scale]:-}" ] && { echo; echo "vgas-scale: ${notes[vgas-scale]}"; }
 echo
 echo "Commands (in $project's src/, a scratch copy of the tree from scripts/fetch-c-project.sh):"
 echo

@@ -468,21 +468,50 @@ impl BuildPlan {
             if l.output.is_empty() || l.output.contains('/') || l.output.starts_with('.') {
                 return bad("\"link.output\" must be a plain file name".into());
             }
-            if l.args.iter().any(|a| {
-                !(a.starts_with("-l")
-                    || a.starts_with("-Wl,")
-                    || a == "-static"
-                    || a == "-pthread"
-                    || a == "-rdynamic")
-            }) {
-                return bad(
-                    "\"link.args\" may hold -l..., -Wl,..., -static, -pthread and -rdynamic only"
-                        .into(),
-                );
+            if let Some(a) = l.args.iter().find(|a| !is_allowed_link_arg(a)) {
+                return bad(format!(
+                    "\"link.args\" may hold -l<name>, -static, -pthread, -rdynamic and \
+                     -Wl, with {} only, not {a:?}",
+                    SAFE_LINKER_OPTIONS.join(" ")
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// Linker options a plan's link may pass with `-Wl,`: the master links on its own host, so
+/// nothing that reads a file (scripts, `@file`, plugins, version scripts) or writes one (maps).
+pub const SAFE_LINKER_OPTIONS: &[&str] = &[
+    "--as-needed",
+    "--no-as-needed",
+    "--gc-sections",
+    "--no-gc-sections",
+    "-O1",
+    "-O2",
+    "-E",
+    "--export-dynamic",
+    "--build-id",
+    "-s",
+    "--strip-all",
+    "-z",
+    "now",
+    "relro",
+    "noexecstack",
+];
+
+/// Whether a plan's link may carry `a`.
+fn is_allowed_link_arg(a: &str) -> bool {
+    if let Some(lib) = a.strip_prefix("-l") {
+        return !lib.is_empty()
+            && lib
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'));
+    }
+    if let Some(opts) = a.strip_prefix("-Wl,") {
+        return opts.split(',').all(|o| SAFE_LINKER_OPTIONS.contains(&o));
+    }
+    matches!(a, "-static" | "-pthread" | "-rdynamic")
 }
 
 /// The accept reply to `vgas.build.submit`.

@@ -238,6 +238,27 @@ fn plans_are_checked() {
     let mut evil = plan.clone();
     evil.link.as_mut().unwrap().args = vec!["-o/etc/x".into()];
     assert!(evil.validate().is_err());
+    for arg in [
+        "-Wl,-T,/etc/passwd",
+        "-Wl,@/etc/shadow",
+        "-Wl,--plugin=/tmp/x.so",
+        "-Wl,-Map=/tmp/m",
+        "-l../x",
+        "-L/tmp",
+    ] {
+        let mut evil = plan.clone();
+        evil.link.as_mut().unwrap().args = vec![arg.into()];
+        assert!(evil.validate().is_err(), "{arg} is accepted");
+    }
+    let mut fine = plan.clone();
+    fine.link.as_mut().unwrap().args = vec![
+        "-lm".into(),
+        "-lstdc++".into(),
+        "-Wl,--as-needed".into(),
+        "-Wl,-z,now".into(),
+        "-pthread".into(),
+    ];
+    fine.validate().unwrap();
     let mut evil = plan.clone();
     evil.args = vec!["-fplugin=/tmp/x.so".into()];
     assert!(evil.validate().is_err());

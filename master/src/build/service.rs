@@ -24,7 +24,7 @@ use vgas_shared::build::{
 use vgas_shared::codec::{decode, encode, encode_error};
 use vgas_shared::config::Resolved;
 use vgas_shared::error::WireError;
-use vgas_shared::toolchain::{identify, which};
+use vgas_shared::toolchain::which;
 use vgas_shared::wire::SwarmPulse;
 use vgas_shared::{Encoding, ErrorCode, TaskId};
 
@@ -167,13 +167,6 @@ async fn on_submit(
     }
 }
 
-/// The compiler on this host with exactly `identity`, if any.
-fn local_twin(identity: &CompilerIdentity) -> Option<std::path::PathBuf> {
-    let p = which(&identity.name, None)?;
-    let here = identify(&p, &identity.name).ok()?;
-    (here.hash == identity.hash).then_some(p)
-}
-
 async fn run_plan(
     conn: Resolved,
     client: Client,
@@ -230,11 +223,6 @@ async fn run_plan_inner(
 ) -> Result<BuildUpdate> {
     let js = async_nats::jetstream::new(client.clone());
     let dir = tempfile::Builder::new().prefix("vgas-plan-").tempdir()?;
-    let twin = tokio::task::spawn_blocking({
-        let id = identity.clone();
-        move || local_twin(&id)
-    })
-    .await?;
     let mut segments = Vec::with_capacity(plan.segments.len());
     for (i, s) in plan.segments.iter().enumerate() {
         let args: Vec<String> = plan.args.iter().chain(&s.args).cloned().collect();
@@ -262,14 +250,11 @@ async fn run_plan_inner(
             spec,
             files: Vec::new(),
             output: dir.path().join(format!("{i}.o")),
-            local: match &twin {
-                Some(p) => LocalCompile::Spec {
-                    compiler: p.clone(),
-                },
-                None => {
-                    LocalCompile::Unavailable("the master's host has no identical compiler".into())
-                }
-            },
+            // The master never compiles a plan's source itself: a source can `#include` any
+            // file of this host, and the compiler would quote it in its diagnostics.
+            local: LocalCompile::Unavailable(
+                "the master compiles no source itself, and no worker could".into(),
+            ),
         });
     }
     updates
