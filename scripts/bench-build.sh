@@ -73,7 +73,7 @@ cleanup() {
   local rc=$?
   stop_all
   cleanup_netns
-  [ -n "${hub:-}" ] && ip link del "$hub" 2>/dev/null || true
+  [ -n "${hub:-}" ] && ip addr del "$hub" dev lo 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
   exit "$rc"
 }
@@ -225,14 +225,12 @@ make_host_ns() { # $1 = index (2, 3, ...); sets host_ns to the namespace made
   ip -n "$ns" route add default via "10.214.$subnet.$((4 * i - 3))"
   host_ns=$ns
 }
-# The address nats-server listens on when workers run in namespaces: a dummy interface of
-# this namespace, reached from each worker namespace through its veth (default route).
+# The address nats-server listens on when workers run in namespaces: an extra address on this
+# namespace's loopback, reached from each worker namespace through its veth (default route).
 hub=""
 make_hub() {
-  hub="vgb${tag}hub"
-  ip link add "$hub" type dummy
-  ip addr add "10.214.$subnet.254/32" dev "$hub"
-  ip link set "$hub" up
+  hub="10.214.$subnet.254/32"
+  ip addr add "$hub" dev lo
   nats_addr="10.214.$subnet.254"
 }
 

@@ -557,6 +557,9 @@ pub enum BuildUpdate {
     Cached {
         segment: String,
         saved_ms: u64,
+        /// True when found by its direct-mode manifest, without preprocessing.
+        #[serde(default)]
+        direct: bool,
     },
     Done {
         segment: String,
@@ -603,6 +606,8 @@ pub struct BuildStats {
     pub segments: u64,
     pub remote: u64,
     pub cache_hits: u64,
+    /// Of the hits, those found without preprocessing (direct mode).
+    pub direct_hits: u64,
     pub cache_misses: u64,
     pub local: u64,
     pub failed: u64,

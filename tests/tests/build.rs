@@ -124,6 +124,39 @@ async fn wrapper_builds_on_workers_and_the_cache_serves_every_rebuild() {
         .unwrap());
     let u = updates(ok(&build(&[])));
     assert_eq!(origins(&u), (0, 3, 0), "{u:?}");
+    assert!(
+        u.iter()
+            .filter(|x| matches!(x, BuildUpdate::Cached { .. }))
+            .all(|x| matches!(x, BuildUpdate::Cached { direct: true, .. })),
+        "no-change hits come from the manifests, without preprocessing: {u:?}"
+    );
+    assert_eq!(std::fs::read(dir.join("app")).unwrap(), local);
+
+    // A header every unit includes changes: its manifests no longer match; all compile.
+    let header = dir.join("inc/calc.h");
+    let text = std::fs::read_to_string(&header).unwrap();
+    std::fs::write(
+        &header,
+        text.replace("#endif", "#define CALC_VERSION 2\n#endif"),
+    )
+    .unwrap();
+    ok(&Command::new("make")
+        .args(["-s", "clean"])
+        .current_dir(&dir)
+        .output()
+        .unwrap());
+    let u = updates(ok(&build(&[])));
+    assert_eq!(origins(&u), (3, 0, 0), "a changed header is a miss: {u:?}");
+    // Back as it was: the first objects are still in the cache (found after preprocessing,
+    // since the manifests now name the changed header's bytes).
+    std::fs::write(&header, &text).unwrap();
+    ok(&Command::new("make")
+        .args(["-s", "clean"])
+        .current_dir(&dir)
+        .output()
+        .unwrap());
+    let u = updates(ok(&build(&[])));
+    assert_eq!(origins(&u), (0, 3, 0), "{u:?}");
     assert_eq!(std::fs::read(dir.join("app")).unwrap(), local);
 
     // One file changed: one segment compiles.

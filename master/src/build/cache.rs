@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt as _;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vgas_shared::build::CacheEntry;
 use vgas_shared::codec::{decode_as, encode};
 use vgas_shared::{now_ms, Encoding, Subjects};
@@ -206,6 +206,27 @@ impl BuildCache {
         Ok(())
     }
 
+    /// The direct-mode manifest stored under `direct_key`, if any.
+    pub async fn manifest(&self, direct_key: &str) -> Option<super::direct::Manifest> {
+        let bytes = self.index.get(direct_key).await.ok()??;
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return None;
+        }
+        decode_as(Encoding::MsgPack, &bytes).ok()
+    }
+
+    /// Stores a direct-mode manifest; a failure only costs the next build a preprocessing run.
+    pub async fn put_manifest(&self, direct_key: &str, m: &super::direct::Manifest) {
+        let Ok(bytes) = encode(Encoding::MsgPack, m) else {
+            return;
+        };
+        if bytes.len() <= MAX_ENTRY_BYTES {
+            if let Err(e) = self.index.put(direct_key, Bytes::from(bytes)).await {
+                debug!("manifest not stored: {e}");
+            }
+        }
+    }
+
     /// Empties the cache (`vgas build --purge-cache`); returns the objects removed.
     pub async fn purge(&self) -> Result<u64> {
         let names: Vec<String> = self
@@ -220,6 +241,16 @@ impl BuildCache {
         for n in &names {
             let _ = self.objects.delete(n).await;
             let _ = self.index.purge(n).await;
+        }
+        // Manifests too: after a purge every unit is preprocessed and compiled again.
+        if let Ok(keys) = self.index.keys().await {
+            let manifests: Vec<String> = keys
+                .filter_map(|k| async move { k.ok().filter(|k| k.starts_with("direct.")) })
+                .collect()
+                .await;
+            for k in manifests {
+                let _ = self.index.purge(&k).await;
+            }
         }
         Ok(names.len() as u64)
     }

@@ -1,6 +1,6 @@
 //! The build farm's submitting side and the master's plan runner. A compile job is read like
 //! distcc reads it (`args`), preprocessed here (`prepare`), looked up in the swarm-wide cache
-//! (`cache`), compiled on a worker with the identical compiler or, failing that, here
+//! (`cache`, and before preprocessing by its direct-mode manifest, `direct`), compiled on a worker with the identical compiler or, failing that, here
 //! (`segment`, `local`), and linked here with one merged diagnostics report (`aggregate`).
 //! The ways in: the compiler wrapper (`wrapper`), `vgas build` with a command, a compilation
 //! database (`compdb`) or a plan (`cli`), and `vgas.build.submit` for any NATS client
@@ -11,6 +11,7 @@ pub mod args;
 pub mod cache;
 pub mod cli;
 pub mod compdb;
+pub mod direct;
 pub mod local;
 pub mod prepare;
 pub mod progress;

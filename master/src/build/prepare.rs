@@ -98,10 +98,12 @@ pub async fn prepare(
     Ok(Prepared::Segment(Box::new(seg), pp))
 }
 
-/// The files named by line markers (`# 12 "src/a.h" 1`): user files only (not system
-/// headers, flag 3), given by relative path.
-pub fn user_files(pp: &[u8]) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// Every file named by line markers (`# 12 "src/a.h" 1`), once each, in order of first
+/// mention, with whether it is a system header (flag 3). Pseudo-files (`<built-in>`) and
+/// names with escapes are left out.
+pub fn line_marker_files(pp: &[u8]) -> Vec<(String, bool)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
     for line in pp.split(|&b| b == b'\n') {
         let Some(rest) = line.strip_prefix(b"# ") else {
             continue;
@@ -119,17 +121,24 @@ pub fn user_files(pp: &[u8]) -> BTreeSet<String> {
             continue;
         };
         let name = &rest[1..1 + end];
-        let flags = &rest[2 + end..];
-        if name.starts_with('<')
-            || name.starts_with('/')
-            || name.contains('\\')
-            || flags.split_whitespace().any(|f| f == "3")
-        {
+        if name.starts_with('<') || name.contains('\\') {
             continue;
         }
-        out.insert(name.to_owned());
+        let system = rest[2 + end..].split_whitespace().any(|f| f == "3");
+        if seen.insert(name.to_owned()) {
+            out.push((name.to_owned(), system));
+        }
     }
     out
+}
+
+/// The user's files named by line markers: not system headers, given by relative path.
+pub fn user_files(pp: &[u8]) -> BTreeSet<String> {
+    line_marker_files(pp)
+        .into_iter()
+        .filter(|(name, system)| !system && !name.starts_with('/'))
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Where a relative file sits under a workdir `depth` levels below [`WORKDIR_ROOT`], or

@@ -92,8 +92,11 @@ impl Progress {
                     .insert(segment.clone(), (Some(worker.clone()), since));
             }
             BuildUpdate::Retried { .. } => self.stats.retried += 1,
-            BuildUpdate::Cached { saved_ms, .. } => {
+            BuildUpdate::Cached {
+                saved_ms, direct, ..
+            } => {
                 self.stats.cache_hits += 1;
+                self.stats.direct_hits += u64::from(*direct);
                 self.stats.saved_ms += saved_ms;
                 self.bar.inc_length(1);
             }
@@ -236,10 +239,11 @@ pub fn stats_table(stats: &BuildStats) -> String {
         100.0 * stats.cache_hits as f64 / lookups as f64
     };
     format!(
-        "cache hits        {}\ncache misses      {}\nhit rate          {rate:.1}%\n\
+        "cache hits        {} ({} direct)\ncache misses      {}\nhit rate          {rate:.1}%\n\
          time saved        {:.2}s\ncompiled remotely {}\ncompiled here     {}\nfailed            {}\n\
          retried           {}\nwall time         {:.2}s\n",
         stats.cache_hits,
+        stats.direct_hits,
         stats.cache_misses,
         stats.saved_ms as f64 / 1000.0,
         stats.remote,

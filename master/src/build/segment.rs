@@ -177,6 +177,41 @@ async fn write_object(path: &PathBuf, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("rename to {}", path.display()))
 }
 
+/// Finishes a segment from a cache hit: the object written to `output`, the warnings the
+/// compile printed replayed, `cached` and `done` sent.
+pub async fn serve_hit(
+    ctx: &BuildContext,
+    name: &str,
+    output: &PathBuf,
+    hit: super::cache::Hit,
+    direct: bool,
+) -> Result<BuildOutput> {
+    write_object(output, &hit.object).await?;
+    ctx.updates
+        .send(BuildUpdate::Cached {
+            segment: name.to_owned(),
+            saved_ms: hit.entry.compile_ms,
+            direct,
+        })
+        .await;
+    ctx.updates
+        .send(BuildUpdate::Done {
+            segment: name.to_owned(),
+            origin: Origin::Cache,
+            compile_ms: 0,
+            overhead_ms: 0,
+            diagnostics: cut(hit.entry.stderr.clone()),
+        })
+        .await;
+    Ok(BuildOutput {
+        segment: name.to_owned(),
+        object: Some(output.clone()),
+        exit_code: 0,
+        diagnostics: hit.entry.stderr,
+        origin: Origin::Cache,
+    })
+}
+
 async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput> {
     let done = |origin: Origin, exit_code: i32, diagnostics: String, object: bool| BuildOutput {
         segment: seg.name.clone(),
@@ -187,25 +222,7 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     };
     if let Some(cache) = &ctx.cache {
         match cache.lookup(&seg.key).await {
-            Ok(Some(hit)) => {
-                write_object(&seg.output, &hit.object).await?;
-                ctx.updates
-                    .send(BuildUpdate::Cached {
-                        segment: seg.name.clone(),
-                        saved_ms: hit.entry.compile_ms,
-                    })
-                    .await;
-                ctx.updates
-                    .send(BuildUpdate::Done {
-                        segment: seg.name.clone(),
-                        origin: Origin::Cache,
-                        compile_ms: 0,
-                        overhead_ms: 0,
-                        diagnostics: cut(hit.entry.stderr.clone()),
-                    })
-                    .await;
-                return Ok(done(Origin::Cache, 0, hit.entry.stderr, true));
-            }
+            Ok(Some(hit)) => return serve_hit(ctx, &seg.name, &seg.output, hit, false).await,
             Ok(None) => {}
             Err(e) => debug!("cache lookup failed, compiling: {e:#}"),
         }

@@ -12,9 +12,10 @@ use vgas_shared::config::{CommonArgs, Role};
 use vgas_shared::toolchain::{identify_cached, which};
 
 use super::args::{classify, Invocation};
+use super::direct::Direct;
 use super::local::LocalCompile;
 use super::prepare::{prepare, Prepared};
-use super::segment::{compile_segment, BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
+use super::segment::{compile_segment, serve_hit, BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
 
 /// Set by `vgas build` for the commands it runs.
 pub const ENV_BUILD_ID: &str = "VGAS_BUILD_ID";
@@ -140,18 +141,14 @@ async fn distribute(
     let cache_dir = conn.state_dir.join("toolchains");
     let compiler_owned = compiler.to_owned();
     let name = invoked_as.to_owned();
-    let identity = tokio::task::spawn_blocking(move || {
-        identify_cached(&compiler_owned, &name, Some(&cache_dir))
-    })
-    .await??;
-    let seg = match prepare(&job, compiler, &identity, cwd, local).await? {
-        Prepared::Segment(seg, _) => seg,
-        Prepared::Failed { exit_code, stderr } => {
-            eprint!("{stderr}");
-            return Ok(exit_code);
-        }
-    };
-    let client = crate::connect::connect(&conn, "vgas-cc").await?;
+    // The connection and the compiler's identity (a cached file read) at once.
+    let (client, identity) = tokio::join!(
+        crate::connect::connect(&conn, "vgas-cc"),
+        tokio::task::spawn_blocking(move || {
+            identify_cached(&compiler_owned, &name, Some(&cache_dir))
+        })
+    );
+    let (client, identity) = (client?, identity??);
     let js = async_nats::jetstream::new(client.clone());
     let cache = super::cache::BuildCache::open(&js, &conn.subjects)
         .await
@@ -173,7 +170,32 @@ async fn distribute(
             .unwrap_or(DEFAULT_SEGMENT_DEADLINE),
         conn,
     };
+    // Direct mode: a hit without preprocessing.
+    let direct = Direct::new(&identity.hash, &job, cwd);
+    if let (Some(d), Some(cache)) = (&direct, &ctx.cache) {
+        if let Some(key) = d.lookup(cache).await {
+            if let Ok(Some(hit)) = cache.lookup(&key).await {
+                let out = serve_hit(&ctx, &job.source, &cwd.join(&job.output), hit, true).await?;
+                let _ = client.flush().await;
+                eprint!("{}", out.diagnostics);
+                return Ok(0);
+            }
+        }
+    }
+    let started = std::time::SystemTime::now();
+    let (seg, pp) = match prepare(&job, compiler, &identity, cwd, local).await? {
+        Prepared::Segment(seg, pp) => (seg, pp),
+        Prepared::Failed { exit_code, stderr } => {
+            eprint!("{stderr}");
+            return Ok(exit_code);
+        }
+    };
     let out = compile_segment(&ctx, &seg).await;
+    if out.exit_code == 0 {
+        if let (Some(d), Some(cache)) = (&direct, &ctx.cache) {
+            d.record(cache, &seg.key, &pp, started).await;
+        }
+    }
     let _ = client.flush().await;
     // A local run already printed nothing (its stderr was captured): print what any origin gave.
     eprint!("{}", out.diagnostics);
