@@ -75,7 +75,7 @@ pub async fn aggregate_artifacts(
     }
     args.extend(link.after.iter().cloned());
     args.extend(["-o".into(), link.output.display().to_string()]);
-    let r = run_captured(&link.program, &args, &link.cwd).await?;
+    let r = run_captured(&link.program, &args, &link.cwd, &None).await?;
     let link_report = DiagnosticReport::merge([r.stderr.as_str()]);
     report.errors += link_report.errors;
     report.warnings += link_report.warnings;

@@ -112,16 +112,20 @@ fn digest(bytes: &[u8]) -> String {
 
 impl BuildCache {
     pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self> {
-        let name = subjects.build_cache_bucket();
-        let index = js
-            .get_key_value(&name)
-            .await
-            .with_context(|| format!("open the build cache {name} (is vgas-master running?)"))?;
-        let name = subjects.build_objects_bucket();
-        let objects = js
-            .get_object_store(&name)
-            .await
-            .with_context(|| format!("open the build objects bucket {name}"))?;
+        // Both at once: every compiler process opens the cache, one round trip is saved.
+        let (index_name, objects_name) = (
+            subjects.build_cache_bucket(),
+            subjects.build_objects_bucket(),
+        );
+        let (index, objects) = tokio::join!(
+            js.get_key_value(&index_name),
+            js.get_object_store(&objects_name)
+        );
+        let index = index.with_context(|| {
+            format!("open the build cache {index_name} (is vgas-master running?)")
+        })?;
+        let objects =
+            objects.with_context(|| format!("open the build objects bucket {objects_name}"))?;
         Ok(BuildCache { index, objects })
     }
 

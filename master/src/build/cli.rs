@@ -24,9 +24,10 @@ use super::wrapper::{
     ENV_WRAPPER_DIR, MASQUERADE_NAMES,
 };
 
-/// How long the build keeps reading updates after its command ended: compiler processes
-/// publish their last update just before they exit.
-const UPDATE_DRAIN: Duration = Duration::from_millis(300);
+/// How long the build keeps reading updates after its command ended and a flush returned.
+/// Every compiler process flushed its updates to the server before it exited, so they are
+/// queued to us ahead of our flush's PONG; this is only a margin for the subscription task.
+const UPDATE_DRAIN: Duration = Duration::from_millis(20);
 
 /// How often the progress looks for slow segments.
 const TICK: Duration = Duration::from_secs(1);
@@ -142,6 +143,25 @@ async fn run_command(
         std::os::unix::fs::symlink(&me, links.path().join(name))
             .with_context(|| format!("link {name}"))?;
     }
+    // The helper: every wrapper of this build hands its unit to this process, which holds
+    // the build's one connection, cache handles and file hashes.
+    let js = async_nats::jetstream::new(client.clone());
+    let ctx = BuildContext {
+        client: client.clone(),
+        js: js.clone(),
+        conn: conn.clone(),
+        cache: BuildCache::open(&js, &conn.subjects).await.ok(),
+        updates: Updates::new(
+            client.clone(),
+            Some(conn.subjects.build_updates(&build_id)),
+            None,
+        ),
+        local_fallback: !args.no_local_fallback,
+        segment_deadline: Duration::from_secs(args.segment_deadline),
+    };
+    let stop_helper = tokio_util::sync::CancellationToken::new();
+    let _stop_on_exit = stop_helper.clone().drop_guard();
+    let socket = super::helper::start(links.path(), ctx, stop_helper)?;
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![links.path().to_owned()];
     dirs.extend(std::env::split_paths(&path));
@@ -152,6 +172,7 @@ async fn run_command(
         .env("CXX", links.path().join("c++"))
         .env(ENV_WRAPPER_DIR, links.path())
         .env(ENV_BUILD_ID, &build_id)
+        .env(super::helper::ENV_HELPER_SOCKET, &socket)
         .env(ENV_SEGMENT_DEADLINE, args.segment_deadline.to_string())
         .env(
             ENV_LOCAL_FALLBACK,
@@ -190,6 +211,9 @@ async fn run_command(
             _ = tick.tick() => progress.tick(),
         }
     };
+    if let Err(e) = client.flush().await {
+        tracing::debug!("flush after the build: {e}");
+    }
     while let Ok(Some(msg)) = tokio::time::timeout(UPDATE_DRAIN, updates.next()).await {
         if let Ok(u) = decode_as::<BuildUpdate>(Encoding::detect(&msg.payload), &msg.payload) {
             progress.on(u);

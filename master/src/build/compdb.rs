@@ -94,6 +94,7 @@ pub async fn prepare_all(
             program: compiler.clone(),
             args: args.clone(),
             cwd: cwd.clone(),
+            env: None,
         };
         let (permits, cache_dir) = (permits.clone(), cache_dir.clone());
         handles.push(tokio::spawn(async move {
@@ -113,7 +114,7 @@ pub async fn prepare_all(
                 tokio::task::spawn_blocking(move || identify_cached(&c2, &name, Some(&cache_dir)))
                     .await??;
             Ok::<Unit, anyhow::Error>(
-                match prepare(&job, &compiler, &identity, &cwd, local).await? {
+                match prepare(&job, &compiler, &identity, &cwd, local, &None).await? {
                     Prepared::Segment(seg, _) => Unit::Segment(seg),
                     Prepared::Failed { exit_code, stderr } => Unit::Failed(BuildOutput {
                         segment: job.source.clone(),

@@ -10,8 +10,14 @@
 //! What this cannot see, as in ccache: a header created since, earlier on the include path
 //! than the one the manifest lists (it would shadow it). Units whose files use `__DATE__`,
 //! `__TIME__` or `__TIMESTAMP__` never get a manifest. `VGAS_DIRECT=0` turns it off.
+//!
+//! Inside one `vgas build`, a file's hash is computed once and reused while its size and
+//! modification time stay the same (`FileHashes::memoized`): the system headers every unit
+//! includes are read once per build, not once per unit.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::args::CompileJob;
 use super::cache::BuildCache;
+use super::local::CompilerEnv;
 use super::prepare::line_marker_files;
 
 /// `0` turns direct mode off.
@@ -40,6 +47,76 @@ const MAX_MANIFEST_FILES: usize = 4096;
 
 /// Macros whose value changes from one compile to the next.
 const VOLATILE_MACROS: &[&[u8]] = &[b"__DATE__", b"__TIME__", b"__TIMESTAMP__"];
+
+/// What direct mode needs to know of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    pub sha256: String,
+    pub modified: SystemTime,
+    /// It uses `__DATE__`, `__TIME__` or `__TIMESTAMP__`.
+    pub volatile: bool,
+}
+
+type Memo = HashMap<PathBuf, (u64, SystemTime, FileFacts)>;
+
+/// Hashes files, remembering them by size and modification time when memoized.
+#[derive(Debug, Clone, Default)]
+pub struct FileHashes {
+    memo: Option<Arc<Mutex<Memo>>>,
+}
+
+impl FileHashes {
+    /// Every file read and hashed each time (a standalone wrapper: one unit per process).
+    pub fn uncached() -> FileHashes {
+        FileHashes { memo: None }
+    }
+
+    /// Files remembered for the life of this value (the helper of one `vgas build`).
+    pub fn memoized() -> FileHashes {
+        FileHashes {
+            memo: Some(Arc::default()),
+        }
+    }
+
+    /// The facts of the regular file at `path`, or `None` if it cannot be read.
+    pub fn facts(&self, path: &Path) -> Option<FileFacts> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let (len, modified) = (meta.len(), meta.modified().ok()?);
+        if let Some(memo) = &self.memo {
+            if let Some((l, t, f)) = memo.lock().ok()?.get(path) {
+                if *l == len && *t == modified {
+                    return Some(f.clone());
+                }
+            }
+        }
+        let bytes = std::fs::read(path).ok()?;
+        let facts = FileFacts {
+            sha256: sha256_hex(&bytes),
+            modified,
+            volatile: volatile(&bytes),
+        };
+        if let Some(memo) = &self.memo {
+            if let Ok(mut m) = memo.lock() {
+                m.insert(path.to_owned(), (len, modified, facts.clone()));
+            }
+        }
+        Some(facts)
+    }
+}
+
+fn env_var(env: &CompilerEnv, name: &str) -> String {
+    match env {
+        Some(vars) => vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        None => std::env::var(name).unwrap_or_default(),
+    }
+}
 
 /// What is stored under a direct key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,12 +167,18 @@ fn deps_file(job: &CompileJob) -> Option<String> {
 
 impl Direct {
     /// The direct key of `job`, or `None` when direct mode is off or does not apply.
-    pub fn new(identity_hash: &str, job: &CompileJob, cwd: &Path) -> Option<Direct> {
-        if std::env::var(ENV_DIRECT).as_deref() == Ok("0") {
+    pub fn new(
+        identity_hash: &str,
+        job: &CompileJob,
+        cwd: &Path,
+        env: &CompilerEnv,
+        hashes: &FileHashes,
+    ) -> Option<Direct> {
+        if env_var(env, ENV_DIRECT) == "0" {
             return None;
         }
-        let source = std::fs::read(cwd.join(&job.source)).ok()?;
-        if volatile(&source) {
+        let source = hashes.facts(&cwd.join(&job.source))?;
+        if source.volatile {
             return None;
         }
         let mut h = Sha256::new();
@@ -112,9 +195,9 @@ impl Direct {
         field(job.output.as_bytes());
         field(cwd.as_os_str().as_encoded_bytes());
         for v in PREPROCESSOR_ENV {
-            field(std::env::var_os(v).unwrap_or_default().as_encoded_bytes());
+            field(env_var(env, v).as_bytes());
         }
-        field(&source);
+        field(source.sha256.as_bytes());
         Some(Direct {
             key: format!("direct.{}", hex::encode(h.finalize())),
             cwd: cwd.to_owned(),
@@ -124,12 +207,14 @@ impl Direct {
 
     /// The cache key the manifest names, if there is one and every file it lists is
     /// unchanged; writes the dependency file back, as the preprocessor would have.
-    pub async fn lookup(&self, cache: &BuildCache) -> Option<String> {
+    pub async fn lookup(&self, cache: &BuildCache, hashes: &FileHashes) -> Option<String> {
         let manifest = cache.manifest(&self.key).await?;
-        let m = manifest.clone();
+        let (m, hashes) = (manifest.clone(), hashes.clone());
         let unchanged = tokio::task::spawn_blocking(move || {
             m.files.iter().all(|(path, hash)| {
-                std::fs::read(path).is_ok_and(|bytes| sha256_hex(&bytes) == *hash)
+                hashes
+                    .facts(Path::new(path))
+                    .is_some_and(|f| f.sha256 == *hash)
             })
         })
         .await
@@ -149,12 +234,20 @@ impl Direct {
     /// `key`, preprocessed from `started` on. Quietly does nothing when a file cannot be read,
     /// uses a volatile macro, or was modified since `started` (its bytes now may not be the
     /// ones preprocessed).
-    pub async fn record(&self, cache: &BuildCache, key: &str, pp: &[u8], started: SystemTime) {
+    pub async fn record(
+        &self,
+        cache: &BuildCache,
+        key: &str,
+        pp: &[u8],
+        started: SystemTime,
+        hashes: &FileHashes,
+    ) {
         let names: Vec<String> = line_marker_files(pp)
             .into_iter()
             .map(|(name, _)| name)
             .collect();
         let (cwd, deps_file) = (self.cwd.clone(), self.deps_file.clone());
+        let hashes = hashes.clone();
         let key = key.to_owned();
         let manifest = tokio::task::spawn_blocking(move || {
             if names.len() > MAX_MANIFEST_FILES {
@@ -163,15 +256,11 @@ impl Direct {
             let mut files = Vec::with_capacity(names.len());
             for n in names {
                 let path = cwd.join(&n);
-                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-                if modified >= started {
+                let f = hashes.facts(&path)?;
+                if f.modified >= started || f.volatile {
                     return None;
                 }
-                let bytes = std::fs::read(&path).ok()?;
-                if volatile(&bytes) {
-                    return None;
-                }
-                files.push((path.to_str()?.to_owned(), sha256_hex(&bytes)));
+                files.push((path.to_str()?.to_owned(), f.sha256));
             }
             let deps = match deps_file {
                 Some(p) => Some((p.clone(), std::fs::read_to_string(cwd.join(&p)).ok()?)),
@@ -205,7 +294,8 @@ mod tests {
     fn the_key_follows_flags_source_and_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.c"), "int a;\n").unwrap();
-        let key = |cmd: &str, cwd: &Path| Direct::new("id", &job(cmd), cwd).unwrap().key;
+        let h = FileHashes::uncached();
+        let key = |cmd: &str, cwd: &Path| Direct::new("id", &job(cmd), cwd, &None, &h).unwrap().key;
         let base = key("-O2 -c a.c -o a.o", dir.path());
         assert_eq!(base, key("-O2 -c a.c -o a.o", dir.path()));
         assert_ne!(base, key("-O1 -c a.c -o a.o", dir.path()));
@@ -222,11 +312,19 @@ mod tests {
     fn volatile_macros_and_dependency_files_are_seen() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t.c"), "const char *t = __TIME__;\n").unwrap();
-        assert!(Direct::new("id", &job("-c t.c -o t.o"), dir.path()).is_none());
+        let h = FileHashes::memoized();
+        assert!(Direct::new("id", &job("-c t.c -o t.o"), dir.path(), &None, &h).is_none());
         std::fs::write(dir.path().join("d.c"), "int d;\n").unwrap();
-        let d = Direct::new("id", &job("-MMD -c d.c -o obj/d.o"), dir.path()).unwrap();
+        let d = Direct::new("id", &job("-MMD -c d.c -o obj/d.o"), dir.path(), &None, &h).unwrap();
         assert_eq!(d.deps_file.as_deref(), Some("obj/d.d"));
-        let d = Direct::new("id", &job("-MD -MF x.dep -c d.c -o d.o"), dir.path()).unwrap();
+        let d = Direct::new(
+            "id",
+            &job("-MD -MF x.dep -c d.c -o d.o"),
+            dir.path(),
+            &None,
+            &h,
+        )
+        .unwrap();
         assert_eq!(d.deps_file.as_deref(), Some("x.dep"));
     }
 }

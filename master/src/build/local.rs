@@ -4,12 +4,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vgas_shared::build::CompileSpec;
 
 /// Largest source a plan segment may hand to a local compile (64 MiB, as on workers).
 const MAX_LOCAL_SOURCE: usize = 64 * 1024 * 1024;
+
+/// The environment a compiler runs with: this process's (`None`), or the one a wrapper sent
+/// to the helper of `vgas build` (a Makefile may export variables to its compilers).
+pub type CompilerEnv = Option<Arc<Vec<(String, String)>>>;
 
 /// How to compile a segment here.
 #[derive(Debug, Clone)]
@@ -19,6 +24,7 @@ pub enum LocalCompile {
         program: PathBuf,
         args: Vec<String>,
         cwd: PathBuf,
+        env: CompilerEnv,
     },
     /// The segment's spec, compiled by this host's compiler (the same identity).
     Spec { compiler: PathBuf },
@@ -34,8 +40,13 @@ pub struct LocalResult {
 }
 
 /// Runs `program` with `args` in `cwd`, stdout passed through, stderr captured.
-pub async fn run_captured(program: &Path, args: &[String], cwd: &Path) -> Result<LocalResult> {
-    let out = super::wrapper::local_command(program)
+pub async fn run_captured(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    env: &CompilerEnv,
+) -> Result<LocalResult> {
+    let out = super::wrapper::local_command(program, env)
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -53,7 +64,12 @@ pub async fn run_captured(program: &Path, args: &[String], cwd: &Path) -> Result
 impl LocalCompile {
     pub async fn run(&self, spec: &CompileSpec, output: &Path) -> Result<LocalResult> {
         match self {
-            LocalCompile::Command { program, args, cwd } => run_captured(program, args, cwd).await,
+            LocalCompile::Command {
+                program,
+                args,
+                cwd,
+                env,
+            } => run_captured(program, args, cwd, env).await,
             LocalCompile::Unavailable(why) => bail!("cannot compile here: {why}"),
             LocalCompile::Spec { compiler } => {
                 let Some(source) = spec.source.inline_bytes(MAX_LOCAL_SOURCE)? else {
@@ -76,7 +92,7 @@ impl LocalCompile {
                     "-o".into(),
                     output.display().to_string(),
                 ]);
-                run_captured(compiler, &args, dir.path()).await
+                run_captured(compiler, &args, dir.path(), &None).await
             }
         }
     }

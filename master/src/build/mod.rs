@@ -12,11 +12,13 @@ pub mod cache;
 pub mod cli;
 pub mod compdb;
 pub mod direct;
+pub mod helper;
 pub mod local;
 pub mod prepare;
 pub mod progress;
 pub mod segment;
 pub mod service;
+pub mod unit;
 pub mod wrapper;
 
 pub use aggregate::aggregate_artifacts;

@@ -13,7 +13,7 @@ use vgas_shared::build::{cache_key, CompileSpec, CompilerIdentity, Source};
 use vgas_shared::wire::InputFile;
 
 use super::args::CompileJob;
-use super::local::LocalCompile;
+use super::local::{CompilerEnv, LocalCompile};
 use super::segment::Segment;
 
 /// Largest preprocessed unit sent to the swarm (64 MiB); bigger ones compile here.
@@ -49,8 +49,9 @@ pub async fn prepare(
     identity: &CompilerIdentity,
     cwd: &Path,
     local: LocalCompile,
+    env: &CompilerEnv,
 ) -> Result<Prepared> {
-    let out = super::wrapper::local_command(compiler)
+    let out = super::wrapper::local_command(compiler, env)
         .args(job.preprocess_args())
         .current_dir(cwd)
         .stdin(Stdio::null())

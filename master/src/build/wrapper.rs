@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Parser;
 use vgas_shared::config::{CommonArgs, Role};
-use vgas_shared::toolchain::{identify_cached, which};
+use vgas_shared::toolchain::which;
 
-use super::args::{classify, Invocation};
-use super::direct::Direct;
-use super::local::LocalCompile;
-use super::prepare::{prepare, Prepared};
-use super::segment::{compile_segment, serve_hit, BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
+use super::args::{classify, CompileJob, Invocation};
+use super::direct::FileHashes;
+use super::helper::{self, UnitRequest, ENV_HELPER_SOCKET};
+use super::local::CompilerEnv;
+use super::segment::{BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
+use super::unit::{compile_unit, Identities, UnitEnv};
 
 /// Set by `vgas build` for the commands it runs.
 pub const ENV_BUILD_ID: &str = "VGAS_BUILD_ID";
@@ -40,22 +41,39 @@ struct EnvOnly {
     common: CommonArgs,
 }
 
-/// `PATH` without the masquerade links, for every compiler this host runs itself: a compiler
-/// that is a script calling `gcc` (ccache, a cross wrapper) must reach the real `gcc`, not
-/// come back into the wrapper and compile the unit twice.
-pub fn local_path() -> Option<std::ffi::OsString> {
-    let path = std::env::var_os("PATH")?;
-    let Some(skip) = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from) else {
-        return Some(path);
-    };
-    std::env::join_paths(std::env::split_paths(&path).filter(|d| *d != skip)).ok()
+/// `path` without the masquerade links in `skip`, for every compiler this host runs itself:
+/// a compiler that is a script calling `gcc` (ccache, a cross wrapper) must reach the real
+/// `gcc`, not come back into the wrapper and compile the unit twice.
+fn without_links(path: &std::ffi::OsStr, skip: Option<&Path>) -> std::ffi::OsString {
+    let dirs = std::env::split_paths(path).filter(|d| Some(d.as_path()) != skip);
+    std::env::join_paths(dirs).unwrap_or_else(|_| path.to_owned())
 }
 
-/// A command for a compiler run on this host: `PATH` without the masquerade links.
-pub fn local_command(program: &Path) -> tokio::process::Command {
+/// A command for a compiler run on this host: the given environment (or this process's),
+/// with `PATH` cleared of the masquerade links.
+pub fn local_command(program: &Path, env: &CompilerEnv) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
-    if let Some(path) = local_path() {
-        cmd.env("PATH", path);
+    match env {
+        None => {
+            let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+            if let Some(path) = std::env::var_os("PATH") {
+                cmd.env("PATH", without_links(&path, skip.as_deref()));
+            }
+        }
+        Some(vars) => {
+            let skip = vars
+                .iter()
+                .find(|(k, _)| k == ENV_WRAPPER_DIR)
+                .map(|(_, v)| PathBuf::from(v));
+            cmd.env_clear();
+            for (k, v) in vars.iter() {
+                if k == "PATH" {
+                    cmd.env(k, without_links(v.as_ref(), skip.as_deref()));
+                } else {
+                    cmd.env(k, v);
+                }
+            }
+        }
     }
     cmd
 }
@@ -91,11 +109,6 @@ pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
         return 127;
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let local = LocalCompile::Command {
-        program: compiler.clone(),
-        args: args.clone(),
-        cwd: cwd.clone(),
-    };
     let job = match classify(&args, is_cxx(invoked_as)) {
         Invocation::Distribute(job) => job,
         Invocation::Local(why) => {
@@ -103,7 +116,24 @@ pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
             return exec_here(&compiler, &args, &cwd).await;
         }
     };
-    match distribute(invoked_as, &compiler, &cwd, job, local).await {
+    // Inside `vgas build`: hand the unit to its helper.
+    if let Some(socket) = std::env::var_os(ENV_HELPER_SOCKET) {
+        let req = UnitRequest {
+            invoked_as: invoked_as.to_owned(),
+            compiler: compiler.clone(),
+            cwd: cwd.clone(),
+            args: args.clone(),
+            env: std::env::vars().collect(),
+        };
+        match helper::ask(Path::new(&socket), &req).await {
+            Ok(r) => {
+                eprint!("{}", r.diagnostics);
+                return r.exit_code;
+            }
+            Err(e) => tracing::warn!("build helper unusable ({e:#}); compiling this unit alone"),
+        }
+    }
+    match distribute(invoked_as, &compiler, &cwd, &args, job).await {
         Ok(code) => code,
         Err(e) => {
             tracing::warn!("swarm unusable ({e:#}); compiling here");
@@ -113,7 +143,7 @@ pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
 }
 
 async fn exec_here(compiler: &Path, args: &[String], cwd: &Path) -> i32 {
-    match local_command(compiler)
+    match local_command(compiler, &None)
         .args(args)
         .current_dir(cwd)
         .status()
@@ -127,28 +157,33 @@ async fn exec_here(compiler: &Path, args: &[String], cwd: &Path) -> i32 {
     }
 }
 
+/// The settings `vgas build` passes its commands, read back by a wrapper or its helper.
+pub fn local_fallback_from_env() -> bool {
+    std::env::var(ENV_LOCAL_FALLBACK).as_deref() != Ok("0")
+}
+
+/// The segment deadline `vgas build` passed, or the default.
+pub fn segment_deadline_from_env() -> std::time::Duration {
+    std::env::var(ENV_SEGMENT_DEADLINE)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(DEFAULT_SEGMENT_DEADLINE)
+}
+
+/// One unit with a connection of its own (no `vgas build` helper to hand it to).
 async fn distribute(
     invoked_as: &str,
     compiler: &Path,
     cwd: &Path,
-    job: super::args::CompileJob,
-    local: LocalCompile,
+    args: &[String],
+    job: CompileJob,
 ) -> Result<i32> {
     let conn = EnvOnly::try_parse_from(["vgas"])
         .context("settings from the environment")?
         .common
         .resolve(Role::Client)?;
-    let cache_dir = conn.state_dir.join("toolchains");
-    let compiler_owned = compiler.to_owned();
-    let name = invoked_as.to_owned();
-    // The connection and the compiler's identity (a cached file read) at once.
-    let (client, identity) = tokio::join!(
-        crate::connect::connect(&conn, "vgas-cc"),
-        tokio::task::spawn_blocking(move || {
-            identify_cached(&compiler_owned, &name, Some(&cache_dir))
-        })
-    );
-    let (client, identity) = (client?, identity??);
+    let client = crate::connect::connect(&conn, "vgas-cc").await?;
     let js = async_nats::jetstream::new(client.clone());
     let cache = super::cache::BuildCache::open(&js, &conn.subjects)
         .await
@@ -162,42 +197,18 @@ async fn distribute(
         client: client.clone(),
         js,
         cache,
-        local_fallback: std::env::var(ENV_LOCAL_FALLBACK).as_deref() != Ok("0"),
-        segment_deadline: std::env::var(ENV_SEGMENT_DEADLINE)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(std::time::Duration::from_secs)
-            .unwrap_or(DEFAULT_SEGMENT_DEADLINE),
+        local_fallback: local_fallback_from_env(),
+        segment_deadline: segment_deadline_from_env(),
         conn,
     };
-    // Direct mode: a hit without preprocessing.
-    let direct = Direct::new(&identity.hash, &job, cwd);
-    if let (Some(d), Some(cache)) = (&direct, &ctx.cache) {
-        if let Some(key) = d.lookup(cache).await {
-            if let Ok(Some(hit)) = cache.lookup(&key).await {
-                let out = serve_hit(&ctx, &job.source, &cwd.join(&job.output), hit, true).await?;
-                let _ = client.flush().await;
-                eprint!("{}", out.diagnostics);
-                return Ok(0);
-            }
-        }
-    }
-    let started = std::time::SystemTime::now();
-    let (seg, pp) = match prepare(&job, compiler, &identity, cwd, local).await? {
-        Prepared::Segment(seg, pp) => (seg, pp),
-        Prepared::Failed { exit_code, stderr } => {
-            eprint!("{stderr}");
-            return Ok(exit_code);
-        }
+    let (hashes, identities) = (FileHashes::uncached(), Identities::default());
+    let u = UnitEnv {
+        ctx: &ctx,
+        hashes: &hashes,
+        identities: &identities,
     };
-    let out = compile_segment(&ctx, &seg).await;
-    if out.exit_code == 0 {
-        if let (Some(d), Some(cache)) = (&direct, &ctx.cache) {
-            d.record(cache, &seg.key, &pp, started).await;
-        }
-    }
+    let out = compile_unit(&u, invoked_as, compiler, cwd, args, job, None).await?;
     let _ = client.flush().await;
-    // A local run already printed nothing (its stderr was captured): print what any origin gave.
     eprint!("{}", out.diagnostics);
     Ok(out.exit_code)
 }
