@@ -29,6 +29,10 @@ use super::wrapper::{
 /// queued to us ahead of our flush's PONG; this is only a margin for the subscription task.
 const UPDATE_DRAIN: Duration = Duration::from_millis(20);
 
+/// How long the build waits for its cache writes after its command ended (30 s: a write is a
+/// few round trips; only a stalled server takes longer, and then the build still ends).
+const BACKGROUND_WAIT: Duration = Duration::from_secs(30);
+
 /// How often the progress looks for slow segments.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -146,6 +150,7 @@ async fn run_command(
     // The helper: every wrapper of this build hands its unit to this process, which holds
     // the build's one connection, cache handles and file hashes.
     let js = async_nats::jetstream::new(client.clone());
+    let background = tokio_util::task::TaskTracker::new();
     let ctx = BuildContext {
         client: client.clone(),
         js: js.clone(),
@@ -158,6 +163,7 @@ async fn run_command(
         ),
         local_fallback: !args.no_local_fallback,
         segment_deadline: Duration::from_secs(args.segment_deadline),
+        background: Some(background.clone()),
     };
     let stop_helper = tokio_util::sync::CancellationToken::new();
     let _stop_on_exit = stop_helper.clone().drop_guard();
@@ -211,6 +217,14 @@ async fn run_command(
             _ = tick.tick() => progress.tick(),
         }
     };
+    // Cache writes the helper left running: the next build should find them.
+    background.close();
+    if tokio::time::timeout(BACKGROUND_WAIT, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some cache writes did not finish in {BACKGROUND_WAIT:?}");
+    }
     if let Err(e) = client.flush().await {
         tracing::debug!("flush after the build: {e}");
     }
@@ -274,6 +288,7 @@ async fn run_compdb(
         ),
         local_fallback: !args.no_local_fallback,
         segment_deadline: Duration::from_secs(args.segment_deadline),
+        background: None,
     };
     // Order is kept: the link takes objects in the database's order.
     let mut slots: Vec<Option<vgas_shared::build::BuildOutput>> = Vec::new();

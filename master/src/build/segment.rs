@@ -103,6 +103,38 @@ pub struct BuildContext {
     /// Compile here when the swarm cannot (default on).
     pub local_fallback: bool,
     pub segment_deadline: Duration,
+    /// Where cache writes run after the unit has answered (`vgas build`'s helper, which waits
+    /// for them before it exits); `None`: awaited in line (a wrapper process on its own).
+    pub background: Option<tokio_util::task::TaskTracker>,
+}
+
+impl BuildContext {
+    /// Runs `work` in the background when the context has a tracker, else now.
+    pub async fn later<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.background {
+            Some(t) => {
+                t.spawn(work);
+            }
+            None => work.await,
+        }
+    }
+
+    /// Stores a compiled object in the cache (in the background when it can).
+    async fn cache_object(&self, key: &str, object: Vec<u8>, stderr: String, compile_ms: u64) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let key = key.to_owned();
+        self.later(async move {
+            if let Err(e) = cache.store(&key, &object, &stderr, compile_ms).await {
+                debug!("not cached: {e:#}");
+            }
+        })
+        .await;
+    }
 }
 
 fn cut(mut s: String) -> String {
@@ -236,11 +268,8 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
             overhead_ms,
         }) => {
             write_object(&seg.output, &object).await?;
-            if let Some(cache) = &ctx.cache {
-                if let Err(e) = cache.store(&seg.key, &object, &stderr, compile_ms).await {
-                    debug!("not cached: {e:#}");
-                }
-            }
+            ctx.cache_object(&seg.key, object, stderr.clone(), compile_ms)
+                .await;
             let origin = Origin::Worker { worker };
             ctx.updates
                 .send(BuildUpdate::Done {
@@ -280,13 +309,9 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     let compile_ms = started.elapsed().as_millis() as u64;
     let origin = Origin::Local { reason };
     if local.exit_code == 0 {
-        if let (Some(cache), Ok(object)) = (&ctx.cache, tokio::fs::read(&seg.output).await) {
-            if let Err(e) = cache
-                .store(&seg.key, &object, &local.stderr, compile_ms)
-                .await
-            {
-                debug!("not cached: {e:#}");
-            }
+        if let (true, Ok(object)) = (ctx.cache.is_some(), tokio::fs::read(&seg.output).await) {
+            ctx.cache_object(&seg.key, object, local.stderr.clone(), compile_ms)
+                .await;
         }
         ctx.updates
             .send(BuildUpdate::Done {

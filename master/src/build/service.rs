@@ -271,6 +271,7 @@ async fn run_plan_inner(
         updates: updates.clone(),
         local_fallback: true,
         segment_deadline: DEFAULT_SEGMENT_DEADLINE,
+        background: None,
     };
     let (stream, handle) = dispatch_build_segments(ctx, segments, PLAN_PARALLEL);
     // The updates already went to the subject; this only counts them.

@@ -74,8 +74,11 @@ pub async fn compile_unit(
     job: CompileJob,
     env: CompilerEnv,
 ) -> Result<UnitResult> {
+    let t0 = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
     let cache_dir = u.ctx.conn.state_dir.join("toolchains");
     let identity = u.identities.get(compiler, invoked_as, &cache_dir).await?;
+    let identity_ms = ms(t0);
     // Direct mode: a hit without preprocessing.
     let direct = Direct::new(&identity.hash, &job, cwd, &env, u.hashes);
     if let (Some(d), Some(cache)) = (&direct, &u.ctx.cache) {
@@ -95,7 +98,9 @@ pub async fn compile_unit(
         cwd: cwd.to_owned(),
         env: env.clone(),
     };
+    let direct_ms = ms(t0) - identity_ms;
     let started = std::time::SystemTime::now();
+    let t1 = std::time::Instant::now();
     let (seg, pp) = match prepare(&job, compiler, &identity, cwd, local, &env).await? {
         Prepared::Segment(seg, pp) => (seg, pp),
         Prepared::Failed { exit_code, stderr } => {
@@ -105,12 +110,28 @@ pub async fn compile_unit(
             })
         }
     };
+    let prepare_ms = ms(t1);
+    let t2 = std::time::Instant::now();
     let out = compile_segment(u.ctx, &seg).await;
+    let segment_ms = ms(t2);
+    let t3 = std::time::Instant::now();
     if out.exit_code == 0 {
-        if let (Some(d), Some(cache)) = (&direct, &u.ctx.cache) {
-            d.record(cache, &seg.key, &pp, started, u.hashes).await;
+        if let (Some(d), Some(cache)) = (direct, u.ctx.cache.clone()) {
+            let (key, hashes) = (seg.key.clone(), u.hashes.clone());
+            u.ctx
+                .later(async move { d.record(&cache, &key, &pp, started, &hashes).await })
+                .await;
         }
     }
+    tracing::debug!(
+        unit = %job.source,
+        identity_ms,
+        direct_ms,
+        prepare_ms,
+        segment_ms,
+        record_ms = ms(t3),
+        "unit compiled"
+    );
     Ok(UnitResult {
         exit_code: out.exit_code,
         diagnostics: out.diagnostics,

@@ -199,6 +199,7 @@ async fn distribute(
         cache,
         local_fallback: local_fallback_from_env(),
         segment_deadline: segment_deadline_from_env(),
+        background: None,
         conn,
     };
     let (hashes, identities) = (FileHashes::uncached(), Identities::default());
