@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every benchmark in one run, release builds: the Gatling scheduler and the key manager
-# (criterion), the LLM gateway next to a direct provider call, and the
+# Every benchmark in one run, release builds: the Gatling scheduler, the key manager and a
+# build unit's submitting-side CPU (criterion), the LLM gateway next to a direct provider call, and the
 # end-to-end figures next to raw NATS request-reply. Results go to stdout; docs/benchmarks.md
 # records them with this command.
 set -euo pipefail
@@ -11,5 +11,8 @@ source .tools/env
 cargo build --release --workspace --bins --locked
 cargo bench -p vgas-master --bench gatling --locked
 cargo bench -p vgas-master --bench keys --locked
+cargo bench -p vgas-master --bench build --locked
 VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench e2e --locked
 VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench gateway --locked
+# The C build farm side by side with local make and distcc (Lua 5.4.4).
+scripts/bench-build.sh

@@ -392,11 +392,21 @@ fn slow_source() -> String {
 
 #[tokio::test]
 async fn a_worker_killed_mid_segment_has_it_run_again_on_another() {
+    lose_a_worker_mid_segment(libc::SIGKILL).await;
+}
+
+/// A stalled worker (stopped: no heartbeats, no result) is the same fault as a dead one.
+#[tokio::test]
+async fn a_worker_stalled_mid_segment_has_it_run_again_on_another() {
+    lose_a_worker_mid_segment(libc::SIGSTOP).await;
+}
+
+async fn lose_a_worker_mid_segment(sig: i32) {
     if skip_without_gcc() {
         return;
     }
     use std::io::BufRead as _;
-    let (swarm, mut procs, _client) = Swarm::with_workers(&[("w1", 1), ("w2", 1)]).await.unwrap();
+    let (swarm, procs, _client) = Swarm::with_workers(&[("w1", 1), ("w2", 1)]).await.unwrap();
     let dir = swarm.dir.path().join("slow");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("slow.c"), slow_source()).unwrap();
@@ -448,7 +458,7 @@ async fn a_worker_killed_mid_segment_has_it_run_again_on_another() {
     .await
     .unwrap();
     let idx = if victim.starts_with("w1") { 1 } else { 2 };
-    procs[idx].kill();
+    procs[idx].signal(sig);
     let status = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
@@ -473,4 +483,7 @@ async fn a_worker_killed_mid_segment_has_it_run_again_on_another() {
         "the segment should finish on {survivor}: {u:?}"
     );
     assert!(Command::new(dir.join("slow")).status().unwrap().success());
+    if sig == libc::SIGSTOP {
+        procs[idx].signal(libc::SIGCONT);
+    }
 }
