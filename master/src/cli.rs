@@ -177,14 +177,21 @@ pub(crate) async fn request<Q: Serialize, A: DeserializeOwned>(
     subject: String,
     body: &Q,
 ) -> Result<A> {
+    request_within(client, subject, body, REQUEST_TIMEOUT).await
+}
+
+/// A MessagePack request to the master with its own time limit; a refusal is [`Refused`].
+pub(crate) async fn request_within<Q: Serialize, A: DeserializeOwned>(
+    client: &Client,
+    subject: String,
+    body: &Q,
+    timeout: std::time::Duration,
+) -> Result<A> {
     let bytes = encode(Encoding::MsgPack, body)?;
-    let msg = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.request(subject.clone(), bytes.into()),
-    )
-    .await
-    .with_context(|| format!("no answer on {subject} within {REQUEST_TIMEOUT:?}"))?
-    .with_context(|| format!("request on {subject} (is vgas-master running?)"))?;
+    let msg = tokio::time::timeout(timeout, client.request(subject.clone(), bytes.into()))
+        .await
+        .with_context(|| format!("no answer on {subject} within {timeout:?}"))?
+        .with_context(|| format!("request on {subject} (is vgas-master running?)"))?;
     let reply: Reply<A> =
         decode_as(Encoding::MsgPack, &msg.payload).context("decode the master's reply")?;
     reply.into_result().map_err(|e| Refused(e).into())

@@ -5,9 +5,10 @@
 //! a compiler change); a worker SIGKILLed mid-segment; no capable worker at all.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use vgas_shared::build::{BuildUpdate, Origin};
+use vgas_tests::build::{make_clean, ok, origins, skip_without_gcc, updates};
 use vgas_tests::{repo_root, Swarm};
 
 /// A copy of the test project `tests/c/calc` in a fresh directory.
@@ -33,52 +34,10 @@ fn local_build(swarm: &Swarm) -> Vec<u8> {
     std::fs::read(dir.join("app")).unwrap()
 }
 
-fn updates(out: &Output) -> Vec<BuildUpdate> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// (remote, cache hits, local) among the segments' final updates.
-fn origins(u: &[BuildUpdate]) -> (usize, usize, usize) {
-    let mut n = (0, 0, 0);
-    for x in u {
-        if let BuildUpdate::Done { origin, .. } = x {
-            match origin {
-                Origin::Worker { .. } => n.0 += 1,
-                Origin::Cache => n.1 += 1,
-                Origin::Local { .. } => n.2 += 1,
-            }
-        }
-    }
-    n
-}
-
-fn ok(out: &Output) -> &Output {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn run_app(path: &Path) -> String {
     let out = Command::new(path).output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn skip_without_gcc() -> bool {
-    let missing = Command::new("gcc").arg("--version").output().is_err();
-    if missing {
-        eprintln!("SKIPPED: no gcc on PATH");
-    }
-    missing
 }
 
 #[tokio::test]
@@ -117,11 +76,7 @@ async fn wrapper_builds_on_workers_and_the_cache_serves_every_rebuild() {
     }
 
     // No change after `make clean`: nothing compiles.
-    ok(&Command::new("make")
-        .args(["-s", "clean"])
-        .current_dir(&dir)
-        .output()
-        .unwrap());
+    make_clean(&dir);
     let u = updates(ok(&build(&[])));
     assert_eq!(origins(&u), (0, 3, 0), "{u:?}");
     assert!(
@@ -140,21 +95,13 @@ async fn wrapper_builds_on_workers_and_the_cache_serves_every_rebuild() {
         text.replace("#endif", "#define CALC_VERSION 2\n#endif"),
     )
     .unwrap();
-    ok(&Command::new("make")
-        .args(["-s", "clean"])
-        .current_dir(&dir)
-        .output()
-        .unwrap());
+    make_clean(&dir);
     let u = updates(ok(&build(&[])));
     assert_eq!(origins(&u), (3, 0, 0), "a changed header is a miss: {u:?}");
     // Back as it was: the first objects are still in the cache (found after preprocessing,
     // since the manifests now name the changed header's bytes).
     std::fs::write(&header, &text).unwrap();
-    ok(&Command::new("make")
-        .args(["-s", "clean"])
-        .current_dir(&dir)
-        .output()
-        .unwrap());
+    make_clean(&dir);
     let u = updates(ok(&build(&[])));
     assert_eq!(origins(&u), (0, 3, 0), "{u:?}");
     assert_eq!(std::fs::read(dir.join("app")).unwrap(), local);
@@ -167,20 +114,12 @@ async fn wrapper_builds_on_workers_and_the_cache_serves_every_rebuild() {
         text.replace("long a = 0, b = 1;", "long a = 0, b = 1; /* changed */\n"),
     )
     .unwrap();
-    ok(&Command::new("make")
-        .args(["-s", "clean"])
-        .current_dir(&dir)
-        .output()
-        .unwrap());
+    make_clean(&dir);
     let u = updates(ok(&build(&[])));
     assert_eq!(origins(&u), (1, 2, 0), "{u:?}");
 
     // A flag that shapes the object: every segment misses.
-    ok(&Command::new("make")
-        .args(["-s", "clean"])
-        .current_dir(&dir)
-        .output()
-        .unwrap());
+    make_clean(&dir);
     let u = updates(ok(&build(&[("CFLAGS", "-O1 -Wall")])));
     assert_eq!(origins(&u), (3, 0, 0), "{u:?}");
 
@@ -193,11 +132,7 @@ async fn wrapper_builds_on_workers_and_the_cache_serves_every_rebuild() {
         .arg(&alt)
         .status()
         .unwrap();
-    ok(&Command::new("make")
-        .args(["-s", "clean"])
-        .current_dir(&dir)
-        .output()
-        .unwrap());
+    make_clean(&dir);
     let out = build(&[("CC", alt.to_str().unwrap())]);
     let u = updates(ok(&out));
     assert_eq!(origins(&u), (0, 0, 3), "{u:?}");

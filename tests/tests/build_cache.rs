@@ -2,40 +2,14 @@
 //! evicts the oldest objects once the objects pass it, a rebuild compiles exactly the evicted
 //! units again, and `vgas build --stats` reports what the cache holds.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use vgas_shared::build::{BuildUpdate, Origin};
+use vgas_tests::build::{ok, origins, updates};
 use vgas_tests::Swarm;
 
 /// Bytes of initialised data in each unit: three of them pass a 1 MiB bound, two do not.
 const UNIT_DATA_BYTES: usize = 400 * 1024;
-
-fn ok(out: &Output) -> &Output {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// (on a worker, from the cache, here).
-fn origins(out: &Output) -> (usize, usize, usize) {
-    let mut n = (0, 0, 0);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Ok(BuildUpdate::Done { origin, .. }) = serde_json::from_str(line) {
-            match origin {
-                Origin::Worker { .. } => n.0 += 1,
-                Origin::Cache => n.1 += 1,
-                Origin::Local { .. } => n.2 += 1,
-            }
-        }
-    }
-    n
-}
 
 /// MiB of objects `vgas build --stats` says the cache holds.
 fn cached_mib(swarm: &Swarm) -> f64 {
@@ -91,7 +65,7 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
         }
     };
 
-    assert_eq!(origins(ok(&build())), (3, 0, 0));
+    assert_eq!(origins(&updates(ok(&build()))), (3, 0, 0));
     let before = cached_mib(&swarm);
     assert!(
         before > 1.0,
@@ -107,7 +81,7 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
 
     clean();
     let again = build();
-    let (remote, cached, here) = origins(ok(&again));
+    let (remote, cached, here) = origins(&updates(ok(&again)));
     assert_eq!(here, 0);
     assert_eq!(remote + cached, 3);
     assert!(

@@ -5,51 +5,11 @@
 //! system header's exemptions): distributed, it must pass too, with the same object.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use vgas_shared::build::{BuildUpdate, Origin};
+use vgas_shared::build::BuildUpdate;
+use vgas_tests::build::{ok, origins, skip_without_gcc, updates};
 use vgas_tests::{repo_root, Swarm};
-
-fn skip_without_gcc() -> bool {
-    let missing = Command::new("gcc").arg("--version").output().is_err();
-    if missing {
-        eprintln!("SKIPPED: no gcc on PATH");
-    }
-    missing
-}
-
-fn ok(out: &Output) -> &Output {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn updates(out: &Output) -> Vec<BuildUpdate> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Segments finished on a worker, from the cache, and here.
-fn origins(u: &[BuildUpdate]) -> (usize, usize, usize) {
-    let mut n = (0, 0, 0);
-    for x in u {
-        if let BuildUpdate::Done { origin, .. } = x {
-            match origin {
-                Origin::Worker { .. } => n.0 += 1,
-                Origin::Cache => n.1 += 1,
-                Origin::Local { .. } => n.2 += 1,
-            }
-        }
-    }
-    n
-}
 
 /// Copies the tree at `from` into `to` (`cp -a`, so the Makefile's timestamps stay).
 fn copy_tree(from: &Path, to: &Path) {

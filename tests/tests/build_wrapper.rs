@@ -7,15 +7,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use futures::StreamExt;
+use vgas_tests::build::skip_without_gcc;
 use vgas_tests::Swarm;
-
-fn skip_without_gcc() -> bool {
-    let missing = Command::new("gcc").arg("--version").output().is_err();
-    if missing {
-        eprintln!("SKIPPED: no gcc on PATH");
-    }
-    missing
-}
 
 /// The `type` and `origin` of every update received within a short while.
 async fn drain(sub: &mut async_nats::Subscriber) -> Vec<serde_json::Value> {

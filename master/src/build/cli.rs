@@ -127,6 +127,32 @@ fn finish(progress: Progress, args: &BuildArgs, code: i32) {
     }
 }
 
+/// What the segments of build `build_id` share: the connection, the cache (when it opens),
+/// the build's updates subject and the user's settings.
+async fn context(
+    client: &Client,
+    conn: &Resolved,
+    args: &BuildArgs,
+    build_id: &str,
+    background: Option<tokio_util::task::TaskTracker>,
+) -> BuildContext {
+    let js = async_nats::jetstream::new(client.clone());
+    BuildContext {
+        client: client.clone(),
+        js: js.clone(),
+        conn: conn.clone(),
+        cache: BuildCache::open(&js, &conn.subjects).await.ok(),
+        updates: Updates::new(
+            client.clone(),
+            Some(conn.subjects.build_updates(build_id)),
+            None,
+        ),
+        local_fallback: !args.no_local_fallback,
+        segment_deadline: Duration::from_secs(args.segment_deadline),
+        background,
+    }
+}
+
 /// The wrapper way: the user's command with the compiler pointed at `vgas`.
 async fn run_command(
     client: &Client,
@@ -149,22 +175,8 @@ async fn run_command(
     }
     // The helper: every wrapper of this build hands its unit to this process, which holds
     // the build's one connection, cache handles and file hashes.
-    let js = async_nats::jetstream::new(client.clone());
     let background = tokio_util::task::TaskTracker::new();
-    let ctx = BuildContext {
-        client: client.clone(),
-        js: js.clone(),
-        conn: conn.clone(),
-        cache: BuildCache::open(&js, &conn.subjects).await.ok(),
-        updates: Updates::new(
-            client.clone(),
-            Some(conn.subjects.build_updates(&build_id)),
-            None,
-        ),
-        local_fallback: !args.no_local_fallback,
-        segment_deadline: Duration::from_secs(args.segment_deadline),
-        background: Some(background.clone()),
-    };
+    let ctx = context(client, conn, args, &build_id, Some(background.clone())).await;
     let stop_helper = tokio_util::sync::CancellationToken::new();
     let _stop_on_exit = stop_helper.clone().drop_guard();
     let socket = super::helper::start(links.path(), ctx, stop_helper)?;
@@ -274,22 +286,8 @@ async fn run_compdb(
     });
     let entries = compdb::read(db)?;
     let units = compdb::prepare_all(entries, &absolute(&conn.state_dir), jobs).await?;
-    let js = async_nats::jetstream::new(client.clone());
     let build_id = TaskId::random().to_string();
-    let ctx = BuildContext {
-        client: client.clone(),
-        js: js.clone(),
-        conn: conn.clone(),
-        cache: BuildCache::open(&js, &conn.subjects).await.ok(),
-        updates: Updates::new(
-            client.clone(),
-            Some(conn.subjects.build_updates(&build_id)),
-            None,
-        ),
-        local_fallback: !args.no_local_fallback,
-        segment_deadline: Duration::from_secs(args.segment_deadline),
-        background: None,
-    };
+    let ctx = context(client, conn, args, &build_id, None).await;
     // Order is kept: the link takes objects in the database's order.
     let mut slots: Vec<Option<vgas_shared::build::BuildOutput>> = Vec::new();
     let mut segments = Vec::new();

@@ -345,18 +345,7 @@ async fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
     subject: String,
     body: &Q,
 ) -> Result<A> {
-    let bytes = encode(Encoding::MsgPack, body)?;
-    let msg = tokio::time::timeout(
-        SUBMIT_TIMEOUT,
-        client.request(subject.clone(), bytes.into()),
-    )
-    .await
-    .with_context(|| format!("no answer on {subject}"))?
-    .with_context(|| format!("request on {subject}"))?;
-    let reply: vgas_shared::codec::Reply<A> = decode_as(Encoding::MsgPack, &msg.payload)?;
-    reply
-        .into_result()
-        .map_err(|e| anyhow::anyhow!("{:?}: {}", e.code, e.message))
+    crate::cli::request_within(client, subject, body, SUBMIT_TIMEOUT).await
 }
 
 /// Fetches an object the worker sent by reference from the artifacts bucket.
