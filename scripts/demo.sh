@@ -17,7 +17,7 @@ scripts/ensure-tools.sh
 source .tools/env
 cargo build --workspace --bins --locked
 bin="$root/target/debug"
-export VGAS_NATS_URL="nats://127.0.0.1:$port"
+export VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_STATE_DIR="$root/.vgas"
 
 step "vgas init: one NATS user per role, random secrets, files of mode 0600"
 "$bin/vgas" init
