@@ -14,6 +14,9 @@ use crate::error::VgaError;
 use crate::ids::{TaskId, WorkerId};
 use crate::wire::check_module_ref;
 
+pub mod step;
+pub use step::PlanStep;
+
 /// The toolchains an `EnvSpec` may name.
 pub const TOOLCHAIN_NAMES: &[&str] = &["gcc", "g++", "clang", "clang++", "rustc", "conda"];
 
@@ -431,6 +434,9 @@ pub struct BuildPlan {
     pub segments: Vec<PlanSegment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkSpec>,
+    /// Wasm steps run before the segments; the sources they write are compiled too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<PlanStep>,
     /// Whether the sources are `-fdirectives-only` preprocessed output (default false).
     #[serde(default)]
     pub preprocessed: bool,
@@ -449,8 +455,19 @@ impl BuildPlan {
         if self.compiler.toolchain == "conda" || self.compiler.toolchain == "rustc" {
             return bad("a build plan compiles C or C++: use gcc, g++, clang or clang++".into());
         }
-        if self.segments.is_empty() || self.segments.len() > MAX_PLAN_SEGMENTS {
-            return bad(format!("a plan has 1 to {MAX_PLAN_SEGMENTS} segments"));
+        let generated: usize = self.steps.iter().map(|s| s.sources.len()).sum();
+        let total = self.segments.len() + generated;
+        if total == 0 || total > MAX_PLAN_SEGMENTS {
+            return bad(format!(
+                "a plan has 1 to {MAX_PLAN_SEGMENTS} segments (its own and its steps' sources)"
+            ));
+        }
+        let names: Vec<&str> = self.segments.iter().map(|s| s.name.as_str()).collect();
+        step::validate_steps(&self.steps, &names)?;
+        if self.preprocessed && generated > 0 {
+            return bad(
+                "steps write plain sources: a plan with steps cannot be \"preprocessed\"".into(),
+            );
         }
         let mut names = std::collections::BTreeSet::new();
         for s in &self.segments {

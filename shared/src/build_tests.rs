@@ -224,6 +224,7 @@ fn plans_are_checked() {
         }),
         preprocessed: false,
         build_id: None,
+        steps: Vec::new(),
     };
     plan.validate().unwrap();
     let mut bad_id = plan.clone();

@@ -18,6 +18,7 @@ pub mod prepare;
 pub mod progress;
 pub mod segment;
 pub mod service;
+pub mod steps;
 pub mod unit;
 pub mod wrapper;
 

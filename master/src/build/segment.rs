@@ -340,7 +340,7 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     ))
 }
 
-async fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+pub(super) async fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
     client: &Client,
     subject: String,
     body: &Q,
@@ -349,7 +349,7 @@ async fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
 }
 
 /// Fetches an object the worker sent by reference from the artifacts bucket.
-async fn fetch(ctx: &BuildContext, object: &str, size: u64) -> Result<Vec<u8>> {
+pub(super) async fn fetch(ctx: &BuildContext, object: &str, size: u64) -> Result<Vec<u8>> {
     if size > MAX_ARTIFACT_BYTES {
         bail!("object of {size} bytes is over the artifact limit");
     }

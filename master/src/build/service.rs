@@ -17,9 +17,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use vgas_shared::build::step::source_language;
 use vgas_shared::build::{
     cache_key, BuildAccepted, BuildOutput, BuildPlan, BuildUpdate, CompileSpec, CompilerIdentity,
-    Diagnostic, DiagnosticReport, EnvSpec, VersionReq,
+    Diagnostic, DiagnosticReport, EnvSpec, PlanSegment, VersionReq,
 };
 use vgas_shared::codec::{decode, encode, encode_error};
 use vgas_shared::config::Resolved;
@@ -223,8 +224,41 @@ async fn run_plan_inner(
 ) -> Result<BuildUpdate> {
     let js = async_nats::jetstream::new(client.clone());
     let dir = tempfile::Builder::new().prefix("vgas-plan-").tempdir()?;
-    let mut segments = Vec::with_capacity(plan.segments.len());
-    for (i, s) in plan.segments.iter().enumerate() {
+    let ctx = BuildContext {
+        client: client.clone(),
+        js: js.clone(),
+        conn: conn.clone(),
+        cache: BuildCache::open(&js, &conn.subjects).await.ok(),
+        updates: updates.clone(),
+        local_fallback: true,
+        segment_deadline: DEFAULT_SEGMENT_DEADLINE,
+        background: None,
+    };
+    let generated: usize = plan.steps.iter().map(|s| s.sources.len()).sum();
+    updates
+        .send(BuildUpdate::Started {
+            build_id: build_id.to_owned(),
+            segments: plan.segments.len() + generated,
+        })
+        .await;
+    // The wasm steps first: each sees what the earlier ones wrote; their sources join the
+    // plan's own segments.
+    let mut all = plan.segments.clone();
+    let mut written = std::collections::BTreeMap::new();
+    for step in &plan.steps {
+        let out = super::steps::run_step(&ctx, step, &written).await?;
+        for src in &step.sources {
+            all.push(PlanSegment {
+                name: src.clone(),
+                source: vgas_shared::build::Source::packed(&out.files[src]),
+                language: source_language(src).unwrap_or_default(),
+                args: Vec::new(),
+            });
+        }
+        written.extend(out.files);
+    }
+    let mut segments = Vec::with_capacity(all.len());
+    for (i, s) in all.iter().enumerate() {
         let args: Vec<String> = plan.args.iter().chain(&s.args).cloned().collect();
         let content = match (
             &s.source.object,
@@ -257,22 +291,6 @@ async fn run_plan_inner(
             ),
         });
     }
-    updates
-        .send(BuildUpdate::Started {
-            build_id: build_id.to_owned(),
-            segments: segments.len(),
-        })
-        .await;
-    let ctx = BuildContext {
-        client: client.clone(),
-        js: js.clone(),
-        conn: conn.clone(),
-        cache: BuildCache::open(&js, &conn.subjects).await.ok(),
-        updates: updates.clone(),
-        local_fallback: true,
-        segment_deadline: DEFAULT_SEGMENT_DEADLINE,
-        background: None,
-    };
     let (stream, handle) = dispatch_build_segments(ctx, segments, PLAN_PARALLEL);
     // The updates already went to the subject; this only counts them.
     let mut tally = super::progress::Progress::new(super::progress::Mode::Silent);
