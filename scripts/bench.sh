@@ -14,5 +14,6 @@ cargo bench -p vgas-master --bench keys --locked
 cargo bench -p vgas-master --bench build --locked
 VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench e2e --locked
 VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench gateway --locked
+VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench wasm_throughput --locked
 # The C build farm side by side with local make and distcc (Lua 5.4.4).
 scripts/bench-build.sh

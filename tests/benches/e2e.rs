@@ -8,7 +8,7 @@
 //! Run: `scripts/bench.sh` (release binaries), or
 //! `VGAS_BIN_DIR=target/release cargo bench -p vgas-tests --bench e2e`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use vgas_shared::codec::encode;
 use vgas_shared::config::Role;
 use vgas_shared::wire::{Heartbeat, SubmitReply, SwarmPulse, TaskSpec};
 use vgas_shared::{Encoding, TaskId, WorkerId};
-use vgas_tests::bench::{latencies, pct_ms};
+use vgas_tests::bench::{latencies, pct_ms, throughput};
 use vgas_tests::{collect, request, Swarm};
 
 /// Sequential round trips per latency measurement.
@@ -65,24 +65,7 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let lat = latencies(20, LATENCY_SAMPLES, &f).await;
-    let done = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + THROUGHPUT_WINDOW;
-    let loops: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (f, done) = (f.clone(), done.clone());
-            tokio::spawn(async move {
-                while Instant::now() < end {
-                    f().await;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    for l in loops {
-        l.await.expect("loop");
-    }
-    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let rate = throughput(CONCURRENCY, THROUGHPUT_WINDOW, f).await;
     (pct_ms(&lat, 0.5), pct_ms(&lat, 0.99), rate)
 }
 

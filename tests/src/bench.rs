@@ -27,3 +27,30 @@ pub fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
 }
+
+/// Runs of `f` per second with `concurrency` loops calling it for `window`.
+pub async fn throughput<F, Fut>(concurrency: usize, window: Duration, f: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let done = std::sync::Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + window;
+    let loops: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (f, done) = (f.clone(), done.clone());
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    f().await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for l in loops {
+        l.await.expect("loop");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
