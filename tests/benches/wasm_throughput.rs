@@ -110,7 +110,9 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        println!("\nSmall wasm tasks next to native `true`, {CONCURRENCY} submitters for {WINDOW:?}\n");
+        println!(
+            "\nSmall wasm tasks next to native `true`, {CONCURRENCY} submitters for {WINDOW:?}\n"
+        );
         println!("| workers | wasm p50 ms | wasm tasks/s | native p50 ms | native tasks/s |");
         println!("|---|---|---|---|---|");
         for workers in [1, 2] {
