@@ -1,28 +1,44 @@
 //! `vgas`: the user CLI. All logic lives in `vgas_master::cli`. Called as `cc`, `gcc`, `c++`,
 //! `g++`, `clang` or `clang++` (the links `vgas build` puts on `PATH`), or as `vgas cc ...` /
-//! `vgas c++ ...`, it is the distcc-style compiler wrapper instead.
+//! `vgas c++ ...`, it is the distcc-style compiler wrapper instead, which starts no async
+//! runtime at all when it can: a build runs it once per compiler call.
 
 use clap::Parser;
+use vgas_master::build::wrapper;
 
-#[tokio::main]
-async fn main() {
-    vgas_master::init_tracing_quiet();
+fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
     let invoked = argv
         .first()
         .and_then(|a| a.rsplit('/').next())
         .unwrap_or("vgas")
         .to_owned();
-    let wrapper = vgas_master::build::wrapper::MASQUERADE_NAMES;
-    if wrapper.contains(&invoked.as_str()) {
-        std::process::exit(vgas_master::build::wrapper::run(&invoked, argv.split_off(1)).await);
-    }
-    if argv.len() > 1 && matches!(argv[1].as_str(), "cc" | "c++") {
+    let as_wrapper = if wrapper::MASQUERADE_NAMES.contains(&invoked.as_str()) {
+        Some((invoked, argv.split_off(1)))
+    } else if argv.len() > 1 && matches!(argv[1].as_str(), "cc" | "c++") {
         let name = argv[1].clone();
-        std::process::exit(vgas_master::build::wrapper::run(&name, argv.split_off(2)).await);
+        Some((name, argv.split_off(2)))
+    } else {
+        None
+    };
+    if let Some((name, args)) = as_wrapper {
+        if let Some(code) = wrapper::fast_path(&name, &args) {
+            std::process::exit(code);
+        }
+        vgas_master::init_tracing_quiet();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        std::process::exit(rt.block_on(wrapper::run(&name, args)));
     }
+    vgas_master::init_tracing_quiet();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     let cli = vgas_master::cli::Cli::parse();
-    match vgas_master::cli::run(cli).await {
+    match rt.block_on(vgas_master::cli::run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("vgas: {e:#}");

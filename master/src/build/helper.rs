@@ -77,6 +77,29 @@ pub async fn ask(socket: &Path, req: &UnitRequest) -> Result<UnitResult> {
     serde_json::from_slice(&answer).context("the build helper's answer")
 }
 
+/// [`ask`] without an async runtime (the wrapper's fast path).
+pub fn ask_blocking(socket: &Path, req: &UnitRequest) -> Result<UnitResult> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connect to the build helper at {}", socket.display()))?;
+    let body = serde_json::to_vec(req)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|n| *n <= MAX_FRAME_BYTES)
+        .context("request too large")?;
+    s.write_all(&len.to_be_bytes())?;
+    s.write_all(&body)?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).context("read the answer's length")?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME_BYTES {
+        bail!("answer of {len} bytes is over {MAX_FRAME_BYTES}");
+    }
+    let mut answer = vec![0; len as usize];
+    s.read_exact(&mut answer).context("read the answer")?;
+    serde_json::from_slice(&answer).context("the build helper's answer")
+}
+
 /// Serves units on a socket in `dir` until `stop`; returns the socket's path.
 pub fn start(dir: &Path, ctx: BuildContext, stop: CancellationToken) -> Result<PathBuf> {
     let path = dir.join("helper.sock");

@@ -102,6 +102,42 @@ fn real_compiler(invoked_as: &str) -> Option<PathBuf> {
     which(invoked_as, skip.as_deref())
 }
 
+/// The wrapper without an async runtime, for the two common cases: a call that is not
+/// distributed is replaced by the real compiler (`exec`, so make waits on the compiler
+/// itself), and a distributable one inside `vgas build` is handed to its helper. `None`: the
+/// rest (no compiler found, no helper, a helper that did not answer) is for [`run`].
+pub fn fast_path(invoked_as: &str, args: &[String]) -> Option<i32> {
+    use std::os::unix::process::CommandExt as _;
+    let compiler = real_compiler(invoked_as)?;
+    let cwd = std::env::current_dir().ok()?;
+    match classify(args, is_cxx(invoked_as)) {
+        Invocation::Local(_) => {
+            let mut cmd = std::process::Command::new(&compiler);
+            cmd.args(args);
+            let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+            if let Some(path) = std::env::var_os("PATH") {
+                cmd.env("PATH", without_links(&path, skip.as_deref()));
+            }
+            let e = cmd.exec();
+            eprintln!("vgas: run {}: {e}", compiler.display());
+            Some(127)
+        }
+        Invocation::Distribute(_) => {
+            let socket = std::env::var_os(ENV_HELPER_SOCKET)?;
+            let req = UnitRequest {
+                invoked_as: invoked_as.to_owned(),
+                compiler,
+                cwd,
+                args: args.to_vec(),
+                env: std::env::vars().collect(),
+            };
+            let r = helper::ask_blocking(Path::new(&socket), &req).ok()?;
+            eprint!("{}", r.diagnostics);
+            Some(r.exit_code)
+        }
+    }
+}
+
 /// Runs the wrapper; returns the exit code.
 pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
     let Some(compiler) = real_compiler(invoked_as) else {
