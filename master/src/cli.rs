@@ -104,6 +104,14 @@ pub struct SubmitArgs {
     /// command; what follows `--` is its argv.
     #[arg(long, value_name = "MODULE.wasm")]
     pub wasm: Option<PathBuf>,
+    /// Run the command with this toolchain first on PATH (gcc, g++, clang, clang++, cc, c++,
+    /// rustc), optionally `NAME@VERSION` (`gcc@>=12`); the worker must have it.
+    #[arg(long, value_name = "NAME[@VERSION]", conflicts_with = "conda")]
+    pub toolchain: Option<String>,
+    /// Run the command in a conda environment of these packages, made (once) by the worker's
+    /// micromamba or conda.
+    #[arg(long, value_name = "PACKAGE")]
+    pub conda: Vec<String>,
     /// The command and its arguments (with --wasm: the module's argv).
     #[arg(required_unless_present = "wasm", last = true)]
     pub cmd: Vec<String>,
@@ -197,6 +205,27 @@ pub(crate) async fn request_within<Q: Serialize, A: DeserializeOwned>(
     reply.into_result().map_err(|e| Refused(e).into())
 }
 
+/// The `EnvSpec` of `--toolchain` or `--conda`.
+fn environment(args: &SubmitArgs) -> Option<vgas_shared::build::EnvSpec> {
+    if !args.conda.is_empty() {
+        return Some(vgas_shared::build::EnvSpec {
+            toolchain: "conda".into(),
+            packages: args.conda.clone(),
+            ..Default::default()
+        });
+    }
+    let t = args.toolchain.as_deref()?;
+    let (name, version) = match t.split_once('@') {
+        Some((n, v)) => (n, Some(v.to_owned())),
+        None => (t, None),
+    };
+    Some(vgas_shared::build::EnvSpec {
+        toolchain: name.to_owned(),
+        version,
+        ..Default::default()
+    })
+}
+
 fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
     let mut env = BTreeMap::new();
     for kv in &args.env {
@@ -242,6 +271,7 @@ fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
             capabilities: args.needs.clone(),
         },
         retryable: args.no_retry.then_some(false),
+        environment: environment(args),
         ..Default::default()
     };
     let spec = crate::cli_wasm::wasm_spec(spec, args.wasm.as_deref())?;

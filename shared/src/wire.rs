@@ -74,6 +74,11 @@ pub struct TaskSpec {
     /// no capable worker compiles locally instead of waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for_worker_s: Option<u64>,
+    /// Exec tasks only: the toolchain or conda environment the command runs in. The worker
+    /// prepares it (`EnvironmentManager::setup_sandboxed_environment`) and puts its `bin`
+    /// first on the task's `PATH`; one it cannot satisfy fails the task with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<crate::build::EnvSpec>,
 }
 
 /// An input file: `{"path":"in.txt","text":"..."}` or `{"path":"in.bin","base64":"..."}`.
@@ -164,6 +169,12 @@ impl TaskSpec {
                 )
             }
             (_, None) => {}
+        }
+        if let Some(e) = &self.environment {
+            if self.kind != TaskKind::Exec {
+                return bad("only an exec task has an \"environment\"".into());
+            }
+            e.validate()?;
         }
         match (self.kind, &self.module) {
             (TaskKind::Compile, _) => {}

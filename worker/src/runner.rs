@@ -376,17 +376,24 @@ impl Worker {
         // The third part keeps the task directory until its large artifacts are uploaded.
         let run = async {
             match spec.kind {
-                TaskKind::Exec => {
-                    let outcome = sandbox::run_exec(
-                        &self.cfg.sandbox,
-                        &self.isolation,
-                        slot,
-                        &spec,
-                        tx,
-                        cancel,
-                    );
-                    (outcome.await, Vec::new(), keep_alive::<()>(None))
-                }
+                TaskKind::Exec => match self.prepare_environment(spec.clone()).await {
+                    Ok(spec) => {
+                        let outcome = sandbox::run_exec(
+                            &self.cfg.sandbox,
+                            &self.isolation,
+                            slot,
+                            &spec,
+                            tx,
+                            cancel,
+                        );
+                        (outcome.await, Vec::new(), keep_alive::<()>(None))
+                    }
+                    Err(message) => (
+                        TaskOutcome::Error { message },
+                        Vec::new(),
+                        keep_alive::<()>(None),
+                    ),
+                },
                 TaskKind::Wasm => {
                     let run = self.wasm.run(
                         &self.cfg.sandbox.work_dir,
@@ -435,6 +442,34 @@ impl Worker {
             handed_back,
         };
         self.publish_result(&result).await;
+    }
+
+    /// An exec task's `environment`, prepared (a conda create may take minutes, so on a
+    /// blocking thread): its `bin` goes first on the task's `PATH` and `VGAS_ENV_ROOT` names
+    /// it. `Err` is the reason, in words, for the task's result.
+    async fn prepare_environment(
+        &self,
+        mut spec: vgas_shared::wire::TaskSpec,
+    ) -> Result<vgas_shared::wire::TaskSpec, String> {
+        let Some(want) = spec.environment.clone() else {
+            return Ok(spec);
+        };
+        let envs = self.envs.clone();
+        let env = tokio::task::spawn_blocking(move || envs.setup_sandboxed_environment(&want))
+            .await
+            .map_err(|e| format!("environment set-up stopped: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let base = spec
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok().filter(|p| !p.is_empty()))
+            .unwrap_or_else(|| sandbox::SAFE_DEFAULT_PATH.to_owned());
+        spec.env
+            .insert("PATH".into(), format!("{}:{base}", env.bin.display()));
+        spec.env
+            .insert("VGAS_ENV_ROOT".into(), env.root.display().to_string());
+        Ok(spec)
     }
 
     /// The event for one artifact: inline, or by reference once uploaded to the artifacts
