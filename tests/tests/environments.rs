@@ -91,10 +91,20 @@ async fn exec_tasks_run_in_toolchain_and_conda_environments() {
         eprintln!("SKIPPED the toolchain half: no gcc on PATH");
     }
 
-    // Conda: made once, reused by the second task.
+    // Conda: made once, reused by the second task. Environments outlive workers (they sit in
+    // the worker's work directory, shared by the tests), so this run's spec is its own.
+    let marker = format!("marker-{}", vgas_shared::TaskId::random());
     for _ in 0..2 {
         let out = swarm
-            .cli(&["submit", "--conda", "python=3.11", "--", "condatool"])
+            .cli(&[
+                "submit",
+                "--conda",
+                "python=3.11",
+                "--conda",
+                &marker,
+                "--",
+                "condatool",
+            ])
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout}\n{out:?}");
