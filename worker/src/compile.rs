@@ -10,8 +10,6 @@
 //! as a local compile would; the input is `vgas-segment.i` (`.ii` for C++) there, and debug
 //! info names the submitter's directory (`-fdebug-prefix-map`) instead of the task directory.
 
-use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use tokio::sync::mpsc::Sender;
@@ -263,15 +261,10 @@ fn collect_object(dir: KeptDir, rel: &str) -> CompileRun {
             dir: Some(dir),
         };
     }
-    let mut bytes = Vec::new();
-    let read = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .and_then(|f| f.take(MAX_INLINE_ARTIFACT_BYTES).read_to_end(&mut bytes));
-    if let Err(e) = read {
-        return CompileRun::error(format!("cannot read {OBJECT_FILE}: {e}"));
-    }
+    let bytes = match crate::wasm::read_inline(&path) {
+        Ok(b) => b,
+        Err(e) => return CompileRun::error(format!("cannot read {OBJECT_FILE}: {e}")),
+    };
     CompileRun {
         outcome: TaskOutcome::Exited { exit_code: 0 },
         artifacts: vec![artifact(ArtifactBody::Inline(bytes))],

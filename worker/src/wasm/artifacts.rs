@@ -36,8 +36,6 @@ pub(super) fn collect_artifacts(
     spec: &TaskSpec,
     outcome: TaskOutcome,
 ) -> (TaskOutcome, Vec<Artifact>) {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let inputs: BTreeMap<&str, Vec<u8>> = spec
         .files
         .iter()
@@ -90,13 +88,10 @@ pub(super) fn collect_artifacts(
             });
             continue;
         }
-        let mut bytes = Vec::new();
-        let read = std::fs::File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .and_then(|f| f.take(MAX_INLINE_ARTIFACT_BYTES).read_to_end(&mut bytes));
-        if read.is_err() || inputs.get(rel.as_str()) == Some(&bytes) {
+        let Ok(bytes) = read_inline(&path) else {
+            continue;
+        };
+        if inputs.get(rel.as_str()) == Some(&bytes) {
             continue;
         }
         artifacts.push(Artifact {
@@ -114,6 +109,21 @@ pub(super) fn collect_artifacts(
         ),
         _ => (outcome, artifacts),
     }
+}
+
+/// The bytes of an artifact small enough to go inline: at most `MAX_INLINE_ARTIFACT_BYTES`,
+/// and never through a symlink the task left (`O_NOFOLLOW`).
+pub fn read_inline(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = Vec::new();
+    std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .take(MAX_INLINE_ARTIFACT_BYTES)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The name of an artifact in the artifacts bucket: unique per task, attempt and path.

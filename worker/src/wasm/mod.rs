@@ -34,7 +34,7 @@ use vgas_shared::limits::{DEFAULT_WASM_CACHE_BYTES, MAX_MODULE_BYTES};
 use vgas_shared::wire::MODULE_REF_PREFIX;
 use wasmtime::{Config, Engine, Module, OptLevel};
 
-pub use artifacts::{upload, Artifact, ArtifactBody};
+pub use artifacts::{read_inline, upload, Artifact, ArtifactBody};
 pub use cache::{sha256_hex, ModuleCache};
 pub use exec::WasmRun;
 
