@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use vgas_shared::codec::encode;
 use vgas_shared::config::Role;
-use vgas_shared::wire::{Heartbeat, SubmitReply, SwarmPulse, TaskSpec};
+use vgas_shared::wire::{Heartbeat, SwarmPulse, TaskSpec};
 use vgas_shared::{Encoding, TaskId, WorkerId};
-use vgas_tests::bench::{latencies, pct_ms, throughput};
-use vgas_tests::{collect, request, Swarm};
+use vgas_tests::bench::{latencies, pct_ms, run_task, throughput};
+use vgas_tests::{request, Swarm};
 
 /// Sequential round trips per latency measurement.
 const LATENCY_SAMPLES: usize = 300;
@@ -38,23 +38,12 @@ async fn raw_roundtrip(client: &async_nats::Client) {
 }
 
 async fn task_roundtrip(client: &async_nats::Client, swarm: &Swarm) {
-    let id = TaskId::random();
     let spec = TaskSpec {
-        task_id: Some(id.clone()),
+        task_id: Some(TaskId::random()),
         cmd: vec!["true".into()],
         ..Default::default()
     };
-    let sub = client
-        .subscribe(swarm.subjects.task_events(&id))
-        .await
-        .expect("subscribe");
-    let _: SubmitReply = request(client, swarm.subjects.submit(), &spec)
-        .await
-        .expect("submit");
-    let c = collect(sub, Duration::from_secs(30), Duration::ZERO)
-        .await
-        .expect("finished");
-    assert!(c.outcome().succeeded(), "{:?}", c.outcome());
+    run_task(client, swarm, &spec).await;
 }
 
 /// p50 and p99 in ms of sequential runs of `f`, then tasks/requests per second with

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use vgas_shared::config::Role;
-use vgas_shared::wire::{SubmitReply, TaskKind, TaskSpec};
+use vgas_shared::wire::{TaskKind, TaskSpec};
 use vgas_shared::TaskId;
-use vgas_tests::bench::{latencies, pct_ms, throughput};
-use vgas_tests::{collect, request, Swarm};
+use vgas_tests::bench::{latencies, pct_ms, run_task, throughput};
+use vgas_tests::Swarm;
 
 /// Submitters at once.
 const CONCURRENCY: usize = 16;
@@ -38,31 +38,21 @@ fn module() -> Vec<u8> {
 }
 
 async fn one_task(client: &async_nats::Client, swarm: &Swarm, wasm: Option<&str>) {
-    let id = TaskId::random();
+    let task_id = Some(TaskId::random());
     let spec = match wasm {
         Some(m) => TaskSpec {
-            task_id: Some(id.clone()),
+            task_id,
             kind: TaskKind::Wasm,
             module: Some(m.to_owned()),
             ..Default::default()
         },
         None => TaskSpec {
-            task_id: Some(id.clone()),
+            task_id,
             cmd: vec!["true".into()],
             ..Default::default()
         },
     };
-    let sub = client
-        .subscribe(swarm.subjects.task_events(&id))
-        .await
-        .expect("subscribe");
-    let _: SubmitReply = request(client, swarm.subjects.submit(), &spec)
-        .await
-        .expect("submit");
-    let c = collect(sub, Duration::from_secs(30), Duration::ZERO)
-        .await
-        .expect("finished");
-    assert!(c.outcome().succeeded(), "{:?}", c.outcome());
+    run_task(client, swarm, &spec).await;
 }
 
 async fn run(workers: usize) {

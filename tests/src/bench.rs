@@ -54,3 +54,24 @@ where
     }
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
+
+/// Submits `spec` (which must carry its task id) and waits until it finished successfully:
+/// one task round trip as a client sees it.
+pub async fn run_task(
+    client: &async_nats::Client,
+    swarm: &crate::Swarm,
+    spec: &vgas_shared::wire::TaskSpec,
+) {
+    let id = spec.task_id.clone().expect("the spec names its task id");
+    let sub = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .expect("subscribe");
+    let _: vgas_shared::wire::SubmitReply = crate::request(client, swarm.subjects.submit(), spec)
+        .await
+        .expect("submit");
+    let c = crate::collect(sub, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("finished");
+    assert!(c.outcome().succeeded(), "{:?}", c.outcome());
+}

@@ -59,3 +59,55 @@ pub fn make_clean(dir: &Path) {
         .output()
         .expect("run make"));
 }
+
+/// Submits `plan` (JSON, as a plain client would) with build id `id`, checks it is accepted,
+/// and returns its `finished` update and every update before it (90 s at most).
+pub async fn run_plan(
+    client: &async_nats::Client,
+    id: &str,
+    plan: &serde_json::Value,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    use futures::StreamExt as _;
+    let mut sub = client
+        .subscribe(format!("vgas.build.{id}.updates"))
+        .await
+        .expect("subscribe to the updates");
+    let reply = client
+        .request(
+            "vgas.build.submit",
+            serde_json::to_vec(plan).expect("json").into(),
+        )
+        .await
+        .expect("submit the plan");
+    let accepted: serde_json::Value = serde_json::from_slice(&reply.payload).expect("a JSON reply");
+    assert_eq!(accepted["build_id"], id, "{accepted}");
+    tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        let mut seen = Vec::new();
+        while let Some(m) = sub.next().await {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("a JSON update");
+            if v["type"] == "finished" {
+                return (v, seen);
+            }
+            seen.push(v);
+        }
+        panic!("updates ended before finished");
+    })
+    .await
+    .expect("the plan finished in time")
+}
+
+/// Fetches the binary a plan linked (`object` in the artifacts bucket) to `path`, executable.
+pub async fn fetch_binary(client: &async_nats::Client, object: &str, path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::AsyncReadExt as _;
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js
+        .get_object_store("vgas_artifacts")
+        .await
+        .expect("the artifacts bucket");
+    let mut r = store.get(object).await.expect("the binary");
+    let mut bytes = Vec::new();
+    r.read_to_end(&mut bytes).await.expect("read the binary");
+    std::fs::write(path, &bytes).expect("write the binary");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vgas_shared::build::{BuildUpdate, Origin};
-use vgas_tests::build::{make_clean, ok, origins, skip_without_gcc, updates};
+use vgas_tests::build::{
+    fetch_binary, make_clean, ok, origins, run_plan, skip_without_gcc, updates,
+};
 use vgas_tests::{repo_root, Swarm};
 
 /// A copy of the test project `tests/c/calc` in a fresh directory.
@@ -250,44 +252,15 @@ async fn a_json_plan_from_a_plain_client_builds_a_binary() {
         ],
         "link": {"output": "app"}
     });
-    let mut sub = client.subscribe("vgas.build.plan-1.updates").await.unwrap();
-    let reply = client
-        .request(
-            "vgas.build.submit",
-            serde_json::to_vec(&plan).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    let accepted: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    assert_eq!(accepted["build_id"], "plan-1", "{accepted}");
-    let finished = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        use futures::StreamExt;
-        while let Some(m) = sub.next().await {
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            if v["type"] == "finished" {
-                return v;
-            }
-        }
-        panic!("updates ended");
-    })
-    .await
-    .unwrap();
+    let (finished, _) = run_plan(&client, "plan-1", &plan).await;
     assert_eq!(finished["exit_code"], 0, "{finished}");
-    let object = finished["binary"]["object"].as_str().unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let store = js.get_object_store("vgas_artifacts").await.unwrap();
-    let mut r = store.get(object).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut r, &mut bytes)
-        .await
-        .unwrap();
     let path = swarm.dir.path().join("plan-app");
-    std::fs::write(&path, &bytes).unwrap();
-    Command::new("chmod")
-        .arg("755")
-        .arg(&path)
-        .status()
-        .unwrap();
+    fetch_binary(
+        &client,
+        finished["binary"]["object"].as_str().unwrap(),
+        &path,
+    )
+    .await;
     assert_eq!(Command::new(&path).status().unwrap().code(), Some(0));
 
     // Bad plans are refused with a reason and start nothing.

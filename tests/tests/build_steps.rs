@@ -4,11 +4,9 @@
 //! outside the task directory is refused at submit.
 
 use std::process::Command;
-use std::time::Duration;
 
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use vgas_tests::build::skip_without_gcc;
+use vgas_tests::build::{fetch_binary, run_plan, skip_without_gcc};
 use vgas_tests::Swarm;
 
 const GENERATED: &str = "int gen_value(void) { return 42; }\n";
@@ -75,40 +73,6 @@ fn name_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Submits `plan` and returns its `finished` update (and every update before it).
-async fn run_plan(
-    client: &async_nats::Client,
-    id: &str,
-    plan: serde_json::Value,
-) -> (serde_json::Value, Vec<serde_json::Value>) {
-    let mut sub = client
-        .subscribe(format!("vgas.build.{id}.updates"))
-        .await
-        .unwrap();
-    let reply = client
-        .request(
-            "vgas.build.submit",
-            serde_json::to_vec(&plan).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    let accepted: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    assert_eq!(accepted["build_id"], id, "{accepted}");
-    tokio::time::timeout(Duration::from_secs(90), async {
-        let mut seen = Vec::new();
-        while let Some(m) = sub.next().await {
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            if v["type"] == "finished" {
-                return (v, seen);
-            }
-            seen.push(v);
-        }
-        panic!("updates ended");
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn wasm_steps_generate_the_sources_a_plan_compiles() {
     if skip_without_gcc() {
@@ -139,7 +103,7 @@ async fn wasm_steps_generate_the_sources_a_plan_compiles() {
         ],
         "link": {"output": "app"}
     });
-    let (finished, seen) = run_plan(&client, "steps-1", plan).await;
+    let (finished, seen) = run_plan(&client, "steps-1", &plan).await;
     assert_eq!(finished["exit_code"], 0, "{finished}\n{seen:?}");
     for step in ["step:gen", "step:copy", "copy.c", "main.c"] {
         assert!(
@@ -148,20 +112,13 @@ async fn wasm_steps_generate_the_sources_a_plan_compiles() {
             "no done update for {step}: {seen:?}"
         );
     }
-    let object = finished["binary"]["object"].as_str().unwrap();
-    let store = js.get_object_store("vgas_artifacts").await.unwrap();
-    let mut r = store.get(object).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut r, &mut bytes)
-        .await
-        .unwrap();
     let path = swarm.dir.path().join("steps-app");
-    std::fs::write(&path, &bytes).unwrap();
-    Command::new("chmod")
-        .arg("755")
-        .arg(&path)
-        .status()
-        .unwrap();
+    fetch_binary(
+        &client,
+        finished["binary"]["object"].as_str().unwrap(),
+        &path,
+    )
+    .await;
     assert_eq!(
         Command::new(&path).status().unwrap().code(),
         Some(0),
@@ -176,7 +133,7 @@ async fn wasm_steps_generate_the_sources_a_plan_compiles() {
         "steps": [{"name": "broken", "module": name_of(&bad)}],
         "link": {"output": "app"}
     });
-    let (finished, seen) = run_plan(&client, "steps-2", plan).await;
+    let (finished, seen) = run_plan(&client, "steps-2", &plan).await;
     assert_ne!(finished["exit_code"], 0, "{finished}");
     assert!(finished["binary"].is_null(), "{finished}");
     let message = finished["report"]["items"][0]["message"]
