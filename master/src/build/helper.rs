@@ -67,17 +67,8 @@ async fn write_frame(s: &mut UnixStream, body: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Hands a unit to the helper at `socket` and waits for its answer.
-pub async fn ask(socket: &Path, req: &UnitRequest) -> Result<UnitResult> {
-    let mut s = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connect to the build helper at {}", socket.display()))?;
-    write_frame(&mut s, &serde_json::to_vec(req)?).await?;
-    let answer = read_frame(&mut s).await?;
-    serde_json::from_slice(&answer).context("the build helper's answer")
-}
-
-/// [`ask`] without an async runtime (the wrapper's fast path).
+/// Hands a unit to the helper at `socket` and waits for its answer (blocking: the wrapper's
+/// fast path runs no async runtime).
 pub fn ask_blocking(socket: &Path, req: &UnitRequest) -> Result<UnitResult> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket)

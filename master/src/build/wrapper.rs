@@ -138,7 +138,7 @@ pub fn fast_path(invoked_as: &str, args: &[String]) -> Option<i32> {
     }
 }
 
-/// Runs the wrapper; returns the exit code.
+/// Runs the wrapper after [`fast_path`] declined; returns the exit code.
 pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
     let Some(compiler) = real_compiler(invoked_as) else {
         eprintln!("vgas: no {invoked_as} on PATH");
@@ -152,22 +152,9 @@ pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
             return exec_here(&compiler, &args, &cwd).await;
         }
     };
-    // Inside `vgas build`: hand the unit to its helper.
-    if let Some(socket) = std::env::var_os(ENV_HELPER_SOCKET) {
-        let req = UnitRequest {
-            invoked_as: invoked_as.to_owned(),
-            compiler: compiler.clone(),
-            cwd: cwd.clone(),
-            args: args.clone(),
-            env: std::env::vars().collect(),
-        };
-        match helper::ask(Path::new(&socket), &req).await {
-            Ok(r) => {
-                eprint!("{}", r.diagnostics);
-                return r.exit_code;
-            }
-            Err(e) => tracing::warn!("build helper unusable ({e:#}); compiling this unit alone"),
-        }
+    // `fast_path` hands a unit to the helper of `vgas build`; here it did not answer.
+    if std::env::var_os(ENV_HELPER_SOCKET).is_some() {
+        tracing::warn!("the build helper did not answer; compiling this unit alone");
     }
     match distribute(invoked_as, &compiler, &cwd, &args, job).await {
         Ok(code) => code,
