@@ -16,7 +16,9 @@ scripts/ensure-tools.sh
 # shellcheck disable=SC1091
 source .tools/env
 cargo build --workspace --bins --locked
-bin="$root/target/debug"
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+bin="$target_dir/debug"
 export VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_STATE_DIR="$root/.vgas"
 
 step "vgas init: one NATS user per role, random secrets, files of mode 0600"
