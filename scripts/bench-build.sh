@@ -188,7 +188,9 @@ run_distcc() {
 # the first runs in a network namespace of its own, reaching it over that veth as a worker on
 # another host would. Needs the release binaries (cargo build --release --workspace --bins
 # --locked); without them it records "not run".
-vgas_bin="${VGAS_BIN_DIR:-$root/target/release}"
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+vgas_bin="${VGAS_BIN_DIR:-$target_dir/release}"
 vgas="$vgas_bin/vgas"
 swarm_up=""         # "addr port" once started
 worker_pids=()

@@ -9,11 +9,14 @@ scripts/ensure-tools.sh
 # shellcheck disable=SC1091
 source .tools/env
 cargo build --release --workspace --bins --locked
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
+export VGAS_BIN_DIR="$target_dir/release"
 cargo bench -p vgas-master --bench gatling --locked
 cargo bench -p vgas-master --bench keys --locked
 cargo bench -p vgas-master --bench build --locked
-VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench e2e --locked
-VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench gateway --locked
-VGAS_BIN_DIR="$(pwd)/target/release" cargo bench -p vgas-tests --bench wasm_throughput --locked
+cargo bench -p vgas-tests --bench e2e --locked
+cargo bench -p vgas-tests --bench gateway --locked
+cargo bench -p vgas-tests --bench wasm_throughput --locked
 # The C build farm side by side with local make and distcc (Lua 5.4.4).
 scripts/bench-build.sh
