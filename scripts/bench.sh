@@ -15,8 +15,11 @@ export VGAS_BIN_DIR="$target_dir/release"
 cargo bench -p vgas-master --bench gatling --locked
 cargo bench -p vgas-master --bench keys --locked
 cargo bench -p vgas-master --bench build --locked
+cargo bench -p vgas-worker --bench wasm --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-tests --bench e2e --locked
 cargo bench -p vgas-tests --bench gateway --locked
 cargo bench -p vgas-tests --bench wasm_throughput --locked
+# A real 69 MB tool compiled to WASI (Yosys): cold compile, then the caches.
+cargo bench -p vgas-tests --bench wasm_cold --locked
 # The C build farm side by side with local make and distcc (Lua 5.4.4).
 scripts/bench-build.sh

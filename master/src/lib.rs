@@ -235,22 +235,12 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
 
 /// Sets up `tracing` with `RUST_LOG` (default `info`), logging to stderr.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    vgas_shared::logging::init("info");
 }
 
 /// Like [`init_tracing`] but quiet by default (`warn`), for the user CLI.
 pub fn init_tracing_quiet() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    vgas_shared::logging::init("warn");
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -5,6 +5,7 @@
 //! without dragging a runtime along; the one process it runs is a compiler's own version probe
 //! (`toolchain`), which the submitting and the compiling side must compute alike.
 
+pub mod agent;
 pub mod build;
 pub mod codec;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod discovery;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod logging;
 pub mod llm;
 #[cfg(feature = "mdns")]
 pub mod mdns;

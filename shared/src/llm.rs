@@ -1,6 +1,11 @@
 //! Wire types of the LLM gateway: a worker's completion request on `<prefix>.llm.complete`,
 //! the events streamed back on its reply subject, token usage, and the usage report on
 //! `<prefix>.llm.usage`. JSON and MessagePack alike, as everywhere.
+//!
+//! Tool calling is the providers' own: a request may offer `tools` (name, description, JSON
+//! Schema of the arguments), the stream then carries `tool_call` events, and the caller sends
+//! each result back as a `tool` message naming the call's id. The gateway translates both ways
+//! to OpenAI's `tools` / `tool_calls` and Anthropic's `tool_use` / `tool_result` blocks.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,13 +22,72 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// The most output tokens a request may ask for.
 pub const MAX_MAX_TOKENS: u32 = 1_000_000;
 
+/// Tools one request may offer: more is a prompt bloated past use.
+pub const MAX_TOOLS: usize = 64;
+
 /// One message of a chat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
-    /// `user` or `assistant` (a `system` message is taken as the system prompt).
+    /// `user`, `assistant` or `tool` (a `system` message is taken as the system prompt).
     pub role: String,
+    #[serde(default)]
     pub content: String,
+    /// The tools an `assistant` message called, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// On a `tool` message: the id of the call this is the result of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn user(content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> ChatMessage {
+        ChatMessage {
+            role: "assistant".into(),
+            content: content.into(),
+            tool_calls,
+            tool_call_id: None,
+        }
+    }
+
+    /// The result of the call `id`.
+    pub fn tool(id: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: "tool".into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(id.into()),
+        }
+    }
+}
+
+/// A tool offered to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDef {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+/// A call the model made: `arguments` is the JSON text exactly as the model wrote it (it may
+/// be malformed; the caller answers that with a message the model can correct).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 /// A completion request from a worker (or anyone holding the worker role).
@@ -40,6 +104,14 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDef>,
+    /// The most this one call may cost: the gateway refuses it, before any request, when the
+    /// worst case (the input estimate and `max_tokens` at the model's prices) is more. How an
+    /// agent run keeps within its budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
     /// Who asks (a worker id), for the audit log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
@@ -62,11 +134,44 @@ impl CompletionRequest {
             return bad("messages must not be empty".into());
         }
         for m in &self.messages {
-            if !matches!(m.role.as_str(), "user" | "assistant" | "system") {
+            if !matches!(m.role.as_str(), "user" | "assistant" | "system" | "tool") {
                 return bad(format!(
-                    "message role {:?}: use user, assistant or system",
+                    "message role {:?}: use user, assistant, system or tool",
                     m.role
                 ));
+            }
+            if m.role == "tool" && m.tool_call_id.is_none() {
+                return bad("a tool message must name its tool_call_id".into());
+            }
+            if !m.tool_calls.is_empty() && m.role != "assistant" {
+                return bad("only an assistant message carries tool_calls".into());
+            }
+        }
+        if self.tools.len() > MAX_TOOLS {
+            return bad(format!("at most {MAX_TOOLS} tools"));
+        }
+        for t in &self.tools {
+            let ok = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return bad(format!(
+                    "tool name {:?}: 1 to 64 of A-Z a-z 0-9 _ -",
+                    t.name
+                ));
+            }
+            if !t.parameters.is_object() {
+                return bad(format!(
+                    "tool {}: parameters must be a JSON Schema object",
+                    t.name
+                ));
+            }
+        }
+        if let Some(c) = self.max_cost_usd {
+            if !c.is_finite() || c < 0.0 {
+                return bad("max_cost_usd must be a number of 0 or more".into());
             }
         }
         if let Some(t) = self.max_tokens {
@@ -90,8 +195,23 @@ impl CompletionRequest {
     /// A rough input token count (4 bytes a token), used only to reserve rate-limit room
     /// before the provider reports the real number.
     pub fn estimated_input_tokens(&self) -> u64 {
-        let bytes: usize = self.messages.iter().map(|m| m.content.len()).sum::<usize>()
-            + self.system.as_ref().map_or(0, String::len);
+        let bytes: usize = self
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
+            + self.system.as_ref().map_or(0, String::len)
+            + self
+                .tools
+                .iter()
+                .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
+                .sum::<usize>();
         (bytes as u64).div_ceil(4)
     }
 }
@@ -121,6 +241,8 @@ impl TokenUsage {
 pub enum CompletionEvent {
     /// A piece of the answer, in order.
     Delta { text: String },
+    /// A whole tool call, once the provider has streamed all of it (before `done`).
+    ToolCall(ToolCall),
     /// The end: what the provider reported, and what it cost.
     Done {
         provider: String,

@@ -133,9 +133,11 @@ fn main() {
             provider: "openai".into(),
             model: "gpt-4o-mini".into(),
             system: None,
-            messages: vec![ChatMessage { role: "user".into(), content: "Say hello".into() }],
+            messages: vec![ChatMessage::user("Say hello")],
             max_tokens: Some(64),
             temperature: None,
+            tools: Vec::new(),
+            max_cost_usd: None,
             caller: Some("bench".into()),
         };
         let body = direct_body();

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod build;
 pub mod netns;
 pub mod provider;
+pub mod wasi;
 
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;

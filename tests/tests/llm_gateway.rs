@@ -99,12 +99,11 @@ fn req(provider: &str, model: &str) -> CompletionRequest {
         provider: provider.into(),
         model: model.into(),
         system: Some("Be brief.".into()),
-        messages: vec![ChatMessage {
-            role: "user".into(),
-            content: "Say hello".into(),
-        }],
+        messages: vec![ChatMessage::user("Say hello")],
         max_tokens: Some(64),
         temperature: None,
+        tools: Vec::new(),
+        max_cost_usd: None,
         caller: Some("w1".into()),
     }
 }

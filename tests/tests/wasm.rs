@@ -5,7 +5,6 @@
 //! at test time whose output file matches the native build's; a file past the inline cap
 //! coming back through the artifacts Object Store bucket.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,7 +12,8 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use vgas_shared::wire::{TaskEvent, TaskOutcome};
 use vgas_shared::TaskId;
-use vgas_tests::{collect, repo_root, Swarm};
+use vgas_tests::wasi::{build_textstat, run_ok};
+use vgas_tests::{collect, Swarm};
 
 /// A WASI command that prints "hello from wasm", writes "generated" into `out/gen.txt` and
 /// exits with code 3.
@@ -148,53 +148,6 @@ async fn an_unknown_module_fails_clearly_and_the_worker_keeps_serving() {
     .await
     .unwrap();
     assert_eq!(again.stdout, "ok\n");
-}
-
-/// The Zig binary: `VGAS_ZIG` (written into `.tools/env` by scripts/ensure-tools.sh), else the
-/// one the pinned PyPI package `ziglang` put into `.tools/venv`.
-fn zig() -> Option<PathBuf> {
-    if let Ok(z) = std::env::var("VGAS_ZIG") {
-        return Some(PathBuf::from(z));
-    }
-    let lib = repo_root().join(".tools/venv/lib");
-    std::fs::read_dir(lib).ok()?.flatten().find_map(|e| {
-        let z = e.path().join("site-packages/ziglang/zig");
-        z.exists().then_some(z)
-    })
-}
-
-/// Runs `cmd`, returning why it failed, if it did.
-fn run_ok(cmd: &mut Command) -> Result<(), String> {
-    match cmd.output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "{cmd:?}: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!("{cmd:?}: {e}")),
-    }
-}
-
-/// Compiles `tests/c/textstat.c` to wasm32-wasi with Zig and natively with `cc` into `dir`.
-fn build_textstat(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let src = repo_root().join("tests/c/textstat.c");
-    let zig = zig().ok_or("no Zig: run scripts/ensure-tools.sh (it installs ziglang)")?;
-    let (wasm, native) = (dir.join("textstat.wasm"), dir.join("textstat"));
-    run_ok(
-        Command::new(&zig)
-            .args(["cc", "-target", "wasm32-wasi", "-O2", "-s", "-o"])
-            .arg(&wasm)
-            .arg(&src),
-    )?;
-    run_ok(
-        Command::new("cc")
-            .arg("-O2")
-            .arg("-o")
-            .arg(&native)
-            .arg(&src),
-    )?;
-    Ok((wasm, native))
 }
 
 #[tokio::test]

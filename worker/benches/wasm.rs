@@ -1,10 +1,14 @@
-//! Wasm sandbox costs: one small task with a warm compiled-module cache (directory, WASI
-//! context, instantiation, run, artifact scan) against spawning a native process; loading a
-//! compiled module from the disk cache; and a cold compile, which that cache removes.
+//! Wasm sandbox costs: from a task's bytes to the module's first instruction with a warm
+//! compiled-module cache, against spawning a native process to its first output; one whole
+//! small task (directory, WASI context, instantiation, run, artifact scan) against spawning
+//! a native process; loading a compiled module from the disk cache; and a cold compile, which
+//! that cache removes.
 //!
 //! `cargo bench -p vgas-worker --bench wasm`
 
 use std::collections::HashMap;
+use std::io::Read as _;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio_util::sync::CancellationToken;
@@ -85,6 +89,65 @@ fn bench(c: &mut Criterion) {
     };
     rt.block_on(run_once());
 
+    // Receipt to first instruction: the clock starts at the task's JSON bytes (as the worker
+    // receives them) and stops when the module's first instruction, a `fd_write`, has put its
+    // line into the output channel. The rest of the run is outside the measured time.
+    let wire = serde_json::to_vec(&spec).unwrap();
+    c.bench_function("wasm_receipt_to_first_instruction", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += rt.block_on(async {
+                    let started = Instant::now();
+                    let spec: TaskSpec = serde_json::from_slice(&wire).unwrap();
+                    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                    let first = async {
+                        rx.recv().await.expect("the module printed");
+                        let at = started.elapsed();
+                        while rx.recv().await.is_some() {}
+                        at
+                    };
+                    let (r, at) = tokio::join!(
+                        wasm.run(
+                            work.path(),
+                            &ceilings,
+                            &spec,
+                            &modules,
+                            tx,
+                            CancellationToken::new()
+                        ),
+                        first
+                    );
+                    assert!(r.outcome.succeeded(), "{:?}", r.outcome);
+                    at
+                });
+            }
+            total
+        })
+    });
+    c.bench_function("native_spawn_to_first_output", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                let mut child = std::process::Command::new("echo")
+                    .arg("hi")
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut byte = [0u8; 1];
+                child
+                    .stdout
+                    .as_mut()
+                    .unwrap()
+                    .read_exact(&mut byte)
+                    .unwrap();
+                total += started.elapsed();
+                assert!(child.wait().unwrap().success());
+            }
+            total
+        })
+    });
     c.bench_function("wasm_task_warm_cache", |b| {
         b.iter(|| rt.block_on(run_once()))
     });

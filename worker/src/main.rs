@@ -31,7 +31,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    init_tracing();
+    vgas_shared::logging::init("info");
     let args = Args::parse();
     let mut cfg = vgas_worker::WorkerConfig::new(args.common.resolve(Role::Worker)?)?;
     if let Some(n) = args.slots {
@@ -59,13 +59,4 @@ async fn main() -> Result<()> {
         token.cancel();
     });
     vgas_worker::run(cfg, shutdown).await
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -3,8 +3,10 @@
 //! (wasmtime's serialized form, keyed also by the engine's configuration, so a second run
 //! skips compilation), and a few compiled modules in memory.
 //!
-//! A compiled entry is native code the worker will map and run, so it is never trusted as
-//! found: it carries a header (magic, module hash, engine key, payload length and SHA-256)
+//! Entries are core modules or components ([`Program`]); the magic at the start of a compiled
+//! entry says which. A compiled entry is native code the worker will map and run, so it is
+//! never trusted as found: it carries a header (magic, module hash, engine key, payload length
+//! and SHA-256)
 //! that is checked before wasmtime sees the payload; a stale or damaged entry is removed and
 //! rebuilt. Module bytes are checked against their hash the same way. The disk use of both
 //! together is bounded; the least recently used entries go first.
@@ -18,10 +20,14 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
-/// Magic and format version at the start of every compiled entry.
+/// Magic and format version at the start of every compiled core module entry.
 const MAGIC: &[u8; 12] = b"VGASCWASM\0v1";
+
+/// The same for a compiled component (WASI 0.2): same header, other payload.
+const MAGIC_COMPONENT: &[u8; 12] = b"VGASCCOMP\0v1";
 
 /// Header bytes: magic, module hash, engine key, payload length, payload hash.
 const HEADER_LEN: usize = MAGIC.len() + 32 + 8 + 8 + 32;
@@ -30,6 +36,30 @@ const HEADER_LEN: usize = MAGIC.len() + 32 + 8 + 8 + 32;
 /// Bounded by count; each is the size of its code.
 const MEMORY_ENTRIES: usize = 32;
 
+/// A compiled program: a WASI preview 1 core module or a WASI 0.2 component. Both are
+/// cheap to clone (shared code).
+#[derive(Debug, Clone)]
+pub enum Program {
+    Core(Module),
+    Component(Component),
+}
+
+impl Program {
+    fn magic(&self) -> &'static [u8; 12] {
+        match self {
+            Program::Core(_) => MAGIC,
+            Program::Component(_) => MAGIC_COMPONENT,
+        }
+    }
+
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Program::Core(m) => m.serialize(),
+            Program::Component(c) => c.serialize(),
+        }
+    }
+}
+
 /// The disk and memory caches of one worker.
 #[derive(Debug)]
 pub struct ModuleCache {
@@ -37,7 +67,7 @@ pub struct ModuleCache {
     bound: u64,
     engine_key: u64,
     /// Most recently used last.
-    memory: Mutex<VecDeque<(String, Module)>>,
+    memory: Mutex<VecDeque<(String, Program)>>,
 }
 
 /// SHA-256 of `bytes` as lowercase hex.
@@ -77,7 +107,7 @@ impl ModuleCache {
     }
 
     /// A compiled module from memory.
-    pub fn memory_get(&self, hex: &str) -> Option<Module> {
+    pub fn memory_get(&self, hex: &str) -> Option<Program> {
         let mut mem = self.memory.lock().expect("module cache lock");
         let i = mem.iter().position(|(h, _)| h == hex)?;
         let entry = mem.remove(i)?;
@@ -86,7 +116,7 @@ impl ModuleCache {
         Some(module)
     }
 
-    pub fn memory_put(&self, hex: &str, module: &Module) {
+    pub fn memory_put(&self, hex: &str, module: &Program) {
         let mut mem = self.memory.lock().expect("module cache lock");
         mem.retain(|(h, _)| h != hex);
         if mem.len() >= MEMORY_ENTRIES {
@@ -121,15 +151,21 @@ impl ModuleCache {
 
     /// The compiled module `hex` from disk. A missing entry is `None`; a stale or damaged one
     /// is removed and also `None`, so the caller compiles again.
-    pub fn compiled_get(&self, engine: &Engine, hex: &str) -> Option<Module> {
+    pub fn compiled_get(&self, engine: &Engine, hex: &str) -> Option<Program> {
         let path = self.compiled_path(hex);
         let data = fs::read(&path).ok()?;
         match self.check_header(hex, &data) {
-            Ok(payload) => {
-                // SAFETY: the payload is exactly what `Module::serialize` wrote for this module
-                // hash and engine configuration: the header's SHA-256 over it matched, and the
+            Ok((component, payload)) => {
+                // SAFETY: the payload is exactly what `Module::serialize` (or
+                // `Component::serialize`, as the magic says) wrote for this module hash and
+                // engine configuration: the header's SHA-256 over it matched, and the
                 // directory is private to the worker.
-                match unsafe { Module::deserialize(engine, payload) } {
+                let loaded = if component {
+                    unsafe { Component::deserialize(engine, payload) }.map(Program::Component)
+                } else {
+                    unsafe { Module::deserialize(engine, payload) }.map(Program::Core)
+                };
+                match loaded {
                     Ok(m) => {
                         touch(&path);
                         Some(m)
@@ -149,10 +185,20 @@ impl ModuleCache {
         }
     }
 
-    fn check_header<'a>(&self, hex: &str, data: &'a [u8]) -> Result<&'a [u8], &'static str> {
-        if data.len() < HEADER_LEN || &data[..MAGIC.len()] != MAGIC {
+    /// The payload of a compiled entry whose header checks out, and whether it is a component.
+    fn check_header<'a>(
+        &self,
+        hex: &str,
+        data: &'a [u8],
+    ) -> Result<(bool, &'a [u8]), &'static str> {
+        if data.len() < HEADER_LEN {
             return Err("not in the expected format");
         }
+        let component = match &data[..MAGIC.len()] {
+            m if m == MAGIC => false,
+            m if m == MAGIC_COMPONENT => true,
+            _ => return Err("not in the expected format"),
+        };
         let mut at = MAGIC.len();
         let mut take = |n: usize| {
             let s = &data[at..at + n];
@@ -175,11 +221,11 @@ impl ModuleCache {
         if Sha256::digest(payload).as_slice() != sum.as_slice() {
             return Err("damaged (checksum mismatch)");
         }
-        Ok(payload)
+        Ok((component, payload))
     }
 
     /// Stores a compiled module; failures only cost a recompile later, so they are logged.
-    pub fn compiled_put(&self, hex: &str, module: &Module) {
+    pub fn compiled_put(&self, hex: &str, module: &Program) {
         let stored = (|| -> Result<(), String> {
             let payload = module.serialize().map_err(|e| e.to_string())?;
             let key = hex::decode(hex).map_err(|e| e.to_string())?;
@@ -188,7 +234,7 @@ impl ModuleCache {
             write_atomic(
                 &self.compiled_path(hex),
                 &[
-                    MAGIC,
+                    module.magic(),
                     &key,
                     &self.engine_key.to_le_bytes(),
                     &len,

@@ -1,22 +1,20 @@
 //! Runs one wasm task: a fresh directory with the input files, a WASI context that preopens
-//! only that directory (as `.`) with the task's args, env and stdin and no network, a store
-//! with the memory limiter and the epoch callback, `_start`, then the outcome in plain words
-//! and the files the module wrote as artifacts (collected by `artifacts`).
+//! only that directory (as `.`) with the task's args, env and stdin and no network, the
+//! program run on a blocking thread (`start`), then the outcome in plain words and the files
+//! the module wrote as artifacts (collected by `artifacts`).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::wire::{check_relative_path, TaskOutcome, TaskSpec};
-use wasmtime::{Linker, Module, Store, Trap};
-use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::artifacts::{collect_artifacts, Artifact};
-use super::guard::{Guard, Limiter};
+use super::guard::Guard;
+use super::start::{missing_entry, run_program};
 use super::stdio::{ChunkOut, Which};
 use super::{ModuleSource, WasmRuntime};
 use crate::sandbox::{Limits, OutputChunk};
@@ -33,12 +31,6 @@ pub struct WasmRun {
     pub artifacts: Vec<Artifact>,
     /// The task directory, kept while large artifacts in it are uploaded; removed on drop.
     pub dir: Option<tempfile::TempDir>,
-}
-
-/// The store's data: the WASI preview 1 context and the limiter.
-struct CoreState {
-    wasi: WasiP1Ctx,
-    limiter: Limiter,
 }
 
 impl WasmRuntime {
@@ -71,11 +63,8 @@ impl WasmRuntime {
             },
             _ = cancel.cancelled() => return WasmRun { outcome: TaskOutcome::Cancelled, artifacts: Vec::new(), dir: None },
         };
-        if module.get_export("_start").is_none() {
-            return fail(format!(
-                "{name} exports no `_start` function, so it is not a WASI command \
-                 (a library or reactor module cannot run as a task)"
-            ));
+        if let Some(why) = missing_entry(&self.engine, &module) {
+            return fail(format!("{name} {why}"));
         }
         let dir = match prepare_dir(work_dir, spec) {
             Ok(d) => d,
@@ -95,7 +84,12 @@ impl WasmRuntime {
         };
         let env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&argv)
+        // No network: no socket address passes the context's default check either, but the
+        // interfaces are switched off outright so that stays true whatever that default.
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .args(&argv)
             .envs(&env)
             .stdin(MemoryInputPipe::new(spec.stdin.clone()))
             .stdout(ChunkOut {
@@ -113,14 +107,10 @@ impl WasmRuntime {
                 "sandbox setup failed: preopen the task directory: {e}"
             ));
         }
-        let state = CoreState {
-            wasi: wasi.build_p1(),
-            limiter: Limiter(guard.clone()),
-        };
         let engine = self.engine.clone();
         let in_thread = guard.clone();
         let mut handle =
-            tokio::task::spawn_blocking(move || run_start(&engine, &module, state, &in_thread));
+            tokio::task::spawn_blocking(move || run_program(&engine, &module, wasi, &in_thread));
         let stuck = async {
             tokio::select! {
                 _ = tokio::time::sleep(spec.deadline() + STUCK_GRACE) => {}
@@ -150,53 +140,6 @@ impl WasmRuntime {
             artifacts,
             dir: Some(dir),
         }
-    }
-}
-
-/// Instantiates and runs `_start` on this (blocking) thread.
-fn run_start(
-    engine: &wasmtime::Engine,
-    module: &Module,
-    state: CoreState,
-    guard: &Arc<Guard>,
-) -> TaskOutcome {
-    let mut linker: Linker<CoreState> = Linker::new(engine);
-    if let Err(e) = wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi) {
-        return TaskOutcome::Error {
-            message: format!("the worker could not link WASI: {e}"),
-        };
-    }
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(guard.ticker());
-    let result = linker
-        .instantiate(&mut store, module)
-        .map_err(|e| (true, e))
-        .and_then(|instance| {
-            let start = instance
-                .get_typed_func::<(), ()>(&mut store, "_start")
-                .map_err(|e| (true, e))?;
-            start.call(&mut store, ()).map_err(|e| (false, e))
-        });
-    drop(store);
-    if let Some(stopped) = guard.outcome() {
-        return stopped;
-    }
-    match result {
-        Ok(()) => TaskOutcome::Exited { exit_code: 0 },
-        Err((_, e)) if e.downcast_ref::<I32Exit>().is_some() => TaskOutcome::Exited {
-            exit_code: e.downcast_ref::<I32Exit>().map_or(1, |x| x.0),
-        },
-        Err((_, e)) if e.downcast_ref::<Trap>().is_some() => TaskOutcome::Error {
-            message: format!("the module trapped: {e:?}"),
-        },
-        Err((true, e)) => TaskOutcome::Error {
-            message: format!("the module could not be started: {e}"),
-        },
-        Err((false, e)) => TaskOutcome::Error {
-            message: format!("the module failed: {e:?}"),
-        },
     }
 }
 

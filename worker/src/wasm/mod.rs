@@ -1,5 +1,6 @@
-//! The worker's wasmtime sandbox: runs one `wasm` task, a WASI preview 1 command module named
-//! by the SHA-256 of its bytes, in a fresh directory that is its only preopened path, with no
+//! The worker's wasmtime sandbox: runs one `wasm` task, a WASI command named by the SHA-256
+//! of its bytes (a preview 1 core module exporting `_start`, or a WASI 0.2 component
+//! exporting `wasi:cli/run`), in a fresh directory that is its only preopened path, with no
 //! network, only the task's own environment, a memory limit (`ResourceLimiter`), CPU and
 //! wall-clock limits (epoch interruption), caps on output and on the files it writes, its
 //! output streamed as it runs and the files it wrote handed back as artifacts.
@@ -18,10 +19,13 @@ mod artifacts;
 mod cache;
 mod exec;
 mod guard;
+mod start;
 mod stdio;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_component;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -32,10 +36,11 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt as _;
 use vgas_shared::limits::{DEFAULT_WASM_CACHE_BYTES, MAX_MODULE_BYTES};
 use vgas_shared::wire::MODULE_REF_PREFIX;
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module, OptLevel};
 
 pub use artifacts::{read_inline, upload, Artifact, ArtifactBody};
-pub use cache::{sha256_hex, ModuleCache};
+pub use cache::{sha256_hex, ModuleCache, Program};
 pub use exec::WasmRun;
 
 /// How often the engine's epoch advances: the granularity of the deadline, CPU and cancel
@@ -213,7 +218,7 @@ impl WasmRuntime {
         &self,
         name: &str,
         source: &impl ModuleSource,
-    ) -> Result<(Module, LoadedFrom), String> {
+    ) -> Result<(Program, LoadedFrom), String> {
         vgas_shared::wire::check_module_ref(name).map_err(|e| e.to_string())?;
         let hex = &name[MODULE_REF_PREFIX.len()..];
         if let Some(m) = self.cache.memory_get(hex) {
@@ -249,19 +254,20 @@ impl WasmRuntime {
         Ok((module, LoadedFrom::Compiled))
     }
 
-    /// Compiles `bytes` off the async threads and stores them and the result in the caches.
-    async fn compile(&self, name: &str, bytes: Vec<u8>) -> Result<Module, String> {
-        if bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00]) {
-            return Err(format!(
-                "{name} is a WebAssembly component (WASI 0.2); this worker runs WASI preview 1 \
-                 core modules only"
-            ));
-        }
+    /// Compiles `bytes` (a core module or a component, as their header says) off the async
+    /// threads and stores them and the result in the caches.
+    async fn compile(&self, name: &str, bytes: Vec<u8>) -> Result<Program, String> {
+        let component = is_component(&bytes);
+        let len = bytes.len();
         let hex = name[MODULE_REF_PREFIX.len()..].to_owned();
         let (engine, cache) = (self.engine.clone(), self.cache.clone());
         let started = Instant::now();
         let module = tokio::task::spawn_blocking(move || {
-            let module = Module::new(&engine, &bytes)?;
+            let module = if component {
+                Program::Component(Component::new(&engine, &bytes)?)
+            } else {
+                Program::Core(Module::new(&engine, &bytes)?)
+            };
             if let Err(e) = cache.bytes_put(&hex, &bytes) {
                 tracing::warn!("could not cache module {hex}: {e}");
             }
@@ -270,12 +276,23 @@ impl WasmRuntime {
         })
         .await
         .map_err(|e| format!("compiling {name}: {e}"))?
-        .map_err(|e| format!("{name} is not a valid WebAssembly module: {e}"))?;
+        .map_err(|e| {
+            let what = if component { "component" } else { "module" };
+            format!("{name} is not a valid WebAssembly {what}: {e:#}")
+        })?;
         tracing::info!(
             module = name,
+            component,
+            bytes = len,
             ms = started.elapsed().as_millis() as u64,
             "compiled"
         );
         Ok(module)
     }
+}
+
+/// Whether `bytes` are a component: the preamble's version and layer fields (`0d 00 01 00`;
+/// a core module has `01 00 00 00`).
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00])
 }

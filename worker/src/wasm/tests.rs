@@ -13,7 +13,7 @@ use crate::sandbox::{Limits, OutputChunk};
 
 /// Module bytes by name, standing in for the Object Store bucket.
 #[derive(Debug, Default)]
-struct Modules(HashMap<String, Vec<u8>>);
+pub(super) struct Modules(HashMap<String, Vec<u8>>);
 
 impl ModuleSource for Modules {
     async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
@@ -21,7 +21,7 @@ impl ModuleSource for Modules {
     }
 }
 
-fn name_of(bytes: &[u8]) -> String {
+pub(super) fn name_of(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))
 }
 
@@ -49,15 +49,15 @@ fn command(data: &str, body: &str) -> Vec<u8> {
     wat::parse_str(wat).expect("test WAT parses")
 }
 
-struct Harness {
-    rt: WasmRuntime,
-    work: tempfile::TempDir,
+pub(super) struct Harness {
+    pub(super) rt: WasmRuntime,
+    pub(super) work: tempfile::TempDir,
     _cache: tempfile::TempDir,
-    modules: Modules,
+    pub(super) modules: Modules,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(super) fn new() -> Harness {
         let cache = tempfile::tempdir().unwrap();
         Harness {
             rt: WasmRuntime::new(&WasmConfig::new(cache.path().to_path_buf())).unwrap(),
@@ -67,13 +67,13 @@ impl Harness {
         }
     }
 
-    fn add(&mut self, bytes: Vec<u8>) -> String {
+    pub(super) fn add(&mut self, bytes: Vec<u8>) -> String {
         let name = name_of(&bytes);
         self.modules.0.insert(name.clone(), bytes);
         name
     }
 
-    fn spec(name: &str) -> TaskSpec {
+    pub(super) fn spec(name: &str) -> TaskSpec {
         TaskSpec {
             kind: TaskKind::Wasm,
             module: Some(name.to_owned()),
@@ -84,7 +84,7 @@ impl Harness {
     }
 
     /// Runs `spec` to its end; returns the run and all its output as text.
-    async fn run(&self, spec: &TaskSpec) -> (WasmRun, String) {
+    pub(super) async fn run(&self, spec: &TaskSpec) -> (WasmRun, String) {
         let (tx, mut rx) = mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
         let collect = async {
             let mut text = String::new();
@@ -108,7 +108,7 @@ impl Harness {
     }
 }
 
-fn error_text(o: &TaskOutcome) -> String {
+pub(super) fn error_text(o: &TaskOutcome) -> String {
     match o {
         TaskOutcome::Error { message } => message.clone(),
         other => panic!("expected an error, got {other:?}"),

@@ -1,0 +1,55 @@
+//! WASI programs for the tests: Zig (from the pinned PyPI package `ziglang`) compiles a C
+//! program to `wasm32-wasi` and `cc` compiles it natively, so a test can compare what the
+//! two write.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::repo_root;
+
+/// The Zig binary: `VGAS_ZIG` (written into `.tools/env` by scripts/ensure-tools.sh), else the
+/// one the pinned PyPI package `ziglang` put into `.tools/venv`.
+pub fn zig() -> Option<PathBuf> {
+    if let Ok(z) = std::env::var("VGAS_ZIG") {
+        return Some(PathBuf::from(z));
+    }
+    let lib = repo_root().join(".tools/venv/lib");
+    std::fs::read_dir(lib).ok()?.flatten().find_map(|e| {
+        let z = e.path().join("site-packages/ziglang/zig");
+        z.exists().then_some(z)
+    })
+}
+
+/// Runs `cmd`, returning why it failed, if it did.
+pub fn run_ok(cmd: &mut Command) -> Result<(), String> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "{cmd:?}: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("{cmd:?}: {e}")),
+    }
+}
+
+/// Compiles `tests/c/textstat.c` to wasm32-wasi with Zig and natively with `cc` into `dir`.
+pub fn build_textstat(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let src = repo_root().join("tests/c/textstat.c");
+    let zig = zig().ok_or("no Zig: run scripts/ensure-tools.sh (it installs ziglang)")?;
+    let (wasm, native) = (dir.join("textstat.wasm"), dir.join("textstat"));
+    run_ok(
+        Command::new(&zig)
+            .args(["cc", "-target", "wasm32-wasi", "-O2", "-s", "-o"])
+            .arg(&wasm)
+            .arg(&src),
+    )?;
+    run_ok(
+        Command::new("cc")
+            .arg("-O2")
+            .arg("-o")
+            .arg(&native)
+            .arg(&src),
+    )?;
+    Ok((wasm, native))
+}
