@@ -113,6 +113,14 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
         object_write(&sb, &sst)
     );
     let sources_read = object_read(&sst);
+    // The agents bucket: workers running agents read and write memory and stats and read
+    // the knowledge bases (listing keys takes an ordered consumer); clients add documents and
+    // read stats. Workers also submit an agent's builds and follow their updates.
+    let agents = s.agents_bucket();
+    let agents_rw = format!(
+        "\"$KV.{agents}.>\", {}",
+        object_read(&Subjects::kv_stream(&agents))
+    );
     let mut out = String::from(
         "# Written by `vgas init`: one user per role, each with only the subjects it needs.\n\
          # Regenerate with `vgas init`; the credentials live in creds/ beside this file.\n\
@@ -122,12 +130,12 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
         let perms = match role {
             Role::Master => "publish: \">\", subscribe: \">\"".to_string(),
             Role::Worker => format!(
-                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\", {modules_read}, {artifacts_read}, {artifacts_write}, {sources_read}] }}, \
-                 subscribe: {{ allow: [\"{p}.worker.*.task\", \"{p}.worker.*.cancel\", \"_INBOX.>\"] }}, \
+                "publish: {{ allow: [\"{p}.heartbeat.*\", \"{p}.task.*.events\", \"{p}.result.*\", \"{p}.llm.complete\", \"{p}.build.submit\", {modules_read}, {artifacts_read}, {artifacts_write}, {sources_read}, {agents_rw}] }}, \
+                 subscribe: {{ allow: [\"{p}.worker.*.task\", \"{p}.worker.*.cancel\", \"{p}.build.*.updates\", \"_INBOX.>\"] }}, \
                  allow_responses: true"
             ),
             Role::Client => format!(
-                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\", {modules_read}, {modules_write}, {artifacts_read}, {build_client}] }}, \
+                "publish: {{ allow: [\"{p}.task.submit\", \"{p}.task.info\", \"{p}.task.cancel\", \"{p}.status\", \"{p}.llm.usage\", \"$SRV.>\", {modules_read}, {modules_write}, {artifacts_read}, {build_client}, {agents_rw}] }}, \
                  subscribe: {{ allow: [\"_INBOX.>\", \"{p}.task.*.>\", \"{p}.build.*.updates\"] }}"
             ),
         };

@@ -66,6 +66,10 @@ pub enum Cmd {
     Vault(crate::cli_vault::VaultCmd),
     /// Build C/C++ on the swarm: `vgas build -- make -j8`, `--compdb`, or `--plan`.
     Build(crate::build::cli::BuildArgs),
+    /// AI agents: run an instruction through Architect, Programmer and Tester; knowledge
+    /// base; stats.
+    #[command(subcommand)]
+    Agent(crate::cli_agent::AgentCmd),
     /// LLM usage by provider, model and day, with budgets and rates.
     Usage {
         /// Print the report as JSON.
@@ -143,6 +147,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Cmd::Usage { json } => crate::cli_vault::run_usage(&client, &conn, json).await?,
         Cmd::Submit(args) => submit(&client, &conn, args).await?,
         Cmd::Build(args) => crate::build::cli::run(&client, &conn, args).await?,
+        Cmd::Agent(cmd) => crate::cli_agent::run(&client, &conn, cmd).await?,
         Cmd::Status { json } => {
             let pulse: SwarmPulse = request(
                 &client,
@@ -369,7 +374,7 @@ impl Follower {
 
 /// Prints a task's output as it streams and returns its exit code once it has finished. The
 /// task's record is polled too, so a follower that missed the final event still ends.
-async fn follow_events(
+pub(crate) async fn follow_events(
     client: &Client,
     conn: &Resolved,
     id: &TaskId,

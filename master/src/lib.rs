@@ -4,9 +4,11 @@
 //! `run` is the whole master; `main` only parses arguments, sets up tracing and hands over a
 //! cancellation token, so tests and benchmarks start the same master in-process.
 
+pub mod agents;
 pub mod auth;
 pub mod build;
 pub mod cli;
+pub mod cli_agent;
 pub mod cli_vault;
 pub mod cli_wasm;
 pub mod connect;
@@ -80,6 +82,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     store::open_modules_bucket(&js, &subjects).await?;
     store::open_artifacts_bucket(&js, &subjects).await?;
     build::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes).await?;
+    agents::open_bucket(&js, &subjects).await?;
 
     let sched = Arc::new(AgentScheduler::new());
     let counters = Arc::new(Counters::default());

@@ -181,10 +181,15 @@ fn default_agent() -> String {
 }
 
 fn default_pipeline() -> Vec<String> {
-    vec!["architect".into(), "programmer".into(), "tester".into()]
+    AgentRun::default_pipeline()
 }
 
 impl AgentRun {
+    /// Architect, Programmer, Tester.
+    pub fn default_pipeline() -> Vec<String> {
+        vec!["architect".into(), "programmer".into(), "tester".into()]
+    }
+
     pub fn validate(&self) -> Result<(), VgaError> {
         let bad = |m: String| Err(VgaError::InvalidTask(m));
         if self.instruction.trim().is_empty() {
@@ -344,6 +349,12 @@ pub struct PerformanceStats {
     pub cost_usd: f64,
     /// ms since the epoch of the last update.
     pub updated_ms: u64,
+    /// Total time of all calls, for the rates.
+    #[serde(default)]
+    pub call_ms: u64,
+    /// The latest response times (at most 256), for the percentiles.
+    #[serde(default)]
+    pub recent_ms: Vec<u64>,
 }
 
 #[cfg(test)]

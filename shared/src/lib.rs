@@ -12,9 +12,10 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod ids;
+pub mod kb;
 pub mod limits;
-pub mod logging;
 pub mod llm;
+pub mod logging;
 #[cfg(feature = "mdns")]
 pub mod mdns;
 pub mod subjects;

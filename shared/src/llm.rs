@@ -288,6 +288,9 @@ pub struct UsageRate {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProviderQuota {
     pub provider: String,
+    /// Whether a call can be made: configured, and a key is stored if it needs one.
+    #[serde(default)]
+    pub ready: bool,
     pub spent_today_usd: f64,
     pub spent_month_usd: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -127,6 +127,13 @@ impl Subjects {
         format!("{}_tasks", self.token_prefix())
     }
 
+    /// JetStream KV bucket of the AI agents: `memory.<agent>` (the `ContextManager`'s notes
+    /// and last conversation), `stats.<agent>` (`PerformanceStats`) and `kb.<agent>.<id>`
+    /// (knowledge-base chunks, a batch per key).
+    pub fn agents_bucket(&self) -> String {
+        format!("{}_agents", self.token_prefix())
+    }
+
     /// JetStream Object Store bucket holding wasm modules, each named `sha256:<hex>` of its
     /// bytes. The master creates it; clients put into it; workers read it.
     pub fn modules_bucket(&self) -> String {

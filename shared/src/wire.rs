@@ -25,6 +25,10 @@ pub enum TaskKind {
     /// One build segment (`compile`): a translation unit compiled to an object by the exact
     /// compiler its `compile.compiler` names; the object comes back as an artifact.
     Compile,
+    /// An AI agent run (`agent`): an instruction through a pipeline of roles whose model calls
+    /// go through the master's gateway and whose code is built on the swarm; the workspace
+    /// files and `response.json` come back as artifacts.
+    Agent,
 }
 
 /// A task as a person or program submits it on `vgas.task.submit`.
@@ -69,6 +73,9 @@ pub struct TaskSpec {
     /// Compile tasks only: the segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compile: Option<crate::build::CompileSpec>,
+    /// Agent tasks only: the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::agent::AgentRun>,
     /// How long the task may wait for a live worker that can run it before it is abandoned
     /// (default and most: `limits::NO_WORKER_WAIT`). 0 fails at once, so a build segment with
     /// no capable worker compiles locally instead of waiting.
@@ -170,6 +177,21 @@ impl TaskSpec {
             }
             (_, None) => {}
         }
+        match (self.kind, &self.agent) {
+            (TaskKind::Agent, None) => {
+                return bad("an agent task needs its \"agent\" run".into());
+            }
+            (TaskKind::Agent, Some(a)) => {
+                a.validate()?;
+                if self.module.is_some() || !self.cmd.is_empty() {
+                    return bad("an agent task has no \"cmd\" or \"module\"".into());
+                }
+            }
+            (_, Some(_)) => {
+                return bad("only an agent task (\"kind\":\"agent\") has an \"agent\" run".into())
+            }
+            (_, None) => {}
+        }
         if let Some(e) = &self.environment {
             if self.kind != TaskKind::Exec {
                 return bad("only an exec task has an \"environment\"".into());
@@ -177,7 +199,7 @@ impl TaskSpec {
             e.validate()?;
         }
         match (self.kind, &self.module) {
-            (TaskKind::Compile, _) => {}
+            (TaskKind::Compile | TaskKind::Agent, _) => {}
             (TaskKind::Exec, Some(_)) => {
                 return bad(
                     "an exec task must not name a \"module\" (use \"kind\":\"wasm\")".into(),

@@ -315,3 +315,137 @@ pub fn openai_429(insufficient_quota: bool, retry_after_s: u32) -> Scripted {
         pace: Duration::ZERO,
     }
 }
+
+/// `text` cut into about `parts` pieces at character boundaries, as a provider streams an
+/// argument string: never empty pieces, the whole when it is short.
+fn fragments(text: &str, parts: usize) -> Vec<&str> {
+    let chars: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    if chars.is_empty() {
+        return Vec::new();
+    }
+    let step = chars.len().div_ceil(parts.max(1));
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < chars.len() {
+        let start = chars[k];
+        let end = chars.get(k + step).copied().unwrap_or(text.len());
+        out.push(&text[start..end]);
+        k += step;
+    }
+    out
+}
+
+/// Usage the tool-call streams report: (prompt or input tokens, completion or output tokens).
+pub const TOOL_STREAM_USAGE: (u64, u64) = (82, 18);
+
+/// A JSON string literal (quoted and escaped) of `s`.
+fn q(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// An OpenAI Chat Completions stream in which the model calls `calls` (id, function name,
+/// arguments JSON text), chunk for chunk as the function-calling guide streams them: the first
+/// chunk has the role, `content: null` and the first call's `index`, `id`, `type` and
+/// `function.name` with empty `arguments`; each call's arguments follow in three fragments
+/// under its `index`; then a chunk with `finish_reason: "tool_calls"`, the usage chunk (with
+/// `stream_options.include_usage`) and `[DONE]`.
+pub fn openai_tool_call_stream(calls: &[(&str, &str, &str)]) -> Scripted {
+    const HEAD: &str = "\"id\":\"chatcmpl-9lfaWd5mQQ7Fp1bJqCOu2V6sh1JvO\",\"object\":\"chat.completion.chunk\",\"created\":1721075653,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_8b761cb050\"";
+    let chunk = |delta: &str, finish: &str| {
+        format!(
+            "data: {{{HEAD},\"choices\":[{{\"index\":0,\"delta\":{delta},\"logprobs\":null,\"finish_reason\":{finish}}}],\"usage\":null}}\n\n"
+        )
+    };
+    let mut chunks = Vec::new();
+    for (i, (id, name, arguments)) in calls.iter().enumerate() {
+        let first = format!(
+            "\"tool_calls\":[{{\"index\":{i},\"id\":{},\"type\":\"function\",\"function\":{{\"name\":{},\"arguments\":\"\"}}}}]",
+            q(id),
+            q(name)
+        );
+        let delta = if i == 0 {
+            format!("{{\"role\":\"assistant\",\"content\":null,{first},\"refusal\":null}}")
+        } else {
+            format!("{{{first}}}")
+        };
+        chunks.push(chunk(&delta, "null"));
+        for f in fragments(arguments, 3) {
+            chunks.push(chunk(
+                &format!(
+                    "{{\"tool_calls\":[{{\"index\":{i},\"function\":{{\"arguments\":{}}}}}]}}",
+                    q(f)
+                ),
+                "null",
+            ));
+        }
+    }
+    chunks.push(chunk("{}", "\"tool_calls\""));
+    let (prompt, completion) = TOOL_STREAM_USAGE;
+    chunks.push(format!(
+        "data: {{{HEAD},\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":0}}}}}}\n\n",
+        prompt + completion
+    ));
+    chunks.push("data: [DONE]\n\n".into());
+    let mut s = openai_stream(&[], 0, 0, 0);
+    s.chunks = chunks;
+    s
+}
+
+/// An Anthropic Messages stream in which the model says `text` (no text block when empty) and
+/// then calls `calls` (id, name, input JSON text), event for event as the tool-use streaming
+/// docs show: `message_start`, a `text` block, then per call `content_block_start` with
+/// `{"type":"tool_use","id","name","input":{}}`, an empty `input_json_delta` and the input in
+/// three `partial_json` fragments, `content_block_stop`; `message_delta` with
+/// `stop_reason: "tool_use"` and the usage, `message_stop`.
+pub fn anthropic_tool_use_stream(text: &str, calls: &[(&str, &str, &str)]) -> Scripted {
+    let ev = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n");
+    let (input, output) = TOOL_STREAM_USAGE;
+    let mut chunks = vec![ev(
+        "message_start",
+        format!("{{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_014p7gG3wDgGV9EUtLvnow3U\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-0\",\"stop_sequence\":null,\"usage\":{{\"input_tokens\":{input},\"output_tokens\":2}},\"content\":[],\"stop_reason\":null}}}}"),
+    )];
+    let mut index = 0;
+    if !text.is_empty() {
+        chunks.push(ev(
+            "content_block_start",
+            "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}".into(),
+        ));
+        chunks.push(ev("ping", "{\"type\": \"ping\"}".into()));
+        for f in fragments(text, 2) {
+            chunks.push(ev(
+                "content_block_delta",
+                format!("{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}", q(f)),
+            ));
+        }
+        chunks.push(ev(
+            "content_block_stop",
+            "{\"type\":\"content_block_stop\",\"index\":0}".into(),
+        ));
+        index = 1;
+    }
+    for (id, name, arguments) in calls {
+        chunks.push(ev(
+            "content_block_start",
+            format!("{{\"type\":\"content_block_start\",\"index\":{index},\"content_block\":{{\"type\":\"tool_use\",\"id\":{},\"name\":{},\"input\":{{}}}}}}", q(id), q(name)),
+        ));
+        for f in std::iter::once("").chain(fragments(arguments, 3)) {
+            chunks.push(ev(
+                "content_block_delta",
+                format!("{{\"type\":\"content_block_delta\",\"index\":{index},\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{}}}}}", q(f)),
+            ));
+        }
+        chunks.push(ev(
+            "content_block_stop",
+            format!("{{\"type\":\"content_block_stop\",\"index\":{index}}}"),
+        ));
+        index += 1;
+    }
+    chunks.push(ev(
+        "message_delta",
+        format!("{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"tool_use\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{output}}}}}"),
+    ));
+    chunks.push(ev("message_stop", "{\"type\":\"message_stop\"}".into()));
+    let mut s = anthropic_stream(&[], 0, 0, 0);
+    s.chunks = chunks;
+    s
+}

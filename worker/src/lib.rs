@@ -4,6 +4,7 @@
 //! `run` is the whole worker; `main` only parses settings and wires up signals, so tests start
 //! the same worker as a process.
 
+pub mod agent;
 pub mod compile;
 pub mod env;
 pub mod join;

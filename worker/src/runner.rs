@@ -406,6 +406,20 @@ impl Worker {
                     let run = run.await;
                     (run.outcome, run.artifacts, keep_alive(run.dir))
                 }
+                TaskKind::Agent => {
+                    let env = crate::agent::AgentEnv {
+                        client: &self.client,
+                        js: &self.js,
+                        subjects: &self.cfg.conn.subjects,
+                        sandbox: &self.cfg.sandbox,
+                        isolation: &self.isolation,
+                        slot,
+                        worker_id: self.cfg.id.to_string(),
+                    };
+                    let (outcome, artifacts) =
+                        crate::agent::run_task(&env, &spec, tx, cancel).await;
+                    (outcome, artifacts, keep_alive::<()>(None))
+                }
                 TaskKind::Compile => {
                     let compiler = Compiler {
                         sandbox: &self.cfg.sandbox,

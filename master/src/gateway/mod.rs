@@ -1,9 +1,11 @@
 //! The LLM gateway: `<prefix>.llm.complete` takes a completion request from a worker, checks
 //! the provider's quotas, decrypts the key for that call only, calls the provider over HTTPS
 //! (reqwest with rustls), streams the answer back on the request's reply subject as
-//! `{"type":"delta"}` messages and a final `{"type":"done"}` with the provider's own usage and
-//! the cost, and records that usage. `<prefix>.llm.usage` answers the usage report. Every call
-//! is audited. A refusal is one error reply and nothing is spent.
+//! `{"type":"delta"}` messages, one `{"type":"tool_call"}` per tool the model called (whole,
+//! in order, once the provider has streamed it all) and a final `{"type":"done"}` with the
+//! provider's own usage and the cost, and records that usage. `<prefix>.llm.usage` answers the
+//! usage report. Every call is audited. A refusal (a quota, or the request's own
+//! `max_cost_usd`) is one error reply and nothing is spent.
 
 pub mod providers;
 pub mod sse;
@@ -115,6 +117,39 @@ fn error_message(body: &str) -> String {
     msg.chars().take(MAX_ERROR_BODY).collect()
 }
 
+/// Refuses a call whose worst case (the input estimate and `max_tokens` of output, at the
+/// model's llm.toml prices) is more than the request's `max_cost_usd`. A model without a
+/// price counts as costing 0 here, as it does in the usage accounting: a budget in llm.toml
+/// is what refuses unpriced models (`unpriced_model`).
+fn check_max_cost(
+    llm: &crate::keys::config::LlmConfig,
+    req: &CompletionRequest,
+    max_cost_usd: f64,
+) -> Result<(), WireError> {
+    let worst = TokenUsage {
+        input_tokens: req.estimated_input_tokens(),
+        output_tokens: u64::from(req.max_tokens_or_default()),
+        cached_tokens: 0,
+    };
+    let cost = llm
+        .price(&req.provider, &req.model)
+        .map_or(0, |p| p.cost_micro_usd(&worst));
+    let limit = (max_cost_usd * 1e6).round().max(0.0) as u64;
+    if cost > limit {
+        return Err(err(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "max_cost_usd: this call could cost up to ${:.6} ({} input tokens estimated, max_tokens {}), more than the ${:.6} left of the run's budget",
+                cost as f64 / 1e6,
+                worst.input_tokens,
+                worst.output_tokens,
+                limit as f64 / 1e6,
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Gateway {
     pub fn new(keys: Arc<ApiKeyManager>, nats: async_nats::Client) -> Gateway {
         Gateway {
@@ -197,6 +232,9 @@ impl Gateway {
                 format!("provider {provider} is not configured: add [providers.{provider}] (kind, base_url) to llm.toml"),
             )
         })?;
+        if let Some(limit) = req.max_cost_usd {
+            check_max_cost(self.keys.llm_config(), req, limit)?;
+        }
         let permit = self
             .keys
             .check_quota_availability(
@@ -339,6 +377,10 @@ impl Gateway {
         }
         if !st.usage_seen {
             warn!(provider = %provider, "the provider reported no usage; the call is counted with 0 tokens");
+        }
+        for call in st.take_tool_calls() {
+            self.publish(reply, enc, &CompletionEvent::ToolCall(call))
+                .await;
         }
         self.publish(
             reply,

@@ -1,16 +1,36 @@
 //! The providers' wire formats: building the HTTP request (OpenAI Chat Completions with
 //! `stream_options.include_usage`, Anthropic Messages, OpenAI-compatible servers by base URL)
-//! and reading their SSE streams into text, usage and a stop reason.
+//! and reading their SSE streams into text, tool calls, usage and a stop reason.
+//!
+//! Tool calling is each provider's own: OpenAI's `tools` / `tool_calls` / `role: tool`
+//! messages, Anthropic's `tools` with `input_schema`, `tool_use` blocks and `tool_result`
+//! blocks in the next user turn. Streamed calls are put together in [`StreamState`] and
+//! handed out whole by [`StreamState::take_tool_calls`].
+
+use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
-use vgas_shared::llm::{CompletionRequest, TokenUsage};
+use vgas_shared::llm::{ChatMessage, CompletionRequest, TokenUsage, ToolCall};
 
 use super::sse::SseEvent;
 use crate::keys::config::{ProviderConfig, ProviderKind};
 
 /// The Messages API version vgas speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// A tool call being streamed: OpenAI's `delta.tool_calls[index]`, Anthropic's `tool_use`
+/// content block at `index`.
+#[derive(Debug, Default, Clone)]
+pub struct PartialToolCall {
+    pub id: String,
+    pub name: String,
+    /// The argument fragments so far, joined.
+    pub arguments: String,
+    /// Anthropic: a non-empty `input` given whole in `content_block_start`, used when no
+    /// `input_json_delta` follows.
+    pub start_input: Option<String>,
+}
 
 /// What a stream has said so far.
 #[derive(Debug, Default, Clone)]
@@ -20,6 +40,116 @@ pub struct StreamState {
     pub done: bool,
     /// Whether the provider reported usage at all (OpenAI only does with include_usage).
     pub usage_seen: bool,
+    /// Tool calls by the provider's index, in the order the model made them.
+    pub tool_calls: BTreeMap<u64, PartialToolCall>,
+    /// Bytes of tool-call arguments streamed so far ([`MAX_TOOL_ARGUMENT_BYTES`]).
+    pub tool_argument_bytes: usize,
+}
+
+impl StreamState {
+    /// The tool calls the stream carried, whole and in index order. Empty arguments (a call
+    /// without any, as Anthropic streams it) are `{}`.
+    pub fn take_tool_calls(&mut self) -> Vec<ToolCall> {
+        std::mem::take(&mut self.tool_calls)
+            .into_values()
+            .map(|c| {
+                let arguments = if !c.arguments.trim().is_empty() {
+                    c.arguments
+                } else {
+                    c.start_input.unwrap_or_else(|| "{}".to_owned())
+                };
+                ToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments,
+                }
+            })
+            .collect()
+    }
+}
+
+/// OpenAI's `messages`: the system prompt first, then the chat with its tool calls and results.
+fn openai_messages(system: &[&str], msgs: &[ChatMessage]) -> Vec<Value> {
+    let mut out = Vec::new();
+    if !system.is_empty() {
+        out.push(json!({"role": "system", "content": system.join("\n\n")}));
+    }
+    for m in msgs.iter().filter(|m| m.role != "system") {
+        out.push(match m.role.as_str() {
+            "tool" => json!({
+                "role": "tool",
+                "tool_call_id": m.tool_call_id.as_deref().unwrap_or_default(),
+                "content": m.content,
+            }),
+            "assistant" if !m.tool_calls.is_empty() => {
+                let calls: Vec<Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        })
+                    })
+                    .collect();
+                let content = if m.content.is_empty() {
+                    Value::Null
+                } else {
+                    json!(m.content)
+                };
+                json!({"role": "assistant", "content": content, "tool_calls": calls})
+            }
+            _ => json!({"role": m.role, "content": m.content}),
+        });
+    }
+    out
+}
+
+/// Anthropic's `messages`: an assistant's tool calls as `tool_use` blocks (arguments that are
+/// not JSON become `{}`), and each run of `tool` messages as one user turn of `tool_result`
+/// blocks, as the Messages API wants the results right after the call.
+fn anthropic_messages(msgs: &[ChatMessage]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut in_results = false;
+    for m in msgs.iter().filter(|m| m.role != "system") {
+        if m.role == "tool" {
+            let block = json!({
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id.as_deref().unwrap_or_default(),
+                "content": m.content,
+            });
+            match out.last_mut() {
+                Some(last) if in_results => {
+                    if let Some(blocks) = last["content"].as_array_mut() {
+                        blocks.push(block);
+                    }
+                }
+                _ => out.push(json!({"role": "user", "content": [block]})),
+            }
+            in_results = true;
+            continue;
+        }
+        in_results = false;
+        if m.role == "assistant" && !m.tool_calls.is_empty() {
+            let mut blocks = Vec::new();
+            if !m.content.is_empty() {
+                blocks.push(json!({"type": "text", "text": m.content}));
+            }
+            for c in &m.tool_calls {
+                let input = serde_json::from_str::<Value>(&c.arguments)
+                    .ok()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({}));
+                blocks
+                    .push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+            }
+            out.push(json!({"role": "assistant", "content": blocks}));
+        } else {
+            out.push(json!({"role": m.role, "content": m.content}));
+        }
+    }
+    out
 }
 
 /// The request for one call. The key is read here and nowhere else.
@@ -37,22 +167,11 @@ pub fn build(
             .filter(|m| m.role == "system")
             .map(|m| m.content.as_str()),
     );
-    let chat: Vec<Value> = req
-        .messages
-        .iter()
-        .filter(|m| m.role != "system")
-        .map(|m| json!({"role": m.role, "content": m.content}))
-        .collect();
     match p.kind {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-            let mut messages = Vec::new();
-            if !system.is_empty() {
-                messages.push(json!({"role": "system", "content": system.join("\n\n")}));
-            }
-            messages.extend(chat);
             let mut body = json!({
                 "model": req.model,
-                "messages": messages,
+                "messages": openai_messages(&system, &req.messages),
                 "stream": true,
                 "stream_options": {"include_usage": true},
             });
@@ -67,6 +186,23 @@ pub fn build(
             if let Some(t) = req.temperature {
                 body["temperature"] = json!(t);
             }
+            if !req.tools.is_empty() {
+                let tools: Vec<Value> = req
+                    .tools
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "type": "function",
+                            "function": {
+                                "name": t.name,
+                                "description": t.description,
+                                "parameters": t.parameters,
+                            },
+                        })
+                    })
+                    .collect();
+                body["tools"] = json!(tools);
+            }
             let mut rb = http.post(format!("{base}/chat/completions")).json(&body);
             if let Some(k) = key {
                 rb = rb.bearer_auth(k.expose_secret());
@@ -77,7 +213,7 @@ pub fn build(
             let mut body = json!({
                 "model": req.model,
                 "max_tokens": req.max_tokens_or_default(),
-                "messages": chat,
+                "messages": anthropic_messages(&req.messages),
                 "stream": true,
             });
             if !system.is_empty() {
@@ -85,6 +221,20 @@ pub fn build(
             }
             if let Some(t) = req.temperature {
                 body["temperature"] = json!(t);
+            }
+            if !req.tools.is_empty() {
+                let tools: Vec<Value> = req
+                    .tools
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "name": t.name,
+                            "description": t.description,
+                            "input_schema": t.parameters,
+                        })
+                    })
+                    .collect();
+                body["tools"] = json!(tools);
             }
             let mut rb = http
                 .post(format!("{base}/messages"))
@@ -102,7 +252,42 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-/// Reads one event: the text it adds, or the provider's error message.
+/// Tool calls one answer may stream: far more than any model makes in one turn; a stream
+/// past it is broken or hostile and must not grow the master's memory.
+pub const MAX_STREAMED_TOOL_CALLS: usize = 256;
+
+/// The most bytes of arguments all tool calls of one answer may stream together (1 MiB, the
+/// size of a whole request): the caller sends them back in its next request, which could not
+/// be larger.
+pub const MAX_TOOL_ARGUMENT_BYTES: usize = 1024 * 1024;
+
+/// The call at `index`, opened on first sight.
+fn tool_call_at(st: &mut StreamState, index: u64) -> Result<&mut PartialToolCall, String> {
+    if !st.tool_calls.contains_key(&index) && st.tool_calls.len() >= MAX_STREAMED_TOOL_CALLS {
+        return Err(format!(
+            "the stream carried more than {MAX_STREAMED_TOOL_CALLS} tool calls"
+        ));
+    }
+    Ok(st.tool_calls.entry(index).or_default())
+}
+
+/// Appends to the call at `index`, within [`MAX_TOOL_ARGUMENT_BYTES`] for the whole stream.
+fn append_arguments(st: &mut StreamState, index: u64, fragment: &str) -> Result<(), String> {
+    st.tool_argument_bytes += fragment.len();
+    if st.tool_argument_bytes > MAX_TOOL_ARGUMENT_BYTES {
+        return Err(format!(
+            "the stream's tool calls have more than {MAX_TOOL_ARGUMENT_BYTES} bytes of arguments"
+        ));
+    }
+    if let Some(call) = st.tool_calls.get_mut(&index) {
+        call.arguments.push_str(fragment);
+    }
+    Ok(())
+}
+
+/// Reads one event: the text it adds, or the provider's error message. Tool calls and usage
+/// go into `st`; the caller takes the calls once the stream has ended
+/// ([`StreamState::take_tool_calls`]).
 pub fn on_event(
     kind: ProviderKind,
     ev: &SseEvent,
@@ -131,6 +316,28 @@ pub fn on_event(
             if let Some(r) = choice["finish_reason"].as_str() {
                 st.stop_reason = Some(r.to_owned());
             }
+            // The first fragment of a call names its id and function; the later ones only
+            // append to `function.arguments`. `index` says which call a fragment belongs to
+            // (a server that leaves it out is read by position).
+            if let Some(calls) = choice["delta"]["tool_calls"].as_array() {
+                for (i, c) in calls.iter().enumerate() {
+                    let index = c["index"].as_u64().unwrap_or(i as u64);
+                    let call = tool_call_at(st, index)?;
+                    if let Some(id) = c["id"].as_str().filter(|x| !x.is_empty()) {
+                        if call.id.is_empty() {
+                            call.id = id.to_owned();
+                        }
+                    }
+                    if let Some(n) = c["function"]["name"].as_str().filter(|x| !x.is_empty()) {
+                        if call.name.is_empty() {
+                            call.name = n.to_owned();
+                        }
+                    }
+                    if let Some(a) = c["function"]["arguments"].as_str() {
+                        append_arguments(st, index, a)?;
+                    }
+                }
+            }
             Ok(choice["delta"]["content"]
                 .as_str()
                 .filter(|s| !s.is_empty())
@@ -153,6 +360,24 @@ pub fn on_event(
                 "content_block_delta" if v["delta"]["type"] == "text_delta" => {
                     Ok(v["delta"]["text"].as_str().map(str::to_owned))
                 }
+                // A `tool_use` block opens with its id and name and `input: {}`; the input
+                // follows as `input_json_delta` fragments until `content_block_stop`.
+                "content_block_start" if v["content_block"]["type"] == "tool_use" => {
+                    let b = &v["content_block"];
+                    let call = tool_call_at(st, u(&v["index"]))?;
+                    call.id = b["id"].as_str().unwrap_or_default().to_owned();
+                    call.name = b["name"].as_str().unwrap_or_default().to_owned();
+                    call.start_input = b["input"]
+                        .as_object()
+                        .filter(|o| !o.is_empty())
+                        .map(|o| Value::Object(o.clone()).to_string());
+                    Ok(None)
+                }
+                "content_block_delta" if v["delta"]["type"] == "input_json_delta" => {
+                    let fragment = v["delta"]["partial_json"].as_str().unwrap_or("");
+                    append_arguments(st, u(&v["index"]), fragment)?;
+                    Ok(None)
+                }
                 "message_delta" => {
                     if let Some(r) = v["delta"]["stop_reason"].as_str() {
                         st.stop_reason = Some(r.to_owned());
@@ -171,5 +396,231 @@ pub fn on_event(
                 _ => Ok(None),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgas_shared::llm::ToolDef;
+
+    fn provider(kind: ProviderKind) -> ProviderConfig {
+        ProviderConfig {
+            kind,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            needs_key: false,
+            limits: Default::default(),
+        }
+    }
+
+    fn body(kind: ProviderKind, req: &CompletionRequest) -> Value {
+        let rb = build(&reqwest::Client::new(), &provider(kind), None, req);
+        let r = rb.build().unwrap();
+        serde_json::from_slice(r.body().unwrap().as_bytes().unwrap()).unwrap()
+    }
+
+    fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    fn request() -> CompletionRequest {
+        CompletionRequest {
+            provider: "p".into(),
+            model: "m".into(),
+            system: None,
+            messages: vec![
+                ChatMessage::user("weather?"),
+                ChatMessage::assistant(
+                    "Looking.",
+                    vec![
+                        call("c1", "weather", r#"{"city":"Paris"}"#),
+                        call("c2", "weather", "{broken"),
+                    ],
+                ),
+                ChatMessage::tool("c1", "sunny"),
+                ChatMessage::tool("c2", "rain"),
+                ChatMessage::assistant("", vec![call("c3", "time", "{}")]),
+                ChatMessage::tool("c3", "noon"),
+                ChatMessage::user("thanks"),
+            ],
+            max_tokens: None,
+            temperature: None,
+            tools: vec![ToolDef {
+                name: "weather".into(),
+                description: "Weather of a city".into(),
+                parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            }],
+            max_cost_usd: None,
+            caller: None,
+        }
+    }
+
+    #[test]
+    fn openai_body_has_tools_tool_calls_and_tool_messages() {
+        let b = body(ProviderKind::Openai, &request());
+        assert_eq!(
+            b["tools"],
+            json!([{"type": "function", "function": {"name": "weather", "description": "Weather of a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+        );
+        let m = &b["messages"];
+        assert_eq!(
+            m[1],
+            json!({"role": "assistant", "content": "Looking.", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "weather", "arguments": "{broken"}},
+            ]})
+        );
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"})
+        );
+        assert_eq!(m[4]["content"], Value::Null);
+        assert_eq!(m.as_array().unwrap().len(), 7);
+        // No tools: no `tools` key at all.
+        let mut plain = request();
+        plain.tools.clear();
+        assert!(body(ProviderKind::OpenaiCompatible, &plain)
+            .get("tools")
+            .is_none());
+    }
+
+    #[test]
+    fn anthropic_body_has_tool_use_blocks_and_merged_tool_results() {
+        let b = body(ProviderKind::Anthropic, &request());
+        assert_eq!(
+            b["tools"],
+            json!([{"name": "weather", "description": "Weather of a city", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+        );
+        assert_eq!(
+            b["messages"],
+            json!([
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Looking."},
+                    {"type": "tool_use", "id": "c1", "name": "weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "c2", "name": "weather", "input": {}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "c1", "content": "sunny"},
+                    {"type": "tool_result", "tool_use_id": "c2", "content": "rain"},
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "c3", "name": "time", "input": {}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "c3", "content": "noon"},
+                ]},
+                {"role": "user", "content": "thanks"},
+            ])
+        );
+    }
+
+    fn feed(kind: ProviderKind, events: &[&str]) -> (String, StreamState) {
+        let mut st = StreamState::default();
+        let mut text = String::new();
+        for e in events {
+            let ev = SseEvent {
+                event: None,
+                data: (*e).to_owned(),
+            };
+            if let Some(t) = on_event(kind, &ev, &mut st).unwrap() {
+                text.push_str(&t);
+            }
+        }
+        (text, st)
+    }
+
+    #[test]
+    fn openai_tool_call_fragments_are_joined_per_index() {
+        let (text, mut st) = feed(
+            ProviderKind::Openai,
+            &[
+                r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"weather","arguments":""}}]},"finish_reason":null}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"ci"}}]},"finish_reason":null}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"time","arguments":""}}]},"finish_reason":null}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"ty\":\"Oslo\"}"}}]},"finish_reason":null}]}"#,
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+                r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+                "[DONE]",
+            ],
+        );
+        assert_eq!(text, "");
+        assert!(st.done);
+        assert_eq!(st.stop_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(
+            st.take_tool_calls(),
+            vec![
+                call("call_a", "weather", r#"{"city":"Oslo"}"#),
+                call("call_b", "time", "{}"),
+            ]
+        );
+        assert!(st.take_tool_calls().is_empty());
+    }
+
+    #[test]
+    fn anthropic_tool_use_blocks_are_joined_and_text_still_streams() {
+        let (text, mut st) = feed(
+            ProviderKind::Anthropic,
+            &[
+                r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1}}}"#,
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Checking"}}"#,
+                r#"{"type":"content_block_stop","index":0}"#,
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"weather","input":{}}}"#,
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\": "}}"#,
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"Oslo\"}"}}"#,
+                r#"{"type":"content_block_stop","index":1}"#,
+                r#"{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_2","name":"time","input":{}}}"#,
+                r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+                r#"{"type":"content_block_stop","index":2}"#,
+                r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":30}}"#,
+                r#"{"type":"message_stop"}"#,
+            ],
+        );
+        assert_eq!(text, "Checking");
+        assert!(st.done);
+        assert_eq!(st.stop_reason.as_deref(), Some("tool_use"));
+        assert_eq!(st.usage.output_tokens, 30);
+        assert_eq!(
+            st.take_tool_calls(),
+            vec![
+                call("toolu_1", "weather", r#"{"city": "Oslo"}"#),
+                call("toolu_2", "time", "{}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stream_of_endless_tool_calls_is_refused() {
+        let mut st = StreamState::default();
+        let mut failed = false;
+        for i in 0..=MAX_STREAMED_TOOL_CALLS {
+            let data = format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":{i},"id":"c{i}","function":{{"name":"f","arguments":"{{}}"}}}}]}}}}]}}"#
+            );
+            let ev = SseEvent { event: None, data };
+            failed |= on_event(ProviderKind::Openai, &ev, &mut st).is_err();
+        }
+        assert!(failed);
+        assert_eq!(st.tool_calls.len(), MAX_STREAMED_TOOL_CALLS);
+
+        let mut st = StreamState::default();
+        let start = r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#;
+        let ev = |data: String| SseEvent { event: None, data };
+        on_event(ProviderKind::Anthropic, &ev(start.into()), &mut st).unwrap();
+        let piece = "x".repeat(64 * 1024);
+        let delta = format!(
+            r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"input_json_delta","partial_json":"{piece}"}}}}"#
+        );
+        let fails = (0..=MAX_TOOL_ARGUMENT_BYTES / piece.len())
+            .map(|_| on_event(ProviderKind::Anthropic, &ev(delta.clone()), &mut st).is_err())
+            .filter(|e| *e)
+            .count();
+        assert_eq!(fails, 1);
     }
 }

@@ -402,6 +402,12 @@ impl ApiKeyManager {
         let rows = self.usage.rows();
         let mut names: Vec<String> = rows.iter().map(|r| r.provider.clone()).collect();
         names.extend(self.llm.providers.keys().cloned());
+        // Providers with a stored key (listing decrypts nothing; a locked vault lists none).
+        let keyed: Vec<String> = match self.vault_operation_as(VaultOp::List, "usage-report") {
+            Ok(VaultResult::Listed(list)) => list.into_iter().map(|e| e.provider).collect(),
+            _ => Vec::new(),
+        };
+        names.extend(keyed.iter().cloned());
         names.sort();
         names.dedup();
         let providers = names
@@ -410,8 +416,13 @@ impl ApiKeyManager {
                 let (today, month) = self.usage.spend(&p, now);
                 let limits = self.llm.provider(&p).map(|c| c.limits).unwrap_or_default();
                 let (in_flight, blocked_until_ms) = self.limiter.snapshot(&p, now);
+                let ready = self
+                    .llm
+                    .provider(&p)
+                    .is_some_and(|c| !c.needs_key || keyed.contains(&p));
                 vgas_shared::llm::ProviderQuota {
                     provider: p,
+                    ready,
                     spent_today_usd: today as f64 / 1e6,
                     spent_month_usd: month as f64 / 1e6,
                     daily_budget_usd: limits.daily_budget_usd,

@@ -1,0 +1,230 @@
+//! One role speaking: the loop of model calls and tool calls for one instruction, under the
+//! run's hard limits (budget, rounds, wall clock, cancel) and the loop detector, with every
+//! call timed and metered into the run's [`Meter`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use vgas_shared::agent::{AgentRun, RoleSpec, RunEnd, TranscriptEntry, LOOP_REPEATS};
+use vgas_shared::llm::{ChatMessage, CompletionRequest, TokenUsage};
+use vgas_shared::Subjects;
+
+use super::context::ContextManager;
+use super::llm::{self, CallError};
+use super::tools::{self, Tools};
+
+/// Response times kept for the percentiles.
+pub const MAX_LATENCIES: usize = 256;
+
+/// Most bytes of one transcript entry: the transcript is a record, not a second copy of every
+/// file.
+const MAX_TRANSCRIPT_TEXT: usize = 4096;
+
+/// What a run has used so far, across its roles.
+#[derive(Debug)]
+pub struct Meter {
+    pub spent_usd: f64,
+    pub usage: TokenUsage,
+    pub rounds: u32,
+    pub calls: u64,
+    pub latencies_ms: Vec<u64>,
+    pub call_time: Duration,
+    pub started: Instant,
+    pub transcript: Vec<TranscriptEntry>,
+    /// Signatures of the latest tool calls, newest last.
+    recent_calls: VecDeque<String>,
+}
+
+impl Default for Meter {
+    fn default() -> Meter {
+        Meter::new()
+    }
+}
+
+impl Meter {
+    pub fn new() -> Meter {
+        Meter {
+            spent_usd: 0.0,
+            usage: TokenUsage::default(),
+            rounds: 0,
+            calls: 0,
+            latencies_ms: Vec::new(),
+            call_time: Duration::ZERO,
+            started: Instant::now(),
+            transcript: Vec::new(),
+            recent_calls: VecDeque::new(),
+        }
+    }
+
+    pub fn log(&mut self, role: &str, kind: &str, text: &str) {
+        let mut text = text.to_owned();
+        if text.len() > MAX_TRANSCRIPT_TEXT {
+            text.truncate(text.floor_char_boundary(MAX_TRANSCRIPT_TEXT));
+            text.push_str(" [...]");
+        }
+        self.transcript.push(TranscriptEntry {
+            role: role.to_owned(),
+            kind: kind.to_owned(),
+            text,
+        });
+    }
+
+    /// Records a tool call; true when it is the same call as the [`LOOP_REPEATS`] - 1 before.
+    fn repeats(&mut self, name: &str, arguments: &str) -> bool {
+        let sig = format!("{name} {}", arguments.trim());
+        self.recent_calls.push_back(sig.clone());
+        if self.recent_calls.len() > LOOP_REPEATS {
+            self.recent_calls.pop_front();
+        }
+        self.recent_calls.len() == LOOP_REPEATS && self.recent_calls.iter().all(|s| *s == sig)
+    }
+}
+
+/// Where a role's model calls go and under which limits.
+pub struct Limits<'a> {
+    pub run: &'a AgentRun,
+    pub client: &'a async_nats::Client,
+    pub subjects: &'a Subjects,
+    pub caller: String,
+    pub cancel: CancellationToken,
+    /// Sends one progress line to the task's stdout.
+    pub progress: &'a (dyn Fn(String) + Sync),
+}
+
+impl std::fmt::Debug for Limits<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("run", &self.run)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a role's turn ended.
+#[derive(Debug)]
+pub enum Spoke {
+    /// The role answered without calling a tool.
+    Answer(String),
+    /// A limit or failure ended the run.
+    End(RunEnd),
+}
+
+/// Lets `role` speak until it answers: from a fresh conversation on `instruction` when
+/// `fresh`, else continuing the conversation with `instruction` as the next user message.
+pub async fn speak(
+    role: &RoleSpec,
+    instruction: String,
+    fresh: bool,
+    cm: &mut ContextManager,
+    tools: &mut Tools<'_>,
+    limits: &Limits<'_>,
+    meter: &mut Meter,
+) -> Spoke {
+    let first = cm
+        .conversation()
+        .first()
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    let topic = if fresh { instruction.clone() } else { first };
+    if fresh {
+        cm.begin(instruction.clone());
+    } else {
+        cm.push(ChatMessage::user(instruction.clone()));
+    }
+    meter.log(&role.name, "instruction", &instruction);
+    tools.allowed = role.tools.clone();
+    let defs = tools::definitions(&role.tools);
+    let run = limits.run;
+    for _ in 0..role.max_rounds() {
+        if meter.started.elapsed() >= run.wall() {
+            return Spoke::End(RunEnd::Wall {
+                message: format!("{} s", run.wall().as_secs()),
+            });
+        }
+        if meter.rounds >= run.rounds() {
+            return Spoke::End(RunEnd::Rounds {
+                message: format!("the run's {} rounds are used", run.rounds()),
+            });
+        }
+        let left = run.budget() - meter.spent_usd;
+        if left <= 0.0 {
+            return Spoke::End(RunEnd::Budget {
+                message: format!(
+                    "${:.6} of ${:.6} spent before the next call",
+                    meter.spent_usd,
+                    run.budget()
+                ),
+            });
+        }
+        let req = CompletionRequest {
+            provider: run.provider.clone(),
+            model: run.model.clone(),
+            system: Some(cm.system_prompt(role, &topic)),
+            messages: cm.messages(),
+            max_tokens: Some(role.max_tokens()),
+            temperature: None,
+            tools: defs.clone(),
+            max_cost_usd: Some(left),
+            caller: Some(limits.caller.clone()),
+        };
+        meter.rounds += 1;
+        let wall_left = run.wall().saturating_sub(meter.started.elapsed());
+        let answer = tokio::select! {
+            a = llm::complete(limits.client, limits.subjects, &req) => a,
+            _ = limits.cancel.cancelled() => return Spoke::End(RunEnd::Cancelled),
+            _ = tokio::time::sleep(wall_left) => return Spoke::End(RunEnd::Wall {
+                message: format!("{} s, during a model call", run.wall().as_secs()),
+            }),
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(CallError::Quota(message)) => return Spoke::End(RunEnd::Budget { message }),
+            Err(CallError::Other(message)) => return Spoke::End(RunEnd::Error { message }),
+        };
+        meter.calls += 1;
+        meter.spent_usd += answer.cost_usd;
+        meter.usage.input_tokens += answer.usage.input_tokens;
+        meter.usage.output_tokens += answer.usage.output_tokens;
+        meter.usage.cached_tokens += answer.usage.cached_tokens;
+        meter.call_time += answer.elapsed;
+        meter.latencies_ms.push(answer.elapsed.as_millis() as u64);
+        if meter.latencies_ms.len() > MAX_LATENCIES {
+            meter.latencies_ms.remove(0);
+        }
+        if !answer.text.is_empty() {
+            meter.log(&role.name, "answer", &answer.text);
+        }
+        if answer.tool_calls.is_empty() {
+            cm.push(ChatMessage::assistant(answer.text.clone(), Vec::new()));
+            (limits.progress)(format!("[{}] answered", role.name));
+            return Spoke::Answer(answer.text);
+        }
+        cm.push(ChatMessage::assistant(
+            answer.text.clone(),
+            answer.tool_calls.clone(),
+        ));
+        for call in &answer.tool_calls {
+            meter.log(
+                &role.name,
+                "tool_call",
+                &format!("{}({})", call.name, call.arguments),
+            );
+            (limits.progress)(format!("[{}] {}", role.name, call.name));
+            if meter.repeats(&call.name, &call.arguments) {
+                return Spoke::End(RunEnd::Loop {
+                    message: format!(
+                        "{} called {} with the same arguments {LOOP_REPEATS} times in a row",
+                        role.name, call.name
+                    ),
+                });
+            }
+            let result = tools.call(&call.name, &call.arguments).await;
+            meter.log(&role.name, "tool_result", &result);
+            cm.push(ChatMessage::tool(call.id.clone(), result));
+        }
+    }
+    Spoke::End(RunEnd::Rounds {
+        message: format!("{} used its {} rounds", role.name, role.max_rounds()),
+    })
+}
