@@ -18,6 +18,9 @@ cargo bench -p vgas-master --bench build --locked
 cargo bench -p vgas-worker --bench wasm --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-tests --bench e2e --locked
 cargo bench -p vgas-tests --bench gateway --locked
+# One agent step next to a direct provider call; BM25 search over 10,000 chunks.
+cargo bench -p vgas-tests --bench agent_step --locked
+cargo bench -p vgas-shared --bench kb --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-tests --bench wasm_throughput --locked
 # A real 69 MB tool compiled to WASI (Yosys): cold compile, then the caches.
 cargo bench -p vgas-tests --bench wasm_cold --locked

@@ -159,6 +159,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&pulse)?);
             } else {
                 print!("{}", render_status(&pulse));
+                // Agents, when any has run (`vgas agent stats --json` for the figures).
+                if let Ok(kv) = crate::agents::bucket(&client, &conn.subjects).await {
+                    if let Ok(stats) = crate::agents::all_stats(&kv).await {
+                        if !stats.is_empty() {
+                            print!("agents:\n{}", crate::agents::render_stats(&stats));
+                        }
+                    }
+                }
             }
             0
         }

@@ -11,13 +11,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vgas_shared::codec::{decode_as, encode, Reply};
 use vgas_shared::config::Role;
 use vgas_shared::llm::{ChatMessage, CompletionEvent, CompletionRequest, UsageReport};
 use vgas_shared::Encoding;
 use vgas_tests::bench::{latencies, pct_ms};
-use vgas_tests::provider::{openai_stream, FakeProvider};
+use vgas_tests::provider::{direct_call, openai_stream, FakeProvider};
 use vgas_tests::{bin, request, wait_for, Placement, Swarm, WAIT};
 
 /// Calls measured per path, after warm-up.
@@ -32,27 +31,6 @@ fn direct_body() -> String {
         "messages": [{"role": "user", "content": "Say hello"}], "max_completion_tokens": 64
     })
     .to_string()
-}
-
-async fn direct(port: u16, body: &str) {
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    conn.set_nodelay(true).expect("nodelay");
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer sk-bench\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).await.expect("write");
-    conn.shutdown().await.expect("shutdown");
-    let mut out = Vec::new();
-    conn.read_to_end(&mut out).await.expect("read");
-    assert!(
-        out.windows(6).any(|w| w == b"[DONE]"),
-        "{}",
-        String::from_utf8_lossy(&out)
-    );
 }
 
 async fn gateway(client: &async_nats::Client, subject: &str, r: &CompletionRequest) {
@@ -141,7 +119,7 @@ fn main() {
             caller: Some("bench".into()),
         };
         let body = direct_body();
-        let (dp50, dp99) = measure(|| direct(fake.port, &body)).await;
+        let (dp50, dp99) = measure(|| direct_call(fake.port, &body)).await;
         let subject = s.llm_complete();
         let (gp50, gp99) = measure(|| gateway(&worker, &subject, &r)).await;
         println!("\nStreamed completion (3 deltas + usage), {SAMPLES} sequential calls after {WARMUP} warm-up\n");

@@ -449,3 +449,27 @@ pub fn anthropic_tool_use_stream(text: &str, calls: &[(&str, &str, &str)]) -> Sc
     s.chunks = chunks;
     s
 }
+
+/// One provider call made directly, as a client with no gateway would: `body` POSTed to the
+/// fake server's `/v1/chat/completions` on a new TCP connection, the stream read to `[DONE]`.
+/// The benchmarks' baseline.
+pub async fn direct_call(port: u16, body: &str) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer sk-bench\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.expect("write");
+    conn.shutdown().await.expect("shutdown");
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.expect("read");
+    assert!(
+        out.windows(6).any(|w| w == b"[DONE]"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}

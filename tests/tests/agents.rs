@@ -12,17 +12,53 @@ use std::path::Path;
 use serde_json::Value;
 use vgas_shared::config::Role;
 use vgas_tests::build::skip_without_gcc;
-use vgas_tests::provider::{openai_stream, openai_tool_call_stream, FakeProvider, Scripted};
+use vgas_tests::provider::{
+    anthropic_stream, anthropic_tool_use_stream, openai_stream, openai_tool_call_stream,
+    FakeProvider, Scripted,
+};
 use vgas_tests::{Proc, Swarm};
 
-/// llm.toml: the `local` OpenAI-compatible provider at the fake server, priced so budgets
-/// bite: $10 per million tokens in and out.
+/// llm.toml: at the fake server, the `local` OpenAI-compatible provider and `anth`, an
+/// Anthropic one, both priced so budgets bite: $10 per million tokens in and out.
 fn llm_toml(fake: &FakeProvider) -> String {
+    let url = fake.base_url();
     format!(
-        "[providers.local]\nkind = 'openai_compatible'\nbase_url = '{}'\nneeds_key = false\n\
-         [prices.local.'m1']\ninput = 10.0\ncached_input = 10.0\noutput = 10.0\n",
-        fake.base_url()
+        "[providers.local]\nkind = 'openai_compatible'\nbase_url = '{url}'\nneeds_key = false\n\
+         [providers.anth]\nkind = 'anthropic'\nbase_url = '{url}'\nneeds_key = false\n\
+         [prices.local.'m1']\ninput = 10.0\ncached_input = 10.0\noutput = 10.0\n\
+         [prices.anth.'m1']\ninput = 10.0\ncached_input = 10.0\noutput = 10.0\n"
     )
+}
+
+/// Which wire format the recorded conversation speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+impl Wire {
+    fn provider(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "local",
+            Wire::Anthropic => "anth",
+        }
+    }
+
+    fn text(self, words: &[&str]) -> Scripted {
+        match self {
+            Wire::OpenAi => openai_stream(words, 100, 50, 0),
+            Wire::Anthropic => anthropic_stream(words, 100, 50, 0),
+        }
+    }
+
+    fn call(self, id: &str, name: &str, args: Value) -> Scripted {
+        let args = args.to_string();
+        match self {
+            Wire::OpenAi => openai_tool_call_stream(&[(id, name, &args)]),
+            Wire::Anthropic => anthropic_tool_use_stream("", &[(id, name, &args)]),
+        }
+    }
 }
 
 struct Setup {
@@ -43,16 +79,27 @@ async fn setup() -> Setup {
 }
 
 fn text(words: &[&str]) -> Scripted {
-    openai_stream(words, 100, 50, 0)
+    Wire::OpenAi.text(words)
 }
 
 fn call(id: &str, name: &str, args: Value) -> Scripted {
-    openai_tool_call_stream(&[(id, name, &args.to_string())])
+    Wire::OpenAi.call(id, name, args)
 }
 
-/// `vgas agent run` with `args`; (exit code, stdout, stderr).
+/// `vgas agent run` with `args` on the OpenAI-format provider; (exit code, stdout, stderr).
 fn agent_run(s: &Setup, cwd: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["agent", "run", "--provider", "local", "--model", "m1"];
+    agent_run_on(s, Wire::OpenAi, cwd, args)
+}
+
+fn agent_run_on(s: &Setup, wire: Wire, cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![
+        "agent",
+        "run",
+        "--provider",
+        wire.provider(),
+        "--model",
+        "m1",
+    ];
     all.extend_from_slice(args);
     let out = s.swarm.cli_in(cwd, &all, &[]).unwrap();
     (
@@ -83,41 +130,52 @@ const TEST_SH: &str = "#!/bin/sh\nset -e\nout=$(./app)\n[ \"$out\" = 42 ] || { e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_compile_is_repaired_from_its_diagnostics_then_built_and_tested() {
+    full_run(Wire::OpenAi).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_run_speaking_anthropic_tool_use() {
+    full_run(Wire::Anthropic).await;
+}
+
+/// Architect, Programmer (broken C, diagnostics, fix), build on the swarm, Tester.
+async fn full_run(wire: Wire) {
     if skip_without_gcc() {
         return;
     }
     let s = setup().await;
     let plan = r#"{"design":"print 6*7","files":[{"path":"main.c","purpose":"main"}],"build":{"sources":["main.c"],"output":"app"},"test":"./app prints 42"}"#;
     for scripted in [
-        text(&[plan]),
-        call(
+        wire.text(&[plan]),
+        wire.call(
             "c1",
             "write_file",
             serde_json::json!({"path":"main.c","content":BROKEN_C}),
         ),
-        text(&["wrote main.c"]),
-        call(
+        wire.text(&["wrote main.c"]),
+        wire.call(
             "c2",
             "write_file",
             serde_json::json!({"path":"main.c","content":FIXED_C}),
         ),
-        text(&["fixed the missing semicolon"]),
-        call(
+        wire.text(&["fixed the missing semicolon"]),
+        wire.call(
             "c3",
             "write_file",
             serde_json::json!({"path":"test.sh","content":TEST_SH}),
         ),
-        call(
+        wire.call(
             "c4",
             "run_command",
             serde_json::json!({"command":"sh test.sh"}),
         ),
-        text(&["{\"passed\": true, \"summary\": \"./app prints 42\"}"]),
+        wire.text(&["{\"passed\": true, \"summary\": \"./app prints 42\"}"]),
     ] {
         s.fake.push(scripted);
     }
     let cwd = tempfile::tempdir().unwrap();
-    let (code, stdout, stderr) = agent_run(&s, cwd.path(), &["print six times seven in C"]);
+    let (code, stdout, stderr) =
+        agent_run_on(&s, wire, cwd.path(), &["print six times seven in C"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
         stdout.contains("[build] failed") && stdout.contains("[build] succeeded"),
@@ -143,15 +201,34 @@ async fn a_failed_compile_is_repaired_from_its_diagnostics_then_built_and_tested
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
+        .map(|t| match wire {
+            Wire::OpenAi => t["function"]["name"].as_str().unwrap(),
+            Wire::Anthropic => t["name"].as_str().unwrap(),
+        })
         .collect();
     assert!(
         names.contains(&"write_file") && names.contains(&"build"),
         "{names:?}"
     );
     let m = messages(&s, 2);
-    let tool = m.iter().find(|x| x["role"] == "tool").unwrap();
-    assert_eq!(tool["tool_call_id"], "c1");
+    match wire {
+        Wire::OpenAi => {
+            let tool = m.iter().find(|x| x["role"] == "tool").unwrap();
+            assert_eq!(tool["tool_call_id"], "c1");
+        }
+        Wire::Anthropic => {
+            let blocks: Vec<&Value> = m
+                .iter()
+                .filter_map(|x| x["content"].as_array())
+                .flatten()
+                .collect();
+            let used = blocks.iter().find(|b| b["type"] == "tool_use").unwrap();
+            assert_eq!(used["id"], "c1");
+            assert_eq!(used["input"]["path"], "main.c");
+            let result = blocks.iter().find(|b| b["type"] == "tool_result").unwrap();
+            assert_eq!(result["tool_use_id"], "c1");
+        }
+    }
     // The binary built on the swarm runs here and passes the same test.
     let app = cwd.path().join("vgas-artifacts/app");
     use std::os::unix::fs::PermissionsExt as _;
@@ -409,4 +486,59 @@ async fn with_no_provider_agent_run_says_how_to_store_a_key_or_use_a_local_serve
     ] {
         assert!(last.contains(needle), "{needle}: {last}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_run_shows_in_status_while_it_runs_and_is_cancelled() {
+    let s = setup().await;
+    // A slow answer: 200 words, 50 ms apart, so the run is still in its first call.
+    let words: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut slow = text(&words);
+    slow.pace = std::time::Duration::from_millis(50);
+    s.fake.push(slow);
+    let client = s.swarm.connect(Role::Client).await.unwrap();
+    let id = vgas_shared::TaskId::random();
+    let run: vgas_shared::agent::AgentRun = serde_json::from_value(serde_json::json!({
+        "instruction": "take your time", "provider": "local", "model": "m1",
+        "pipeline": ["architect"]
+    }))
+    .unwrap();
+    let spec = vgas_shared::wire::TaskSpec {
+        task_id: Some(id.clone()),
+        kind: vgas_shared::wire::TaskKind::Agent,
+        agent: Some(run),
+        retryable: Some(false),
+        ..Default::default()
+    };
+    let sub = client
+        .subscribe(s.swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let _: vgas_shared::wire::SubmitReply =
+        vgas_tests::request(&client, s.swarm.subjects.submit(), &spec)
+            .await
+            .unwrap();
+    vgas_tests::wait_for("the run in flight", vgas_tests::WAIT, || {
+        let out = s.swarm.cli(&["status", "--json"]).unwrap();
+        let pulse: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let busy = pulse["in_flight"] == 1 && !s.fake.requests().is_empty();
+        async move { busy.then_some(()) }
+    })
+    .await
+    .unwrap();
+    let out = s.swarm.cli(&["cancel", &id.to_string()]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = vgas_tests::collect(
+        sub,
+        std::time::Duration::from_secs(20),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.outcome(), vgas_shared::wire::TaskOutcome::Cancelled);
 }

@@ -7,6 +7,8 @@
 //! last conversation and the stats persist in the agents KV bucket, so a restart of the
 //! master, the worker or the server keeps them.
 
+use std::time::Duration;
+
 use async_nats::jetstream::kv::Store;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -214,12 +216,37 @@ pub async fn save_memory(kv: &Store, cm: &ContextManager) -> Result<(), String> 
     put_json(kv, &memory_key(&cm.agent), &cm.memory).await
 }
 
-pub async fn load_stats(kv: &Store, agent: &str) -> Result<PerformanceStats, String> {
-    get_json(kv, &stats_key(agent)).await
-}
-
-pub async fn save_stats(kv: &Store, stats: &PerformanceStats) -> Result<(), String> {
-    put_json(kv, &stats_key(&stats.agent), stats).await
+/// Read-modify-write of `stats.<agent>` with the KV revision as a guard, retried a few times
+/// when two runs of one agent race.
+pub async fn update_stats(kv: &Store, agent: &str, f: impl Fn(&mut PerformanceStats)) {
+    let key = stats_key(agent);
+    for _ in 0..5 {
+        let (mut s, rev) = match kv.entry(&key).await {
+            Ok(Some(e)) => (
+                serde_json::from_slice::<PerformanceStats>(&e.value).unwrap_or_default(),
+                Some(e.revision),
+            ),
+            Ok(None) => (PerformanceStats::default(), None),
+            Err(e) => {
+                tracing::warn!("agent {agent}: stats not read: {e}");
+                return;
+            }
+        };
+        s.agent = agent.to_owned();
+        f(&mut s);
+        let Ok(bytes) = serde_json::to_vec(&s) else {
+            return;
+        };
+        let wrote = match rev {
+            Some(r) => kv.update(&key, bytes.into(), r).await.is_ok(),
+            None => kv.create(&key, bytes.into()).await.is_ok(),
+        };
+        if wrote {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!("agent {agent}: stats not written (contended)");
 }
 
 #[cfg(test)]

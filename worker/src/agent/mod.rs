@@ -18,7 +18,6 @@ pub mod tools;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::Store;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::agent::{AgentRun, PerformanceStats, ResponseResult, RoleSpec, RunEnd};
@@ -54,6 +53,8 @@ pub struct Agent<'a> {
     workspace: PathBuf,
     cancel: CancellationToken,
     out: Sender<OutputChunk>,
+    /// Where the in-flight count of calls is kept, when the agents bucket is at hand.
+    kv: Option<async_nats::jetstream::kv::Store>,
 }
 
 impl<'a> Agent<'a> {
@@ -74,6 +75,7 @@ impl<'a> Agent<'a> {
             workspace,
             cancel,
             out,
+            kv: None,
         }
     }
 
@@ -131,6 +133,7 @@ impl<'a> Agent<'a> {
         let kb = std::mem::replace(&mut self.context.kb, Bm25Index::build(Vec::new()));
         let progress = self.progress_owned();
         let limits = Limits {
+            kv: self.kv.as_ref(),
             run: &self.run,
             client: self.env.client,
             subjects: self.env.subjects,
@@ -392,14 +395,14 @@ pub async fn run_task(
         out.clone(),
     );
     agent.update_context(context);
-    update_stats(&kv, &agent.run.agent, |s| s.in_flight += 1).await;
+    agent.kv = Some(kv.clone());
     let (result, cpu) = CpuMeter::new(agent.execute_instruction(instruction)).await;
     let mut perf = agent.query_performance();
     perf.cpu_ms = cpu.as_millis() as u64;
     if let Err(e) = context::save_memory(&kv, agent.context()).await {
         tracing::warn!("agent {}: memory not saved: {e}", perf.agent);
     }
-    update_stats(&kv, &perf.agent, |s| {
+    context::update_stats(&kv, &perf.agent, |s| {
         merge_stats(s, &perf, &agent.meter.latencies_ms)
     })
     .await;
@@ -479,7 +482,6 @@ fn merge_stats(s: &mut PerformanceStats, run: &PerformanceStats, latencies: &[u6
     s.input_tokens += run.input_tokens;
     s.output_tokens += run.output_tokens;
     s.cost_usd += run.cost_usd;
-    s.in_flight = s.in_flight.saturating_sub(1);
     s.recent_ms.extend_from_slice(latencies);
     let extra = s.recent_ms.len().saturating_sub(role::MAX_LATENCIES);
     s.recent_ms.drain(..extra);
@@ -499,39 +501,6 @@ fn merge_stats(s: &mut PerformanceStats, run: &PerformanceStats, latencies: &[u6
     s.tokens_in_per_s = s.input_tokens as f64 / secs;
     s.tokens_out_per_s = s.output_tokens as f64 / secs;
     s.updated_ms = now_ms();
-}
-
-/// Read-modify-write of `stats.<agent>` with the KV revision as a guard, retried a few times
-/// when two runs of one agent race.
-async fn update_stats(kv: &Store, agent: &str, f: impl Fn(&mut PerformanceStats)) {
-    let key = format!("stats.{agent}");
-    for _ in 0..5 {
-        let (mut s, rev) = match kv.entry(&key).await {
-            Ok(Some(e)) => (
-                serde_json::from_slice::<PerformanceStats>(&e.value).unwrap_or_default(),
-                Some(e.revision),
-            ),
-            Ok(None) => (PerformanceStats::default(), None),
-            Err(e) => {
-                tracing::warn!("agent {agent}: stats not read: {e}");
-                return;
-            }
-        };
-        s.agent = agent.to_owned();
-        f(&mut s);
-        let Ok(bytes) = serde_json::to_vec(&s) else {
-            return;
-        };
-        let wrote = match rev {
-            Some(r) => kv.update(&key, bytes.into(), r).await.is_ok(),
-            None => kv.create(&key, bytes.into()).await.is_ok(),
-        };
-        if wrote {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tracing::warn!("agent {agent}: stats not written (contended)");
 }
 
 fn thread_cpu() -> Option<Duration> {

@@ -10,7 +10,7 @@ use vgas_shared::agent::{AgentRun, RoleSpec, RunEnd, TranscriptEntry, LOOP_REPEA
 use vgas_shared::llm::{ChatMessage, CompletionRequest, TokenUsage};
 use vgas_shared::Subjects;
 
-use super::context::ContextManager;
+use super::context::{update_stats, ContextManager};
 use super::llm::{self, CallError};
 use super::tools::{self, Tools};
 
@@ -83,6 +83,8 @@ impl Meter {
 
 /// Where a role's model calls go and under which limits.
 pub struct Limits<'a> {
+    /// The agents bucket, for the in-flight count of calls in the agent's stats.
+    pub kv: Option<&'a async_nats::jetstream::kv::Store>,
     pub run: &'a AgentRun,
     pub client: &'a async_nats::Client,
     pub subjects: &'a Subjects,
@@ -170,12 +172,26 @@ pub async fn speak(
         };
         meter.rounds += 1;
         let wall_left = run.wall().saturating_sub(meter.started.elapsed());
+        let agent = &run.agent;
+        if let Some(kv) = limits.kv {
+            update_stats(kv, agent, |s| s.in_flight += 1).await;
+        }
         let answer = tokio::select! {
-            a = llm::complete(limits.client, limits.subjects, &req) => a,
-            _ = limits.cancel.cancelled() => return Spoke::End(RunEnd::Cancelled),
-            _ = tokio::time::sleep(wall_left) => return Spoke::End(RunEnd::Wall {
-                message: format!("{} s, during a model call", run.wall().as_secs()),
-            }),
+            a = llm::complete(limits.client, limits.subjects, &req) => Some(a),
+            _ = limits.cancel.cancelled() => None,
+            _ = tokio::time::sleep(wall_left) => None,
+        };
+        if let Some(kv) = limits.kv {
+            update_stats(kv, agent, |s| s.in_flight = s.in_flight.saturating_sub(1)).await;
+        }
+        let Some(answer) = answer else {
+            return Spoke::End(if limits.cancel.is_cancelled() {
+                RunEnd::Cancelled
+            } else {
+                RunEnd::Wall {
+                    message: format!("{} s, during a model call", run.wall().as_secs()),
+                }
+            });
         };
         let answer = match answer {
             Ok(a) => a,
@@ -219,7 +235,14 @@ pub async fn speak(
                     ),
                 });
             }
-            let result = tools.call(&call.name, &call.arguments).await;
+            let wall_left = run.wall().saturating_sub(meter.started.elapsed());
+            let result = tokio::select! {
+                r = tools.call(&call.name, &call.arguments) => r,
+                _ = limits.cancel.cancelled() => return Spoke::End(RunEnd::Cancelled),
+                _ = tokio::time::sleep(wall_left) => return Spoke::End(RunEnd::Wall {
+                    message: format!("{} s, during the tool call {}", run.wall().as_secs(), call.name),
+                }),
+            };
             meter.log(&role.name, "tool_result", &result);
             cm.push(ChatMessage::tool(call.id.clone(), result));
         }
