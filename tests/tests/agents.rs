@@ -239,6 +239,13 @@ async fn full_run(wire: Wire) {
         std::fs::read_to_string(cwd.path().join("vgas-artifacts/main.c")).unwrap(),
         FIXED_C
     );
+    // `vgas status` shows the agent.
+    let out = s.swarm.cli(&["status"]).unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("agents:") && status.contains("default"),
+        "{status}"
+    );
     // Stats: eight calls, some cost, nothing in flight.
     let out = s.swarm.cli(&["agent", "stats", "--json"]).unwrap();
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -541,4 +548,31 @@ async fn an_agent_run_shows_in_status_while_it_runs_and_is_cancelled() {
     .await
     .unwrap();
     assert_eq!(c.outcome(), vgas_shared::wire::TaskOutcome::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_is_held_to_its_own_spending_limit() {
+    let s = setup().await;
+    // The first turn costs (100 + 1050 tokens at $10/M) $0.0115 of the role's own $0.012;
+    // the role's second turn could cost more than the $0.0005 left (100 output tokens alone
+    // are $0.001), so the gateway refuses it although the run's $1 budget would allow it.
+    s.fake.push(openai_stream(&["ok"], 100, 1050, 0));
+    s.fake.push(text(&["never sent"]));
+    let cwd = tempfile::tempdir().unwrap();
+    let role = cwd.path().join("thrifty.toml");
+    std::fs::write(
+        &role,
+        "name = \"thrifty\"\nsystem_prompt = \"Be brief.\"\n[limits]\nmax_tokens = 100\nmax_cost_usd = 0.012\n",
+    )
+    .unwrap();
+    let role = role.display().to_string();
+    let (code, _, stderr) = agent_run(
+        &s,
+        cwd.path(),
+        &["--role", &role, "--pipeline", "thrifty,thrifty", "say ok"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let r = response(cwd.path());
+    assert_eq!(r["end"]["reason"], "budget", "{r:#}");
+    assert_eq!(s.fake.requests().len(), 1);
 }

@@ -32,6 +32,8 @@ pub struct Meter {
     pub call_time: Duration,
     pub started: Instant,
     pub transcript: Vec<TranscriptEntry>,
+    /// What each role has spent in this run, for the roles' own `max_cost_usd`.
+    pub role_spent: std::collections::HashMap<String, f64>,
     /// Signatures of the latest tool calls, newest last.
     recent_calls: VecDeque<String>,
 }
@@ -53,6 +55,7 @@ impl Meter {
             call_time: Duration::ZERO,
             started: Instant::now(),
             transcript: Vec::new(),
+            role_spent: std::collections::HashMap::new(),
             recent_calls: VecDeque::new(),
         }
     }
@@ -149,8 +152,8 @@ pub async fn speak(
                 message: format!("the run's {} rounds are used", run.rounds()),
             });
         }
-        let left = run.budget() - meter.spent_usd;
-        if left <= 0.0 {
+        let run_left = run.budget() - meter.spent_usd;
+        if run_left <= 0.0 {
             return Spoke::End(RunEnd::Budget {
                 message: format!(
                     "${:.6} of ${:.6} spent before the next call",
@@ -159,6 +162,20 @@ pub async fn speak(
                 ),
             });
         }
+        let role_spent = meter.role_spent.get(&role.name).copied().unwrap_or(0.0);
+        let role_left = role.limits.max_cost_usd.map(|c| c - role_spent);
+        if role_left.is_some_and(|l| l <= 0.0) {
+            return Spoke::End(RunEnd::Budget {
+                message: format!(
+                    "{} spent ${role_spent:.6} of its own ${:.6}",
+                    role.name,
+                    role.limits.max_cost_usd.unwrap_or(0.0)
+                ),
+            });
+        }
+        // The gateway refuses a call whose worst case is more than this: the run's budget
+        // or the role's, whichever is less.
+        let left = role_left.map_or(run_left, |r| r.min(run_left));
         let req = CompletionRequest {
             provider: run.provider.clone(),
             model: run.model.clone(),
@@ -200,6 +217,7 @@ pub async fn speak(
         };
         meter.calls += 1;
         meter.spent_usd += answer.cost_usd;
+        *meter.role_spent.entry(role.name.clone()).or_default() += answer.cost_usd;
         meter.usage.input_tokens += answer.usage.input_tokens;
         meter.usage.output_tokens += answer.usage.output_tokens;
         meter.usage.cached_tokens += answer.usage.cached_tokens;
