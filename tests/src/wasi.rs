@@ -53,3 +53,23 @@ pub fn build_textstat(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     )?;
     Ok((wasm, native))
 }
+
+/// Writes `input` to `dir/input.txt`, runs the `native` textstat on it and returns the input's
+/// path and what the native build wrote: the expected output of the wasm build.
+pub fn native_textstat(native: &Path, dir: &Path, input: &str) -> (PathBuf, Vec<u8>) {
+    let input_path = dir.join("input.txt");
+    std::fs::write(&input_path, input).expect("write the input");
+    run_ok(
+        Command::new(native)
+            .arg(&input_path)
+            .arg(dir.join("native.txt"))
+            .current_dir(dir),
+    )
+    .expect("the native build runs");
+    let expected = std::fs::read(dir.join("native.txt")).expect("the native output");
+    assert!(
+        expected.len() > input.len(),
+        "the native build wrote too little"
+    );
+    (input_path, expected)
+}

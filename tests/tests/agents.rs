@@ -297,6 +297,13 @@ async fn a_looping_agent_is_stopped_with_a_report() {
     assert_eq!(s.fake.requests().len(), 3);
 }
 
+/// Writes the scribe role's file into `dir`; its path.
+fn scribe_role(dir: &Path) -> String {
+    let role = dir.join("scribe.toml");
+    std::fs::write(&role, SCRIBE).unwrap();
+    role.display().to_string()
+}
+
 /// A role that needs no code: a file in TOML.
 const SCRIBE: &str = "name = \"scribe\"\nsystem_prompt = \"You write notes into files.\"\ntools = [\"write_file\", \"search_kb\"]\n[limits]\nmax_rounds = 4\n";
 
@@ -317,9 +324,7 @@ async fn a_write_outside_the_workspace_is_refused_with_a_message_the_model_can_r
     ));
     s.fake.push(text(&["done"]));
     let cwd = tempfile::tempdir().unwrap();
-    let role = cwd.path().join("scribe.toml");
-    std::fs::write(&role, SCRIBE).unwrap();
-    let role = role.display().to_string();
+    let role = scribe_role(cwd.path());
     let (code, stdout, stderr) = agent_run(
         &s,
         cwd.path(),
@@ -381,9 +386,7 @@ async fn the_knowledge_base_puts_the_right_document_in_the_prompt() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("added 3 documents"));
     s.fake.push(text(&["ok"]));
     let cwd = tempfile::tempdir().unwrap();
-    let role = cwd.path().join("scribe.toml");
-    std::fs::write(&role, SCRIBE).unwrap();
-    let role = role.display().to_string();
+    let role = scribe_role(cwd.path());
     let (code, _, stderr) = agent_run(
         &s,
         cwd.path(),
@@ -412,9 +415,7 @@ async fn memory_survives_a_master_restart() {
     let mut s = setup().await;
     s.fake.push(text(&["noted"]));
     let cwd = tempfile::tempdir().unwrap();
-    let role = cwd.path().join("scribe.toml");
-    std::fs::write(&role, SCRIBE).unwrap();
-    let role = role.display().to_string();
+    let role = scribe_role(cwd.path());
     let first = [
         "--agent",
         "mem",

@@ -5,14 +5,13 @@
 //! at test time whose output file matches the native build's; a file past the inline cap
 //! coming back through the artifacts Object Store bucket.
 
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use vgas_shared::wire::{TaskEvent, TaskOutcome};
 use vgas_shared::TaskId;
-use vgas_tests::wasi::{build_textstat, run_ok};
+use vgas_tests::wasi::{build_textstat, native_textstat};
 use vgas_tests::{collect, Swarm};
 
 /// A WASI command that prints "hello from wasm", writes "generated" into `out/gen.txt` and
@@ -164,20 +163,7 @@ async fn a_c_program_compiled_to_wasi_by_zig_writes_what_its_native_build_writes
     let input: String = (1..=40)
         .map(|i| format!("line {i}: the quick brown fox jumps over {} dogs\n", i * 7))
         .collect();
-    let input_path = build.path().join("input.txt");
-    std::fs::write(&input_path, &input).unwrap();
-    run_ok(
-        Command::new(&native)
-            .arg(&input_path)
-            .arg(build.path().join("native.txt"))
-            .current_dir(build.path()),
-    )
-    .unwrap();
-    let expected = std::fs::read(build.path().join("native.txt")).unwrap();
-    assert!(
-        expected.len() > input.len(),
-        "the native build wrote too little"
-    );
+    let (input_path, expected) = native_textstat(&native, build.path(), &input);
 
     let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
     let file = format!("{}:in.txt", input_path.display());

@@ -5,9 +5,7 @@
 //! `wasi:filesystem`, prints through `wasi:cli/stdout`, and the output file that comes back
 //! as an artifact matches what the native build writes.
 
-use std::process::Command;
-
-use vgas_tests::wasi::{build_textstat, run_ok};
+use vgas_tests::wasi::{build_textstat, native_textstat};
 use vgas_tests::Swarm;
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
@@ -50,16 +48,7 @@ async fn a_c_program_as_a_component_writes_what_its_native_build_writes() {
     let input: String = (1..=25)
         .map(|i| format!("row {i}: pack my box with {} liquor jugs\n", i * 3))
         .collect();
-    let input_path = build.path().join("input.txt");
-    std::fs::write(&input_path, &input).unwrap();
-    run_ok(
-        Command::new(&native)
-            .arg(&input_path)
-            .arg(build.path().join("native.txt"))
-            .current_dir(build.path()),
-    )
-    .unwrap();
-    let expected = std::fs::read(build.path().join("native.txt")).unwrap();
+    let (input_path, expected) = native_textstat(&native, build.path(), &input);
 
     let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
     let file = format!("{}:in.txt", input_path.display());
