@@ -53,10 +53,20 @@ impl Wire {
     }
 
     fn call(self, id: &str, name: &str, args: Value) -> Scripted {
-        let args = args.to_string();
+        self.calls(&[(id, name, args)])
+    }
+
+    /// One answer calling several tools.
+    fn calls(self, calls: &[(&str, &str, Value)]) -> Scripted {
+        let args: Vec<String> = calls.iter().map(|c| c.2.to_string()).collect();
+        let calls: Vec<(&str, &str, &str)> = calls
+            .iter()
+            .zip(&args)
+            .map(|(c, a)| (c.0, c.1, a.as_str()))
+            .collect();
         match self {
-            Wire::OpenAi => openai_tool_call_stream(&[(id, name, &args)]),
-            Wire::Anthropic => anthropic_tool_use_stream("", &[(id, name, &args)]),
+            Wire::OpenAi => openai_tool_call_stream(&calls),
+            Wire::Anthropic => anthropic_tool_use_stream("", &calls),
         }
     }
 }
@@ -124,8 +134,9 @@ fn messages(s: &Setup, n: usize) -> Vec<Value> {
 
 const BROKEN_C: &str =
     "#include <stdio.h>\nint main(void) {\n    printf(\"%d\\n\", 6 * 7)\n    return 0;\n}\n";
-const FIXED_C: &str =
-    "#include <stdio.h>\nint main(void) {\n    printf(\"%d\\n\", 6 * 7);\n    return 0;\n}\n";
+/// The fix: the arithmetic moves into a workspace header, which the build tool inlines.
+const FIXED_C: &str = "#include <stdio.h>\n#include \"calc.h\"\nint main(void) {\n    printf(\"%d\\n\", answer());\n    return 0;\n}\n";
+const CALC_H: &str = "#pragma once\nstatic int answer(void) { return 6 * 7; }\n";
 const TEST_SH: &str = "#!/bin/sh\nset -e\nout=$(./app)\n[ \"$out\" = 42 ] || { echo \"got $out\"; exit 1; }\necho PASS\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,11 +164,18 @@ async fn full_run(wire: Wire) {
             serde_json::json!({"path":"main.c","content":BROKEN_C}),
         ),
         wire.text(&["wrote main.c"]),
-        wire.call(
-            "c2",
-            "write_file",
-            serde_json::json!({"path":"main.c","content":FIXED_C}),
-        ),
+        wire.calls(&[
+            (
+                "c2a",
+                "write_file",
+                serde_json::json!({"path":"calc.h","content":CALC_H}),
+            ),
+            (
+                "c2",
+                "write_file",
+                serde_json::json!({"path":"main.c","content":FIXED_C}),
+            ),
+        ]),
         wire.text(&["fixed the missing semicolon"]),
         wire.call(
             "c3",

@@ -11,6 +11,7 @@
 //! succeeded, never on a model's say-so.
 
 pub mod context;
+pub mod inline;
 pub mod llm;
 pub mod role;
 pub mod tools;

@@ -59,7 +59,7 @@ pub fn definitions(names: &[String]) -> Vec<ToolDef> {
                     json!({"type":"object","properties":{}}),
                 ),
                 "build" => (
-                    "Compile the workspace's C sources on the build farm and link one binary. Each source must include only system headers. Returns the compiler's diagnostics, or the binary's name.",
+                    "Compile the workspace's C sources on the build farm and link one binary. Headers of the workspace (#include \"x.h\") are inlined; others must be system headers. Returns the compiler's diagnostics, or the binary's name.",
                     json!({"type":"object","properties":{"sources":{"type":"array","items":{"type":"string"},"description":"C files to compile (default: every .c file)"},"output":{"type":"string","description":"binary name (default app)"}}}),
                 ),
                 "run_command" => (
@@ -286,9 +286,12 @@ impl Tools<'_> {
         }
         let mut segments = Vec::new();
         for s in &sources {
-            let text = match self.path(s).and_then(|p| {
-                std::fs::read_to_string(p).map_err(|e| format!("cannot read {s}: {e}"))
-            }) {
+            let read = |rel: &str| {
+                self.path(rel).and_then(|p| {
+                    std::fs::read_to_string(p).map_err(|e| format!("cannot read {rel}: {e}"))
+                })
+            };
+            let text = match super::inline::inline_local_includes(s, &read) {
                 Ok(t) => t,
                 Err(e) => return fail(e),
             };
