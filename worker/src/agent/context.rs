@@ -1,8 +1,9 @@
 //! The seeds' `ContextManager`: an agent's memory slots. The running conversation of a role
 //! is kept within a token budget by a stated rule (the first message, the instruction, always
 //! stays; past the budget the oldest whole turns after it are dropped, an assistant message
-//! with the tool results that answer it going together, and the prompt says how many were
-//! dropped); long-term notes outlive runs (one per run: what was asked, how it ended); the
+//! with the tool results that answer it going together, and each dropped message leaves a
+//! one-line summary in the instruction, what was called, answered, told or returned, the
+//! oldest summaries going first when they no longer fit either); long-term notes outlive runs (one per run: what was asked, how it ended); the
 //! knowledge base's best chunks for the instruction go into the system prompt. Notes, the
 //! last conversation and the stats persist in the agents KV bucket, so a restart of the
 //! master, the worker or the server keeps them.
@@ -26,6 +27,11 @@ pub const MAX_NOTES: usize = 50;
 /// Knowledge-base chunks put into the system prompt.
 pub const KB_PROMPT_CHUNKS: usize = 2;
 
+/// One-line summaries of dropped messages kept at most, each at most `SUMMARY_CHARS` long: a
+/// bounded part of the prompt, within the same token budget.
+const MAX_SUMMARIES: usize = 24;
+const SUMMARY_CHARS: usize = 100;
+
 /// Messages of the last conversation kept in KV.
 const MAX_SAVED_MESSAGES: usize = 64;
 
@@ -46,6 +52,8 @@ pub struct ContextManager {
     conversation: Vec<ChatMessage>,
     /// Messages dropped from it to stay within the budget.
     dropped: usize,
+    /// What the newest of them said, one line each.
+    summaries: std::collections::VecDeque<String>,
     pub token_budget: usize,
 }
 
@@ -66,6 +74,7 @@ impl ContextManager {
             kb,
             conversation: Vec::new(),
             dropped: 0,
+            summaries: Default::default(),
             token_budget: CONVERSATION_TOKENS,
         }
     }
@@ -74,6 +83,7 @@ impl ContextManager {
     pub fn begin(&mut self, instruction: String) {
         self.conversation = vec![ChatMessage::user(instruction)];
         self.dropped = 0;
+        self.summaries.clear();
     }
 
     pub fn push(&mut self, m: ChatMessage) {
@@ -81,21 +91,34 @@ impl ContextManager {
         self.trim();
     }
 
-    /// The rule: drop the oldest turn after the instruction until within the budget.
+    /// The rule: drop the oldest turn after the instruction (leaving its summaries), then the
+    /// oldest summaries, until within the budget; the newest turn always stays whole.
     fn trim(&mut self) {
-        while self.conversation.iter().map(tokens).sum::<usize>() > self.token_budget
-            && self.conversation.len() > 2
-        {
+        loop {
+            let used: usize = self.conversation.iter().map(tokens).sum::<usize>()
+                + self
+                    .summaries
+                    .iter()
+                    .map(|l| l.len().div_ceil(4) + 1)
+                    .sum::<usize>();
+            if used <= self.token_budget {
+                return;
+            }
             // A turn: one message, plus the tool results that answer it.
             let mut end = 2;
-            while end < self.conversation.len() - 1 && self.conversation[end].role == "tool" {
+            while end < self.conversation.len() && self.conversation[end].role == "tool" {
                 end += 1;
             }
-            if end >= self.conversation.len() {
-                break;
+            if self.conversation.len() > 2 && end < self.conversation.len() {
+                self.dropped += end - 1;
+                let gone: Vec<ChatMessage> = self.conversation.drain(1..end).collect();
+                self.summaries.extend(gone.iter().flat_map(summarize));
+                while self.summaries.len() > MAX_SUMMARIES {
+                    self.summaries.pop_front();
+                }
+            } else if self.summaries.pop_front().is_none() {
+                return;
             }
-            self.dropped += end - 1;
-            self.conversation.drain(1..end);
         }
     }
 
@@ -105,9 +128,14 @@ impl ContextManager {
         if self.dropped > 0 {
             if let Some(first) = out.first_mut() {
                 first.content.push_str(&format!(
-                    "\n\n[{} earlier messages of this conversation were dropped to stay within the context budget]",
+                    "\n\n[{} earlier messages of this conversation were dropped to stay within the context budget; the latest of them, in order:",
                     self.dropped
                 ));
+                for line in &self.summaries {
+                    first.content.push_str("\n- ");
+                    first.content.push_str(line);
+                }
+                first.content.push(']');
             }
         }
         out
@@ -154,6 +182,32 @@ impl ContextManager {
         let n = self.conversation.len().saturating_sub(MAX_SAVED_MESSAGES);
         self.memory.last_conversation = self.conversation[n..].to_vec();
     }
+}
+
+/// The one-line summaries a dropped message leaves.
+fn summarize(m: &ChatMessage) -> Vec<String> {
+    let cut = |s: &str| {
+        let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        if one.len() <= SUMMARY_CHARS {
+            one
+        } else {
+            format!("{}...", &one[..one.floor_char_boundary(SUMMARY_CHARS)])
+        }
+    };
+    let mut out = Vec::new();
+    match m.role.as_str() {
+        "assistant" => {
+            if !m.content.trim().is_empty() {
+                out.push(cut(&format!("you answered: {}", m.content)));
+            }
+            for c in &m.tool_calls {
+                out.push(cut(&format!("you called {}({})", c.name, c.arguments)));
+            }
+        }
+        "tool" => out.push(cut(&format!("the tool returned: {}", m.content))),
+        _ => out.push(cut(&format!("you were told: {}", m.content))),
+    }
+    out
 }
 
 fn memory_key(agent: &str) -> String {
@@ -256,7 +310,7 @@ mod tests {
     #[test]
     fn the_conversation_stays_within_its_budget_by_dropping_the_oldest_turns() {
         let mut cm = ContextManager::new("a", Memory::default(), Bm25Index::build(Vec::new()));
-        cm.token_budget = 100;
+        cm.token_budget = 200;
         cm.begin("the instruction".into());
         for i in 0..20 {
             cm.push(ChatMessage::assistant(
@@ -270,11 +324,14 @@ mod tests {
             cm.push(ChatMessage::tool(format!("c{i}"), "ok"));
         }
         let m = cm.messages();
-        assert!(m.iter().map(tokens).sum::<usize>() <= 100 + 40, "{m:?}");
+        // Within the budget, summaries included (the header line of the note is extra).
+        assert!(m.iter().map(tokens).sum::<usize>() <= 200 + 30, "{m:?}");
         assert!(m[0].content.starts_with("the instruction"));
-        assert!(m[0]
-            .content
-            .contains("earlier messages of this conversation were dropped"));
+        let first = &m[0].content;
+        assert!(first.contains("earlier messages of this conversation were dropped"));
+        // The newest dropped turn is summarised: its call and its result.
+        assert!(first.contains("you called list_files({})"), "{first}");
+        assert!(first.contains("the tool returned: ok"), "{first}");
         // A tool result never loses the assistant message that called it.
         for (i, msg) in m.iter().enumerate().skip(1) {
             if msg.role == "tool" {
@@ -282,6 +339,38 @@ mod tests {
             }
         }
         assert!(m.last().unwrap().tool_call_id.as_deref() == Some("c19"));
+    }
+
+    #[test]
+    fn a_turn_with_several_tool_results_is_dropped_whole() {
+        let mut cm = ContextManager::new("a", Memory::default(), Bm25Index::build(Vec::new()));
+        // Tight enough that the second result of a turn pushes the conversation over.
+        cm.token_budget = 55;
+        cm.begin("go".into());
+        let call = |id: &str| vgas_shared::llm::ToolCall {
+            id: id.into(),
+            name: "read_file".into(),
+            arguments: format!("{{\"path\":\"{}\"}}", "p".repeat(40)),
+        };
+        for t in 0..4 {
+            let (a, b) = (format!("a{t}"), format!("b{t}"));
+            cm.push(ChatMessage::assistant("", vec![call(&a), call(&b)]));
+            cm.push(ChatMessage::tool(a, "x".repeat(30)));
+            cm.push(ChatMessage::tool(b, "y".repeat(30)));
+        }
+        let m = cm.messages();
+        assert!(cm.dropped > 0);
+        // Every tool result follows the assistant message that called it, or another result.
+        for (i, msg) in m.iter().enumerate().skip(1) {
+            if msg.role == "tool" {
+                assert!(
+                    matches!(m[i - 1].role.as_str(), "assistant" | "tool"),
+                    "{m:?}"
+                );
+            }
+        }
+        assert_eq!(m[1].role, "assistant", "{m:?}");
+        assert_eq!(m.last().unwrap().tool_call_id.as_deref(), Some("b3"));
     }
 
     #[test]
