@@ -27,7 +27,7 @@ use vgas_shared::wire::{TaskOutcome, TaskSpec};
 use vgas_shared::{now_ms, Subjects};
 
 use self::context::{ContextManager, Memory};
-use self::role::{speak, Limits, Meter, Spoke};
+use self::role::{speak, Limits, Meter, Spoke, Turn};
 use self::tools::Tools;
 use crate::sandbox::{Isolation, OutputChunk, SandboxConfig};
 use crate::wasm::{Artifact, ArtifactBody};
@@ -159,15 +159,14 @@ impl<'a> Agent<'a> {
         // the context, so it goes back there for the run.
         let cm = &mut self.context;
         cm.kb = Bm25Index::build(kb.chunks().to_vec());
-        let (answer, end) = pipeline(
-            &self.run,
-            &instruction,
+        let mut turn = Turn {
             cm,
-            &mut tools,
-            &limits,
-            &mut self.meter,
-        )
-        .await;
+            tools: &mut tools,
+            limits: &limits,
+            meter: &mut self.meter,
+        };
+        let (answer, end) = pipeline(&self.run, &instruction, &mut turn).await;
+        let cm = &mut self.context;
         let diagnostics = tools
             .last_build
             .as_ref()
@@ -217,14 +216,7 @@ fn short(s: &str, n: usize) -> String {
 }
 
 /// The roles in order, with the Programmer's build and repairs and the Tester's check.
-async fn pipeline(
-    run: &AgentRun,
-    instruction: &str,
-    cm: &mut ContextManager,
-    tools: &mut Tools<'_>,
-    limits: &Limits<'_>,
-    meter: &mut Meter,
-) -> (String, RunEnd) {
+async fn pipeline(run: &AgentRun, instruction: &str, t: &mut Turn<'_, '_>) -> (String, RunEnd) {
     let mut plan = String::new();
     let mut last_answer = String::new();
     for name in &run.pipeline {
@@ -241,9 +233,9 @@ async fn pipeline(
             task.push_str(&format!("\n\nThe Architect's plan:\n{plan}"));
         }
         let spoke = match role.name.as_str() {
-            "programmer" => programmer(run, &role, task, cm, tools, limits, meter).await,
-            "tester" => tester(&role, task, cm, tools, limits, meter).await,
-            _ => speak(&role, task, true, cm, tools, limits, meter).await,
+            "programmer" => programmer(run, &role, task, t).await,
+            "tester" => tester(&role, task, t).await,
+            _ => speak(&role, task, true, t).await,
         };
         match spoke {
             Spoke::Answer(a) => {
@@ -260,16 +252,8 @@ async fn pipeline(
 
 /// The Programmer writes and builds; a failed build's diagnostics go back to it for at most
 /// `run.repairs()` more turns.
-async fn programmer(
-    run: &AgentRun,
-    role: &RoleSpec,
-    task: String,
-    cm: &mut ContextManager,
-    tools: &mut Tools<'_>,
-    limits: &Limits<'_>,
-    meter: &mut Meter,
-) -> Spoke {
-    let mut spoke = speak(role, task, true, cm, tools, limits, meter).await;
+async fn programmer(run: &AgentRun, role: &RoleSpec, task: String, t: &mut Turn<'_, '_>) -> Spoke {
+    let mut spoke = speak(role, task, true, t).await;
     let mut repairs = 0;
     loop {
         let answer = match spoke {
@@ -278,17 +262,17 @@ async fn programmer(
         };
         // The model's word is not a build: build now unless its last build call passed and
         // nothing was written since (a write resets it).
-        let built = match &tools.last_build {
+        let built = match &t.tools.last_build {
             Some(b) if b.ok => b.clone(),
             _ => {
-                tools.allowed.push("build".into());
-                let _ = tools.call("build", "{}").await;
-                let b = tools.last_build.clone().unwrap_or_default();
-                meter.log(&role.name, "build", &b.text);
+                t.tools.allowed.push("build".into());
+                let _ = t.tools.call("build", "{}").await;
+                let b = t.tools.last_build.clone().unwrap_or_default();
+                t.meter.log(&role.name, "build", &b.text);
                 b
             }
         };
-        (limits.progress)(format!(
+        (t.limits.progress)(format!(
             "[build] {}",
             if built.ok { "succeeded" } else { "failed" }
         ));
@@ -311,32 +295,22 @@ async fn programmer(
                 built.text
             ),
             false,
-            cm,
-            tools,
-            limits,
-            meter,
+            t,
         )
         .await;
     }
 }
 
 /// The Tester writes and runs a test; the run passes only if its last command exited 0.
-async fn tester(
-    role: &RoleSpec,
-    task: String,
-    cm: &mut ContextManager,
-    tools: &mut Tools<'_>,
-    limits: &Limits<'_>,
-    meter: &mut Meter,
-) -> Spoke {
-    let binary = tools.last_build.as_ref().and_then(|b| b.binary.clone());
+async fn tester(role: &RoleSpec, task: String, t: &mut Turn<'_, '_>) -> Spoke {
+    let binary = t.tools.last_build.as_ref().and_then(|b| b.binary.clone());
     let task = match &binary {
         Some(b) => format!("{task}\n\nThe build made ./{b} in the workspace."),
         None => task,
     };
-    tools.last_command = None;
-    match speak(role, task, true, cm, tools, limits, meter).await {
-        Spoke::Answer(a) => match &tools.last_command {
+    t.tools.last_command = None;
+    match speak(role, task, true, t).await {
+        Spoke::Answer(a) => match &t.tools.last_command {
             Some(c) if c.exit_code == Some(0) => Spoke::Answer(a),
             Some(c) => Spoke::End(RunEnd::Failed {
                 message: format!(

@@ -106,6 +106,15 @@ impl std::fmt::Debug for Limits<'_> {
     }
 }
 
+/// What a role's turns work with: the memory, the tools, the limits and the run's meter.
+#[derive(Debug)]
+pub struct Turn<'a, 't> {
+    pub cm: &'a mut ContextManager,
+    pub tools: &'a mut Tools<'t>,
+    pub limits: &'a Limits<'a>,
+    pub meter: &'a mut Meter,
+}
+
 /// How a role's turn ended.
 #[derive(Debug)]
 pub enum Spoke {
@@ -121,48 +130,45 @@ pub async fn speak(
     role: &RoleSpec,
     instruction: String,
     fresh: bool,
-    cm: &mut ContextManager,
-    tools: &mut Tools<'_>,
-    limits: &Limits<'_>,
-    meter: &mut Meter,
+    t: &mut Turn<'_, '_>,
 ) -> Spoke {
-    let first = cm
-        .conversation()
-        .first()
-        .map(|m| m.content.clone())
-        .unwrap_or_default();
+    let first =
+        t.cm.conversation()
+            .first()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
     let topic = if fresh { instruction.clone() } else { first };
     if fresh {
-        cm.begin(instruction.clone());
+        t.cm.begin(instruction.clone());
     } else {
-        cm.push(ChatMessage::user(instruction.clone()));
+        t.cm.push(ChatMessage::user(instruction.clone()));
     }
-    meter.log(&role.name, "instruction", &instruction);
-    tools.allowed = role.tools.clone();
+    t.meter.log(&role.name, "instruction", &instruction);
+    t.tools.allowed = role.tools.clone();
     let defs = tools::definitions(&role.tools);
-    let run = limits.run;
+    let run = t.limits.run;
     for _ in 0..role.max_rounds() {
-        if meter.started.elapsed() >= run.wall() {
+        if t.meter.started.elapsed() >= run.wall() {
             return Spoke::End(RunEnd::Wall {
                 message: format!("{} s", run.wall().as_secs()),
             });
         }
-        if meter.rounds >= run.rounds() {
+        if t.meter.rounds >= run.rounds() {
             return Spoke::End(RunEnd::Rounds {
                 message: format!("the run's {} rounds are used", run.rounds()),
             });
         }
-        let run_left = run.budget() - meter.spent_usd;
+        let run_left = run.budget() - t.meter.spent_usd;
         if run_left <= 0.0 {
             return Spoke::End(RunEnd::Budget {
                 message: format!(
                     "${:.6} of ${:.6} spent before the next call",
-                    meter.spent_usd,
+                    t.meter.spent_usd,
                     run.budget()
                 ),
             });
         }
-        let role_spent = meter.role_spent.get(&role.name).copied().unwrap_or(0.0);
+        let role_spent = t.meter.role_spent.get(&role.name).copied().unwrap_or(0.0);
         let role_left = role.limits.max_cost_usd.map(|c| c - role_spent);
         if role_left.is_some_and(|l| l <= 0.0) {
             return Spoke::End(RunEnd::Budget {
@@ -179,30 +185,30 @@ pub async fn speak(
         let req = CompletionRequest {
             provider: run.provider.clone(),
             model: run.model.clone(),
-            system: Some(cm.system_prompt(role, &topic)),
-            messages: cm.messages(),
+            system: Some(t.cm.system_prompt(role, &topic)),
+            messages: t.cm.messages(),
             max_tokens: Some(role.max_tokens()),
             temperature: None,
             tools: defs.clone(),
             max_cost_usd: Some(left),
-            caller: Some(limits.caller.clone()),
+            caller: Some(t.limits.caller.clone()),
         };
-        meter.rounds += 1;
-        let wall_left = run.wall().saturating_sub(meter.started.elapsed());
+        t.meter.rounds += 1;
+        let wall_left = run.wall().saturating_sub(t.meter.started.elapsed());
         let agent = &run.agent;
-        if let Some(kv) = limits.kv {
+        if let Some(kv) = t.limits.kv {
             update_stats(kv, agent, |s| s.in_flight += 1).await;
         }
         let answer = tokio::select! {
-            a = llm::complete(limits.client, limits.subjects, &req) => Some(a),
-            _ = limits.cancel.cancelled() => None,
+            a = llm::complete(t.limits.client, t.limits.subjects, &req) => Some(a),
+            _ = t.limits.cancel.cancelled() => None,
             _ = tokio::time::sleep(wall_left) => None,
         };
-        if let Some(kv) = limits.kv {
+        if let Some(kv) = t.limits.kv {
             update_stats(kv, agent, |s| s.in_flight = s.in_flight.saturating_sub(1)).await;
         }
         let Some(answer) = answer else {
-            return Spoke::End(if limits.cancel.is_cancelled() {
+            return Spoke::End(if t.limits.cancel.is_cancelled() {
                 RunEnd::Cancelled
             } else {
                 RunEnd::Wall {
@@ -215,37 +221,37 @@ pub async fn speak(
             Err(CallError::Quota(message)) => return Spoke::End(RunEnd::Budget { message }),
             Err(CallError::Other(message)) => return Spoke::End(RunEnd::Error { message }),
         };
-        meter.calls += 1;
-        meter.spent_usd += answer.cost_usd;
-        *meter.role_spent.entry(role.name.clone()).or_default() += answer.cost_usd;
-        meter.usage.input_tokens += answer.usage.input_tokens;
-        meter.usage.output_tokens += answer.usage.output_tokens;
-        meter.usage.cached_tokens += answer.usage.cached_tokens;
-        meter.call_time += answer.elapsed;
-        meter.latencies_ms.push(answer.elapsed.as_millis() as u64);
-        if meter.latencies_ms.len() > MAX_LATENCIES {
-            meter.latencies_ms.remove(0);
+        t.meter.calls += 1;
+        t.meter.spent_usd += answer.cost_usd;
+        *t.meter.role_spent.entry(role.name.clone()).or_default() += answer.cost_usd;
+        t.meter.usage.input_tokens += answer.usage.input_tokens;
+        t.meter.usage.output_tokens += answer.usage.output_tokens;
+        t.meter.usage.cached_tokens += answer.usage.cached_tokens;
+        t.meter.call_time += answer.elapsed;
+        t.meter.latencies_ms.push(answer.elapsed.as_millis() as u64);
+        if t.meter.latencies_ms.len() > MAX_LATENCIES {
+            t.meter.latencies_ms.remove(0);
         }
         if !answer.text.is_empty() {
-            meter.log(&role.name, "answer", &answer.text);
+            t.meter.log(&role.name, "answer", &answer.text);
         }
         if answer.tool_calls.is_empty() {
-            cm.push(ChatMessage::assistant(answer.text.clone(), Vec::new()));
-            (limits.progress)(format!("[{}] answered", role.name));
+            t.cm.push(ChatMessage::assistant(answer.text.clone(), Vec::new()));
+            (t.limits.progress)(format!("[{}] answered", role.name));
             return Spoke::Answer(answer.text);
         }
-        cm.push(ChatMessage::assistant(
+        t.cm.push(ChatMessage::assistant(
             answer.text.clone(),
             answer.tool_calls.clone(),
         ));
         for call in &answer.tool_calls {
-            meter.log(
+            t.meter.log(
                 &role.name,
                 "tool_call",
                 &format!("{}({})", call.name, call.arguments),
             );
-            (limits.progress)(format!("[{}] {}", role.name, call.name));
-            if meter.repeats(&call.name, &call.arguments) {
+            (t.limits.progress)(format!("[{}] {}", role.name, call.name));
+            if t.meter.repeats(&call.name, &call.arguments) {
                 return Spoke::End(RunEnd::Loop {
                     message: format!(
                         "{} called {} with the same arguments {LOOP_REPEATS} times in a row",
@@ -253,16 +259,16 @@ pub async fn speak(
                     ),
                 });
             }
-            let wall_left = run.wall().saturating_sub(meter.started.elapsed());
+            let wall_left = run.wall().saturating_sub(t.meter.started.elapsed());
             let result = tokio::select! {
-                r = tools.call(&call.name, &call.arguments) => r,
-                _ = limits.cancel.cancelled() => return Spoke::End(RunEnd::Cancelled),
+                r = t.tools.call(&call.name, &call.arguments) => r,
+                _ = t.limits.cancel.cancelled() => return Spoke::End(RunEnd::Cancelled),
                 _ = tokio::time::sleep(wall_left) => return Spoke::End(RunEnd::Wall {
                     message: format!("{} s, during the tool call {}", run.wall().as_secs(), call.name),
                 }),
             };
-            meter.log(&role.name, "tool_result", &result);
-            cm.push(ChatMessage::tool(call.id.clone(), result));
+            t.meter.log(&role.name, "tool_result", &result);
+            t.cm.push(ChatMessage::tool(call.id.clone(), result));
         }
     }
     Spoke::End(RunEnd::Rounds {
