@@ -73,3 +73,14 @@ pub fn native_textstat(native: &Path, dir: &Path, input: &str) -> (PathBuf, Vec<
     );
     (input_path, expected)
 }
+
+/// [`build_textstat`], or `None` after printing why the test is skipped (no Zig or no cc).
+pub fn textstat_or_skip(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    match build_textstat(dir) {
+        Ok(built) => Some(built),
+        Err(why) => {
+            eprintln!("\n*** SKIPPED: cannot build the C test program: {why} ***\n");
+            None
+        }
+    }
+}

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use vgas_shared::wire::{TaskEvent, TaskOutcome};
 use vgas_shared::TaskId;
-use vgas_tests::wasi::{build_textstat, native_textstat};
+use vgas_tests::wasi::{native_textstat, textstat_or_skip};
 use vgas_tests::{collect, Swarm};
 
 /// A WASI command that prints "hello from wasm", writes "generated" into `out/gen.txt` and
@@ -152,12 +152,8 @@ async fn an_unknown_module_fails_clearly_and_the_worker_keeps_serving() {
 #[tokio::test]
 async fn a_c_program_compiled_to_wasi_by_zig_writes_what_its_native_build_writes() {
     let build = tempfile::tempdir().unwrap();
-    let (wasm, native) = match build_textstat(build.path()) {
-        Ok(built) => built,
-        Err(why) => {
-            eprintln!("\n*** SKIPPED: cannot build the C test program: {why} ***\n");
-            return;
-        }
+    let Some((wasm, native)) = textstat_or_skip(build.path()) else {
+        return;
     };
     // Input with several lines, words and a clear top letter, made here, not read from a file.
     let input: String = (1..=40)

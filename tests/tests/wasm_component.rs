@@ -5,7 +5,7 @@
 //! `wasi:filesystem`, prints through `wasi:cli/stdout`, and the output file that comes back
 //! as an artifact matches what the native build writes.
 
-use vgas_tests::wasi::{build_textstat, native_textstat};
+use vgas_tests::wasi::{native_textstat, textstat_or_skip};
 use vgas_tests::Swarm;
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
@@ -29,12 +29,8 @@ fn componentize(core: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn a_c_program_as_a_component_writes_what_its_native_build_writes() {
     let build = tempfile::tempdir().unwrap();
-    let (wasm, native) = match build_textstat(build.path()) {
-        Ok(built) => built,
-        Err(why) => {
-            eprintln!("\n*** SKIPPED: cannot build the C test program: {why} ***\n");
-            return;
-        }
+    let Some((wasm, native)) = textstat_or_skip(build.path()) else {
+        return;
     };
     let component = componentize(&std::fs::read(&wasm).unwrap());
     assert_eq!(

@@ -83,6 +83,20 @@ impl Harness {
         }
     }
 
+    /// Runs the endless program `m` with a 1 s deadline: it must end as timed out, soon after.
+    pub(super) async fn assert_stopped_at_a_1_s_deadline(&self, m: &str) {
+        let mut spec = Harness::spec(m);
+        spec.deadline_s = Some(1);
+        let started = std::time::Instant::now();
+        let (run, _) = self.run(&spec).await;
+        assert_eq!(run.outcome, TaskOutcome::TimedOut { deadline_s: 1 });
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     /// Runs `spec` to its end; returns the run and all its output as text.
     pub(super) async fn run(&self, spec: &TaskSpec) -> (WasmRun, String) {
         let (tx, mut rx) = mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
@@ -150,16 +164,7 @@ async fn prints_writes_a_file_and_exits_with_its_code() {
 async fn an_endless_loop_is_stopped_at_its_deadline() {
     let mut h = Harness::new();
     let m = h.add(command("", "(loop $l (br $l))"));
-    let mut spec = Harness::spec(&m);
-    spec.deadline_s = Some(1);
-    let started = std::time::Instant::now();
-    let (run, _) = h.run(&spec).await;
-    assert_eq!(run.outcome, TaskOutcome::TimedOut { deadline_s: 1 });
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    h.assert_stopped_at_a_1_s_deadline(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,6 @@
 //! component as stop a core module. A real C program built as a component runs in
 //! `tests/tests/wasm_component.rs`.
 
-use std::time::Duration;
-
 use vgas_shared::wire::{TaskLimits, TaskOutcome};
 
 use super::tests::{error_text, Harness};
@@ -53,16 +51,7 @@ async fn a_component_runs_from_the_compiled_cache_after_a_restart() {
 async fn an_endless_component_is_stopped_at_its_deadline() {
     let mut h = Harness::new();
     let m = h.add(component("(loop $l (br $l)) (i32.const 0)"));
-    let mut spec = Harness::spec(&m);
-    spec.deadline_s = Some(1);
-    let started = std::time::Instant::now();
-    let (run, _) = h.run(&spec).await;
-    assert_eq!(run.outcome, TaskOutcome::TimedOut { deadline_s: 1 });
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    h.assert_stopped_at_a_1_s_deadline(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
