@@ -64,11 +64,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    vgas_tests::bench::block_on(async {
         let fake = FakeProvider::start().await;
         let mut swarm = Swarm::start().await.expect("swarm");
         let toml = format!(
@@ -101,7 +97,11 @@ fn main() {
             let short = t.elapsed();
             for i in 0..STEPS {
                 let args = serde_json::json!({ "path": format!("missing-{i}.txt") }).to_string();
-                fake.push(quick(openai_tool_call_stream(&[(&format!("c{i}"), "read_file", &args)])));
+                fake.push(quick(openai_tool_call_stream(&[(
+                    &format!("c{i}"),
+                    "read_file",
+                    &args,
+                )])));
             }
             fake.push(quick(openai_stream(&["done"], 50, 2, 0)));
             let t = Instant::now();
@@ -122,6 +122,9 @@ fn main() {
         println!("| agent run answering at once, median (dispatch, memory load and save, one call) | {t1:.1} |");
         println!("| agent run of {STEPS} read_file steps + answer, median | {tn:.1} |");
         println!("| one agent step (marginal: (long - short) / {STEPS}) | {step:.3} |");
-        println!("| overhead per step over a direct call | {:.3} |", step - direct_p50);
+        println!(
+            "| overhead per step over a direct call | {:.3} |",
+            step - direct_p50
+        );
     });
 }

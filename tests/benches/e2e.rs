@@ -182,11 +182,7 @@ async fn thousand_heartbeats() {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument (if any) is ignored.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    vgas_tests::bench::block_on(async {
         println!("\nNo-op task (`true`) vs raw NATS request-reply on the same server");
         println!("latency: {LATENCY_SAMPLES} sequential; throughput: {CONCURRENCY} in flight for {THROUGHPUT_WINDOW:?}\n");
         println!("| workers | task p50 ms | task p99 ms | tasks/s | raw p50 ms | raw p99 ms | raw req/s | p50 ratio | throughput vs raw |");

@@ -67,11 +67,7 @@ where
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    vgas_tests::bench::block_on(async {
         let fake = FakeProvider::start().await;
         for _ in 0..2 * (SAMPLES + WARMUP) {
             let mut answer = openai_stream(&["Hello", ", ", "world"], 12, 3, 0);
@@ -93,16 +89,30 @@ fn main() {
             .stdout(Stdio::null())
             .spawn()
             .expect("vgas vault store");
-        writeln!(child.stdin.take().expect("stdin"), "sk-bench-0000000000000000").expect("key");
+        writeln!(
+            child.stdin.take().expect("stdin"),
+            "sk-bench-0000000000000000"
+        )
+        .expect("key");
         assert!(child.wait().expect("wait").success());
         let _m = swarm
-            .spawn_at(Placement::Local, "master", "vgas-master", &[], &[("VGAS_VAULT_PASSPHRASE", PASS)])
+            .spawn_at(
+                Placement::Local,
+                "master",
+                "vgas-master",
+                &[],
+                &[("VGAS_VAULT_PASSPHRASE", PASS)],
+            )
             .expect("master");
         let client = swarm.connect(Role::Client).await.expect("client");
         let s = swarm.subjects.clone();
         wait_for("the gateway", WAIT, || {
             let (c, s) = (client.clone(), s.clone());
-            async move { request::<_, UsageReport>(&c, s.llm_usage(), &serde_json::json!({})).await.ok() }
+            async move {
+                request::<_, UsageReport>(&c, s.llm_usage(), &serde_json::json!({}))
+                    .await
+                    .ok()
+            }
         })
         .await
         .expect("gateway up");
@@ -125,8 +135,13 @@ fn main() {
         println!("\nStreamed completion (3 deltas + usage), {SAMPLES} sequential calls after {WARMUP} warm-up\n");
         println!("| path | p50 ms | p99 ms |");
         println!("|---|---|---|");
-        println!("| direct to the local provider (new TCP connection each) | {dp50:.3} | {dp99:.3} |");
+        println!(
+            "| direct to the local provider (new TCP connection each) | {dp50:.3} | {dp99:.3} |"
+        );
         println!("| through vgas.llm.complete | {gp50:.3} | {gp99:.3} |");
-        println!("| gateway overhead (p50 difference) | {:.3} | |", gp50 - dp50);
+        println!(
+            "| gateway overhead (p50 difference) | {:.3} | |",
+            gp50 - dp50
+        );
     });
 }

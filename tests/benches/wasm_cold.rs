@@ -67,8 +67,7 @@ fn compile_ms(worker: &Proc) -> Option<u64> {
 fn main() {
     let module = module_path();
     let size = std::fs::metadata(&module).expect("the module").len();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    vgas_tests::bench::block_on(async {
         let mut swarm = Swarm::start().await.unwrap();
         let _master = swarm.master(&[]).unwrap();
         // A fresh work dir (the worker's default is under TMPDIR), so the first run is cold.
@@ -84,8 +83,17 @@ fn main() {
             let t = Instant::now();
             let out = swarm
                 .cli(&[
-                    "submit", "--wasm", &module_arg, "--deadline", "1800", "--file", &file_arg,
-                    "--", "yosys", "-p", SCRIPT,
+                    "submit",
+                    "--wasm",
+                    &module_arg,
+                    "--deadline",
+                    "1800",
+                    "--file",
+                    &file_arg,
+                    "--",
+                    "yosys",
+                    "-p",
+                    SCRIPT,
                 ])
                 .unwrap();
             let secs = t.elapsed().as_secs_f64();
@@ -112,9 +120,15 @@ fn main() {
         );
         let cold = submit(&swarm, "cold");
         let compiled = compile_ms(&worker);
-        let cached_bytes: u64 = std::fs::read_dir(tmp.path().join("vgas-worker/wasm-cache/compiled"))
-            .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0);
+        let cached_bytes: u64 =
+            std::fs::read_dir(tmp.path().join("vgas-worker/wasm-cache/compiled"))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
         println!(
             "  cold run (upload, fetch, compile, run): {cold:.2} s end to end; worker compile {} ms; compiled entry {:.1} MB",
             compiled.map_or("?".into(), |m| m.to_string()),
@@ -127,7 +141,11 @@ fn main() {
         swarm.wait_workers(&client, 1).await.unwrap();
         let disk = submit(&swarm, "disk");
         println!("  after a worker restart (compiled module from disk): {disk:.2} s end to end");
-        assert_eq!(compile_ms(&worker), None, "the restarted worker compiled again");
+        assert_eq!(
+            compile_ms(&worker),
+            None,
+            "the restarted worker compiled again"
+        );
         worker.kill();
     });
 }

@@ -95,11 +95,7 @@ async fn run(workers: usize) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    vgas_tests::bench::block_on(async {
         println!(
             "\nSmall wasm tasks next to native `true`, {CONCURRENCY} submitters for {WINDOW:?}\n"
         );

@@ -1,7 +1,17 @@
-//! Helpers the benchmarks in `tests/benches/` share: sequential latency samples and
-//! percentiles.
+//! Helpers the benchmarks in `tests/benches/` share: their runtime, sequential latency
+//! samples and percentiles.
 
 use std::time::{Duration, Instant};
+
+/// Runs a benchmark's body to its end on a multi-threaded runtime (a `harness = false`
+/// bench's `main`).
+pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(body)
+}
 
 /// Runs `f` `warmup` times unmeasured, then `samples` times, and returns the sorted latencies.
 pub async fn latencies<F, Fut>(warmup: usize, samples: usize, f: F) -> Vec<Duration>
