@@ -315,11 +315,22 @@ async fn a_looping_agent_is_stopped_with_a_report() {
     assert_eq!(s.fake.requests().len(), 3);
 }
 
-/// Writes the scribe role's file into `dir`; its path.
-fn scribe_role(dir: &Path) -> String {
-    let role = dir.join("scribe.toml");
+/// `vgas agent run` of `instruction` by `agent` with the scribe role alone, its file written
+/// into `cwd`; (exit code, stdout, stderr).
+fn scribe_run(s: &Setup, cwd: &Path, agent: &str, instruction: &str) -> (i32, String, String) {
+    let role = cwd.join("scribe.toml");
     std::fs::write(&role, SCRIBE).unwrap();
-    role.display().to_string()
+    let role = role.display().to_string();
+    let args = [
+        "--agent",
+        agent,
+        "--role",
+        &role,
+        "--pipeline",
+        "scribe",
+        instruction,
+    ];
+    agent_run(s, cwd, &args)
 }
 
 /// A role that needs no code: a file in TOML.
@@ -342,12 +353,7 @@ async fn a_write_outside_the_workspace_is_refused_with_a_message_the_model_can_r
     ));
     s.fake.push(text(&["done"]));
     let cwd = tempfile::tempdir().unwrap();
-    let role = scribe_role(cwd.path());
-    let (code, stdout, stderr) = agent_run(
-        &s,
-        cwd.path(),
-        &["--role", &role, "--pipeline", "scribe", "write a note"],
-    );
+    let (code, stdout, stderr) = scribe_run(&s, cwd.path(), "default", "write a note");
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let tool_reply = |n: usize| {
         let m = messages(&s, n);
@@ -404,19 +410,11 @@ async fn the_knowledge_base_puts_the_right_document_in_the_prompt() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("added 3 documents"));
     s.fake.push(text(&["ok"]));
     let cwd = tempfile::tempdir().unwrap();
-    let role = scribe_role(cwd.path());
-    let (code, _, stderr) = agent_run(
+    let (code, _, stderr) = scribe_run(
         &s,
         cwd.path(),
-        &[
-            "--agent",
-            "kbagent",
-            "--role",
-            &role,
-            "--pipeline",
-            "scribe",
-            "how many hash functions does a bloom filter use?",
-        ],
+        "kbagent",
+        "how many hash functions does a bloom filter use?",
     );
     assert_eq!(code, 0, "{stderr}");
     let system = messages(&s, 0)[0]["content"].as_str().unwrap().to_owned();
@@ -433,33 +431,14 @@ async fn memory_survives_a_master_restart() {
     let mut s = setup().await;
     s.fake.push(text(&["noted"]));
     let cwd = tempfile::tempdir().unwrap();
-    let role = scribe_role(cwd.path());
-    let first = [
-        "--agent",
-        "mem",
-        "--role",
-        &role,
-        "--pipeline",
-        "scribe",
-        "remember the zebra protocol",
-    ];
-    let (code, _, stderr) = agent_run(&s, cwd.path(), &first);
+    let (code, _, stderr) = scribe_run(&s, cwd.path(), "mem", "remember the zebra protocol");
     assert_eq!(code, 0, "{stderr}");
     s.procs[0].kill();
     s.procs[0] = s.swarm.master(&[]).unwrap();
     s.fake.push(text(&["again"]));
-    let second = [
-        "--agent",
-        "mem",
-        "--role",
-        &role,
-        "--pipeline",
-        "scribe",
-        "what did you do before?",
-    ];
     let mut done = None;
     for _ in 0..50 {
-        let (code, out, err) = agent_run(&s, cwd.path(), &second);
+        let (code, out, err) = scribe_run(&s, cwd.path(), "mem", "what did you do before?");
         if code == 0 {
             done = Some(());
             break;

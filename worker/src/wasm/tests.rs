@@ -97,6 +97,23 @@ impl Harness {
         );
     }
 
+    /// Runs the memory bomb `m` with a 16 MiB limit: it must end at the memory limit.
+    pub(super) async fn assert_refused_at_16_mib(&self, m: &str) {
+        let mut spec = Harness::spec(m);
+        spec.limits = TaskLimits {
+            memory_mb: Some(16),
+            ..Default::default()
+        };
+        let (run, _) = self.run(&spec).await;
+        match run.outcome {
+            TaskOutcome::LimitExceeded { limit, message } => {
+                assert_eq!(limit, "memory");
+                assert!(message.contains("16 MiB"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Runs `spec` to its end; returns the run and all its output as text.
     pub(super) async fn run(&self, spec: &TaskSpec) -> (WasmRun, String) {
         let (tx, mut rx) = mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
@@ -191,19 +208,7 @@ async fn a_memory_bomb_is_refused_at_the_limit() {
         "",
         "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))",
     ));
-    let mut spec = Harness::spec(&m);
-    spec.limits = TaskLimits {
-        memory_mb: Some(16),
-        ..Default::default()
-    };
-    let (run, _) = h.run(&spec).await;
-    match run.outcome {
-        TaskOutcome::LimitExceeded { limit, message } => {
-            assert_eq!(limit, "memory");
-            assert!(message.contains("16 MiB"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
+    h.assert_refused_at_16_mib(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! component as stop a core module. A real C program built as a component runs in
 //! `tests/tests/wasm_component.rs`.
 
-use vgas_shared::wire::{TaskLimits, TaskOutcome};
+use vgas_shared::wire::TaskOutcome;
 
 use super::tests::{error_text, Harness};
 
@@ -60,16 +60,7 @@ async fn a_component_memory_bomb_is_refused_at_the_limit() {
     let m = h.add(component(
         "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (i32.const 0)",
     ));
-    let mut spec = Harness::spec(&m);
-    spec.limits = TaskLimits {
-        memory_mb: Some(16),
-        ..Default::default()
-    };
-    let (run, _) = h.run(&spec).await;
-    match run.outcome {
-        TaskOutcome::LimitExceeded { limit, .. } => assert_eq!(limit, "memory"),
-        other => panic!("{other:?}"),
-    }
+    h.assert_refused_at_16_mib(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
