@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod build;
+pub mod gateway;
 pub mod netns;
 pub mod provider;
 pub mod wasi;

@@ -1,0 +1,92 @@
+//! What workers say about themselves and what the master says about the swarm: the
+//! `Heartbeat` every worker publishes each second (with its toolchains), and the
+//! `SwarmPulse` that `vgas.status` answers, built from them. Internal messages: unknown
+//! fields are tolerated so versions can mix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{TaskId, WorkerId};
+
+/// A toolchain found on a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Toolchain {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub path: String,
+    /// For compilers: the exact identity (`sha256:<hex>`); segments that name it need the
+    /// capability tag `compiler:<first 32 hex digits>`, which the worker also offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::build::CompilerIdentity>,
+}
+
+/// Worker to master on `vgas.heartbeat.<id>`, every `HEARTBEAT_INTERVAL`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Heartbeat {
+    pub worker: Option<WorkerId>,
+    pub seq: u64,
+    pub hostname: String,
+    pub slots: usize,
+    pub free_slots: usize,
+    /// Attempts running now (task id, attempt), for operators and tools; the master itself
+    /// relies on results and heartbeat silence, not on this list.
+    pub running: Vec<(TaskId, u32)>,
+    pub cpus: usize,
+    pub memory_mb: u64,
+    pub load1: f64,
+    pub toolchains: Vec<Toolchain>,
+    pub capabilities: Vec<String>,
+    /// What the native sandbox could set up here (`full` or a list of what is missing).
+    pub isolation: String,
+    /// No new work: the worker is shutting down.
+    pub draining: bool,
+    /// Last beat: forget this worker now.
+    pub leaving: bool,
+}
+
+/// One live node in `SwarmPulse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: WorkerId,
+    pub hostname: String,
+    pub slots: usize,
+    pub free_slots: usize,
+    pub in_flight: usize,
+    pub cpus: usize,
+    pub memory_mb: u64,
+    pub load1: f64,
+    pub capabilities: Vec<String>,
+    pub toolchains: Vec<Toolchain>,
+    pub isolation: String,
+    pub draining: bool,
+    pub last_seen_ms_ago: u64,
+    pub tasks_done: u64,
+}
+
+/// A node that stopped beating, with why it is listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbnormalNode {
+    pub id: WorkerId,
+    pub reason: String,
+    pub last_seen_ms_ago: u64,
+}
+
+/// The swarm at a glance: the reply of `vgas.status`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SwarmPulse {
+    pub live: Vec<NodeStatus>,
+    pub abnormal: Vec<AbnormalNode>,
+    /// Accepted tasks waiting for a worker.
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    /// Tasks assigned and not yet finished.
+    pub in_flight: usize,
+    pub tasks_accepted: u64,
+    pub tasks_finished: u64,
+    pub uptime_ms: u64,
+    /// Workers seen on the LAN by mDNS that are not live here, with the likely reason.
+    pub unjoined: Vec<crate::discovery::SeenNode>,
+}
