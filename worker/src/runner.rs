@@ -416,9 +416,9 @@ impl Worker {
                         slot,
                         worker_id: self.cfg.id.to_string(),
                     };
-                    let (outcome, artifacts) =
+                    let (outcome, artifacts, workspace) =
                         crate::agent::run_task(&env, &spec, tx, cancel).await;
-                    (outcome, artifacts, keep_alive::<()>(None))
+                    (outcome, artifacts, keep_alive(workspace))
                 }
                 TaskKind::Compile => {
                     let compiler = Compiler {

@@ -47,7 +47,8 @@ pub struct Memory {
 pub struct ContextManager {
     pub agent: String,
     pub memory: Memory,
-    pub kb: Bm25Index,
+    /// Shared with the `search_kb` tool of the run.
+    pub kb: std::sync::Arc<Bm25Index>,
     /// The conversation of the role now speaking.
     conversation: Vec<ChatMessage>,
     /// Messages dropped from it to stay within the budget.
@@ -71,7 +72,7 @@ impl ContextManager {
         ContextManager {
             agent: agent.to_owned(),
             memory,
-            kb,
+            kb: std::sync::Arc::new(kb),
             conversation: Vec::new(),
             dropped: 0,
             summaries: Default::default(),

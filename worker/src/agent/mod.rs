@@ -131,7 +131,6 @@ impl<'a> Agent<'a> {
 
     /// Runs `instruction` through the pipeline.
     pub async fn execute_instruction(&mut self, instruction: String) -> ResponseResult {
-        let kb = std::mem::replace(&mut self.context.kb, Bm25Index::build(Vec::new()));
         let progress = self.progress_owned();
         let limits = Limits {
             kv: self.kv.as_ref(),
@@ -149,16 +148,13 @@ impl<'a> Agent<'a> {
             sandbox: self.env.sandbox,
             isolation: self.env.isolation,
             slot: self.env.slot,
-            kb: &kb,
+            kb: self.context.kb.clone(),
             cancel: self.cancel.clone(),
             last_build: None,
             last_command: None,
             allowed: Vec::new(),
         };
-        // The knowledge base is both a tool's and the prompt's: the prompt reads it through
-        // the context, so it goes back there for the run.
         let cm = &mut self.context;
-        cm.kb = Bm25Index::build(kb.chunks().to_vec());
         let mut turn = Turn {
             cm,
             tools: &mut tools,
@@ -331,14 +327,16 @@ async fn tester(role: &RoleSpec, task: String, t: &mut Turn<'_, '_>) -> Spoke {
 }
 
 /// Runs an agent task start to end: memory and knowledge base from KV, the pipeline, the
-/// memory and stats back to KV, the workspace files and `response.json` as artifacts.
+/// memory and stats back to KV, the workspace files and `response.json` as artifacts. The
+/// workspace comes back too: the caller keeps it until its large artifacts are uploaded, and
+/// dropping it removes it.
 pub async fn run_task(
     env: &AgentEnv<'_>,
     spec: &TaskSpec,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
-) -> (TaskOutcome, Vec<Artifact>) {
-    let fail = |message: String| (TaskOutcome::Error { message }, Vec::new());
+) -> (TaskOutcome, Vec<Artifact>, Option<tempfile::TempDir>) {
+    let fail = |message: String| (TaskOutcome::Error { message }, Vec::new(), None);
     let Some(run) = spec.agent.clone() else {
         return fail("an agent task needs its \"agent\" run".into());
     };
@@ -416,36 +414,12 @@ pub async fn run_task(
         path: "response.json".into(),
         body: ArtifactBody::Inline(json),
     });
-    // The workspace is removed here; large artifacts were copied out of it first.
-    let artifacts = keep_large(artifacts, workspace);
     let outcome = match result.end {
         RunEnd::Passed => TaskOutcome::Exited { exit_code: 0 },
         RunEnd::Cancelled => TaskOutcome::Cancelled,
         _ => TaskOutcome::Exited { exit_code: 1 },
     };
-    (outcome, artifacts)
-}
-
-/// Large artifacts must outlive the workspace until uploaded: they are moved to a kept
-/// temporary file each.
-fn keep_large(artifacts: Vec<Artifact>, workspace: tempfile::TempDir) -> Vec<Artifact> {
-    let out = artifacts
-        .into_iter()
-        .filter_map(|a| match a.body {
-            ArtifactBody::Large { file, size } => {
-                let kept = tempfile::NamedTempFile::new().ok()?;
-                std::fs::copy(&file, kept.path()).ok()?;
-                let (_, path) = kept.keep().ok()?;
-                Some(Artifact {
-                    path: a.path,
-                    body: ArtifactBody::Large { file: path, size },
-                })
-            }
-            body => Some(Artifact { path: a.path, body }),
-        })
-        .collect();
-    drop(workspace);
-    out
+    (outcome, artifacts, Some(workspace))
 }
 
 /// Folds one run's figures into the agent's stats.

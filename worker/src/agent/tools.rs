@@ -107,7 +107,7 @@ pub struct Tools<'a> {
     pub sandbox: &'a SandboxConfig,
     pub isolation: &'a Isolation,
     pub slot: usize,
-    pub kb: &'a Bm25Index,
+    pub kb: std::sync::Arc<Bm25Index>,
     pub cancel: CancellationToken,
     pub last_build: Option<BuildResult>,
     pub last_command: Option<CommandResult>,
