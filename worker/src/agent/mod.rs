@@ -30,7 +30,7 @@ use self::context::{ContextManager, Memory};
 use self::role::{speak, Limits, Meter, Spoke, Turn};
 use self::tools::Tools;
 use crate::sandbox::{Isolation, OutputChunk, SandboxConfig};
-use crate::wasm::{Artifact, ArtifactBody};
+use crate::wasm::{collect_artifacts, Artifact, ArtifactBody};
 
 /// What an agent task needs from its worker.
 #[derive(Debug)]
@@ -393,32 +393,17 @@ pub async fn run_task(
             )))
             .await;
     }
-    let mut artifacts: Vec<Artifact> = result
-        .artifacts
-        .iter()
-        .filter_map(|rel| {
-            let file = workspace.path().join(rel);
-            let size = std::fs::metadata(&file).ok()?.len();
-            Some(Artifact {
-                path: rel.clone(),
-                body: if size <= vgas_shared::limits::MAX_INLINE_ARTIFACT_BYTES {
-                    ArtifactBody::Inline(std::fs::read(&file).ok()?)
-                } else {
-                    ArtifactBody::Large { file, size }
-                },
-            })
-        })
-        .collect();
-    let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
-    artifacts.push(Artifact {
-        path: "response.json".into(),
-        body: ArtifactBody::Inline(json),
-    });
     let outcome = match result.end {
         RunEnd::Passed => TaskOutcome::Exited { exit_code: 0 },
         RunEnd::Cancelled => TaskOutcome::Cancelled,
         _ => TaskOutcome::Exited { exit_code: 1 },
     };
+    // The workspace files, within the same bounds as a wasm task's, then the result itself.
+    let (outcome, mut artifacts) = collect_artifacts(workspace.path(), spec, outcome);
+    artifacts.push(Artifact {
+        path: "response.json".into(),
+        body: ArtifactBody::Inline(serde_json::to_vec_pretty(&result).unwrap_or_default()),
+    });
     (outcome, artifacts, Some(workspace))
 }
 

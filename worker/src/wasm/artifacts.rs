@@ -30,8 +30,8 @@ pub enum ArtifactBody {
 
 /// The regular files in `dir` that are not unchanged inputs, sorted by path. A file over
 /// `MAX_ARTIFACT_BYTES`, or too many files, turn a success into `LimitExceeded`; a failed
-/// run keeps its own outcome.
-pub(super) fn collect_artifacts(
+/// run keeps its own outcome. (Also what an agent task hands back of its workspace.)
+pub fn collect_artifacts(
     dir: &Path,
     spec: &TaskSpec,
     outcome: TaskOutcome,

@@ -39,7 +39,7 @@ use vgas_shared::wire::MODULE_REF_PREFIX;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module, OptLevel};
 
-pub use artifacts::{read_inline, upload, Artifact, ArtifactBody};
+pub use artifacts::{collect_artifacts, read_inline, upload, Artifact, ArtifactBody};
 pub use cache::{sha256_hex, ModuleCache, Program};
 pub use exec::WasmRun;
 
