@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use vgas_shared::config::Resolved;
 use vgas_shared::discovery::{
@@ -39,11 +40,13 @@ pub fn advertised_urls(nats_url: &str) -> Vec<String> {
     }
 }
 
-/// Starts announcing and browsing; `None` when mDNS is off or unavailable (logged).
+/// Starts announcing and browsing (the browse loop on `tracker` until `stop`); `None` when
+/// mDNS is off or unavailable (logged).
 pub fn start(
     conn: &Resolved,
     node_id: &str,
     http_port: Option<u16>,
+    tracker: &TaskTracker,
     stop: CancellationToken,
 ) -> Option<(NetworkDiscovery, SeenMap)> {
     let cfg = conn.mdns.as_ref()?;
@@ -78,7 +81,7 @@ pub fn start(
     match d.browse() {
         Ok(mut rx) => {
             let map = seen.clone();
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 loop {
                     let ev = tokio::select! {
                         _ = stop.cancelled() => break,
@@ -120,118 +123,6 @@ pub fn unjoined(seen: &SeenMap, cluster: &str, live: &[String]) -> Vec<SeenNode>
         .collect();
     out.sort_by(|a, b| a.advert.node_id.cmp(&b.advert.node_id));
     out
-}
-
-/// `vgas discover`: listens for `wait`, then lists every vgas node seen. Workers are marked
-/// joined when this CLI can reach a master that lists them live.
-pub async fn discover_cmd(
-    conn: &Resolved,
-    wait: std::time::Duration,
-    json: bool,
-) -> anyhow::Result<i32> {
-    let cfg = conn.mdns.clone().unwrap_or_default();
-    let d = NetworkDiscovery::start(&cfg)?;
-    let mut rx = d.browse()?;
-    let mut nodes: HashMap<String, SeenNode> = HashMap::new();
-    let end = tokio::time::Instant::now() + wait;
-    while let Ok(Some(ev)) = tokio::time::timeout_at(end, rx.recv()).await {
-        match ev {
-            Seen::Up { fullname, node } => {
-                nodes.insert(fullname, node);
-            }
-            Seen::Down { fullname } => {
-                nodes.remove(&fullname);
-            }
-        }
-    }
-    tokio::task::spawn_blocking(move || d.stop()).await.ok();
-    let live = live_workers(conn).await;
-    let mut list: Vec<SeenNode> = nodes.into_values().collect();
-    for n in &mut list {
-        if n.advert.mode == ClientMode::Slave {
-            n.not_joined = match (&live, n.advert.refusal_as_worker(&conn.cluster)) {
-                (_, Some(why)) => Some(why),
-                (Some(live), None) if !live.contains(&n.advert.node_id) => {
-                    Some(JoinRefusal::NotConnected)
-                }
-                _ => None,
-            };
-        }
-    }
-    list.sort_by(|a, b| {
-        (a.advert.mode != ClientMode::Master, &a.advert.node_id)
-            .cmp(&(b.advert.mode != ClientMode::Master, &b.advert.node_id))
-    });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(0);
-    }
-    println!(
-        "{:<7} {:<30} {:<12} {:<32} STATE",
-        "MODE", "NODE", "CLUSTER", "ADDRESSES"
-    );
-    for n in &list {
-        let addrs: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
-        let state = match (n.advert.mode, n.not_joined, &live) {
-            (ClientMode::Master, _, _) if n.advert.refusal(&conn.cluster).is_some() => {
-                "other cluster or version".to_string()
-            }
-            (ClientMode::Master, _, _) => format!(
-                "master of this cluster, NATS {}",
-                n.advert.urls_from(&n.addresses).join(" ")
-            ),
-            (_, Some(why), _) => why.describe().to_string(),
-            (_, None, Some(_)) => "joined".to_string(),
-            (_, None, None) => "unknown (no master reachable from here)".to_string(),
-        };
-        let mode = if n.advert.mode == ClientMode::Master {
-            "master"
-        } else {
-            "worker"
-        };
-        println!(
-            "{:<7} {:<30} {:<12} {:<32} {}",
-            mode,
-            n.advert.node_id,
-            n.advert.cluster,
-            addrs.join(","),
-            state
-        );
-    }
-    if list.is_empty() {
-        println!("no vgas node answered within {}s", wait.as_secs());
-    }
-    Ok(0)
-}
-
-/// The ids of live workers, when a master is reachable with this CLI's settings.
-async fn live_workers(conn: &Resolved) -> Option<Vec<String>> {
-    let client = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        crate::connect::connect(conn, "vgas-discover"),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let bytes = vgas_shared::codec::encode(vgas_shared::Encoding::MsgPack, &()).ok()?;
-    let msg = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        client.request(conn.subjects.status(), bytes.into()),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let reply: vgas_shared::codec::Reply<vgas_shared::wire::SwarmPulse> =
-        vgas_shared::codec::decode_as(vgas_shared::Encoding::MsgPack, &msg.payload).ok()?;
-    Some(
-        reply
-            .into_result()
-            .ok()?
-            .live
-            .iter()
-            .map(|n| n.id.to_string())
-            .collect(),
-    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use vgas_shared::limits::{
     ASSIGN_ACK_TIMEOUT, DEADLINE_GRACE, HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL,
 };
 use vgas_shared::wire::{
-    AssignAck, Assignment, TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult,
+    AssignAck, Assignment, CancelAttempt, TaskEvent, TaskOutcome, TaskRecord, TaskState,
+    WorkerResult,
 };
 use vgas_shared::{now_ms, Encoding, Subjects, TaskId, WorkerId};
 
@@ -439,15 +440,10 @@ impl Dispatcher {
 
     /// Tells `worker` to stop `attempt` of a task; a worker not running it ignores this.
     async fn send_cancel(&self, id: &TaskId, worker: &WorkerId, attempt: u32) {
-        #[derive(serde::Serialize)]
-        struct CancelMsg<'a> {
-            task_id: &'a TaskId,
-            attempt: u32,
-        }
         let Ok(bytes) = encode(
             Encoding::MsgPack,
-            &CancelMsg {
-                task_id: id,
+            &CancelAttempt {
+                task_id: id.clone(),
                 attempt,
             },
         ) else {

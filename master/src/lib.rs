@@ -1,24 +1,20 @@
 //! The vgas master: admission, the Gatling scheduler (`AgentScheduler`), the task lifecycle,
-//! the NATS micro service people and tools talk to, and the `vgas` user CLI.
+//! the NATS micro service people and tools talk to, the LLM gateway and key vault, and the
+//! build plan runner. What runs on a submitter's machine (the `vgas` CLI, the compiler
+//! wrapper) is `vgas-client`.
 //!
 //! `run` is the whole master; `main` only parses arguments, sets up tracing and hands over a
 //! cancellation token, so tests and benchmarks start the same master in-process.
 
-pub mod agents;
-pub mod auth;
-pub mod build;
-pub mod cli;
-pub mod cli_agent;
-pub mod cli_vault;
-pub mod cli_wasm;
-pub mod connect;
 pub mod discovery;
 pub mod dispatch;
+pub mod farm;
 pub mod gateway;
 pub mod keys;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod vault_cli;
 
 use std::sync::Arc;
 
@@ -62,7 +58,7 @@ impl MasterConfig {
             .master
             .build_cache_mb
             .map(|mb| mb * 1024 * 1024)
-            .unwrap_or(build::cache::DEFAULT_CACHE_BYTES);
+            .unwrap_or(vgas_client::farm::cache::DEFAULT_CACHE_BYTES);
         MasterConfig {
             conn,
             queue_capacity,
@@ -75,14 +71,14 @@ impl MasterConfig {
 /// Runs the master until `shutdown` fires.
 pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let subjects = cfg.conn.subjects.clone();
-    let client = connect::connect(&cfg.conn, "vgas-master").await?;
+    let client = vgas_client::connect::connect(&cfg.conn, "vgas-master").await?;
     let js = async_nats::jetstream::new(client.clone());
     let store = store::TaskStore::open(&js, &subjects).await?;
     let consumer = store::results_consumer(&js, &subjects).await?;
     store::open_modules_bucket(&js, &subjects).await?;
     store::open_artifacts_bucket(&js, &subjects).await?;
-    build::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes).await?;
-    agents::open_bucket(&js, &subjects).await?;
+    vgas_client::farm::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes).await?;
+    vgas_client::agents::open_bucket(&js, &subjects).await?;
 
     let sched = Arc::new(AgentScheduler::new());
     let counters = Arc::new(Counters::default());
@@ -114,6 +110,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         &cfg.conn,
         &node_id,
         cfg.advertise_http_port,
+        &tracker,
         shutdown.clone(),
     );
     let handlers = Handlers {
@@ -168,7 +165,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     .await?;
 
     // Build plans from any NATS client, and the build cache's size bound.
-    build::service::start(
+    farm::service::start(
         &cfg.conn,
         &service,
         client.clone(),
@@ -184,12 +181,12 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         cfg.build_cache_bytes,
     );
     tracker.spawn(async move {
-        let mut tick = tokio::time::interval(build::cache::SWEEP_INTERVAL);
+        let mut tick = tokio::time::interval(vgas_client::farm::cache::SWEEP_INTERVAL);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = build::cache::sweep(&js2, &s3, bound).await {
+                    if let Err(e) = vgas_client::farm::cache::sweep(&js2, &s3, bound).await {
                         tracing::warn!("build cache sweep: {e:#}");
                     }
                 }
@@ -239,11 +236,6 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
 /// Sets up `tracing` with `RUST_LOG` (default `info`), logging to stderr.
 pub fn init_tracing() {
     vgas_shared::logging::init("info");
-}
-
-/// Like [`init_tracing`] but quiet by default (`warn`), for the user CLI.
-pub fn init_tracing_quiet() {
-    vgas_shared::logging::init("warn");
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

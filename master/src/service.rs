@@ -16,7 +16,7 @@ use vgas_shared::codec::{decode, encode, encode_error};
 use vgas_shared::error::WireError;
 use vgas_shared::limits::{MAX_CONTROL_BYTES, MAX_HEARTBEAT_BYTES, MAX_SUBMIT_BYTES};
 use vgas_shared::wire::{
-    Heartbeat, SubmitReply, SwarmPulse, TaskQuery, TaskRecord, TaskSpec, TaskState,
+    CancelReply, Heartbeat, SubmitReply, SwarmPulse, TaskQuery, TaskRecord, TaskSpec, TaskState,
 };
 use vgas_shared::{now_ms, Encoding, ErrorCode, Subjects, TaskId, VgaError, WorkerId};
 
@@ -224,15 +224,10 @@ impl Handlers {
             reply: tx,
         };
         let found = self.tx.send(cmd).await.is_ok() && rx.await.unwrap_or(false);
-        #[derive(Serialize)]
-        struct Cancelled {
-            task_id: TaskId,
-            cancelling: bool,
-        }
         let answer = if found {
             reply(
                 enc,
-                &Cancelled {
+                &CancelReply {
                     task_id: q.task_id,
                     cancelling: true,
                 },

@@ -1,16 +1,17 @@
 //! Everything two vgas processes must agree on: ids, subject names, the codec, the wire types,
 //! named limits, configuration files, typed errors and the key vault's file format.
 //!
-//! This crate never opens a socket, so it can be linked by every binary, test and benchmark
-//! without dragging a runtime along; the one process it runs is a compiler's own version probe
-//! (`toolchain`), which the submitting and the compiling side must compute alike.
+//! This crate never opens a socket, spawns a process or starts a runtime (except `mdns`,
+//! behind its feature), so it can be linked by every binary, test and benchmark without
+//! dragging a runtime along. The key vault's file format is behind the `vault` feature, which
+//! only the master enables: the `vgas` CLI and compiler wrapper never link it.
 
 pub mod agent;
-pub mod build;
 pub mod codec;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod farm;
 pub mod ids;
 pub mod kb;
 pub mod limits;
@@ -19,7 +20,7 @@ pub mod logging;
 #[cfg(feature = "mdns")]
 pub mod mdns;
 pub mod subjects;
-pub mod toolchain;
+#[cfg(feature = "vault")]
 pub mod vault;
 pub mod wire;
 

@@ -121,7 +121,7 @@ impl CompletionRequest {
     /// Checks what the master can check before spending anything.
     pub fn validate(&self) -> Result<(), VgaError> {
         let bad = |m: String| Err(VgaError::InvalidTask(m));
-        if crate::vault::validate_provider(&self.provider).is_err() {
+        if !is_provider_name(&self.provider) {
             return bad(format!("provider {:?} is not a valid name", self.provider));
         }
         if self.model.is_empty()
@@ -309,4 +309,12 @@ pub struct UsageReport {
     pub rows: Vec<UsageRow>,
     pub rates: Vec<UsageRate>,
     pub providers: Vec<ProviderQuota>,
+}
+
+/// A provider's name: 1 to 64 letters, digits, `-` or `_` (also the vault's entry name).
+pub fn is_provider_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -1,7 +1,11 @@
 //! Every NATS subject, stream, bucket and service name vgas uses, built in one place under a
-//! configurable prefix (default `vgas`) so several swarms can share one NATS account.
+//! configurable prefix (default `vgas`) so several swarms can share one NATS account, and the
+//! grants each role gets on them (`permissions`, rendered into `auth.conf` by `vgas init`).
 
 use crate::ids::{TaskId, WorkerId};
+
+mod permissions;
+pub use permissions::Permissions;
 
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "vgas";

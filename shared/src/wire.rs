@@ -75,7 +75,7 @@ pub struct TaskSpec {
     pub max_attempts: Option<u32>,
     /// Compile tasks only: the segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compile: Option<crate::build::CompileSpec>,
+    pub compile: Option<crate::farm::CompileSpec>,
     /// Agent tasks only: the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::agent::AgentRun>,
@@ -88,7 +88,7 @@ pub struct TaskSpec {
     /// prepares it (`EnvironmentManager::setup_sandboxed_environment`) and puts its `bin`
     /// first on the task's `PATH`; one it cannot satisfy fails the task with the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment: Option<crate::build::EnvSpec>,
+    pub environment: Option<crate::farm::EnvSpec>,
 }
 
 /// An input file: `{"path":"in.txt","text":"..."}` or `{"path":"in.bin","base64":"..."}`.
@@ -166,7 +166,7 @@ impl TaskSpec {
                             .into(),
                     );
                 }
-                let tag = crate::build::compiler_tag(&c.compiler);
+                let tag = crate::farm::compiler_tag(&c.compiler);
                 if !self.needs.capabilities.contains(&tag) {
                     return bad(format!(
                         "a compile task must need its compiler's capability {tag:?}"
@@ -348,6 +348,22 @@ pub struct TaskQuery {
     pub task_id: TaskId,
 }
 
+/// Master to worker on `vgas.worker.<id>.cancel`: stop this attempt of the task (a worker not
+/// running that attempt ignores it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelAttempt {
+    pub task_id: TaskId,
+    pub attempt: u32,
+}
+
+/// The answer to `vgas.task.cancel` for a task that is queued or running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub task_id: TaskId,
+    /// True: the cancel is on its way; the task's `finished` event says when it took effect.
+    pub cancelling: bool,
+}
+
 /// How a task ended. The one final result of a task carries exactly one of these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -443,6 +459,10 @@ pub enum TaskEvent {
         /// Bytes of a file sent by reference.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
+        /// The file's permission bits on the worker (`0o755` for a binary it built), so the
+        /// submitter's copy keeps them; set-id and sticky bits are never applied there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
     /// The one final result, published once by the master.
     Finished {

@@ -79,6 +79,7 @@ fn wasm_specs_parse_and_keep_exec_json_unchanged() {
         base64: "aGk=".into(),
         object: None,
         size: None,
+        mode: None,
     };
     assert_eq!(
         serde_json::to_string(&art).unwrap(),
@@ -91,6 +92,7 @@ fn wasm_specs_parse_and_keep_exec_json_unchanged() {
         base64: String::new(),
         object: Some("t/2/big.bin".into()),
         size: Some(5 << 20),
+        mode: None,
     };
     let json = serde_json::to_string(&by_ref).unwrap();
     assert_eq!(

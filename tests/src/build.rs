@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use vgas_shared::build::{BuildUpdate, Origin};
+use vgas_shared::farm::{BuildUpdate, Origin};
 
 /// True (and says so) when there is no gcc to build with.
 pub fn skip_without_gcc() -> bool {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vgas_shared::build::{BuildUpdate, Origin};
+use vgas_shared::farm::{BuildUpdate, Origin};
 use vgas_tests::build::{
     fetch_binary, make_clean, ok, origins, run_plan, skip_without_gcc, updates,
 };

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vgas_shared::build::BuildUpdate;
+use vgas_shared::farm::BuildUpdate;
 use vgas_tests::build::{ok, origins, skip_without_gcc, updates};
 use vgas_tests::{repo_root, Swarm};
 

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
-use vgas_shared::build::{CompileSpec, Language};
+use vgas_shared::farm::{CompileSpec, Language};
 use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
 use vgas_shared::wire::{TaskOutcome, TaskSpec};
 

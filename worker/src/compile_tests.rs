@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vgas_shared::build::Source;
+use vgas_shared::farm::Source;
 use vgas_shared::limits::EVENT_CHANNEL_CAPACITY;
 use vgas_shared::wire::{InputFile, Needs, TaskKind};
 

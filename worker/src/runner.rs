@@ -22,7 +22,7 @@ use vgas_shared::limits::{
     EVENT_CHANNEL_CAPACITY, HEARTBEAT_INTERVAL, MAX_SUBMIT_BYTES, SHUTDOWN_TIMEOUT,
 };
 use vgas_shared::wire::{
-    AssignAck, Assignment, Heartbeat, TaskEvent, TaskKind, TaskOutcome, WorkerResult,
+    AssignAck, Assignment, CancelAttempt, Heartbeat, TaskEvent, TaskKind, TaskOutcome, WorkerResult,
 };
 use vgas_shared::{Encoding, TaskId};
 
@@ -253,12 +253,7 @@ impl Worker {
     }
 
     fn on_cancel(&self, msg: &Message) {
-        #[derive(serde::Deserialize)]
-        struct CancelMsg {
-            task_id: TaskId,
-            attempt: u32,
-        }
-        let Ok((c, _)) = decode::<CancelMsg>(&msg.payload, 1024) else {
+        let Ok((c, _)) = decode::<CancelAttempt>(&msg.payload, 1024) else {
             return;
         };
         if let Some(r) = self.running.lock().expect("running lock").get(&c.task_id) {
@@ -501,6 +496,7 @@ impl Worker {
                 base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
                 object: None,
                 size: None,
+                mode: None,
             },
             ArtifactBody::Large { file, size } => {
                 let bucket = self.cfg.conn.subjects.artifacts_bucket();
@@ -512,6 +508,7 @@ impl Worker {
                     base64: String::new(),
                     object: Some(object),
                     size: Some(size),
+                    mode: None,
                 }
             }
         })

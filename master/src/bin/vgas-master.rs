@@ -1,4 +1,5 @@
-//! `vgas-master`: parses settings, sets up tracing and Ctrl-C/SIGTERM, then runs the master.
+//! `vgas-master`: parses settings, sets up tracing and Ctrl-C/SIGTERM, then runs the master;
+//! `vgas-master vault ...` works on the master's key vault instead (what `vgas vault` runs).
 
 use anyhow::Result;
 use clap::Parser;
@@ -20,12 +21,32 @@ struct Args {
     /// The nats-server monitoring (HTTP) port to announce over mDNS.
     #[arg(long, env = "VGAS_ADVERTISE_HTTP_PORT")]
     advertise_http_port: Option<u16>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Provider API keys in this master's vault (also `vgas vault ...`).
+    #[command(subcommand)]
+    Vault(vgas_master::vault_cli::VaultCmd),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    vgas_master::init_tracing();
     let args = Args::parse();
+    if let Some(Cmd::Vault(cmd)) = args.cmd {
+        vgas_client::init_tracing_quiet();
+        let conn = args.common.resolve(Role::Client)?;
+        match vgas_master::vault_cli::run_vault(&conn, cmd) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("vgas: {e:#}");
+                std::process::exit(2);
+            }
+        }
+    }
+    vgas_master::init_tracing();
     let conn = args.common.resolve(Role::Master)?;
     let mut cfg = vgas_master::MasterConfig::new(conn);
     cfg.advertise_http_port = args.advertise_http_port;
@@ -33,6 +54,18 @@ async fn main() -> Result<()> {
         cfg.queue_capacity = q;
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(vgas_master::shutdown_on_signal(shutdown.clone()));
-    vgas_master::run(cfg, shutdown).await
+    // The signal watcher runs beside the master, not spawned: it ends with it.
+    let signals = async {
+        tokio::select! {
+            _ = vgas_master::shutdown_on_signal(shutdown.clone()) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    };
+    let master = async {
+        let ran = vgas_master::run(cfg, shutdown.clone()).await;
+        shutdown.cancel();
+        ran
+    };
+    let (ran, ()) = tokio::join!(master, signals);
+    ran
 }

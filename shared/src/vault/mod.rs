@@ -259,11 +259,7 @@ pub struct EntryInfo {
 
 /// Checks a provider name: one subject-safe token.
 pub fn validate_provider(name: &str) -> Result<(), VaultError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if crate::llm::is_provider_name(name) {
         Ok(())
     } else {
         Err(VaultError::InvalidProvider {

@@ -18,7 +18,7 @@ pub struct Toolchain {
     /// For compilers: the exact identity (`sha256:<hex>`); segments that name it need the
     /// capability tag `compiler:<first 32 hex digits>`, which the worker also offers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<crate::build::CompilerIdentity>,
+    pub identity: Option<crate::farm::CompilerIdentity>,
 }
 
 /// Worker to master on `vgas.heartbeat.<id>`, every `HEARTBEAT_INTERVAL`.

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures::StreamExt as _;
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
-use vgas_shared::build::{BuildPlan, BuildUpdate, EnvSpec, LinkSpec, PlanSegment, Source};
+use vgas_client::api::{Swarm, REQUEST_TIMEOUT};
+use vgas_shared::farm::{
+    BuildPlan, BuildUpdate, EnvSpec, LinkSpec, PlanSegment, Source, TargetBinary,
+};
 use vgas_shared::kb::Bm25Index;
 use vgas_shared::llm::ToolDef;
 use vgas_shared::wire::{check_relative_path, InputFile, TaskKind, TaskOutcome, TaskSpec};
@@ -305,9 +306,7 @@ impl Tools<'_> {
                 args: Vec::new(),
             });
         }
-        let build_id = uuid::Uuid::new_v4().simple().to_string();
         let plan = BuildPlan {
-            build_id: Some(build_id.clone()),
             compiler: EnvSpec {
                 toolchain: "gcc".into(),
                 ..Default::default()
@@ -320,7 +319,7 @@ impl Tools<'_> {
             }),
             ..Default::default()
         };
-        match self.submit_plan(&build_id, &plan).await {
+        match self.submit_plan(plan).await {
             Ok(BuildUpdate::Finished {
                 exit_code,
                 binary,
@@ -343,10 +342,10 @@ impl Tools<'_> {
                         report.errors, report.warnings
                     ));
                 }
-                let Some(object) = binary.and_then(|b| b.object) else {
+                let Some(binary) = binary.filter(|b| b.object.is_some()) else {
                     return fail("the build succeeded but linked no binary".into());
                 };
-                match self.fetch(&object, &output).await {
+                match self.fetch(&binary, &output).await {
                     Ok(size) => BuildResult {
                         ok: true,
                         binary: Some(output.clone()),
@@ -367,30 +366,20 @@ impl Tools<'_> {
         }
     }
 
+    /// The swarm, through the task API every caller uses.
+    fn swarm(&self) -> Swarm {
+        Swarm::new(self.client.clone(), self.subjects.clone())
+    }
+
     /// Submits `plan` and waits for its `finished` update.
-    async fn submit_plan(&self, id: &str, plan: &BuildPlan) -> Result<BuildUpdate, String> {
-        let mut sub = self
-            .client
-            .subscribe(self.subjects.build_updates(id))
-            .await
-            .map_err(|e| e.to_string())?;
-        let body = serde_json::to_vec(plan).map_err(|e| e.to_string())?;
-        let reply = self
-            .client
-            .request(self.subjects.build_submit(), body.into())
-            .await
-            .map_err(|e| format!("submit: {e}"))?;
-        let v: Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-        if let Some(err) = v.get("error") {
-            return Err(err["message"].as_str().unwrap_or("refused").to_owned());
-        }
+    async fn submit_plan(&self, plan: BuildPlan) -> Result<BuildUpdate, String> {
         let wait = async {
-            while let Some(m) = sub.next().await {
-                if let Ok(u @ BuildUpdate::Finished { .. }) = serde_json::from_slice(&m.payload) {
-                    return Ok(u);
-                }
-            }
-            Err("the build's updates ended".to_string())
+            let following = self
+                .swarm()
+                .submit_plan(plan, REQUEST_TIMEOUT)
+                .await
+                .map_err(|e| format!("submit: {e:#}"))?;
+            following.finish(|_| {}).await.map_err(|e| format!("{e:#}"))
         };
         tokio::select! {
             r = tokio::time::timeout(BUILD_TIMEOUT, wait) => r.map_err(|_| format!("no result within {} s", BUILD_TIMEOUT.as_secs()))?,
@@ -398,26 +387,14 @@ impl Tools<'_> {
         }
     }
 
-    /// Downloads artifact `object` to workspace path `rel` (mode 0755); its size.
-    async fn fetch(&self, object: &str, rel: &str) -> Result<u64, String> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let js = async_nats::jetstream::new(self.client.clone());
-        let store = js
-            .get_object_store(self.subjects.artifacts_bucket())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut r = store.get(object).await.map_err(|e| e.to_string())?;
-        let mut bytes = Vec::new();
-        (&mut r)
-            .take(vgas_shared::limits::MAX_ARTIFACT_BYTES)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+    /// Downloads the build's binary to workspace path `rel` (mode 0755); its size.
+    async fn fetch(&self, binary: &TargetBinary, rel: &str) -> Result<u64, String> {
         let p = self.path(rel)?;
-        std::fs::write(&p, &bytes).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| e.to_string())?;
-        Ok(bytes.len() as u64)
+        self.swarm()
+            .fetch_binary(binary, &p)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(binary.size)
     }
 
     async fn run_command(&mut self, args: &Value) -> Result<String, String> {

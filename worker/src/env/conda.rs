@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vgas_shared::build::EnvSpec;
+use vgas_shared::farm::EnvSpec;
 
 use super::{find_executable, spec_matches, EnvError, EnvPath, EnvironmentManager};
 

@@ -3,7 +3,7 @@
 //! environment directories. Why identities: a segment must be compiled by a compiler
 //! identical to the submitter's, byte for byte, or the linked program mixes objects of two
 //! compilers; the identity (driver and compiler proper hashed, see
-//! `vgas_shared::toolchain`) is what heartbeats advertise and compile tasks name.
+//! `vgas_client::toolchain`) is what heartbeats advertise and compile tasks name.
 //!
 //! An environment is a directory `<work_dir>/envs/<spec key>/` holding `bin/<toolchain>` (a
 //! link to the chosen compiler) and `spec.json`, written last so a directory without it is
@@ -22,8 +22,8 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use vgas_shared::build::{CompilerIdentity, EnvSpec, VersionReq};
-use vgas_shared::toolchain::identify_cached;
+use vgas_client::toolchain::identify_cached;
+use vgas_shared::farm::{CompilerIdentity, EnvSpec, VersionReq};
 use vgas_shared::wire::Toolchain;
 
 /// The compilers probed at start, in the order they are looked for (and preferred).

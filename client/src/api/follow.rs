@@ -1,0 +1,298 @@
+//! Submit a task and follow it to its end. The events of a task carry the attempt they belong
+//! to; [`Following`] drops what a lost attempt printed or wrote once a newer attempt has begun,
+//! and asks the master for the task's record every [`POLL_INTERVAL`], so a follower that
+//! missed the final event (a master restart, a reconnect) still ends.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use async_nats::Subscriber;
+use base64::Engine as _;
+use futures::StreamExt;
+use tokio::time::{Instant, Interval};
+use vgas_shared::codec::decode_as;
+use vgas_shared::wire::{
+    check_relative_path, SubmitReply, TaskEvent, TaskOutcome, TaskQuery, TaskRecord, TaskSpec,
+    TaskState,
+};
+use vgas_shared::{Encoding, TaskId, WorkerId};
+
+use super::Swarm;
+
+/// How often a follower asks for the task's record, in case it missed the final event.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a follower that learnt from the record that the task has finished still reads
+/// events already on their way (output, artifacts) before it ends.
+const DRAIN_WINDOW: Duration = Duration::from_millis(200);
+
+/// One step of a followed task, with lost attempts' output already dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// An attempt started on `worker`.
+    Started {
+        worker: WorkerId,
+        attempt: u32,
+    },
+    Stdout(String),
+    Stderr(String),
+    /// A new attempt begins: whatever the caller kept of the earlier one is void.
+    Retrying {
+        attempt: u32,
+        reason: String,
+    },
+    /// A file the task wrote.
+    Artifact(Artifact),
+    /// The task's one final result. Nothing follows it.
+    Finished {
+        outcome: TaskOutcome,
+        worker: Option<WorkerId>,
+    },
+}
+
+/// A file a task wrote, as its event announced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    /// Relative to the task directory (checked: no `..`, not absolute).
+    pub path: String,
+    /// The file's permission bits on the worker (`None` from a worker that does not send them).
+    pub mode: Option<u32>,
+    pub body: ArtifactBody,
+}
+
+/// Where an artifact's bytes are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArtifactBody {
+    Inline(Vec<u8>),
+    /// In the artifacts bucket under `object`, `size` bytes.
+    Object {
+        object: String,
+        size: u64,
+    },
+}
+
+/// A submitted task, with its events already subscribed.
+#[derive(Debug)]
+pub struct Submitted {
+    pub reply: SubmitReply,
+    pub following: Following,
+}
+
+impl Swarm {
+    /// Submits `spec` (giving it a random id when it has none) and returns it with its events
+    /// subscribed before the submit, so not one event is missed. A refusal (`busy`, bad input)
+    /// is an error that downcasts to [`super::Refused`].
+    pub async fn submit(&self, mut spec: TaskSpec, timeout: Duration) -> Result<Submitted> {
+        let id = spec.task_id.get_or_insert_with(TaskId::random).clone();
+        let events = self
+            .client
+            .subscribe(self.subjects.task_events(&id))
+            .await?;
+        let reply: SubmitReply = self
+            .request_within(self.subjects.submit(), &spec, timeout)
+            .await?;
+        let mut following = Following::new(self.clone(), id, events);
+        following.poll.reset();
+        Ok(Submitted { reply, following })
+    }
+
+    /// Follows a task submitted earlier (`vgas watch`): its record is asked for at once, so a
+    /// task that has already finished ends the follow without waiting.
+    pub async fn follow(&self, id: &TaskId) -> Result<Following> {
+        let events = self.client.subscribe(self.subjects.task_events(id)).await?;
+        Ok(Following::new(self.clone(), id.clone(), events))
+    }
+}
+
+/// A task being followed; [`Following::next`] gives its steps in order.
+#[derive(Debug)]
+pub struct Following {
+    swarm: Swarm,
+    id: TaskId,
+    events: Subscriber,
+    /// The newest attempt seen; output of older (lost) attempts is dropped.
+    attempt: u32,
+    poll: Interval,
+    /// Past this, the follower cancels the task and gives up; until then, a failed poll (the
+    /// master restarting) is tried again at the next tick.
+    give_up: Option<Instant>,
+    /// The record said the task finished: read events until the drain window closes.
+    finishing: Option<(TaskOutcome, Option<WorkerId>, Instant)>,
+    done: bool,
+}
+
+/// The follower gave up: no result within its limit. The task was asked to cancel.
+#[derive(Debug, thiserror::Error)]
+#[error("no result within {0:?}")]
+pub struct NoResult(pub Duration);
+
+impl Following {
+    fn new(swarm: Swarm, id: TaskId, events: Subscriber) -> Self {
+        Following {
+            swarm,
+            id,
+            events,
+            attempt: 0,
+            poll: tokio::time::interval(POLL_INTERVAL),
+            give_up: None,
+            finishing: None,
+            done: false,
+        }
+    }
+
+    pub fn id(&self) -> &TaskId {
+        &self.id
+    }
+
+    /// Gives up after `limit` from now: the task is cancelled and [`Following::next`] fails
+    /// with [`NoResult`]. A follower with a limit rides out a master that does not answer.
+    pub fn give_up_after(mut self, limit: Duration) -> Self {
+        self.give_up = Some(Instant::now() + limit);
+        self
+    }
+
+    /// The next step. After [`Step::Finished`] it fails.
+    pub async fn next(&mut self) -> Result<Step> {
+        if self.done {
+            bail!("task {} has already finished", self.id);
+        }
+        loop {
+            if let Some((_, _, until)) = &self.finishing {
+                let until = *until;
+                let msg = tokio::time::timeout_at(until, self.events.next()).await;
+                if let Ok(Some(msg)) = msg {
+                    if let Some(step) = self.on_event(&msg.payload)? {
+                        return Ok(self.seen(step));
+                    }
+                    continue;
+                }
+                let (outcome, worker, _) = self.finishing.take().expect("finishing");
+                return Ok(self.seen(Step::Finished { outcome, worker }));
+            }
+            tokio::select! {
+                msg = self.events.next() => {
+                    let Some(msg) = msg else { bail!("the event subscription of task {} closed", self.id) };
+                    if let Some(step) = self.on_event(&msg.payload)? {
+                        return Ok(self.seen(step));
+                    }
+                }
+                _ = self.poll.tick() => self.poll_record().await?,
+            }
+        }
+    }
+
+    /// Follows to the end, handing every step but the last to `each`; the final outcome and
+    /// the worker that produced it.
+    pub async fn finish<F>(mut self, mut each: F) -> Result<(TaskOutcome, Option<WorkerId>)>
+    where
+        F: FnMut(Step) -> Result<()>,
+    {
+        loop {
+            match self.next().await? {
+                Step::Finished { outcome, worker } => return Ok((outcome, worker)),
+                step => each(step)?,
+            }
+        }
+    }
+
+    fn seen(&mut self, step: Step) -> Step {
+        if matches!(step, Step::Finished { .. }) {
+            self.done = true;
+        }
+        step
+    }
+
+    async fn poll_record(&mut self) -> Result<()> {
+        if let Some(at) = self.give_up {
+            if Instant::now() > at {
+                let _ = self.swarm.cancel(&self.id).await;
+                return Err(NoResult(at.elapsed()).into());
+            }
+        }
+        let query = TaskQuery {
+            task_id: self.id.clone(),
+        };
+        let rec: Result<TaskRecord> = self
+            .swarm
+            .request(self.swarm.subjects.task_info(), &query)
+            .await;
+        match rec {
+            Ok(TaskRecord {
+                state:
+                    TaskState::Finished {
+                        outcome, worker, ..
+                    },
+                ..
+            }) => {
+                self.finishing = Some((outcome, worker, Instant::now() + DRAIN_WINDOW));
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(_) if self.give_up.is_some() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The step an event makes, if any: stale attempts' output and undecodable events are
+    /// dropped.
+    fn on_event(&mut self, payload: &[u8]) -> Result<Option<Step>> {
+        let Ok(ev) = decode_as::<TaskEvent>(Encoding::detect(payload), payload) else {
+            return Ok(None);
+        };
+        let current = |a: u32, me: &mut Self| {
+            if a >= me.attempt {
+                me.attempt = a;
+                true
+            } else {
+                false
+            }
+        };
+        Ok(match ev {
+            TaskEvent::Assigned { attempt, .. } => {
+                self.attempt = self.attempt.max(attempt);
+                None
+            }
+            TaskEvent::Started { worker, attempt } => {
+                current(attempt, self).then_some(Step::Started { worker, attempt })
+            }
+            TaskEvent::Stdout { attempt, data } => {
+                current(attempt, self).then_some(Step::Stdout(data))
+            }
+            TaskEvent::Stderr { attempt, data } => {
+                current(attempt, self).then_some(Step::Stderr(data))
+            }
+            TaskEvent::Retrying { attempt, reason } => {
+                self.attempt = self.attempt.max(attempt);
+                Some(Step::Retrying { attempt, reason })
+            }
+            TaskEvent::Artifact {
+                attempt,
+                path,
+                base64,
+                object,
+                size,
+                mode,
+            } => {
+                if !current(attempt, self) {
+                    return Ok(None);
+                }
+                check_relative_path(&path)?;
+                let body = match object {
+                    Some(object) => ArtifactBody::Object {
+                        object,
+                        size: size.unwrap_or(0),
+                    },
+                    None => ArtifactBody::Inline(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(base64)
+                            .with_context(|| format!("artifact {path}: bad base64"))?,
+                    ),
+                };
+                Some(Step::Artifact(Artifact { path, mode, body }))
+            }
+            TaskEvent::Finished {
+                outcome, worker, ..
+            } => Some(Step::Finished { outcome, worker }),
+        })
+    }
+}

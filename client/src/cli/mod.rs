@@ -1,0 +1,122 @@
+//! The `vgas` user CLI: `init`, `submit`, `status`, `watch`, `cancel`, `build`, `agent`,
+//! `usage`, `discover`, and `vault` (handed to `vgas-master`). It speaks MessagePack to the
+//! master like any of our processes, through the task API (`crate::api`); everything it does
+//! can also be done with the `nats` CLI in JSON (see docs/protocol.md).
+
+pub mod agent;
+pub mod discover;
+pub mod status;
+pub mod submit;
+pub mod usage;
+pub mod vault;
+pub mod wasm;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use vgas_shared::config::{CommonArgs, Role};
+use vgas_shared::TaskId;
+
+use crate::api::Swarm;
+
+pub use submit::SubmitArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "vgas", version, about = "Run work on the vgas swarm")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create the swarm's NATS users and the server's auth.conf (idempotent).
+    Init,
+    /// Run a command on the swarm, streaming its output; exits with its exit code.
+    Submit(SubmitArgs),
+    /// Show the swarm: live and abnormal workers, queue, in-flight tasks.
+    Status {
+        /// Print the raw SwarmPulse as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a task's output and result.
+    Watch { task_id: TaskId },
+    /// Cancel a task.
+    Cancel { task_id: TaskId },
+    /// List the vgas nodes on the LAN (mDNS): mode, cluster, addresses, joined or not.
+    Discover {
+        /// Seconds to listen.
+        #[arg(long, default_value_t = 3)]
+        wait: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Provider API keys in the master's vault (run on the master's machine; this is
+    /// `vgas-master vault ...`, see `vgas vault --help`).
+    #[command(disable_help_flag = true)]
+    Vault {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build C/C++ on the swarm: `vgas build -- make -j8`, `--compdb`, or `--plan`.
+    Build(crate::farm::cli::BuildArgs),
+    /// AI agents: run an instruction through Architect, Programmer and Tester; knowledge
+    /// base; stats.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// LLM usage by provider, model and day, with budgets and rates.
+    Usage {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let conn = cli.common.resolve(Role::Client)?;
+    let cmd = match cli.cmd {
+        Cmd::Init => {
+            let report = crate::init::init(&conn.state_dir, &conn.subjects)?;
+            for p in &report.created {
+                println!("created {}", p.display());
+            }
+            for p in &report.kept {
+                println!("kept    {}", p.display());
+            }
+            println!("wrote   {}", report.auth_conf.display());
+            return Ok(0);
+        }
+        Cmd::Discover { wait, json } => {
+            return discover::run(&conn, Duration::from_secs(wait), json).await;
+        }
+        Cmd::Vault { .. } => {
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            return Err(vault::exec_master(argv));
+        }
+        cmd => cmd,
+    };
+    let client = crate::connect::connect(&conn, "vgas-cli").await?;
+    let swarm = Swarm::new(client, conn.subjects.clone());
+    let code = match cmd {
+        Cmd::Init | Cmd::Discover { .. } | Cmd::Vault { .. } => unreachable!("handled above"),
+        Cmd::Usage { json } => usage::run(&swarm, json).await?,
+        Cmd::Submit(args) => submit::submit(&swarm, args).await?,
+        Cmd::Build(args) => crate::farm::cli::run(&swarm, &conn, args).await?,
+        Cmd::Agent(cmd) => agent::run(&swarm, cmd).await?,
+        Cmd::Status { json } => status::run(&swarm, json).await?,
+        Cmd::Watch { task_id } => submit::watch(&swarm, &task_id).await?,
+        Cmd::Cancel { task_id } => {
+            swarm.cancel(&task_id).await?;
+            println!("cancelling {task_id}");
+            0
+        }
+    };
+    swarm.client.flush().await.ok();
+    Ok(code)
+}

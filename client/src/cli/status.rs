@@ -1,0 +1,91 @@
+//! `vgas status`: the swarm's `SwarmPulse` as a table (or JSON), with the agents' figures
+//! when any agent has run.
+
+use anyhow::Result;
+use std::collections::BTreeMap;
+use vgas_shared::wire::SwarmPulse;
+
+use crate::api::Swarm;
+
+/// Prints the swarm's status; the exit code.
+pub async fn run(swarm: &Swarm, json: bool) -> Result<i32> {
+    let pulse: SwarmPulse = swarm
+        .request(swarm.subjects.status(), &BTreeMap::<String, String>::new())
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pulse)?);
+        return Ok(0);
+    }
+    print!("{}", render_status(&pulse));
+    // Agents, when any has run (`vgas agent stats --json` for the figures).
+    if let Ok(kv) = crate::agents::bucket(&swarm.client, &swarm.subjects).await {
+        if let Ok(stats) = crate::agents::all_stats(&kv).await {
+            if !stats.is_empty() {
+                print!("agents:\n{}", crate::agents::render_stats(&stats));
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The `vgas status` table.
+pub fn render_status(p: &SwarmPulse) -> String {
+    let mut s = format!(
+        "{} live, {} abnormal | queue {}/{} | in flight {} | accepted {} finished {}\n",
+        p.live.len(),
+        p.abnormal.len(),
+        p.queue_depth,
+        p.queue_capacity,
+        p.in_flight,
+        p.tasks_accepted,
+        p.tasks_finished
+    );
+    s.push_str(&format!(
+        "{:<28} {:<14} {:>5} {:>4} {:>5} {:>4} {:>7} {:>5} {:>6}  {:<10} {}\n",
+        "WORKER",
+        "HOST",
+        "SLOTS",
+        "BUSY",
+        "LOAD",
+        "CPUS",
+        "MEM_MB",
+        "DONE",
+        "SEEN",
+        "ISOLATION",
+        "CAPABILITIES"
+    ));
+    for n in &p.live {
+        let state = if n.draining { " (draining)" } else { "" };
+        s.push_str(&format!(
+            "{:<28} {:<14} {:>5} {:>4} {:>5.2} {:>4} {:>7} {:>5} {:>5}s  {:<10} {}{}\n",
+            n.id.as_str(),
+            n.hostname,
+            n.slots,
+            n.in_flight,
+            n.load1,
+            n.cpus,
+            n.memory_mb,
+            n.tasks_done,
+            n.last_seen_ms_ago / 1000,
+            n.isolation,
+            n.capabilities.join(","),
+            state
+        ));
+    }
+    for u in &p.unjoined {
+        let why = u.not_joined.map(|w| w.describe()).unwrap_or("");
+        s.push_str(&format!(
+            "SEEN     {:<28} cluster {} at {:?}: {}\n",
+            u.advert.node_id, u.advert.cluster, u.addresses, why
+        ));
+    }
+    for a in &p.abnormal {
+        s.push_str(&format!(
+            "ABNORMAL {:<28} {} (last seen {}s ago)\n",
+            a.id.as_str(),
+            a.reason,
+            a.last_seen_ms_ago / 1000
+        ));
+    }
+    s
+}

@@ -1,0 +1,310 @@
+//! The swarm-wide build cache: a KV bucket maps a segment's cache key (preprocessed source,
+//! exact compiler identity, flags) to a `CacheEntry`, an Object Store bucket holds the objects
+//! under the same key. Every submitter reads it before it dispatches and writes what it
+//! compiled, so a rebuild after `make clean` compiles nothing, on any host of the swarm.
+//!
+//! The size bound: the objects bucket is created with room for the bound plus headroom, and
+//! the master's sweeper (`sweep`) deletes the oldest objects once the bound is passed, down
+//! to a low-water mark, with their index entries. An index entry whose object is gone is a
+//! miss, and a hit whose bytes do not hash to the entry's digest is a miss and is removed.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, kv, object_store};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt as _;
+use tracing::{debug, info, warn};
+use vgas_shared::codec::{decode_as, encode};
+use vgas_shared::farm::CacheEntry;
+use vgas_shared::{now_ms, Encoding, Subjects};
+
+/// Default size bound of the cached objects (1 GiB): a large C++ project's objects fit,
+/// and it stays well inside `max_file_store` in `nats.conf` beside the other buckets.
+pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Room the objects bucket has past the bound, so puts between two sweeps do not fail.
+const BUCKET_HEADROOM_PERCENT: u64 = 25;
+
+/// A sweep deletes down to this share of the bound, so it does not run again at once.
+const LOW_WATER_PERCENT: u64 = 80;
+
+/// How often the master checks the cache's size.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Largest object the cache stores or hands out (256 MiB, the artifact limit).
+pub const MAX_CACHED_OBJECT: u64 = vgas_shared::limits::MAX_ARTIFACT_BYTES;
+
+/// Largest index entry read back (stderr is capped when written).
+const MAX_ENTRY_BYTES: usize = 256 * 1024;
+
+/// Warnings text kept with an entry (64 KiB): replayed on a hit.
+const MAX_CACHED_STDERR: usize = 64 * 1024;
+
+/// Creates the cache's buckets if missing (the master, at start).
+pub async fn open_buckets(js: &jetstream::Context, subjects: &Subjects, bound: u64) -> Result<()> {
+    let index = subjects.build_cache_bucket();
+    if js.get_key_value(&index).await.is_err() {
+        js.create_key_value(kv::Config {
+            bucket: index.clone(),
+            description: "vgas build cache index: cache key to entry".into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            max_bytes: (bound / 8).max(16 * 1024 * 1024) as i64,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create the KV bucket {index}"))?;
+    }
+    let objects = subjects.build_objects_bucket();
+    if js.get_object_store(&objects).await.is_err() {
+        js.create_object_store(object_store::Config {
+            bucket: objects.clone(),
+            description: Some("vgas build cache objects, named by cache key".into()),
+            max_bytes: (bound + bound * BUCKET_HEADROOM_PERCENT / 100) as i64,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create the Object Store bucket {objects}"))?;
+    }
+    let sources = subjects.build_sources_bucket();
+    if js.get_object_store(&sources).await.is_err() {
+        js.create_object_store(object_store::Config {
+            bucket: sources.clone(),
+            description: Some("vgas build sources too large to send inline, by sha256".into()),
+            max_bytes: vgas_shared::limits::ARTIFACTS_BUCKET_MAX_BYTES,
+            max_age: vgas_shared::limits::ARTIFACT_MAX_AGE,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create the Object Store bucket {sources}"))?;
+    }
+    Ok(())
+}
+
+/// A handle on the cache for one submitter.
+#[derive(Clone)]
+pub struct BuildCache {
+    index: kv::Store,
+    objects: object_store::ObjectStore,
+}
+
+impl std::fmt::Debug for BuildCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BuildCache")
+    }
+}
+
+/// A hit: the entry and the object's bytes, verified.
+#[derive(Debug)]
+pub struct Hit {
+    pub entry: CacheEntry,
+    pub object: Vec<u8>,
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl BuildCache {
+    pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self> {
+        // Both at once: every compiler process opens the cache, one round trip is saved.
+        let (index_name, objects_name) = (
+            subjects.build_cache_bucket(),
+            subjects.build_objects_bucket(),
+        );
+        let (index, objects) = tokio::join!(
+            js.get_key_value(&index_name),
+            js.get_object_store(&objects_name)
+        );
+        let index = index.with_context(|| {
+            format!("open the build cache {index_name} (is vgas-master running?)")
+        })?;
+        let objects =
+            objects.with_context(|| format!("open the build objects bucket {objects_name}"))?;
+        Ok(BuildCache { index, objects })
+    }
+
+    /// The cached object for `key`, if the cache has it whole.
+    pub async fn lookup(&self, key: &str) -> Result<Option<Hit>> {
+        let Some(bytes) = self.index.get(key).await.context("read the build cache")? else {
+            return Ok(None);
+        };
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return Ok(None);
+        }
+        let entry: CacheEntry = match decode_as(Encoding::MsgPack, &bytes) {
+            Ok(e) => e,
+            Err(_) => return self.forget(key).await,
+        };
+        if entry.size > MAX_CACHED_OBJECT {
+            return self.forget(key).await;
+        }
+        let mut reader = match self.objects.get(&entry.object).await {
+            Ok(r) => r,
+            // Evicted (or never finished): a miss.
+            Err(_) => return self.forget(key).await,
+        };
+        let mut object = Vec::with_capacity(entry.size as usize);
+        if (&mut reader)
+            .take(MAX_CACHED_OBJECT)
+            .read_to_end(&mut object)
+            .await
+            .is_err()
+            || object.len() as u64 != entry.size
+            || digest(&object) != entry.sha256
+        {
+            warn!(key, "cached object is damaged or incomplete; dropping it");
+            return self.forget(key).await;
+        }
+        Ok(Some(Hit { entry, object }))
+    }
+
+    async fn forget(&self, key: &str) -> Result<Option<Hit>> {
+        let _ = self.index.delete(key).await;
+        Ok(None)
+    }
+
+    /// Stores an object under `key`: the object first, then the index entry, so an entry
+    /// never points at nothing (short of eviction, which a lookup treats as a miss).
+    pub async fn store(
+        &self,
+        key: &str,
+        object: &[u8],
+        stderr: &str,
+        compile_ms: u64,
+    ) -> Result<()> {
+        if object.len() as u64 > MAX_CACHED_OBJECT {
+            return Ok(());
+        }
+        let mut reader = object;
+        self.objects
+            .put(key, &mut reader)
+            .await
+            .context("put the object into the build cache")?;
+        let mut stderr = stderr.to_owned();
+        if stderr.len() > MAX_CACHED_STDERR {
+            let mut cut = MAX_CACHED_STDERR;
+            while !stderr.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            stderr.truncate(cut);
+        }
+        let entry = CacheEntry {
+            object: key.to_owned(),
+            size: object.len() as u64,
+            sha256: digest(object),
+            stderr,
+            compile_ms,
+            created_ms: now_ms(),
+        };
+        let bytes = Bytes::from(encode(Encoding::MsgPack, &entry)?);
+        self.index
+            .put(key, bytes)
+            .await
+            .context("write the build cache index")?;
+        Ok(())
+    }
+
+    /// The direct-mode manifest stored under `direct_key`, if any.
+    pub async fn manifest(&self, direct_key: &str) -> Option<super::direct::Manifest> {
+        let bytes = self.index.get(direct_key).await.ok()??;
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return None;
+        }
+        decode_as(Encoding::MsgPack, &bytes).ok()
+    }
+
+    /// Stores a direct-mode manifest; a failure only costs the next build a preprocessing run.
+    pub async fn put_manifest(&self, direct_key: &str, m: &super::direct::Manifest) {
+        let Ok(bytes) = encode(Encoding::MsgPack, m) else {
+            return;
+        };
+        if bytes.len() <= MAX_ENTRY_BYTES {
+            if let Err(e) = self.index.put(direct_key, Bytes::from(bytes)).await {
+                debug!("manifest not stored: {e}");
+            }
+        }
+    }
+
+    /// Empties the cache (`vgas build --purge-cache`); returns the objects removed.
+    pub async fn purge(&self) -> Result<u64> {
+        let names: Vec<String> = self
+            .objects
+            .list()
+            .await
+            .context("list cached objects")?
+            .map_ok(|i| i.name)
+            .try_collect()
+            .await
+            .context("list cached objects")?;
+        for n in &names {
+            let _ = self.objects.delete(n).await;
+            let _ = self.index.purge(n).await;
+        }
+        // Manifests too: after a purge every unit is preprocessed and compiled again.
+        if let Ok(keys) = self.index.keys().await {
+            let manifests: Vec<String> = keys
+                .filter_map(|k| async move { k.ok().filter(|k| k.starts_with("direct.")) })
+                .collect()
+                .await;
+            for k in manifests {
+                let _ = self.index.purge(&k).await;
+            }
+        }
+        Ok(names.len() as u64)
+    }
+}
+
+/// Bytes the objects bucket holds now.
+pub async fn stored_bytes(js: &jetstream::Context, subjects: &Subjects) -> Result<u64> {
+    let name = Subjects::object_stream(&subjects.build_objects_bucket());
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .context("open the objects stream")?;
+    Ok(stream
+        .info()
+        .await
+        .context("objects stream info")?
+        .state
+        .bytes)
+}
+
+/// One sweep: past `bound`, deletes the oldest objects (and their index entries) until the
+/// objects are under the low-water mark. Returns how many were evicted.
+pub async fn sweep(js: &jetstream::Context, subjects: &Subjects, bound: u64) -> Result<u64> {
+    let bytes = stored_bytes(js, subjects).await?;
+    if bytes <= bound {
+        return Ok(0);
+    }
+    let cache = BuildCache::open(js, subjects).await?;
+    let mut infos: Vec<object_store::ObjectInfo> = cache
+        .objects
+        .list()
+        .await
+        .context("list cached objects")?
+        .try_collect()
+        .await
+        .context("list cached objects")?;
+    infos.sort_by_key(|i| i.modified);
+    let target = bound * LOW_WATER_PERCENT / 100;
+    let mut left = bytes;
+    let mut evicted = 0;
+    for i in infos {
+        if left <= target {
+            break;
+        }
+        let _ = cache.index.purge(&i.name).await;
+        if cache.objects.delete(&i.name).await.is_ok() {
+            left = left.saturating_sub(i.size as u64);
+            evicted += 1;
+        }
+    }
+    info!(evicted, before = bytes, bound, "build cache swept");
+    Ok(evicted)
+}

@@ -1,0 +1,99 @@
+//! Compiling on this host, the last resort of a segment: the user's own command unchanged
+//! (wrapper and compilation database), or the segment's spec with this host's identical
+//! compiler (plans run by the master).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use vgas_shared::farm::CompileSpec;
+
+/// Largest source a plan segment may hand to a local compile (64 MiB, as on workers).
+const MAX_LOCAL_SOURCE: usize = 64 * 1024 * 1024;
+
+/// The environment a compiler runs with: this process's (`None`), or the one a wrapper sent
+/// to the helper of `vgas build` (a Makefile may export variables to its compilers).
+pub type CompilerEnv = Option<Arc<Vec<(String, String)>>>;
+
+/// How to compile a segment here.
+#[derive(Debug, Clone)]
+pub enum LocalCompile {
+    /// The user's own command, exactly as the build ran it.
+    Command {
+        program: PathBuf,
+        args: Vec<String>,
+        cwd: PathBuf,
+        env: CompilerEnv,
+    },
+    /// The segment's spec, compiled by this host's compiler (the same identity).
+    Spec { compiler: PathBuf },
+    /// Nothing here can compile it; the text says why.
+    Unavailable(String),
+}
+
+/// How a local compile ended.
+#[derive(Debug, Clone)]
+pub struct LocalResult {
+    pub exit_code: i32,
+    pub stderr: String,
+}
+
+/// Runs `program` with `args` in `cwd`, stdout passed through, stderr captured.
+pub async fn run_captured(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    env: &CompilerEnv,
+) -> Result<LocalResult> {
+    let out = super::wrapper::local_command(program, env)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("run {}", program.display()))?;
+    Ok(LocalResult {
+        exit_code: out.status.code().unwrap_or(1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+impl LocalCompile {
+    pub async fn run(&self, spec: &CompileSpec, output: &Path) -> Result<LocalResult> {
+        match self {
+            LocalCompile::Command {
+                program,
+                args,
+                cwd,
+                env,
+            } => run_captured(program, args, cwd, env).await,
+            LocalCompile::Unavailable(why) => bail!("cannot compile here: {why}"),
+            LocalCompile::Spec { compiler } => {
+                let Some(source) = spec.source.inline_bytes(MAX_LOCAL_SOURCE)? else {
+                    bail!("cannot compile here: the source is in the sources bucket");
+                };
+                let dir = tempfile::tempdir().context("temporary directory")?;
+                let input = dir.path().join(match spec.language {
+                    vgas_shared::farm::Language::C => "segment.c",
+                    vgas_shared::farm::Language::Cxx => "segment.cc",
+                });
+                std::fs::write(&input, source).context("write the source")?;
+                let mut args = vec!["-x".to_owned(), spec.language.x_arg().to_owned()];
+                if spec.preprocessed {
+                    args.extend(["-fpreprocessed".into(), "-fdirectives-only".into()]);
+                }
+                args.extend(spec.args.iter().cloned());
+                args.extend([
+                    "-c".into(),
+                    input.display().to_string(),
+                    "-o".into(),
+                    output.display().to_string(),
+                ]);
+                run_captured(compiler, &args, dir.path(), &None).await
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Turning one compile job into a segment on the submitting side: preprocess it here with
+//! `-fdirectives-only` (so workers need no project headers, and macros stay for exact
+//! diagnostics), compute its cache key, and pick the user's own files named by the line
+//! markers so the worker can quote their lines in diagnostics as a local compile does.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use vgas_shared::farm::{cache_key, CompileSpec, CompilerIdentity, Source};
+use vgas_shared::wire::InputFile;
+
+use super::args::CompileJob;
+use super::local::{CompilerEnv, LocalCompile};
+use super::segment::Segment;
+
+/// Largest preprocessed unit sent to the swarm (64 MiB); bigger ones compile here.
+pub const MAX_PREPROCESSED: usize = 64 * 1024 * 1024;
+
+/// Compressed source that rides inside the task (700 KiB); past it the source goes through
+/// the sources bucket, so the task stays under the 1 MiB submit limit.
+pub const MAX_INLINE_SOURCE: usize = 700 * 1024;
+
+/// The user's files shipped for diagnostics, in all (200 KiB) and each (64 KiB): enough for
+/// a unit's own source and headers; past it diagnostics lose only their quoted lines.
+const MAX_SHIPPED_FILES_BYTES: usize = 200 * 1024;
+const MAX_SHIPPED_FILE_BYTES: u64 = 64 * 1024;
+
+/// The directory under the task directory the worker's compiler runs in.
+const WORKDIR_ROOT: &str = "src";
+
+/// What preprocessing gave.
+#[derive(Debug)]
+pub enum Prepared {
+    Segment(Box<Segment>, Vec<u8>),
+    /// Preprocessing failed (a missing header...): a result, printed as is.
+    Failed {
+        exit_code: i32,
+        stderr: String,
+    },
+}
+
+/// Preprocesses `job` with `compiler` in `cwd`.
+pub async fn prepare(
+    job: &CompileJob,
+    compiler: &Path,
+    identity: &CompilerIdentity,
+    cwd: &Path,
+    local: LocalCompile,
+    env: &CompilerEnv,
+) -> Result<Prepared> {
+    let out = super::wrapper::local_command(compiler, env)
+        .args(job.preprocess_args())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("preprocess {} with {}", job.source, compiler.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Ok(Prepared::Failed {
+            exit_code: out.status.code().unwrap_or(1),
+            stderr,
+        });
+    }
+    let pp = out.stdout;
+    let cwd_s = cwd.display().to_string();
+    let key = cache_key(
+        &identity.hash,
+        job.language,
+        &job.compile_args,
+        &job.source,
+        &cwd_s,
+        &pp,
+    );
+    let (workdir, files) = ship_user_files(&pp, cwd);
+    let spec = CompileSpec {
+        compiler: identity.hash.clone(),
+        language: job.language,
+        args: job.compile_args.clone(),
+        source_name: job.source.clone(),
+        source: Source::packed(&pp),
+        preprocessed: true,
+        cwd: cwd_s,
+        workdir,
+    };
+    let seg = Segment {
+        name: job.source.clone(),
+        spec,
+        files,
+        key,
+        output: cwd.join(&job.output),
+        local,
+    };
+    Ok(Prepared::Segment(Box::new(seg), pp))
+}
+
+/// Every file named by line markers (`# 12 "src/a.h" 1`), once each, in order of first
+/// mention, with whether it is a system header (flag 3). Pseudo-files (`<built-in>`) and
+/// names with escapes are left out.
+pub fn line_marker_files(pp: &[u8]) -> Vec<(String, bool)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for line in pp.split(|&b| b == b'\n') {
+        let Some(rest) = line.strip_prefix(b"# ") else {
+            continue;
+        };
+        let Ok(rest) = std::str::from_utf8(rest) else {
+            continue;
+        };
+        let Some((num, rest)) = rest.split_once(' ') else {
+            continue;
+        };
+        if num.parse::<u64>().is_err() || !rest.starts_with('"') {
+            continue;
+        }
+        let Some(end) = rest[1..].find('"') else {
+            continue;
+        };
+        let name = &rest[1..1 + end];
+        if name.starts_with('<') || name.contains('\\') {
+            continue;
+        }
+        let system = rest[2 + end..].split_whitespace().any(|f| f == "3");
+        if seen.insert(name.to_owned()) {
+            out.push((name.to_owned(), system));
+        }
+    }
+    out
+}
+
+/// The user's files named by line markers: not system headers, given by relative path.
+pub fn user_files(pp: &[u8]) -> BTreeSet<String> {
+    line_marker_files(pp)
+        .into_iter()
+        .filter(|(name, system)| !system && !name.starts_with('/'))
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Where a relative file sits under a workdir `depth` levels below [`WORKDIR_ROOT`], or
+/// `None` if it climbs out.
+fn placed(rel: &str, depth: usize) -> Option<String> {
+    let mut parts: Vec<String> = std::iter::once(WORKDIR_ROOT.to_owned())
+        .chain((0..depth).map(|_| "_".to_owned()))
+        .collect();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?.to_owned()),
+            Component::CurDir => {}
+            Component::ParentDir if parts.len() > 1 => {
+                parts.pop();
+            }
+            _ => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// The workdir and the files to ship, within the size caps.
+fn ship_user_files(pp: &[u8], cwd: &Path) -> (String, Vec<InputFile>) {
+    let names = user_files(pp);
+    let depth = names
+        .iter()
+        .map(|n| {
+            Path::new(n)
+                .components()
+                .take_while(|c| matches!(c, Component::ParentDir | Component::CurDir))
+                .filter(|c| matches!(c, Component::ParentDir))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+        .min(8);
+    let workdir = placed(".", depth).unwrap_or_else(|| WORKDIR_ROOT.to_owned());
+    let mut files = Vec::new();
+    let mut total = 0;
+    for n in names {
+        let path: PathBuf = cwd.join(&n);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > MAX_SHIPPED_FILE_BYTES {
+            continue;
+        }
+        let Some(at) = placed(&n, depth) else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        total += bytes.len();
+        if total > MAX_SHIPPED_FILES_BYTES {
+            break;
+        }
+        files.push(InputFile {
+            path: at,
+            base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            ..Default::default()
+        });
+    }
+    (workdir, files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_markers_name_user_files_only() {
+        let pp = b"# 0 \"src/a.c\"\n# 0 \"<built-in>\"\n# 1 \"/usr/include/stdio.h\" 1 3 4\n\
+                   int x;\n# 3 \"../inc/b.h\" 1\n# 4 \"src/a.c\" 2\n# 9 \"weird\\\\name.h\"\n";
+        let names: Vec<String> = user_files(pp).into_iter().collect();
+        assert_eq!(names, ["../inc/b.h", "src/a.c"]);
+    }
+
+    #[test]
+    fn files_are_placed_under_a_deep_enough_workdir() {
+        assert_eq!(placed(".", 0).unwrap(), "src");
+        assert_eq!(placed(".", 2).unwrap(), "src/_/_");
+        assert_eq!(placed("a.c", 1).unwrap(), "src/_/a.c");
+        assert_eq!(placed("../inc/b.h", 1).unwrap(), "src/inc/b.h");
+        assert_eq!(placed("../../x.h", 1), None, "climbing out is refused");
+        assert_eq!(placed("/etc/passwd", 3), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! One segment on the swarm: submitted as a `compile` task (its source put into the sources
+//! bucket when it is too large to travel inline) and followed through the task API, which
+//! drops a lost attempt's diagnostics and object, until the worker's result or the give-up
+//! time, past which the segment compiles here.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use vgas_shared::farm::{BuildUpdate, Source};
+use vgas_shared::limits::DEADLINE_GRACE;
+use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
+use vgas_shared::{TaskId, WorkerId};
+
+use super::segment::{BuildContext, Segment};
+use crate::api::objects::content_name;
+use crate::api::Step;
+
+/// How long a submit may wait for the master's answer before the segment compiles here.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts a segment gets on the swarm before it compiles here.
+pub const SEGMENT_ATTEMPTS: u32 = 3;
+
+/// How the swarm answered.
+#[derive(Debug)]
+pub enum Remote {
+    Compiled {
+        object: Vec<u8>,
+        stderr: String,
+        worker: WorkerId,
+        compile_ms: u64,
+        overhead_ms: u64,
+    },
+    Failed {
+        exit_code: i32,
+        stderr: String,
+        worker: WorkerId,
+    },
+    /// The swarm could not compile it; the text says why.
+    Unavailable(String),
+}
+
+/// The id a result names when no event said which worker ran it.
+pub fn unknown_worker() -> WorkerId {
+    WorkerId::parse("unknown").expect("a valid worker id")
+}
+
+fn source_too_large(source: &Source) -> bool {
+    let inline = source.lz4.as_ref().or(source.text.as_ref());
+    inline.is_some_and(|s| s.len() > super::prepare::MAX_INLINE_SOURCE)
+}
+
+/// Puts a source too large for the task into the sources bucket, by content hash.
+async fn upload_source(ctx: &BuildContext, source: &Source) -> Result<Source> {
+    let bytes = source
+        .inline_bytes(super::prepare::MAX_PREPROCESSED)?
+        .context("an inline source")?;
+    let name = content_name(&bytes);
+    let bucket = ctx.swarm.subjects.build_sources_bucket();
+    ctx.swarm
+        .upload_if_missing(&bucket, &name, &mut bytes.as_slice())
+        .await
+        .context("upload the source")?;
+    Ok(Source {
+        object: Some(name),
+        ..Default::default()
+    })
+}
+
+/// The segment as a `compile` task, submitted and followed to its end.
+pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
+    let mut compile = seg.spec.clone();
+    if source_too_large(&compile.source) {
+        compile.source = upload_source(ctx, &compile.source).await?;
+    }
+    let spec = TaskSpec {
+        task_id: Some(TaskId::random()),
+        kind: TaskKind::Compile,
+        needs: Needs {
+            capabilities: vec![vgas_shared::farm::compiler_tag(&compile.compiler)],
+        },
+        compile: Some(compile),
+        files: seg.files.clone(),
+        deadline_s: Some(ctx.segment_deadline.as_secs().max(1)),
+        max_attempts: Some(SEGMENT_ATTEMPTS),
+        wait_for_worker_s: Some(0),
+        ..Default::default()
+    };
+    spec.validate()?;
+    let submitted_at = Instant::now();
+    let submitted = match ctx.swarm.submit(spec, SUBMIT_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => return Ok(Remote::Unavailable(format!("not accepted: {e:#}"))),
+    };
+    ctx.updates
+        .send(BuildUpdate::Queued {
+            segment: seg.name.clone(),
+            task_id: submitted.reply.task_id.clone(),
+        })
+        .await;
+    // Every attempt may take its deadline; past all of them and the grace, the master is
+    // gone and the segment compiles here.
+    let limit = (ctx.segment_deadline + DEADLINE_GRACE) * SEGMENT_ATTEMPTS + Duration::from_secs(5);
+    let mut following = submitted.following.give_up_after(limit);
+    let mut started_at = None;
+    let mut compiled_at = None;
+    let mut stderr = String::new();
+    let mut object: Option<Vec<u8>> = None;
+    let mut worker = None;
+    let outcome = loop {
+        let step = match following.next().await {
+            Ok(step) => step,
+            Err(e) => return Ok(Remote::Unavailable(format!("{e:#}"))),
+        };
+        match step {
+            Step::Started { worker: w, attempt } => {
+                started_at = Some(Instant::now());
+                ctx.updates
+                    .send(BuildUpdate::Compiling {
+                        segment: seg.name.clone(),
+                        worker: w.clone(),
+                        attempt,
+                    })
+                    .await;
+                worker = Some(w);
+            }
+            Step::Retrying { attempt, reason } => {
+                stderr.clear();
+                object = None;
+                ctx.updates
+                    .send(BuildUpdate::Retried {
+                        segment: seg.name.clone(),
+                        attempt,
+                        reason,
+                    })
+                    .await;
+            }
+            Step::Stderr(data) => stderr.push_str(&data),
+            Step::Stdout(_) => {}
+            Step::Artifact(art) => {
+                compiled_at = Some(Instant::now());
+                object = Some(ctx.swarm.artifact_bytes(&art).await?);
+            }
+            Step::Finished { outcome, worker: w } => {
+                worker = w.or(worker);
+                break outcome;
+            }
+        }
+    };
+    let total_ms = submitted_at.elapsed().as_millis() as u64;
+    let worker = worker.unwrap_or_else(unknown_worker);
+    Ok(match outcome {
+        TaskOutcome::Exited { exit_code: 0 } => match object {
+            Some(object) => {
+                let compile_ms = match (started_at, compiled_at) {
+                    (Some(s), Some(c)) => c.saturating_duration_since(s).as_millis() as u64,
+                    _ => 0,
+                };
+                Remote::Compiled {
+                    object,
+                    stderr,
+                    worker,
+                    compile_ms,
+                    overhead_ms: total_ms.saturating_sub(compile_ms),
+                }
+            }
+            None => Remote::Unavailable("the worker sent no object".into()),
+        },
+        TaskOutcome::Exited { exit_code } => Remote::Failed {
+            exit_code,
+            stderr,
+            worker,
+        },
+        other => Remote::Unavailable(other.describe()),
+    })
+}

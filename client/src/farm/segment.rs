@@ -1,0 +1,348 @@
+//! One segment from cache lookup to object on disk (`compile_segment`), and many at once
+//! (`dispatch_build_segments`, seed name). Order of resort: the swarm-wide cache; a worker
+//! with the identical compiler (re-run on another worker by the master when one is lost or
+//! stalls); then, and only then, this host, with the reason in the update. A compile error is
+//! a result: it comes back with its diagnostics and is never retried or compiled again here.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_nats::Client;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+use vgas_shared::codec::encode;
+use vgas_shared::config::Resolved;
+use vgas_shared::farm::{BuildOutput, BuildUpdate, CompileSpec, Origin, MAX_UPDATE_DIAGNOSTICS};
+use vgas_shared::wire::InputFile;
+use vgas_shared::Encoding;
+
+use super::cache::BuildCache;
+use super::local::LocalCompile;
+use super::remote::{remote, Remote};
+use crate::api::Swarm;
+
+/// Default wall-clock deadline of one segment (5 minutes): a large C++ unit at -O3 takes a
+/// minute; past this the worker kills it and the segment is tried again elsewhere.
+pub const DEFAULT_SEGMENT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A translation unit ready to go.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// The source as the user named it.
+    pub name: String,
+    pub spec: CompileSpec,
+    /// The user's files shipped so the worker's diagnostics can quote source lines.
+    pub files: Vec<InputFile>,
+    /// The cache key.
+    pub key: String,
+    /// Where the object goes.
+    pub output: PathBuf,
+    /// How to compile it here if the swarm cannot.
+    pub local: LocalCompile,
+}
+
+/// Where a build's updates go: the build's NATS subject (JSON, so any client can follow)
+/// and, in-process, a channel.
+#[derive(Debug, Clone)]
+pub struct Updates {
+    client: Client,
+    subject: Option<String>,
+    local: Option<mpsc::Sender<BuildUpdate>>,
+}
+
+impl Updates {
+    pub fn new(
+        client: Client,
+        subject: Option<String>,
+        local: Option<mpsc::Sender<BuildUpdate>>,
+    ) -> Self {
+        Updates {
+            client,
+            subject,
+            local,
+        }
+    }
+
+    pub async fn send(&self, u: BuildUpdate) {
+        if let Some(subject) = &self.subject {
+            if let Ok(bytes) = encode(Encoding::Json, &u) {
+                let _ = self.client.publish(subject.clone(), bytes.into()).await;
+            }
+        }
+        if let Some(tx) = &self.local {
+            let _ = tx.send(u).await;
+        }
+    }
+}
+
+/// What a build shares across its segments.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub swarm: Swarm,
+    /// The submitter's settings (the state directory holds the compiler identity cache).
+    pub conn: Resolved,
+    /// `None` when the cache cannot be opened: every segment compiles.
+    pub cache: Option<BuildCache>,
+    pub updates: Updates,
+    /// Compile here when the swarm cannot (default on).
+    pub local_fallback: bool,
+    pub segment_deadline: Duration,
+    /// Where the build's own tasks run (the segments of `dispatch_build_segments`, the
+    /// helper's connections, cache writes behind): the caller closes and waits for it.
+    pub tasks: TaskTracker,
+    /// Cache writes run on `tasks` after the unit has answered (`vgas build`'s helper, which
+    /// waits for them before it exits); false: awaited in line (a wrapper on its own).
+    pub write_behind: bool,
+}
+
+impl BuildContext {
+    /// Runs `work` on the build's tasks when it writes behind, else now.
+    pub async fn later<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if self.write_behind {
+            self.tasks.spawn(work);
+        } else {
+            work.await
+        }
+    }
+
+    /// Stores a compiled object in the cache (in the background when it can).
+    async fn cache_object(&self, key: &str, object: Vec<u8>, stderr: String, compile_ms: u64) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let key = key.to_owned();
+        self.later(async move {
+            if let Err(e) = cache.store(&key, &object, &stderr, compile_ms).await {
+                debug!("not cached: {e:#}");
+            }
+        })
+        .await;
+    }
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_UPDATE_DIAGNOSTICS {
+        let mut n = MAX_UPDATE_DIAGNOSTICS;
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        s.truncate(n);
+    }
+    s
+}
+
+/// Compiles one segment: cache, swarm, then here.
+pub async fn compile_segment(ctx: &BuildContext, seg: &Segment) -> BuildOutput {
+    match compile_inner(ctx, seg).await {
+        Ok(out) => out,
+        Err(e) => {
+            let diagnostics = format!("vgas: {}: {e:#}\n", seg.name);
+            ctx.updates
+                .send(BuildUpdate::Failed {
+                    segment: seg.name.clone(),
+                    origin: Origin::Local {
+                        reason: format!("{e:#}"),
+                    },
+                    exit_code: 1,
+                    diagnostics: diagnostics.clone(),
+                })
+                .await;
+            BuildOutput {
+                segment: seg.name.clone(),
+                object: None,
+                exit_code: 1,
+                diagnostics,
+                origin: Origin::Local {
+                    reason: format!("{e:#}"),
+                },
+            }
+        }
+    }
+}
+
+async fn write_object(path: &PathBuf, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir).await.ok();
+    }
+    // Written aside and renamed, so make never sees half an object.
+    let tmp = path.with_extension(format!("vgas-{}.tmp", std::process::id()));
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .with_context(|| format!("write {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .with_context(|| format!("rename to {}", path.display()))
+}
+
+/// Finishes a segment from a cache hit: the object written to `output`, the warnings the
+/// compile printed replayed, `cached` and `done` sent.
+pub async fn serve_hit(
+    ctx: &BuildContext,
+    name: &str,
+    output: &PathBuf,
+    hit: super::cache::Hit,
+    direct: bool,
+) -> Result<BuildOutput> {
+    write_object(output, &hit.object).await?;
+    ctx.updates
+        .send(BuildUpdate::Cached {
+            segment: name.to_owned(),
+            saved_ms: hit.entry.compile_ms,
+            direct,
+        })
+        .await;
+    ctx.updates
+        .send(BuildUpdate::Done {
+            segment: name.to_owned(),
+            origin: Origin::Cache,
+            compile_ms: 0,
+            overhead_ms: 0,
+            diagnostics: cut(hit.entry.stderr.clone()),
+        })
+        .await;
+    Ok(BuildOutput {
+        segment: name.to_owned(),
+        object: Some(output.clone()),
+        exit_code: 0,
+        diagnostics: hit.entry.stderr,
+        origin: Origin::Cache,
+    })
+}
+
+async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput> {
+    let done = |origin: Origin, exit_code: i32, diagnostics: String, object: bool| BuildOutput {
+        segment: seg.name.clone(),
+        object: object.then(|| seg.output.clone()),
+        exit_code,
+        diagnostics,
+        origin,
+    };
+    if let Some(cache) = &ctx.cache {
+        match cache.lookup(&seg.key).await {
+            Ok(Some(hit)) => return serve_hit(ctx, &seg.name, &seg.output, hit, false).await,
+            Ok(None) => {}
+            Err(e) => debug!("cache lookup failed, compiling: {e:#}"),
+        }
+    }
+    let reason = match remote(ctx, seg).await {
+        Ok(Remote::Compiled {
+            object,
+            stderr,
+            worker,
+            compile_ms,
+            overhead_ms,
+        }) => {
+            write_object(&seg.output, &object).await?;
+            ctx.cache_object(&seg.key, object, stderr.clone(), compile_ms)
+                .await;
+            let origin = Origin::Worker { worker };
+            ctx.updates
+                .send(BuildUpdate::Done {
+                    segment: seg.name.clone(),
+                    origin: origin.clone(),
+                    compile_ms,
+                    overhead_ms,
+                    diagnostics: cut(stderr.clone()),
+                })
+                .await;
+            return Ok(done(origin, 0, stderr, true));
+        }
+        Ok(Remote::Failed {
+            exit_code,
+            stderr,
+            worker,
+        }) => {
+            let origin = Origin::Worker { worker };
+            ctx.updates
+                .send(BuildUpdate::Failed {
+                    segment: seg.name.clone(),
+                    origin: origin.clone(),
+                    exit_code,
+                    diagnostics: cut(stderr.clone()),
+                })
+                .await;
+            return Ok(done(origin, exit_code, stderr, false));
+        }
+        Ok(Remote::Unavailable(reason)) => reason,
+        Err(e) => format!("{e:#}"),
+    };
+    if !ctx.local_fallback {
+        bail!("not compiled on the swarm ({reason}) and local fallback is off");
+    }
+    let started = Instant::now();
+    let local = seg.local.run(&seg.spec, &seg.output).await?;
+    let compile_ms = started.elapsed().as_millis() as u64;
+    let origin = Origin::Local { reason };
+    if local.exit_code == 0 {
+        if let (true, Ok(object)) = (ctx.cache.is_some(), tokio::fs::read(&seg.output).await) {
+            ctx.cache_object(&seg.key, object, local.stderr.clone(), compile_ms)
+                .await;
+        }
+        ctx.updates
+            .send(BuildUpdate::Done {
+                segment: seg.name.clone(),
+                origin: origin.clone(),
+                compile_ms,
+                overhead_ms: 0,
+                diagnostics: cut(local.stderr.clone()),
+            })
+            .await;
+    } else {
+        ctx.updates
+            .send(BuildUpdate::Failed {
+                segment: seg.name.clone(),
+                origin: origin.clone(),
+                exit_code: local.exit_code,
+                diagnostics: cut(local.stderr.clone()),
+            })
+            .await;
+    }
+    Ok(done(
+        origin,
+        local.exit_code,
+        local.stderr,
+        local.exit_code == 0,
+    ))
+}
+
+/// Compiles many segments, `parallel` at a time (seed: `dispatch_build_segments`). The
+/// stream carries every update; the handle gives the outputs, in the segments' order.
+pub fn dispatch_build_segments(
+    ctx: BuildContext,
+    segments: Vec<Segment>,
+    parallel: usize,
+) -> (
+    impl Stream<Item = BuildUpdate>,
+    tokio::task::JoinHandle<Vec<BuildOutput>>,
+) {
+    let (tx, rx) = mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
+    let ctx = BuildContext {
+        updates: Updates {
+            local: Some(tx),
+            ..ctx.updates.clone()
+        },
+        ..ctx
+    };
+    let tasks = ctx.tasks.clone();
+    let handle = tasks.spawn(async move {
+        let ctx = &ctx;
+        // Concurrent on this one task: a segment mostly waits (on the swarm, a compiler
+        // process, the cache), so nothing needs a thread of its own.
+        futures::stream::iter(segments)
+            .map(|seg| async move { compile_segment(ctx, &seg).await })
+            .buffered(parallel.max(1))
+            .collect::<Vec<BuildOutput>>()
+            .await
+    });
+    (tokio_stream_from(rx), handle)
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<BuildUpdate>) -> impl Stream<Item = BuildUpdate> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

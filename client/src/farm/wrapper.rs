@@ -1,0 +1,238 @@
+//! `vgas cc` / `vgas c++` and the masquerade links `vgas build` puts on `PATH` (`cc`, `gcc`,
+//! `c++`, `g++`): the distcc-style compiler wrapper. A compile-only invocation of one source
+//! becomes a segment; everything else runs the real compiler here, unchanged, with the same
+//! exit code and output. The wrapper never makes a build fail that a local compile would
+//! pass: if the swarm cannot be reached the unit compiles here.
+
+use std::path::{Path, PathBuf};
+
+use crate::toolchain::which;
+use anyhow::{Context, Result};
+use clap::Parser;
+use vgas_shared::config::{CommonArgs, Role};
+
+use super::args::{classify, CompileJob, Invocation};
+use super::direct::FileHashes;
+use super::helper::{self, UnitRequest, ENV_HELPER_SOCKET};
+use super::local::CompilerEnv;
+use super::segment::{BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
+use super::unit::{compile_unit, Identities, UnitEnv};
+
+/// Set by `vgas build` for the commands it runs.
+pub const ENV_BUILD_ID: &str = "VGAS_BUILD_ID";
+/// The directory of masquerade links, skipped when the real compiler is looked up.
+pub const ENV_WRAPPER_DIR: &str = "VGAS_WRAPPER_DIR";
+/// The real C and C++ compilers (what `CC` and `CXX` were before `vgas build`).
+pub const ENV_REAL_CC: &str = "VGAS_REAL_CC";
+pub const ENV_REAL_CXX: &str = "VGAS_REAL_CXX";
+/// `0` turns the local fallback off (`vgas build --no-local-fallback`).
+pub const ENV_LOCAL_FALLBACK: &str = "VGAS_LOCAL_FALLBACK";
+/// Seconds a segment may take on a worker.
+pub const ENV_SEGMENT_DEADLINE: &str = "VGAS_SEGMENT_DEADLINE";
+
+/// Names under which the `vgas` binary acts as a compiler.
+pub const MASQUERADE_NAMES: &[&str] = &["cc", "gcc", "c++", "g++", "clang", "clang++"];
+
+/// The connection settings a wrapper takes: the environment only (`vgas build` exports them),
+/// since the compiler's own arguments are not ours to parse.
+#[derive(Debug, Parser)]
+struct EnvOnly {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// `path` without the masquerade links in `skip`, for every compiler this host runs itself:
+/// a compiler that is a script calling `gcc` (ccache, a cross wrapper) must reach the real
+/// `gcc`, not come back into the wrapper and compile the unit twice.
+fn without_links(path: &std::ffi::OsStr, skip: Option<&Path>) -> std::ffi::OsString {
+    let dirs = std::env::split_paths(path).filter(|d| Some(d.as_path()) != skip);
+    std::env::join_paths(dirs).unwrap_or_else(|_| path.to_owned())
+}
+
+/// A command for a compiler run on this host: the given environment (or this process's),
+/// with `PATH` cleared of the masquerade links.
+pub fn local_command(program: &Path, env: &CompilerEnv) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    match env {
+        None => {
+            let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+            if let Some(path) = std::env::var_os("PATH") {
+                cmd.env("PATH", without_links(&path, skip.as_deref()));
+            }
+        }
+        Some(vars) => {
+            let skip = vars
+                .iter()
+                .find(|(k, _)| k == ENV_WRAPPER_DIR)
+                .map(|(_, v)| PathBuf::from(v));
+            cmd.env_clear();
+            for (k, v) in vars.iter() {
+                if k == "PATH" {
+                    cmd.env(k, without_links(v.as_ref(), skip.as_deref()));
+                } else {
+                    cmd.env(k, v);
+                }
+            }
+        }
+    }
+    cmd
+}
+
+/// Whether `name` is a C++ driver.
+fn is_cxx(name: &str) -> bool {
+    name.ends_with("++")
+}
+
+/// The real compiler for `invoked_as`.
+fn real_compiler(invoked_as: &str) -> Option<PathBuf> {
+    let var = if is_cxx(invoked_as) {
+        ENV_REAL_CXX
+    } else {
+        ENV_REAL_CC
+    };
+    let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+    // `vgas cc` names a family; the real one is the user's CC when `vgas build` saved it.
+    if matches!(invoked_as, "cc" | "c++") {
+        if let Some(p) =
+            std::env::var_os(var).and_then(|v| which(&v.to_string_lossy(), skip.as_deref()))
+        {
+            return Some(p);
+        }
+    }
+    which(invoked_as, skip.as_deref())
+}
+
+/// The wrapper without an async runtime, for the two common cases: a call that is not
+/// distributed is replaced by the real compiler (`exec`, so make waits on the compiler
+/// itself), and a distributable one inside `vgas build` is handed to its helper. `None`: the
+/// rest (no compiler found, no helper, a helper that did not answer) is for [`run`].
+pub fn fast_path(invoked_as: &str, args: &[String]) -> Option<i32> {
+    use std::os::unix::process::CommandExt as _;
+    let compiler = real_compiler(invoked_as)?;
+    let cwd = std::env::current_dir().ok()?;
+    match classify(args, is_cxx(invoked_as)) {
+        Invocation::Local(_) => {
+            let mut cmd = std::process::Command::new(&compiler);
+            cmd.args(args);
+            let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+            if let Some(path) = std::env::var_os("PATH") {
+                cmd.env("PATH", without_links(&path, skip.as_deref()));
+            }
+            let e = cmd.exec();
+            eprintln!("vgas: run {}: {e}", compiler.display());
+            Some(127)
+        }
+        Invocation::Distribute(_) => {
+            let socket = std::env::var_os(ENV_HELPER_SOCKET)?;
+            let req = UnitRequest {
+                invoked_as: invoked_as.to_owned(),
+                compiler,
+                cwd,
+                args: args.to_vec(),
+                env: std::env::vars().collect(),
+            };
+            let r = helper::ask_blocking(Path::new(&socket), &req).ok()?;
+            eprint!("{}", r.diagnostics);
+            Some(r.exit_code)
+        }
+    }
+}
+
+/// Runs the wrapper after [`fast_path`] declined; returns the exit code.
+pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
+    let Some(compiler) = real_compiler(invoked_as) else {
+        eprintln!("vgas: no {invoked_as} on PATH");
+        return 127;
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let job = match classify(&args, is_cxx(invoked_as)) {
+        Invocation::Distribute(job) => job,
+        Invocation::Local(why) => {
+            tracing::debug!("compiling here: {why}");
+            return exec_here(&compiler, &args, &cwd).await;
+        }
+    };
+    // `fast_path` hands a unit to the helper of `vgas build`; here it did not answer.
+    if std::env::var_os(ENV_HELPER_SOCKET).is_some() {
+        tracing::warn!("the build helper did not answer; compiling this unit alone");
+    }
+    match distribute(invoked_as, &compiler, &cwd, &args, job).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::warn!("swarm unusable ({e:#}); compiling here");
+            exec_here(&compiler, &args, &cwd).await
+        }
+    }
+}
+
+async fn exec_here(compiler: &Path, args: &[String], cwd: &Path) -> i32 {
+    match local_command(compiler, &None)
+        .args(args)
+        .current_dir(cwd)
+        .status()
+        .await
+    {
+        Ok(s) => s.code().unwrap_or(1),
+        Err(e) => {
+            eprintln!("vgas: run {}: {e}", compiler.display());
+            127
+        }
+    }
+}
+
+/// The settings `vgas build` passes its commands, read back by a wrapper or its helper.
+pub fn local_fallback_from_env() -> bool {
+    std::env::var(ENV_LOCAL_FALLBACK).as_deref() != Ok("0")
+}
+
+/// The segment deadline `vgas build` passed, or the default.
+pub fn segment_deadline_from_env() -> std::time::Duration {
+    std::env::var(ENV_SEGMENT_DEADLINE)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(DEFAULT_SEGMENT_DEADLINE)
+}
+
+/// One unit with a connection of its own (no `vgas build` helper to hand it to).
+async fn distribute(
+    invoked_as: &str,
+    compiler: &Path,
+    cwd: &Path,
+    args: &[String],
+    job: CompileJob,
+) -> Result<i32> {
+    let conn = EnvOnly::try_parse_from(["vgas"])
+        .context("settings from the environment")?
+        .common
+        .resolve(Role::Client)?;
+    let client = crate::connect::connect(&conn, "vgas-cc").await?;
+    let swarm = crate::api::Swarm::new(client.clone(), conn.subjects.clone());
+    let cache = super::cache::BuildCache::open(&swarm.js, &conn.subjects)
+        .await
+        .ok();
+    let subject = std::env::var(ENV_BUILD_ID)
+        .ok()
+        .filter(|id| vgas_shared::TaskId::parse(id).is_ok())
+        .map(|id| conn.subjects.build_updates(&id));
+    let ctx = BuildContext {
+        updates: Updates::new(client.clone(), subject, None),
+        swarm,
+        cache,
+        local_fallback: local_fallback_from_env(),
+        segment_deadline: segment_deadline_from_env(),
+        tasks: tokio_util::task::TaskTracker::new(),
+        write_behind: false,
+        conn,
+    };
+    let (hashes, identities) = (FileHashes::uncached(), Identities::default());
+    let u = UnitEnv {
+        ctx: &ctx,
+        hashes: &hashes,
+        identities: &identities,
+    };
+    let out = compile_unit(&u, invoked_as, compiler, cwd, args, job, None).await?;
+    let _ = client.flush().await;
+    eprint!("{}", out.diagnostics);
+    Ok(out.exit_code)
+}

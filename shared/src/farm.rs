@@ -1,0 +1,525 @@
+//! The build farm's wire types (seed names kept): an `EnvSpec` names a toolchain, a
+//! `CompileSpec` is one translation unit as a task carries it, a `BuildPlan` is what any NATS
+//! client publishes on `vgas.build.submit`, `BuildUpdate` is one event of a build's stream,
+//! `BuildOutput` one compiled segment, `TargetBinary` the linked result. Also the pure parts
+//! every side must compute alike: the cache key and the capability tag of a compiler identity.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::VgaError;
+use crate::ids::{TaskId, WorkerId};
+use crate::wire::check_module_ref;
+
+pub mod diagnostics;
+pub mod plan;
+pub mod step;
+pub use diagnostics::{parse_diagnostics, Diagnostic, DiagnosticReport};
+pub use plan::{
+    BuildAccepted, BuildPlan, LinkSpec, PlanSegment, MAX_PLAN_SEGMENTS, SAFE_LINKER_OPTIONS,
+};
+pub use step::PlanStep;
+
+/// The toolchains an `EnvSpec` may name.
+pub const TOOLCHAIN_NAMES: &[&str] = &["gcc", "g++", "clang", "clang++", "rustc", "conda"];
+
+/// Prefix of the capability tag a worker offers for each compiler identity it has.
+pub const COMPILER_TAG_PREFIX: &str = "compiler:";
+
+/// Hex digits of the identity kept in the capability tag: 128 bits, far past any accidental
+/// collision; the worker checks the whole identity before it compiles.
+const COMPILER_TAG_HEX: usize = 32;
+
+/// A toolchain a build asks for (seed: `EnvSpec`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSpec {
+    /// One of [`TOOLCHAIN_NAMES`].
+    pub toolchain: String,
+    /// A version requirement: `12`, `12.2`, `=12.2.0`, `>=11`, `<13` (compared by numeric
+    /// components against the toolchain's version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The exact compiler identity (`sha256:<hex>`, see [`CompilerIdentity`]): only this
+    /// compiler will do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Conda only: the packages of the environment (`"python=3.11"`, `"numpy"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Conda only: channels, in order (default `conda-forge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+}
+
+impl EnvSpec {
+    pub fn validate(&self) -> Result<(), VgaError> {
+        let bad = |m: String| Err(VgaError::InvalidTask(m));
+        if !TOOLCHAIN_NAMES.contains(&self.toolchain.as_str()) {
+            return bad(format!(
+                "toolchain {:?} is not one of {TOOLCHAIN_NAMES:?}",
+                self.toolchain
+            ));
+        }
+        if let Some(v) = &self.version {
+            VersionReq::parse(v)?;
+        }
+        if let Some(id) = &self.identity {
+            check_module_ref(id).map_err(|_| {
+                VgaError::InvalidTask(format!(
+                    "compiler identity {id:?} must be \"sha256:\" and 64 lowercase hex digits"
+                ))
+            })?;
+        }
+        if self.toolchain == "conda" {
+            if self.packages.is_empty() {
+                return bad("a conda environment needs \"packages\"".into());
+            }
+        } else if !self.packages.is_empty() || !self.channels.is_empty() {
+            return bad("\"packages\" and \"channels\" are for conda environments only".into());
+        }
+        for p in self.packages.iter().chain(&self.channels) {
+            if p.is_empty() || p.starts_with('-') || p.chars().any(|c| c.is_whitespace()) {
+                return bad(format!("conda package or channel {p:?} is not valid"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A stable key for the environment's directory: the same spec reuses the same one.
+    pub fn key(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..12])
+    }
+}
+
+/// A version requirement of an [`EnvSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionReq {
+    op: &'static str,
+    parts: Vec<u64>,
+}
+
+impl VersionReq {
+    pub fn parse(s: &str) -> Result<Self, VgaError> {
+        let s = s.trim();
+        let (op, rest) = ["<=", ">=", "=", "<", ">"]
+            .iter()
+            .find_map(|op| s.strip_prefix(op).map(|r| (*op, r)))
+            .unwrap_or(("", s));
+        let parts: Option<Vec<u64>> = rest.trim().split('.').map(|p| p.parse().ok()).collect();
+        match parts {
+            Some(parts) if !parts.is_empty() && parts.len() <= 4 => Ok(VersionReq { op, parts }),
+            _ => Err(VgaError::InvalidTask(format!(
+                "version requirement {s:?} must look like 12, 12.2, =12.2.0, >=11 or <13"
+            ))),
+        }
+    }
+
+    /// Whether `version` (a dotted number, `12.2.0`) meets the requirement. A bare `12.2`
+    /// matches every 12.2.x.
+    pub fn matches(&self, version: &str) -> bool {
+        let have: Vec<u64> = version.split('.').map_while(|p| p.parse().ok()).collect();
+        if have.is_empty() {
+            return false;
+        }
+        let n = self.parts.len();
+        let prefix: Vec<u64> = (0..n).map(|i| have.get(i).copied().unwrap_or(0)).collect();
+        let ord = prefix.cmp(&self.parts);
+        match self.op {
+            "" | "=" => ord.is_eq(),
+            ">=" => ord.is_ge(),
+            "<=" => ord.is_le(),
+            ">" => ord.is_gt(),
+            _ => ord.is_lt(),
+        }
+    }
+}
+
+/// What exactly a compiler is: the same identity means the same objects for the same input.
+/// `hash` covers the driver and the compiler proper (`cc1`, `cc1plus`) where they differ.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CompilerIdentity {
+    /// `gcc`, `g++`, `clang`, `clang++`, `rustc`.
+    pub name: String,
+    /// The first line of `--version`.
+    pub version_line: String,
+    /// The dotted version (`12.2.0`).
+    pub version: String,
+    /// `-dumpmachine` (`x86_64-linux-gnu`).
+    pub target: String,
+    /// `sha256:<hex>` over the version line, the target and the binaries' bytes.
+    pub hash: String,
+}
+
+impl CompilerIdentity {
+    /// The capability tag of this identity, as workers offer it and segments need it.
+    pub fn tag(&self) -> String {
+        compiler_tag(&self.hash)
+    }
+}
+
+/// The capability tag for a compiler identity `sha256:<hex>`.
+pub fn compiler_tag(hash: &str) -> String {
+    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
+    format!(
+        "{COMPILER_TAG_PREFIX}{}",
+        &hex[..hex.len().min(COMPILER_TAG_HEX)]
+    )
+}
+
+/// The language a segment is compiled as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    #[default]
+    C,
+    #[serde(rename = "c++")]
+    Cxx,
+}
+
+impl Language {
+    /// The `-x` value for source code of this language.
+    pub fn x_arg(self) -> &'static str {
+        match self {
+            Language::C => "c",
+            Language::Cxx => "c++",
+        }
+    }
+}
+
+/// The bytes of a source: exactly one of plain `text`, `lz4` (base64 of size-prefixed LZ4
+/// block, as `lz4_flex::compress_prepend_size` writes), or `object`: `sha256:<hex>` of the
+/// bytes, stored under that name in the build sources Object Store bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lz4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+impl Source {
+    pub fn validate(&self) -> Result<(), VgaError> {
+        match (&self.text, &self.lz4, &self.object) {
+            (Some(_), None, None) | (None, Some(_), None) => Ok(()),
+            (None, None, Some(o)) => check_module_ref(o),
+            _ => Err(VgaError::InvalidTask(
+                "a source gives exactly one of \"text\", \"lz4\" or \"object\"".into(),
+            )),
+        }
+    }
+
+    /// The bytes of an inline source; `None` for an object reference.
+    pub fn inline_bytes(&self, max: usize) -> Result<Option<Vec<u8>>, VgaError> {
+        let bad = |m: String| VgaError::InvalidTask(m);
+        if let Some(t) = &self.text {
+            return Ok(Some(t.as_bytes().to_vec()));
+        }
+        let Some(b) = &self.lz4 else { return Ok(None) };
+        let packed = base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| bad(format!("source: bad base64: {e}")))?;
+        if packed.len() < 4 {
+            return Err(bad("source: lz4 block too short".into()));
+        }
+        let size = u32::from_le_bytes([packed[0], packed[1], packed[2], packed[3]]) as usize;
+        if size > max {
+            return Err(bad(format!("source: {size} bytes unpacked, over {max}")));
+        }
+        lz4_flex::decompress_size_prepended(&packed)
+            .map(Some)
+            .map_err(|e| bad(format!("source: bad lz4 block: {e}")))
+    }
+
+    /// An inline, compressed source.
+    pub fn packed(bytes: &[u8]) -> Source {
+        Source {
+            lz4: Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(lz4_flex::compress_prepend_size(bytes)),
+            ),
+            ..Default::default()
+        }
+    }
+}
+
+/// One translation unit as a `compile` task carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompileSpec {
+    /// The exact compiler (`sha256:<hex>` identity); the task also needs its capability tag.
+    pub compiler: String,
+    #[serde(default)]
+    pub language: Language,
+    /// Flags that shape the object (`-O2`, `-g`, `-fPIC`, `-Wall`, `-std=c99`...): no
+    /// `-c`, `-o`, input files, or preprocessor flags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The source's name as the user gave it (`src/lapi.c`), for diagnostics and debug info.
+    pub source_name: String,
+    pub source: Source,
+    /// True: `source` is the submitter's `-fdirectives-only` preprocessed output (macros kept,
+    /// so diagnostics match a local build). False: a self-contained source compiled as it is.
+    #[serde(default)]
+    pub preprocessed: bool,
+    /// The submitter's working directory: debug info names it instead of the task directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cwd: String,
+    /// The compiler's working directory inside the task directory, where the user's files
+    /// (shipped in the task's `files` so diagnostics can quote their lines) sit at the same
+    /// relative paths as on the submitter (`src/_/_` when they reach two levels up).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workdir: String,
+}
+
+impl CompileSpec {
+    pub fn validate(&self) -> Result<(), VgaError> {
+        check_module_ref(&self.compiler).map_err(|_| {
+            VgaError::InvalidTask(format!(
+                "\"compiler\" {:?} must be an identity \"sha256:<64 hex>\"",
+                self.compiler
+            ))
+        })?;
+        self.source.validate()?;
+        if self.source_name.is_empty() || self.source_name.contains('\0') {
+            return Err(VgaError::InvalidTask(
+                "\"source_name\" must name the source".into(),
+            ));
+        }
+        if !self.workdir.is_empty() {
+            crate::wire::check_relative_path(&self.workdir)?;
+        }
+        for a in &self.args {
+            if is_forbidden_compile_arg(a) {
+                return Err(VgaError::InvalidTask(format!(
+                    "compile flag {a:?} is not allowed in a segment (vgas adds -c, -o and the input; \
+                     flags that read or write other files run locally)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flags a segment must not carry: they name inputs or outputs of their own, or load code
+/// into the compiler (plugins), or ask for output other than one object.
+pub fn is_forbidden_compile_arg(a: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "-c",
+        "-o",
+        "-E",
+        "-S",
+        "-M",
+        "-MM",
+        "-MD",
+        "-MMD",
+        "-MF",
+        "-MT",
+        "-MQ",
+        "-include",
+        "-imacros",
+        "-x",
+        "-save-temps",
+        "-specs",
+        "-B",
+        "-wrapper",
+        "--save-temps",
+    ];
+    const PREFIX: &[&str] = &[
+        "-o",
+        "-fplugin",
+        "-specs=",
+        "-save-temps=",
+        "-B",
+        "-Wp,",
+        "-Wa,",
+        "-Xassembler",
+        "-fprofile-use",
+        "-fprofile-generate",
+        "-fdump-",
+        "-fstack-usage",
+        "-fcallgraph-info",
+        "@",
+    ];
+    EXACT.contains(&a) || PREFIX.iter().any(|p| a.starts_with(p)) || !a.starts_with('-')
+}
+
+/// The cache key of one segment: SHA-256 over everything that shapes the object. The
+/// preprocessed text already holds every header and macro; the source name reaches debug info
+/// and `__FILE__`; the directory matters only with debug info.
+pub fn cache_key(
+    compiler: &str,
+    language: Language,
+    args: &[String],
+    source_name: &str,
+    cwd: &str,
+    preprocessed: &[u8],
+) -> String {
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(&mut h, b"vgas-build-cache-1");
+    field(&mut h, compiler.as_bytes());
+    field(&mut h, language.x_arg().as_bytes());
+    for a in args {
+        field(&mut h, a.as_bytes());
+    }
+    field(&mut h, source_name.as_bytes());
+    if args.iter().any(|a| a.starts_with("-g") && a != "-g0") {
+        field(&mut h, cwd.as_bytes());
+    }
+    field(&mut h, preprocessed);
+    hex::encode(h.finalize())
+}
+
+/// One cache entry, the value in the build cache KV bucket under the segment's cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheEntry {
+    /// The object's name in the build objects bucket (the cache key).
+    pub object: String,
+    pub size: u64,
+    /// `sha256:<hex>` of the object's bytes, checked on every hit.
+    pub sha256: String,
+    /// What the compile printed (warnings), replayed on a hit.
+    pub stderr: String,
+    /// How long the compile took: what a hit saves.
+    pub compile_ms: u64,
+    pub created_ms: u64,
+}
+
+/// Where a segment's object came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Origin {
+    Worker { worker: WorkerId },
+    Cache,
+    Local { reason: String },
+}
+
+/// One event of a build (seed: `BuildUpdate`), on `vgas.build.<id>.updates` and in
+/// `vgas build --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildUpdate {
+    Started {
+        build_id: String,
+        segments: usize,
+    },
+    Queued {
+        segment: String,
+        task_id: TaskId,
+    },
+    Compiling {
+        segment: String,
+        worker: WorkerId,
+        attempt: u32,
+    },
+    Retried {
+        segment: String,
+        attempt: u32,
+        reason: String,
+    },
+    Cached {
+        segment: String,
+        saved_ms: u64,
+        /// True when found by its direct-mode manifest, without preprocessing.
+        #[serde(default)]
+        direct: bool,
+    },
+    Done {
+        segment: String,
+        origin: Origin,
+        compile_ms: u64,
+        /// Submit to result, minus the compile itself (0 for cache hits and local compiles).
+        overhead_ms: u64,
+        /// What the compiler printed (warnings), cut at `MAX_UPDATE_DIAGNOSTICS`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        diagnostics: String,
+    },
+    Failed {
+        segment: String,
+        origin: Origin,
+        exit_code: i32,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        diagnostics: String,
+    },
+    /// A segment has waited past the slow-segment threshold: which worker it waits on.
+    Waiting {
+        segment: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<WorkerId>,
+        waited_ms: u64,
+    },
+    Finished {
+        exit_code: i32,
+        stats: BuildStats,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<TargetBinary>,
+        #[serde(default)]
+        report: DiagnosticReport,
+    },
+}
+
+/// Diagnostics text one update carries at most (64 KiB): the whole text goes to the user's
+/// terminal anyway; the update only feeds the merged report.
+pub const MAX_UPDATE_DIAGNOSTICS: usize = 64 * 1024;
+
+/// Counts of a build, for the summary and `--stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BuildStats {
+    pub segments: u64,
+    pub remote: u64,
+    pub cache_hits: u64,
+    /// Of the hits, those found without preprocessing (direct mode).
+    pub direct_hits: u64,
+    pub cache_misses: u64,
+    pub local: u64,
+    pub failed: u64,
+    pub retried: u64,
+    /// Compile time the cache hits did not spend.
+    pub saved_ms: u64,
+    pub wall_ms: u64,
+    /// Segments compiled per worker (`local` for this host).
+    pub per_worker: BTreeMap<String, u64>,
+}
+
+/// One compiled segment (seed: `BuildOutput`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOutput {
+    pub segment: String,
+    /// Where the object was written; `None` when the compile failed.
+    pub object: Option<std::path::PathBuf>,
+    pub exit_code: i32,
+    /// What the compiler printed.
+    pub diagnostics: String,
+    pub origin: Origin,
+}
+
+/// The linked result (seed: `TargetBinary`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TargetBinary {
+    pub path: String,
+    pub size: u64,
+    /// `sha256:<hex>` of the binary.
+    pub sha256: String,
+    /// Where a plan's binary was put in the artifacts bucket, for clients that cannot read
+    /// the master's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+#[cfg(test)]
+#[path = "farm_tests.rs"]
+mod tests;
