@@ -14,7 +14,7 @@ case "$target_dir" in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
 export VGAS_BIN_DIR="$target_dir/release"
 cargo bench -p vgas-master --bench gatling --locked
 cargo bench -p vgas-master --bench keys --locked
-cargo bench -p vgas-master --bench build --locked
+cargo bench -p vgas-client --bench farm --locked
 cargo bench -p vgas-worker --bench wasm --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-tests --bench e2e --locked
 cargo bench -p vgas-tests --bench gateway --locked

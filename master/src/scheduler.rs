@@ -1,5 +1,9 @@
 //! `AgentScheduler`: the live worker pool and Gatling rotation over it.
 //!
+//! "Agent" here is the seeds' word for a worker node (`handle_agent_heartbeat`), not an AI
+//! agent: those are `agent` tasks (`vgas_shared::agent`, `vgas_worker::agent`), which this
+//! scheduler places on workers like any other task.
+//!
 //! The hot path, [`AgentScheduler::gatling_rotate_next`], never takes a lock: it loads an
 //! immutable snapshot of the dispatchable pool (`ArcSwap`), advances one shared `AtomicUsize`
 //! cursor and reserves a slot on the first worker, from the cursor on, that is capable and has

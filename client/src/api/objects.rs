@@ -5,7 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use async_nats::jetstream::object_store::{InfoErrorKind, ObjectStore};
+use async_nats::jetstream::object_store::{InfoErrorKind, Object, ObjectStore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use vgas_shared::limits::MAX_ARTIFACT_BYTES;
@@ -33,17 +33,21 @@ impl Swarm {
             .with_context(|| format!("open the bucket {bucket} (is vgas-master running?)"))
     }
 
-    /// Reads object `name` of `bucket`, which must be exactly `size` bytes and at most `cap`.
-    pub async fn fetch(&self, bucket: &str, name: &str, size: u64, cap: u64) -> Result<Vec<u8>> {
+    /// Opens object `name` of `bucket` for reading, refusing one announced over `cap`.
+    async fn open_object(&self, bucket: &str, name: &str, size: u64, cap: u64) -> Result<Object> {
         if size > cap {
             bail!("{name} is {size} bytes, over the {cap} byte limit");
         }
-        let mut reader = self
-            .bucket(bucket)
+        self.bucket(bucket)
             .await?
             .get(name)
             .await
-            .with_context(|| format!("fetch {name} from {bucket}"))?;
+            .with_context(|| format!("fetch {name} from {bucket}"))
+    }
+
+    /// Reads object `name` of `bucket`, which must be exactly `size` bytes and at most `cap`.
+    pub async fn fetch(&self, bucket: &str, name: &str, size: u64, cap: u64) -> Result<Vec<u8>> {
+        let mut reader = self.open_object(bucket, name, size, cap).await?;
         let mut bytes = Vec::with_capacity(size as usize);
         (&mut reader)
             .take(cap)
@@ -66,15 +70,7 @@ impl Swarm {
         cap: u64,
         to: &Path,
     ) -> Result<()> {
-        if size > cap {
-            bail!("{name} is {size} bytes, over the {cap} byte limit");
-        }
-        let mut reader = self
-            .bucket(bucket)
-            .await?
-            .get(name)
-            .await
-            .with_context(|| format!("fetch {name} from {bucket}"))?;
+        let mut reader = self.open_object(bucket, name, size, cap).await?;
         let mut file = tokio::fs::File::create(to)
             .await
             .with_context(|| format!("create {}", to.display()))?;
