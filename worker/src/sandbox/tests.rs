@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::limits::EVENT_CHANNEL_CAPACITY;
-use vgas_shared::wire::{InputFile, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{InputFile, Task, TaskOutcome, TaskSpec, Work};
 
 use super::*;
 
@@ -81,12 +81,15 @@ pub(super) async fn run(h: &Harness, slot: usize, spec: TaskSpec) -> Ran {
     run_cancellable(h, slot, spec, CancellationToken::new()).await
 }
 
+/// Runs `spec` as the worker does: parsed first (a spec that does not parse is an error
+/// outcome), then its exec task through [`run_exec`].
 pub(super) async fn run_cancellable(
     h: &Harness,
     slot: usize,
     spec: TaskSpec,
     cancel: CancellationToken,
 ) -> Ran {
+    let parsed = spec.parse();
     let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let started = Instant::now();
     let collect = async move {
@@ -99,7 +102,22 @@ pub(super) async fn run_cancellable(
         }
         (stdout, stderr)
     };
-    let task = run_exec(&h.cfg, isolation(), slot, &spec, tx, cancel);
+    let task = async {
+        match &parsed {
+            Ok(Task {
+                work: Work::Exec(exec),
+                bounds,
+                ..
+            }) => {
+                let job = Job { task: exec, bounds };
+                run_exec(&h.cfg, isolation(), slot, job, tx, cancel).await
+            }
+            Ok(other) => panic!("not an exec task: {other:?}"),
+            Err(e) => TaskOutcome::Error {
+                message: e.to_string(),
+            },
+        }
+    };
     let (outcome, (stdout, stderr)) =
         tokio::time::timeout(TEST_TIMEOUT, async { tokio::join!(task, collect) })
             .await
@@ -371,4 +389,29 @@ async fn background_children_do_not_outlive_the_task() {
     assert_eq!(ran.stdout, "started\n");
     assert!(ran.elapsed < Duration::from_secs(5), "{:?}", ran.elapsed);
     assert_nothing_left(7, &marker);
+}
+
+#[tokio::test]
+async fn a_spec_given_to_run_exec_is_parsed_first_and_must_be_an_exec_task() {
+    let h = harness();
+    let wasm = TaskSpec {
+        kind: vgas_shared::wire::TaskKind::Wasm,
+        module: Some(format!("sha256:{}", "ab".repeat(32))),
+        ..TaskSpec::default()
+    };
+    let mut bad = sh("true");
+    bad.deadline_s = Some(0);
+    for (spec, want) in [
+        (wasm, "the native sandbox runs exec tasks only"),
+        (bad, "invalid task: \"deadline_s\" must be 1 to"),
+    ] {
+        let (tx, _rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let outcome = run_exec(&h.cfg, isolation(), 20, &spec, tx, CancellationToken::new()).await;
+        assert!(
+            matches!(&outcome, TaskOutcome::Error { message } if message.contains(want)),
+            "{outcome:?}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(h.work.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing ran: {left:?}");
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vgas_shared::limits::{MAX_ARTIFACTS, MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
-use vgas_shared::wire::{TaskOutcome, TaskSpec};
+use vgas_shared::wire::{TaskFile, TaskOutcome};
 use vgas_shared::TaskId;
 
 /// A file the module wrote into its directory.
@@ -28,19 +28,15 @@ pub enum ArtifactBody {
     Large { file: PathBuf, size: u64 },
 }
 
-/// The regular files in `dir` that are not unchanged inputs, sorted by path. A file over
+/// The regular files in `dir` that are not unchanged `inputs`, sorted by path. A file over
 /// `MAX_ARTIFACT_BYTES`, or too many files, turn a success into `LimitExceeded`; a failed
 /// run keeps its own outcome. (Also what an agent task hands back of its workspace.)
 pub fn collect_artifacts(
     dir: &Path,
-    spec: &TaskSpec,
+    inputs: &[TaskFile],
     outcome: TaskOutcome,
 ) -> (TaskOutcome, Vec<Artifact>) {
-    let inputs: BTreeMap<&str, Vec<u8>> = spec
-        .files
-        .iter()
-        .filter_map(|f| Some((f.path.as_str(), f.contents().ok()?)))
-        .collect();
+    let inputs: BTreeMap<&str, &[u8]> = inputs.iter().map(|f| (f.path(), f.bytes())).collect();
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -91,7 +87,7 @@ pub fn collect_artifacts(
         let Ok(bytes) = read_inline(&path) else {
             continue;
         };
-        if inputs.get(rel.as_str()) == Some(&bytes) {
+        if inputs.get(rel.as_str()) == Some(&bytes.as_slice()) {
             continue;
         }
         artifacts.push(Artifact {
