@@ -69,14 +69,15 @@ fn reply<T: Serialize>(enc: Encoding, value: &T) -> Answer {
 }
 
 impl Handlers {
-    /// `vgas.task.submit`: validate, take a queue place, record, then accept.
+    /// `vgas.task.submit`: parse, take a queue place, record, then accept. The record keeps
+    /// the wire spec (its durable form); the worker parses it again before it runs it.
     pub async fn submit(&self, payload: &[u8]) -> (Encoding, Answer) {
         let enc = Encoding::detect(payload);
         let spec: TaskSpec = match decode_request(payload, MAX_SUBMIT_BYTES) {
             Ok((spec, _)) => spec,
             Err((enc, e)) => return (enc, Err(e)),
         };
-        if let Err(e) = spec.validate() {
+        if let Err(e) = spec.parse() {
             return (enc, Err(WireError::from(&e)));
         }
         (enc, self.accept(spec, enc).await)

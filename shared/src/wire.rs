@@ -1,6 +1,9 @@
 //! The messages on the wire. Person-facing requests (`TaskSpec`, `TaskQuery`) refuse unknown
 //! fields so a typo is an error, not a silent default; messages between our own processes
 //! accept unknown fields (`#[serde(default)]`) so versions can mix during an upgrade.
+//!
+//! A `TaskSpec` is the wire form of a task; `TaskSpec::parse` (in `task`) checks it and turns
+//! it into the `Task` that runs, each kind with only its own fields.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,9 @@ use crate::ids::{TaskId, WorkerId};
 use crate::limits;
 
 mod status;
+mod task;
 pub use status::{AbnormalNode, Heartbeat, NodeStatus, SwarmPulse, Toolchain};
+pub use task::{Argv, Bounds, CompileTask, ExecTask, ModuleRef, Task, TaskFile, WasmTask, Work};
 
 /// What a task runs. The build and agent kinds extend this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -150,125 +155,10 @@ pub struct TaskLimits {
 }
 
 impl TaskSpec {
-    /// Checks everything that can be checked without a worker. A task that fails here was
-    /// never accepted and changed nothing.
+    /// Checks everything that can be checked without a worker: [`TaskSpec::parse`], with the
+    /// parsed task dropped. A task that fails here was never accepted and changed nothing.
     pub fn validate(&self) -> Result<(), VgaError> {
-        let bad = |m: String| Err(VgaError::InvalidTask(m));
-        match (self.kind, &self.compile) {
-            (TaskKind::Compile, None) => {
-                return bad("a compile task needs its \"compile\" segment".into())
-            }
-            (TaskKind::Compile, Some(c)) => {
-                c.validate()?;
-                if self.module.is_some() || !self.cmd.is_empty() || !self.stdin.is_empty() {
-                    return bad(
-                        "a compile task has no \"cmd\", \"module\" or \"stdin\": the segment says it all"
-                            .into(),
-                    );
-                }
-                let tag = crate::farm::compiler_tag(&c.compiler);
-                if !self.needs.capabilities.contains(&tag) {
-                    return bad(format!(
-                        "a compile task must need its compiler's capability {tag:?}"
-                    ));
-                }
-            }
-            (_, Some(_)) => {
-                return bad(
-                    "only a compile task (\"kind\":\"compile\") has a \"compile\" segment".into(),
-                )
-            }
-            (_, None) => {}
-        }
-        match (self.kind, &self.agent) {
-            (TaskKind::Agent, None) => {
-                return bad("an agent task needs its \"agent\" run".into());
-            }
-            (TaskKind::Agent, Some(a)) => {
-                a.validate()?;
-                if self.module.is_some() || !self.cmd.is_empty() {
-                    return bad("an agent task has no \"cmd\" or \"module\"".into());
-                }
-            }
-            (_, Some(_)) => {
-                return bad("only an agent task (\"kind\":\"agent\") has an \"agent\" run".into())
-            }
-            (_, None) => {}
-        }
-        if let Some(e) = &self.environment {
-            if self.kind != TaskKind::Exec {
-                return bad("only an exec task has an \"environment\"".into());
-            }
-            e.validate()?;
-        }
-        match (self.kind, &self.module) {
-            (TaskKind::Compile | TaskKind::Agent, _) => {}
-            (TaskKind::Exec, Some(_)) => {
-                return bad(
-                    "an exec task must not name a \"module\" (use \"kind\":\"wasm\")".into(),
-                )
-            }
-            (TaskKind::Exec, None) if self.cmd.is_empty() || self.cmd[0].is_empty() => {
-                return bad("\"cmd\" must name a program: [\"prog\", \"arg\", ...]".into());
-            }
-            (TaskKind::Wasm, None) => {
-                return bad("a wasm task must name its \"module\": \"sha256:<hex>\"".into())
-            }
-            (TaskKind::Wasm, Some(m)) => check_module_ref(m)?,
-            (TaskKind::Exec, None) => {}
-        }
-        if self
-            .cmd
-            .iter()
-            .chain(self.env.values())
-            .any(|s| s.contains('\0'))
-        {
-            return bad("command arguments and env values must not contain NUL".into());
-        }
-        for k in self.env.keys() {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return bad(format!("env name {k:?} is not valid"));
-            }
-        }
-        let deadline = self.deadline();
-        if deadline.is_zero() || deadline > limits::MAX_DEADLINE {
-            return bad(format!(
-                "\"deadline_s\" must be 1 to {}",
-                limits::MAX_DEADLINE.as_secs()
-            ));
-        }
-        if let Some(n) = self.max_attempts {
-            if n == 0 || n > limits::MAX_ATTEMPTS {
-                return bad(format!(
-                    "\"max_attempts\" must be 1 to {}",
-                    limits::MAX_ATTEMPTS
-                ));
-            }
-        }
-        if self.files.len() > limits::MAX_INPUT_FILES {
-            return bad(format!("at most {} input files", limits::MAX_INPUT_FILES));
-        }
-        for f in &self.files {
-            check_relative_path(&f.path)?;
-            f.contents()?;
-        }
-        for c in &self.needs.capabilities {
-            if c.is_empty() || c.len() > limits::MAX_CAPABILITY_LEN {
-                return bad(format!(
-                    "capability {c:?} must be 1 to {} characters",
-                    limits::MAX_CAPABILITY_LEN
-                ));
-            }
-        }
-        if let Some(w) = self.wait_for_worker_s {
-            if w > limits::NO_WORKER_WAIT.as_secs() {
-                return bad(format!(
-                    "\"wait_for_worker_s\" must be 0 to {}",
-                    limits::NO_WORKER_WAIT.as_secs()
-                ));
-            }
-        }
-        Ok(())
+        self.parse().map(|_| ())
     }
 
     pub fn deadline(&self) -> std::time::Duration {
@@ -314,20 +204,9 @@ pub fn check_relative_path(path: &str) -> Result<(), VgaError> {
 pub const MODULE_REF_PREFIX: &str = "sha256:";
 
 /// A module reference: `sha256:` and 64 lowercase hex digits. It is also the module's name in
-/// the modules Object Store bucket.
+/// the modules Object Store bucket. [`ModuleRef::parse`] keeps the checked reference.
 pub fn check_module_ref(module: &str) -> Result<(), VgaError> {
-    let hex = module.strip_prefix(MODULE_REF_PREFIX).unwrap_or("");
-    if hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(VgaError::InvalidTask(format!(
-            "module {module:?} must be \"sha256:\" and 64 lowercase hex digits"
-        )))
-    }
+    ModuleRef::parse(module).map(|_| ())
 }
 
 /// The accept reply to a submit.

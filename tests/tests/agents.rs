@@ -247,10 +247,12 @@ async fn full_run(wire: Wire) {
             assert_eq!(result["tool_use_id"], "c1");
         }
     }
-    // The binary built on the swarm runs here and passes the same test.
+    // The binary built on the swarm comes back with its mode, runs here and passes the same
+    // test.
     let app = cwd.path().join("vgas-artifacts/app");
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = std::fs::metadata(&app).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "vgas-artifacts/app lost its mode: {mode:o}");
     let out = std::process::Command::new(&app).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
     assert_eq!(

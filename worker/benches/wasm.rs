@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio_util::sync::CancellationToken;
-use vgas_shared::wire::{TaskKind, TaskSpec};
-use vgas_worker::sandbox::Limits;
+use vgas_shared::wire::{ModuleRef, TaskKind, TaskSpec, Work};
+use vgas_worker::sandbox::{Job, Limits};
 use vgas_worker::wasm::{sha256_hex, ModuleSource, WasmConfig, WasmRuntime};
 
 struct Modules(HashMap<String, Vec<u8>>);
@@ -71,6 +71,14 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     let ceilings = Limits::default();
+    let task = spec.parse().unwrap();
+    let Work::Wasm(wasm_task) = &task.work else {
+        panic!("not a wasm task")
+    };
+    let job = Job {
+        task: wasm_task,
+        bounds: &task.bounds,
+    };
     let run_once = || async {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let drain = async { while rx.recv().await.is_some() {} };
@@ -78,7 +86,7 @@ fn bench(c: &mut Criterion) {
             wasm.run(
                 work.path(),
                 &ceilings,
-                &spec,
+                job,
                 &modules,
                 tx,
                 CancellationToken::new()
@@ -90,8 +98,9 @@ fn bench(c: &mut Criterion) {
     rt.block_on(run_once());
 
     // Receipt to first instruction: the clock starts at the task's JSON bytes (as the worker
-    // receives them) and stops when the module's first instruction, a `fd_write`, has put its
-    // line into the output channel. The rest of the run is outside the measured time.
+    // receives them, then parses them) and stops when the module's first instruction, a
+    // `fd_write`, has put its line into the output channel. The rest of the run is outside the
+    // measured time.
     let wire = serde_json::to_vec(&spec).unwrap();
     c.bench_function("wasm_receipt_to_first_instruction", |b| {
         b.iter_custom(|iters| {
@@ -100,6 +109,10 @@ fn bench(c: &mut Criterion) {
                 total += rt.block_on(async {
                     let started = Instant::now();
                     let spec: TaskSpec = serde_json::from_slice(&wire).unwrap();
+                    let task = spec.parse().unwrap();
+                    let Work::Wasm(wasm_task) = &task.work else {
+                        panic!("not a wasm task")
+                    };
                     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
                     let first = async {
                         rx.recv().await.expect("the module printed");
@@ -111,7 +124,10 @@ fn bench(c: &mut Criterion) {
                         wasm.run(
                             work.path(),
                             &ceilings,
-                            &spec,
+                            Job {
+                                task: wasm_task,
+                                bounds: &task.bounds,
+                            },
                             &modules,
                             tx,
                             CancellationToken::new()
@@ -157,10 +173,11 @@ fn bench(c: &mut Criterion) {
             assert!(st.success());
         })
     });
+    let module = ModuleRef::parse(&name).unwrap();
     c.bench_function("wasm_load_from_disk_cache", |b| {
         b.iter(|| {
             wasm.cache().memory_clear();
-            rt.block_on(wasm.load(&name, &modules)).unwrap();
+            rt.block_on(wasm.load(&module, &modules)).unwrap();
         })
     });
     let big = big(2000);

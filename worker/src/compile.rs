@@ -16,10 +16,12 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::farm::{CompileSpec, Language};
 use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
-use vgas_shared::wire::{TaskOutcome, TaskSpec};
+use vgas_shared::wire::{CompileTask, TaskOutcome};
 
 use crate::env::EnvironmentManager;
-use crate::sandbox::{self, Isolation, KeptDir, OutputChunk, RunOptions, SandboxConfig};
+use crate::sandbox::{
+    self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
+};
 use crate::wasm::{fetch_checked, Artifact, ArtifactBody, ModuleSource, ObjectStoreSource};
 
 /// Largest source a segment may have, inline or fetched: preprocessed C++ translation units
@@ -83,22 +85,18 @@ pub struct Compiler<'a, S> {
 }
 
 impl<S: ModuleSource> Compiler<'_, S> {
-    /// Runs the compile task `spec` in sandbox slot `slot`, streaming the compiler's output
-    /// into `out`. Never panics; every failure is a [`TaskOutcome`].
+    /// Runs a compile task in sandbox slot `slot`, streaming the compiler's output into
+    /// `out`. Never panics; every failure is a [`TaskOutcome`]. The segment was checked when
+    /// the task was parsed, on this worker too, before its flags reach a compiler here.
     pub async fn run(
         &self,
         slot: usize,
-        spec: &TaskSpec,
+        job: Job<'_, CompileTask>,
         out: Sender<OutputChunk>,
         cancel: CancellationToken,
     ) -> CompileRun {
-        let Some(c) = &spec.compile else {
-            return CompileRun::error("a compile task needs its \"compile\" segment".into());
-        };
-        // The master checked it; checked again because these flags reach a compiler here.
-        if let Err(e) = c.validate() {
-            return CompileRun::error(e.to_string());
-        }
+        let task = job.task;
+        let c = &task.segment;
         let Some(compiler) = self.envs.compiler_by_identity(&c.compiler) else {
             return CompileRun::error(format!(
                 "no compiler with identity {} on this worker ({})",
@@ -119,26 +117,40 @@ impl<S: ModuleSource> Compiler<'_, S> {
         };
         let input = in_workdir(&c.workdir, input_file(c.language));
         let object = in_workdir(&c.workdir, OBJECT_FILE);
-        if let Some(f) = spec
+        if let Some(f) = task
             .files
             .iter()
-            .find(|f| f.path == input || f.path == object)
+            .find(|f| f.path() == input || f.path() == object)
         {
             return CompileRun::error(format!(
                 "file {:?} is where the segment's input or object goes; ship it under another \
                  name",
-                f.path
+                f.path()
             ));
         }
         let extra = [(input, source)];
         let command = |cwd: &Path| compile_argv(&compiler.path, c, cwd);
+        let native = NativeJob {
+            command: &command,
+            env: &task.env,
+            stdin: "",
+            files: &task.files,
+            bounds: job.bounds,
+        };
         let opts = RunOptions {
             workdir: &c.workdir,
             extra_files: &extra,
-            command: Some(&command),
             keep_dir: true,
         };
-        let run = sandbox::run_native(self.sandbox, self.isolation, slot, spec, &opts, out, cancel);
+        let run = sandbox::run_native(
+            self.sandbox,
+            self.isolation,
+            slot,
+            &native,
+            &opts,
+            out,
+            cancel,
+        );
         let run = run.await;
         match (run.outcome, run.dir) {
             (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => collect_object(dir, &object),
@@ -252,6 +264,7 @@ fn collect_object(dir: KeptDir, rel: &str) -> CompileRun {
     }
     let artifact = |body| Artifact {
         path: OBJECT_FILE.into(),
+        mode: None,
         body,
     };
     if size > MAX_INLINE_ARTIFACT_BYTES {

@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vgas_shared::farm::Source;
+use vgas_shared::farm::{compiler_tag, Source};
 use vgas_shared::limits::EVENT_CHANNEL_CAPACITY;
-use vgas_shared::wire::{InputFile, Needs, TaskKind};
+use vgas_shared::wire::{InputFile, Needs, TaskKind, TaskSpec, Work};
 
 use super::*;
 use crate::env::LocalCompiler;
@@ -112,7 +112,16 @@ struct Done {
     stderr: String,
 }
 
+/// Runs `spec` as the worker does: parsed first, then its compile task through the compiler.
 async fn compile(cfg: &SandboxConfig, slot: usize, spec: &TaskSpec, sources: &Sources) -> Done {
+    let task = spec.parse().expect("the test spec parses");
+    let Work::Compile(segment) = &task.work else {
+        panic!("not a compile task: {:?}", task.work)
+    };
+    let job = Job {
+        task: segment,
+        bounds: &task.bounds,
+    };
     let compiler = Compiler {
         sandbox: cfg,
         isolation: isolation(),
@@ -129,7 +138,7 @@ async fn compile(cfg: &SandboxConfig, slot: usize, spec: &TaskSpec, sources: &So
         }
         stderr
     };
-    let work = compiler.run(slot, spec, tx, CancellationToken::new());
+    let work = compiler.run(slot, job, tx, CancellationToken::new());
     let (run, stderr) = tokio::time::timeout(TEST_TIMEOUT, async { tokio::join!(work, collect) })
         .await
         .expect("the compile ended within the test timeout");
@@ -340,6 +349,7 @@ async fn no_object_or_no_compiler_is_an_error_and_a_large_object_is_kept_for_upl
     let mut other = task(gcc, c.clone(), Vec::new());
     if let Some(c) = other.compile.as_mut() {
         c.compiler = format!("sha256:{}", "1".repeat(64));
+        other.needs.capabilities = vec![compiler_tag(&c.compiler)];
     }
     let done = compile(&cfg, 4, &other, &Sources::default()).await;
     assert!(

@@ -130,12 +130,16 @@ async fn discovered(
         let client = worker.client().clone();
         let hand_back = worker.hand_back_switch();
         let session = CancellationToken::new();
-        let serving = tokio::spawn(worker.serve(session.clone()));
+        // The session is served on this task, beside the watch below: it ends with it.
+        let serving = worker.serve(session.clone());
+        tokio::pin!(serving);
+        let mut served = None;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         let mut down_for = Duration::ZERO;
         let moved = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break false,
+                r = &mut serving, if served.is_none() => served = Some(r),
                 ev = seen.recv() => if let Some(ev) = ev { masters.apply(ev, &cluster) },
                 _ = tick.tick() => {
                     down_for = if client.connection_state() == State::Connected { Duration::ZERO } else { down_for + WATCH_INTERVAL };
@@ -150,10 +154,15 @@ async fn discovered(
             hand_back.store(true, Ordering::Release);
         }
         session.cancel();
-        match serving.await {
-            Ok(Err(e)) if !moved => return Err(e),
-            Err(e) => warn!("worker session ended abnormally: {e}"),
-            _ => {}
+        let served = match served {
+            Some(r) => r,
+            None => serving.await,
+        };
+        if let Err(e) = served {
+            if !moved {
+                return Err(e);
+            }
+            warn!("worker session ended: {e:#}");
         }
         if !moved {
             return Ok(());

@@ -45,18 +45,25 @@ async fn main() -> Result<()> {
         cfg.drain_timeout = std::time::Duration::from_secs(s);
     }
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
+    // The signal watcher runs beside the worker, not spawned: it ends with it.
+    let signals = async {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return;
+            return shutdown.cancelled().await;
         };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = shutdown.cancelled() => return,
         }
         tracing::info!("shutdown requested: draining");
-        token.cancel();
-    });
-    vgas_worker::run(cfg, shutdown).await
+        shutdown.cancel();
+    };
+    let worker = async {
+        let ran = vgas_worker::run(cfg, shutdown.clone()).await;
+        shutdown.cancel();
+        ran
+    };
+    let (ran, ()) = tokio::join!(worker, signals);
+    ran
 }

@@ -1,7 +1,8 @@
 //! Taking and running assignments. An assignment is acknowledged only when a slot permit is in
 //! hand, so a worker never holds more tasks than it has slots; each task streams its output as
 //! events and ends with exactly one `WorkerResult`, published through JetStream so a result
-//! survives a master that is down at that moment.
+//! survives a master that is down at that moment. What one attempt runs, whatever its kind,
+//! is the `work` module's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,16 +23,18 @@ use vgas_shared::limits::{
     EVENT_CHANNEL_CAPACITY, HEARTBEAT_INTERVAL, MAX_SUBMIT_BYTES, SHUTDOWN_TIMEOUT,
 };
 use vgas_shared::wire::{
-    AssignAck, Assignment, CancelAttempt, Heartbeat, TaskEvent, TaskKind, TaskOutcome, WorkerResult,
+    AssignAck, Assignment, CancelAttempt, Heartbeat, TaskEvent, TaskOutcome, WorkerResult,
 };
 use vgas_shared::{Encoding, TaskId};
 
-use crate::compile::{sources_bucket, Compiler};
+use crate::compile::sources_bucket;
 use crate::env::EnvironmentManager;
 use crate::probe;
-use crate::sandbox::{self, Isolation, OutputChunk};
+use crate::sandbox::{Isolation, OutputChunk};
 use crate::wasm::{Artifact, ArtifactBody, ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
+
+mod work;
 
 /// Attempts to store a result in JetStream before giving up on it (with back-off, about a
 /// minute in all): long enough to ride out a nats-server restart.
@@ -39,13 +42,6 @@ const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
 
 /// How long leaving waits for the server to confirm what was sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Something kept alive until a task's artifacts are sent (its task directory).
-type KeepAlive = Option<Box<dyn std::any::Any + Send>>;
-
-fn keep_alive<T: Send + 'static>(dir: Option<T>) -> KeepAlive {
-    dir.map(|d| Box::new(d) as Box<dyn std::any::Any + Send>)
-}
 
 /// One running attempt, as cancel and drain see it.
 #[derive(Debug)]
@@ -191,65 +187,67 @@ impl Worker {
             .subscribe(subjects.worker_cancel(&self.cfg.id))
             .await?;
         let me = Arc::new(self);
-        let beats_stop = CancellationToken::new();
-        let beater = {
-            let (me, stop) = (me.clone(), beats_stop.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tick.tick() => me.beat(false).await,
-                    }
-                }
-            })
-        };
-        info!(worker = %me.cfg.id, "worker ready");
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                msg = tasks.next() => match msg {
-                    Some(msg) => me.on_assignment(msg).await,
-                    None => break,
-                },
-                msg = cancels.next() => if let Some(msg) = msg { me.on_cancel(&msg) },
+        // Heartbeats run beside the work below, on this same task, until it has drained.
+        let beats = async {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                me.beat(false).await;
             }
+        };
+        let work = async {
+            info!(worker = %me.cfg.id, "worker ready");
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    msg = tasks.next() => match msg {
+                        Some(msg) => me.on_assignment(msg).await,
+                        None => break,
+                    },
+                    msg = cancels.next() => if let Some(msg) = msg { me.on_cancel(&msg) },
+                }
+            }
+            me.drain(tasks).await;
+        };
+        tokio::select! {
+            () = work => {}
+            () = beats => {}
         }
+        me.beat(true).await;
+        // A flush waits for the server; bounded, since the server may be gone (master moved).
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, me.client.flush()).await;
+        info!("worker stopped");
+        Ok(())
+    }
 
-        // Drain: refuse new work, tell the master, give running tasks time, hand back the rest.
-        me.draining.store(true, Ordering::Release);
+    /// Drain: refuse new work, tell the master, give running tasks time, hand back the rest.
+    async fn drain(&self, mut tasks: async_nats::Subscriber) {
+        self.draining.store(true, Ordering::Release);
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, tasks.unsubscribe()).await;
-        me.beat(false).await;
-        me.tracker.close();
-        let n = me.running.lock().expect("running lock").len();
+        self.beat(false).await;
+        self.tracker.close();
+        let n = self.running.lock().expect("running lock").len();
         info!(running = n, "draining");
-        let drain = if me.hand_back_now.load(Ordering::Acquire) {
+        let drain = if self.hand_back_now.load(Ordering::Acquire) {
             Duration::ZERO
         } else {
-            me.cfg.drain_timeout
+            self.cfg.drain_timeout
         };
-        if tokio::time::timeout(drain, me.tracker.wait())
+        if tokio::time::timeout(drain, self.tracker.wait())
             .await
             .is_err()
         {
-            for r in me.running.lock().expect("running lock").values() {
+            for r in self.running.lock().expect("running lock").values() {
                 r.handed_back.store(true, Ordering::Release);
                 r.cancel.cancel();
             }
-            if tokio::time::timeout(SHUTDOWN_TIMEOUT, me.tracker.wait())
+            if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.tracker.wait())
                 .await
                 .is_err()
             {
                 warn!("some tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
             }
         }
-        beats_stop.cancel();
-        let _ = beater.await;
-        me.beat(true).await;
-        // A flush waits for the server; bounded, since the server may be gone (master moved).
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, me.client.flush()).await;
-        info!("worker stopped");
-        Ok(())
     }
 
     fn on_cancel(&self, msg: &Message) {
@@ -360,74 +358,24 @@ impl Worker {
                 self.emit(&events, a.encoding, &ev).await;
             }
         };
-        // The task learns who runs it; these names override the task's own env.
-        let mut spec = a.spec.clone();
-        spec.env
-            .insert("VGAS_TASK_ID".into(), a.task_id.to_string());
-        spec.env
-            .insert("VGAS_ATTEMPT".into(), a.attempt.to_string());
-        spec.env
-            .insert("VGAS_WORKER_ID".into(), self.cfg.id.to_string());
-        // The third part keeps the task directory until its large artifacts are uploaded.
+        // A spec that does not parse here ends as an error, like any run that could not start.
         let run = async {
-            match spec.kind {
-                TaskKind::Exec => match self.prepare_environment(spec.clone()).await {
-                    Ok(spec) => {
-                        let outcome = sandbox::run_exec(
-                            &self.cfg.sandbox,
-                            &self.isolation,
-                            slot,
-                            &spec,
-                            tx,
-                            cancel,
-                        );
-                        (outcome.await, Vec::new(), keep_alive::<()>(None))
-                    }
-                    Err(message) => (
-                        TaskOutcome::Error { message },
-                        Vec::new(),
-                        keep_alive::<()>(None),
-                    ),
-                },
-                TaskKind::Wasm => {
-                    let run = self.wasm.run(
-                        &self.cfg.sandbox.work_dir,
-                        &self.cfg.sandbox.ceilings,
-                        &spec,
-                        &self.modules,
-                        tx,
-                        cancel,
-                    );
-                    let run = run.await;
-                    (run.outcome, run.artifacts, keep_alive(run.dir))
+            match work::task_of(&a.spec) {
+                Ok(mut task) => {
+                    work::identify(&mut task.work, &a.task_id, a.attempt, &self.cfg.id);
+                    self.run_work(&task.work, &task.bounds, slot, tx, cancel)
+                        .await
                 }
-                TaskKind::Agent => {
-                    let env = crate::agent::AgentEnv {
-                        client: &self.client,
-                        js: &self.js,
-                        subjects: &self.cfg.conn.subjects,
-                        sandbox: &self.cfg.sandbox,
-                        isolation: &self.isolation,
-                        slot,
-                        worker_id: self.cfg.id.to_string(),
-                    };
-                    let (outcome, artifacts, workspace) =
-                        crate::agent::run_task(&env, &spec, tx, cancel).await;
-                    (outcome, artifacts, keep_alive(workspace))
-                }
-                TaskKind::Compile => {
-                    let compiler = Compiler {
-                        sandbox: &self.cfg.sandbox,
-                        isolation: &self.isolation,
-                        envs: &self.envs,
-                        sources: &self.sources,
-                    };
-                    let run = compiler.run(slot, &spec, tx, cancel).await;
-                    (run.outcome, run.artifacts, keep_alive(run.dir))
-                }
+                Err(refused) => refused,
             }
         };
-        let ((mut outcome, artifacts, _dir), ()) = tokio::join!(run, forward);
+        let (run, ()) = tokio::join!(run, forward);
+        // The work directory stays until the large artifacts in it are uploaded.
+        let work::Run {
+            mut outcome,
+            artifacts,
+            workdir,
+        } = run;
         for art in artifacts {
             let ev = match self.artifact_event(&a.task_id, a.attempt, art).await {
                 Ok(ev) => ev,
@@ -440,6 +388,11 @@ impl Worker {
             };
             self.emit(&events, a.encoding, &ev).await;
         }
+        // Uploaded: the work directory goes now.
+        if let Some(dir) = workdir {
+            tracing::debug!(dir = %dir.path().display(), "removing the work directory");
+            drop(dir);
+        }
         let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
         info!(handed_back, "ended: {}", outcome.describe());
         let result = WorkerResult {
@@ -451,34 +404,6 @@ impl Worker {
             handed_back,
         };
         self.publish_result(&result).await;
-    }
-
-    /// An exec task's `environment`, prepared (a conda create may take minutes, so on a
-    /// blocking thread): its `bin` goes first on the task's `PATH` and `VGAS_ENV_ROOT` names
-    /// it. `Err` is the reason, in words, for the task's result.
-    async fn prepare_environment(
-        &self,
-        mut spec: vgas_shared::wire::TaskSpec,
-    ) -> Result<vgas_shared::wire::TaskSpec, String> {
-        let Some(want) = spec.environment.clone() else {
-            return Ok(spec);
-        };
-        let envs = self.envs.clone();
-        let env = tokio::task::spawn_blocking(move || envs.setup_sandboxed_environment(&want))
-            .await
-            .map_err(|e| format!("environment set-up stopped: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let base = spec
-            .env
-            .get("PATH")
-            .cloned()
-            .or_else(|| std::env::var("PATH").ok().filter(|p| !p.is_empty()))
-            .unwrap_or_else(|| sandbox::SAFE_DEFAULT_PATH.to_owned());
-        spec.env
-            .insert("PATH".into(), format!("{}:{base}", env.bin.display()));
-        spec.env
-            .insert("VGAS_ENV_ROOT".into(), env.root.display().to_string());
-        Ok(spec)
     }
 
     /// The event for one artifact: inline, or by reference once uploaded to the artifacts
@@ -496,7 +421,7 @@ impl Worker {
                 base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
                 object: None,
                 size: None,
-                mode: None,
+                mode: art.mode,
             },
             ArtifactBody::Large { file, size } => {
                 let bucket = self.cfg.conn.subjects.artifacts_bucket();
@@ -508,7 +433,7 @@ impl Worker {
                     base64: String::new(),
                     object: Some(object),
                     size: Some(size),
-                    mode: None,
+                    mode: art.mode,
                 }
             }
         })

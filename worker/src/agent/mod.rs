@@ -23,7 +23,7 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::agent::{AgentRun, PerformanceStats, ResponseResult, RoleSpec, RunEnd};
 use vgas_shared::kb::Bm25Index;
-use vgas_shared::wire::{TaskOutcome, TaskSpec};
+use vgas_shared::wire::TaskOutcome;
 use vgas_shared::{now_ms, Subjects};
 
 use self::context::{ContextManager, Memory};
@@ -332,14 +332,11 @@ async fn tester(role: &RoleSpec, task: String, t: &mut Turn<'_, '_>) -> Spoke {
 /// dropping it removes it.
 pub async fn run_task(
     env: &AgentEnv<'_>,
-    spec: &TaskSpec,
+    run: &AgentRun,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
 ) -> (TaskOutcome, Vec<Artifact>, Option<tempfile::TempDir>) {
     let fail = |message: String| (TaskOutcome::Error { message }, Vec::new(), None);
-    let Some(run) = spec.agent.clone() else {
-        return fail("an agent task needs its \"agent\" run".into());
-    };
     let kv = match env.js.get_key_value(env.subjects.agents_bucket()).await {
         Ok(kv) => kv,
         Err(e) => {
@@ -361,7 +358,7 @@ pub async fn run_task(
     };
     let instruction = run.instruction.clone();
     let mut agent = Agent::new(
-        run,
+        run.clone(),
         env,
         workspace.path().to_path_buf(),
         cancel,
@@ -398,10 +395,12 @@ pub async fn run_task(
         RunEnd::Cancelled => TaskOutcome::Cancelled,
         _ => TaskOutcome::Exited { exit_code: 1 },
     };
-    // The workspace files, within the same bounds as a wasm task's, then the result itself.
-    let (outcome, mut artifacts) = collect_artifacts(workspace.path(), spec, outcome);
+    // The workspace files, within the same bounds as a wasm task's (an agent task has no
+    // input files to leave out), then the result itself.
+    let (outcome, mut artifacts) = collect_artifacts(workspace.path(), &[], outcome);
     artifacts.push(Artifact {
         path: "response.json".into(),
+        mode: None,
         body: ArtifactBody::Inline(serde_json::to_vec_pretty(&result).unwrap_or_default()),
     });
     (outcome, artifacts, Some(workspace))

@@ -17,7 +17,7 @@ use vgas_shared::farm::{
 };
 use vgas_shared::kb::Bm25Index;
 use vgas_shared::llm::ToolDef;
-use vgas_shared::wire::{check_relative_path, InputFile, TaskKind, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{check_relative_path, InputFile, TaskKind, TaskOutcome, TaskSpec, Work};
 use vgas_shared::Subjects;
 
 use crate::sandbox::{self, Isolation, OutputChunk, SandboxConfig};
@@ -419,6 +419,12 @@ impl Tools<'_> {
             deadline_s: Some(COMMAND_DEADLINE_S),
             ..Default::default()
         };
+        let task = spec
+            .parse()
+            .map_err(|e| format!("the command cannot run: {e}"))?;
+        let Work::Exec(exec) = &task.work else {
+            return Err("the command cannot run: not an exec task".into());
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
         let collect = async {
             let (mut out, mut err) = (String::new(), String::new());
@@ -434,7 +440,10 @@ impl Tools<'_> {
             self.sandbox,
             self.isolation,
             self.slot,
-            &spec,
+            sandbox::Job {
+                task: exec,
+                bounds: &task.bounds,
+            },
             tx,
             self.cancel.child_token(),
         );

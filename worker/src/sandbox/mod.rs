@@ -8,8 +8,9 @@
 //! once ([`Isolation::probe`]) and reported in heartbeats, so weaker isolation (for example a
 //! worker that is not root) is visible instead of silent.
 //!
-//! Layout: [`run_exec`] here ties the pieces together ([`run_native`] with [`RunOptions`] for
-//! commands that run in a subdirectory and leave a file to read back, like a compile);
+//! Layout: [`run_exec`] here ties the pieces together for a parsed exec task ([`run_native`]
+//! with a [`NativeJob`] and [`RunOptions`] for commands that run in a subdirectory and leave a
+//! file to read back, like a compile);
 //! `taskdir` prepares the directory and the environment and keeps or removes it, `mounts`
 //! reads the mount table, `child` is what runs between fork and exec, `run` supervises the
 //! running tree (deadline, cancel, output cap), `output` streams the pipes, `procs` finds and
@@ -29,6 +30,7 @@ mod tests;
 #[cfg(test)]
 mod tests_containment;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::limits;
-use vgas_shared::wire::{TaskLimits, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{Bounds, ExecTask, TaskFile, TaskLimits, TaskOutcome};
 
 pub use isolation::Isolation;
 pub use taskdir::KeptDir;
@@ -142,20 +144,63 @@ pub enum OutputChunk {
 /// Builds a command's argv from the absolute working directory it will run in.
 pub type CommandFor<'a> = dyn Fn(&Path) -> Vec<String> + Sync + 'a;
 
+/// One kind's parsed task with the bounds of its attempt: what each kind's runner takes
+/// ([`run_exec`] an `ExecTask`, the wasm runtime a `WasmTask`, the compiler a `CompileTask`).
+#[derive(Debug)]
+pub struct Job<'a, T> {
+    /// The kind's own part of the task.
+    pub task: &'a T,
+    /// The deadline and limits of this attempt.
+    pub bounds: &'a Bounds,
+}
+
+impl<T> Clone for Job<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Job<'_, T> {}
+
+/// What a native run runs: the command (given the absolute working directory it will run
+/// in), its environment on top of the sandbox's allow-list, its stdin, its input files and
+/// the bounds of the attempt.
+pub struct NativeJob<'a> {
+    /// The argv, given the absolute working directory; its first part names the program.
+    pub command: &'a CommandFor<'a>,
+    /// Set on top of the sandbox's allow-list (`PATH`, `HOME`, `TMPDIR`, locale).
+    pub env: &'a BTreeMap<String, String>,
+    /// Fed to the command, then closed.
+    pub stdin: &'a str,
+    /// Written into the task directory before the command starts.
+    pub files: &'a [TaskFile],
+    /// The deadline and limits (lowered to the worker's ceilings).
+    pub bounds: &'a Bounds,
+}
+
+impl std::fmt::Debug for NativeJob<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeJob")
+            .field("command", &"fn(workdir) -> argv")
+            .field("env", &self.env)
+            .field("stdin", &self.stdin.len())
+            .field("files", &self.files)
+            .field("bounds", &self.bounds)
+            .finish()
+    }
+}
+
 /// How a native run goes beyond a plain exec task (compile tasks use it): where in the task
-/// directory the command runs, more files for that directory, a command that depends on the
-/// directory's real path, and whether the directory is kept for the caller to read back.
+/// directory the command runs, more files for that directory, and whether the directory is
+/// kept for the caller to read back.
 #[derive(Default)]
 pub struct RunOptions<'a> {
     /// The working directory, relative to the task directory (checked like an input file's
     /// path, created, owned by the sandbox uid); empty: the task directory itself.
     pub workdir: &'a str,
-    /// More files, relative to the task directory, written after the spec's own (a spec file
+    /// More files, relative to the task directory, written after the job's own (a job file
     /// at the same path is replaced).
     pub extra_files: &'a [(String, Vec<u8>)],
-    /// The argv to run, given the absolute working directory it will run in; `None`:
-    /// `spec.cmd`.
-    pub command: Option<&'a CommandFor<'a>>,
     /// Keep the task directory after the run ([`NativeRun::dir`]) instead of removing it.
     pub keep_dir: bool,
 }
@@ -168,7 +213,6 @@ impl std::fmt::Debug for RunOptions<'_> {
                 "extra_files",
                 &self.extra_files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
             )
-            .field("command", &self.command.map(|_| "fn(workdir) -> argv"))
             .field("keep_dir", &self.keep_dir)
             .finish()
     }
@@ -183,34 +227,43 @@ pub struct NativeRun {
     pub dir: Option<KeptDir>,
 }
 
-/// Runs `spec` (kind exec) in a fresh directory, streaming output into `out` as it is
-/// produced, and returns how it ended. Never panics; every failure is a [`TaskOutcome`].
+/// Runs an exec task in a fresh directory, streaming output into `out` as it is produced, and
+/// returns how it ended. Never panics; every failure is a [`TaskOutcome`].
 ///
 /// `slot` (0-based) picks the sandbox uid when uids are switched, so tasks running at the same
 /// time in different slots cannot touch each other. If `cancel` fires, everything the task
-/// started is killed and the result is [`TaskOutcome::Cancelled`].
+/// started is killed and the result is [`TaskOutcome::Cancelled`]. The task's `environment`
+/// is not prepared here: the worker prepares it and puts it into the task's env first.
 pub async fn run_exec(
     cfg: &SandboxConfig,
     isolation: &Isolation,
     slot: usize,
-    spec: &TaskSpec,
+    job: Job<'_, ExecTask>,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
 ) -> TaskOutcome {
+    let argv = |_: &Path| job.task.argv.as_slice().to_vec();
+    let native = NativeJob {
+        command: &argv,
+        env: &job.task.env,
+        stdin: &job.task.stdin,
+        files: &job.task.files,
+        bounds: job.bounds,
+    };
     let opts = RunOptions::default();
-    run_native(cfg, isolation, slot, spec, &opts, out, cancel)
+    run_native(cfg, isolation, slot, &native, &opts, out, cancel)
         .await
         .outcome
 }
 
-/// [`run_exec`] with [`RunOptions`]: the same limits, uid, namespaces, deadline, cancel and
-/// output streaming, in `opts.workdir` with `opts.extra_files`, running `opts.command`. A kept
+/// [`run_exec`] for a [`NativeJob`] with [`RunOptions`]: the same limits, uid, namespaces,
+/// deadline, cancel and output streaming, in `opts.workdir` with `opts.extra_files`. A kept
 /// directory is handed back only after supervision killed everything the task started.
 pub async fn run_native(
     cfg: &SandboxConfig,
     isolation: &Isolation,
     slot: usize,
-    spec: &TaskSpec,
+    job: &NativeJob<'_>,
     opts: &RunOptions<'_>,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
@@ -219,7 +272,7 @@ pub async fn run_native(
         outcome: TaskOutcome::Error { message },
         dir: None,
     };
-    let limits = cfg.ceilings.for_task(&spec.limits);
+    let limits = cfg.ceilings.for_task(&job.bounds.limits);
     let uid = if isolation.uid_switch {
         match cfg.sandbox_uid(slot) {
             Some(uid) => Some(uid),
@@ -234,7 +287,7 @@ pub async fn run_native(
             dir: None,
         };
     }
-    let dir = match taskdir::prepare(&cfg.work_dir, &spec.files, opts, uid) {
+    let dir = match taskdir::prepare(&cfg.work_dir, job.files, opts, uid) {
         Ok(dir) => dir,
         Err(message) => return error(format!("sandbox setup failed: {message}")),
     };
@@ -242,10 +295,7 @@ pub async fn run_native(
         "" => dir.path().to_path_buf(),
         sub => dir.path().join(sub),
     };
-    let argv = match opts.command {
-        Some(command) => command(&cwd),
-        None => spec.cmd.clone(),
-    };
+    let argv = (job.command)(&cwd);
     let Some(program) = argv.first().filter(|p| !p.is_empty()).cloned() else {
         taskdir::remove(dir);
         return error("\"cmd\" must name a program".into());
@@ -254,7 +304,7 @@ pub async fn run_native(
         taskdir::remove(dir);
         return error("command arguments must not contain NUL".into());
     }
-    let env = match taskdir::environment(dir.path(), &spec.env) {
+    let env = match taskdir::environment(dir.path(), job.env) {
         Ok(env) => env,
         Err(message) => {
             taskdir::remove(dir);
@@ -293,14 +343,13 @@ pub async fn run_native(
     }
     let outcome = match cmd.spawn() {
         Ok(child) => {
-            let deadline = spec.deadline();
-            let job = run::Job {
+            let supervised = run::Job {
                 uid,
                 limits,
-                deadline,
-                stdin: spec.stdin.clone(),
+                deadline: job.bounds.deadline,
+                stdin: job.stdin.to_owned(),
             };
-            run::supervise(child, job, out, cancel).await
+            run::supervise(child, supervised, out, cancel).await
         }
         Err(e) => outcome::spawn_error(&e, &program, &plan, task_path.as_deref()),
     };

@@ -61,16 +61,20 @@ pub(crate) async fn supervise(
 ) -> TaskOutcome {
     // The child called setsid, so its pid is its process group.
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-    let feeder = child.stdin.take().map(|mut stdin| {
-        let data = job.stdin.clone();
-        tokio::spawn(async move {
-            // A task that exits without reading its input is not an error.
+    // Stdin is fed beside the watch, on this task; what is left of it is dropped (the pipe
+    // closed) when the task ends. A task that exits without reading its input is not an error.
+    let stdin = child.stdin.take();
+    let data = job.stdin.clone();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
             if !data.is_empty() {
                 let _ = stdin.write_all(data.as_bytes()).await;
             }
             let _ = stdin.shutdown().await;
-        })
-    });
+            // Dropped here: the task reads the end of its input.
+        }
+        std::future::pending::<()>().await
+    };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let budget = Budget::new(job.limits.output_cap);
@@ -80,14 +84,12 @@ pub(crate) async fn supervise(
         _ = cancel.cancelled() => Ended::Cancelled,
         _ = tokio::time::sleep(job.deadline) => Ended::TimedOut,
         e = watch(&mut child, stdout, stderr, &out, &budget, pgid, job.uid) => e,
+        () = feed => unreachable!("the feed never ends on its own"),
     };
 
     // `watch` already killed the stragglers of a task whose main process exited.
     if !matches!(ended, Ended::Exited(_)) {
         kill_all(pgid, job.uid).await;
-    }
-    if let Some(feeder) = feeder {
-        feeder.abort();
     }
     if tokio::time::timeout(REAP_TIMEOUT, child.wait())
         .await

@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
-use vgas_shared::wire::{check_relative_path, InputFile};
+use vgas_shared::wire::{check_relative_path, TaskFile};
 
 use super::{RunOptions, SAFE_DEFAULT_PATH};
 
@@ -32,7 +32,7 @@ const PASSED_THROUGH: &[&str] = &["LANG", "LC_ALL"];
 /// `opts.extra_files` in it, handed to `uid` when set.
 pub(crate) fn prepare(
     work_dir: &Path,
-    files: &[InputFile],
+    files: &[TaskFile],
     opts: &RunOptions<'_>,
     uid: Option<u32>,
 ) -> Result<TempDir, String> {
@@ -87,10 +87,9 @@ fn ensure_passable(work_dir: &Path) -> Result<(), String> {
 }
 
 /// Writes the input files, with their parent directories and modes.
-fn write_inputs(dir: &Path, files: &[InputFile]) -> Result<(), String> {
+fn write_inputs(dir: &Path, files: &[TaskFile]) -> Result<(), String> {
     for f in files {
-        let contents = f.contents().map_err(|e| e.to_string())?;
-        write_file(dir, &f.path, &contents, f.mode)?;
+        write_file(dir, f.path(), f.bytes(), f.mode())?;
     }
     Ok(())
 }
@@ -296,12 +295,13 @@ mod tests {
     #[test]
     fn inputs_land_with_their_modes_and_bad_paths_are_refused() {
         let work = tempfile::tempdir().unwrap();
-        let file = |path: &str, mode| InputFile {
+        let input = |path: &str, mode| vgas_shared::wire::InputFile {
             path: path.into(),
             text: Some("x".into()),
             base64: None,
             mode,
         };
+        let file = |path: &str, mode| TaskFile::parse(&input(path, mode)).unwrap();
         let opts = RunOptions::default();
         let dir = prepare(
             work.path(),
@@ -320,7 +320,14 @@ mod tests {
         assert_eq!(mode("a/b/c.sh"), 0o755, "setuid bit dropped");
         assert_eq!(mode("d"), DEFAULT_FILE_MODE);
         remove(dir);
-        assert!(prepare(work.path(), &[file("../x", None)], &opts, None).is_err());
+        // A bad input path is refused when the task is parsed; one among the extras here.
+        assert!(TaskFile::parse(&input("../x", None)).is_err());
+        let extra = [("../x".to_owned(), Vec::new())];
+        let escaping = RunOptions {
+            extra_files: &extra,
+            ..RunOptions::default()
+        };
+        assert!(prepare(work.path(), &[file("d", None)], &escaping, None).is_err());
         assert_eq!(
             fs::read_dir(work.path()).unwrap().count(),
             0,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::limits::EVENT_CHANNEL_CAPACITY;
-use vgas_shared::wire::{InputFile, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{InputFile, Task, TaskOutcome, TaskSpec, Work};
 
 use super::*;
 
@@ -68,6 +68,17 @@ pub(super) fn sh(script: &str) -> TaskSpec {
     spec(&["sh", "-c", script])
 }
 
+/// The exec part of a parsed task, as the worker hands it to [`run_exec`].
+pub(super) fn exec_job(task: &Task) -> Job<'_, vgas_shared::wire::ExecTask> {
+    let Work::Exec(exec) = &task.work else {
+        panic!("not an exec task: {task:?}");
+    };
+    Job {
+        task: exec,
+        bounds: &task.bounds,
+    }
+}
+
 /// A finished task with all its output.
 #[derive(Debug)]
 pub(super) struct Ran {
@@ -81,12 +92,15 @@ pub(super) async fn run(h: &Harness, slot: usize, spec: TaskSpec) -> Ran {
     run_cancellable(h, slot, spec, CancellationToken::new()).await
 }
 
+/// Runs `spec` as the worker does: parsed first (a spec that does not parse is an error
+/// outcome), then its exec task through [`run_exec`].
 pub(super) async fn run_cancellable(
     h: &Harness,
     slot: usize,
     spec: TaskSpec,
     cancel: CancellationToken,
 ) -> Ran {
+    let parsed = spec.parse();
     let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let started = Instant::now();
     let collect = async move {
@@ -99,7 +113,22 @@ pub(super) async fn run_cancellable(
         }
         (stdout, stderr)
     };
-    let task = run_exec(&h.cfg, isolation(), slot, &spec, tx, cancel);
+    let task = async {
+        match &parsed {
+            Ok(Task {
+                work: Work::Exec(exec),
+                bounds,
+                ..
+            }) => {
+                let job = Job { task: exec, bounds };
+                run_exec(&h.cfg, isolation(), slot, job, tx, cancel).await
+            }
+            Ok(other) => panic!("not an exec task: {other:?}"),
+            Err(e) => TaskOutcome::Error {
+                message: e.to_string(),
+            },
+        }
+    };
     let (outcome, (stdout, stderr)) =
         tokio::time::timeout(TEST_TIMEOUT, async { tokio::join!(task, collect) })
             .await
@@ -155,8 +184,18 @@ async fn output_is_streamed_while_the_task_runs() {
     let cfg = h.cfg.clone();
     let started = Instant::now();
     let task = tokio::spawn(async move {
-        let spec = sh("echo a; echo oops >&2; sleep 1; echo b");
-        run_exec(&cfg, isolation(), 0, &spec, tx, CancellationToken::new()).await
+        let task = sh("echo a; echo oops >&2; sleep 1; echo b")
+            .parse()
+            .unwrap();
+        run_exec(
+            &cfg,
+            isolation(),
+            0,
+            exec_job(&task),
+            tx,
+            CancellationToken::new(),
+        )
+        .await
     });
     // Both streams deliver their first line while the task still sleeps.
     let mut chunks = Vec::new();

@@ -347,11 +347,12 @@ async fn a_sandbox_setup_failure_is_an_error_with_the_reason() {
         uid_switch: false,
     };
     let (tx, _rx) = tokio::sync::mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
+    let task = sh("true").parse().unwrap();
     let outcome = super::run_exec(
         &h.cfg,
         &asks_too_much,
         8,
-        &sh("true"),
+        super::tests::exec_job(&task),
         tx,
         tokio_util::sync::CancellationToken::new(),
     )

@@ -5,17 +5,24 @@
 //! `limit_exceeded` `artifact`.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use vgas_shared::limits::{MAX_ARTIFACTS, MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
-use vgas_shared::wire::{TaskOutcome, TaskSpec};
+use vgas_shared::wire::{TaskFile, TaskOutcome};
 use vgas_shared::TaskId;
+
+/// The permission bits an artifact carries: read, write, execute for user, group, others.
+const ARTIFACT_MODE_BITS: u32 = 0o777;
 
 /// A file the module wrote into its directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {
     /// Relative to the task directory.
     pub path: String,
+    /// The file's permission bits (`0o755` for a binary), sent so the submitter's copy keeps
+    /// them; `None` for what the worker made itself (a compile's object, `response.json`).
+    pub mode: Option<u32>,
     pub body: ArtifactBody,
 }
 
@@ -28,19 +35,15 @@ pub enum ArtifactBody {
     Large { file: PathBuf, size: u64 },
 }
 
-/// The regular files in `dir` that are not unchanged inputs, sorted by path. A file over
+/// The regular files in `dir` that are not unchanged `inputs`, sorted by path. A file over
 /// `MAX_ARTIFACT_BYTES`, or too many files, turn a success into `LimitExceeded`; a failed
 /// run keeps its own outcome. (Also what an agent task hands back of its workspace.)
 pub fn collect_artifacts(
     dir: &Path,
-    spec: &TaskSpec,
+    inputs: &[TaskFile],
     outcome: TaskOutcome,
 ) -> (TaskOutcome, Vec<Artifact>) {
-    let inputs: BTreeMap<&str, Vec<u8>> = spec
-        .files
-        .iter()
-        .filter_map(|f| Some((f.path.as_str(), f.contents().ok()?)))
-        .collect();
+    let inputs: BTreeMap<&str, &[u8]> = inputs.iter().map(|f| (f.path(), f.bytes())).collect();
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -64,9 +67,9 @@ pub fn collect_artifacts(
             .strip_prefix(dir)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let size = std::fs::symlink_metadata(&path)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let meta = std::fs::symlink_metadata(&path).ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        let mode = meta.map(|m| m.permissions().mode() & ARTIFACT_MODE_BITS);
         if size > MAX_ARTIFACT_BYTES {
             over.get_or_insert(format!(
                 "{rel} is {size} bytes; files over {} MiB are not sent back",
@@ -84,6 +87,7 @@ pub fn collect_artifacts(
         if size > MAX_INLINE_ARTIFACT_BYTES {
             artifacts.push(Artifact {
                 path: rel,
+                mode,
                 body: ArtifactBody::Large { file: path, size },
             });
             continue;
@@ -91,11 +95,12 @@ pub fn collect_artifacts(
         let Ok(bytes) = read_inline(&path) else {
             continue;
         };
-        if inputs.get(rel.as_str()) == Some(&bytes) {
+        if inputs.get(rel.as_str()) == Some(&bytes.as_slice()) {
             continue;
         }
         artifacts.push(Artifact {
             path: rel,
+            mode,
             body: ArtifactBody::Inline(bytes),
         });
     }

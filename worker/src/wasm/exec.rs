@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
-use vgas_shared::wire::{check_relative_path, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{TaskFile, TaskOutcome, WasmTask};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -17,7 +17,7 @@ use super::guard::Guard;
 use super::start::{missing_entry, run_program};
 use super::stdio::{ChunkOut, Which};
 use super::{ModuleSource, WasmRuntime};
-use crate::sandbox::{Limits, OutputChunk};
+use crate::sandbox::{Job, Limits, OutputChunk};
 
 /// How long past its deadline (or a cancel) a module stuck inside a host call (a long WASI
 /// sleep) is waited for; after that the task is reported and the thread left to end at its
@@ -34,13 +34,13 @@ pub struct WasmRun {
 }
 
 impl WasmRuntime {
-    /// Runs `spec` (kind wasm) in a fresh directory under `work_dir`, streaming output into
-    /// `out`. Never panics; every failure is a [`TaskOutcome`].
+    /// Runs a wasm task in a fresh directory under `work_dir`, streaming output into `out`.
+    /// Never panics; every failure is a [`TaskOutcome`].
     pub async fn run(
         &self,
         work_dir: &Path,
         ceilings: &Limits,
-        spec: &TaskSpec,
+        job: Job<'_, WasmTask>,
         source: &impl ModuleSource,
         out: Sender<OutputChunk>,
         cancel: CancellationToken,
@@ -50,9 +50,8 @@ impl WasmRuntime {
             artifacts: Vec::new(),
             dir: None,
         };
-        let Some(name) = spec.module.as_deref() else {
-            return fail("a wasm task must name its \"module\"".into());
-        };
+        let (task, bounds) = (job.task, job.bounds);
+        let name = &task.module;
         let module = tokio::select! {
             loaded = self.load(name, source) => match loaded {
                 Ok((m, from)) => {
@@ -66,23 +65,23 @@ impl WasmRuntime {
         if let Some(why) = missing_entry(&self.engine, &module) {
             return fail(format!("{name} {why}"));
         }
-        let dir = match prepare_dir(work_dir, spec) {
+        let dir = match prepare_dir(work_dir, &task.files) {
             Ok(d) => d,
             Err(e) => return fail(format!("sandbox setup failed: {e}")),
         };
-        let limits = ceilings.for_task(&spec.limits);
+        let limits = ceilings.for_task(&bounds.limits);
         let guard = Guard::new(
             limits,
-            spec.deadline(),
+            bounds.deadline,
             dir.path().to_path_buf(),
             cancel.clone(),
         );
-        let argv: Vec<String> = if spec.cmd.is_empty() {
-            vec![name.to_owned()]
+        let argv: Vec<String> = if task.args.is_empty() {
+            vec![name.to_string()]
         } else {
-            spec.cmd.clone()
+            task.args.clone()
         };
-        let env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
+        let env: Vec<(String, String)> = task.env.clone().into_iter().collect();
         let mut wasi = WasiCtxBuilder::new();
         // No network: no socket address passes the context's default check either, but the
         // interfaces are switched off outright so that stays true whatever that default.
@@ -91,7 +90,7 @@ impl WasmRuntime {
             .allow_ip_name_lookup(false)
             .args(&argv)
             .envs(&env)
-            .stdin(MemoryInputPipe::new(spec.stdin.clone()))
+            .stdin(MemoryInputPipe::new(task.stdin.clone()))
             .stdout(ChunkOut {
                 which: Which::Stdout,
                 tx: out.clone(),
@@ -113,7 +112,7 @@ impl WasmRuntime {
             tokio::task::spawn_blocking(move || run_program(&engine, &module, wasi, &in_thread));
         let stuck = async {
             tokio::select! {
-                _ = tokio::time::sleep(spec.deadline() + STUCK_GRACE) => {}
+                _ = tokio::time::sleep(bounds.deadline + STUCK_GRACE) => {}
                 _ = async { cancel.cancelled().await; tokio::time::sleep(STUCK_GRACE).await } => {}
             }
         };
@@ -134,7 +133,7 @@ impl WasmRuntime {
                 message: format!("the wasm run failed inside the worker: {e}"),
             },
         };
-        let (outcome, artifacts) = collect_artifacts(dir.path(), spec, outcome);
+        let (outcome, artifacts) = collect_artifacts(dir.path(), &task.files, outcome);
         WasmRun {
             outcome,
             artifacts,
@@ -143,21 +142,19 @@ impl WasmRuntime {
     }
 }
 
-/// A fresh task directory under `work_dir` holding the spec's input files.
-fn prepare_dir(work_dir: &Path, spec: &TaskSpec) -> Result<tempfile::TempDir, String> {
+/// A fresh task directory under `work_dir` holding the task's input files.
+fn prepare_dir(work_dir: &Path, files: &[TaskFile]) -> Result<tempfile::TempDir, String> {
     std::fs::create_dir_all(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
     let dir = tempfile::Builder::new()
         .prefix("wasm-")
         .tempdir_in(work_dir)
         .map_err(|e| format!("create a task directory in {}: {e}", work_dir.display()))?;
-    for f in &spec.files {
-        check_relative_path(&f.path).map_err(|e| e.to_string())?;
-        let bytes = f.contents().map_err(|e| e.to_string())?;
-        let path = dir.path().join(&f.path);
+    for f in files {
+        let path = dir.path().join(f.path());
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", f.path))?;
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", f.path()))?;
         }
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", f.path))?;
+        std::fs::write(&path, f.bytes()).map_err(|e| format!("{}: {e}", f.path()))?;
     }
     Ok(dir)
 }

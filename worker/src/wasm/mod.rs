@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt as _;
 use vgas_shared::limits::{DEFAULT_WASM_CACHE_BYTES, MAX_MODULE_BYTES};
-use vgas_shared::wire::MODULE_REF_PREFIX;
+use vgas_shared::wire::ModuleRef;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module, OptLevel};
 
@@ -78,12 +78,12 @@ pub async fn fetch_checked(
     source: &impl ModuleSource,
     name: &str,
 ) -> Result<Option<Vec<u8>>, String> {
-    vgas_shared::wire::check_module_ref(name).map_err(|e| e.to_string())?;
+    let checked = ModuleRef::parse(name).map_err(|e| e.to_string())?;
     let Some(bytes) = source.fetch(name).await? else {
         return Ok(None);
     };
     let got = sha256_hex(&bytes);
-    if got != name[MODULE_REF_PREFIX.len()..] {
+    if got != checked.hex() {
         return Err(format!(
             "the bytes stored as {name} have hash sha256:{got}; refusing to use them"
         ));
@@ -211,16 +211,15 @@ impl WasmRuntime {
         &self.cache
     }
 
-    /// The compiled module named `name` (`sha256:<hex>`): from memory, the compiled cache,
-    /// or compiled from bytes found on disk or fetched from `source` (checked against the
-    /// hash first). The error is a sentence for the task's outcome.
+    /// The compiled module `name`: from memory, the compiled cache, or compiled from bytes
+    /// found on disk or fetched from `source` (checked against the hash first). The error is
+    /// a sentence for the task's outcome.
     pub async fn load(
         &self,
-        name: &str,
+        name: &ModuleRef,
         source: &impl ModuleSource,
     ) -> Result<(Program, LoadedFrom), String> {
-        vgas_shared::wire::check_module_ref(name).map_err(|e| e.to_string())?;
-        let hex = &name[MODULE_REF_PREFIX.len()..];
+        let hex = name.hex();
         if let Some(m) = self.cache.memory_get(hex) {
             return Ok((m, LoadedFrom::Memory));
         }
@@ -242,7 +241,7 @@ impl WasmRuntime {
         };
         let bytes = match cached_bytes {
             Some(b) => b,
-            None => fetch_checked(source, name).await?.ok_or_else(|| {
+            None => fetch_checked(source, name.as_str()).await?.ok_or_else(|| {
                 format!(
                     "module {name} is not in the modules bucket; upload it first \
                      (`vgas submit --wasm FILE` does, or `nats object put`)"
@@ -256,10 +255,10 @@ impl WasmRuntime {
 
     /// Compiles `bytes` (a core module or a component, as their header says) off the async
     /// threads and stores them and the result in the caches.
-    async fn compile(&self, name: &str, bytes: Vec<u8>) -> Result<Program, String> {
+    async fn compile(&self, name: &ModuleRef, bytes: Vec<u8>) -> Result<Program, String> {
         let component = is_component(&bytes);
         let len = bytes.len();
-        let hex = name[MODULE_REF_PREFIX.len()..].to_owned();
+        let hex = name.hex().to_owned();
         let (engine, cache) = (self.engine.clone(), self.cache.clone());
         let started = Instant::now();
         let module = tokio::task::spawn_blocking(move || {
@@ -281,7 +280,7 @@ impl WasmRuntime {
             format!("{name} is not a valid WebAssembly {what}: {e:#}")
         })?;
         tracing::info!(
-            module = name,
+            module = name.as_str(),
             component,
             bytes = len,
             ms = started.elapsed().as_millis() as u64,

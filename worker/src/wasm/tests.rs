@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use vgas_shared::wire::{InputFile, TaskKind, TaskLimits, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{
+    InputFile, ModuleRef, Task, TaskKind, TaskLimits, TaskOutcome, TaskSpec, Work,
+};
 
 use super::*;
-use crate::sandbox::{Limits, OutputChunk};
+use crate::sandbox::{Job, Limits, OutputChunk};
 
 /// Module bytes by name, standing in for the Object Store bucket.
 #[derive(Debug, Default)]
@@ -23,6 +25,29 @@ impl ModuleSource for Modules {
 
 pub(super) fn name_of(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// `name` as the module reference a parsed task carries.
+pub(super) fn module_ref(name: &str) -> ModuleRef {
+    ModuleRef::parse(name).expect("a module name of the tests")
+}
+
+/// `spec` parsed, as the worker parses it before it runs it.
+pub(super) fn parsed(spec: &TaskSpec) -> Task {
+    let task = spec.parse().expect("the test spec parses");
+    assert!(matches!(task.work, Work::Wasm(_)), "{:?}", task.work);
+    task
+}
+
+/// The wasm part of a parsed task, with its bounds, as the runtime takes it.
+pub(super) fn job(task: &Task) -> Job<'_, vgas_shared::wire::WasmTask> {
+    match &task.work {
+        Work::Wasm(w) => Job {
+            task: w,
+            bounds: &task.bounds,
+        },
+        other => panic!("not a wasm task: {other:?}"),
+    }
 }
 
 /// A WASI command: imports, one page of memory with `data` at 1024, and `body` as `_start`.
@@ -127,10 +152,11 @@ impl Harness {
             text
         };
         let ceilings = Limits::default();
+        let task = parsed(spec);
         let run = self.rt.run(
             self.work.path(),
             &ceilings,
-            spec,
+            job(&task),
             &self.modules,
             tx,
             CancellationToken::new(),
@@ -165,10 +191,16 @@ async fn prints_writes_a_file_and_exits_with_its_code() {
     let (run, out) = h.run(&spec).await;
     assert_eq!(run.outcome, TaskOutcome::Exited { exit_code: 3 });
     assert_eq!(out, "hello\n");
+    let mode = run.artifacts.first().and_then(|a| a.mode);
+    assert!(
+        mode.is_some_and(|m| m & 0o600 == 0o600 && m & !0o777 == 0),
+        "{mode:?}"
+    );
     assert_eq!(
         run.artifacts,
         vec![Artifact {
             path: "out.txt".into(),
+            mode,
             body: ArtifactBody::Inline(b"hello".to_vec())
         }]
     );
@@ -253,14 +285,14 @@ async fn output_streams_while_the_module_runs() {
         "tick\\n",
         "(call $write (i32.const 1) (i32.const 1024) (i32.const 5)) (loop $l (br $l))",
     ));
-    let spec = Harness::spec(&m);
+    let task = parsed(&Harness::spec(&m));
     let (tx, mut rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
     let ceilings = Limits::default();
     let run = h.rt.run(
         h.work.path(),
         &ceilings,
-        &spec,
+        job(&task),
         &h.modules,
         tx,
         cancel.clone(),
@@ -334,18 +366,18 @@ async fn compiled_modules_are_cached_and_damaged_entries_rebuilt() {
     modules.0.insert(name.clone(), bytes);
     let rt = WasmRuntime::new(&cfg).unwrap();
     assert_eq!(
-        rt.load(&name, &modules).await.unwrap().1,
+        rt.load(&module_ref(&name), &modules).await.unwrap().1,
         LoadedFrom::Compiled
     );
     assert_eq!(
-        rt.load(&name, &modules).await.unwrap().1,
+        rt.load(&module_ref(&name), &modules).await.unwrap().1,
         LoadedFrom::Memory
     );
     // A new worker process: from disk, without the source.
     let empty = Modules::default();
     let rt = WasmRuntime::new(&cfg).unwrap();
     assert_eq!(
-        rt.load(&name, &empty).await.unwrap().1,
+        rt.load(&module_ref(&name), &empty).await.unwrap().1,
         LoadedFrom::CompiledCache
     );
     // Damage the compiled entry: it is detected, removed and rebuilt from the cached bytes.
@@ -357,7 +389,7 @@ async fn compiled_modules_are_cached_and_damaged_entries_rebuilt() {
     std::fs::write(&path, &data).unwrap();
     rt.cache().memory_clear();
     assert_eq!(
-        rt.load(&name, &empty).await.unwrap().1,
+        rt.load(&module_ref(&name), &empty).await.unwrap().1,
         LoadedFrom::Compiled
     );
     assert_eq!(std::fs::read(&path).unwrap().len(), data.len());
@@ -365,7 +397,7 @@ async fn compiled_modules_are_cached_and_damaged_entries_rebuilt() {
     std::fs::write(&path, &data[..10]).unwrap();
     rt.cache().memory_clear();
     assert_eq!(
-        rt.load(&name, &empty).await.unwrap().1,
+        rt.load(&module_ref(&name), &empty).await.unwrap().1,
         LoadedFrom::Compiled
     );
 }
@@ -381,7 +413,7 @@ async fn the_disk_cache_stays_within_its_bound() {
         let bytes = command(&format!("module {i}"), "");
         let name = name_of(&bytes);
         modules.0.insert(name.clone(), bytes);
-        rt.load(&name, &modules).await.unwrap();
+        rt.load(&module_ref(&name), &modules).await.unwrap();
     }
     let size = guard::dir_size(cache.path());
     assert!(size > 0 && size <= cfg.cache_bytes, "{size}");

@@ -5,7 +5,7 @@
 
 use vgas_shared::wire::TaskOutcome;
 
-use super::tests::{error_text, Harness};
+use super::tests::{error_text, module_ref, Harness};
 
 /// A component exporting `wasi:cli/run@0.2.0` whose `run` is the core function `body`
 /// (returning the result's discriminant: 0 ok, 1 error), with one page of growable memory.
@@ -37,10 +37,10 @@ async fn a_component_runs_and_its_result_is_the_exit_code() {
 async fn a_component_runs_from_the_compiled_cache_after_a_restart() {
     let mut h = Harness::new();
     let m = h.add(component("(i32.const 0)"));
-    let (_, from) = h.rt.load(&m, &h.modules).await.unwrap();
+    let (_, from) = h.rt.load(&module_ref(&m), &h.modules).await.unwrap();
     assert_eq!(from, super::LoadedFrom::Compiled);
     h.rt.cache().memory_clear();
-    let (program, from) = h.rt.load(&m, &h.modules).await.unwrap();
+    let (program, from) = h.rt.load(&module_ref(&m), &h.modules).await.unwrap();
     assert_eq!(from, super::LoadedFrom::CompiledCache);
     assert!(matches!(program, super::Program::Component(_)));
     let (run, _) = h.run(&Harness::spec(&m)).await;
