@@ -278,6 +278,47 @@ pub struct CompileSpec {
     /// relative paths as on the submitter (`src/_/_` when they reach two levels up).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workdir: String,
+    /// The files the compiler writes beside the object because of `args` (`su` for
+    /// `-fstack-usage`), by extension: the worker sends each back as the artifact
+    /// `vgas-segment.<ext>`. Must be exactly [`side_outputs_of`] the args, so none is lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub side_outputs: Vec<String>,
+}
+
+/// The object a worker's compile writes, and the artifact that carries it back.
+pub const SEGMENT_OBJECT: &str = "vgas-segment.o";
+
+/// Flags that make the compiler write a file beside the object, named after it with this
+/// extension (`-o dir/x.o` writes `dir/x.su`), which a worker returns and the cache keeps.
+pub const SIDE_OUTPUT_FLAGS: &[(&str, &str)] =
+    &[("-fstack-usage", "su"), ("-fcallgraph-info", "ci")];
+
+/// The side outputs `args` ask for, by extension, in [`SIDE_OUTPUT_FLAGS`]'s order.
+pub fn side_outputs_of(args: &[String]) -> Vec<String> {
+    SIDE_OUTPUT_FLAGS
+        .iter()
+        .filter(|(flag, _)| {
+            args.iter().any(|a| {
+                a == flag
+                    || a.strip_prefix(flag)
+                        .is_some_and(|rest| rest.starts_with('='))
+            })
+        })
+        .map(|(_, ext)| (*ext).to_owned())
+        .collect()
+}
+
+/// The artifact name of side output `ext` (`vgas-segment.su`).
+pub fn side_output_name(ext: &str) -> String {
+    format!("vgas-segment.{ext}")
+}
+
+/// Assembler options (`-Wa,a,b`) a worker's assembler may be given: any but those that read
+/// files the worker does not have (`-I`, `@file`) or write files of their own (listings
+/// `-a...`, dependencies `--MD`, `-o`).
+pub fn is_distributable_assembler_option(part: &str) -> bool {
+    const WRITES_OR_READS: &[&str] = &["-a", "--MD", "-o", "-I", "@", "--listing", "-M"];
+    !part.is_empty() && !WRITES_OR_READS.iter().any(|p| part.starts_with(p))
 }
 
 impl CompileSpec {
@@ -304,6 +345,12 @@ impl CompileSpec {
                      flags that read or write other files run locally)"
                 )));
             }
+        }
+        let wanted = side_outputs_of(&self.args);
+        if self.side_outputs != wanted {
+            return Err(VgaError::InvalidTask(format!(
+                "\"side_outputs\" must be {wanted:?}: the files these flags write beside the object"
+            )));
         }
         Ok(())
     }
@@ -332,6 +379,7 @@ pub fn is_forbidden_compile_arg(a: &str) -> bool {
         "-B",
         "-wrapper",
         "--save-temps",
+        "-gsplit-dwarf",
     ];
     const PREFIX: &[&str] = &[
         "-o",
@@ -340,15 +388,15 @@ pub fn is_forbidden_compile_arg(a: &str) -> bool {
         "-save-temps=",
         "-B",
         "-Wp,",
-        "-Wa,",
         "-Xassembler",
         "-fprofile-use",
         "-fprofile-generate",
         "-fdump-",
-        "-fstack-usage",
-        "-fcallgraph-info",
         "@",
     ];
+    if let Some(parts) = a.strip_prefix("-Wa,") {
+        return !parts.split(',').all(is_distributable_assembler_option);
+    }
     EXACT.contains(&a) || PREFIX.iter().any(|p| a.starts_with(p)) || !a.starts_with('-')
 }
 
@@ -396,6 +444,10 @@ pub struct CacheEntry {
     /// How long the compile took: what a hit saves.
     pub compile_ms: u64,
     pub created_ms: u64,
+    /// The side outputs (`-fstack-usage`'s `.su`...) by extension, written beside the object
+    /// on a hit.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub side: BTreeMap<String, String>,
 }
 
 /// Where a segment's object came from.
@@ -493,6 +545,12 @@ pub struct BuildStats {
     pub wall_ms: u64,
     /// Segments compiled per worker (`local` for this host).
     pub per_worker: BTreeMap<String, u64>,
+    /// Compiler calls the wrapper ran here without offering them to the swarm (links, and
+    /// compiles with a flag it does not distribute); not among `segments`.
+    pub not_distributed: u64,
+    /// Why calls ran here, by reason, with their counts: the `not_distributed` ones and the
+    /// segments compiled here (`local`) after the swarm could not.
+    pub here_reasons: BTreeMap<String, u64>,
 }
 
 /// One compiled segment (seed: `BuildOutput`).

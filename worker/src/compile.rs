@@ -14,7 +14,7 @@ use std::path::Path;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
-use vgas_shared::farm::{CompileSpec, Language};
+use vgas_shared::farm::{side_output_name, CompileSpec, Language};
 use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
 use vgas_shared::wire::{CompileTask, TaskOutcome};
 
@@ -30,7 +30,7 @@ use crate::wasm::{fetch_checked, Artifact, ArtifactBody, ModuleSource, ObjectSto
 pub const MAX_SOURCE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The object the compiler writes, and the artifact's path.
-pub const OBJECT_FILE: &str = "vgas-segment.o";
+pub const OBJECT_FILE: &str = vgas_shared::farm::SEGMENT_OBJECT;
 
 /// The build sources bucket, read for segments whose source is sent by reference.
 pub fn sources_bucket(js: async_nats::jetstream::Context, bucket: String) -> ObjectStoreSource {
@@ -153,7 +153,9 @@ impl<S: ModuleSource> Compiler<'_, S> {
         );
         let run = run.await;
         match (run.outcome, run.dir) {
-            (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => collect_object(dir, &object),
+            (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => {
+                collect_outputs(dir, &c.workdir, &c.side_outputs)
+            }
             (TaskOutcome::Exited { exit_code: 0 }, None) => {
                 CompileRun::error("the task directory was not kept after the compile".into())
             }
@@ -229,7 +231,12 @@ pub fn compile_argv(compiler: &Path, c: &CompileSpec, cwd: &Path) -> Vec<String>
         if here.contains('=') {
             tracing::warn!(dir = %here, "cannot map a directory with '=' in debug info");
         } else {
-            argv.push(format!("-fdebug-prefix-map={here}={}", c.cwd));
+            // Last, so it wins for this directory; mapped to what the user's own maps make of
+            // the submitter's directory, as a local compile's debug info says.
+            argv.push(format!(
+                "-fdebug-prefix-map={here}={}",
+                remap_as_gcc(&c.cwd, &c.args)
+            ));
         }
     }
     argv.extend([
@@ -239,6 +246,55 @@ pub fn compile_argv(compiler: &Path, c: &CompileSpec, cwd: &Path) -> Vec<String>
         OBJECT_FILE.into(),
     ]);
     argv
+}
+
+/// What GCC's debug prefix maps in `args` (`-fdebug-prefix-map=OLD=NEW`,
+/// `-ffile-prefix-map=OLD=NEW`) make of `path`: the last map whose OLD is a prefix of it
+/// wins, and only once.
+fn remap_as_gcc(path: &str, args: &[String]) -> String {
+    args.iter()
+        .rev()
+        .filter_map(|a| {
+            a.strip_prefix("-fdebug-prefix-map=")
+                .or_else(|| a.strip_prefix("-ffile-prefix-map="))
+        })
+        .filter_map(|m| m.split_once('='))
+        .find_map(|(old, new)| path.strip_prefix(old).map(|rest| format!("{new}{rest}")))
+        .unwrap_or_else(|| path.to_owned())
+}
+
+/// The object and the side outputs (`vgas-segment.su`...) the compiler left in `workdir`, as
+/// the run's artifacts. A side output the flags promise but the compiler did not write is an
+/// error: the submitter would lose a file a local compile writes, so it compiles there.
+fn collect_outputs(dir: KeptDir, workdir: &str, side: &[String]) -> CompileRun {
+    let mut extras = Vec::with_capacity(side.len());
+    for ext in side {
+        let name = side_output_name(ext);
+        match dir.regular_file(&in_workdir(workdir, &name)) {
+            Ok(Some((path, size))) if size <= MAX_INLINE_ARTIFACT_BYTES => {
+                match crate::wasm::read_inline(&path) {
+                    Ok(bytes) => extras.push(Artifact {
+                        path: name,
+                        mode: None,
+                        body: ArtifactBody::Inline(bytes),
+                    }),
+                    Err(e) => return CompileRun::error(format!("cannot read {name}: {e}")),
+                }
+            }
+            Ok(Some((_, size))) => {
+                return CompileRun::error(format!(
+                    "{name} is {size} bytes; side outputs are sent back up to {MAX_INLINE_ARTIFACT_BYTES}"
+                ))
+            }
+            Ok(None) => return CompileRun::error(format!("the compiler wrote no {name}")),
+            Err(message) => return CompileRun::error(message),
+        }
+    }
+    let mut run = collect_object(dir, &in_workdir(workdir, OBJECT_FILE));
+    if run.outcome.succeeded() {
+        run.artifacts.extend(extras);
+    }
+    run
 }
 
 /// The object the compiler left at `rel` in `dir`, as the run's artifact: inline when small

@@ -425,3 +425,34 @@ fn the_command_line_has_the_segment_flags_in_order() {
         ]
     );
 }
+
+#[test]
+fn the_task_directory_maps_to_what_the_users_own_maps_make_of_the_submitters() {
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(super::remap_as_gcc("/home/me/src", &[]), "/home/me/src");
+    assert_eq!(
+        super::remap_as_gcc("/home/me/src", &args(&["-ffile-prefix-map=/home/me/src=."])),
+        "."
+    );
+    // The last matching map wins, as in GCC.
+    assert_eq!(
+        super::remap_as_gcc(
+            "/home/me/src",
+            &args(&[
+                "-fdebug-prefix-map=/home/me=/X",
+                "-fdebug-prefix-map=/home=/Y"
+            ])
+        ),
+        "/Y/me/src"
+    );
+    assert_eq!(
+        super::remap_as_gcc(
+            "/home/me/src",
+            &args(&[
+                "-fdebug-prefix-map=/other=/Z",
+                "-fmacro-prefix-map=/home=/M"
+            ])
+        ),
+        "/home/me/src"
+    );
+}

@@ -4,7 +4,7 @@
 //! (links, `-E`, assembler input, plugins, response files, `-march=native`, coverage...) runs
 //! locally, unchanged, with the reason kept for the report.
 
-use vgas_shared::farm::Language;
+use vgas_shared::farm::{is_distributable_assembler_option, Language};
 
 /// A compile the swarm can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub struct CompileJob {
     /// The object as the command named it (or the compiler's default, `base.o`).
     pub output: String,
     pub language: Language,
+    /// The command named the language (`-x c`) rather than leaving it to the extension.
+    pub explicit_language: bool,
     /// Arguments of the local preprocessing run, without `-c`, `-o` and the source.
     pub pp_args: Vec<String>,
     /// Flags that shape the object, for the worker (joined forms: `--param=x=1`).
@@ -95,7 +97,6 @@ const LOCAL_EXACT: &[&str] = &[
     "-save-temps",
     "--save-temps",
     "-",
-    "-x",
     "-specs",
     "-B",
     "-aux-info",
@@ -107,26 +108,22 @@ const LOCAL_EXACT: &[&str] = &[
     "-fpreprocessed",
     "-frewrite-includes",
     "-wrapper",
+    // Writes a .dwo whose name the object records: the worker's, not the submitter's.
+    "-gsplit-dwarf",
 ];
 const LOCAL_PREFIX: &[&str] = &[
     "-fplugin",
     "-specs=",
     "-save-temps=",
     "-B",
-    "-Wa,",
     "-fprofile-",
     "-fauto-profile",
     "-fdump-",
-    "-fstack-usage",
-    "-fcallgraph-info",
     "-march=native",
     "-mtune=native",
     "-mcpu=native",
     "@",
     "-fcoverage",
-    "-fdebug-prefix-map",
-    "-ffile-prefix-map",
-    "-fmacro-prefix-map",
 ];
 
 /// The language of a source by its extension; `None` for anything not C or C++ source.
@@ -175,10 +172,27 @@ pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
     let mut sources: Vec<String> = Vec::new();
     let mut pp_args = Vec::new();
     let mut compile_args = Vec::new();
+    // `-x LANG` in effect, and the one the source was named under.
+    let mut explicit: Option<Language> = None;
+    let mut source_language: Option<Language> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let a = a.as_str();
-        if a == "-c" {
+        if a == "-x" || (a.starts_with("-x") && a.len() > 2) {
+            let lang = match a.strip_prefix("-x").filter(|l| !l.is_empty()) {
+                Some(l) => l,
+                None => match it.next() {
+                    Some(l) => l.as_str(),
+                    None => return local("-x without a language".into()),
+                },
+            };
+            explicit = match lang {
+                "c" => Some(Language::C),
+                "c++" => Some(Language::Cxx),
+                "none" => None,
+                other => return local(format!("-x {other} is not distributed")),
+            };
+        } else if a == "-c" {
             compile_only = true;
         } else if a == "-o" {
             match it.next() {
@@ -187,8 +201,11 @@ pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
             }
         } else if let Some(o) = a.strip_prefix("-o") {
             output = Some(o.to_owned());
-        } else if LOCAL_EXACT.contains(&a) || LOCAL_PREFIX.iter().any(|p| a.starts_with(p)) {
+        } else if LOCAL_EXACT.contains(&a) {
             return local(format!("{a} is not distributed"));
+        } else if let Some(p) = LOCAL_PREFIX.iter().find(|p| a.starts_with(*p)) {
+            // The flag's class, not its value, so the summary can count reasons.
+            return local(format!("{p}... is not distributed"));
         } else if PP_WITH_VALUE.contains(&a) {
             let Some(v) = it.next() else {
                 return local(format!("{a} without a value"));
@@ -211,13 +228,21 @@ pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
                 return local(format!("{a} without a value"));
             }
         } else if LINK_JOINED.iter().any(|p| a.starts_with(p)) {
+        } else if let Some(parts) = a.strip_prefix("-Wa,") {
+            // The worker's assembler is the submitter's (same toolchain identity); only
+            // options that read or write files of their own stay here.
+            if !parts.split(',').all(is_distributable_assembler_option) {
+                return local("-Wa, with an option that reads or writes a file".into());
+            }
+            compile_args.push(a.to_owned());
         } else if a.starts_with('-') {
             pp_args.push(a.to_owned());
             compile_args.push(a.to_owned());
-        } else if looks_like_source(a) {
+        } else if explicit.is_some() || looks_like_source(a) {
             sources.push(a.to_owned());
+            source_language = explicit;
         } else {
-            return local(format!("{a} is an input other than one source (a link?)"));
+            return local("an input other than one source (a link?)".into());
         }
     }
     if !compile_only {
@@ -226,8 +251,9 @@ pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
     let [source] = sources.as_slice() else {
         return local(format!("{} sources, not one", sources.len()));
     };
-    let Some(language) = language_of(source, cxx_driver) else {
-        return local(format!("{source} is not C or C++ source"));
+    let Some(language) = source_language.or_else(|| language_of(source, cxx_driver)) else {
+        let ext = source.rsplit_once('.').map_or("", |(_, e)| e);
+        return local(format!("not C or C++ source (.{ext})"));
     };
     let output = output.unwrap_or_else(|| {
         let base = source.rsplit('/').next().unwrap_or(source);
@@ -238,6 +264,7 @@ pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
         source: source.clone(),
         output,
         language,
+        explicit_language: source_language.is_some(),
         pp_args,
         compile_args,
     })
@@ -267,13 +294,11 @@ impl CompileJob {
                 v.extend(["-MT".into(), self.output.clone()]);
             }
         }
-        v.extend([
-            "-E".into(),
-            "-fdirectives-only".into(),
-            self.source.clone(),
-            "-o".into(),
-            "-".into(),
-        ]);
+        v.extend(["-E".into(), "-fdirectives-only".into()]);
+        if self.explicit_language {
+            v.extend(["-x".into(), self.language.x_arg().into()]);
+        }
+        v.extend([self.source.clone(), "-o".into(), "-".into()]);
         v
     }
 }
@@ -341,6 +366,52 @@ mod tests {
     }
 
     #[test]
+    fn what_peers_distribute_is_distributed() {
+        // Prefix maps rewrite paths the line markers carry to the worker anyway; the worker
+        // maps its own directory last (see the worker's compile).
+        let j = job("-fmacro-prefix-map=/src=. -ffile-prefix-map=/a=/b -fdebug-prefix-map=/c=/d -c a.c -o a.o");
+        assert!(j
+            .compile_args
+            .iter()
+            .any(|a| a == "-fmacro-prefix-map=/src=."));
+        assert!(j
+            .compile_args
+            .iter()
+            .any(|a| a == "-fdebug-prefix-map=/c=/d"));
+        // The worker's assembler is the submitter's.
+        let j = job("-Wa,--noexecstack,--gdwarf-5 -c a.c");
+        assert_eq!(j.compile_args, args("-Wa,--noexecstack,--gdwarf-5"));
+        assert!(j.pp_args.is_empty());
+        // An explicit language, also for a source without a C extension.
+        let j = job("-x c -c lib/x.inc -o x.o");
+        assert_eq!((j.language, j.explicit_language), (Language::C, true));
+        let pp = j.preprocess_args().join(" ");
+        assert!(pp.ends_with("-x c lib/x.inc -o -"), "{pp}");
+        let j = job("-xc++ -c a.c");
+        assert_eq!(j.language, Language::Cxx);
+        let j = job("-x c -x none -c a.cpp");
+        assert_eq!((j.language, j.explicit_language), (Language::Cxx, false));
+        // Side outputs come back from the worker.
+        let j = job("-fstack-usage -c a.c -o obj/a.o");
+        assert_eq!(vgas_shared::farm::side_outputs_of(&j.compile_args), ["su"]);
+        for a in &j.compile_args {
+            assert!(!vgas_shared::farm::is_forbidden_compile_arg(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn local_reasons_name_the_flag_class_not_its_value() {
+        let Invocation::Local(a) = classify(&args("-c a.c -fprofile-use=/x/a.gcda"), false) else {
+            panic!()
+        };
+        let Invocation::Local(b) = classify(&args("-c b.c -fprofile-use=/y/b.gcda"), false) else {
+            panic!()
+        };
+        assert_eq!(a, b);
+        assert_eq!(a, "-fprofile-... is not distributed");
+    }
+
+    #[test]
     fn what_cannot_be_proved_safe_runs_locally() {
         for s in [
             "a.o b.o -o app",
@@ -351,11 +422,14 @@ mod tests {
             "-c a.s",
             "-c a.S",
             "-c a.i",
-            "-x c -c a.c",
+            "-x assembler -c a.c",
+            "-x c-header -c a.h",
+            "-c a.c -gsplit-dwarf",
             "-c a.c -fplugin=x.so",
             "-c a.c @rsp",
             "-c a.c -march=native",
-            "-c a.c -Wa,--noexecstack",
+            "-c a.c -Wa,-adhln=a.lst",
+            "-c a.c -Wa,--noexecstack,-I,inc",
             "-c a.c --coverage",
             "-c a.c -save-temps",
             "-c -",

@@ -8,6 +8,7 @@
 //! to a low-water mark, with their index entries. An index entry whose object is gone is a
 //! miss, and a hit whose bytes do not hash to the entry's digest is a miss and is removed.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -42,6 +43,10 @@ const MAX_ENTRY_BYTES: usize = 256 * 1024;
 
 /// Warnings text kept with an entry (64 KiB): replayed on a hit.
 const MAX_CACHED_STDERR: usize = 64 * 1024;
+
+/// Largest side outputs (`.su` files...) kept in an index entry, all together: they are
+/// a few lines a function; more would push the entry past `MAX_ENTRY_BYTES`.
+const MAX_CACHED_SIDE_OUTPUTS: usize = 128 * 1024;
 
 /// Creates the cache's buckets if missing (the master, at start).
 pub async fn open_buckets(js: &jetstream::Context, subjects: &Subjects, bound: u64) -> Result<()> {
@@ -175,10 +180,12 @@ impl BuildCache {
         &self,
         key: &str,
         object: &[u8],
+        side: &BTreeMap<String, String>,
         stderr: &str,
         compile_ms: u64,
     ) -> Result<()> {
-        if object.len() as u64 > MAX_CACHED_OBJECT {
+        let side_bytes: usize = side.values().map(String::len).sum();
+        if object.len() as u64 > MAX_CACHED_OBJECT || side_bytes > MAX_CACHED_SIDE_OUTPUTS {
             return Ok(());
         }
         let mut reader = object;
@@ -201,6 +208,7 @@ impl BuildCache {
             stderr,
             compile_ms,
             created_ms: now_ms(),
+            side: side.clone(),
         };
         let bytes = Bytes::from(encode(Encoding::MsgPack, &entry)?);
         self.index

@@ -21,8 +21,8 @@ use super::compdb::{self, Unit};
 use super::progress::{self, Mode, Progress};
 use super::segment::{dispatch_build_segments, BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
 use super::wrapper::{
-    ENV_BUILD_ID, ENV_LOCAL_FALLBACK, ENV_REAL_CC, ENV_REAL_CXX, ENV_SEGMENT_DEADLINE,
-    ENV_WRAPPER_DIR, MASQUERADE_NAMES,
+    ENV_BUILD_ID, ENV_LOCAL_FALLBACK, ENV_LOCAL_LOG, ENV_REAL_CC, ENV_REAL_CXX,
+    ENV_SEGMENT_DEADLINE, ENV_WRAPPER_DIR, MASQUERADE_NAMES,
 };
 use crate::api::{Swarm, REQUEST_TIMEOUT};
 
@@ -185,6 +185,9 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
     }
     // The helper: every wrapper of this build hands its unit to this process, which holds
     // the build's one connection, cache handles and file hashes.
+    // Wrappers that run their call here append why; an empty file the build owns.
+    let local_log = links.path().join("local.log");
+    std::fs::write(&local_log, b"").context("create the wrappers' log")?;
     let tasks = TaskTracker::new();
     let ctx = context(swarm, conn, args, &build_id, &tasks, true).await;
     let stop_helper = CancellationToken::new();
@@ -201,6 +204,7 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         .env(ENV_WRAPPER_DIR, links.path())
         .env(ENV_BUILD_ID, &build_id)
         .env(super::helper::ENV_HELPER_SOCKET, &socket)
+        .env(ENV_LOCAL_LOG, &local_log)
         .env(ENV_SEGMENT_DEADLINE, args.segment_deadline.to_string())
         .env(
             ENV_LOCAL_FALLBACK,
@@ -251,6 +255,10 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
             progress.on(u);
         }
     }
+    // Every call the wrappers ran here without offering it to the swarm, with its reason.
+    if let Ok(log) = std::fs::read_to_string(&local_log) {
+        progress.not_distributed(log.lines());
+    }
     let code = status.code().unwrap_or(1);
     finish(progress, args, code);
     Ok(code)
@@ -295,6 +303,7 @@ async fn run_compdb(
     let build_id = TaskId::random().to_string();
     let tasks = TaskTracker::new();
     let ctx = context(swarm, conn, args, &build_id, &tasks, false).await;
+    let mut progress = Progress::new(mode);
     // Order is kept: the link takes objects in the database's order.
     let mut slots: Vec<Option<vgas_shared::farm::BuildOutput>> = Vec::new();
     let mut segments = Vec::new();
@@ -311,7 +320,9 @@ async fn run_compdb(
                 local,
                 output,
                 name,
+                reason,
             } => {
+                progress.not_distributed([reason.as_str()]);
                 let spec = vgas_shared::farm::CompileSpec::default();
                 let r = local.run(&spec, &output).await?;
                 slots.push(Some(vgas_shared::farm::BuildOutput {
@@ -319,14 +330,11 @@ async fn run_compdb(
                     object: (r.exit_code == 0).then_some(output),
                     exit_code: r.exit_code,
                     diagnostics: r.stderr,
-                    origin: vgas_shared::farm::Origin::Local {
-                        reason: "not distributable".into(),
-                    },
+                    origin: vgas_shared::farm::Origin::Local { reason },
                 }));
             }
         }
     }
-    let mut progress = Progress::new(mode);
     let (stream, handle) = dispatch_build_segments(ctx, segments, jobs);
     let mut stream = std::pin::pin!(stream);
     let mut tick = tokio::time::interval(TICK);

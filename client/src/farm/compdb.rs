@@ -69,6 +69,8 @@ pub enum Unit {
         local: LocalCompile,
         output: PathBuf,
         name: String,
+        /// Why it is not distributed.
+        reason: String,
     },
     Failed(BuildOutput),
 }
@@ -98,11 +100,12 @@ pub async fn prepare_all(
         work.push(async move {
             let job = match classify(&args, name.ends_with("++")) {
                 Invocation::Distribute(job) => job,
-                Invocation::Local(_) => {
+                Invocation::Local(reason) => {
                     return Ok(Unit::Local {
                         local,
                         output: cwd.join(output_of(&args).unwrap_or_default()),
                         name: e.file,
+                        reason,
                     })
                 }
             };

@@ -147,22 +147,30 @@ fn volatile(bytes: &[u8]) -> bool {
         .any(|m| bytes.windows(m.len()).any(|w| w == *m))
 }
 
-/// The dependency file the preprocessing step writes, if it writes one.
+/// The dependency file the preprocessing step writes, if it writes one: the driver's `-MD`
+/// or `-MMD` with `-MF` (which `preprocess_args` always names), or the preprocessor's own
+/// `-Wp,-MD,FILE` and `-Wp,-MMD,FILE` (Linux's Kbuild writes `.x.o.d` this way). The last
+/// one named wins, as in GCC.
 fn deps_file(job: &CompileJob) -> Option<String> {
     let args = job.preprocess_args();
-    if !args.iter().any(|a| a == "-MD" || a == "-MMD") {
-        return None;
-    }
+    let driver_deps = args.iter().any(|a| a == "-MD" || a == "-MMD");
+    let mut found = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "-MF" {
-            return it.next().cloned();
-        }
-        if let Some(p) = a.strip_prefix("-MF") {
-            return Some(p.to_owned());
+        if let Some(list) = a.strip_prefix("-Wp,") {
+            let parts: Vec<&str> = list.split(',').collect();
+            for w in parts.windows(2) {
+                if matches!(w[0], "-MD" | "-MMD") && !w[1].is_empty() {
+                    found = Some(w[1].to_owned());
+                }
+            }
+        } else if driver_deps && a == "-MF" {
+            found = it.next().cloned();
+        } else if let Some(p) = a.strip_prefix("-MF").filter(|_| driver_deps) {
+            found = Some(p.to_owned());
         }
     }
-    None
+    found
 }
 
 impl Direct {
@@ -326,5 +334,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.deps_file.as_deref(), Some("x.dep"));
+        // The preprocessor's own forms, as Linux's Kbuild writes them.
+        let d = Direct::new(
+            "id",
+            &job("-Wp,-MMD,obj/.d.o.d -c d.c -o obj/d.o"),
+            dir.path(),
+            &None,
+            &h,
+        )
+        .unwrap();
+        assert_eq!(d.deps_file.as_deref(), Some("obj/.d.o.d"));
+        let d = Direct::new("id", &job("-Wp,-MD,a.dep -c d.c"), dir.path(), &None, &h).unwrap();
+        assert_eq!(d.deps_file.as_deref(), Some("a.dep"));
+        let d = Direct::new("id", &job("-c d.c -o d.o"), dir.path(), &None, &h).unwrap();
+        assert_eq!(d.deps_file, None);
     }
 }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use vgas_shared::farm::{cache_key, CompileSpec, CompilerIdentity, Source};
+use vgas_shared::farm::{cache_key, side_outputs_of, CompileSpec, CompilerIdentity, Source};
 use vgas_shared::wire::InputFile;
 
 use super::args::CompileJob;
@@ -87,6 +87,7 @@ pub async fn prepare(
         preprocessed: true,
         cwd: cwd_s,
         workdir,
+        side_outputs: side_outputs_of(&job.compile_args),
     };
     let seg = Segment {
         name: job.source.clone(),

@@ -126,9 +126,14 @@ impl Progress {
                         self.stats.remote += 1;
                         *self.stats.per_worker.entry(worker.to_string()).or_default() += 1;
                     }
-                    Origin::Local { .. } => {
+                    Origin::Local { reason } => {
                         self.stats.cache_misses += 1;
                         self.stats.local += 1;
+                        *self
+                            .stats
+                            .here_reasons
+                            .entry(reason_class(reason))
+                            .or_default() += 1;
                         *self.stats.per_worker.entry("local".into()).or_default() += 1;
                     }
                 }
@@ -140,6 +145,15 @@ impl Progress {
             _ => {}
         }
         self.bar.set_message(self.message());
+    }
+
+    /// Counts compiler calls the wrapper ran here without offering them to the swarm, one
+    /// reason each (what `vgas build` reads back from the wrappers' log).
+    pub fn not_distributed<'a>(&mut self, reasons: impl IntoIterator<Item = &'a str>) {
+        for r in reasons {
+            self.stats.not_distributed += 1;
+            *self.stats.here_reasons.entry(reason_class(r)).or_default() += 1;
+        }
     }
 
     /// Names segments that have waited past [`SLOW_SEGMENT`]; call now and then.
@@ -197,17 +211,44 @@ impl Progress {
     }
 }
 
-/// The human summary of a finished build.
+/// Reasons the summary names at most, the most frequent first.
+const TOP_REASONS: usize = 5;
+
+/// Longest reason kept as a class: a reason names a flag or a cause, not a whole command.
+const MAX_REASON_CHARS: usize = 120;
+
+/// A reason as counted: its first line, bounded.
+fn reason_class(reason: &str) -> String {
+    let line = reason.lines().next().unwrap_or("").trim();
+    line.chars().take(MAX_REASON_CHARS).collect()
+}
+
+/// The human summary of a finished build: every compiler call the build made is counted,
+/// on workers, from cache, here (with the top reasons), or failed.
 pub fn summary(stats: &BuildStats, report: &DiagnosticReport) -> String {
     let mut s = format!(
-        "vgas: {} segments in {:.1}s: {} on workers, {} from cache, {} here, {} failed",
-        stats.segments,
+        "vgas: {} compiler calls in {:.1}s: {} on workers, {} from cache, {} here, {} failed",
+        stats.segments + stats.not_distributed,
         stats.wall_ms as f64 / 1000.0,
         stats.remote,
         stats.cache_hits,
-        stats.local,
+        stats.local + stats.not_distributed,
         stats.failed
     );
+    if !stats.here_reasons.is_empty() {
+        let mut top: Vec<(&String, &u64)> = stats.here_reasons.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let named: Vec<String> = top
+            .iter()
+            .take(TOP_REASONS)
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        let more = top.len().saturating_sub(TOP_REASONS);
+        s.push_str(&format!("\nvgas: here because: {}", named.join("; ")));
+        if more > 0 {
+            s.push_str(&format!(" (and {more} other reasons; --stats lists them)"));
+        }
+    }
     if stats.retried > 0 {
         s.push_str(&format!(", {} retried", stats.retried));
     }
@@ -238,18 +279,23 @@ pub fn stats_table(stats: &BuildStats) -> String {
     } else {
         100.0 * stats.cache_hits as f64 / lookups as f64
     };
-    format!(
+    let mut t = format!(
         "cache hits        {} ({} direct)\ncache misses      {}\nhit rate          {rate:.1}%\n\
-         time saved        {:.2}s\ncompiled remotely {}\ncompiled here     {}\nfailed            {}\n\
-         retried           {}\nwall time         {:.2}s\n",
+         time saved        {:.2}s\ncompiled remotely {}\ncompiled here     {}\nnot distributed   {}\n\
+         failed            {}\nretried           {}\nwall time         {:.2}s\n",
         stats.cache_hits,
         stats.direct_hits,
         stats.cache_misses,
         stats.saved_ms as f64 / 1000.0,
         stats.remote,
         stats.local,
+        stats.not_distributed,
         stats.failed,
         stats.retried,
         stats.wall_ms as f64 / 1000.0
-    )
+    );
+    for (reason, n) in &stats.here_reasons {
+        t.push_str(&format!("here {n:>12}  {reason}\n"));
+    }
+    t
 }

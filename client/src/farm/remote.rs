@@ -3,10 +3,11 @@
 //! drops a lost attempt's diagnostics and object, until the worker's result or the give-up
 //! time, past which the segment compiles here.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use vgas_shared::farm::{BuildUpdate, Source};
+use vgas_shared::farm::{side_output_name, BuildUpdate, Source, SEGMENT_OBJECT};
 use vgas_shared::limits::DEADLINE_GRACE;
 use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
 use vgas_shared::{TaskId, WorkerId};
@@ -26,6 +27,8 @@ pub const SEGMENT_ATTEMPTS: u32 = 3;
 pub enum Remote {
     Compiled {
         object: Vec<u8>,
+        /// The side outputs by extension (`su` for `-fstack-usage`).
+        side: BTreeMap<String, Vec<u8>>,
         stderr: String,
         worker: WorkerId,
         compile_ms: u64,
@@ -106,6 +109,7 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
     let mut compiled_at = None;
     let mut stderr = String::new();
     let mut object: Option<Vec<u8>> = None;
+    let mut side = BTreeMap::new();
     let mut worker = None;
     let outcome = loop {
         let step = match following.next().await {
@@ -127,6 +131,7 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
             Step::Retrying { attempt, reason } => {
                 stderr.clear();
                 object = None;
+                side.clear();
                 ctx.updates
                     .send(BuildUpdate::Retried {
                         segment: seg.name.clone(),
@@ -137,9 +142,19 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
             }
             Step::Stderr(data) => stderr.push_str(&data),
             Step::Stdout(_) => {}
-            Step::Artifact(art) => {
+            Step::Artifact(art) if art.path == SEGMENT_OBJECT => {
                 compiled_at = Some(Instant::now());
                 object = Some(ctx.swarm.artifact_bytes(&art).await?);
+            }
+            Step::Artifact(art) => {
+                if let Some(ext) = seg
+                    .spec
+                    .side_outputs
+                    .iter()
+                    .find(|e| side_output_name(e) == art.path)
+                {
+                    side.insert(ext.clone(), ctx.swarm.artifact_bytes(&art).await?);
+                }
             }
             Step::Finished { outcome, worker: w } => {
                 worker = w.or(worker);
@@ -150,6 +165,9 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
     let total_ms = submitted_at.elapsed().as_millis() as u64;
     let worker = worker.unwrap_or_else(unknown_worker);
     Ok(match outcome {
+        TaskOutcome::Exited { exit_code: 0 } if side.len() < seg.spec.side_outputs.len() => {
+            Remote::Unavailable("the worker sent no side outputs".into())
+        }
         TaskOutcome::Exited { exit_code: 0 } => match object {
             Some(object) => {
                 let compile_ms = match (started_at, compiled_at) {
@@ -158,6 +176,7 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
                 };
                 Remote::Compiled {
                     object,
+                    side,
                     stderr,
                     worker,
                     compile_ms,

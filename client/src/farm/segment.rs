@@ -4,7 +4,8 @@
 //! stalls); then, and only then, this host, with the reason in the update. A compile error is
 //! a result: it comes back with its diagnostics and is never retried or compiled again here.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -111,14 +112,29 @@ impl BuildContext {
         }
     }
 
-    /// Stores a compiled object in the cache (in the background when it can).
-    async fn cache_object(&self, key: &str, object: Vec<u8>, stderr: String, compile_ms: u64) {
+    /// Stores a compiled object and its side outputs in the cache (in the background when it
+    /// can). Side outputs that are not text are not cached, and then neither is the object.
+    async fn cache_object(
+        &self,
+        key: &str,
+        object: Vec<u8>,
+        side: BTreeMap<String, Vec<u8>>,
+        stderr: String,
+        compile_ms: u64,
+    ) {
         let Some(cache) = self.cache.clone() else {
             return;
         };
+        let mut text = BTreeMap::new();
+        for (ext, bytes) in side {
+            match String::from_utf8(bytes) {
+                Ok(t) => text.insert(ext, t),
+                Err(_) => return,
+            };
+        }
         let key = key.to_owned();
         self.later(async move {
-            if let Err(e) = cache.store(&key, &object, &stderr, compile_ms).await {
+            if let Err(e) = cache.store(&key, &object, &text, &stderr, compile_ms).await {
                 debug!("not cached: {e:#}");
             }
         })
@@ -166,6 +182,35 @@ pub async fn compile_segment(ctx: &BuildContext, seg: &Segment) -> BuildOutput {
     }
 }
 
+/// Where side output `ext` of the object at `output` goes, as the compiler names it
+/// (`dir/x.o` -> `dir/x.su`).
+pub fn side_output_path(output: &Path, ext: &str) -> PathBuf {
+    output.with_extension(ext)
+}
+
+/// Writes a compile's outputs: the side outputs first, then the object, so make never sees
+/// an object newer than a side file it depends on, nor half of any.
+async fn write_outputs(
+    output: &PathBuf,
+    object: &[u8],
+    side: &BTreeMap<String, Vec<u8>>,
+) -> Result<()> {
+    for (ext, bytes) in side {
+        write_object(&side_output_path(output, ext), bytes).await?;
+    }
+    write_object(output, object).await
+}
+
+/// The side outputs a local compile wrote beside `output`; `None` when one is missing.
+async fn read_side_outputs(output: &Path, exts: &[String]) -> Option<BTreeMap<String, Vec<u8>>> {
+    let mut side = BTreeMap::new();
+    for ext in exts {
+        let bytes = tokio::fs::read(side_output_path(output, ext)).await.ok()?;
+        side.insert(ext.clone(), bytes);
+    }
+    Some(side)
+}
+
 async fn write_object(path: &PathBuf, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(dir).await.ok();
@@ -180,16 +225,25 @@ async fn write_object(path: &PathBuf, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("rename to {}", path.display()))
 }
 
-/// Finishes a segment from a cache hit: the object written to `output`, the warnings the
-/// compile printed replayed, `cached` and `done` sent.
+/// Finishes a segment from a cache hit: the object and its side outputs written beside
+/// `output`, the warnings the compile printed replayed, `cached` and `done` sent. `None`: the
+/// entry lacks a side output this compile writes (`side_outputs`), so it is not a hit.
 pub async fn serve_hit(
     ctx: &BuildContext,
     name: &str,
     output: &PathBuf,
+    side_outputs: &[String],
     hit: super::cache::Hit,
     direct: bool,
-) -> Result<BuildOutput> {
-    write_object(output, &hit.object).await?;
+) -> Result<Option<BuildOutput>> {
+    if !side_outputs.iter().all(|e| hit.entry.side.contains_key(e)) {
+        return Ok(None);
+    }
+    let side: BTreeMap<String, Vec<u8>> = side_outputs
+        .iter()
+        .map(|e| (e.clone(), hit.entry.side[e].clone().into_bytes()))
+        .collect();
+    write_outputs(output, &hit.object, &side).await?;
     ctx.updates
         .send(BuildUpdate::Cached {
             segment: name.to_owned(),
@@ -206,13 +260,13 @@ pub async fn serve_hit(
             diagnostics: cut(hit.entry.stderr.clone()),
         })
         .await;
-    Ok(BuildOutput {
+    Ok(Some(BuildOutput {
         segment: name.to_owned(),
         object: Some(output.clone()),
         exit_code: 0,
         diagnostics: hit.entry.stderr,
         origin: Origin::Cache,
-    })
+    }))
 }
 
 async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput> {
@@ -225,7 +279,13 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     };
     if let Some(cache) = &ctx.cache {
         match cache.lookup(&seg.key).await {
-            Ok(Some(hit)) => return serve_hit(ctx, &seg.name, &seg.output, hit, false).await,
+            Ok(Some(hit)) => {
+                let sides = &seg.spec.side_outputs;
+                if let Some(out) = serve_hit(ctx, &seg.name, &seg.output, sides, hit, false).await?
+                {
+                    return Ok(out);
+                }
+            }
             Ok(None) => {}
             Err(e) => debug!("cache lookup failed, compiling: {e:#}"),
         }
@@ -233,13 +293,14 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     let reason = match remote(ctx, seg).await {
         Ok(Remote::Compiled {
             object,
+            side,
             stderr,
             worker,
             compile_ms,
             overhead_ms,
         }) => {
-            write_object(&seg.output, &object).await?;
-            ctx.cache_object(&seg.key, object, stderr.clone(), compile_ms)
+            write_outputs(&seg.output, &object, &side).await?;
+            ctx.cache_object(&seg.key, object, side, stderr.clone(), compile_ms)
                 .await;
             let origin = Origin::Worker { worker };
             ctx.updates
@@ -281,8 +342,10 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     let origin = Origin::Local { reason };
     if local.exit_code == 0 {
         if let (true, Ok(object)) = (ctx.cache.is_some(), tokio::fs::read(&seg.output).await) {
-            ctx.cache_object(&seg.key, object, local.stderr.clone(), compile_ms)
-                .await;
+            if let Some(side) = read_side_outputs(&seg.output, &seg.spec.side_outputs).await {
+                ctx.cache_object(&seg.key, object, side, local.stderr.clone(), compile_ms)
+                    .await;
+            }
         }
         ctx.updates
             .send(BuildUpdate::Done {

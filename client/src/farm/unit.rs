@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use crate::toolchain::identify_cached;
 use anyhow::Result;
-use vgas_shared::farm::CompilerIdentity;
+use vgas_shared::farm::{side_outputs_of, CompilerIdentity};
 
 use super::args::CompileJob;
 use super::direct::{Direct, FileHashes};
@@ -84,11 +84,15 @@ pub async fn compile_unit(
     if let (Some(d), Some(cache)) = (&direct, &u.ctx.cache) {
         if let Some(key) = d.lookup(cache, u.hashes).await {
             if let Ok(Some(hit)) = cache.lookup(&key).await {
-                let out = serve_hit(u.ctx, &job.source, &cwd.join(&job.output), hit, true).await?;
-                return Ok(UnitResult {
-                    exit_code: 0,
-                    diagnostics: out.diagnostics,
-                });
+                let output = cwd.join(&job.output);
+                let sides = side_outputs_of(&job.compile_args);
+                if let Some(out) = serve_hit(u.ctx, &job.source, &output, &sides, hit, true).await?
+                {
+                    return Ok(UnitResult {
+                        exit_code: 0,
+                        diagnostics: out.diagnostics,
+                    });
+                }
             }
         }
     }

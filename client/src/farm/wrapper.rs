@@ -29,6 +29,34 @@ pub const ENV_REAL_CXX: &str = "VGAS_REAL_CXX";
 pub const ENV_LOCAL_FALLBACK: &str = "VGAS_LOCAL_FALLBACK";
 /// Seconds a segment may take on a worker.
 pub const ENV_SEGMENT_DEADLINE: &str = "VGAS_SEGMENT_DEADLINE";
+/// A file in the build's wrapper directory where each wrapper that runs its call here
+/// without offering it to the swarm appends one line: why. `vgas build` counts them.
+pub const ENV_LOCAL_LOG: &str = "VGAS_BUILD_LOCAL_LOG";
+
+/// Longest line a wrapper appends to the local log: one `write` of at most this many bytes
+/// to a file opened with `O_APPEND` is never interleaved with another wrapper's.
+const MAX_LOG_LINE: usize = 512;
+
+/// Notes in the build's local log (when there is one) that this call runs here, and why.
+/// Best effort: a log that cannot be written loses the count, never the compile.
+pub fn note_local(reason: &str) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os(ENV_LOCAL_LOG) else {
+        return;
+    };
+    let mut line: String = reason.lines().next().unwrap_or("").to_owned();
+    if line.len() >= MAX_LOG_LINE {
+        let mut n = MAX_LOG_LINE - 1;
+        while !line.is_char_boundary(n) {
+            n -= 1;
+        }
+        line.truncate(n);
+    }
+    line.push('\n');
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
 
 /// Names under which the `vgas` binary acts as a compiler.
 pub const MASQUERADE_NAMES: &[&str] = &["cc", "gcc", "c++", "g++", "clang", "clang++"];
@@ -111,7 +139,8 @@ pub fn fast_path(invoked_as: &str, args: &[String]) -> Option<i32> {
     let compiler = real_compiler(invoked_as)?;
     let cwd = std::env::current_dir().ok()?;
     match classify(args, is_cxx(invoked_as)) {
-        Invocation::Local(_) => {
+        Invocation::Local(why) => {
+            note_local(&why);
             let mut cmd = std::process::Command::new(&compiler);
             cmd.args(args);
             let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
@@ -149,6 +178,7 @@ pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
         Invocation::Distribute(job) => job,
         Invocation::Local(why) => {
             tracing::debug!("compiling here: {why}");
+            note_local(&why);
             return exec_here(&compiler, &args, &cwd).await;
         }
     };
@@ -160,6 +190,7 @@ pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
         Ok(code) => code,
         Err(e) => {
             tracing::warn!("swarm unusable ({e:#}); compiling here");
+            note_local("the swarm could not be reached");
             exec_here(&compiler, &args, &cwd).await
         }
     }

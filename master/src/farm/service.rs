@@ -279,6 +279,7 @@ async fn run_plan_inner(
             preprocessed: plan.preprocessed,
             cwd: String::new(),
             workdir: String::new(),
+            side_outputs: vgas_shared::farm::side_outputs_of(&args),
         };
         segments.push(Segment {
             name: s.name.clone(),
