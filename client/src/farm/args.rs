@@ -163,6 +163,9 @@ fn looks_like_source(a: &str) -> bool {
     )
 }
 
+/// Why a call without `-c` runs here: a link, or a driver run (`--version`, `-dumpmachine`).
+pub const NOT_A_COMPILE: &str = "a link or another call without -c";
+
 /// Classifies one compiler command line (the arguments after the program name).
 /// `cxx_driver` is true for `g++`, `c++` and `clang++`, which compile `.c` files as C++.
 pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
@@ -174,6 +177,7 @@ pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
     let mut compile_args = Vec::new();
     // `-x LANG` in effect, and the one the source was named under.
     let mut explicit: Option<Language> = None;
+    let mut other_inputs = 0;
     let mut source_language: Option<Language> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -242,11 +246,14 @@ pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
             sources.push(a.to_owned());
             source_language = explicit;
         } else {
-            return local("an input other than one source (a link?)".into());
+            other_inputs += 1;
         }
     }
     if !compile_only {
-        return local("not a compile-only (-c) invocation".into());
+        return local(NOT_A_COMPILE.into());
+    }
+    if other_inputs > 0 {
+        return local("an input other than one source".into());
     }
     let [source] = sources.as_slice() else {
         return local(format!("{} sources, not one", sources.len()));
