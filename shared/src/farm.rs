@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::VgaError;
 use crate::ids::{TaskId, WorkerId};
-use crate::wire::check_module_ref;
+use crate::names::{check_module_ref, check_relative_path};
 
 pub mod diagnostics;
 pub mod plan;
@@ -336,7 +336,7 @@ impl CompileSpec {
             ));
         }
         if !self.workdir.is_empty() {
-            crate::wire::check_relative_path(&self.workdir)?;
+            check_relative_path(&self.workdir)?;
         }
         for a in &self.args {
             if is_forbidden_compile_arg(a) {

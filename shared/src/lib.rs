@@ -19,6 +19,7 @@ pub mod llm;
 pub mod logging;
 #[cfg(feature = "mdns")]
 pub mod mdns;
+pub mod names;
 pub mod subjects;
 #[cfg(feature = "vault")]
 pub mod vault;

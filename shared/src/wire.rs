@@ -18,7 +18,9 @@ use crate::limits;
 mod status;
 mod task;
 pub use status::{AbnormalNode, Heartbeat, NodeStatus, SwarmPulse, Toolchain};
-pub use task::{Argv, Bounds, CompileTask, ExecTask, ModuleRef, Task, TaskFile, WasmTask, Work};
+pub use task::{Argv, Bounds, CompileTask, ExecTask, Task, TaskFile, WasmTask, Work};
+// The checked names live below the wire types (the build farm's types use them too).
+pub use crate::names::{check_module_ref, check_relative_path, ModuleRef, MODULE_REF_PREFIX};
 
 /// What a task runs. The build and agent kinds extend this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -181,32 +183,6 @@ impl TaskSpec {
             self.max_attempts.unwrap_or(limits::DEFAULT_MAX_ATTEMPTS)
         }
     }
-}
-
-/// A path inside the task directory: relative, no `..`, no empty components.
-pub fn check_relative_path(path: &str) -> Result<(), VgaError> {
-    let ok = !path.is_empty()
-        && !path.starts_with('/')
-        && !path.contains('\0')
-        && path
-            .split('/')
-            .all(|c| !c.is_empty() && c != ".." && c != ".");
-    if ok {
-        Ok(())
-    } else {
-        Err(VgaError::InvalidTask(format!(
-            "file path {path:?} must be relative, inside the task directory, without '..'"
-        )))
-    }
-}
-
-/// The prefix of a module reference; the rest is the SHA-256 of the module's bytes.
-pub const MODULE_REF_PREFIX: &str = "sha256:";
-
-/// A module reference: `sha256:` and 64 lowercase hex digits. It is also the module's name in
-/// the modules Object Store bucket. [`ModuleRef::parse`] keeps the checked reference.
-pub fn check_module_ref(module: &str) -> Result<(), VgaError> {
-    ModuleRef::parse(module).map(|_| ())
 }
 
 /// The accept reply to a submit.

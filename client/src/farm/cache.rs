@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt as _;
 use tracing::{debug, info, warn};
@@ -102,6 +103,18 @@ impl std::fmt::Debug for BuildCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BuildCache")
     }
+}
+
+/// What is stored under a direct key (direct mode, `super::direct`): the cache key of the
+/// preprocessed unit and what must be unchanged for it to apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The cache key of the preprocessed unit.
+    pub key: String,
+    /// Absolute path and SHA-256 (hex) of every file the unit read.
+    pub files: Vec<(String, String)>,
+    /// The dependency file the preprocessing wrote, with its contents.
+    pub deps: Option<(String, String)>,
 }
 
 /// A hit: the entry and the object's bytes, verified.
@@ -219,7 +232,7 @@ impl BuildCache {
     }
 
     /// The direct-mode manifest stored under `direct_key`, if any.
-    pub async fn manifest(&self, direct_key: &str) -> Option<super::direct::Manifest> {
+    pub async fn manifest(&self, direct_key: &str) -> Option<Manifest> {
         let bytes = self.index.get(direct_key).await.ok()??;
         if bytes.len() > MAX_ENTRY_BYTES {
             return None;
@@ -228,7 +241,7 @@ impl BuildCache {
     }
 
     /// Stores a direct-mode manifest; a failure only costs the next build a preprocessing run.
-    pub async fn put_manifest(&self, direct_key: &str, m: &super::direct::Manifest) {
+    pub async fn put_manifest(&self, direct_key: &str, m: &Manifest) {
         let Ok(bytes) = encode(Encoding::MsgPack, m) else {
             return;
         };

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use vgas_shared::farm::BuildOutput;
 
 use super::args::{classify, Invocation};
+use super::context::Segment;
 use super::local::LocalCompile;
 use super::prepare::{prepare, Prepared};
-use super::segment::Segment;
 
 /// Entries one database may have (100,000: the largest C++ code bases have about that many
 /// units); past it the file is refused rather than read into memory without bound.

@@ -20,11 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::args::CompileJob;
-use super::cache::BuildCache;
+use super::cache::{BuildCache, Manifest};
 use super::local::CompilerEnv;
 use super::prepare::line_marker_files;
 
@@ -116,17 +115,6 @@ fn env_var(env: &CompilerEnv, name: &str) -> String {
             .unwrap_or_default(),
         None => std::env::var(name).unwrap_or_default(),
     }
-}
-
-/// What is stored under a direct key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// The cache key of the preprocessed unit.
-    pub key: String,
-    /// Absolute path and SHA-256 (hex) of every file the unit read.
-    pub files: Vec<(String, String)>,
-    /// The dependency file the preprocessing wrote, with its contents.
-    pub deps: Option<(String, String)>,
 }
 
 /// One unit's direct-mode state, from before it is preprocessed to after it is compiled.

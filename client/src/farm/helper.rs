@@ -19,8 +19,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::args::{classify, Invocation};
+use super::context::BuildContext;
 use super::direct::FileHashes;
-use super::segment::BuildContext;
 use super::unit::{compile_unit, Identities, UnitEnv, UnitResult};
 
 /// Where a wrapper finds the helper: set by `vgas build` for the commands it runs.

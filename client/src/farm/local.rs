@@ -9,6 +9,46 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use vgas_shared::farm::CompileSpec;
 
+/// The directory of masquerade links, skipped when the real compiler is looked up.
+pub const ENV_WRAPPER_DIR: &str = "VGAS_WRAPPER_DIR";
+
+/// `path` without the masquerade links in `skip`, for every compiler this host runs itself:
+/// a compiler that is a script calling `gcc` (ccache, a cross wrapper) must reach the real
+/// `gcc`, not come back into the wrapper and compile the unit twice.
+pub fn without_links(path: &std::ffi::OsStr, skip: Option<&Path>) -> std::ffi::OsString {
+    let dirs = std::env::split_paths(path).filter(|d| Some(d.as_path()) != skip);
+    std::env::join_paths(dirs).unwrap_or_else(|_| path.to_owned())
+}
+
+/// A command for a compiler run on this host: the given environment (or this process's),
+/// with `PATH` cleared of the masquerade links.
+pub fn local_command(program: &Path, env: &CompilerEnv) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    match env {
+        None => {
+            let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+            if let Some(path) = std::env::var_os("PATH") {
+                cmd.env("PATH", without_links(&path, skip.as_deref()));
+            }
+        }
+        Some(vars) => {
+            let skip = vars
+                .iter()
+                .find(|(k, _)| k == ENV_WRAPPER_DIR)
+                .map(|(_, v)| PathBuf::from(v));
+            cmd.env_clear();
+            for (k, v) in vars.iter() {
+                if k == "PATH" {
+                    cmd.env(k, without_links(v.as_ref(), skip.as_deref()));
+                } else {
+                    cmd.env(k, v);
+                }
+            }
+        }
+    }
+    cmd
+}
+
 /// Largest source a plan segment may hand to a local compile (64 MiB, as on workers).
 const MAX_LOCAL_SOURCE: usize = 64 * 1024 * 1024;
 
@@ -46,7 +86,7 @@ pub async fn run_captured(
     cwd: &Path,
     env: &CompilerEnv,
 ) -> Result<LocalResult> {
-    let out = super::wrapper::local_command(program, env)
+    let out = local_command(program, env)
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())

@@ -13,6 +13,7 @@ pub mod args;
 pub mod cache;
 pub mod cli;
 pub mod compdb;
+pub mod context;
 pub mod direct;
 pub mod helper;
 pub mod local;

@@ -13,8 +13,8 @@ use vgas_shared::farm::{cache_key, side_outputs_of, CompileSpec, CompilerIdentit
 use vgas_shared::wire::InputFile;
 
 use super::args::CompileJob;
+use super::context::Segment;
 use super::local::{CompilerEnv, LocalCompile};
-use super::segment::Segment;
 
 /// Largest preprocessed unit sent to the swarm (64 MiB); bigger ones compile here.
 pub const MAX_PREPROCESSED: usize = 64 * 1024 * 1024;
@@ -51,7 +51,7 @@ pub async fn prepare(
     local: LocalCompile,
     env: &CompilerEnv,
 ) -> Result<Prepared> {
-    let out = super::wrapper::local_command(compiler, env)
+    let out = super::local::local_command(compiler, env)
         .args(job.preprocess_args())
         .current_dir(cwd)
         .stdin(Stdio::null())

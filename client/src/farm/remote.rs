@@ -12,7 +12,7 @@ use vgas_shared::limits::DEADLINE_GRACE;
 use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
 use vgas_shared::{TaskId, WorkerId};
 
-use super::segment::{BuildContext, Segment};
+use super::context::{BuildContext, Segment};
 use crate::api::objects::content_name;
 use crate::api::Step;
 

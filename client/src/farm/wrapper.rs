@@ -14,14 +14,13 @@ use vgas_shared::config::{CommonArgs, Role};
 use super::args::{classify, CompileJob, Invocation};
 use super::direct::FileHashes;
 use super::helper::{self, UnitRequest, ENV_HELPER_SOCKET};
-use super::local::CompilerEnv;
+pub use super::local::ENV_WRAPPER_DIR;
+use super::local::{local_command, without_links};
 use super::segment::{BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
 use super::unit::{compile_unit, Identities, UnitEnv};
 
 /// Set by `vgas build` for the commands it runs.
 pub const ENV_BUILD_ID: &str = "VGAS_BUILD_ID";
-/// The directory of masquerade links, skipped when the real compiler is looked up.
-pub const ENV_WRAPPER_DIR: &str = "VGAS_WRAPPER_DIR";
 /// The real C and C++ compilers (what `CC` and `CXX` were before `vgas build`).
 pub const ENV_REAL_CC: &str = "VGAS_REAL_CC";
 pub const ENV_REAL_CXX: &str = "VGAS_REAL_CXX";
@@ -67,43 +66,6 @@ pub const MASQUERADE_NAMES: &[&str] = &["cc", "gcc", "c++", "g++", "clang", "cla
 struct EnvOnly {
     #[command(flatten)]
     common: CommonArgs,
-}
-
-/// `path` without the masquerade links in `skip`, for every compiler this host runs itself:
-/// a compiler that is a script calling `gcc` (ccache, a cross wrapper) must reach the real
-/// `gcc`, not come back into the wrapper and compile the unit twice.
-fn without_links(path: &std::ffi::OsStr, skip: Option<&Path>) -> std::ffi::OsString {
-    let dirs = std::env::split_paths(path).filter(|d| Some(d.as_path()) != skip);
-    std::env::join_paths(dirs).unwrap_or_else(|_| path.to_owned())
-}
-
-/// A command for a compiler run on this host: the given environment (or this process's),
-/// with `PATH` cleared of the masquerade links.
-pub fn local_command(program: &Path, env: &CompilerEnv) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
-    match env {
-        None => {
-            let skip = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
-            if let Some(path) = std::env::var_os("PATH") {
-                cmd.env("PATH", without_links(&path, skip.as_deref()));
-            }
-        }
-        Some(vars) => {
-            let skip = vars
-                .iter()
-                .find(|(k, _)| k == ENV_WRAPPER_DIR)
-                .map(|(_, v)| PathBuf::from(v));
-            cmd.env_clear();
-            for (k, v) in vars.iter() {
-                if k == "PATH" {
-                    cmd.env(k, without_links(v.as_ref(), skip.as_deref()));
-                } else {
-                    cmd.env(k, v);
-                }
-            }
-        }
-    }
-    cmd
 }
 
 /// Whether `name` is a C++ driver.

@@ -11,7 +11,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::format::Kdf;
 use super::{KeySource, VaultError};
 
 /// Bytes of a nonce (96 bits, the size AES-GCM is specified for).
@@ -25,6 +24,21 @@ pub const SALT_BYTES: usize = 16;
 pub const MAX_KDF_MEMORY_KIB: u32 = 1024 * 1024;
 /// The most passes a vault header may ask Argon2id for, for the same reason.
 pub const MAX_KDF_PASSES: u32 = 64;
+
+/// How the master key is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kdf {
+    /// Argon2id over a passphrase.
+    Argon2id {
+        m_cost_kib: u32,
+        t_cost: u32,
+        p_cost: u32,
+        salt: Vec<u8>,
+    },
+    /// 32 bytes read from a key file.
+    KeyFile,
+}
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::crypto::{MasterKey, NONCE_BYTES, TAG_BYTES};
+use super::crypto::{Kdf, MasterKey, NONCE_BYTES, TAG_BYTES};
 use super::{VaultError, FORMAT_VERSION, MAX_VAULT_BYTES};
 
 /// The first eight bytes of every vault file.
@@ -15,21 +15,6 @@ pub const MAGIC: &[u8; 8] = b"VGASVLT\0";
 const KEY_CHECK_PLAIN: &[u8] = b"vgas vault key check";
 const KEY_CHECK_AAD: &[u8] = b"vgas-vault-key-check\0v1";
 const ENTRY_AAD_PREFIX: &[u8] = b"vgas-vault-entry\0";
-
-/// How the master key is made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Kdf {
-    /// Argon2id over a passphrase.
-    Argon2id {
-        m_cost_kib: u32,
-        t_cost: u32,
-        p_cost: u32,
-        salt: Vec<u8>,
-    },
-    /// 32 bytes read from a key file.
-    KeyFile,
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {

@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-pub use crypto::{KdfParams, MasterKey};
-pub use format::{Kdf, Parsed};
+pub use crypto::{Kdf, KdfParams, MasterKey};
+pub use format::Parsed;
 pub use ops::Vault;
 
 /// Current file format version.

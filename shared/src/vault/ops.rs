@@ -4,8 +4,8 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::crypto::{check_passphrase, random_salt, secret, KdfParams, MasterKey};
-use super::format::{encode, entry_aad, parse, Entry, Kdf, Parsed};
+use super::crypto::{check_passphrase, random_salt, secret, Kdf, KdfParams, MasterKey};
+use super::format::{encode, entry_aad, parse, Entry, Parsed};
 use super::{
     validate_key, validate_provider, EntryInfo, KeySource, VaultError, VaultOp, VaultResult,
 };

@@ -3,7 +3,8 @@
 use proptest::prelude::*;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::format::{entry_aad, parse, Kdf};
+use super::crypto::Kdf;
+use super::format::{entry_aad, parse};
 use super::*;
 
 fn pass(p: &str) -> KeySource {

@@ -12,20 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use super::{
-    check_relative_path, InputFile, Needs, TaskKind, TaskLimits, TaskSpec, MODULE_REF_PREFIX,
-};
+use super::{check_relative_path, InputFile, ModuleRef, Needs, TaskKind, TaskLimits, TaskSpec};
 use crate::agent::AgentRun;
 use crate::error::VgaError;
 use crate::farm::{compiler_tag, CompileSpec, EnvSpec};
 use crate::ids::TaskId;
 use crate::limits;
-
-/// Hex digits of a module reference after its prefix: a SHA-256.
-const MODULE_REF_HEX_DIGITS: usize = 64;
 
 /// Why a compile task without its segment is refused.
 const NO_SEGMENT: &str = "a compile task needs its \"compile\" segment";
@@ -119,11 +113,6 @@ pub struct CompileTask {
 /// An exec task's command line: a program (not empty) and its arguments, none holding a NUL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Argv(Vec<String>);
-
-/// A module reference: `sha256:` and 64 lowercase hex digits of the module's bytes, also its
-/// name in the modules Object Store bucket. It can only be built checked.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModuleRef(String);
 
 /// An input file, checked: a path inside the task directory (relative, no `..`), its decoded
 /// bytes and its mode.
@@ -361,48 +350,6 @@ impl Argv {
     /// The program and its arguments.
     pub fn as_slice(&self) -> &[String] {
         &self.0
-    }
-}
-
-impl ModuleRef {
-    /// Checks that `module` is `sha256:` and 64 lowercase hex digits.
-    pub fn parse(module: &str) -> Result<ModuleRef, VgaError> {
-        let hex = module.strip_prefix(MODULE_REF_PREFIX).unwrap_or("");
-        if hex.len() == MODULE_REF_HEX_DIGITS
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            Ok(ModuleRef(module.to_owned()))
-        } else {
-            bad(format!(
-                "module {module:?} must be \"sha256:\" and {MODULE_REF_HEX_DIGITS} lowercase hex digits"
-            ))
-        }
-    }
-
-    /// The whole reference, `sha256:<hex>`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The 64 hex digits, the cache key of the module's bytes.
-    pub fn hex(&self) -> &str {
-        self.0.strip_prefix(MODULE_REF_PREFIX).unwrap_or_default()
-    }
-}
-
-impl fmt::Display for ModuleRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for ModuleRef {
-    type Err = VgaError;
-
-    fn from_str(s: &str) -> Result<ModuleRef, VgaError> {
-        ModuleRef::parse(s)
     }
 }
 

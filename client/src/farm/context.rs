@@ -1,0 +1,142 @@
+//! What one build shares across its segments (`BuildContext`: the swarm, the cache, where
+//! updates go, the build's own tasks) and one translation unit ready to go (`Segment`). Below
+//! `segment`, `remote` and `prepare`, which all use them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::Client;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+use vgas_shared::codec::encode;
+use vgas_shared::config::Resolved;
+use vgas_shared::farm::{BuildUpdate, CompileSpec};
+use vgas_shared::wire::InputFile;
+use vgas_shared::Encoding;
+
+use super::cache::BuildCache;
+use super::local::LocalCompile;
+use crate::api::Swarm;
+
+/// A translation unit ready to go.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// The source as the user named it.
+    pub name: String,
+    pub spec: CompileSpec,
+    /// The user's files shipped so the worker's diagnostics can quote source lines.
+    pub files: Vec<InputFile>,
+    /// The cache key.
+    pub key: String,
+    /// Where the object goes.
+    pub output: PathBuf,
+    /// How to compile it here if the swarm cannot.
+    pub local: LocalCompile,
+}
+
+/// Where a build's updates go: the build's NATS subject (JSON, so any client can follow)
+/// and, in-process, a channel.
+#[derive(Debug, Clone)]
+pub struct Updates {
+    client: Client,
+    subject: Option<String>,
+    local: Option<mpsc::Sender<BuildUpdate>>,
+}
+
+impl Updates {
+    pub fn new(
+        client: Client,
+        subject: Option<String>,
+        local: Option<mpsc::Sender<BuildUpdate>>,
+    ) -> Self {
+        Updates {
+            client,
+            subject,
+            local,
+        }
+    }
+
+    /// The same updates, also sent in-process to `tx`.
+    pub fn with_channel(&self, tx: mpsc::Sender<BuildUpdate>) -> Updates {
+        Updates {
+            local: Some(tx),
+            ..self.clone()
+        }
+    }
+
+    pub async fn send(&self, u: BuildUpdate) {
+        if let Some(subject) = &self.subject {
+            if let Ok(bytes) = encode(Encoding::Json, &u) {
+                let _ = self.client.publish(subject.clone(), bytes.into()).await;
+            }
+        }
+        if let Some(tx) = &self.local {
+            let _ = tx.send(u).await;
+        }
+    }
+}
+
+/// What a build shares across its segments.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub swarm: Swarm,
+    /// The submitter's settings (the state directory holds the compiler identity cache).
+    pub conn: Resolved,
+    /// `None` when the cache cannot be opened: every segment compiles.
+    pub cache: Option<BuildCache>,
+    pub updates: Updates,
+    /// Compile here when the swarm cannot (default on).
+    pub local_fallback: bool,
+    pub segment_deadline: Duration,
+    /// Where the build's own tasks run (the segments of `dispatch_build_segments`, the
+    /// helper's connections, cache writes behind): the caller closes and waits for it.
+    pub tasks: TaskTracker,
+    /// Cache writes run on `tasks` after the unit has answered (`vgas build`'s helper, which
+    /// waits for them before it exits); false: awaited in line (a wrapper on its own).
+    pub write_behind: bool,
+}
+
+impl BuildContext {
+    /// Runs `work` on the build's tasks when it writes behind, else now.
+    pub async fn later<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if self.write_behind {
+            self.tasks.spawn(work);
+        } else {
+            work.await
+        }
+    }
+
+    /// Stores a compiled object and its side outputs in the cache (in the background when it
+    /// can). Side outputs that are not text are not cached, and then neither is the object.
+    pub(super) async fn cache_object(
+        &self,
+        key: &str,
+        object: Vec<u8>,
+        side: BTreeMap<String, Vec<u8>>,
+        stderr: String,
+        compile_ms: u64,
+    ) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let mut text = BTreeMap::new();
+        for (ext, bytes) in side {
+            match String::from_utf8(bytes) {
+                Ok(t) => text.insert(ext, t),
+                Err(_) => return,
+            };
+        }
+        let key = key.to_owned();
+        self.later(async move {
+            if let Err(e) = cache.store(&key, &object, &text, &stderr, compile_ms).await {
+                debug!("not cached: {e:#}");
+            }
+        })
+        .await;
+    }
+}
