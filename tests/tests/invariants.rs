@@ -25,7 +25,7 @@ const LOCAL_SERDE_TYPES: &[(&str, &str, &str)] = &[
         "the helper's answer to its wrapper: one binary, one host",
     ),
     (
-        "client/src/farm/direct.rs",
+        "client/src/farm/cache.rs",
         "Manifest",
         "a direct-mode manifest, written and read only by vgas-client",
     ),
@@ -295,5 +295,157 @@ fn types_on_the_wire_are_declared_in_shared() {
         "serde types outside vgas-shared (move them to shared::wire, or list them in \
          LOCAL_SERDE_TYPES with the reason they never cross NATS):\n{}",
         found.join("\n")
+    );
+}
+
+/// A crate's module files: module path (`["farm", "segment"]`) to the file's lines before its
+/// tests. `lib.rs` is the root; binaries and test files are not modules of the library.
+fn modules_of(krate: &str) -> std::collections::BTreeMap<Vec<String>, (String, Vec<String>)> {
+    let prefix = format!("{krate}/src/");
+    product_sources()
+        .into_iter()
+        .filter_map(|(path, lines)| {
+            let rel = path.strip_prefix(&prefix)?.strip_suffix(".rs")?.to_owned();
+            if rel == "main" || rel.starts_with("bin/") {
+                return None;
+            }
+            let mut module: Vec<String> = rel.split('/').map(str::to_owned).collect();
+            if matches!(module.last().map(String::as_str), Some("lib" | "mod")) {
+                module.pop();
+            }
+            Some((module, (path, lines)))
+        })
+        .collect()
+}
+
+/// The module paths a file names (`use super::{a, b::C}`, `crate::x::y(...)`), resolved
+/// against `me`, before being matched to files.
+fn named_paths(me: &[String], lines: &[String]) -> Vec<Vec<String>> {
+    let text: String = lines
+        .iter()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    for start in ["crate::", "super::", "self::"] {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(start).map(|i| i + from) {
+            from = i + start.len();
+            // Part of a longer name (`vgas_shared::...` is another crate).
+            if i > 0
+                && (bytes[i - 1].is_ascii_alphanumeric()
+                    || bytes[i - 1] == b'_'
+                    || bytes[i - 1] == b':')
+            {
+                continue;
+            }
+            let base: Vec<String> = match start {
+                "crate::" => Vec::new(),
+                "super::" => me[..me.len().saturating_sub(1)].to_vec(),
+                _ => me.to_vec(),
+            };
+            let rest = &text[from..];
+            let groups: Vec<String> = if let Some(inner) = rest.strip_prefix('{') {
+                let end = inner.find('}').unwrap_or(inner.len());
+                inner[..end]
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .collect()
+            } else {
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                    .unwrap_or(rest.len());
+                vec![rest[..end].to_owned()]
+            };
+            for g in groups {
+                let mut p = base.clone();
+                p.extend(
+                    g.split("::")
+                        .map(str::trim)
+                        .take_while(|s| {
+                            !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+                        })
+                        .map(str::to_owned),
+                );
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_circles_between_files() {
+    for krate in CRATES {
+        let modules = modules_of(krate);
+        let is_ancestor = |a: &[String], b: &[String]| b.len() > a.len() && b.starts_with(a);
+        let mut edges: std::collections::BTreeMap<
+            &Vec<String>,
+            std::collections::BTreeSet<&Vec<String>>,
+        > = Default::default();
+        for (me, (_, lines)) in &modules {
+            for path in named_paths(me, lines) {
+                // The longest prefix of the path that is a module file.
+                let target = (0..=path.len())
+                    .rev()
+                    .find_map(|n| modules.get_key_value(&path[..n]).map(|(k, _)| k));
+                if let Some(t) = target {
+                    if t != me && !is_ancestor(t, me) && !is_ancestor(me, t) {
+                        edges.entry(me).or_default().insert(t);
+                    }
+                }
+            }
+        }
+        // A circle is a file that reaches itself.
+        let mut circles = Vec::new();
+        for start in modules.keys() {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut stack: Vec<&Vec<String>> =
+                edges.get(start).into_iter().flatten().copied().collect();
+            while let Some(m) = stack.pop() {
+                if m == start {
+                    circles.push(modules[start].0.clone());
+                    break;
+                }
+                if seen.insert(m) {
+                    stack.extend(edges.get(m).into_iter().flatten().copied());
+                }
+            }
+        }
+        assert!(
+            circles.is_empty(),
+            "{krate}: files that import themselves through others:\n{}",
+            circles.join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_circle_finder_reads_paths_as_rust_does() {
+    let me = vec!["farm".to_owned(), "segment".to_owned()];
+    let lines = vec![
+        "use super::{cache::BuildCache, context::Segment};".to_owned(),
+        "let x = crate::api::Swarm::new(c, s);".to_owned(),
+        "use vgas_shared::farm::x;".to_owned(),
+        "// use super::ignored;".to_owned(),
+    ];
+    let got = named_paths(&me, &lines);
+    assert!(
+        got.contains(&vec!["farm".into(), "cache".into(), "BuildCache".into()]),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&vec!["farm".into(), "context".into(), "Segment".into()]),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&vec!["api".into(), "Swarm".into(), "new".into()]),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter()
+            .any(|p| p.iter().any(|s| s == "ignored" || s == "x")),
+        "{got:?}"
     );
 }
