@@ -33,6 +33,11 @@ use crate::store::TaskStore;
 /// How often the actor checks deadlines, lost workers and the queue.
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// Commands the actor takes in one turn before it writes their records together: enough that
+/// a burst of submits or results shares one round of writes, few enough that a turn stays
+/// short (each command is microseconds of work).
+const MAX_COMMANDS_PER_TURN: usize = 256;
+
 /// Commands for the actor. The channel is bounded; senders wait when it is full.
 #[derive(Debug)]
 pub enum Command {
@@ -67,6 +72,14 @@ pub struct Counters {
     pub finished: AtomicU64,
 }
 
+/// A task finished in memory whose record is not written yet: written with the others of
+/// the same turn, then announced, then its result acknowledged.
+#[derive(Debug)]
+struct Finishing {
+    rec: TaskRecord,
+    event: TaskEvent,
+}
+
 #[derive(Debug)]
 struct Tracked {
     rec: TaskRecord,
@@ -89,6 +102,10 @@ pub struct Dispatcher {
     tx: mpsc::Sender<Command>,
     tracker: TaskTracker,
     started_ms: u64,
+    /// Final records of this turn, written together by [`Dispatcher::flush_finished`].
+    finishing: Vec<Finishing>,
+    /// Results whose recording this turn's flush completes; acknowledged after it.
+    recorded: Vec<oneshot::Sender<()>>,
 }
 
 impl Dispatcher {
@@ -112,6 +129,8 @@ impl Dispatcher {
             tx,
             tracker,
             started_ms: now_ms(),
+            finishing: Vec::new(),
+            recorded: Vec::new(),
         }
     }
 
@@ -161,9 +180,19 @@ impl Dispatcher {
                 _ = wake.notified() => {}
                 _ = tick.tick() => self.check_assigned().await,
             }
+            // Whatever else is already waiting joins this turn, so one round of writes to the
+            // tasks bucket covers many tasks instead of one each.
+            for _ in 1..MAX_COMMANDS_PER_TURN {
+                match rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd).await,
+                    Err(_) => break,
+                }
+            }
+            self.flush_finished().await;
             self.try_dispatch().await;
             self.publish_counters();
         }
+        self.flush_finished().await;
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -184,7 +213,8 @@ impl Dispatcher {
             }
             Command::Result { result, done } => {
                 self.on_result(result).await;
-                let _ = done.send(());
+                // Acknowledged once this turn's records are written (`flush_finished`).
+                self.recorded.push(done);
             }
             Command::AssignFailed {
                 task_id,
@@ -198,15 +228,22 @@ impl Dispatcher {
         }
     }
 
-    /// Hands queued tasks to workers while the scheduler finds room.
+    /// Hands queued tasks to workers while the scheduler finds room. Every assignment of the
+    /// turn is recorded at once (the writes travel together), then each is announced and
+    /// sent.
     async fn try_dispatch(&mut self) {
         let mut waiting = VecDeque::new();
+        let mut assigned = Vec::new();
         while let Some(id) = self.pending.pop_front() {
             let Some(t) = self.tasks.get(&id) else {
                 continue;
             };
             match self.sched.gatling_rotate_next(&t.rec.spec.needs) {
-                Ok(worker) => self.dispatch_task(&id, worker.id.clone()).await,
+                Ok(worker) => {
+                    let worker = worker.id.clone();
+                    self.bind(&id, &worker);
+                    assigned.push((id, worker));
+                }
                 Err(NoWorker::NoneCapable)
                     if now_ms().saturating_sub(t.queued_at_ms)
                         >= t.rec.spec.wait_for_worker().as_millis() as u64 =>
@@ -230,28 +267,55 @@ impl Dispatcher {
             }
         }
         self.pending = waiting;
-    }
-
-    /// Binds a task to `worker`, records it, then sends it (seed: `dispatch_task`). The
-    /// acknowledgement is awaited off the actor; a refusal comes back as `AssignFailed`.
-    async fn dispatch_task(&mut self, id: &TaskId, worker: WorkerId) {
-        let Some(t) = self.tasks.get_mut(id) else {
-            return;
-        };
-        t.rec.attempt += 1;
-        t.rec.state = TaskState::Assigned {
-            worker: worker.clone(),
-            since_ms: now_ms(),
-        };
-        t.permit = None;
-        if let Err(e) = self.store.put(&t.rec).await {
-            warn!(task_id = %id, "could not record assignment, will retry: {e:#}");
-            t.rec.attempt -= 1;
-            t.rec.state = TaskState::Queued;
-            self.sched.release(&worker);
-            self.pending.push_back(id.clone());
+        if assigned.is_empty() {
             return;
         }
+        self.flush_finished().await;
+        let records: Vec<&TaskRecord> = assigned
+            .iter()
+            .filter_map(|(id, _)| self.tasks.get(id).map(|t| &t.rec))
+            .collect();
+        let written = self.store.put_all(&records).await;
+        for ((id, worker), w) in assigned.into_iter().zip(written) {
+            match w {
+                Ok(()) => self.dispatch_task(&id, worker).await,
+                Err(e) => {
+                    warn!(task_id = %id, "could not record assignment, will retry: {e:#}");
+                    self.unbind(&id, &worker);
+                }
+            }
+        }
+    }
+
+    /// Binds a task to `worker` in memory: its next attempt, assigned now.
+    fn bind(&mut self, id: &TaskId, worker: &WorkerId) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.rec.attempt += 1;
+            t.rec.state = TaskState::Assigned {
+                worker: worker.clone(),
+                since_ms: now_ms(),
+            };
+            t.permit = None;
+        }
+    }
+
+    /// Undoes [`Dispatcher::bind`] when the assignment could not be recorded.
+    fn unbind(&mut self, id: &TaskId, worker: &WorkerId) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.rec.attempt -= 1;
+            t.rec.state = TaskState::Queued;
+        }
+        self.sched.release(worker);
+        self.pending.push_back(id.clone());
+    }
+
+    /// Announces an assignment once it is recorded and sends it to `worker` (seed:
+    /// `dispatch_task`). The acknowledgement is awaited off the actor; a refusal comes back as
+    /// `AssignFailed`.
+    async fn dispatch_task(&mut self, id: &TaskId, worker: WorkerId) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
         let attempt = t.rec.attempt;
         let enc = t.rec.encoding;
         let assignment = Assignment {
@@ -455,7 +519,8 @@ impl Dispatcher {
         }
     }
 
-    /// Records and announces the one final result of a task, then forgets it.
+    /// Ends a task with its one final result: forgotten here at once, recorded and announced
+    /// with the others of this turn by [`Dispatcher::flush_finished`].
     async fn finalize(&mut self, id: &TaskId, outcome: TaskOutcome, worker: Option<WorkerId>) {
         let Some(mut t) = self.tasks.remove(id) else {
             return;
@@ -466,19 +531,38 @@ impl Dispatcher {
             outcome: outcome.clone(),
             finished_ms: now,
         };
-        if let Err(e) = self.store.put(&t.rec).await {
-            warn!(task_id = %id, "could not record the final result: {e:#}");
-        }
         info!(task_id = %id, attempts = t.rec.attempt, "finished: {}", outcome.describe());
-        let ev = TaskEvent::Finished {
+        let event = TaskEvent::Finished {
             task_id: id.clone(),
             worker,
             attempts: t.rec.attempt,
             duration_ms: now.saturating_sub(t.rec.accepted_ms),
             outcome,
         };
-        self.emit(id, t.rec.encoding, &ev).await;
-        self.counters.finished.fetch_add(1, Ordering::Relaxed);
+        self.finishing.push(Finishing { rec: t.rec, event });
+    }
+
+    /// Writes this turn's final records together, then announces each `finished` event (a
+    /// record is always written before its event), then lets the results consumer
+    /// acknowledge the results that led to them. A master killed before this point has
+    /// acknowledged none of them: the results come again after its restart.
+    async fn flush_finished(&mut self) {
+        if self.finishing.is_empty() && self.recorded.is_empty() {
+            return;
+        }
+        let finishing = std::mem::take(&mut self.finishing);
+        let records: Vec<&TaskRecord> = finishing.iter().map(|f| &f.rec).collect();
+        let written = self.store.put_all(&records).await;
+        for (f, w) in finishing.iter().zip(written) {
+            if let Err(e) = w {
+                warn!(task_id = %f.rec.task_id, "could not record the final result: {e:#}");
+            }
+            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
+            self.counters.finished.fetch_add(1, Ordering::Relaxed);
+        }
+        for done in self.recorded.drain(..) {
+            let _ = done.send(());
+        }
     }
 
     /// Publishes one event in the submitter's encoding. Publishing only queues the bytes for

@@ -84,23 +84,25 @@ impl Handlers {
     }
 
     async fn accept(&self, mut spec: TaskSpec, enc: Encoding) -> Answer {
+        let named = spec.task_id.is_some();
         let task_id = spec.task_id.clone().unwrap_or_else(TaskId::random);
         spec.task_id = Some(task_id.clone());
         let events = self.subjects.task_events(&task_id);
-        // An idempotent resubmit is answered even when the queue is full.
-        if spec.task_id.is_some() {
-            match self.store.get(&task_id).await {
-                Ok(Some(old)) => return self.resubmitted(&old, &spec, enc),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(err(
-                        ErrorCode::Internal,
-                        format!("could not read the task store: {e:#}"),
-                    ))
+        let Ok(permit) = self.admission.clone().try_acquire_owned() else {
+            // An idempotent resubmit is answered even when the queue is full. (With room, the
+            // create below finds an existing id itself: no read for a fresh one.)
+            if named {
+                match self.store.get(&task_id).await {
+                    Ok(Some(old)) => return self.resubmitted(&old, &spec, enc),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(err(
+                            ErrorCode::Internal,
+                            format!("could not read the task store: {e:#}"),
+                        ))
+                    }
                 }
             }
-        }
-        let Ok(permit) = self.admission.clone().try_acquire_owned() else {
             return Err(err(
                 ErrorCode::Busy,
                 format!(
@@ -322,41 +324,57 @@ pub async fn heartbeats(
 }
 
 /// Reads worker results from the durable stream and acknowledges each once it is recorded.
+/// Results the consumer hands to the dispatcher before the first of them is recorded: enough
+/// that a burst shares one round of writes, bounded so a flood waits in the stream.
+const MAX_RESULTS_IN_FLIGHT: usize = 256;
+
 pub async fn results(
     consumer: async_nats::jetstream::consumer::PullConsumer,
     tx: mpsc::Sender<Command>,
 ) -> anyhow::Result<()> {
+    use futures::stream::FuturesUnordered;
     use vgas_shared::wire::WorkerResult;
     let mut messages = consumer.messages().await?;
-    while let Some(msg) = messages.next().await {
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                warn!("results stream: {e}");
-                continue;
-            }
-        };
-        match decode::<WorkerResult>(&msg.payload, MAX_SUBMIT_BYTES) {
-            Ok((result, _)) => {
-                let (done_tx, done_rx) = oneshot::channel();
-                if tx
-                    .send(Command::Result {
-                        result,
-                        done: done_tx,
-                    })
-                    .await
-                    .is_err()
-                {
+    // Results handed to the dispatcher and not yet recorded: each is acknowledged once its
+    // record is written, so one round of writes covers a burst; a master killed before that
+    // gets them again.
+    let mut recording = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some((msg, recorded)) = recording.next(), if !recording.is_empty() => {
+                let (msg, recorded): (async_nats::jetstream::Message, bool) = (msg, recorded);
+                if !recorded {
                     break;
                 }
-                if done_rx.await.is_err() {
-                    break;
+                if let Err(e) = msg.ack().await {
+                    warn!("could not acknowledge a result: {e}");
                 }
             }
-            Err(e) => warn!(subject = %msg.subject, "dropping malformed result: {e}"),
-        }
-        if let Err(e) = msg.ack().await {
-            warn!("could not acknowledge a result: {e}");
+            msg = messages.next(), if recording.len() < MAX_RESULTS_IN_FLIGHT => {
+                let Some(msg) = msg else { break };
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!("results stream: {e}");
+                        continue;
+                    }
+                };
+                match decode::<WorkerResult>(&msg.payload, MAX_SUBMIT_BYTES) {
+                    Ok((result, _)) => {
+                        let (done, recorded) = oneshot::channel();
+                        if tx.send(Command::Result { result, done }).await.is_err() {
+                            break;
+                        }
+                        recording.push(async move { (msg, recorded.await.is_ok()) });
+                    }
+                    Err(e) => {
+                        warn!(subject = %msg.subject, "dropping malformed result: {e}");
+                        if let Err(e) = msg.ack().await {
+                            warn!("could not acknowledge a result: {e}");
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(())

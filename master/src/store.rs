@@ -81,6 +81,13 @@ impl TaskStore {
         Ok(())
     }
 
+    /// Writes many records at once: the writes are sent together and their acknowledgements
+    /// awaited together, one round trip for all instead of one each. One result per record,
+    /// in order.
+    pub async fn put_all(&self, recs: &[&TaskRecord]) -> Vec<Result<()>> {
+        futures::future::join_all(recs.iter().map(|r| self.put(r))).await
+    }
+
     pub async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
         let Some(bytes) = self.kv.get(id.as_str()).await.context("read task record")? else {
             return Ok(None);

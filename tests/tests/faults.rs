@@ -119,6 +119,59 @@ async fn master_killed_and_restarted_resumes_every_accepted_task() {
     assert_eq!(b.stdout, "second\n");
 }
 
+/// Tasks in the burst of `a_master_killed_in_the_middle_of_a_burst_loses_no_accepted_task`.
+const BURST: usize = 60;
+
+#[tokio::test]
+async fn a_master_killed_in_the_middle_of_a_burst_loses_no_accepted_task() {
+    // The master writes a turn's assignments and final records together and acknowledges
+    // results only after: a SIGKILL between any two of those steps must lose nothing and
+    // finish nothing twice.
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 4)]).await.unwrap();
+    let mut subs = Vec::with_capacity(BURST);
+    let mut submits = Vec::with_capacity(BURST);
+    for n in 0..BURST {
+        let id = TaskId::random();
+        let mut spec = sh(&format!("sleep 0.0{}; echo {n}", n % 10));
+        spec.task_id = Some(id.clone());
+        subs.push(
+            client
+                .subscribe(swarm.subjects.task_events(&id))
+                .await
+                .unwrap(),
+        );
+        let (client, subject) = (client.clone(), swarm.subjects.submit());
+        submits.push(async move {
+            let _: SubmitReply = request(&client, subject, &spec).await.unwrap();
+        });
+    }
+    futures::future::join_all(submits).await;
+    // Some tasks are done, some running, most still queued when the master dies.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    procs[0].signal(libc::SIGKILL);
+    procs[0].wait_exit(WAIT).await.unwrap();
+    let _master2 = swarm.master(&[]).unwrap();
+    let collected = futures::future::join_all(
+        subs.into_iter()
+            .map(|sub| collect(sub, WAIT * 4, Duration::from_secs(1))),
+    )
+    .await;
+    for (n, c) in collected.into_iter().enumerate() {
+        let c = c.unwrap_or_else(|e| panic!("task {n}: {e:#}"));
+        assert_eq!(c.finished_count(), 1, "task {n}: {:?}", c.events);
+        assert_eq!(
+            c.outcome(),
+            TaskOutcome::Exited { exit_code: 0 },
+            "task {n}"
+        );
+        assert!(
+            c.stdout.ends_with(&format!("{n}\n")),
+            "task {n}: {:?}",
+            c.stdout
+        );
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_running_tasks_then_leaves() {
     let (swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
