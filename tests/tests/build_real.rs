@@ -9,7 +9,7 @@ use std::process::Command;
 
 use vgas_shared::farm::BuildUpdate;
 use vgas_tests::build::{c_project, ok, origins, skip_without_gcc, updates};
-use vgas_tests::{repo_root, Swarm};
+use vgas_tests::Swarm;
 
 /// Copies the tree at `from` into `to` (`cp -a`, so the Makefile's timestamps stay).
 fn copy_tree(from: &Path, to: &Path) {
