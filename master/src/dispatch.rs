@@ -106,6 +106,10 @@ pub struct Dispatcher {
     finishing: Vec<Finishing>,
     /// Results whose recording this turn's flush completes; acknowledged after it.
     recorded: Vec<oneshot::Sender<()>>,
+    /// Assignments recorded before a restart, sent again when the actor starts: the master
+    /// may have died between recording one and sending it. A worker that has it already
+    /// acknowledges without running it twice.
+    resend: Vec<(TaskId, WorkerId)>,
 }
 
 impl Dispatcher {
@@ -131,6 +135,7 @@ impl Dispatcher {
             started_ms: now_ms(),
             finishing: Vec::new(),
             recorded: Vec::new(),
+            resend: Vec::new(),
         }
     }
 
@@ -143,6 +148,7 @@ impl Dispatcher {
                 TaskState::Queued => self.pending.push_back(rec.task_id.clone()),
                 TaskState::Assigned { worker, .. } => {
                     *per_worker.entry(worker.clone()).or_default() += 1;
+                    self.resend.push((rec.task_id.clone(), worker.clone()));
                 }
             }
             info!(task_id = %rec.task_id, "recovered unfinished task");
@@ -168,6 +174,9 @@ impl Dispatcher {
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) {
+        for (id, worker) in std::mem::take(&mut self.resend) {
+            self.dispatch_task(&id, worker).await;
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

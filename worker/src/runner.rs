@@ -43,6 +43,34 @@ const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
 /// How long leaving waits for the server to confirm what was sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Attempts this worker remembers having taken, so an assignment sent again (a restarted
+/// master re-sends every one it had recorded) is acknowledged, not run twice: far more than
+/// a worker runs between two master restarts' worth of assignments.
+const RECENT_ATTEMPTS: usize = 4096;
+
+/// The attempts taken lately, oldest forgotten first.
+#[derive(Debug, Default)]
+struct RecentAttempts {
+    order: std::collections::VecDeque<(TaskId, u32)>,
+    set: std::collections::HashSet<(TaskId, u32)>,
+}
+
+impl RecentAttempts {
+    /// Remembers `key`; false when it was already there.
+    fn insert(&mut self, key: (TaskId, u32)) -> bool {
+        if !self.set.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > RECENT_ATTEMPTS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
 /// One running attempt, as cancel and drain see it.
 #[derive(Debug)]
 struct Running {
@@ -63,6 +91,8 @@ pub struct Worker {
     /// Free slot numbers (each maps to its own sandbox uid).
     free_slots: Arc<Mutex<Vec<usize>>>,
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
+    /// Attempts taken lately, running or done ([`RECENT_ATTEMPTS`]).
+    taken: Arc<Mutex<RecentAttempts>>,
     draining: Arc<AtomicBool>,
     tracker: TaskTracker,
     /// Set before shutdown to skip the drain: running tasks are handed back at once (the
@@ -125,6 +155,7 @@ impl Worker {
             js,
             isolation: Arc::new(isolation),
             running: Arc::default(),
+            taken: Arc::default(),
             draining: Arc::default(),
             tracker: TaskTracker::new(),
             hand_back_now: Arc::default(),
@@ -266,14 +297,30 @@ impl Worker {
             accepted: false,
             reason,
         };
+        let taken = |a: &Assignment| {
+            let key = (a.task_id.clone(), a.attempt);
+            self.taken.lock().expect("taken lock").set.contains(&key)
+        };
         let (ack, work) = match decode::<Assignment>(&msg.payload, 2 * MAX_SUBMIT_BYTES) {
             Err(e) => (refuse(format!("malformed assignment: {e}")), None),
+            // Sent again (a restarted master): it runs or ran here; its result is on its way.
+            Ok((a, _)) if taken(&a) => (
+                AssignAck {
+                    accepted: true,
+                    reason: String::new(),
+                },
+                None,
+            ),
             Ok(_) if self.draining.load(Ordering::Acquire) => {
                 (refuse("worker is draining".into()), None)
             }
             Ok((a, _)) => match self.slots.clone().try_acquire_owned() {
                 Err(_) => (refuse("no free slot".into()), None),
                 Ok(permit) => {
+                    self.taken
+                        .lock()
+                        .expect("taken lock")
+                        .insert((a.task_id.clone(), a.attempt));
                     let slot = self
                         .free_slots
                         .lock()
