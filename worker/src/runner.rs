@@ -531,3 +531,23 @@ impl Worker {
         warn!("gave up storing the result; the master will retry the task after its deadline");
     }
 }
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_is_taken_once_and_the_oldest_are_forgotten_past_the_bound() {
+        let mut r = RecentAttempts::default();
+        let id = |n: usize| TaskId::parse(&format!("t{n}")).unwrap();
+        assert!(r.insert((id(0), 1)));
+        assert!(!r.insert((id(0), 1)), "the same attempt again");
+        assert!(r.insert((id(0), 2)), "a new attempt of the same task");
+        for n in 1..=RECENT_ATTEMPTS {
+            assert!(r.insert((id(n), 1)));
+        }
+        assert_eq!(r.order.len(), RECENT_ATTEMPTS);
+        assert_eq!(r.set.len(), RECENT_ATTEMPTS);
+        assert!(r.insert((id(0), 1)), "the oldest was forgotten");
+    }
+}
