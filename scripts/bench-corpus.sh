@@ -41,7 +41,7 @@ swarm="$work/swarm"
 state="$swarm/.vgas"
 mkdir -p "$swarm"
 cp "$root/nats.conf" "$swarm/nats.conf"     # its paths are relative to where it runs
-export VGAS_STATE_DIR="$state" VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_NO_MDNS=1
+export VGAS_STATE_DIR="$state" VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_NO_MDNS=true
 "$bin/vgas" init >/dev/null
 (cd "$swarm" && exec "$NATS_SERVER_BIN" -c nats.conf -a 127.0.0.1 -p "$port" -m "$mport") >"$work/nats.log" 2>&1 & pids+=($!)
 sleep 1
