@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark in one run, release builds: the Gatling scheduler, the key manager and a
 # build unit's submitting-side CPU (criterion), the LLM gateway next to a direct provider call, and the
-# end-to-end figures next to raw NATS request-reply. Results go to stdout; docs/benchmarks.md
+# end-to-end figures next to raw NATS request-reply, the build farm next to local builds and
+# distcc, on real projects. Results go to stdout; docs/benchmarks.md
 # records them with this command.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,3 +27,5 @@ cargo bench -p vgas-tests --bench wasm_throughput --locked
 cargo bench -p vgas-tests --bench wasm_cold --locked
 # The C build farm side by side with local make and distcc (Lua 5.4.4).
 scripts/bench-build.sh
+# The build farm on a corpus of real projects, each with its own build system.
+scripts/bench-corpus.sh
