@@ -181,20 +181,6 @@ impl Following {
         }
     }
 
-    /// Follows to the end, handing every step but the last to `each`; the final outcome and
-    /// the worker that produced it.
-    pub async fn finish<F>(mut self, mut each: F) -> Result<(TaskOutcome, Option<WorkerId>)>
-    where
-        F: FnMut(Step) -> Result<()>,
-    {
-        loop {
-            match self.next().await? {
-                Step::Finished { outcome, worker } => return Ok((outcome, worker)),
-                step => each(step)?,
-            }
-        }
-    }
-
     fn seen(&mut self, step: Step) -> Step {
         if matches!(step, Step::Finished { .. }) {
             self.done = true;
