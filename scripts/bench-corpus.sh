@@ -3,6 +3,9 @@
 # on this machine against a swarm of one worker (JOBS slots) started here:
 #   lua     Lua 5.4.4, its own Makefile                       make -jN linux
 #   json-c  json-c 0.16, CMake + Ninja, its own -Werror        vgas as CMAKE_C_COMPILER_LAUNCHER
+#   pkgconf pkgconf 1.8.1, autotools + libtool                ./configure CFLAGS=-O2; make -jN
+#           (CFLAGS=-O2: with autotools' default -g, a worker's object records
+#           -fdirectives-only in DW_AT_producer; see docs/build.md)
 # For each: a clean local build (after a warm-up), a cold vgas build (cache purged), and a
 # no-change vgas rebuild after the build system's own clean; the units distributed, and
 # whether every object is byte-identical to the local build's. Prints a Markdown table.
@@ -15,7 +18,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${JOBS:-$(nproc)}
-projects=${PROJECTS:-lua json-c}
+projects=${PROJECTS:-lua json-c pkgconf}
 bin=${VGAS_BIN_DIR:-$root/target/release}
 say() { echo "bench-corpus: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -83,6 +86,14 @@ for p in $projects; do
       local_build() { "$VGAS_NINJA" -C "$b" -j"$jobs" >/dev/null; }
       vgas_build() { (cd "$b" && "$bin/vgas" build --json -- "$VGAS_NINJA" -j"$jobs") >"$1" 2>>"$work/$p.err"; }
       setup_vgas() { rm -rf "$b"; configure -DCMAKE_C_COMPILER_LAUNCHER="$bin/vgas"; } ;;
+    pkgconf)
+      system="autotools + libtool"
+      dir="$work/$p"; cp -a "$src" "$dir"; b="$dir"
+      (cd "$b" && ./configure CFLAGS=-O2 >"$work/$p.configure.log" 2>&1) || die "$p: configure failed (see $work/$p.configure.log)"
+      clean() { make -s -C "$b" clean >/dev/null; }
+      local_build() { make -s -C "$b" -j"$jobs" >/dev/null 2>&1; }
+      vgas_build() { (cd "$b" && "$bin/vgas" build --json -- make -j"$jobs") >"$1" 2>>"$work/$p.err"; }
+      setup_vgas() { :; } ;;
     *) die "unknown project $p" ;;
   esac
   say "$p: warm-up and clean local build"

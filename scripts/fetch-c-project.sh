@@ -3,13 +3,15 @@
 # pinned, into ./.tools/c-project/<name>-<version>/ (ignored), and prints that folder as the
 # last line of stdout. Idempotent: a second run only prints the path.
 #
-#   scripts/fetch-c-project.sh [lua|json-c]     # lua is the default
+#   scripts/fetch-c-project.sh [lua|json-c|pkgconf]     # lua is the default
 #
 # Lua 5.4.4 (MIT): 34 translation units (32 in liblua.a, lua.c, luac.c), its own Makefile;
 # `make -C <dir>/src linux` builds src/liblua.a, src/lua and src/luac.
 # json-c 0.16 (MIT): CMake (built with Ninja in the tests), about 25 units in libjson-c and
 # its apps; Debian's source package json-c carries the upstream tarball as
 # json-c_0.16.orig.tar.gz.
+# pkgconf 1.8.1 (ISC): autotools (the release tarball's own configure), about 20 units in
+# libpkgconf and the pkgconf program; Debian's source package pkgconf carries the release.
 # Where it comes from: Debian's source package lua5.4, whose .orig.tar.gz is byte for byte the
 # upstream release tarball lua-5.4.4.tar.gz (same sha256 as the one upstream publishes); Debian's
 # own patches (the .debian.tar.xz) are not applied. Two ways, both apt's own clients, both
@@ -47,7 +49,17 @@ case "$name" in
     POOL_PATH=pool/main/j/json-c
     TOPDIR=json-c-json-c-0.16-20220414
     CHECK_FILE=CMakeLists.txt ;;
-  *) echo "fetch-c-project: unknown project '$name' (known: lua, json-c)" >&2; exit 2 ;;
+  pkgconf)
+    VERSION=1.8.1
+    DEBIAN_SOURCE=pkgconf
+    DEBIAN_VERSION=1.8.1-1
+    DEBIAN_PREFIX=1.8.1-
+    TARBALL=pkgconf_1.8.1.orig.tar.xz
+    SHA256=644361ada2942be05655d4452eb018791647c31bba429b287f1f68deb2dc6840
+    POOL_PATH=pool/main/p/pkgconf
+    TOPDIR=pkgconf-1.8.1
+    CHECK_FILE=configure ;;
+  *) echo "fetch-c-project: unknown project '$name' (known: lua, json-c, pkgconf)" >&2; exit 2 ;;
 esac
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "fetch-c-project: $*" >&2 || true; }
