@@ -127,3 +127,33 @@ pub fn c_project(name: &str) -> std::path::PathBuf {
     let path = String::from_utf8(out.stdout).expect("a path");
     std::path::PathBuf::from(path.lines().last().expect("a path").trim())
 }
+
+/// Every object and shared library under `dir`, by relative path, with its bytes.
+pub fn outputs(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if (name.ends_with(".o") || name.contains(".so"))
+                && e.file_type().unwrap().is_file()
+            {
+                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                found.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The stats of a build's `finished` update, which must be the last.
+pub fn finished_stats(u: &[BuildUpdate]) -> vgas_shared::farm::BuildStats {
+    match u.last() {
+        Some(BuildUpdate::Finished { stats, .. }) => stats.clone(),
+        other => panic!("no final update: {other:?}"),
+    }
+}

@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vgas_shared::farm::BuildUpdate;
-use vgas_tests::build::{c_project, ok, origins, skip_without_gcc, updates};
+use vgas_tests::build::{
+    c_project, finished_stats as stats, ok, origins, outputs, skip_without_gcc, updates,
+};
 use vgas_tests::{bin, Swarm};
 
 /// CMake and Ninja as `scripts/ensure-tools.sh` installs them (`.tools/env`).
@@ -37,35 +38,6 @@ fn configure(cmake: &Path, ninja: &Path, tree: &Path, build: &Path, launcher: Op
         cmd.arg(format!("-DCMAKE_C_COMPILER_LAUNCHER={}", l.display()));
     }
     ok(&cmd.output().unwrap());
-}
-
-/// Every object and shared library under `dir`, by relative path, with its bytes.
-fn outputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else if (name.ends_with(".o") || name.contains(".so"))
-                && e.file_type().unwrap().is_file()
-            {
-                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
-                found.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-fn stats(u: &[BuildUpdate]) -> vgas_shared::farm::BuildStats {
-    match u.last() {
-        Some(BuildUpdate::Finished { stats, .. }) => stats.clone(),
-        other => panic!("no final update: {other:?}"),
-    }
 }
 
 #[tokio::test]

@@ -1,0 +1,75 @@
+//! A real autotools project, built as its users build it: `./configure`, then
+//! `vgas build -- make`. pkgconf 1.8.1 (fetched from Debian's source packages by
+//! `scripts/fetch-c-project.sh`), whose compiles go through libtool (each unit twice, PIC and
+//! not, with `-MD -MP -MF .deps/...`): every unit goes to a worker, every object is
+//! byte-identical to a plain local build of the same tree, and after `make clean` every unit
+//! comes from the cache. Configured with `CFLAGS=-O2`: with autotools' default `-g` a worker's
+//! object records `-fdirectives-only` in `DW_AT_producer` (docs/build.md).
+
+use std::path::Path;
+use std::process::Command;
+
+use vgas_tests::build::{c_project, ok, origins, outputs, skip_without_gcc, updates};
+use vgas_tests::Swarm;
+
+fn make(dir: &Path, args: &[&str]) {
+    ok(&Command::new("make")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap());
+}
+
+#[tokio::test]
+async fn an_autotools_project_distributes_every_unit_through_libtool() {
+    if skip_without_gcc() {
+        return;
+    }
+    let tree = c_project("pkgconf");
+    let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 2), ("w2", 2)]).await.unwrap();
+    let dir = swarm.dir.path().join("pkgconf");
+    ok(&Command::new("cp")
+        .arg("-a")
+        .arg(&tree)
+        .arg(&dir)
+        .output()
+        .unwrap());
+    ok(&Command::new("./configure")
+        .arg("CFLAGS=-O2")
+        .current_dir(&dir)
+        .output()
+        .unwrap());
+
+    // The reference: the project's own make, here, in the same tree.
+    make(&dir, &["-s", "-j2"]);
+    let local = outputs(&dir);
+    let units = local
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "o"))
+        .count();
+    assert!(units >= 20, "pkgconf has {units} objects");
+    make(&dir, &["-s", "clean"]);
+
+    let run = || {
+        let out = swarm
+            .cli_in(&dir, &["build", "--json", "--", "make", "-j4"], &[])
+            .unwrap();
+        updates(ok(&out))
+    };
+    let cold = run();
+    assert_eq!(
+        origins(&cold),
+        (units, 0, 0),
+        "every unit on a worker: {cold:?}"
+    );
+    assert_eq!(outputs(&dir), local, "objects differ from a local build");
+
+    make(&dir, &["-s", "clean"]);
+    let warm = run();
+    assert_eq!(
+        origins(&warm),
+        (0, units, 0),
+        "every unit from the cache: {warm:?}"
+    );
+    assert_eq!(outputs(&dir), local, "a rebuild from the cache differs");
+}
