@@ -6,6 +6,7 @@
 #   pkgconf pkgconf 1.8.1, autotools + libtool                ./configure CFLAGS=-O2; make -jN
 #           (CFLAGS=-O2: with autotools' default -g, a worker's object records
 #           -fdirectives-only in DW_AT_producer; see docs/build.md)
+#   pkgconf-meson  the same sources with Meson + Ninja          CC="vgas /usr/bin/gcc" (a launcher)
 # For each: a clean local build (after a warm-up), a cold vgas build (cache purged), and a
 # no-change vgas rebuild after the build system's own clean; the units distributed, and
 # whether every object is byte-identical to the local build's. Prints a Markdown table.
@@ -18,7 +19,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${JOBS:-$(nproc)}
-projects=${PROJECTS:-lua json-c pkgconf}
+projects=${PROJECTS:-lua json-c pkgconf pkgconf-meson}
 bin=${VGAS_BIN_DIR:-$root/target/release}
 say() { echo "bench-corpus: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -67,7 +68,7 @@ print(fin[-1]["stats"]["remote"] if fin else 0)' "$1"; }
 
 rows=()
 for p in $projects; do
-  src=$("$root/scripts/fetch-c-project.sh" "$p" | tail -n1)
+  src=$("$root/scripts/fetch-c-project.sh" "${p%-meson}" | tail -n1)
   case "$p" in
     lua)
       system="Makefile"
@@ -94,6 +95,17 @@ for p in $projects; do
       local_build() { make -s -C "$b" -j"$jobs" >/dev/null 2>&1; }
       vgas_build() { (cd "$b" && "$bin/vgas" build --json -- make -j"$jobs") >"$1" 2>>"$work/$p.err"; }
       setup_vgas() { :; } ;;
+    pkgconf-meson)
+      system="Meson + Ninja"
+      dir="$work/$p"; cp -a "$src" "$dir"; b="$dir/build"
+      cc=$(command -v gcc)
+      meson_setup() { (cd "$dir" && PATH="$(dirname "$VGAS_NINJA"):$PATH" CC="$*" "$VGAS_MESON" setup build \
+                        -Dbuildtype=release -Dtests=false >"$work/$p.setup.log" 2>&1) || die "$p: meson setup failed"; }
+      meson_setup "$cc"
+      clean() { "$VGAS_NINJA" -C "$b" -t clean >/dev/null; }
+      local_build() { "$VGAS_NINJA" -C "$b" -j"$jobs" >/dev/null; }
+      vgas_build() { (cd "$b" && "$bin/vgas" build --json -- "$VGAS_NINJA" -j"$jobs") >"$1" 2>>"$work/$p.err"; }
+      setup_vgas() { rm -rf "$b"; meson_setup "$bin/vgas $cc"; } ;;
     *) die "unknown project $p" ;;
   esac
   say "$p: warm-up and clean local build"

@@ -5,9 +5,9 @@
 #   - nats-py (for the plain-client protocol tests), pinned, into the same venv.
 #   - Zig (the PyPI package ziglang), pinned, into the same venv: the wasm tests compile a C
 #     program to wasm32-wasi with `zig cc` at test time. Its binary is exported as VGAS_ZIG.
-#   - CMake and Ninja (the PyPI packages cmake and ninja), pinned, into the same venv: the
-#     build-farm tests build a real CMake project with Ninja. Exported as VGAS_CMAKE and
-#     VGAS_NINJA.
+#   - CMake, Ninja and Meson (the PyPI packages cmake, ninja and meson), pinned, into the same
+#     venv: the build-farm tests and benchmarks build real projects with them. Exported as
+#     VGAS_CMAKE, VGAS_NINJA and VGAS_MESON.
 # Prints nothing but errors unless VERBOSE=1. Source it, or run it and read .tools/env.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +18,7 @@ ZIGLANG_VERSION=0.14.1           # pinned: ziglang on PyPI (zig cc -target wasm3
 CMAKE_VERSION=3.31.10            # pinned: cmake on PyPI (3.x: real projects still ask for
                                  # cmake_minimum_required below 3.5, which CMake 4 refuses)
 NINJA_VERSION=1.13.0             # pinned: ninja on PyPI
+MESON_VERSION=1.6.1              # pinned: meson on PyPI
 MIN_NATS_SERVER=2.10             # JetStream KV and the micro service API need 2.10+
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "ensure-tools: $*" >&2 || true; }
@@ -58,6 +59,7 @@ pinned() { # $1 = PyPI package, $2 = version: installed unless that version is t
 }
 pinned cmake "$CMAKE_VERSION"
 pinned ninja "$NINJA_VERSION"
+pinned meson "$MESON_VERSION"
 
 server=""
 if command -v nats-server >/dev/null 2>&1; then
@@ -77,5 +79,6 @@ export VGAS_PYTHON="$tools/venv/bin/python"
 export VGAS_ZIG="$zig"
 export VGAS_CMAKE="$tools/venv/bin/cmake"
 export VGAS_NINJA="$tools/venv/bin/ninja"
+export VGAS_MESON="$tools/venv/bin/meson"
 ENV
 log "wrote $tools/env"
