@@ -18,8 +18,12 @@ pub const RECORD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a worker result may wait in the stream for a master to take it.
 pub const RESULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// How long the master has to record a result before JetStream hands it out again.
-pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long the master has to record a result before JetStream hands it out again: also how
+/// long a restarted master waits for the results its killed predecessor had taken but not
+/// recorded. Short, because a result handed out twice is harmless (the second finds its task
+/// finished and is dropped), while a long wait holds the worker's slot that long. Applies to
+/// a results consumer when it is created.
+pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Durable consumer name of the master on the results stream.
 pub const RESULTS_CONSUMER: &str = "master";
