@@ -8,8 +8,8 @@ use clap::Parser;
 use vgas_client::farm::wrapper;
 
 fn main() {
-    let mut argv: Vec<String> = std::env::args().collect();
-    if let Some(c) = wrapper::AsCompiler::from_argv(argv.clone()) {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(c) = wrapper::AsCompiler::from_argv(argv) {
         let explicit = c.explicit.as_deref();
         if let Some(code) = wrapper::fast_path(&c.name, explicit, &c.args) {
             std::process::exit(code);
@@ -22,12 +22,6 @@ fn main() {
         std::process::exit(rt.block_on(wrapper::run(&c.name, explicit, c.args)));
     }
     let cli = vgas_client::cli::Cli::parse();
-    if let vgas_client::cli::Cmd::Vault { .. } = cli.cmd {
-        // The vault lives with the master: hand the whole call to `vgas-master vault`.
-        let err = vgas_client::cli::vault::exec_master(argv.split_off(1));
-        eprintln!("vgas: {err:#}");
-        std::process::exit(2);
-    }
     vgas_client::init_tracing_quiet();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

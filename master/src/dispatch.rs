@@ -16,18 +16,17 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
-use vgas_shared::codec::{decode_as, encode};
-use vgas_shared::limits::{
-    ASSIGN_ACK_TIMEOUT, DEADLINE_GRACE, HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL,
-};
+use tracing::{debug, info, warn};
+use vgas_shared::codec::encode;
+use vgas_shared::limits::{DEADLINE_GRACE, HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL};
 use vgas_shared::wire::{
-    AssignAck, Assignment, CancelAttempt, TaskEvent, TaskOutcome, TaskRecord, TaskState,
-    WorkerResult,
+    CancelAttempt, TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult,
 };
 use vgas_shared::{now_ms, Encoding, Subjects, TaskId, WorkerId};
 
-use crate::scheduler::{AgentScheduler, NoWorker};
+use crate::scheduler::AgentScheduler;
+
+mod assign;
 use crate::store::TaskStore;
 
 /// How often the actor checks deadlines, lost workers and the queue.
@@ -237,158 +236,6 @@ impl Dispatcher {
         }
     }
 
-    /// Hands queued tasks to workers while the scheduler finds room. Every assignment of the
-    /// turn is recorded at once (the writes travel together), then each is announced and
-    /// sent.
-    async fn try_dispatch(&mut self) {
-        let mut waiting = VecDeque::new();
-        let mut assigned = Vec::new();
-        while let Some(id) = self.pending.pop_front() {
-            let Some(t) = self.tasks.get(&id) else {
-                continue;
-            };
-            match self.sched.gatling_rotate_next(&t.rec.spec.needs) {
-                Ok(worker) => {
-                    let worker = worker.id.clone();
-                    self.bind(&id, &worker);
-                    assigned.push((id, worker));
-                }
-                Err(NoWorker::NoneCapable)
-                    if now_ms().saturating_sub(t.queued_at_ms)
-                        >= t.rec.spec.wait_for_worker().as_millis() as u64 =>
-                {
-                    let caps = &t.rec.spec.needs.capabilities;
-                    let message = if caps.is_empty() {
-                        format!(
-                            "no live worker joined within {}s",
-                            t.rec.spec.wait_for_worker().as_secs()
-                        )
-                    } else {
-                        format!(
-                            "no live worker offers capabilities {caps:?} (waited {}s)",
-                            t.rec.spec.wait_for_worker().as_secs()
-                        )
-                    };
-                    self.finalize(&id, TaskOutcome::Abandoned { message }, None)
-                        .await;
-                }
-                Err(_) => waiting.push_back(id),
-            }
-        }
-        self.pending = waiting;
-        if assigned.is_empty() {
-            return;
-        }
-        self.flush_finished().await;
-        let records: Vec<&TaskRecord> = assigned
-            .iter()
-            .filter_map(|(id, _)| self.tasks.get(id).map(|t| &t.rec))
-            .collect();
-        let written = self.store.put_all(&records).await;
-        for ((id, worker), w) in assigned.into_iter().zip(written) {
-            match w {
-                Ok(()) => self.dispatch_task(&id, worker).await,
-                Err(e) => {
-                    warn!(task_id = %id, "could not record assignment, will retry: {e:#}");
-                    self.unbind(&id, &worker);
-                }
-            }
-        }
-    }
-
-    /// Binds a task to `worker` in memory: its next attempt, assigned now.
-    fn bind(&mut self, id: &TaskId, worker: &WorkerId) {
-        if let Some(t) = self.tasks.get_mut(id) {
-            t.rec.attempt += 1;
-            t.rec.state = TaskState::Assigned {
-                worker: worker.clone(),
-                since_ms: now_ms(),
-            };
-            t.permit = None;
-        }
-    }
-
-    /// Undoes [`Dispatcher::bind`] when the assignment could not be recorded.
-    fn unbind(&mut self, id: &TaskId, worker: &WorkerId) {
-        if let Some(t) = self.tasks.get_mut(id) {
-            t.rec.attempt -= 1;
-            t.rec.state = TaskState::Queued;
-        }
-        self.sched.release(worker);
-        self.pending.push_back(id.clone());
-    }
-
-    /// Announces an assignment once it is recorded and sends it to `worker` (seed:
-    /// `dispatch_task`). The acknowledgement is awaited off the actor; a refusal comes back as
-    /// `AssignFailed`.
-    async fn dispatch_task(&mut self, id: &TaskId, worker: WorkerId) {
-        let Some(t) = self.tasks.get(id) else {
-            return;
-        };
-        let attempt = t.rec.attempt;
-        let enc = t.rec.encoding;
-        let assignment = Assignment {
-            task_id: id.clone(),
-            attempt,
-            spec: t.rec.spec.clone(),
-            encoding: enc,
-        };
-        self.emit(
-            id,
-            enc,
-            &TaskEvent::Assigned {
-                worker: worker.clone(),
-                attempt,
-            },
-        )
-        .await;
-        let (client, subject, tx) = (
-            self.client.clone(),
-            self.subjects.worker_task(&worker),
-            self.tx.clone(),
-        );
-        let span = info_span!("task", task_id = %id, worker = %worker, attempt);
-        let task_id = id.clone();
-        self.tracker.spawn(
-            async move {
-                let reason = match send_assignment(&client, subject, &assignment).await {
-                    Ok(()) => return,
-                    Err(reason) => reason,
-                };
-                let _ = tx
-                    .send(Command::AssignFailed {
-                        task_id,
-                        attempt,
-                        reason,
-                    })
-                    .await;
-            }
-            .instrument(span),
-        );
-    }
-
-    /// A worker refused an assignment or did not acknowledge it: give its slot back and queue
-    /// the task again (a refusal is not a lost attempt). If the acknowledgement was only late,
-    /// the worker may have started it, so it is told to cancel that attempt.
-    async fn on_assign_failed(&mut self, id: &TaskId, attempt: u32, reason: String) {
-        let Some(t) = self.tasks.get(id) else { return };
-        let TaskState::Assigned { worker, .. } = &t.rec.state else {
-            return;
-        };
-        if t.rec.attempt != attempt {
-            return;
-        }
-        let worker = worker.clone();
-        debug!(task_id = %id, worker = %worker, "assignment failed: {reason}");
-        self.sched.release(&worker);
-        self.send_cancel(id, &worker, attempt).await;
-        if t.cancel_requested {
-            self.finalize(id, TaskOutcome::Cancelled, None).await;
-        } else {
-            self.requeue(id, None).await;
-        }
-    }
-
     async fn on_result(&mut self, r: WorkerResult) {
         let Some(t) = self.tasks.get(&r.task_id) else {
             debug!(task_id = %r.task_id, "result for a task no longer tracked");
@@ -594,19 +441,5 @@ impl Dispatcher {
             .queue_depth
             .store(self.pending.len(), Ordering::Relaxed);
         self.counters.in_flight.store(in_flight, Ordering::Relaxed);
-    }
-}
-
-async fn send_assignment(client: &Client, subject: String, a: &Assignment) -> Result<(), String> {
-    let bytes = encode(Encoding::MsgPack, a).map_err(|e| e.to_string())?;
-    let reply = tokio::time::timeout(ASSIGN_ACK_TIMEOUT, client.request(subject, bytes.into()))
-        .await
-        .map_err(|_| "worker did not acknowledge in time".to_string())?
-        .map_err(|e| format!("worker unreachable: {e}"))?;
-    let ack: AssignAck = decode_as(Encoding::MsgPack, &reply.payload).map_err(|e| e.to_string())?;
-    if ack.accepted {
-        Ok(())
-    } else {
-        Err(format!("worker refused: {}", ack.reason))
     }
 }

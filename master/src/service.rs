@@ -342,6 +342,7 @@ pub async fn results(
     loop {
         tokio::select! {
             Some((msg, recorded)) = recording.next(), if !recording.is_empty() => {
+                // The futures pushed below are only seen further down: name their output.
                 let (msg, recorded): (async_nats::jetstream::Message, bool) = (msg, recorded);
                 if !recorded {
                     break;

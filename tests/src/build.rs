@@ -157,3 +157,40 @@ pub fn finished_stats(u: &[BuildUpdate]) -> vgas_shared::farm::BuildStats {
         other => panic!("no final update: {other:?}"),
     }
 }
+
+/// How many objects (`.o`) `outputs` lists.
+pub fn object_count(outputs: &[(std::path::PathBuf, Vec<u8>)]) -> usize {
+    outputs
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "o"))
+        .count()
+}
+
+/// A real project through `vgas build`: the cold build (`run`) puts all `units` on workers,
+/// `clean` is the project's own clean, and the rebuild takes every unit from the cache; after
+/// each, the objects and libraries under `dir` are `local`'s, byte for byte. The cold build's
+/// updates, for more checks.
+pub fn cold_then_cached(
+    dir: &Path,
+    local: &[(std::path::PathBuf, Vec<u8>)],
+    units: usize,
+    run: impl Fn() -> Vec<BuildUpdate>,
+    clean: impl Fn(),
+) -> Vec<BuildUpdate> {
+    let cold = run();
+    assert_eq!(
+        origins(&cold),
+        (units, 0, 0),
+        "every unit on a worker: {cold:?}"
+    );
+    assert_eq!(outputs(dir), local, "objects differ from a local build");
+    clean();
+    let warm = run();
+    assert_eq!(
+        origins(&warm),
+        (0, units, 0),
+        "every unit from the cache: {warm:?}"
+    );
+    assert_eq!(outputs(dir), local, "a rebuild from the cache differs");
+    cold
+}

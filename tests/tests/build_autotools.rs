@@ -9,7 +9,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use vgas_tests::build::{c_project, ok, origins, outputs, skip_without_gcc, updates};
+use vgas_tests::build::{
+    c_project, cold_then_cached, object_count, ok, outputs, skip_without_gcc, updates,
+};
 use vgas_tests::Swarm;
 
 fn make(dir: &Path, args: &[&str]) {
@@ -43,10 +45,7 @@ async fn an_autotools_project_distributes_every_unit_through_libtool() {
     // The reference: the project's own make, here, in the same tree.
     make(&dir, &["-s", "-j2"]);
     let local = outputs(&dir);
-    let units = local
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "o"))
-        .count();
+    let units = object_count(&local);
     assert!(units >= 20, "pkgconf has {units} objects");
     make(&dir, &["-s", "clean"]);
 
@@ -56,20 +55,5 @@ async fn an_autotools_project_distributes_every_unit_through_libtool() {
             .unwrap();
         updates(ok(&out))
     };
-    let cold = run();
-    assert_eq!(
-        origins(&cold),
-        (units, 0, 0),
-        "every unit on a worker: {cold:?}"
-    );
-    assert_eq!(outputs(&dir), local, "objects differ from a local build");
-
-    make(&dir, &["-s", "clean"]);
-    let warm = run();
-    assert_eq!(
-        origins(&warm),
-        (0, units, 0),
-        "every unit from the cache: {warm:?}"
-    );
-    assert_eq!(outputs(&dir), local, "a rebuild from the cache differs");
+    cold_then_cached(&dir, &local, units, run, || make(&dir, &["-s", "clean"]));
 }

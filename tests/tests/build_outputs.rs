@@ -8,8 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vgas_shared::farm::BuildUpdate;
-use vgas_tests::build::{ok, origins, skip_without_gcc, updates};
+use vgas_tests::build::{finished_stats, ok, origins, skip_without_gcc, updates};
 use vgas_tests::{repo_root, Swarm};
 
 /// The flags real projects put on every unit, none of which may keep a unit from the swarm.
@@ -63,13 +62,6 @@ fn assert_same_outputs(local: &Path, built: &Path, when: &str) {
             String::from_utf8_lossy(&want),
             String::from_utf8_lossy(&got)
         );
-    }
-}
-
-fn finished_stats(u: &[BuildUpdate]) -> vgas_shared::farm::BuildStats {
-    match u.last() {
-        Some(BuildUpdate::Finished { stats, .. }) => stats.clone(),
-        other => panic!("no final update: {other:?}"),
     }
 }
 

@@ -84,8 +84,13 @@ fn repo_root() -> PathBuf {
 }
 
 /// Every non-test Rust source of the product crates: (path relative to the root, the lines
-/// before the file's first `#[cfg(test)]`).
+/// before the file's first `#[cfg(test)]`), read once for all the tests of this file.
 fn product_sources() -> Vec<(String, Vec<String>)> {
+    static SOURCES: std::sync::OnceLock<Vec<(String, Vec<String>)>> = std::sync::OnceLock::new();
+    SOURCES.get_or_init(read_product_sources).clone()
+}
+
+fn read_product_sources() -> Vec<(String, Vec<String>)> {
     let root = repo_root();
     let mut out = Vec::new();
     let mut stack: Vec<PathBuf> = CRATES.iter().map(|c| root.join(c).join("src")).collect();

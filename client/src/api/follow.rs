@@ -115,7 +115,7 @@ pub struct Following {
     poll: Interval,
     /// Past this, the follower cancels the task and gives up; until then, a failed poll (the
     /// master restarting) is tried again at the next tick.
-    give_up: Option<Instant>,
+    give_up: Option<(Instant, Duration)>,
     /// The record said the task finished: read events until the drain window closes.
     finishing: Option<(TaskOutcome, Option<WorkerId>, Instant)>,
     done: bool,
@@ -147,7 +147,7 @@ impl Following {
     /// Gives up after `limit` from now: the task is cancelled and [`Following::next`] fails
     /// with [`NoResult`]. A follower with a limit rides out a master that does not answer.
     pub fn give_up_after(mut self, limit: Duration) -> Self {
-        self.give_up = Some(Instant::now() + limit);
+        self.give_up = Some((Instant::now() + limit, limit));
         self
     }
 
@@ -189,10 +189,10 @@ impl Following {
     }
 
     async fn poll_record(&mut self) -> Result<()> {
-        if let Some(at) = self.give_up {
+        if let Some((at, limit)) = self.give_up {
             if Instant::now() > at {
                 let _ = self.swarm.cancel(&self.id).await;
-                return Err(NoResult(at.elapsed()).into());
+                return Err(NoResult(limit).into());
             }
         }
         let query = TaskQuery {

@@ -1,0 +1,183 @@
+//! Assignment, the dispatcher's half that binds queued tasks to workers: Gatling rotation
+//! over the queue, the turn's assignment records written together, then each announced and
+//! sent (seed: `dispatch_task`), and what happens when a worker refuses or does not answer.
+
+use std::collections::VecDeque;
+
+use async_nats::Client;
+use tracing::{debug, info_span, warn, Instrument};
+use vgas_shared::codec::{decode_as, encode};
+use vgas_shared::limits::ASSIGN_ACK_TIMEOUT;
+use vgas_shared::wire::{AssignAck, Assignment, TaskEvent, TaskOutcome, TaskRecord, TaskState};
+use vgas_shared::{now_ms, Encoding, TaskId, WorkerId};
+
+use super::{Command, Dispatcher};
+use crate::scheduler::NoWorker;
+
+impl Dispatcher {
+    /// Hands queued tasks to workers while the scheduler finds room. Every assignment of the
+    /// turn is recorded at once (the writes travel together), then each is announced and
+    /// sent.
+    pub(super) async fn try_dispatch(&mut self) {
+        let mut waiting = VecDeque::new();
+        let mut assigned = Vec::new();
+        while let Some(id) = self.pending.pop_front() {
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
+            match self.sched.gatling_rotate_next(&t.rec.spec.needs) {
+                Ok(worker) => {
+                    let worker = worker.id.clone();
+                    self.bind(&id, &worker);
+                    assigned.push((id, worker));
+                }
+                Err(NoWorker::NoneCapable)
+                    if now_ms().saturating_sub(t.queued_at_ms)
+                        >= t.rec.spec.wait_for_worker().as_millis() as u64 =>
+                {
+                    let caps = &t.rec.spec.needs.capabilities;
+                    let message = if caps.is_empty() {
+                        format!(
+                            "no live worker joined within {}s",
+                            t.rec.spec.wait_for_worker().as_secs()
+                        )
+                    } else {
+                        format!(
+                            "no live worker offers capabilities {caps:?} (waited {}s)",
+                            t.rec.spec.wait_for_worker().as_secs()
+                        )
+                    };
+                    self.finalize(&id, TaskOutcome::Abandoned { message }, None)
+                        .await;
+                }
+                Err(_) => waiting.push_back(id),
+            }
+        }
+        self.pending = waiting;
+        if assigned.is_empty() {
+            return;
+        }
+        self.flush_finished().await;
+        // Every bound task is still tracked (nothing in between removes one), so records and
+        // assignments stay pair for pair.
+        let records: Vec<&TaskRecord> =
+            assigned.iter().map(|(id, _)| &self.tasks[id].rec).collect();
+        let written = self.store.put_all(&records).await;
+        for ((id, worker), w) in assigned.into_iter().zip(written) {
+            match w {
+                Ok(()) => self.dispatch_task(&id, worker).await,
+                Err(e) => {
+                    warn!(task_id = %id, "could not record assignment, will retry: {e:#}");
+                    self.unbind(&id, &worker);
+                }
+            }
+        }
+    }
+
+    /// Binds a task to `worker` in memory: its next attempt, assigned now.
+    fn bind(&mut self, id: &TaskId, worker: &WorkerId) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.rec.attempt += 1;
+            t.rec.state = TaskState::Assigned {
+                worker: worker.clone(),
+                since_ms: now_ms(),
+            };
+            t.permit = None;
+        }
+    }
+
+    /// Undoes [`Dispatcher::bind`] when the assignment could not be recorded.
+    fn unbind(&mut self, id: &TaskId, worker: &WorkerId) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.rec.attempt -= 1;
+            t.rec.state = TaskState::Queued;
+        }
+        self.sched.release(worker);
+        self.pending.push_back(id.clone());
+    }
+
+    /// Announces an assignment once it is recorded and sends it to `worker` (seed:
+    /// `dispatch_task`). The acknowledgement is awaited off the actor; a refusal comes back as
+    /// `AssignFailed`.
+    pub(super) async fn dispatch_task(&mut self, id: &TaskId, worker: WorkerId) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        let attempt = t.rec.attempt;
+        let enc = t.rec.encoding;
+        let assignment = Assignment {
+            task_id: id.clone(),
+            attempt,
+            spec: t.rec.spec.clone(),
+            encoding: enc,
+        };
+        self.emit(
+            id,
+            enc,
+            &TaskEvent::Assigned {
+                worker: worker.clone(),
+                attempt,
+            },
+        )
+        .await;
+        let (client, subject, tx) = (
+            self.client.clone(),
+            self.subjects.worker_task(&worker),
+            self.tx.clone(),
+        );
+        let span = info_span!("task", task_id = %id, worker = %worker, attempt);
+        let task_id = id.clone();
+        self.tracker.spawn(
+            async move {
+                let reason = match send_assignment(&client, subject, &assignment).await {
+                    Ok(()) => return,
+                    Err(reason) => reason,
+                };
+                let _ = tx
+                    .send(Command::AssignFailed {
+                        task_id,
+                        attempt,
+                        reason,
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// A worker refused an assignment or did not acknowledge it: give its slot back and queue
+    /// the task again (a refusal is not a lost attempt). If the acknowledgement was only late,
+    /// the worker may have started it, so it is told to cancel that attempt.
+    pub(super) async fn on_assign_failed(&mut self, id: &TaskId, attempt: u32, reason: String) {
+        let Some(t) = self.tasks.get(id) else { return };
+        let TaskState::Assigned { worker, .. } = &t.rec.state else {
+            return;
+        };
+        if t.rec.attempt != attempt {
+            return;
+        }
+        let worker = worker.clone();
+        debug!(task_id = %id, worker = %worker, "assignment failed: {reason}");
+        self.sched.release(&worker);
+        self.send_cancel(id, &worker, attempt).await;
+        if t.cancel_requested {
+            self.finalize(id, TaskOutcome::Cancelled, None).await;
+        } else {
+            self.requeue(id, None).await;
+        }
+    }
+}
+
+async fn send_assignment(client: &Client, subject: String, a: &Assignment) -> Result<(), String> {
+    let bytes = encode(Encoding::MsgPack, a).map_err(|e| e.to_string())?;
+    let reply = tokio::time::timeout(ASSIGN_ACK_TIMEOUT, client.request(subject, bytes.into()))
+        .await
+        .map_err(|_| "worker did not acknowledge in time".to_string())?
+        .map_err(|e| format!("worker unreachable: {e}"))?;
+    let ack: AssignAck = decode_as(Encoding::MsgPack, &reply.payload).map_err(|e| e.to_string())?;
+    if ack.accepted {
+        Ok(())
+    } else {
+        Err(format!("worker refused: {}", ack.reason))
+    }
+}
