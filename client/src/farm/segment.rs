@@ -115,13 +115,13 @@ pub async fn serve_hit(
     hit: super::cache::Hit,
     direct: bool,
 ) -> Result<Option<BuildOutput>> {
-    if !side_outputs.iter().all(|e| hit.entry.side.contains_key(e)) {
-        return Ok(None);
-    }
-    let side: BTreeMap<String, Vec<u8>> = side_outputs
+    let side: Option<BTreeMap<String, Vec<u8>>> = side_outputs
         .iter()
-        .map(|e| (e.clone(), hit.entry.side[e].clone().into_bytes()))
+        .map(|e| Some((e.clone(), hit.entry.side.get(e)?.clone().into_bytes())))
         .collect();
+    let Some(side) = side else {
+        return Ok(None);
+    };
     write_outputs(output, &hit.object, &side).await?;
     ctx.updates
         .send(BuildUpdate::Cached {
