@@ -98,7 +98,7 @@ pub async fn run(swarm: &Swarm, cmd: AgentCmd) -> Result<i32> {
     match cmd {
         AgentCmd::Roles => {
             for r in vgas_shared::agent::BUILTIN_ROLES {
-                println!("{r}");
+                super::print_stdout(&format!("{r}\n"))?;
             }
             Ok(0)
         }
@@ -106,9 +106,9 @@ pub async fn run(swarm: &Swarm, cmd: AgentCmd) -> Result<i32> {
             let kv = crate::agents::bucket(&swarm.client, &swarm.subjects).await?;
             let stats = crate::agents::all_stats(&kv).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&stats)?))?;
             } else {
-                print!("{}", crate::agents::render_stats(&stats));
+                super::print_stdout(&crate::agents::render_stats(&stats))?;
             }
             Ok(0)
         }

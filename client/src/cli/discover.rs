@@ -51,7 +51,7 @@ pub async fn run(conn: &Resolved, wait: std::time::Duration, json: bool) -> anyh
             .cmp(&(b.advert.mode != ClientMode::Master, &b.advert.node_id))
     });
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&list)?))?;
         return Ok(0);
     }
     println!(

@@ -13,7 +13,7 @@ pub mod wasm;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use vgas_shared::config::{CommonArgs, Role};
 use vgas_shared::TaskId;
@@ -75,6 +75,17 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Writes `text` to standard output. A reader that has gone (`vgas status --json | grep -q
+/// ...`) is not an error: there is no one left to tell.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("write to standard output"),
+    }
 }
 
 /// Runs the CLI; returns the process exit code.

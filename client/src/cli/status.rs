@@ -13,15 +13,15 @@ pub async fn run(swarm: &Swarm, json: bool) -> Result<i32> {
         .request(swarm.subjects.status(), &BTreeMap::<String, String>::new())
         .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&pulse)?);
+        super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&pulse)?))?;
         return Ok(0);
     }
-    print!("{}", render_status(&pulse));
+    super::print_stdout(&render_status(&pulse))?;
     // Agents, when any has run (`vgas agent stats --json` for the figures).
     if let Ok(kv) = crate::agents::bucket(&swarm.client, &swarm.subjects).await {
         if let Ok(stats) = crate::agents::all_stats(&kv).await {
             if !stats.is_empty() {
-                print!("agents:\n{}", crate::agents::render_stats(&stats));
+                super::print_stdout(&format!("agents:\n{}", crate::agents::render_stats(&stats)))?;
             }
         }
     }

@@ -12,9 +12,9 @@ pub async fn run(swarm: &Swarm, json: bool) -> Result<i32> {
         .request(swarm.subjects.llm_usage(), &serde_json::json!({}))
         .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{}", render_usage(&report));
+        super::print_stdout(&render_usage(&report))?;
     }
     Ok(0)
 }
