@@ -3,9 +3,7 @@
 # on this machine against a swarm of one worker (JOBS slots) started here:
 #   lua     Lua 5.4.4, its own Makefile                       make -jN linux
 #   json-c  json-c 0.16, CMake + Ninja, its own -Werror        vgas as CMAKE_C_COMPILER_LAUNCHER
-#   pkgconf pkgconf 1.8.1, autotools + libtool                ./configure CFLAGS=-O2; make -jN
-#           (CFLAGS=-O2: with autotools' default -g, a worker's object records
-#           -fdirectives-only in DW_AT_producer; see docs/build.md)
+#   pkgconf pkgconf 1.8.1, autotools + libtool                ./configure (-g -O2); make -jN
 #   pkgconf-meson  the same sources with Meson + Ninja          CC="vgas /usr/bin/gcc" (a launcher)
 # For each: a clean local build (after a warm-up), a cold vgas build (cache purged), and a
 # no-change vgas rebuild after the build system's own clean; the units distributed, and
@@ -90,7 +88,7 @@ for p in $projects; do
     pkgconf)
       system="autotools + libtool"
       dir="$work/$p"; cp -a "$src" "$dir"; b="$dir"
-      (cd "$b" && ./configure CFLAGS=-O2 >"$work/$p.configure.log" 2>&1) || die "$p: configure failed (see $work/$p.configure.log)"
+      (cd "$b" && ./configure >"$work/$p.configure.log" 2>&1) || die "$p: configure failed (see $work/$p.configure.log)"
       clean() { make -s -C "$b" clean >/dev/null; }
       local_build() { make -s -C "$b" -j"$jobs" >/dev/null 2>&1; }
       vgas_build() { (cd "$b" && "$bin/vgas" build --json -- make -j"$jobs") >"$1" 2>>"$work/$p.err"; }

@@ -14,8 +14,10 @@ use crate::error::VgaError;
 use crate::ids::{TaskId, WorkerId};
 use crate::names::{check_module_ref, check_relative_path};
 
+pub mod command;
 pub mod diagnostics;
 pub mod plan;
+pub mod reparse;
 pub mod step;
 pub use diagnostics::{parse_diagnostics, Diagnostic, DiagnosticReport};
 pub use plan::{

@@ -9,12 +9,15 @@
 //! shipped in the task's `files` sit at their relative paths, so diagnostics quote source lines
 //! as a local compile would; the input is `vgas-segment.i` (`.ii` for C++) there, and debug
 //! info names the submitter's directory (`-fdebug-prefix-map`) instead of the task directory.
+//! Preprocessed text is compiled as ordinary source where it can be
+//! ([`vgas_shared::farm::reparse`]), so that even `DW_AT_producer` is a local compile's.
 
 use std::path::Path;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
-use vgas_shared::farm::{side_output_name, CompileSpec, Language};
+use vgas_shared::farm::command::{compile_argv, compile_input, input_file};
+use vgas_shared::farm::{side_output_name, CompileSpec};
 use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
 use vgas_shared::wire::{CompileTask, TaskOutcome};
 
@@ -39,14 +42,6 @@ pub fn sources_bucket(js: async_nats::jetstream::Context, bucket: String) -> Obj
         bucket,
         what: "source",
         max_bytes: MAX_SOURCE_BYTES as u64,
-    }
-}
-
-/// The input file's name for `language`.
-pub fn input_file(language: Language) -> &'static str {
-    match language {
-        Language::C => "vgas-segment.i",
-        Language::Cxx => "vgas-segment.ii",
     }
 }
 
@@ -128,8 +123,9 @@ impl<S: ModuleSource> Compiler<'_, S> {
                 f.path()
             ));
         }
+        let (source, primary) = compile_input(c, source);
         let extra = [(input, source)];
-        let command = |cwd: &Path| compile_argv(&compiler.path, c, cwd);
+        let command = |cwd: &Path| compile_argv(&compiler.path, c, cwd, primary.as_deref());
         let native = NativeJob {
             command: &command,
             env: &task.env,
@@ -209,58 +205,6 @@ fn in_workdir(workdir: &str, name: &str) -> String {
 /// `s` escaped for the inside of a C string literal.
 fn c_string_body(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-/// The compiler's argv when it runs in `cwd`: `<compiler> -x <lang> [-fpreprocessed
-/// -fdirectives-only] <args> [-fdebug-prefix-map=<cwd>=<compile.cwd>] -c <input> -o
-/// vgas-segment.o`.
-pub fn compile_argv(compiler: &Path, c: &CompileSpec, cwd: &Path) -> Vec<String> {
-    let mut argv = vec![
-        compiler.display().to_string(),
-        "-x".into(),
-        c.language.x_arg().into(),
-    ];
-    if c.preprocessed {
-        argv.extend(["-fpreprocessed".into(), "-fdirectives-only".into()]);
-    }
-    argv.extend(c.args.iter().cloned());
-    if !c.cwd.is_empty() {
-        let here = cwd.display().to_string();
-        // The compiler splits the map at its first '=': a directory holding one cannot be
-        // mapped, and its debug info then names the task directory.
-        if here.contains('=') {
-            tracing::warn!(dir = %here, "cannot map a directory with '=' in debug info");
-        } else {
-            // Last, so it wins for this directory; mapped to what the user's own maps make of
-            // the submitter's directory, as a local compile's debug info says.
-            argv.push(format!(
-                "-fdebug-prefix-map={here}={}",
-                remap_as_gcc(&c.cwd, &c.args)
-            ));
-        }
-    }
-    argv.extend([
-        "-c".into(),
-        input_file(c.language).into(),
-        "-o".into(),
-        OBJECT_FILE.into(),
-    ]);
-    argv
-}
-
-/// What GCC's debug prefix maps in `args` (`-fdebug-prefix-map=OLD=NEW`,
-/// `-ffile-prefix-map=OLD=NEW`) make of `path`: the last map whose OLD is a prefix of it
-/// wins, and only once.
-fn remap_as_gcc(path: &str, args: &[String]) -> String {
-    args.iter()
-        .rev()
-        .filter_map(|a| {
-            a.strip_prefix("-fdebug-prefix-map=")
-                .or_else(|| a.strip_prefix("-ffile-prefix-map="))
-        })
-        .filter_map(|m| m.split_once('='))
-        .find_map(|(old, new)| path.strip_prefix(old).map(|rest| format!("{new}{rest}")))
-        .unwrap_or_else(|| path.to_owned())
 }
 
 /// The object and the side outputs (`vgas-segment.su`...) the compiler left in `workdir`, as

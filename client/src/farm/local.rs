@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use vgas_shared::farm::CompileSpec;
+use vgas_shared::farm::command::{compile_argv, compile_input, input_file};
+use vgas_shared::farm::{side_output_name, CompileSpec, SEGMENT_OBJECT};
 
 /// The directory of masquerade links, skipped when the real compiler is looked up.
 pub const ENV_WRAPPER_DIR: &str = "VGAS_WRAPPER_DIR";
@@ -116,23 +117,22 @@ impl LocalCompile {
                     bail!("cannot compile here: the source is in the sources bucket");
                 };
                 let dir = tempfile::tempdir().context("temporary directory")?;
-                let input = dir.path().join(match spec.language {
-                    vgas_shared::farm::Language::C => "segment.c",
-                    vgas_shared::farm::Language::Cxx => "segment.cc",
-                });
-                std::fs::write(&input, source).context("write the source")?;
-                let mut args = vec!["-x".to_owned(), spec.language.x_arg().to_owned()];
-                if spec.preprocessed {
-                    args.extend(["-fpreprocessed".into(), "-fdirectives-only".into()]);
+                let (text, primary) = compile_input(spec, source);
+                std::fs::write(dir.path().join(input_file(spec.language)), text)
+                    .context("write the source")?;
+                let argv = compile_argv(compiler, spec, dir.path(), primary.as_deref());
+                let result = run_captured(compiler, &argv[1..], dir.path(), &None).await?;
+                if result.exit_code == 0 {
+                    let mut written = vec![(SEGMENT_OBJECT.to_owned(), output.to_path_buf())];
+                    for ext in &spec.side_outputs {
+                        written.push((side_output_name(ext), output.with_extension(ext)));
+                    }
+                    for (from, to) in written {
+                        std::fs::copy(dir.path().join(from), &to)
+                            .with_context(|| format!("write {}", to.display()))?;
+                    }
                 }
-                args.extend(spec.args.iter().cloned());
-                args.extend([
-                    "-c".into(),
-                    input.display().to_string(),
-                    "-o".into(),
-                    output.display().to_string(),
-                ]);
-                run_captured(compiler, &args, dir.path(), &None).await
+                Ok(result)
             }
         }
     }
