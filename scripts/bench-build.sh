@@ -263,7 +263,7 @@ start_workers() {
   for ((i = 1; i <= n; i++)); do
     if [ "$in_ns" = 1 ] && [ "$i" -gt 1 ]; then
       make_host_ns "$i"
-      (cd "$work/swarm" && exec ip netns exec "$host_ns" "$vgas_bin/vgas-worker" --id "bench-w$i" --slots "$slots") >"$logs/vgas-worker-$n-$i.log" 2>&1 &
+      (cd "$work/swarm" && VGAS_HOST_ID="bench-host-$i" exec ip netns exec "$host_ns" "$vgas_bin/vgas-worker" --id "bench-w$i" --slots "$slots") >"$logs/vgas-worker-$n-$i.log" 2>&1 &
     else
       (cd "$work/swarm" && exec "$vgas_bin/vgas-worker" --id "bench-w$i" --slots "$slots") >"$logs/vgas-worker-$n-$i.log" 2>&1 &
     fi

@@ -75,10 +75,10 @@ set +e
 echo "vgas submit exited with $?"
 set -e
 
-step "vgas build -- make: a C project's units compile on the workers, the link runs here"
+step "vgas build -- make: a C project's units compile on the workers, the link runs here (VGAS_IN_PLACE=0: with every worker on this one machine, vgas would otherwise compile them in place)"
 build_dir=$(mktemp -d)
 cp -r tests/c/calc/. "$build_dir"
-(cd "$build_dir" && "$bin/vgas" build --stats -- make -j4 && ./app)
+(cd "$build_dir" && VGAS_IN_PLACE=0 "$bin/vgas" build --stats -- make -j4 && ./app)
 step "make clean, then the same build again: every unit comes from the swarm-wide cache"
 (cd "$build_dir" && make -s clean && "$bin/vgas" build -- make -j4 && ./app)
 rm -rf "$build_dir"

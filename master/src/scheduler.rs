@@ -345,6 +345,7 @@ impl AgentScheduler {
                     pulse.live.push(NodeStatus {
                         id: e.id.clone(),
                         hostname: hb.hostname.clone(),
+                        host: hb.host.clone(),
                         slots: e.slots.load(Ordering::Acquire),
                         free_slots: hb.free_slots,
                         in_flight: e.in_flight(),

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vgas_shared::codec::{decode_as, encode, Reply};
 use vgas_shared::config::{Credentials, Role};
+use vgas_shared::host::ENV_HOST_ID;
 use vgas_shared::wire::{SubmitReply, SwarmPulse, TaskEvent, TaskSpec};
 use vgas_shared::{Encoding, Subjects, TaskId};
 
@@ -35,6 +36,11 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("repo root")
         .to_path_buf()
+}
+
+/// The host id a test worker `id` runs under: each is a host of its own, as on a LAN.
+pub fn simulated_host(id: &str) -> String {
+    format!("simulated-{id}")
 }
 
 /// A built binary of the workspace: from `VGAS_BIN_DIR` when set (benchmarks use release
@@ -404,19 +410,29 @@ impl Swarm {
         self.spawn("master", "vgas-master", extra, &[])
     }
 
-    /// Starts `vgas-worker` with this id and slot count.
+    /// Starts `vgas-worker` with this id and slot count, as a host of its own (its own
+    /// `VGAS_HOST_ID`), as on a LAN: a build sends it units instead of compiling them in place.
     pub fn worker(&mut self, id: &str, slots: usize, extra: &[&str]) -> Result<Proc> {
         let slots = slots.to_string();
         let mut args = vec!["--id", id, "--slots", &slots];
         args.extend_from_slice(extra);
-        self.spawn(id, "vgas-worker", &args, &[])
+        let host = simulated_host(id);
+        self.spawn(id, "vgas-worker", &args, &[(ENV_HOST_ID, &host)])
     }
 
-    /// Starts `vgas-worker --id ID EXTRA...` at `place`.
+    /// Starts `vgas-worker` with this id and slot count as what it is: a worker on the
+    /// submitter's own host (a build compiles in place what only it could take).
+    pub fn worker_on_this_host(&mut self, id: &str, slots: usize) -> Result<Proc> {
+        let slots = slots.to_string();
+        self.spawn(id, "vgas-worker", &["--id", id, "--slots", &slots], &[])
+    }
+
+    /// Starts `vgas-worker --id ID EXTRA...` at `place`, a host of its own as in [`Swarm::worker`].
     pub fn worker_at(&mut self, place: Placement<'_>, id: &str, extra: &[&str]) -> Result<Proc> {
         let mut args = vec!["--id", id];
         args.extend_from_slice(extra);
-        self.spawn_at(place, id, "vgas-worker", &args, &[])
+        let host = simulated_host(id);
+        self.spawn_at(place, id, "vgas-worker", &args, &[(ENV_HOST_ID, &host)])
     }
 
     /// Runs the `vgas` CLI to completion with the client's credentials.

@@ -131,6 +131,7 @@ impl Worker {
         let beat_template = Heartbeat {
             worker: Some(cfg.id.clone()),
             hostname: probe::hostname(),
+            host: vgas_shared::host::host_id(),
             slots: cfg.slots,
             cpus: probe::cpus(),
             memory_mb: probe::memory_mb(),

@@ -153,6 +153,7 @@ async fn context(
         segment_deadline: Duration::from_secs(args.segment_deadline),
         tasks: tasks.clone(),
         write_behind,
+        placement: super::placement::Placement::from_env(),
     }
 }
 

@@ -96,6 +96,8 @@ pub struct BuildContext {
     /// Cache writes run on `tasks` after the unit has answered (`vgas build`'s helper, which
     /// waits for them before it exits); false: awaited in line (a wrapper on its own).
     pub write_behind: bool,
+    /// Whether a unit no other host could take compiles in place, here.
+    pub placement: super::placement::Placement,
 }
 
 impl BuildContext {

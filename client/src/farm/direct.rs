@@ -123,6 +123,8 @@ pub struct Direct {
     key: String,
     cwd: PathBuf,
     deps_file: Option<String>,
+    /// The dependency file lists every file read (`-MD`, not `-MMD`).
+    deps_complete: bool,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -198,6 +200,10 @@ impl Direct {
             key: format!("direct.{}", hex::encode(h.finalize())),
             cwd: cwd.to_owned(),
             deps_file: deps_file(job),
+            deps_complete: !job
+                .preprocess_args()
+                .iter()
+                .any(|a| a == "-MMD" || (a.starts_with("-Wp,") && a.contains("-MMD"))),
         })
     }
 
@@ -242,10 +248,23 @@ impl Direct {
             .into_iter()
             .map(|(name, _)| name)
             .collect();
+        if let Some(read) = self.files_read(names, started, hashes).await {
+            cache.put_manifest(&self.key, &read.manifest(key)).await;
+        }
+    }
+
+    /// The files a unit read (`names`, relative to its directory or absolute) with their
+    /// hashes, and its dependency file; `None` when one cannot be read, uses a volatile macro,
+    /// or was modified since `started`.
+    pub async fn files_read(
+        &self,
+        names: Vec<String>,
+        started: SystemTime,
+        hashes: &FileHashes,
+    ) -> Option<FilesRead> {
         let (cwd, deps_file) = (self.cwd.clone(), self.deps_file.clone());
         let hashes = hashes.clone();
-        let key = key.to_owned();
-        let manifest = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             if names.len() > MAX_MANIFEST_FILES {
                 return None;
             }
@@ -262,15 +281,110 @@ impl Direct {
                 Some(p) => Some((p.clone(), std::fs::read_to_string(cwd.join(&p)).ok()?)),
                 None => None,
             };
-            Some(Manifest { key, files, deps })
+            Some(FilesRead { files, deps })
         })
         .await
         .ok()
-        .flatten();
-        if let Some(m) = manifest {
-            cache.put_manifest(&self.key, &m).await;
+        .flatten()
+    }
+
+    /// A cache key for a unit compiled without preprocessing (ccache's depend mode): this
+    /// direct key and every file the unit read, with its hash. It names the same object
+    /// whenever those bytes are the same, as the preprocessed text's key would.
+    pub fn depend_key(&self, read: &FilesRead) -> String {
+        let mut h = Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        field(b"vgas-depend-1");
+        field(self.key.as_bytes());
+        for (path, sha) in &read.files {
+            field(path.as_bytes());
+            field(sha.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Stores the manifest naming `key` for what `read` lists.
+    pub async fn put(&self, cache: &BuildCache, key: &str, read: &FilesRead) {
+        cache.put_manifest(&self.key, &read.manifest(key)).await;
+    }
+
+    /// The dependency file the unit writes (relative to its directory), and whether it lists
+    /// every file read (`-MD`; `-MMD` leaves system headers out).
+    pub fn deps_file(&self) -> Option<(&str, bool)> {
+        self.deps_file.as_deref().map(|f| (f, self.deps_complete))
+    }
+}
+
+/// What a unit read, for its manifest.
+#[derive(Debug, Clone)]
+pub struct FilesRead {
+    /// Absolute path and SHA-256 of every file.
+    files: Vec<(String, String)>,
+    /// The unit's own dependency file and its text, written back on a hit.
+    deps: Option<(String, String)>,
+}
+
+impl FilesRead {
+    fn manifest(&self, key: &str) -> Manifest {
+        Manifest {
+            key: key.to_owned(),
+            files: self.files.clone(),
+            deps: self.deps.clone(),
         }
     }
+}
+
+/// The prerequisites of the first rule of a Makefile dependency file as GCC writes it
+/// (`obj.o: a.c b.h \` continued over lines, `\ ` for a space, `$$` for `$`); later rules
+/// (`-MP`'s empty ones) are ignored. `None` when the text has no rule.
+pub fn dependencies(text: &str) -> Option<Vec<String>> {
+    let mut rule = String::new();
+    for line in text.lines() {
+        match line.strip_suffix('\\') {
+            Some(cont) => {
+                rule.push_str(cont);
+                rule.push(' ');
+            }
+            None => {
+                rule.push_str(line);
+                break;
+            }
+        }
+    }
+    // The targets end at the first ':' followed by a blank or the end.
+    let bytes = rule.as_bytes();
+    let colon = (0..bytes.len())
+        .find(|&i| bytes[i] == b':' && bytes.get(i + 1).is_none_or(|b| b.is_ascii_whitespace()))?;
+    let mut deps = Vec::new();
+    let mut word = String::new();
+    let mut chars = rule[colon + 1..].chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars
+                .peek()
+                .is_some_and(|n| *n == ' ' || *n == '#' || *n == '\\') =>
+            {
+                word.push(chars.next().unwrap_or(' '));
+            }
+            '$' if chars.peek() == Some(&'$') => {
+                chars.next();
+                word.push('$');
+            }
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    deps.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        deps.push(word);
+    }
+    Some(deps)
 }
 
 #[cfg(test)]
@@ -336,5 +450,18 @@ mod tests {
         assert_eq!(d.deps_file.as_deref(), Some("a.dep"));
         let d = Direct::new("id", &job("-c d.c -o d.o"), dir.path(), &None, &h).unwrap();
         assert_eq!(d.deps_file, None);
+    }
+
+    #[test]
+    fn dependency_files_are_read_as_make_reads_them() {
+        let text = "obj/a.o: a.c /usr/include/stdio.h \\\n inc/my\\ file.h dir/$$x.h\n\ninc/my\\ file.h:\n";
+        assert_eq!(
+            dependencies(text).unwrap(),
+            ["a.c", "/usr/include/stdio.h", "inc/my file.h", "dir/$x.h"]
+        );
+        // Several targets (-MT twice), and a target with a colon of its own.
+        assert_eq!(dependencies("a.o b.o: a.c\n").unwrap(), ["a.c"]);
+        assert_eq!(dependencies("c:/x.o: x.c\n").unwrap(), ["x.c"]);
+        assert_eq!(dependencies("no rule here\n"), None);
     }
 }

@@ -21,7 +21,7 @@ use super::remote::{remote, Remote};
 /// minute; past this the worker kills it and the segment is tried again elsewhere.
 pub const DEFAULT_SEGMENT_DEADLINE: Duration = Duration::from_secs(300);
 
-fn cut(mut s: String) -> String {
+pub(super) fn cut(mut s: String) -> String {
     if s.len() > MAX_UPDATE_DIAGNOSTICS {
         let mut n = MAX_UPDATE_DIAGNOSTICS;
         while !s.is_char_boundary(n) {
@@ -81,7 +81,10 @@ async fn write_outputs(
 }
 
 /// The side outputs a local compile wrote beside `output`; `None` when one is missing.
-async fn read_side_outputs(output: &Path, exts: &[String]) -> Option<BTreeMap<String, Vec<u8>>> {
+pub(super) async fn read_side_outputs(
+    output: &Path,
+    exts: &[String],
+) -> Option<BTreeMap<String, Vec<u8>>> {
     let mut side = BTreeMap::new();
     for ext in exts {
         let bytes = tokio::fs::read(side_output_path(output, ext)).await.ok()?;

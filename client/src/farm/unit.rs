@@ -14,6 +14,7 @@ use vgas_shared::farm::{side_outputs_of, CompilerIdentity};
 
 use super::args::CompileJob;
 use super::direct::{Direct, FileHashes};
+use super::in_place::InPlace;
 use super::local::{CompilerEnv, LocalCompile};
 use super::prepare::{prepare, Prepared};
 use super::segment::{compile_segment, serve_hit, BuildContext};
@@ -94,6 +95,19 @@ pub async fn compile_unit(
                     });
                 }
             }
+        }
+    }
+    let tag = vgas_shared::farm::compiler_tag(&identity.hash);
+    if let Some(reason) = u.ctx.placement.here_reason(&u.ctx.swarm, &tag).await {
+        let here = InPlace {
+            compiler,
+            cwd,
+            args,
+            env: &env,
+            reason,
+        };
+        if let Some(done) = here.compile(u, &job, direct.as_ref()).await? {
+            return Ok(done);
         }
     }
     let local = LocalCompile::Command {

@@ -265,6 +265,7 @@ async fn distribute(
         segment_deadline: segment_deadline_from_env(),
         tasks: tokio_util::task::TaskTracker::new(),
         write_behind: false,
+        placement: super::placement::Placement::from_env(),
         conn,
     };
     let (hashes, identities) = (FileHashes::uncached(), Identities::default());

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use vgas_client::farm::placement::Placement;
 use vgas_client::toolchain::which;
 use vgas_shared::codec::{decode, encode, encode_error};
 use vgas_shared::config::Resolved;
@@ -193,6 +194,7 @@ async fn run_plan(
         segment_deadline: DEFAULT_SEGMENT_DEADLINE,
         tasks,
         write_behind: false,
+        placement: Placement::off(),
     };
     let result = run_plan_inner(&ctx, &build_id, &plan, &identity).await;
     let finished = match result {

@@ -28,6 +28,9 @@ pub struct Heartbeat {
     pub worker: Option<WorkerId>,
     pub seq: u64,
     pub hostname: String,
+    /// Which machine's CPUs the worker runs on ([`crate::host::host_id`]): a build compiles
+    /// in place when no worker on another host offers its compiler.
+    pub host: String,
     pub slots: usize,
     pub free_slots: usize,
     /// Attempts running now (task id, attempt), for operators and tools; the master itself
@@ -51,6 +54,9 @@ pub struct Heartbeat {
 pub struct NodeStatus {
     pub id: WorkerId,
     pub hostname: String,
+    /// The worker's host id (see [`Heartbeat::host`]).
+    #[serde(default)]
+    pub host: String,
     pub slots: usize,
     pub free_slots: usize,
     pub in_flight: usize,
