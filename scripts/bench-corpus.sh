@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
 # The build farm on a corpus of real projects, each built by its own build system, in one run
-# on this machine against a swarm of one worker (JOBS slots) started here:
-#   lua     Lua 5.4.4, its own Makefile                       make -jN linux
-#   json-c  json-c 0.16, CMake + Ninja, its own -Werror        vgas as CMAKE_C_COMPILER_LAUNCHER
-#   pkgconf pkgconf 1.8.1, autotools + libtool                ./configure (-g -O2); make -jN
-#   pkgconf-meson  the same sources with Meson + Ninja          CC="vgas /usr/bin/gcc" (a launcher)
-# For each: a clean local build (after a warm-up), a cold vgas build (cache purged), and a
-# no-change vgas rebuild after the build system's own clean; the units distributed, and
-# whether every object is byte-identical to the local build's. Prints a Markdown table.
+# on this machine, next to a plain local build, ccache and distcc:
+#   lua            Lua 5.4.4, its own Makefile                 make -jN linux
+#   json-c         json-c 0.16, CMake + Ninja, its own -Werror  wrappers as CMAKE_C_COMPILER_LAUNCHER
+#   pkgconf        pkgconf 1.8.1, autotools + libtool          ./configure (-g -O2); make -jN CC=...
+#   pkgconf-meson  the same sources with Meson + Ninja          CC="<wrapper> /usr/bin/gcc"
+#   leveldb        LevelDB 1.23 (C++), CMake + Ninja, Release  CMAKE_CXX_COMPILER_LAUNCHER
+# For each: a clean local build (after a warm-up); ccache cold (emptied) and after the build
+# system's clean; distcc cold (a distccd on 127.0.0.1 with N jobs); vgas cold (cache purged)
+# with its one worker as another host (VGAS_HOST_ID: the units go to it, as on a LAN), vgas's
+# no-change rebuild after clean, and vgas cold on one machine (the worker on the submitter's
+# own host: units compile in place); the units distributed, and whether every object of
+# the vgas builds is byte-identical to the local build's. Prints a Markdown table.
 #
 #   scripts/bench-corpus.sh                 # JOBS = nproc
 #   JOBS=4 PROJECTS="json-c" scripts/bench-corpus.sh
 #
-# Release binaries (cargo build --release --workspace --bins, or VGAS_BIN_DIR). Every
-# process it starts is stopped on exit.
+# Release binaries (cargo build --release --workspace --bins, or VGAS_BIN_DIR). Installs
+# ccache and distcc with apt-get when missing. Every process it starts is stopped on exit.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${JOBS:-$(nproc)}
-projects=${PROJECTS:-lua json-c pkgconf pkgconf-meson}
+projects=${PROJECTS:-lua json-c pkgconf pkgconf-meson leveldb}
 bin=${VGAS_BIN_DIR:-$root/target/release}
 say() { echo "bench-corpus: $*" >&2; }
 die() { say "$*"; exit 1; }
 for b in vgas vgas-master vgas-worker; do [ -x "$bin/$b" ] || die "no $bin/$b: cargo build --release --workspace --bins"; done
 "$root/scripts/ensure-tools.sh"
+for t in ccache distcc; do
+  command -v "$t" >/dev/null 2>&1 && continue
+  say "installing $t (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$t" >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$t" >/dev/null; } \
+    || die "could not install $t"
+done
 # shellcheck disable=SC1091
 source "$root/.tools/env"
 
@@ -48,7 +59,15 @@ export VGAS_STATE_DIR="$state" VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_NO_MD
 (cd "$swarm" && exec "$NATS_SERVER_BIN" -c nats.conf -a 127.0.0.1 -p "$port" -m "$mport") >"$work/nats.log" 2>&1 & pids+=($!)
 sleep 1
 "$bin/vgas-master" >"$work/master.log" 2>&1 & pids+=($!)
-"$bin/vgas-worker" --slots "$jobs" --id w1 >"$work/worker.log" 2>&1 & pids+=($!)
+# The worker is another host as far as builds can tell (its own host id); `one_machine` below
+# gives the submitter the same id, and the units compile in place.
+worker_host=bench-corpus-worker
+VGAS_HOST_ID=$worker_host "$bin/vgas-worker" --slots "$jobs" --id w1 >"$work/worker.log" 2>&1 & pids+=($!)
+dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+distccd --daemon --no-detach --allow 127.0.0.1 --listen 127.0.0.1 --port "$dport" --jobs "$jobs" \
+  --log-stderr --log-level warning 2>"$work/distccd.log" & pids+=($!)
+export DISTCC_HOSTS="127.0.0.1:$dport/$jobs" DISTCC_DIR="$work/distcc-state" DISTCC_FALLBACK=0
+export CCACHE_DIR="$work/ccache" CCACHE_MAXSIZE=5G
 for _ in $(seq 50); do
   "$bin/vgas" status --json 2>/dev/null | grep -q '"w1"' && break
   sleep 0.2
@@ -67,65 +86,87 @@ print(fin[-1]["stats"]["remote"] if fin else 0)' "$1"; }
 rows=()
 for p in $projects; do
   src=$("$root/scripts/fetch-c-project.sh" "${p%-meson}" | tail -n1)
+  dir="$work/$p"
+  # setup WRAP: a tree ready to build with WRAP ("", ccache, distcc or vgas) in front of the
+  # compiler; build [CMD...]: the build, run under CMD (vgas build -- for vgas); clean.
   case "$p" in
     lua)
       system="Makefile"
-      dir="$work/$p"; cp -a "$src" "$dir"; b="$dir/src"
-      clean() { make -s -C "$b" clean >/dev/null; }
-      local_build() { make -s -C "$b" -j"$jobs" linux >/dev/null 2>&1; }
-      vgas_build() { (cd "$b" && "$bin/vgas" build --json -- make -j"$jobs" linux) >"$1" 2>>"$work/$p.err"; }
-      setup_vgas() { :; } ;;
-    json-c)
-      system="CMake + Ninja, -Werror"
-      dir="$work/$p"; b="$dir/build"
-      configure() { "$VGAS_CMAKE" -S "$src" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
-                      -DCMAKE_MAKE_PROGRAM="$VGAS_NINJA" "$@" >/dev/null; }
-      mkdir -p "$dir"; configure
-      clean() { "$VGAS_NINJA" -C "$b" -t clean >/dev/null; }
-      local_build() { "$VGAS_NINJA" -C "$b" -j"$jobs" >/dev/null; }
-      vgas_build() { (cd "$b" && "$bin/vgas" build --json -- "$VGAS_NINJA" -j"$jobs") >"$1" 2>>"$work/$p.err"; }
-      setup_vgas() { rm -rf "$b"; configure -DCMAKE_C_COMPILER_LAUNCHER="$bin/vgas"; } ;;
+      cp -a "$src" "$dir"; b="$dir/src"
+      setup() { wrap="$1"; }
+      build() { local cc=(); [ -n "$wrap" ] && [ "$wrap" != vgas ] && cc=("CC=$wrap gcc -std=gnu99")
+                (cd "$b" && "$@" make -s -j"$jobs" linux "${cc[@]}" >/dev/null 2>&1); }
+      clean() { make -s -C "$b" clean >/dev/null; } ;;
+    json-c|leveldb)
+      if [ "$p" = json-c ]; then system="CMake + Ninja, -Werror"; lang=C
+        opts=(-DBUILD_TESTING=OFF)
+      else system="CMake + Ninja, C++"; lang=CXX
+        opts=(-DLEVELDB_BUILD_TESTS=OFF -DLEVELDB_BUILD_BENCHMARKS=OFF -DLEVELDB_INSTALL=OFF)
+      fi
+      b="$dir/build"; mkdir -p "$dir"
+      setup() { local l=(); rm -rf "$b"
+                case "$1" in vgas) l=("-DCMAKE_${lang}_COMPILER_LAUNCHER=$bin/vgas") ;; ?*) l=("-DCMAKE_${lang}_COMPILER_LAUNCHER=$1") ;; esac
+                "$VGAS_CMAKE" -S "$src" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release "${opts[@]}" \
+                  -DCMAKE_MAKE_PROGRAM="$VGAS_NINJA" "${l[@]}" >"$work/$p.cmake.log" 2>&1 || die "$p: cmake failed"; }
+      build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >/dev/null); }
+      clean() { "$VGAS_NINJA" -C "$b" -t clean >/dev/null; } ;;
     pkgconf)
       system="autotools + libtool"
-      dir="$work/$p"; cp -a "$src" "$dir"; b="$dir"
+      cp -a "$src" "$dir"; b="$dir"
       (cd "$b" && ./configure >"$work/$p.configure.log" 2>&1) || die "$p: configure failed (see $work/$p.configure.log)"
-      clean() { make -s -C "$b" clean >/dev/null; }
-      local_build() { make -s -C "$b" -j"$jobs" >/dev/null 2>&1; }
-      vgas_build() { (cd "$b" && "$bin/vgas" build --json -- make -j"$jobs") >"$1" 2>>"$work/$p.err"; }
-      setup_vgas() { :; } ;;
+      setup() { wrap="$1"; }
+      build() { local cc=(); [ -n "$wrap" ] && [ "$wrap" != vgas ] && cc=("CC=$wrap gcc")
+                (cd "$b" && "$@" make -s -j"$jobs" "${cc[@]}" >/dev/null 2>&1); }
+      clean() { make -s -C "$b" clean >/dev/null; } ;;
     pkgconf-meson)
       system="Meson + Ninja"
-      dir="$work/$p"; cp -a "$src" "$dir"; b="$dir/build"
+      cp -a "$src" "$dir"; b="$dir/build"
       cc=$(command -v gcc)
-      meson_setup() { (cd "$dir" && PATH="$(dirname "$VGAS_NINJA"):$PATH" CC="$*" "$VGAS_MESON" setup build \
-                        -Dbuildtype=release -Dtests=false >"$work/$p.setup.log" 2>&1) || die "$p: meson setup failed"; }
-      meson_setup "$cc"
-      clean() { "$VGAS_NINJA" -C "$b" -t clean >/dev/null; }
-      local_build() { "$VGAS_NINJA" -C "$b" -j"$jobs" >/dev/null; }
-      vgas_build() { (cd "$b" && "$bin/vgas" build --json -- "$VGAS_NINJA" -j"$jobs") >"$1" 2>>"$work/$p.err"; }
-      setup_vgas() { rm -rf "$b"; meson_setup "$bin/vgas $cc"; } ;;
+      setup() { local w="$1"; [ "$w" = vgas ] && w="$bin/vgas"; rm -rf "$b"
+                (cd "$dir" && PATH="$(dirname "$VGAS_NINJA"):$PATH" CC="${w:+$w }$cc" "$VGAS_MESON" setup build \
+                  -Dbuildtype=release -Dtests=false >"$work/$p.setup.log" 2>&1) || die "$p: meson setup failed"; }
+      build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >/dev/null); }
+      clean() { "$VGAS_NINJA" -C "$b" -t clean >/dev/null; } ;;
     *) die "unknown project $p" ;;
   esac
+  timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
+  vgas_json() { local out="$1"; shift; "$bin/vgas" build --json -- "$@" >"$out" 2>>"$work/$p.err"; }
+
   say "$p: warm-up and clean local build"
-  local_build; clean
-  t0=$(now); local_build; t1=$(now)
-  local_s=$(secs "$t0" "$t1"); local_sum=$(objects_sum "$b"); units=$(units_of "$b")
-  clean; setup_vgas
+  setup ""; build; clean
+  local_s=$(timed build); local_sum=$(objects_sum "$b"); units=$(units_of "$b")
+
+  say "$p: ccache cold, then after clean"
+  clean; setup ccache; ccache -C >/dev/null; ccache -z >/dev/null
+  ccache_cold=$(timed build); clean
+  ccache_warm=$(timed build)
+
+  say "$p: distcc cold"
+  clean; setup distcc
+  distcc_s=$(timed build)
+
+  say "$p: vgas cold (the worker is another host), then after clean"
+  clean; setup vgas
   "$bin/vgas" build --purge-cache >/dev/null 2>&1
-  say "$p: cold vgas build"
-  t0=$(now); vgas_build "$work/$p.cold.json"; t1=$(now)
-  cold_s=$(secs "$t0" "$t1"); remote=$(remote_of "$work/$p.cold.json"); cold_sum=$(objects_sum "$b")
+  cold_s=$(timed build vgas_json "$work/$p.cold.json")
+  remote=$(remote_of "$work/$p.cold.json"); cold_sum=$(objects_sum "$b")
   clean
-  say "$p: no-change vgas rebuild after clean"
-  t0=$(now); vgas_build "$work/$p.warm.json"; t1=$(now)
-  warm_s=$(secs "$t0" "$t1"); warm_sum=$(objects_sum "$b")
-  same=no; [ "$local_sum" = "$cold_sum" ] && [ "$local_sum" = "$warm_sum" ] && same=yes
+  warm_s=$(timed build vgas_json "$work/$p.warm.json"); warm_sum=$(objects_sum "$b")
+
+  say "$p: vgas cold on one machine (in place)"
+  clean; "$bin/vgas" build --purge-cache >/dev/null 2>&1
+  export VGAS_HOST_ID=$worker_host   # the submitter on the worker's host
+  one_s=$(timed build vgas_json "$work/$p.one.json"); one_sum=$(objects_sum "$b")
+  unset VGAS_HOST_ID
+
+  same=no
+  [ "$local_sum" = "$cold_sum" ] && [ "$local_sum" = "$warm_sum" ] && [ "$local_sum" = "$one_sum" ] && same=yes
   pct=$(python3 -c "print(f'{100*$remote/$units:.0f}%' if $units else '-')")
-  speedup=$(python3 -c "print(f'{$local_s/$warm_s:.1f}x')")
-  rows+=("| $p | $system | $units | $pct | $local_s s | $cold_s s | $warm_s s ($speedup) | $same |")
+  x() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_s s ($(x "$distcc_s" "$local_s")) | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
 done
 
-echo "| project | build system | units | distributed (cold) | clean local build | vgas cold | vgas no-change rebuild after clean | objects identical to local |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| project | build system | units | distributed (vgas cold) | clean local build | ccache cold / after clean | distcc cold (to local) | vgas cold, worker as another host (to local) | vgas after clean | vgas cold, one machine: in place (to local) | vgas objects identical to local |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
-echo "(JOBS=$jobs, one worker with $jobs slots on this machine, $(nproc) cores)"
+echo "(JOBS=$jobs; one vgas worker and one distccd, each $jobs slots, on this machine; $(nproc) cores)"

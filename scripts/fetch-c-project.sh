@@ -3,7 +3,7 @@
 # pinned, into ./.tools/c-project/<name>-<version>/ (ignored), and prints that folder as the
 # last line of stdout. Idempotent: a second run only prints the path.
 #
-#   scripts/fetch-c-project.sh [lua|json-c|pkgconf]     # lua is the default
+#   scripts/fetch-c-project.sh [lua|json-c|pkgconf|leveldb]     # lua is the default
 #
 # Lua 5.4.4 (MIT): 34 translation units (32 in liblua.a, lua.c, luac.c), its own Makefile;
 # `make -C <dir>/src linux` builds src/liblua.a, src/lua and src/luac.
@@ -12,6 +12,8 @@
 # json-c_0.16.orig.tar.gz.
 # pkgconf 1.8.1 (ISC): autotools (the release tarball's own configure), about 20 units in
 # libpkgconf and the pkgconf program; Debian's source package pkgconf carries the release.
+# LevelDB 1.23 (BSD-3-Clause): C++11, CMake (built with Ninja), about 35 units in libleveldb
+# with its tests and benchmarks off (their third-party trees are not in the tarball).
 # Where it comes from: Debian's source package lua5.4, whose .orig.tar.gz is byte for byte the
 # upstream release tarball lua-5.4.4.tar.gz (same sha256 as the one upstream publishes); Debian's
 # own patches (the .debian.tar.xz) are not applied. Two ways, both apt's own clients, both
@@ -59,7 +61,17 @@ case "$name" in
     POOL_PATH=pool/main/p/pkgconf
     TOPDIR=pkgconf-1.8.1
     CHECK_FILE=configure ;;
-  *) echo "fetch-c-project: unknown project '$name' (known: lua, json-c, pkgconf)" >&2; exit 2 ;;
+  leveldb)
+    VERSION=1.23
+    DEBIAN_SOURCE=leveldb
+    DEBIAN_VERSION=1.23-4
+    DEBIAN_PREFIX=1.23-
+    TARBALL=leveldb_1.23.orig.tar.gz
+    SHA256=9a37f8a6174f09bd622bc723b55881dc541cd50747cbd08831c2a82d620f6d76
+    POOL_PATH=pool/main/l/leveldb
+    TOPDIR=leveldb-1.23
+    CHECK_FILE=CMakeLists.txt ;;
+  *) echo "fetch-c-project: unknown project '$name' (known: lua, json-c, pkgconf, leveldb)" >&2; exit 2 ;;
 esac
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "fetch-c-project: $*" >&2 || true; }
@@ -182,5 +194,5 @@ tar --no-same-owner -xaf "$tarball" -C "$tmp"
 rm -rf "$dest"
 mv "$tmp/$TOPDIR" "$dest"
 echo "$SHA256" > "$stamp"
-log "unpacked into $dest ($(find "$dest" -name '*.c' | wc -l) .c files)"
+log "unpacked into $dest ($(find "$dest" -name '*.c' -o -name '*.cc' -o -name '*.cpp' | wc -l) C and C++ files)"
 echo "$dest"
