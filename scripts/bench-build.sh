@@ -134,17 +134,7 @@ run_local() {
 }
 
 # --- 2. distcc with a distccd on 127.0.0.1 -------------------------------------------------
-ensure_distcc() {
-  command -v distcc >/dev/null 2>&1 && command -v distccd >/dev/null 2>&1 && return 0
-  say "installing distcc (apt-get)"
-  local sudo=()
-  [ "$(id -u)" = 0 ] || sudo=(sudo)
-  if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq distcc >"$logs/apt.log" 2>&1; then
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq >>"$logs/apt.log" 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq distcc >>"$logs/apt.log" 2>&1 \
-      || { cat "$logs/apt.log" >&2; die "could not install distcc"; }
-  fi
-}
+ensure_distcc() { "$root/scripts/ensure-apt.sh" distcc; }
 
 run_distcc() {
   ensure_distcc

@@ -19,6 +19,7 @@
 # Release binaries (cargo build --release --workspace --bins, or VGAS_BIN_DIR). Installs
 # ccache and distcc with apt-get when missing. Every process it starts is stopped on exit.
 set -euo pipefail
+shopt -s inherit_errexit
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${JOBS:-$(nproc)}
 projects=${PROJECTS:-lua json-c pkgconf pkgconf-meson leveldb}
@@ -27,13 +28,7 @@ say() { echo "bench-corpus: $*" >&2; }
 die() { say "$*"; exit 1; }
 for b in vgas vgas-master vgas-worker; do [ -x "$bin/$b" ] || die "no $bin/$b: cargo build --release --workspace --bins"; done
 "$root/scripts/ensure-tools.sh"
-for t in ccache distcc; do
-  command -v "$t" >/dev/null 2>&1 && continue
-  say "installing $t (apt-get)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$t" >/dev/null 2>&1 \
-    || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$t" >/dev/null; } \
-    || die "could not install $t"
-done
+"$root/scripts/ensure-apt.sh" ccache distcc
 # shellcheck disable=SC1091
 source "$root/.tools/env"
 
@@ -66,8 +61,9 @@ VGAS_HOST_ID=$worker_host "$bin/vgas-worker" --slots "$jobs" --id w1 >"$work/wor
 dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 distccd --daemon --no-detach --allow 127.0.0.1 --listen 127.0.0.1 --port "$dport" --jobs "$jobs" \
   --log-stderr --log-level warning 2>"$work/distccd.log" & pids+=($!)
-export DISTCC_HOSTS="127.0.0.1:$dport/$jobs" DISTCC_DIR="$work/distcc-state" DISTCC_FALLBACK=0
+export DISTCC_HOSTS="127.0.0.1:$dport/$jobs" DISTCC_DIR="$work/distcc-state"   # fallback on, as users run it
 export CCACHE_DIR="$work/ccache" CCACHE_MAXSIZE=5G
+mkdir -p "$DISTCC_DIR"
 for _ in $(seq 50); do
   "$bin/vgas" status --json 2>/dev/null | grep -q '"w1"' && break
   sleep 0.2
@@ -95,7 +91,7 @@ for p in $projects; do
       cp -a "$src" "$dir"; b="$dir/src"
       setup() { wrap="$1"; }
       build() { local cc=(); [ -n "$wrap" ] && [ "$wrap" != vgas ] && cc=("CC=$wrap gcc -std=gnu99")
-                (cd "$b" && "$@" make -s -j"$jobs" linux "${cc[@]}" >/dev/null 2>&1); }
+                (cd "$b" && "$@" make -s -j"$jobs" linux "${cc[@]}" >/dev/null 2>>"$work/$p.log"); }
       clean() { make -s -C "$b" clean >/dev/null; } ;;
     json-c|leveldb)
       if [ "$p" = json-c ]; then system="CMake + Ninja, -Werror"; lang=C
@@ -108,7 +104,7 @@ for p in $projects; do
                 case "$1" in vgas) l=("-DCMAKE_${lang}_COMPILER_LAUNCHER=$bin/vgas") ;; ?*) l=("-DCMAKE_${lang}_COMPILER_LAUNCHER=$1") ;; esac
                 "$VGAS_CMAKE" -S "$src" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release "${opts[@]}" \
                   -DCMAKE_MAKE_PROGRAM="$VGAS_NINJA" "${l[@]}" >"$work/$p.cmake.log" 2>&1 || die "$p: cmake failed"; }
-      build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >/dev/null); }
+      build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >>"$work/$p.out" 2>>"$work/$p.log"); }
       clean() { "$VGAS_NINJA" -C "$b" -t clean >/dev/null; } ;;
     pkgconf)
       system="autotools + libtool"
@@ -116,7 +112,7 @@ for p in $projects; do
       (cd "$b" && ./configure >"$work/$p.configure.log" 2>&1) || die "$p: configure failed (see $work/$p.configure.log)"
       setup() { wrap="$1"; }
       build() { local cc=(); [ -n "$wrap" ] && [ "$wrap" != vgas ] && cc=("CC=$wrap gcc")
-                (cd "$b" && "$@" make -s -j"$jobs" "${cc[@]}" >/dev/null 2>&1); }
+                (cd "$b" && "$@" make -s -j"$jobs" "${cc[@]}" >/dev/null 2>>"$work/$p.log"); }
       clean() { make -s -C "$b" clean >/dev/null; } ;;
     pkgconf-meson)
       system="Meson + Ninja"
@@ -125,11 +121,14 @@ for p in $projects; do
       setup() { local w="$1"; [ "$w" = vgas ] && w="$bin/vgas"; rm -rf "$b"
                 (cd "$dir" && PATH="$(dirname "$VGAS_NINJA"):$PATH" CC="${w:+$w }$cc" "$VGAS_MESON" setup build \
                   -Dbuildtype=release -Dtests=false >"$work/$p.setup.log" 2>&1) || die "$p: meson setup failed"; }
-      build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >/dev/null); }
+      build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >>"$work/$p.out" 2>>"$work/$p.log"); }
       clean() { "$VGAS_NINJA" -C "$b" -t clean >/dev/null; } ;;
     *) die "unknown project $p" ;;
   esac
-  timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
+  x() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+  timed() { local t0 t1; t0=$(now)
+            "$@" || { say "$p: build failed: $*"; tail -n 20 "$work/$p.log" "$work/$p.out" "$work/$p.err" >&2 2>/dev/null; return 1; }
+            t1=$(now); secs "$t0" "$t1"; }
   vgas_json() { local out="$1"; shift; "$bin/vgas" build --json -- "$@" >"$out" 2>>"$work/$p.err"; }
 
   say "$p: warm-up and clean local build"
@@ -143,7 +142,9 @@ for p in $projects; do
 
   say "$p: distcc cold"
   clean; setup distcc
-  distcc_s=$(timed build)
+  # distcc preprocesses with a full -E: a -Werror project can fail where a local build passes.
+  if distcc_s=$(timed build); then distcc_cell="$distcc_s s ($(x "$distcc_s" "$local_s"))"
+  else distcc_cell="fails: $(grep -m1 -o 'error: [^[]*\[-Werror=[^]]*\]' "$work/$p.log" "$work/$p.out" 2>/dev/null | head -n1 | sed 's/^[^:]*://' || true)"; fi
 
   say "$p: vgas cold (the worker is another host), then after clean"
   clean; setup vgas
@@ -162,8 +163,7 @@ for p in $projects; do
   same=no
   [ "$local_sum" = "$cold_sum" ] && [ "$local_sum" = "$warm_sum" ] && [ "$local_sum" = "$one_sum" ] && same=yes
   pct=$(python3 -c "print(f'{100*$remote/$units:.0f}%' if $units else '-')")
-  x() { python3 -c "print(f'{$1/$2:.2f}x')"; }
-  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_s s ($(x "$distcc_s" "$local_s")) | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
+  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
 done
 
 echo "| project | build system | units | distributed (vgas cold) | clean local build | ccache cold / after clean | distcc cold (to local) | vgas cold, worker as another host (to local) | vgas after clean | vgas cold, one machine: in place (to local) | vgas objects identical to local |"

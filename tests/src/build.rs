@@ -51,13 +51,18 @@ pub fn origins(u: &[BuildUpdate]) -> (usize, usize, usize) {
     n
 }
 
-/// `make -s clean` in `dir`, which must succeed.
-pub fn make_clean(dir: &Path) {
+/// `make ARGS...` in `dir`, which must succeed.
+pub fn make(dir: &Path, args: &[&str]) {
     ok(&Command::new("make")
-        .args(["-s", "clean"])
+        .args(args)
         .current_dir(dir)
         .output()
         .expect("run make"));
+}
+
+/// `make -s clean` in `dir`, which must succeed.
+pub fn make_clean(dir: &Path) {
+    make(dir, &["-s", "clean"]);
 }
 
 /// Submits `plan` (JSON, as a plain client would) with build id `id`, checks it is accepted,

@@ -6,21 +6,12 @@
 //! comes from the cache. Configured with autotools' defaults (`-g -O2`), so the comparison
 //! covers debug info, `DW_AT_producer` included.
 
-use std::path::Path;
 use std::process::Command;
 
 use vgas_tests::build::{
-    c_project, cold_then_cached, object_count, ok, outputs, skip_without_gcc, updates,
+    c_project, cold_then_cached, make, object_count, ok, outputs, skip_without_gcc, updates,
 };
 use vgas_tests::Swarm;
-
-fn make(dir: &Path, args: &[&str]) {
-    ok(&Command::new("make")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap());
-}
 
 #[tokio::test]
 async fn an_autotools_project_distributes_every_unit_through_libtool() {

@@ -7,10 +7,9 @@
 //! changed header compiles again every unit that includes it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use vgas_shared::farm::{BuildUpdate, Origin};
-use vgas_tests::build::{ok, origins, skip_without_gcc, updates};
+use vgas_tests::build::{make, ok, origins, skip_without_gcc, updates};
 use vgas_tests::{repo_root, Swarm};
 
 const UNITS: [&str; 3] = ["main", "calc", "fmt"];
@@ -33,14 +32,6 @@ fn project(root: &Path, name: &str, deps: &str) -> PathBuf {
     );
     std::fs::write(dir.join("Makefile"), makefile).unwrap();
     dir
-}
-
-fn make(dir: &Path, args: &[&str]) {
-    ok(&Command::new("make")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap());
 }
 
 /// Every file under `obj/` and the program, with its bytes.

@@ -17,10 +17,11 @@ use anyhow::{Context, Result};
 use vgas_shared::farm::{side_outputs_of, BuildUpdate, Origin};
 
 use super::args::CompileJob;
+use super::context::BuildContext;
+use super::direct::FileHashes;
 use super::direct::{dependencies, Direct};
-use super::local::{run_captured, CompilerEnv};
+use super::local::{run_captured, CompilerEnv, LocalResult};
 use super::segment::{cut, read_side_outputs};
-use super::unit::{UnitEnv, UnitResult};
 
 /// A unit about to compile in place.
 #[derive(Debug)]
@@ -34,14 +35,16 @@ pub struct InPlace<'a> {
 }
 
 impl InPlace<'_> {
-    /// Compiles `job` here and caches it; `None` when it cannot compile in place (see the
-    /// module's notes), and the caller takes the usual path.
+    /// Compiles `job` here and caches it: the compiler's exit code and diagnostics; `None`
+    /// when it cannot compile in place (see the module's notes), and the caller takes the
+    /// usual path.
     pub async fn compile(
         self,
-        u: &UnitEnv<'_>,
+        ctx: &BuildContext,
+        hashes: &FileHashes,
         job: &CompileJob,
         direct: Option<&Direct>,
-    ) -> Result<Option<UnitResult>> {
+    ) -> Result<Option<LocalResult>> {
         let Some(direct) = direct else {
             return Ok(None);
         };
@@ -66,8 +69,7 @@ impl InPlace<'_> {
         };
         let segment = job.source.clone();
         if result.exit_code != 0 {
-            u.ctx
-                .updates
+            ctx.updates
                 .send(BuildUpdate::Failed {
                     segment,
                     origin,
@@ -75,13 +77,9 @@ impl InPlace<'_> {
                     diagnostics: cut(result.stderr.clone()),
                 })
                 .await;
-            return Ok(Some(UnitResult {
-                exit_code: result.exit_code,
-                diagnostics: result.stderr,
-            }));
+            return Ok(Some(result));
         }
-        u.ctx
-            .updates
+        ctx.updates
             .send(BuildUpdate::Done {
                 segment,
                 origin,
@@ -98,34 +96,24 @@ impl InPlace<'_> {
         };
         let deps_text = tokio::fs::read_to_string(&deps_path).await.ok();
         drop(ours);
-        if let (Some(cache), Some(names)) = (
-            u.ctx.cache.clone(),
-            deps_text.and_then(|t| dependencies(&t)),
-        ) {
-            let Some(read) = direct.files_read(names, started, u.hashes).await else {
-                return Ok(Some(unit_ok(result.stderr)));
+        if let (Some(cache), Some(names)) =
+            (ctx.cache.clone(), deps_text.and_then(|t| dependencies(&t)))
+        {
+            let Some(read) = direct.files_read(names, started, hashes).await else {
+                return Ok(Some(result));
             };
             let sides = side_outputs_of(&job.compile_args);
             let object = tokio::fs::read(&output).await;
             let side = read_side_outputs(&output, &sides).await;
             if let (Ok(object), Some(side)) = (object, side) {
                 let key = direct.depend_key(&read);
-                u.ctx
-                    .cache_object(&key, object, side, result.stderr.clone(), compile_ms)
+                ctx.cache_object(&key, object, side, result.stderr.clone(), compile_ms)
                     .await;
                 let direct = direct.clone();
-                u.ctx
-                    .later(async move { direct.put(&cache, &key, &read).await })
+                ctx.later(async move { direct.put(&cache, &key, &read).await })
                     .await;
             }
         }
-        Ok(Some(unit_ok(result.stderr)))
-    }
-}
-
-fn unit_ok(diagnostics: String) -> UnitResult {
-    UnitResult {
-        exit_code: 0,
-        diagnostics,
+        Ok(Some(result))
     }
 }

@@ -4,12 +4,20 @@
 //! with the user's own command line. The swarm's view (which compilers the live workers on
 //! other hosts offer) comes from `vgas.status`, fetched when first needed and again when
 //! older than [`VIEW_TTL`]; hosts are told apart by [`vgas_shared::host::host_id`].
+//!
+//! With `VGAS_LOCAL_SLOTS=N`, up to N units of one `vgas build` also compile in place while
+//! other hosts could take them: this machine's cores work alongside the swarm's (icecream's
+//! local jobs, distcc's `localhost/N`). Units fill the other hosts' slots first (as the
+//! build's last view of the swarm counts them, against its own units in flight there), and
+//! take a local slot only when those are full. Off by default, so that a build's units go to
+//! the workers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use vgas_shared::wire::SwarmPulse;
 
 use crate::api::Swarm;
@@ -22,15 +30,18 @@ pub const ENV_IN_PLACE: &str = "VGAS_IN_PLACE";
 /// status request per unit would cost more than it tells.
 pub const VIEW_TTL: Duration = Duration::from_secs(2);
 
+/// Units of one build that may compile in place at once while other hosts could take them.
+pub const ENV_LOCAL_SLOTS: &str = "VGAS_LOCAL_SLOTS";
+
 /// How long the status request may take; past it the unit goes to the swarm as before.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct View {
     fetched: Option<Instant>,
-    /// Capability tags offered by live, non-draining workers on other hosts; `None` when the
-    /// swarm could not be asked.
-    elsewhere: Option<HashSet<String>>,
+    /// Capability tags offered by live, non-draining workers on other hosts, with their slots
+    /// in all; `None` when the swarm could not be asked.
+    elsewhere: Option<HashMap<String, usize>>,
     /// Capability tags offered by live workers on this host.
     here: HashSet<String>,
 }
@@ -40,15 +51,42 @@ struct View {
 pub struct Placement {
     host: Option<String>,
     view: Arc<Mutex<View>>,
+    /// `VGAS_LOCAL_SLOTS`: in-place compiles allowed beside the swarm's.
+    local_slots: Option<Arc<Semaphore>>,
+    /// Units of this build sent to the swarm and not yet back.
+    remote: Arc<AtomicUsize>,
+}
+
+/// A unit on its way through the swarm, counted until dropped.
+#[derive(Debug)]
+pub struct Remote(Arc<AtomicUsize>);
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a unit compiles in place, and the local slot it holds while it does (if it took one).
+#[derive(Debug)]
+pub struct Here {
+    pub reason: String,
+    pub slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Placement {
     /// Compiling in place unless `VGAS_IN_PLACE=0`.
     pub fn from_env() -> Placement {
         let on = std::env::var(ENV_IN_PLACE).map_or(true, |v| v != "0");
+        let slots = std::env::var(ENV_LOCAL_SLOTS)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0 && on);
         Placement {
             host: on.then(vgas_shared::host::host_id),
             view: Arc::default(),
+            local_slots: slots.map(|n| Arc::new(Semaphore::new(n))),
+            remote: Arc::default(),
         }
     }
 
@@ -57,37 +95,65 @@ impl Placement {
         Placement {
             host: None,
             view: Arc::default(),
+            local_slots: None,
+            remote: Arc::default(),
         }
     }
 
+    /// Counts a unit that goes to the swarm until the value is dropped.
+    pub fn going_remote(&self) -> Remote {
+        self.remote.fetch_add(1, Ordering::AcqRel);
+        Remote(self.remote.clone())
+    }
+
     /// Why a unit needing capability `tag` compiles here, or `None` to send it to the swarm.
-    pub async fn here_reason(&self, swarm: &Swarm, tag: &str) -> Option<String> {
+    pub async fn here(&self, swarm: &Swarm, tag: &str) -> Option<Here> {
         let host = self.host.as_deref()?;
-        let mut view = self.view.lock().await;
-        if view.fetched.is_none_or(|t| t.elapsed() > VIEW_TTL) {
-            let pulse = swarm
-                .request_within::<_, SwarmPulse>(
-                    swarm.subjects.status(),
-                    &std::collections::BTreeMap::<String, String>::new(),
-                    STATUS_TIMEOUT,
-                )
-                .await;
-            *view = match pulse {
-                Ok(p) => view_of(&p, host),
-                Err(e) => {
-                    tracing::debug!("swarm status for placement: {e:#}");
-                    View::default()
-                }
-            };
-            view.fetched = Some(Instant::now());
+        let (reason, remote_slots) = {
+            let mut view = self.view.lock().await;
+            if view.fetched.is_none_or(|t| t.elapsed() > VIEW_TTL) {
+                let pulse = swarm
+                    .request_within::<_, SwarmPulse>(
+                        swarm.subjects.status(),
+                        &std::collections::BTreeMap::<String, String>::new(),
+                        STATUS_TIMEOUT,
+                    )
+                    .await;
+                *view = match pulse {
+                    Ok(p) => view_of(&p, host),
+                    Err(e) => {
+                        tracing::debug!("swarm status for placement: {e:#}");
+                        View::default()
+                    }
+                };
+                view.fetched = Some(Instant::now());
+            }
+            let slots = view.elsewhere.as_ref().and_then(|e| e.get(tag)).copied();
+            (reason(&view, tag), slots.unwrap_or(0))
+        };
+        self.decide(reason, remote_slots)
+    }
+
+    /// Here for `reason`; else the swarm while the other hosts' `remote_slots` are not all
+    /// taken by this build's units; else a free local slot, if any.
+    fn decide(&self, reason: Option<String>, remote_slots: usize) -> Option<Here> {
+        match reason {
+            Some(reason) => Some(Here { reason, slot: None }),
+            None if self.remote.load(Ordering::Acquire) < remote_slots => None,
+            None => {
+                let slot = self.local_slots.clone()?.try_acquire_owned().ok()?;
+                Some(Here {
+                    reason: "in place: a local slot was free (VGAS_LOCAL_SLOTS)".into(),
+                    slot: Some(slot),
+                })
+            }
         }
-        reason(&view, tag)
     }
 }
 
 fn view_of(p: &SwarmPulse, host: &str) -> View {
     let mut v = View {
-        elsewhere: Some(HashSet::new()),
+        elsewhere: Some(HashMap::new()),
         ..View::default()
     };
     for n in p.live.iter().filter(|n| !n.draining) {
@@ -95,7 +161,9 @@ fn view_of(p: &SwarmPulse, host: &str) -> View {
         if n.host == host {
             v.here.extend(tags);
         } else if let Some(e) = v.elsewhere.as_mut() {
-            e.extend(tags);
+            for t in tags {
+                *e.entry(t).or_default() += n.slots;
+            }
         }
     }
     v
@@ -103,7 +171,7 @@ fn view_of(p: &SwarmPulse, host: &str) -> View {
 
 fn reason(v: &View, tag: &str) -> Option<String> {
     let elsewhere = v.elsewhere.as_ref()?;
-    if elsewhere.contains(tag) {
+    if elsewhere.contains_key(tag) {
         None
     } else if v.here.contains(tag) {
         Some("in place: only this host's workers have this compiler".into())
@@ -161,5 +229,33 @@ mod tests {
         assert!(reason(&draining, "compiler:a").is_some());
         // When the swarm cannot be asked, units go to it as before.
         assert_eq!(reason(&View::default(), "compiler:a"), None);
+    }
+
+    #[test]
+    fn local_slots_take_units_only_when_the_other_hosts_are_full() {
+        let p = Placement {
+            host: Some("me".into()),
+            view: Arc::default(),
+            local_slots: Some(Arc::new(Semaphore::new(1))),
+            remote: Arc::default(),
+        };
+        // Two slots elsewhere: the first two units go there.
+        assert!(p.decide(None, 2).is_none());
+        let (_a, _b) = (p.going_remote(), p.going_remote());
+        // Full: the third takes the local slot, the fourth waits in the swarm's queue.
+        let third = p.decide(None, 2).expect("the local slot");
+        assert!(third.reason.contains("local slot"), "{}", third.reason);
+        assert!(p.decide(None, 2).is_none());
+        // Its slot back, the next one compiles here again; a unit back from the swarm frees
+        // a remote slot, which comes first.
+        drop(third);
+        drop(_a);
+        assert!(p.decide(None, 2).is_none());
+        let _c = p.going_remote();
+        assert!(p.decide(None, 2).is_some());
+        // Without VGAS_LOCAL_SLOTS, everything goes to the swarm; a reason is always here.
+        let off = Placement::off();
+        assert!(off.decide(None, 0).is_none());
+        assert!(off.decide(Some("x".into()), 0).is_some());
     }
 }

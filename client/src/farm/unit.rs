@@ -97,19 +97,32 @@ pub async fn compile_unit(
             }
         }
     }
+    // In place only where compiling here is allowed at all (not with --no-local-fallback).
     let tag = vgas_shared::farm::compiler_tag(&identity.hash);
-    if let Some(reason) = u.ctx.placement.here_reason(&u.ctx.swarm, &tag).await {
-        let here = InPlace {
+    let here = match u.ctx.local_fallback {
+        true => u.ctx.placement.here(&u.ctx.swarm, &tag).await,
+        false => None,
+    };
+    if let Some(here) = here {
+        let in_place = InPlace {
             compiler,
             cwd,
             args,
             env: &env,
-            reason,
+            reason: here.reason,
         };
-        if let Some(done) = here.compile(u, &job, direct.as_ref()).await? {
-            return Ok(done);
+        let done = in_place
+            .compile(u.ctx, u.hashes, &job, direct.as_ref())
+            .await?;
+        drop(here.slot);
+        if let Some(done) = done {
+            return Ok(UnitResult {
+                exit_code: done.exit_code,
+                diagnostics: done.stderr,
+            });
         }
     }
+    let _remote = u.ctx.placement.going_remote();
     let local = LocalCompile::Command {
         program: compiler.to_owned(),
         args: args.to_vec(),
