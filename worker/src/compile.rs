@@ -125,7 +125,13 @@ impl<S: ModuleSource> Compiler<'_, S> {
         }
         let (source, primary) = compile_input(c, source);
         let extra = [(input, source)];
-        let command = |cwd: &Path| compile_argv(&compiler.path, c, cwd, primary.as_deref());
+        let command = |cwd: &Path| {
+            if !c.cwd.is_empty() && cwd.to_string_lossy().contains('=') {
+                // GCC splits a prefix map at its first '=': debug info names the task directory.
+                tracing::warn!(dir = %cwd.display(), "cannot map a directory with '=' in debug info");
+            }
+            compile_argv(&compiler.path, c, cwd, primary.as_deref())
+        };
         let native = NativeJob {
             command: &command,
             env: &task.env,

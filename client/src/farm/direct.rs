@@ -137,12 +137,11 @@ fn volatile(bytes: &[u8]) -> bool {
         .any(|m| bytes.windows(m.len()).any(|w| w == *m))
 }
 
-/// The dependency file the preprocessing step writes, if it writes one: the driver's `-MD`
-/// or `-MMD` with `-MF` (which `preprocess_args` always names), or the preprocessor's own
-/// `-Wp,-MD,FILE` and `-Wp,-MMD,FILE` (Linux's Kbuild writes `.x.o.d` this way). The last
-/// one named wins, as in GCC.
-fn deps_file(job: &CompileJob) -> Option<String> {
-    let args = job.preprocess_args();
+/// The dependency file the preprocessing step (`args`, a job's `preprocess_args`) writes, if
+/// it writes one: the driver's `-MD` or `-MMD` with `-MF` (which `preprocess_args` always
+/// names), or the preprocessor's own `-Wp,-MD,FILE` and `-Wp,-MMD,FILE` (Linux's Kbuild
+/// writes `.x.o.d` this way). The last one named wins, as in GCC.
+fn deps_file(args: &[String]) -> Option<String> {
     let driver_deps = args.iter().any(|a| a == "-MD" || a == "-MMD");
     let mut found = None;
     let mut it = args.iter();
@@ -187,7 +186,8 @@ impl Direct {
         field(b"vgas-direct-1");
         field(identity_hash.as_bytes());
         field(job.language.x_arg().as_bytes());
-        for a in job.preprocess_args().iter().chain(&job.compile_args) {
+        let pp_args = job.preprocess_args();
+        for a in pp_args.iter().chain(&job.compile_args) {
             field(a.as_bytes());
         }
         field(job.output.as_bytes());
@@ -199,9 +199,8 @@ impl Direct {
         Some(Direct {
             key: format!("direct.{}", hex::encode(h.finalize())),
             cwd: cwd.to_owned(),
-            deps_file: deps_file(job),
-            deps_complete: !job
-                .preprocess_args()
+            deps_file: deps_file(&pp_args),
+            deps_complete: !pp_args
                 .iter()
                 .any(|a| a == "-MMD" || (a.starts_with("-Wp,") && a.contains("-MMD"))),
         })

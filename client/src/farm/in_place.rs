@@ -14,14 +14,13 @@ use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use vgas_shared::farm::{side_outputs_of, BuildUpdate, Origin};
+use vgas_shared::farm::{side_outputs_of, Origin};
 
 use super::args::CompileJob;
 use super::context::BuildContext;
-use super::direct::FileHashes;
-use super::direct::{dependencies, Direct};
+use super::direct::{dependencies, Direct, FileHashes};
 use super::local::{run_captured, CompilerEnv, LocalResult};
-use super::segment::{cut, read_side_outputs};
+use super::segment::{cache_written, report_here};
 
 /// A unit about to compile in place.
 #[derive(Debug)]
@@ -49,70 +48,44 @@ impl InPlace<'_> {
             return Ok(None);
         };
         let mut args = self.args.to_vec();
-        let ours = match direct.deps_file() {
+        // The dependency file to read afterwards: the unit's own, or one of ours (its
+        // directory kept until then).
+        let (deps_path, _ours) = match direct.deps_file() {
             Some((_, false)) => return Ok(None),
-            Some((_, true)) => None,
+            Some((file, true)) => (self.cwd.join(file), None),
             None => {
                 let dir = tempfile::tempdir().context("a temporary directory")?;
                 let file = dir.path().join("unit.d");
                 args.extend(["-MD".into(), "-MF".into(), file.display().to_string()]);
-                Some((dir, file))
+                (file, Some(dir))
             }
         };
         let started = SystemTime::now();
         let t0 = Instant::now();
-        let output = self.cwd.join(&job.output);
         let result = run_captured(self.compiler, &args, self.cwd, self.env).await?;
         let compile_ms = t0.elapsed().as_millis() as u64;
         let origin = Origin::Local {
             reason: self.reason,
         };
-        let segment = job.source.clone();
-        if result.exit_code != 0 {
-            ctx.updates
-                .send(BuildUpdate::Failed {
-                    segment,
-                    origin,
-                    exit_code: result.exit_code,
-                    diagnostics: cut(result.stderr.clone()),
-                })
-                .await;
+        report_here(ctx, &job.source, origin, &result, compile_ms).await;
+        if result.exit_code != 0 || ctx.cache.is_none() {
             return Ok(Some(result));
         }
-        ctx.updates
-            .send(BuildUpdate::Done {
-                segment,
-                origin,
-                compile_ms,
-                overhead_ms: 0,
-                diagnostics: cut(result.stderr.clone()),
-            })
-            .await;
-        let deps_path = match &ours {
-            Some((_, file)) => file.clone(),
-            None => self
-                .cwd
-                .join(direct.deps_file().map(|(f, _)| f).unwrap_or_default()),
-        };
         let deps_text = tokio::fs::read_to_string(&deps_path).await.ok();
-        drop(ours);
-        if let (Some(cache), Some(names)) =
-            (ctx.cache.clone(), deps_text.and_then(|t| dependencies(&t)))
-        {
-            let Some(read) = direct.files_read(names, started, hashes).await else {
-                return Ok(Some(result));
-            };
-            let sides = side_outputs_of(&job.compile_args);
-            let object = tokio::fs::read(&output).await;
-            let side = read_side_outputs(&output, &sides).await;
-            if let (Ok(object), Some(side)) = (object, side) {
-                let key = direct.depend_key(&read);
-                ctx.cache_object(&key, object, side, result.stderr.clone(), compile_ms)
-                    .await;
-                let direct = direct.clone();
-                ctx.later(async move { direct.put(&cache, &key, &read).await })
-                    .await;
-            }
+        let Some(names) = deps_text.and_then(|t| dependencies(&t)) else {
+            return Ok(Some(result));
+        };
+        let Some(read) = direct.files_read(names, started, hashes).await else {
+            return Ok(Some(result));
+        };
+        let key = direct.depend_key(&read);
+        let output = self.cwd.join(&job.output);
+        let sides = side_outputs_of(&job.compile_args);
+        let stored = cache_written(ctx, &key, &output, &sides, &result.stderr, compile_ms).await;
+        if let (true, Some(cache)) = (stored, ctx.cache.clone()) {
+            let direct = direct.clone();
+            ctx.later(async move { direct.put(&cache, &key, &read).await })
+                .await;
         }
         Ok(Some(result))
     }

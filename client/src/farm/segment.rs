@@ -15,13 +15,14 @@ use tracing::debug;
 use vgas_shared::farm::{BuildOutput, BuildUpdate, Origin, MAX_UPDATE_DIAGNOSTICS};
 
 pub use super::context::{BuildContext, Segment, Updates};
+use super::local::LocalResult;
 use super::remote::{remote, Remote};
 
 /// Default wall-clock deadline of one segment (5 minutes): a large C++ unit at -O3 takes a
 /// minute; past this the worker kills it and the segment is tried again elsewhere.
 pub const DEFAULT_SEGMENT_DEADLINE: Duration = Duration::from_secs(300);
 
-pub(super) fn cut(mut s: String) -> String {
+fn cut(mut s: String) -> String {
     if s.len() > MAX_UPDATE_DIAGNOSTICS {
         let mut n = MAX_UPDATE_DIAGNOSTICS;
         while !s.is_char_boundary(n) {
@@ -81,10 +82,7 @@ async fn write_outputs(
 }
 
 /// The side outputs a local compile wrote beside `output`; `None` when one is missing.
-pub(super) async fn read_side_outputs(
-    output: &Path,
-    exts: &[String],
-) -> Option<BTreeMap<String, Vec<u8>>> {
+async fn read_side_outputs(output: &Path, exts: &[String]) -> Option<BTreeMap<String, Vec<u8>>> {
     let mut side = BTreeMap::new();
     for ext in exts {
         let bytes = tokio::fs::read(side_output_path(output, ext)).await.ok()?;
@@ -223,37 +221,68 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     let compile_ms = started.elapsed().as_millis() as u64;
     let origin = Origin::Local { reason };
     if local.exit_code == 0 {
-        if let (true, Ok(object)) = (ctx.cache.is_some(), tokio::fs::read(&seg.output).await) {
-            if let Some(side) = read_side_outputs(&seg.output, &seg.spec.side_outputs).await {
-                ctx.cache_object(&seg.key, object, side, local.stderr.clone(), compile_ms)
-                    .await;
-            }
-        }
-        ctx.updates
-            .send(BuildUpdate::Done {
-                segment: seg.name.clone(),
-                origin: origin.clone(),
-                compile_ms,
-                overhead_ms: 0,
-                diagnostics: cut(local.stderr.clone()),
-            })
-            .await;
-    } else {
-        ctx.updates
-            .send(BuildUpdate::Failed {
-                segment: seg.name.clone(),
-                origin: origin.clone(),
-                exit_code: local.exit_code,
-                diagnostics: cut(local.stderr.clone()),
-            })
-            .await;
+        let sides = &seg.spec.side_outputs;
+        cache_written(ctx, &seg.key, &seg.output, sides, &local.stderr, compile_ms).await;
     }
+    report_here(ctx, &seg.name, origin.clone(), &local, compile_ms).await;
     Ok(done(
         origin,
         local.exit_code,
         local.stderr,
         local.exit_code == 0,
     ))
+}
+
+/// Publishes how a compile that ran here ended: `Done` or `Failed`, from `origin`.
+pub(super) async fn report_here(
+    ctx: &BuildContext,
+    segment: &str,
+    origin: Origin,
+    local: &LocalResult,
+    compile_ms: u64,
+) {
+    let diagnostics = cut(local.stderr.clone());
+    let update = match local.exit_code {
+        0 => BuildUpdate::Done {
+            segment: segment.to_owned(),
+            origin,
+            compile_ms,
+            overhead_ms: 0,
+            diagnostics,
+        },
+        exit_code => BuildUpdate::Failed {
+            segment: segment.to_owned(),
+            origin,
+            exit_code,
+            diagnostics,
+        },
+    };
+    ctx.updates.send(update).await;
+}
+
+/// Stores under `key` the object a compile here wrote at `output`, with its side outputs
+/// (`sides`, by extension) and warnings; false (nothing stored) when there is no cache or a
+/// file is missing.
+pub(super) async fn cache_written(
+    ctx: &BuildContext,
+    key: &str,
+    output: &Path,
+    sides: &[String],
+    stderr: &str,
+    compile_ms: u64,
+) -> bool {
+    if ctx.cache.is_none() {
+        return false;
+    }
+    let Ok(object) = tokio::fs::read(output).await else {
+        return false;
+    };
+    let Some(side) = read_side_outputs(output, sides).await else {
+        return false;
+    };
+    ctx.cache_object(key, object, side, stderr.to_owned(), compile_ms)
+        .await;
+    true
 }
 
 /// Compiles many segments, `parallel` at a time (seed: `dispatch_build_segments`). The
