@@ -8,6 +8,10 @@
 #   - CMake, Ninja and Meson (the PyPI packages cmake, ninja and meson), pinned, into the same
 #     venv: the build-farm tests and benchmarks build real projects with them. Exported as
 #     VGAS_CMAKE, VGAS_NINJA and VGAS_MESON.
+#   - NVRTC (the PyPI package nvidia-cuda-nvrtc), pinned, into the same venv: workers compile
+#     `cuda` tasks' CUDA C to PTX with it, no GPU needed. Its library is exported as
+#     VGAS_NVRTC_LIB (13.0.x: a driver refuses PTX newer than it knows, and the GPU machines'
+#     driver is CUDA 13.0).
 # Prints nothing but errors unless VERBOSE=1. Source it, or run it and read .tools/env.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +23,7 @@ CMAKE_VERSION=3.31.10            # pinned: cmake on PyPI (3.x: real projects sti
                                  # cmake_minimum_required below 3.5, which CMake 4 refuses)
 NINJA_VERSION=1.13.0             # pinned: ninja on PyPI
 MESON_VERSION=1.6.1              # pinned: meson on PyPI
+NVRTC_VERSION=13.0.48            # pinned: nvidia-cuda-nvrtc on PyPI (CUDA 13.0's NVRTC)
 MIN_NATS_SERVER=2.10             # JetStream KV and the micro service API need 2.10+
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "ensure-tools: $*" >&2 || true; }
@@ -60,6 +65,8 @@ pinned() { # $1 = PyPI package, $2 = version: installed unless that version is t
 pinned cmake "$CMAKE_VERSION"
 pinned ninja "$NINJA_VERSION"
 pinned meson "$MESON_VERSION"
+pinned nvidia-cuda-nvrtc "$NVRTC_VERSION"
+nvrtc=$("$tools/venv/bin/python" -c "import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'lib', 'libnvrtc.so.13'))")
 
 server=""
 if command -v nats-server >/dev/null 2>&1; then
@@ -80,5 +87,6 @@ export VGAS_ZIG="$zig"
 export VGAS_CMAKE="$tools/venv/bin/cmake"
 export VGAS_NINJA="$tools/venv/bin/ninja"
 export VGAS_MESON="$tools/venv/bin/meson"
+export VGAS_NVRTC_LIB="$nvrtc"
 ENV
 log "wrote $tools/env"

@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
             vec!["gcc", "make"],
             Needs {
                 capabilities: vec!["gcc".into()],
+                gpus: None,
             },
         ),
     ] {

@@ -27,7 +27,9 @@ use vgas_shared::{now_ms, Encoding, Subjects, TaskId, WorkerId};
 use crate::scheduler::AgentScheduler;
 
 mod assign;
+pub mod gpu;
 use crate::store::TaskStore;
+use gpu::{LeaseTable, ResourceManager};
 
 /// How often the actor checks deadlines, lost workers and the queue.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -69,6 +71,8 @@ pub struct Counters {
     pub in_flight: AtomicUsize,
     pub accepted: AtomicU64,
     pub finished: AtomicU64,
+    /// Queued tasks that some worker could run but whose GPUs are all leased now.
+    pub waiting_for_gpus: AtomicUsize,
 }
 
 /// A task finished in memory whose record is not written yet: written with the others of
@@ -109,6 +113,8 @@ pub struct Dispatcher {
     /// may have died between recording one and sending it. A worker that has it already
     /// acknowledges without running it twice.
     resend: Vec<(TaskId, WorkerId)>,
+    /// GPU leases, one per attempt that asked for devices.
+    gpus: ResourceManager,
 }
 
 impl Dispatcher {
@@ -135,7 +141,13 @@ impl Dispatcher {
             finishing: Vec::new(),
             recorded: Vec::new(),
             resend: Vec::new(),
+            gpus: ResourceManager::default(),
         }
+    }
+
+    /// The GPU leases held now, for the status endpoint to show.
+    pub fn lease_table(&self) -> LeaseTable {
+        self.gpus.table()
     }
 
     /// Takes back every unfinished task from the store after a (re)start.
@@ -145,7 +157,8 @@ impl Dispatcher {
             match &rec.state {
                 TaskState::Finished { .. } => continue,
                 TaskState::Queued => self.pending.push_back(rec.task_id.clone()),
-                TaskState::Assigned { worker, .. } => {
+                TaskState::Assigned { worker, gpus, .. } => {
+                    self.gpus.restore(&rec.task_id, worker, gpus);
                     *per_worker.entry(worker.clone()).or_default() += 1;
                     self.resend.push((rec.task_id.clone(), worker.clone()));
                 }
@@ -247,7 +260,7 @@ impl Dispatcher {
             debug!(task_id = %r.task_id, attempt = r.attempt, "stale result ignored");
             return;
         }
-        self.sched.release(&r.worker);
+        self.free(&r.task_id, &r.worker);
         if r.handed_back && !t.cancel_requested {
             let reason = format!("worker {} handed the task back while draining", r.worker);
             self.requeue(&r.task_id, Some(reason)).await;
@@ -264,7 +277,10 @@ impl Dispatcher {
         self.sched.reap();
         let mut lost = Vec::new();
         for (id, t) in &self.tasks {
-            let TaskState::Assigned { worker, since_ms } = &t.rec.state else {
+            let TaskState::Assigned {
+                worker, since_ms, ..
+            } = &t.rec.state
+            else {
                 continue;
             };
             let age = now.saturating_sub(*since_ms);
@@ -291,7 +307,7 @@ impl Dispatcher {
         }
         for (id, worker, reason) in lost {
             warn!(task_id = %id, "attempt lost: {reason}");
-            self.sched.release(&worker);
+            self.free(&id, &worker);
             self.lose_attempt(&id, reason).await;
         }
     }
@@ -375,12 +391,20 @@ impl Dispatcher {
         }
     }
 
+    /// Gives back what an attempt held on `worker`: its slot and its GPU leases.
+    fn free(&self, id: &TaskId, worker: &WorkerId) {
+        self.sched.release(worker);
+        self.gpus.release(id);
+    }
+
     /// Ends a task with its one final result: forgotten here at once, recorded and announced
     /// with the others of this turn by [`Dispatcher::flush_finished`].
     async fn finalize(&mut self, id: &TaskId, outcome: TaskOutcome, worker: Option<WorkerId>) {
         let Some(mut t) = self.tasks.remove(id) else {
             return;
         };
+        // Every path to here freed the attempt's leases already; a finished task holds none.
+        self.gpus.release(id);
         let now = now_ms();
         t.rec.state = TaskState::Finished {
             worker: worker.clone(),

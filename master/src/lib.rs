@@ -77,6 +77,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let consumer = store::results_consumer(&js, &subjects).await?;
     store::open_modules_bucket(&js, &subjects).await?;
     store::open_artifacts_bucket(&js, &subjects).await?;
+    store::open_ptx_bucket(&js, &subjects).await?;
     vgas_client::farm::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes).await?;
     vgas_client::agents::open_bucket(&js, &subjects).await?;
 
@@ -95,6 +96,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         tx.clone(),
         tracker.clone(),
     );
+    let leases = dispatcher.lease_table();
     let records = store.all().await?;
     dispatcher.recover(records);
 
@@ -124,6 +126,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         started_ms: now_ms(),
         seen: mdns.as_ref().map(|(_, seen)| seen.clone()),
         cluster: cfg.conn.cluster.clone(),
+        leases,
     };
     let service = client
         .service_builder()

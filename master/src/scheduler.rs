@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use vgas_shared::gpu::GpuDevice;
 use vgas_shared::limits::{HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL, MISSED_BEATS_REMOVED};
 use vgas_shared::wire::{AbnormalNode, Heartbeat, Needs, NodeStatus, SwarmPulse};
 use vgas_shared::{now_ms, WorkerId};
@@ -32,6 +33,8 @@ pub struct WorkerEntry {
     draining: AtomicBool,
     /// Capability tags; swapped whole when a heartbeat changes them.
     capabilities: ArcSwap<Vec<String>>,
+    /// GPUs, as the last heartbeat listed them; swapped whole when they change.
+    gpus: ArcSwap<Vec<GpuDevice>>,
     last_active_ms: AtomicU64,
     tasks_done: AtomicU64,
     /// The latest heartbeat, for `vgas status` only.
@@ -46,6 +49,7 @@ impl WorkerEntry {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             capabilities: ArcSwap::from_pointee(Vec::new()),
+            gpus: ArcSwap::from_pointee(Vec::new()),
             last_active_ms: AtomicU64::new(now_ms()),
             tasks_done: AtomicU64::new(0),
             last_beat: ArcSwapOption::empty(),
@@ -61,11 +65,28 @@ impl WorkerEntry {
         Arc::new(e)
     }
 
+    /// A test and benchmark helper: this worker's GPUs, as a heartbeat would list them.
+    pub fn set_gpus(&self, gpus: Vec<GpuDevice>) {
+        self.gpus.store(Arc::new(gpus));
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// The GPUs its last heartbeat listed.
+    pub fn gpus(&self) -> Arc<Vec<GpuDevice>> {
+        self.gpus.load_full()
+    }
+
+    /// Whether the worker could ever run a task with `needs`: every capability, and enough
+    /// fitting GPUs (all idle).
     fn capable(&self, needs: &Needs) -> bool {
+        if let Some(g) = &needs.gpus {
+            if !g.could_ever(&self.gpus.load()) {
+                return false;
+            }
+        }
         if needs.capabilities.is_empty() {
             return true;
         }
@@ -171,6 +192,17 @@ impl AgentScheduler {
     /// Picks the next capable worker with a free slot, round robin, and reserves the slot.
     /// Lock-free: one atomic add, then at most one CAS per candidate.
     pub fn gatling_rotate_next(&self, needs: &Needs) -> Result<Arc<WorkerEntry>, NoWorker> {
+        self.gatling_rotate_next_where(needs, |_| true)
+    }
+
+    /// [`AgentScheduler::gatling_rotate_next`] over the capable workers for which `room` also
+    /// holds (a GPU task: its devices are free there); a capable worker without it counts as
+    /// busy.
+    pub fn gatling_rotate_next_where(
+        &self,
+        needs: &Needs,
+        room: impl Fn(&WorkerEntry) -> bool,
+    ) -> Result<Arc<WorkerEntry>, NoWorker> {
         let pool = self.pool.load();
         let n = pool.len();
         if n == 0 {
@@ -184,7 +216,7 @@ impl AgentScheduler {
                 continue;
             }
             any_capable = true;
-            if w.try_reserve() {
+            if room(w) && w.try_reserve() {
                 return Ok(w.clone());
             }
         }
@@ -243,6 +275,9 @@ impl AgentScheduler {
         }
         if **entry.capabilities.load() != hb.capabilities {
             entry.capabilities.store(Arc::new(hb.capabilities.clone()));
+        }
+        if **entry.gpus.load() != hb.gpus {
+            entry.gpus.store(Arc::new(hb.gpus.clone()));
         }
         entry.last_beat.store(Some(Arc::new(hb)));
         drop(nodes);
@@ -326,6 +361,20 @@ impl AgentScheduler {
             .any(|n| matches!(n.health, Health::Live) && n.entry.capable(needs))
     }
 
+    /// Every live worker's GPUs, for a refusal that says what the swarm has.
+    pub fn gpu_inventory(&self) -> Vec<(WorkerId, Arc<Vec<GpuDevice>>)> {
+        let mut out: Vec<_> = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .filter(|n| matches!(n.health, Health::Live))
+            .map(|n| (n.entry.id.clone(), n.entry.gpus()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The swarm at a glance (seed: `get_swarm_status`); queue figures come from the caller.
     pub fn get_swarm_status(&self) -> SwarmPulse {
         let now = now_ms();
@@ -355,6 +404,9 @@ impl AgentScheduler {
                         capabilities: hb.capabilities.clone(),
                         toolchains: hb.toolchains.clone(),
                         isolation: hb.isolation.clone(),
+                        gpus: hb.gpus.clone(),
+                        leases: Vec::new(),
+                        cuda_driver: hb.cuda_driver.clone(),
                         draining: e.draining.load(Ordering::Acquire),
                         last_seen_ms_ago: ago,
                         tasks_done: e.tasks_done.load(Ordering::Relaxed),
@@ -397,6 +449,7 @@ mod tests {
     fn needs(caps: &[&str]) -> Needs {
         Needs {
             capabilities: caps.iter().map(|s| s.to_string()).collect(),
+            gpus: None,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Handlers {
     /// Nodes seen by mDNS, when discovery is on.
     pub seen: Option<crate::discovery::SeenMap>,
     pub cluster: String,
+    /// GPU leases held now, shown in status.
+    pub leases: crate::dispatch::gpu::LeaseTable,
 }
 
 type Answer = Result<Vec<u8>, WireError>;
@@ -77,10 +79,32 @@ impl Handlers {
             Ok((spec, _)) => spec,
             Err((enc, e)) => return (enc, Err(e)),
         };
-        if let Err(e) = spec.parse() {
-            return (enc, Err(WireError::from(&e)));
+        let mut spec = spec;
+        match spec.parse() {
+            // The record carries what the kind implies (a cuda task's NVRTC and GPU), so the
+            // dispatcher places it by the spec alone.
+            Ok(task) => spec.needs = task.needs,
+            Err(e) => return (enc, Err(WireError::from(&e))),
+        }
+        if let Some(refusal) = self.never_satisfiable(&spec) {
+            return (enc, Err(err(ErrorCode::Unsatisfiable, refusal)));
         }
         (enc, self.accept(spec, enc).await)
+    }
+
+    /// A task that needs GPUs no live worker could ever give is refused at once, with what
+    /// the swarm has, instead of waiting its `wait_for_worker_s` for nothing. Not in the first
+    /// heartbeat window after a (re)start, while workers are still being heard from.
+    fn never_satisfiable(&self, spec: &TaskSpec) -> Option<String> {
+        let gpus = spec.needs.gpus.as_ref()?;
+        let window = (vgas_shared::limits::HEARTBEAT_INTERVAL
+            * vgas_shared::limits::MISSED_BEATS_ABNORMAL)
+            .as_millis() as u64;
+        if now_ms().saturating_sub(self.started_ms) < window || self.sched.any_capable(&spec.needs)
+        {
+            return None;
+        }
+        Some(crate::dispatch::gpu::unsatisfiable(gpus, &self.sched))
     }
 
     async fn accept(&self, mut spec: TaskSpec, enc: Encoding) -> Answer {
@@ -193,6 +217,18 @@ impl Handlers {
         pulse.queue_depth = self.counters.queue_depth.load(Ordering::Relaxed);
         pulse.queue_capacity = self.queue_capacity;
         pulse.in_flight = self.counters.in_flight.load(Ordering::Relaxed);
+        pulse.waiting_for_gpus = self.counters.waiting_for_gpus.load(Ordering::Relaxed);
+        {
+            let leases = self.leases.lock().expect("lease table");
+            for ((worker, uuid), task) in leases.iter() {
+                if let Some(n) = pulse.live.iter_mut().find(|n| n.id == *worker) {
+                    n.leases.push((uuid.clone(), task.clone()));
+                }
+            }
+        }
+        for n in &mut pulse.live {
+            n.leases.sort();
+        }
         pulse.tasks_accepted = self.counters.accepted.load(Ordering::Relaxed);
         pulse.tasks_finished = self.counters.finished.load(Ordering::Relaxed);
         pulse.uptime_ms = now_ms().saturating_sub(self.started_ms);

@@ -191,3 +191,31 @@ pub async fn open_artifacts_bucket(js: &jetstream::Context, subjects: &Subjects)
     .with_context(|| format!("create the Object Store bucket {bucket}"))?;
     Ok(())
 }
+
+/// Most bytes the PTX cache keeps: PTX is text of a few KiB to a few MiB per kernel; the
+/// oldest entries go first past this.
+pub const PTX_BUCKET_MAX_BYTES: i64 = 256 * 1024 * 1024;
+
+/// How long a PTX cache entry lives: rebuilt in seconds when gone, so a week is plenty.
+pub const PTX_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Opens the PTX cache KV bucket (`cuda` tasks' compiled kernels), creating it if needed.
+pub async fn open_ptx_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result<()> {
+    let bucket = subjects.ptx_bucket();
+    if js.get_key_value(&bucket).await.is_ok() {
+        return Ok(());
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.clone(),
+        description: "vgas PTX cache: NVRTC output by source, options, arch and version".into(),
+        history: 1,
+        max_age: PTX_MAX_AGE,
+        max_bytes: PTX_BUCKET_MAX_BYTES,
+        max_value_size: vgas_shared::limits::MAX_PTX_CACHE_ENTRY_BYTES as i32,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("create the KV bucket {bucket}"))?;
+    Ok(())
+}

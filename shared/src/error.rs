@@ -75,6 +75,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The provider failed or answered with an error; the message has its words.
     Upstream,
+    /// No live worker could ever run the task (it asks for GPUs the swarm does not have); the
+    /// message says what the swarm has. Nothing was changed.
+    Unsatisfiable,
 }
 
 /// The body of every error reply: `{"error":{"code":"busy","message":"..."}}`.

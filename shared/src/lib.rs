@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod farm;
+pub mod gpu;
 pub mod host;
 pub mod ids;
 pub mod kb;

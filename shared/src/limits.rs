@@ -109,3 +109,7 @@ pub const ARTIFACT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs
 /// Most artifact files one wasm task sends back: a module that writes thousands of files
 /// would otherwise flood the events subject.
 pub const MAX_ARTIFACTS: usize = 256;
+
+/// Largest PTX the swarm-wide PTX cache keeps per entry (1 MiB, the server's default message
+/// size): bigger kernels are compiled again where they run.
+pub const MAX_PTX_CACHE_ENTRY_BYTES: usize = 1024 * 1024;

@@ -188,6 +188,12 @@ impl Subjects {
         format!("{}_build_sources", self.token_prefix())
     }
 
+    /// JetStream KV bucket: PTX compiled by NVRTC for `cuda` tasks, keyed by a hash of the
+    /// source, options, architecture and NVRTC version, shared by every worker.
+    pub fn ptx_bucket(&self) -> String {
+        format!("{}_ptx", self.token_prefix())
+    }
+
     /// The stream behind an Object Store bucket (Object Store's naming), for permissions.
     pub fn object_stream(bucket: &str) -> String {
         format!("OBJ_{bucket}")

@@ -15,10 +15,12 @@ use crate::error::VgaError;
 use crate::ids::{TaskId, WorkerId};
 use crate::limits;
 
+mod cuda;
 mod status;
 mod task;
+pub use cuda::{virtual_arch, CudaSpec, KernelArg, PTX_ARTIFACT};
 pub use status::{AbnormalNode, Heartbeat, NodeStatus, SwarmPulse, Toolchain};
-pub use task::{Argv, Bounds, CompileTask, ExecTask, Task, TaskFile, WasmTask, Work};
+pub use task::{Argv, Bounds, CompileTask, CudaTask, ExecTask, Task, TaskFile, WasmTask, Work};
 // The checked names live below the wire types (the build farm's types use them too).
 pub use crate::names::{check_module_ref, check_relative_path, ModuleRef, MODULE_REF_PREFIX};
 
@@ -39,6 +41,9 @@ pub enum TaskKind {
     /// go through the master's gateway and whose code is built on the swarm; the workspace
     /// files and `response.json` come back as artifacts.
     Agent,
+    /// CUDA C (`cuda`) compiled with NVRTC to PTX and, unless compile-only, its kernel
+    /// launched on the task's leased GPU; output buffers come back as artifacts.
+    Cuda,
 }
 
 /// A task as a person or program submits it on `vgas.task.submit`.
@@ -96,6 +101,9 @@ pub struct TaskSpec {
     /// first on the task's `PATH`; one it cannot satisfy fails the task with the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<crate::farm::EnvSpec>,
+    /// Cuda tasks only: the source, kernel and launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaSpec>,
 }
 
 /// An input file: `{"path":"in.txt","text":"..."}` or `{"path":"in.bin","base64":"..."}`.
@@ -137,6 +145,10 @@ pub struct Needs {
     /// Capability tags the worker must advertise, all of them (for example `"gcc"`, `"gpu"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+    /// GPUs leased to the task for its attempt, whole devices (`2`, or an object with what each
+    /// device must have: [`crate::gpu::GpuNeeds`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<crate::gpu::GpuNeeds>,
 }
 
 /// Per-task resource limits; `None` takes the worker's default, and a value above the
@@ -339,6 +351,9 @@ pub struct Assignment {
     /// The encoding the submitter used; events go out in it.
     #[serde(default)]
     pub encoding: Encoding,
+    /// The GPUs leased to this attempt (UUIDs): the only devices the task may see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
 }
 
 /// The worker's answer to an assignment.
@@ -371,6 +386,10 @@ pub enum TaskState {
     Assigned {
         worker: WorkerId,
         since_ms: u64,
+        /// The GPUs leased to this attempt (UUIDs), recorded before the assignment is sent:
+        /// a restarted master takes its leases back from here.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gpus: Vec<String>,
     },
     Finished {
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -143,6 +143,7 @@ impl<S: ModuleSource> Compiler<'_, S> {
             workdir: &c.workdir,
             extra_files: &extra,
             keep_dir: true,
+            devices: None,
         };
         let run = sandbox::run_native(
             self.sandbox,

@@ -101,6 +101,7 @@ fn task(gcc: &LocalCompiler, c: CompileSpec, files: Vec<InputFile>) -> TaskSpec 
         deadline_s: Some(TEST_TIMEOUT.as_secs()),
         needs: Needs {
             capabilities: vec![gcc.identity.tag()],
+            gpus: None,
         },
         ..TaskSpec::default()
     }

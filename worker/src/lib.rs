@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod compile;
 pub mod env;
+pub mod gpu;
 pub mod join;
 pub mod probe;
 pub mod runner;

@@ -29,8 +29,19 @@ struct Args {
     drain_timeout: Option<u64>,
 }
 
+fn main() -> Result<()> {
+    // A cuda task's helper: the worker runs its own binary in the sandbox for it.
+    let argv: Vec<String> = std::env::args().collect();
+    if let [_, arg, plan] = argv.as_slice() {
+        if arg == vgas_worker::gpu::helper::HELPER_ARG {
+            std::process::exit(vgas_worker::gpu::helper::main(plan));
+        }
+    }
+    worker()
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn worker() -> Result<()> {
     vgas_shared::logging::init("info");
     let args = Args::parse();
     let mut cfg = vgas_worker::WorkerConfig::new(args.common.resolve(Role::Worker)?)?;

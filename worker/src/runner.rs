@@ -29,6 +29,7 @@ use vgas_shared::{Encoding, TaskId};
 
 use crate::compile::sources_bucket;
 use crate::env::EnvironmentManager;
+use crate::gpu::Gpus;
 use crate::probe;
 use crate::sandbox::{Isolation, OutputChunk};
 use crate::wasm::{Artifact, ArtifactBody, ObjectStoreSource, WasmRuntime};
@@ -110,6 +111,10 @@ pub struct Worker {
     envs: Arc<EnvironmentManager>,
     /// The build sources bucket, read for segments whose source is sent by reference.
     sources: ObjectStoreSource,
+    /// The GPUs and NVRTC found here.
+    gpus: Arc<Gpus>,
+    /// The swarm's PTX cache (`None` when a master of an older version did not create it).
+    ptx_cache: Option<jetstream::kv::Store>,
 }
 
 impl Worker {
@@ -118,16 +123,22 @@ impl Worker {
         let js = jetstream::new(client.clone());
         // Independent probes, at once: identifying compilers runs them and hashes them.
         let (id, work_dir) = (cfg.id.to_string(), cfg.sandbox.work_dir.clone());
-        let (isolation, toolchains, envs) = tokio::join!(
+        let (isolation, toolchains, envs, gpus) = tokio::join!(
             tokio::task::spawn_blocking(Isolation::probe),
             tokio::task::spawn_blocking(probe::toolchains),
             tokio::task::spawn_blocking(move || EnvironmentManager::probe(&id, &work_dir)),
+            tokio::task::spawn_blocking(Gpus::probe),
         );
         let isolation = isolation.context("probe isolation")?;
+        let gpus = gpus.context("probe GPUs")?;
+        info!(nvrtc = ?gpus.nvrtc.as_ref().map(|n| &n.version), "{}", gpus.note);
         let mut toolchains = toolchains.context("probe toolchains")?;
         let envs = Arc::new(envs.context("probe compilers")?);
         let mut capabilities = cfg.capabilities.clone();
         envs.offer(&mut toolchains, &mut capabilities);
+        if gpus.nvrtc.is_some() {
+            capabilities.push(vgas_shared::gpu::NVRTC_CAPABILITY.to_owned());
+        }
         let beat_template = Heartbeat {
             worker: Some(cfg.id.clone()),
             hostname: probe::hostname(),
@@ -138,8 +149,11 @@ impl Worker {
             toolchains,
             capabilities,
             isolation: isolation.describe(),
+            gpus: gpus.devices.clone(),
+            cuda_driver: gpus.driver.clone(),
             ..Default::default()
         };
+        let ptx_cache = js.get_key_value(cfg.conn.subjects.ptx_bucket()).await.ok();
         let wasm = Arc::new(WasmRuntime::new(&cfg.wasm)?);
         let modules = ObjectStoreSource::modules(js.clone(), cfg.conn.subjects.modules_bucket());
         let sources = sources_bucket(js.clone(), cfg.conn.subjects.build_sources_bucket());
@@ -162,6 +176,8 @@ impl Worker {
             hand_back_now: Arc::default(),
             seq: Arc::default(),
             beat_template,
+            gpus: Arc::new(gpus),
+            ptx_cache,
         })
     }
 
@@ -411,7 +427,7 @@ impl Worker {
             match work::task_of(&a.spec) {
                 Ok(mut task) => {
                     work::identify(&mut task.work, &a.task_id, a.attempt, &self.cfg.id);
-                    self.run_work(&task.work, &task.bounds, slot, tx, cancel)
+                    self.run_work(&task.work, &task.bounds, &a.gpus, slot, tx, cancel)
                         .await
                 }
                 Err(refused) => refused,

@@ -4,6 +4,7 @@
 //! can also be done with the `nats` CLI in JSON (see docs/protocol.md).
 
 pub mod agent;
+pub mod cuda;
 pub mod discover;
 pub mod status;
 pub mod submit;
@@ -36,7 +37,7 @@ pub enum Cmd {
     /// Create the swarm's NATS users and the server's auth.conf (idempotent).
     Init,
     /// Run a command on the swarm, streaming its output; exits with its exit code.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show the swarm: live and abnormal workers, queue, in-flight tasks.
     Status {
         /// Print the raw SwarmPulse as JSON.
@@ -117,7 +118,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let code = match cmd {
         Cmd::Init | Cmd::Discover { .. } | Cmd::Vault { .. } => unreachable!("handled above"),
         Cmd::Usage { json } => usage::run(&swarm, json).await?,
-        Cmd::Submit(args) => submit::submit(&swarm, args).await?,
+        Cmd::Submit(args) => submit::submit(&swarm, *args).await?,
         Cmd::Build(args) => crate::farm::cli::run(&swarm, &conn, args).await?,
         Cmd::Agent(cmd) => agent::run(&swarm, cmd).await?,
         Cmd::Status { json } => status::run(&swarm, json).await?,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
+use vgas_shared::gpu::GpuNeeds;
 use vgas_shared::wire::{InputFile, Needs, TaskOutcome, TaskSpec};
 use vgas_shared::{ErrorCode, TaskId};
 
@@ -58,8 +59,14 @@ pub struct SubmitArgs {
     /// micromamba or conda.
     #[arg(long, value_name = "PACKAGE")]
     pub conda: Vec<String>,
+    /// Lease this many whole GPUs for the task: an exec task sees only them
+    /// (`CUDA_VISIBLE_DEVICES`, `/dev/nvidia*`).
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
+    #[command(flatten)]
+    pub cuda: super::cuda::CudaArgs,
     /// The command and its arguments (with --wasm: the module's argv).
-    #[arg(required_unless_present = "wasm", last = true)]
+    #[arg(required_unless_present_any = ["wasm", "cuda"], last = true)]
     pub cmd: Vec<String>,
 }
 
@@ -127,12 +134,14 @@ pub fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
         deadline_s: args.deadline,
         needs: Needs {
             capabilities: args.needs.clone(),
+            gpus: args.gpus.map(GpuNeeds::count),
         },
         retryable: args.no_retry.then_some(false),
         environment: environment(args),
         ..Default::default()
     };
     let spec = super::wasm::wasm_spec(spec, args.wasm.as_deref())?;
+    let spec = super::cuda::cuda_spec(spec, &args.cuda)?;
     spec.validate()?;
     Ok(spec)
 }

@@ -81,6 +81,7 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
         kind: TaskKind::Compile,
         needs: Needs {
             capabilities: vec![vgas_shared::farm::compiler_tag(&compile.compiler)],
+            gpus: None,
         },
         compile: Some(compile),
         files: seg.files.clone(),

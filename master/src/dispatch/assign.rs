@@ -21,15 +21,30 @@ impl Dispatcher {
     pub(super) async fn try_dispatch(&mut self) {
         let mut waiting = VecDeque::new();
         let mut assigned = Vec::new();
+        let mut waiting_for_gpus = 0;
         while let Some(id) = self.pending.pop_front() {
             let Some(t) = self.tasks.get(&id) else {
                 continue;
             };
-            match self.sched.gatling_rotate_next(&t.rec.spec.needs) {
-                Ok(worker) => {
-                    let worker = worker.id.clone();
-                    self.bind(&id, &worker);
+            let needs = &t.rec.spec.needs;
+            let picked = match &needs.gpus {
+                None => self
+                    .sched
+                    .gatling_rotate_next(needs)
+                    .map(|w| (w.id.clone(), Vec::new())),
+                Some(gpus) => self
+                    .gpus
+                    .acquire_cluster_gpu(&self.sched, &id, needs, gpus)
+                    .map(|lock| (lock.worker.id.clone(), lock.devices)),
+            };
+            match picked {
+                Ok((worker, gpus)) => {
+                    self.bind(&id, &worker, gpus);
                     assigned.push((id, worker));
+                }
+                Err(NoWorker::AllBusy) if needs.gpus.is_some() => {
+                    waiting_for_gpus += 1;
+                    waiting.push_back(id);
                 }
                 Err(NoWorker::NoneCapable)
                     if now_ms().saturating_sub(t.queued_at_ms)
@@ -54,6 +69,9 @@ impl Dispatcher {
             }
         }
         self.pending = waiting;
+        self.counters
+            .waiting_for_gpus
+            .store(waiting_for_gpus, std::sync::atomic::Ordering::Relaxed);
         if assigned.is_empty() {
             return;
         }
@@ -74,13 +92,15 @@ impl Dispatcher {
         }
     }
 
-    /// Binds a task to `worker` in memory: its next attempt, assigned now.
-    fn bind(&mut self, id: &TaskId, worker: &WorkerId) {
+    /// Binds a task to `worker` in memory: its next attempt, assigned now, with the GPUs
+    /// leased to it.
+    fn bind(&mut self, id: &TaskId, worker: &WorkerId, gpus: Vec<String>) {
         if let Some(t) = self.tasks.get_mut(id) {
             t.rec.attempt += 1;
             t.rec.state = TaskState::Assigned {
                 worker: worker.clone(),
                 since_ms: now_ms(),
+                gpus,
             };
             t.permit = None;
         }
@@ -92,7 +112,7 @@ impl Dispatcher {
             t.rec.attempt -= 1;
             t.rec.state = TaskState::Queued;
         }
-        self.sched.release(worker);
+        self.free(id, worker);
         self.pending.push_back(id.clone());
     }
 
@@ -105,11 +125,16 @@ impl Dispatcher {
         };
         let attempt = t.rec.attempt;
         let enc = t.rec.encoding;
+        let gpus = match &t.rec.state {
+            TaskState::Assigned { gpus, .. } => gpus.clone(),
+            _ => Vec::new(),
+        };
         let assignment = Assignment {
             task_id: id.clone(),
             attempt,
             spec: t.rec.spec.clone(),
             encoding: enc,
+            gpus,
         };
         self.emit(
             id,
@@ -158,7 +183,7 @@ impl Dispatcher {
         }
         let worker = worker.clone();
         debug!(task_id = %id, worker = %worker, "assignment failed: {reason}");
-        self.sched.release(&worker);
+        self.free(id, &worker);
         self.send_cancel(id, &worker, attempt).await;
         if t.cancel_requested {
             self.finalize(id, TaskOutcome::Cancelled, None).await;

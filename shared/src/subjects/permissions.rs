@@ -123,6 +123,8 @@ impl Subjects {
                 .chain(object_write(&artifacts, &artifacts_stream))
                 .chain(object_read(&sources_stream))
                 .chain(agents_rw)
+                .chain(kv_read(&self.ptx_bucket()))
+                .chain([kv_write(&self.ptx_bucket())])
                 .collect(),
                 subscribe: vec![
                     self.all_worker_tasks(),

@@ -43,6 +43,12 @@ pub struct Heartbeat {
     pub capabilities: Vec<String>,
     /// What the native sandbox could set up here (`full` or a list of what is missing).
     pub isolation: String,
+    /// The GPUs the worker's probe found (none without `libcuda`), or its declared test ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::gpu::GpuDevice>,
+    /// The CUDA driver's version (`13.0`), when `libcuda` loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_driver: Option<String>,
     /// No new work: the worker is shutting down.
     pub draining: bool,
     /// Last beat: forget this worker now.
@@ -66,6 +72,14 @@ pub struct NodeStatus {
     pub capabilities: Vec<String>,
     pub toolchains: Vec<Toolchain>,
     pub isolation: String,
+    /// The worker's GPUs, as its last heartbeat said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::gpu::GpuDevice>,
+    /// Which of them are leased, and to which task (device UUID, task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<(String, TaskId)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_driver: Option<String>,
     pub draining: bool,
     pub last_seen_ms_ago: u64,
     pub tasks_done: u64,
@@ -90,6 +104,9 @@ pub struct SwarmPulse {
     pub queue_capacity: usize,
     /// Tasks assigned and not yet finished.
     pub in_flight: usize,
+    /// Queued tasks that wait for a busy GPU (some worker could run them, none has the
+    /// devices free now).
+    pub waiting_for_gpus: usize,
     pub tasks_accepted: u64,
     pub tasks_finished: u64,
     pub uptime_ms: u64,

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use super::{check_relative_path, InputFile, ModuleRef, Needs, TaskKind, TaskLimits, TaskSpec};
+use super::{
+    check_relative_path, CudaSpec, InputFile, ModuleRef, Needs, TaskKind, TaskLimits, TaskSpec,
+};
 use crate::agent::AgentRun;
 use crate::error::VgaError;
 use crate::farm::{compiler_tag, CompileSpec, EnvSpec};
@@ -25,6 +27,8 @@ use crate::limits;
 const NO_SEGMENT: &str = "a compile task needs its \"compile\" segment";
 /// Why an agent task without its run is refused.
 const NO_AGENT_RUN: &str = "an agent task needs its \"agent\" run";
+/// Why a cuda task without its kernel is refused.
+const NO_CUDA: &str = "a cuda task needs its \"cuda\" source and kernel";
 
 /// A task as it runs: every check of [`TaskSpec::parse`] passed, its kind's fields in
 /// [`Work`], the defaults of the wire form filled in.
@@ -36,7 +40,8 @@ pub struct Task {
     pub work: Work,
     /// What one attempt may use.
     pub bounds: Bounds,
-    /// What a worker must offer to take the task.
+    /// What a worker must offer to take the task, with what its kind implies added (a cuda
+    /// task needs NVRTC, and one GPU unless it asked for more or only compiles).
     pub needs: Needs,
     /// Whether the task may run again elsewhere when its worker is lost.
     pub retryable: bool,
@@ -68,6 +73,19 @@ pub enum Work {
     /// An AI agent run. The run says it all: an agent task's `env`, `stdin` and `files` are
     /// accepted on the wire but not used.
     Agent(AgentRun),
+    /// CUDA C compiled to PTX and, unless compile-only, launched on the leased GPU.
+    Cuda(CudaTask),
+}
+
+/// A cuda task: its kernel and launch (checked), the input files its buffers come from, and
+/// the environment the compile and launch run with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CudaTask {
+    pub cuda: CudaSpec,
+    /// Names checked (non-empty, no `=` or NUL), values without NUL.
+    pub env: BTreeMap<String, String>,
+    /// Written into the task directory; `in` and `inout` arguments name them.
+    pub files: Vec<TaskFile>,
 }
 
 /// A command with args, env, stdin and input files, in the native sandbox.
@@ -129,6 +147,7 @@ enum Head<'a> {
     Wasm(ModuleRef),
     Compile(&'a CompileSpec),
     Agent(&'a AgentRun),
+    Cuda(&'a CudaSpec),
 }
 
 fn bad<T>(message: impl Into<String>) -> Result<T, VgaError> {
@@ -201,6 +220,11 @@ impl TaskSpec {
                 ));
             }
         }
+        let needs = self.checked_needs()?;
+        if let Head::Cuda(c) = &head {
+            let inputs = files.iter().map(TaskFile::path).collect();
+            c.validate(&inputs)?;
+        }
         let (env, stdin) = (self.env.clone(), self.stdin.clone());
         let work = match head {
             Head::Exec(argv) => Work::Exec(ExecTask {
@@ -223,6 +247,11 @@ impl TaskSpec {
                 files,
             }),
             Head::Agent(run) => Work::Agent(run.clone()),
+            Head::Cuda(cuda) => Work::Cuda(CudaTask {
+                cuda: cuda.clone(),
+                env,
+                files,
+            }),
         };
         Ok(Task {
             id: self.task_id.clone(),
@@ -231,7 +260,7 @@ impl TaskSpec {
                 deadline,
                 limits: self.limits,
             },
-            needs: self.needs.clone(),
+            needs,
             retryable: self.retryable != Some(false),
             max_attempts: self.max_attempts(),
             wait_for_worker: self.wait_for_worker(),
@@ -264,6 +293,29 @@ impl TaskSpec {
         }
     }
 
+    /// The task's needs, checked, with what its kind implies: a cuda task needs NVRTC
+    /// ([`crate::gpu::NVRTC_CAPABILITY`]) and, unless it only compiles, one GPU when it named
+    /// no count. Only exec and cuda tasks lease GPUs.
+    fn checked_needs(&self) -> Result<Needs, VgaError> {
+        let mut needs = self.needs.clone();
+        if let Some(g) = &needs.gpus {
+            if !matches!(self.kind, TaskKind::Exec | TaskKind::Cuda) {
+                return bad("only exec and cuda tasks lease GPUs (\"needs.gpus\")");
+            }
+            g.validate()?;
+        }
+        if let (TaskKind::Cuda, Some(c)) = (self.kind, &self.cuda) {
+            let tag = crate::gpu::NVRTC_CAPABILITY.to_owned();
+            if !needs.capabilities.contains(&tag) {
+                needs.capabilities.push(tag);
+            }
+            if !c.compile_only && needs.gpus.is_none() {
+                needs.gpus = Some(crate::gpu::GpuNeeds::count(1));
+            }
+        }
+        Ok(needs)
+    }
+
     /// An agent task's run, checked; `None` for the other kinds, which may not have one.
     fn agent_run(&self) -> Result<Option<&AgentRun>, VgaError> {
         match (self.kind, &self.agent) {
@@ -282,11 +334,29 @@ impl TaskSpec {
 
     /// What only this kind has: the program, the module, the segment or the run.
     fn head<'a>(
-        &self,
+        &'a self,
         segment: Option<&'a CompileSpec>,
         run: Option<&'a AgentRun>,
     ) -> Result<Head<'a>, VgaError> {
+        if self.cuda.is_some() != (self.kind == TaskKind::Cuda) {
+            return bad(if self.cuda.is_some() {
+                "only a cuda task (\"kind\":\"cuda\") has a \"cuda\" kernel"
+            } else {
+                NO_CUDA
+            });
+        }
         match (self.kind, &self.module) {
+            (TaskKind::Cuda, Some(_)) => {
+                bad("a cuda task has no \"module\": its source is in \"cuda\"")
+            }
+            (TaskKind::Cuda, None) if !self.cmd.is_empty() || !self.stdin.is_empty() => {
+                bad("a cuda task has no \"cmd\" or \"stdin\": the kernel says it all")
+            }
+            (TaskKind::Cuda, None) => self
+                .cuda
+                .as_ref()
+                .map(Head::Cuda)
+                .map_or_else(|| bad(NO_CUDA), Ok),
             // `segment` and `agent_run` refused these kinds without their part already.
             (TaskKind::Compile, _) => segment
                 .map(Head::Compile)
@@ -310,6 +380,7 @@ impl Work {
             Work::Wasm(_) => TaskKind::Wasm,
             Work::Compile(_) => TaskKind::Compile,
             Work::Agent(_) => TaskKind::Agent,
+            Work::Cuda(_) => TaskKind::Cuda,
         }
     }
 
@@ -320,6 +391,7 @@ impl Work {
             Work::Exec(t) => Some(&mut t.env),
             Work::Wasm(t) => Some(&mut t.env),
             Work::Compile(t) => Some(&mut t.env),
+            Work::Cuda(t) => Some(&mut t.env),
             Work::Agent(_) => None,
         }
     }

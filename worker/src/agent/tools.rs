@@ -444,6 +444,7 @@ impl Tools<'_> {
                 task: exec,
                 bounds: &task.bounds,
             },
+            None,
             tx,
             self.cancel.child_token(),
         );

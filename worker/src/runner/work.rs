@@ -24,6 +24,8 @@ const ATTEMPT_VAR: &str = "VGAS_ATTEMPT";
 const WORKER_ID_VAR: &str = "VGAS_WORKER_ID";
 /// The root of an exec task's prepared environment.
 const ENV_ROOT_VAR: &str = "VGAS_ENV_ROOT";
+/// The devices a task that leased GPUs may use (their UUIDs), over the task's own value.
+const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
 /// How one attempt's work ended: its outcome, the files it hands back, and the directory the
 /// large ones still sit in.
@@ -124,29 +126,70 @@ fn in_environment(exec: &ExecTask, env: &EnvPath) -> ExecTask {
 }
 
 impl Worker {
-    /// Runs `work` under `bounds` in sandbox slot `slot`, streaming its output into `out`:
-    /// each kind's runner gets its own typed part. Never panics; every failure is an outcome.
+    /// Runs `work` under `bounds` in sandbox slot `slot` with the GPUs `gpus` leased to it,
+    /// streaming its output into `out`: each kind's runner gets its own typed part. Never
+    /// panics; every failure is an outcome.
     pub(super) async fn run_work(
         &self,
         work: &Work,
         bounds: &Bounds,
+        gpus: &[String],
         slot: usize,
         out: Sender<OutputChunk>,
         cancel: CancellationToken,
     ) -> Run {
         match work {
             Work::Exec(exec) => {
-                let exec = match self.prepare_environment(exec).await {
+                let mut exec = match self.prepare_environment(exec).await {
                     Ok(exec) => exec,
                     Err(message) => return Run::error(message),
                 };
+                let mut access = None;
+                if !gpus.is_empty() {
+                    match self.gpus.lease(gpus) {
+                        Ok(lease) => {
+                            exec.to_mut()
+                                .env
+                                .insert(CUDA_VISIBLE_DEVICES.into(), lease.visible);
+                            access = Some(lease.access);
+                        }
+                        Err(message) => return Run::error(message),
+                    }
+                }
                 let job = Job {
                     task: exec.as_ref(),
                     bounds,
                 };
-                let outcome =
-                    sandbox::run_exec(&self.cfg.sandbox, &self.isolation, slot, job, out, cancel);
+                let outcome = sandbox::run_exec(
+                    &self.cfg.sandbox,
+                    &self.isolation,
+                    slot,
+                    job,
+                    access.as_ref(),
+                    out,
+                    cancel,
+                );
                 Run::ended(outcome.await)
+            }
+            Work::Cuda(cuda) => {
+                let helper = match std::env::current_exe() {
+                    Ok(p) => p,
+                    Err(e) => return Run::error(format!("cannot find the worker's binary: {e}")),
+                };
+                let runner = crate::gpu::task::CudaRunner {
+                    sandbox: &self.cfg.sandbox,
+                    isolation: &self.isolation,
+                    gpus: &self.gpus,
+                    cache: self.ptx_cache.as_ref(),
+                    helper: &helper,
+                };
+                let job = Job { task: cuda, bounds };
+                let run = runner.run(slot, job, gpus, out, cancel).await;
+                Run {
+                    outcome: run.outcome,
+                    artifacts: run.artifacts,
+                    workdir: run.dir.map(Workdir::Kept),
+                }
             }
             Work::Wasm(wasm) => {
                 let run = self.wasm.run(

@@ -55,6 +55,7 @@ pub(crate) enum Stage {
     BindTaskDir,
     SecureTaskDir,
     ReadOnly,
+    HideDevice,
     NetNamespace,
     Chdir,
     Rlimit,
@@ -65,13 +66,14 @@ pub(crate) enum Stage {
 }
 
 /// Every step, in numbering order (`STAGES[n - 1]` is step `n`), for decoding.
-const STAGES: [Stage; 13] = [
+const STAGES: [Stage; 14] = [
     Stage::NewSession,
     Stage::MountNamespace,
     Stage::PrivateRoot,
     Stage::BindTaskDir,
     Stage::SecureTaskDir,
     Stage::ReadOnly,
+    Stage::HideDevice,
     Stage::NetNamespace,
     Stage::Chdir,
     Stage::Rlimit,
@@ -115,6 +117,9 @@ pub(crate) struct ChildPlan {
     /// Set when a mount namespace is wanted: flags for the task directory's own bind mount,
     /// and the mount points to make read-only.
     mounts: Option<(libc::c_ulong, Vec<MountPoint>)>,
+    /// Device nodes covered by `/dev/null` in the mount namespace (GPUs not leased to the
+    /// task); empty without a mount namespace.
+    hidden: Vec<CString>,
     new_net: bool,
     /// (soft, hard) in [`RLIMIT_NAMES`] order.
     rlimits: [(libc::rlim_t, libc::rlim_t); 5],
@@ -129,6 +134,7 @@ impl ChildPlan {
         isolation: &Isolation,
         limits: &Limits,
         uid: Option<u32>,
+        hidden: &[std::path::PathBuf],
     ) -> Result<ChildPlan, String> {
         let c_dir = CString::new(task_dir.as_os_str().as_bytes())
             .map_err(|_| "task directory path contains NUL".to_owned())?;
@@ -169,7 +175,17 @@ impl ChildPlan {
             (nproc, nproc),
             (0, 0),
         ];
+        let hidden = if mounts.is_some() {
+            hidden
+                .iter()
+                .map(|p| CString::new(p.as_os_str().as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "device path contains NUL".to_owned())?
+        } else {
+            Vec::new()
+        };
         Ok(ChildPlan {
+            hidden,
             task_dir: c_dir,
             task_dir_shown: task_dir.display().to_string(),
             cwd: c_cwd,
@@ -220,6 +236,12 @@ impl ChildPlan {
                     if m.essential || !SKIPPABLE_REMOUNT_ERRORS.contains(&errno) {
                         return Err(fail(Stage::ReadOnly, i));
                     }
+                }
+            }
+            for (i, node) in self.hidden.iter().enumerate() {
+                let (from, to) = (c"/dev/null".as_ptr(), node.as_ptr());
+                if unsafe { libc::mount(from, to, null, libc::MS_BIND, std::ptr::null()) } != 0 {
+                    return Err(fail(Stage::HideDevice, i));
                 }
             }
         }
@@ -293,6 +315,13 @@ impl ChildPlan {
                         |m| m.path.to_string_lossy().into_owned(),
                     );
                 format!("could not remount {shown} read-only")
+            }
+            Stage::HideDevice => {
+                let shown = self.hidden.get(detail).map_or_else(
+                    || format!("device #{detail}"),
+                    |d| d.to_string_lossy().into_owned(),
+                );
+                format!("could not hide {shown} (a GPU not leased to the task)")
             }
             Stage::NetNamespace => "could not create a network namespace".to_owned(),
             Stage::Chdir => format!("could not enter {}", self.cwd_shown),
@@ -389,6 +418,7 @@ mod tests {
             &iso,
             &Limits::default(),
             Some(200_001),
+            &[],
         )
         .unwrap();
         let (_, readonly) = plan.mounts.as_ref().expect("a mount plan");

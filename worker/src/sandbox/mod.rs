@@ -203,6 +203,19 @@ pub struct RunOptions<'a> {
     pub extra_files: &'a [(String, Vec<u8>)],
     /// Keep the task directory after the run ([`NativeRun::dir`]) instead of removing it.
     pub keep_dir: bool,
+    /// The task leased GPUs: these are the device nodes it must not see.
+    pub devices: Option<&'a DeviceAccess>,
+}
+
+/// What a task that leased GPUs may touch. The device nodes of every other GPU on the host
+/// are covered by `/dev/null` in the task's mount namespace (so opening one finds no GPU),
+/// and the address-space limit is lifted: CUDA reserves terabytes of virtual address space
+/// for unified memory, and a process under `RLIMIT_AS` cannot initialise it. Memory is still
+/// bounded by the host, not by the sandbox, for such a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceAccess {
+    /// `/dev/nvidiaN` of the devices not leased to the task.
+    pub hidden: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for RunOptions<'_> {
@@ -214,6 +227,7 @@ impl std::fmt::Debug for RunOptions<'_> {
                 &self.extra_files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
             )
             .field("keep_dir", &self.keep_dir)
+            .field("devices", &self.devices)
             .finish()
     }
 }
@@ -239,6 +253,7 @@ pub async fn run_exec(
     isolation: &Isolation,
     slot: usize,
     job: Job<'_, ExecTask>,
+    devices: Option<&DeviceAccess>,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
 ) -> TaskOutcome {
@@ -250,7 +265,10 @@ pub async fn run_exec(
         files: &job.task.files,
         bounds: job.bounds,
     };
-    let opts = RunOptions::default();
+    let opts = RunOptions {
+        devices,
+        ..RunOptions::default()
+    };
     run_native(cfg, isolation, slot, &native, &opts, out, cancel)
         .await
         .outcome
@@ -272,7 +290,14 @@ pub async fn run_native(
         outcome: TaskOutcome::Error { message },
         dir: None,
     };
-    let limits = cfg.ceilings.for_task(&job.bounds.limits);
+    let mut limits = cfg.ceilings.for_task(&job.bounds.limits);
+    let hidden: &[PathBuf] = match opts.devices {
+        Some(d) => {
+            limits.memory_bytes = libc::RLIM_INFINITY;
+            &d.hidden
+        }
+        None => &[],
+    };
     let uid = if isolation.uid_switch {
         match cfg.sandbox_uid(slot) {
             Some(uid) => Some(uid),
@@ -315,7 +340,7 @@ pub async fn run_native(
     if let Some(uid) = uid {
         procs::kill_uid(uid).await;
     }
-    let plan = match child::ChildPlan::new(dir.path(), &cwd, isolation, &limits, uid) {
+    let plan = match child::ChildPlan::new(dir.path(), &cwd, isolation, &limits, uid, hidden) {
         Ok(plan) => Arc::new(plan),
         Err(message) => {
             taskdir::remove(dir);

@@ -121,7 +121,7 @@ pub(super) async fn run_cancellable(
                 ..
             }) => {
                 let job = Job { task: exec, bounds };
-                run_exec(&h.cfg, isolation(), slot, job, tx, cancel).await
+                run_exec(&h.cfg, isolation(), slot, job, None, tx, cancel).await
             }
             Ok(other) => panic!("not an exec task: {other:?}"),
             Err(e) => TaskOutcome::Error {
@@ -192,6 +192,7 @@ async fn output_is_streamed_while_the_task_runs() {
             isolation(),
             0,
             exec_job(&task),
+            None,
             tx,
             CancellationToken::new(),
         )

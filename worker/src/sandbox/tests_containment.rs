@@ -353,6 +353,7 @@ async fn a_sandbox_setup_failure_is_an_error_with_the_reason() {
         &asks_too_much,
         8,
         super::tests::exec_job(&task),
+        None,
         tx,
         tokio_util::sync::CancellationToken::new(),
     )
@@ -364,4 +365,58 @@ async fn a_sandbox_setup_failure_is_an_error_with_the_reason() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_gpu_task_sees_only_its_devices_and_has_no_address_space_limit() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !isolation().mount_ns {
+        println!("skipped: no mount namespace here, so nothing can be hidden");
+        return;
+    }
+    let h = harness();
+    // Stand-ins for two /dev/nvidiaN nodes, outside the task directory: one leased, one not.
+    let devs = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(devs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (leased, other) = (devs.path().join("nvidia0"), devs.path().join("nvidia1"));
+    for (p, text) in [(&leased, "device 0"), (&other, "device 1")] {
+        std::fs::write(p, text).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let access = super::DeviceAccess {
+        hidden: vec![other.clone()],
+    };
+    let script = format!(
+        "cat {}; echo; cat {}; echo; ulimit -v",
+        leased.display(),
+        other.display()
+    );
+    let task = sh(&script).parse().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(vgas_shared::limits::EVENT_CHANNEL_CAPACITY);
+    let collect = async move {
+        let mut stdout = String::new();
+        while let Some(chunk) = rx.recv().await {
+            if let super::OutputChunk::Stdout(s) = chunk {
+                stdout.push_str(&s);
+            }
+        }
+        stdout
+    };
+    let run = super::run_exec(
+        &h.cfg,
+        isolation(),
+        20,
+        super::tests::exec_job(&task),
+        Some(&access),
+        tx,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let (outcome, stdout) = tokio::join!(run, collect);
+    assert_eq!(outcome, TaskOutcome::Exited { exit_code: 0 }, "{stdout}");
+    assert_eq!(
+        stdout, "device 0\n\nunlimited\n",
+        "the other device reads as /dev/null"
+    );
+    // Hidden in the task's mount namespace only.
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "device 1");
 }

@@ -1,0 +1,314 @@
+//! Running a `cuda` task: the PTX looked up in the swarm's PTX cache (keyed by source,
+//! options, architecture and NVRTC version), the helper process run in the native
+//! sandbox with the leased devices only (it compiles on a miss and launches unless the task
+//! only compiles), the fresh PTX put into the cache, and the outputs handed back: the PTX
+//! (`kernel.ptx`) for a compile-only task, the output buffers for a launch.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use vgas_shared::limits::{
+    MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES, MAX_PTX_CACHE_ENTRY_BYTES,
+};
+use vgas_shared::wire::{virtual_arch, CudaTask, TaskOutcome, PTX_ARTIFACT};
+
+use super::helper::{self, Launch, Plan};
+use super::Gpus;
+use crate::sandbox::{
+    self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
+};
+use crate::wasm::{Artifact, ArtifactBody};
+
+/// How a cuda task ended and what it left.
+#[derive(Debug)]
+pub struct CudaRun {
+    pub outcome: TaskOutcome,
+    pub artifacts: Vec<Artifact>,
+    /// Kept while a large output in it is uploaded; removed on drop.
+    pub dir: Option<KeptDir>,
+}
+
+impl CudaRun {
+    fn error(message: String) -> CudaRun {
+        CudaRun {
+            outcome: TaskOutcome::Error { message },
+            artifacts: Vec::new(),
+            dir: None,
+        }
+    }
+}
+
+/// What a cuda task runs with.
+#[derive(Debug)]
+pub struct CudaRunner<'a> {
+    pub sandbox: &'a SandboxConfig,
+    pub isolation: &'a Isolation,
+    pub gpus: &'a Gpus,
+    /// The PTX cache, when the bucket could be opened.
+    pub cache: Option<&'a async_nats::jetstream::kv::Store>,
+    /// This worker's own binary: the helper is `<it> __cuda-helper`.
+    pub helper: &'a Path,
+}
+
+/// The cache key of one compile: every input of NVRTC's output.
+pub fn ptx_key(nvrtc: &str, arch: Option<&str>, options: &[String], source: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        "vgas-ptx-1",
+        nvrtc,
+        arch.unwrap_or("default"),
+        &options.join("\0"),
+        source,
+    ] {
+        h.update(part.len().to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+impl CudaRunner<'_> {
+    /// Runs `job` in sandbox slot `slot` with the GPUs `leased` to this attempt.
+    pub async fn run(
+        &self,
+        slot: usize,
+        job: Job<'_, CudaTask>,
+        leased: &[String],
+        out: Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> CudaRun {
+        let c = &job.task.cuda;
+        let Some(nvrtc) = &self.gpus.nvrtc else {
+            return CudaRun::error("NVRTC is not available on this worker".into());
+        };
+        if let Some(f) = job.task.files.iter().find(|f| {
+            f.path() == helper::WORK_DIR || f.path().starts_with(&format!("{}/", helper::WORK_DIR))
+        }) {
+            return CudaRun::error(format!(
+                "{} is where the kernel's own files go; ship {:?} under another name",
+                helper::WORK_DIR,
+                f.path()
+            ));
+        }
+        let mut env: BTreeMap<String, String> = job.task.env.clone();
+        env.extend(nvrtc.env());
+        let mut arch = match c.arch.as_deref().map(virtual_arch).transpose() {
+            Ok(a) => a,
+            Err(e) => return CudaRun::error(e.to_string()),
+        };
+        let mut access = None;
+        if !c.compile_only {
+            let lease = match self.gpus.lease(leased) {
+                Ok(l) if !leased.is_empty() => l,
+                Ok(_) => return CudaRun::error("a kernel launch needs a leased GPU".into()),
+                Err(message) => return CudaRun::error(message),
+            };
+            if let Some(d) = self
+                .gpus
+                .devices
+                .iter()
+                .find(|d| leased.contains(&d.uuid) && d.simulated)
+            {
+                return CudaRun::error(format!(
+                    "GPU {} is simulated (declared for tests): no kernel runs on it",
+                    d.uuid
+                ));
+            }
+            let device = lease.compute.arch();
+            match &arch {
+                Some(a) if arch_number(a) > arch_number(&device) => {
+                    return CudaRun::error(format!(
+                        "the kernel is compiled for {a}; the leased GPU is {device}"
+                    ))
+                }
+                Some(_) => {}
+                None => arch = Some(device),
+            }
+            env.insert("CUDA_VISIBLE_DEVICES".into(), lease.visible.clone());
+            access = Some(lease.access);
+        }
+        let key = ptx_key(&nvrtc.version, arch.as_deref(), &c.options, &c.source);
+        let cached = self.cached(&key).await;
+        debug!(key = %key, hit = cached.is_some(), "PTX cache");
+        let plan = Plan {
+            entry: c.entry.clone(),
+            arch,
+            options: c.options.clone(),
+            launch: (!c.compile_only).then(|| Launch {
+                grid: c.grid,
+                block: c.block,
+                shared_mem_bytes: c.shared_mem_bytes,
+                args: c.args.clone(),
+            }),
+        };
+        let plan_bytes = match serde_json::to_vec(&plan) {
+            Ok(b) => b,
+            Err(e) => return CudaRun::error(format!("cannot write the plan: {e}")),
+        };
+        let mut extra = vec![
+            (helper::PLAN_FILE.to_owned(), plan_bytes),
+            (
+                helper::SOURCE_FILE.to_owned(),
+                c.source.clone().into_bytes(),
+            ),
+        ];
+        let hit = cached.is_some();
+        if let Some(ptx) = cached {
+            extra.push((helper::PTX_FILE.to_owned(), ptx));
+        }
+        let program = self.helper.display().to_string();
+        let command = |_: &Path| {
+            vec![
+                program.clone(),
+                helper::HELPER_ARG.to_owned(),
+                helper::PLAN_FILE.to_owned(),
+            ]
+        };
+        let native = NativeJob {
+            command: &command,
+            env: &env,
+            stdin: "",
+            files: &job.task.files,
+            bounds: job.bounds,
+        };
+        let opts = RunOptions {
+            workdir: "",
+            extra_files: &extra,
+            keep_dir: true,
+            devices: access.as_ref(),
+        };
+        let run = sandbox::run_native(
+            self.sandbox,
+            self.isolation,
+            slot,
+            &native,
+            &opts,
+            out,
+            cancel,
+        )
+        .await;
+        let dir = match (run.outcome, run.dir) {
+            (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => dir,
+            (TaskOutcome::Exited { exit_code: 0 }, None) => {
+                return CudaRun::error("the task directory was not kept".into())
+            }
+            (outcome, _) => {
+                return CudaRun {
+                    outcome,
+                    artifacts: Vec::new(),
+                    dir: None,
+                }
+            }
+        };
+        if !hit {
+            self.remember(&key, &dir).await;
+        }
+        if c.compile_only {
+            return collect(dir, &[(helper::PTX_FILE, PTX_ARTIFACT)]);
+        }
+        let outputs: Vec<(&str, &str)> = c
+            .args
+            .iter()
+            .filter_map(|a| a.output_path())
+            .map(|p| (p, p))
+            .collect();
+        collect(dir, &outputs)
+    }
+
+    async fn cached(&self, key: &str) -> Option<Vec<u8>> {
+        let kv = self.cache?;
+        match kv.get(key).await {
+            Ok(v) => v.map(|b| b.to_vec()),
+            Err(e) => {
+                warn!("PTX cache unreadable: {e}");
+                None
+            }
+        }
+    }
+
+    /// Puts the PTX the helper wrote into the cache, when it fits an entry.
+    async fn remember(&self, key: &str, dir: &KeptDir) {
+        let Some(kv) = self.cache else { return };
+        let Ok(Some((path, size))) = dir.regular_file(helper::PTX_FILE) else {
+            return;
+        };
+        if size as usize > MAX_PTX_CACHE_ENTRY_BYTES {
+            return;
+        }
+        match crate::wasm::read_inline(&path) {
+            Ok(bytes) => {
+                if let Err(e) = kv.put(key, bytes.into()).await {
+                    warn!("could not cache PTX: {e}");
+                }
+            }
+            Err(e) => warn!("could not read PTX: {e}"),
+        }
+    }
+}
+
+/// The number of `compute_90a` (90), to compare architectures.
+fn arch_number(arch: &str) -> u32 {
+    arch.trim_start_matches("compute_")
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The files at `(path in the directory, artifact name)` as the run's artifacts: inline when
+/// small, by reference to the kept directory when large.
+fn collect(dir: KeptDir, files: &[(&str, &str)]) -> CudaRun {
+    let mut artifacts = Vec::with_capacity(files.len());
+    let mut large = false;
+    for (rel, name) in files {
+        let (path, size) = match dir.regular_file(rel) {
+            Ok(Some(found)) => found,
+            Ok(None) => return CudaRun::error(format!("the kernel run left no {name}")),
+            Err(message) => return CudaRun::error(message),
+        };
+        if size > MAX_ARTIFACT_BYTES {
+            return CudaRun::error(format!("{name} is {size} bytes; past the artifact limit"));
+        }
+        let body = if size > MAX_INLINE_ARTIFACT_BYTES {
+            large = true;
+            ArtifactBody::Large { file: path, size }
+        } else {
+            match crate::wasm::read_inline(&path) {
+                Ok(bytes) => ArtifactBody::Inline(bytes),
+                Err(e) => return CudaRun::error(format!("cannot read {name}: {e}")),
+            }
+        };
+        artifacts.push(Artifact {
+            path: (*name).to_owned(),
+            mode: None,
+            body,
+        });
+    }
+    CudaRun {
+        outcome: TaskOutcome::Exited { exit_code: 0 },
+        artifacts,
+        dir: large.then_some(dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_change_with_every_input_and_architectures_compare_by_number() {
+        let base = ptx_key("13.0", Some("compute_90"), &[], "k");
+        assert_ne!(base, ptx_key("13.1", Some("compute_90"), &[], "k"));
+        assert_ne!(base, ptx_key("13.0", Some("compute_80"), &[], "k"));
+        assert_ne!(base, ptx_key("13.0", None, &[], "k"));
+        assert_ne!(
+            base,
+            ptx_key("13.0", Some("compute_90"), &["-DN=1".into()], "k")
+        );
+        assert_ne!(base, ptx_key("13.0", Some("compute_90"), &[], "k2"));
+        assert_eq!(arch_number("compute_90a"), 90);
+        assert!(arch_number("compute_100") > arch_number("compute_90"));
+    }
+}
