@@ -128,25 +128,41 @@ fn one() -> u32 {
     1
 }
 
-/// A count or the object, as the submitter wrote it.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum GpuNeedsWire {
-    Count(u32),
-    Object(GpuNeedsObject),
-}
-
 impl<'de> Deserialize<'de> for GpuNeeds {
+    /// A count or the object; an unknown field of the object is named in the error.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match GpuNeedsWire::deserialize(d)? {
-            GpuNeedsWire::Count(count) => GpuNeeds::count(count),
-            GpuNeedsWire::Object(o) => GpuNeeds {
-                count: o.count,
-                min_free_mb: o.min_free_mb,
-                min_compute: o.min_compute,
-                device: o.device,
-            },
-        })
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = GpuNeeds;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a GPU count or {\"count\":N,\"min_free_mb\":..,\"min_compute\":..,\"device\":..}")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<GpuNeeds, E> {
+                u32::try_from(n)
+                    .map(GpuNeeds::count)
+                    .map_err(|_| E::custom(format!("{n} GPUs is not a count")))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<GpuNeeds, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("{n} GPUs is not a count")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<GpuNeeds, A::Error> {
+                let o =
+                    GpuNeedsObject::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(GpuNeeds {
+                    count: o.count,
+                    min_free_mb: o.min_free_mb,
+                    min_compute: o.min_compute,
+                    device: o.device,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 

@@ -420,6 +420,21 @@ impl Swarm {
         self.spawn(id, "vgas-worker", &args, &[(ENV_HOST_ID, &host)])
     }
 
+    /// Starts `vgas-worker` as [`Swarm::worker`] does, with more environment (a declared GPU
+    /// inventory, for example).
+    pub fn worker_with_env(
+        &mut self,
+        id: &str,
+        slots: usize,
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
+        let slots = slots.to_string();
+        let host = simulated_host(id);
+        let mut all = vec![(ENV_HOST_ID, host.as_str())];
+        all.extend_from_slice(env);
+        self.spawn(id, "vgas-worker", &["--id", id, "--slots", &slots], &all)
+    }
+
     /// Starts `vgas-worker` with this id and slot count as what it is: a worker on the
     /// submitter's own host (a build compiles in place what only it could take).
     pub fn worker_on_this_host(&mut self, id: &str, slots: usize) -> Result<Proc> {

@@ -10,7 +10,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use vgas_shared::limits::{
     MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES, MAX_PTX_CACHE_ENTRY_BYTES,
 };
@@ -132,7 +132,11 @@ impl CudaRunner<'_> {
         }
         let key = ptx_key(&nvrtc.version, arch.as_deref(), &c.options, &c.source);
         let cached = self.cached(&key).await;
-        debug!(key = %key, hit = cached.is_some(), "PTX cache");
+        if cached.is_some() {
+            info!(key = %key, "PTX from the swarm's cache");
+        } else {
+            debug!(key = %key, "PTX not cached: compiling");
+        }
         let plan = Plan {
             entry: c.entry.clone(),
             arch,
