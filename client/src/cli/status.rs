@@ -40,8 +40,14 @@ pub fn render_status(p: &SwarmPulse) -> String {
         p.tasks_accepted,
         p.tasks_finished
     );
+    if p.waiting_for_gpus > 0 {
+        s.push_str(&format!(
+            "{} queued tasks wait for a GPU\n",
+            p.waiting_for_gpus
+        ));
+    }
     s.push_str(&format!(
-        "{:<28} {:<14} {:>5} {:>4} {:>5} {:>4} {:>7} {:>5} {:>6}  {:<10} {}\n",
+        "{:<28} {:<14} {:>5} {:>4} {:>5} {:>4} {:>7} {:>5} {:>6} {:>5}  {:<10} {}\n",
         "WORKER",
         "HOST",
         "SLOTS",
@@ -51,13 +57,23 @@ pub fn render_status(p: &SwarmPulse) -> String {
         "MEM_MB",
         "DONE",
         "SEEN",
+        "GPUS",
         "ISOLATION",
         "CAPABILITIES"
     ));
     for n in &p.live {
         let state = if n.draining { " (draining)" } else { "" };
+        let gpus = if n.gpus.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{}/{}",
+                n.gpus.len() - n.leases.len().min(n.gpus.len()),
+                n.gpus.len()
+            )
+        };
         s.push_str(&format!(
-            "{:<28} {:<14} {:>5} {:>4} {:>5.2} {:>4} {:>7} {:>5} {:>5}s  {:<10} {}{}\n",
+            "{:<28} {:<14} {:>5} {:>4} {:>5.2} {:>4} {:>7} {:>5} {:>5}s {:>5}  {:<10} {}{}\n",
             n.id.as_str(),
             n.hostname,
             n.slots,
@@ -67,10 +83,31 @@ pub fn render_status(p: &SwarmPulse) -> String {
             n.memory_mb,
             n.tasks_done,
             n.last_seen_ms_ago / 1000,
+            gpus,
             n.isolation,
             n.capabilities.join(","),
             state
         ));
+    }
+    // One line per GPU: what it is and who holds it.
+    for n in &p.live {
+        for d in &n.gpus {
+            let holder = n
+                .leases
+                .iter()
+                .find(|(u, _)| *u == d.uuid)
+                .map_or_else(|| "free".to_owned(), |(_, t)| format!("leased to {t}"));
+            let driver = n
+                .cuda_driver
+                .as_deref()
+                .map_or(String::new(), |v| format!(", CUDA {v}"));
+            s.push_str(&format!(
+                "  GPU {}#{} {}{driver}: {holder}\n",
+                n.id.as_str(),
+                d.index,
+                vgas_shared::gpu::describe(d)
+            ));
+        }
     }
     for u in &p.unjoined {
         let why = u.not_joined.map(|w| w.describe()).unwrap_or("");
