@@ -5,6 +5,8 @@
 //! swarm-wide, submitted as the JSON `docs/protocol.md` shows and through `vgas submit --cuda`.
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -141,7 +143,19 @@ async fn a_lease_ends_with_its_worker_and_the_device_is_granted_again() {
     let (mut swarm, mut procs, client) = swarm_with_gpus(&[("g1", 2, FIXED_DEVICE)]).await;
     let mut holder = needs_gpus(sh("echo holding; sleep 120"), GpuNeeds::count(1));
     holder.retryable = Some(false);
-    let holder = submit(&swarm, &client, holder).await;
+    let mut holder = submit(&swarm, &client, holder).await;
+    // Running on the worker (not only assigned) before it dies.
+    tokio::time::timeout(WAIT, async {
+        while let Some(msg) = holder.next().await {
+            let enc = vgas_shared::Encoding::detect(&msg.payload);
+            let ev: TaskEvent = vgas_shared::codec::decode_as(enc, &msg.payload).unwrap();
+            if matches!(ev, TaskEvent::Stdout { .. }) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
     let next = submit(
         &swarm,
         &client,
@@ -167,6 +181,38 @@ async fn a_lease_ends_with_its_worker_and_the_device_is_granted_again() {
         .unwrap();
     let ran = collect(next, WAIT * 2, Duration::ZERO).await.unwrap();
     assert_eq!(ran.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert_eq!(ran.stdout, "GPU-fixed-0\n");
+}
+
+#[tokio::test]
+async fn a_cancelled_task_gives_its_device_back() {
+    let (swarm, _procs, client) = swarm_with_gpus(&[("g1", 2, FIXED_DEVICE)]).await;
+    let holder = needs_gpus(sh("echo holding; sleep 120"), GpuNeeds::count(1));
+    let holder = submit(&swarm, &client, holder).await;
+    let id = wait_for("the lease", WAIT, || async {
+        let p = status(&swarm, &client).await;
+        match p.live[0].leases.as_slice() {
+            [(device, task)] if device == "GPU-fixed-0" => Some(task.clone()),
+            _ => None,
+        }
+    })
+    .await
+    .unwrap();
+    let out = swarm.cli(&["cancel", id.as_str()]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = collect(holder, WAIT, Duration::ZERO).await.unwrap();
+    assert_eq!(c.outcome(), TaskOutcome::Cancelled);
+    let next = submit(
+        &swarm,
+        &client,
+        needs_gpus(sh("echo $CUDA_VISIBLE_DEVICES"), GpuNeeds::count(1)),
+    )
+    .await;
+    let ran = collect(next, WAIT, Duration::ZERO).await.unwrap();
     assert_eq!(ran.stdout, "GPU-fixed-0\n");
 }
 

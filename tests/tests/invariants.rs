@@ -15,6 +15,16 @@ const CRATES: &[&str] = &["shared", "client", "master", "worker"];
 /// Serde types declared outside `vgas-shared`, each with the reason it is not a wire type.
 const LOCAL_SERDE_TYPES: &[(&str, &str, &str)] = &[
     (
+        "worker/src/gpu/helper.rs",
+        "Plan",
+        "a file the worker writes for its own cuda helper process in the task directory",
+    ),
+    (
+        "worker/src/gpu/helper.rs",
+        "Launch",
+        "part of that plan file: worker to its own helper, one binary, one host",
+    ),
+    (
         "client/src/farm/helper.rs",
         "UnitRequest",
         "a frame from the wrapper to its build's helper: one binary, one host",
