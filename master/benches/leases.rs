@@ -20,15 +20,7 @@ fn pool() -> AgentScheduler {
             let w = WorkerEntry::synthetic(&format!("w{i}"), 64, &[]);
             w.set_gpus(
                 (0..GPUS)
-                    .map(|d| GpuDevice {
-                        index: d,
-                        uuid: format!("GPU-w{i}-{d}"),
-                        name: "Simulated GPU".into(),
-                        memory_total_mb: 81_920,
-                        memory_free_mb: 81_920,
-                        compute: "9.0".parse().expect("capability"),
-                        simulated: true,
-                    })
+                    .map(|d| GpuDevice::simulated(d, format!("GPU-w{i}-{d}")))
                     .collect(),
             );
             w

@@ -44,6 +44,24 @@ pub struct GpuDevice {
     pub simulated: bool,
 }
 
+impl GpuDevice {
+    /// A declared test device (`simulated`): 80 GiB, all free, compute 9.0.
+    pub fn simulated(index: u32, uuid: String) -> GpuDevice {
+        GpuDevice {
+            index,
+            uuid,
+            name: "Simulated GPU".into(),
+            memory_total_mb: SIMULATED_MEMORY_MB,
+            memory_free_mb: SIMULATED_MEMORY_MB,
+            compute: ComputeCapability { major: 9, minor: 0 },
+            simulated: true,
+        }
+    }
+}
+
+/// Memory of a [`GpuDevice::simulated`] device.
+const SIMULATED_MEMORY_MB: u64 = 81_920;
+
 /// A CUDA compute capability, `major.minor` (`9.0` for Hopper); on the wire as that string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ComputeCapability {

@@ -45,18 +45,19 @@ pub fn sources_bucket(js: async_nats::jetstream::Context, bucket: String) -> Obj
     }
 }
 
-/// How a compile task ended and what it left.
+/// How a run in a kept task directory ended and what it left: a compile task (its object and
+/// side outputs) or a cuda task (its PTX or output buffers).
 #[derive(Debug)]
 pub struct CompileRun {
     pub outcome: TaskOutcome,
-    /// The object, on success.
+    /// The files handed back, on success.
     pub artifacts: Vec<Artifact>,
-    /// The task directory, kept while a large object in it is uploaded; removed on drop.
+    /// The task directory, kept while a large file in it is uploaded; removed on drop.
     pub dir: Option<KeptDir>,
 }
 
 impl CompileRun {
-    fn ended(outcome: TaskOutcome) -> CompileRun {
+    pub(crate) fn ended(outcome: TaskOutcome) -> CompileRun {
         CompileRun {
             outcome,
             artifacts: Vec::new(),
@@ -64,7 +65,7 @@ impl CompileRun {
         }
     }
 
-    fn error(message: String) -> CompileRun {
+    pub(crate) fn error(message: String) -> CompileRun {
         CompileRun::ended(TaskOutcome::Error { message })
     }
 }

@@ -129,15 +129,7 @@ mod tests {
         let w = WorkerEntry::synthetic(id, 8, &[]);
         w.set_gpus(
             (0..gpus)
-                .map(|i| GpuDevice {
-                    index: i,
-                    uuid: format!("GPU-{id}-{i}"),
-                    name: "Test GPU".into(),
-                    memory_total_mb: 1000,
-                    memory_free_mb: 1000,
-                    compute: "9.0".parse().unwrap(),
-                    simulated: true,
-                })
+                .map(|i| GpuDevice::simulated(i, format!("GPU-{id}-{i}")))
                 .collect(),
         );
         w

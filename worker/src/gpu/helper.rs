@@ -143,19 +143,10 @@ pub fn has_entry(ptx: &str, entry: &str) -> bool {
     })
 }
 
-/// One kernel parameter as launched.
-enum Arg {
-    Buf {
-        slice: cudarc::driver::CudaSlice<u8>,
-        /// Written back to this file after the launch.
-        back_to: Option<String>,
-    },
-    I32(i32),
-    U32(u32),
-    I64(i64),
-    U64(u64),
-    F32(f32),
-    F64(f64),
+/// A device buffer of one kernel parameter, and the file it goes back to after the launch.
+struct Buffer {
+    slice: cudarc::driver::CudaSlice<u8>,
+    back_to: Option<String>,
 }
 
 fn launch(ptx: &str, entry: &str, l: &Launch) -> Result<(), Failure> {
@@ -175,33 +166,31 @@ fn launch(ptx: &str, entry: &str, l: &Launch) -> Result<(), Failure> {
     let f = module
         .load_function(entry)
         .map_err(cuda("finding the kernel"))?;
-    let mut args = Vec::with_capacity(l.args.len());
+    // One entry per parameter: its buffer, or `None` for a scalar (passed from `l.args`).
+    let mut buffers: Vec<Option<Buffer>> = Vec::with_capacity(l.args.len());
     for a in &l.args {
-        args.push(match a {
+        buffers.push(match a {
             KernelArg::In(p) | KernelArg::Inout(p) => {
                 let bytes =
                     std::fs::read(p).map_err(|e| failed(format!("cannot read {p}: {e}")))?;
                 if bytes.is_empty() {
                     return Err(failed(format!("input buffer {p} is empty")));
                 }
-                let back_to = matches!(a, KernelArg::Inout(_)).then(|| p.clone());
                 let slice = stream
                     .clone_htod(&bytes)
                     .map_err(cuda("copying an input"))?;
-                Arg::Buf { slice, back_to }
+                Some(Buffer {
+                    slice,
+                    back_to: a.output_path().map(str::to_owned),
+                })
             }
-            KernelArg::Out { path, bytes } => Arg::Buf {
+            KernelArg::Out { path, bytes } => Some(Buffer {
                 slice: stream
                     .alloc_zeros::<u8>(*bytes as usize)
                     .map_err(cuda("allocating an output"))?,
                 back_to: Some(path.clone()),
-            },
-            KernelArg::I32(v) => Arg::I32(*v),
-            KernelArg::U32(v) => Arg::U32(*v),
-            KernelArg::I64(v) => Arg::I64(*v),
-            KernelArg::U64(v) => Arg::U64(*v),
-            KernelArg::F32(v) => Arg::F32(*v),
-            KernelArg::F64(v) => Arg::F64(*v),
+            }),
+            _ => None,
         });
     }
     let cfg = LaunchConfig {
@@ -212,15 +201,16 @@ fn launch(ptx: &str, entry: &str, l: &Launch) -> Result<(), Failure> {
     let started = Instant::now();
     {
         let mut b = stream.launch_builder(&f);
-        for a in args.iter_mut() {
-            match a {
-                Arg::Buf { slice, .. } => b.arg(slice),
-                Arg::I32(v) => b.arg(&*v),
-                Arg::U32(v) => b.arg(&*v),
-                Arg::I64(v) => b.arg(&*v),
-                Arg::U64(v) => b.arg(&*v),
-                Arg::F32(v) => b.arg(&*v),
-                Arg::F64(v) => b.arg(&*v),
+        for (a, buffer) in l.args.iter().zip(buffers.iter_mut()) {
+            match (a, buffer) {
+                (_, Some(buffer)) => b.arg(&mut buffer.slice),
+                (KernelArg::I32(v), None) => b.arg(v),
+                (KernelArg::U32(v), None) => b.arg(v),
+                (KernelArg::I64(v), None) => b.arg(v),
+                (KernelArg::U64(v), None) => b.arg(v),
+                (KernelArg::F32(v), None) => b.arg(v),
+                (KernelArg::F64(v), None) => b.arg(v),
+                (other, None) => return Err(failed(format!("no buffer for {other:?}"))),
             };
         }
         // SAFETY: the arguments are the ones the spec gives, in its order; a kernel whose
@@ -230,11 +220,11 @@ fn launch(ptx: &str, entry: &str, l: &Launch) -> Result<(), Failure> {
     }
     stream.synchronize().map_err(cuda("running the kernel"))?;
     let ran = started.elapsed();
-    for a in &args {
-        if let Arg::Buf {
+    for buffer in buffers.iter().flatten() {
+        if let Buffer {
             slice,
             back_to: Some(path),
-        } = a
+        } = buffer
         {
             let host = stream
                 .clone_dtoh(slice)

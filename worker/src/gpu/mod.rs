@@ -25,9 +25,6 @@ use crate::sandbox::DeviceAccess;
 /// a JSON array of devices (`[{"name":"Small","memory_total_mb":8000,"compute":"7.5"}]`).
 pub const SIMULATED_GPUS_VAR: &str = "VGAS_SIMULATED_GPUS";
 
-/// Memory of a simulated device declared by count.
-const SIMULATED_MEMORY_MB: u64 = 81_920;
-
 /// The GPUs of this worker and what the probe learnt about them.
 #[derive(Debug, Clone, Default)]
 pub struct Gpus {
@@ -108,13 +105,7 @@ fn simulated(spec: &str) -> Gpus {
         .collect();
     let mut devices: Vec<GpuDevice> = match spec.trim().parse::<u32>() {
         Ok(n) => (0..n)
-            .map(|_| GpuDevice {
-                name: "Simulated GPU".into(),
-                memory_total_mb: SIMULATED_MEMORY_MB,
-                memory_free_mb: SIMULATED_MEMORY_MB,
-                compute: ComputeCapability { major: 9, minor: 0 },
-                ..Default::default()
-            })
+            .map(|i| GpuDevice::simulated(i, String::new()))
             .collect(),
         Err(_) => match serde_json::from_str(spec) {
             Ok(devices) => devices,

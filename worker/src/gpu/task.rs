@@ -18,29 +18,11 @@ use vgas_shared::wire::{virtual_arch, CudaTask, TaskOutcome, PTX_ARTIFACT};
 
 use super::helper::{self, Launch, Plan};
 use super::Gpus;
+use crate::compile::CompileRun;
 use crate::sandbox::{
     self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
 };
 use crate::wasm::{Artifact, ArtifactBody};
-
-/// How a cuda task ended and what it left.
-#[derive(Debug)]
-pub struct CudaRun {
-    pub outcome: TaskOutcome,
-    pub artifacts: Vec<Artifact>,
-    /// Kept while a large output in it is uploaded; removed on drop.
-    pub dir: Option<KeptDir>,
-}
-
-impl CudaRun {
-    fn error(message: String) -> CudaRun {
-        CudaRun {
-            outcome: TaskOutcome::Error { message },
-            artifacts: Vec::new(),
-            dir: None,
-        }
-    }
-}
 
 /// What a cuda task runs with.
 #[derive(Debug)]
@@ -79,15 +61,15 @@ impl CudaRunner<'_> {
         leased: &[String],
         out: Sender<OutputChunk>,
         cancel: CancellationToken,
-    ) -> CudaRun {
+    ) -> CompileRun {
         let c = &job.task.cuda;
         let Some(nvrtc) = &self.gpus.nvrtc else {
-            return CudaRun::error("NVRTC is not available on this worker".into());
+            return CompileRun::error("NVRTC is not available on this worker".into());
         };
         if let Some(f) = job.task.files.iter().find(|f| {
             f.path() == helper::WORK_DIR || f.path().starts_with(&format!("{}/", helper::WORK_DIR))
         }) {
-            return CudaRun::error(format!(
+            return CompileRun::error(format!(
                 "{} is where the kernel's own files go; ship {:?} under another name",
                 helper::WORK_DIR,
                 f.path()
@@ -97,14 +79,14 @@ impl CudaRunner<'_> {
         env.extend(nvrtc.env());
         let mut arch = match c.arch.as_deref().map(virtual_arch).transpose() {
             Ok(a) => a,
-            Err(e) => return CudaRun::error(e.to_string()),
+            Err(e) => return CompileRun::error(e.to_string()),
         };
         let mut access = None;
         if !c.compile_only {
             let lease = match self.gpus.lease(leased) {
                 Ok(l) if !leased.is_empty() => l,
-                Ok(_) => return CudaRun::error("a kernel launch needs a leased GPU".into()),
-                Err(message) => return CudaRun::error(message),
+                Ok(_) => return CompileRun::error("a kernel launch needs a leased GPU".into()),
+                Err(message) => return CompileRun::error(message),
             };
             if let Some(d) = self
                 .gpus
@@ -112,7 +94,7 @@ impl CudaRunner<'_> {
                 .iter()
                 .find(|d| leased.contains(&d.uuid) && d.simulated)
             {
-                return CudaRun::error(format!(
+                return CompileRun::error(format!(
                     "GPU {} is simulated (declared for tests): no kernel runs on it",
                     d.uuid
                 ));
@@ -120,7 +102,7 @@ impl CudaRunner<'_> {
             let device = lease.compute.arch();
             match &arch {
                 Some(a) if arch_number(a) > arch_number(&device) => {
-                    return CudaRun::error(format!(
+                    return CompileRun::error(format!(
                         "the kernel is compiled for {a}; the leased GPU is {device}"
                     ))
                 }
@@ -150,7 +132,7 @@ impl CudaRunner<'_> {
         };
         let plan_bytes = match serde_json::to_vec(&plan) {
             Ok(b) => b,
-            Err(e) => return CudaRun::error(format!("cannot write the plan: {e}")),
+            Err(e) => return CompileRun::error(format!("cannot write the plan: {e}")),
         };
         let mut extra = vec![
             (helper::PLAN_FILE.to_owned(), plan_bytes),
@@ -197,15 +179,9 @@ impl CudaRunner<'_> {
         let dir = match (run.outcome, run.dir) {
             (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => dir,
             (TaskOutcome::Exited { exit_code: 0 }, None) => {
-                return CudaRun::error("the task directory was not kept".into())
+                return CompileRun::error("the task directory was not kept".into())
             }
-            (outcome, _) => {
-                return CudaRun {
-                    outcome,
-                    artifacts: Vec::new(),
-                    dir: None,
-                }
-            }
+            (outcome, _) => return CompileRun::ended(outcome),
         };
         if !hit {
             self.remember(&key, &dir).await;
@@ -263,17 +239,17 @@ fn arch_number(arch: &str) -> u32 {
 
 /// The files at `(path in the directory, artifact name)` as the run's artifacts: inline when
 /// small, by reference to the kept directory when large.
-fn collect(dir: KeptDir, files: &[(&str, &str)]) -> CudaRun {
+fn collect(dir: KeptDir, files: &[(&str, &str)]) -> CompileRun {
     let mut artifacts = Vec::with_capacity(files.len());
     let mut large = false;
     for (rel, name) in files {
         let (path, size) = match dir.regular_file(rel) {
             Ok(Some(found)) => found,
-            Ok(None) => return CudaRun::error(format!("the kernel run left no {name}")),
-            Err(message) => return CudaRun::error(message),
+            Ok(None) => return CompileRun::error(format!("the kernel run left no {name}")),
+            Err(message) => return CompileRun::error(message),
         };
         if size > MAX_ARTIFACT_BYTES {
-            return CudaRun::error(format!("{name} is {size} bytes; past the artifact limit"));
+            return CompileRun::error(format!("{name} is {size} bytes; past the artifact limit"));
         }
         let body = if size > MAX_INLINE_ARTIFACT_BYTES {
             large = true;
@@ -281,7 +257,7 @@ fn collect(dir: KeptDir, files: &[(&str, &str)]) -> CudaRun {
         } else {
             match crate::wasm::read_inline(&path) {
                 Ok(bytes) => ArtifactBody::Inline(bytes),
-                Err(e) => return CudaRun::error(format!("cannot read {name}: {e}")),
+                Err(e) => return CompileRun::error(format!("cannot read {name}: {e}")),
             }
         };
         artifacts.push(Artifact {
@@ -290,7 +266,7 @@ fn collect(dir: KeptDir, files: &[(&str, &str)]) -> CudaRun {
             body,
         });
     }
-    CudaRun {
+    CompileRun {
         outcome: TaskOutcome::Exited { exit_code: 0 },
         artifacts,
         dir: large.then_some(dir),

@@ -184,12 +184,7 @@ impl Worker {
                     helper: &helper,
                 };
                 let job = Job { task: cuda, bounds };
-                let run = runner.run(slot, job, gpus, out, cancel).await;
-                Run {
-                    outcome: run.outcome,
-                    artifacts: run.artifacts,
-                    workdir: run.dir.map(Workdir::Kept),
-                }
+                runner.run(slot, job, gpus, out, cancel).await.into()
             }
             Work::Wasm(wasm) => {
                 let run = self.wasm.run(
