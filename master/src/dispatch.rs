@@ -57,6 +57,9 @@ pub enum Command {
         task_id: TaskId,
         attempt: u32,
         reason: String,
+        /// Nobody answered (no responders, or no acknowledgement in time), as opposed to a
+        /// refusal.
+        unanswered: bool,
     },
     Cancel {
         task_id: TaskId,
@@ -241,7 +244,11 @@ impl Dispatcher {
                 task_id,
                 attempt,
                 reason,
-            } => self.on_assign_failed(&task_id, attempt, reason).await,
+                unanswered,
+            } => {
+                self.on_assign_failed(&task_id, attempt, reason, unanswered)
+                    .await
+            }
             Command::Cancel { task_id, reply } => {
                 let found = self.cancel(&task_id).await;
                 let _ = reply.send(found);

@@ -35,6 +35,10 @@ pub struct WorkerEntry {
     capabilities: ArcSwap<Vec<String>>,
     /// GPUs, as the last heartbeat listed them; swapped whole when they change.
     gpus: ArcSwap<Vec<GpuDevice>>,
+    /// Set when an assignment found no one answering; cleared by the next heartbeat. Until
+    /// then no new work goes there, so a worker that just died is not sent the same task
+    /// again and again before its missed beats make it abnormal.
+    unanswered: AtomicBool,
     last_active_ms: AtomicU64,
     tasks_done: AtomicU64,
     /// The latest heartbeat, for `vgas status` only.
@@ -50,6 +54,7 @@ impl WorkerEntry {
             draining: AtomicBool::new(false),
             capabilities: ArcSwap::from_pointee(Vec::new()),
             gpus: ArcSwap::from_pointee(Vec::new()),
+            unanswered: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(now_ms()),
             tasks_done: AtomicU64::new(0),
             last_beat: ArcSwapOption::empty(),
@@ -216,7 +221,7 @@ impl AgentScheduler {
                 continue;
             }
             any_capable = true;
-            if room(w) && w.try_reserve() {
+            if !w.unanswered.load(Ordering::Acquire) && room(w) && w.try_reserve() {
                 return Ok(w.clone());
             }
         }
@@ -269,6 +274,7 @@ impl AgentScheduler {
         };
         let entry = &nodes[&id].entry;
         entry.last_active_ms.store(now_ms(), Ordering::Release);
+        entry.unanswered.store(false, Ordering::Release);
         entry.slots.store(hb.slots, Ordering::Release);
         if entry.draining.swap(hb.draining, Ordering::AcqRel) != hb.draining {
             changed_pool = true;
@@ -324,6 +330,13 @@ impl AgentScheduler {
         let mut restored = self.restored.lock().expect("restored lock");
         if let Some(n) = restored.get_mut(worker) {
             *n = n.saturating_sub(1);
+        }
+    }
+
+    /// `worker` did not answer an assignment: no new work goes there until it beats again.
+    pub fn unanswered(&self, worker: &WorkerId) {
+        if let Some(node) = self.nodes.lock().expect("nodes lock").get(worker) {
+            node.entry.unanswered.store(true, Ordering::Release);
         }
     }
 
@@ -502,6 +515,20 @@ mod tests {
             s.gatling_rotate_next(&needs(&[])).unwrap_err(),
             NoWorker::AllBusy
         );
+    }
+
+    #[test]
+    fn a_worker_that_did_not_answer_gets_nothing_until_it_beats_again() {
+        let s = AgentScheduler::new();
+        s.handle_agent_heartbeat(beat("a", 4, &[]));
+        let a = WorkerId::parse("a").unwrap();
+        s.unanswered(&a);
+        assert_eq!(
+            s.gatling_rotate_next(&needs(&[])).unwrap_err(),
+            NoWorker::AllBusy
+        );
+        s.handle_agent_heartbeat(beat("a", 4, &[]));
+        assert_eq!(s.gatling_rotate_next(&needs(&[])).unwrap().id, a);
     }
 
     #[test]

@@ -154,15 +154,17 @@ impl Dispatcher {
         let task_id = id.clone();
         self.tracker.spawn(
             async move {
-                let reason = match send_assignment(&client, subject, &assignment).await {
-                    Ok(()) => return,
-                    Err(reason) => reason,
-                };
+                let (reason, unanswered) =
+                    match send_assignment(&client, subject, &assignment).await {
+                        Ok(()) => return,
+                        Err(failed) => failed,
+                    };
                 let _ = tx
                     .send(Command::AssignFailed {
                         task_id,
                         attempt,
                         reason,
+                        unanswered,
                     })
                     .await;
             }
@@ -172,8 +174,15 @@ impl Dispatcher {
 
     /// A worker refused an assignment or did not acknowledge it: give its slot back and queue
     /// the task again (a refusal is not a lost attempt). If the acknowledgement was only late,
-    /// the worker may have started it, so it is told to cancel that attempt.
-    pub(super) async fn on_assign_failed(&mut self, id: &TaskId, attempt: u32, reason: String) {
+    /// the worker may have started it, so it is told to cancel that attempt. A worker that did
+    /// not answer at all gets no new work until its next heartbeat.
+    pub(super) async fn on_assign_failed(
+        &mut self,
+        id: &TaskId,
+        attempt: u32,
+        reason: String,
+        unanswered: bool,
+    ) {
         let Some(t) = self.tasks.get(id) else { return };
         let TaskState::Assigned { worker, .. } = &t.rec.state else {
             return;
@@ -183,6 +192,9 @@ impl Dispatcher {
         }
         let worker = worker.clone();
         debug!(task_id = %id, worker = %worker, "assignment failed: {reason}");
+        if unanswered {
+            self.sched.unanswered(&worker);
+        }
         self.free(id, &worker);
         self.send_cancel(id, &worker, attempt).await;
         if t.cancel_requested {
@@ -193,16 +205,23 @@ impl Dispatcher {
     }
 }
 
-async fn send_assignment(client: &Client, subject: String, a: &Assignment) -> Result<(), String> {
-    let bytes = encode(Encoding::MsgPack, a).map_err(|e| e.to_string())?;
+/// Sends an assignment and waits for its acknowledgement. `Err` is the reason, and whether
+/// nobody answered (no responders, or no answer in time) rather than a refusal.
+async fn send_assignment(
+    client: &Client,
+    subject: String,
+    a: &Assignment,
+) -> Result<(), (String, bool)> {
+    let bytes = encode(Encoding::MsgPack, a).map_err(|e| (e.to_string(), false))?;
     let reply = tokio::time::timeout(ASSIGN_ACK_TIMEOUT, client.request(subject, bytes.into()))
         .await
-        .map_err(|_| "worker did not acknowledge in time".to_string())?
-        .map_err(|e| format!("worker unreachable: {e}"))?;
-    let ack: AssignAck = decode_as(Encoding::MsgPack, &reply.payload).map_err(|e| e.to_string())?;
+        .map_err(|_| ("worker did not acknowledge in time".to_string(), true))?
+        .map_err(|e| (format!("worker unreachable: {e}"), true))?;
+    let ack: AssignAck =
+        decode_as(Encoding::MsgPack, &reply.payload).map_err(|e| (e.to_string(), false))?;
     if ack.accepted {
         Ok(())
     } else {
-        Err(format!("worker refused: {}", ack.reason))
+        Err((format!("worker refused: {}", ack.reason), false))
     }
 }
