@@ -83,5 +83,11 @@ step "make clean, then the same build again: every unit comes from the swarm-wid
 (cd "$build_dir" && make -s clean && "$bin/vgas" build -- make -j4 && ./app)
 rm -rf "$build_dir"
 
+step "vgas submit --cuda --compile-only: CUDA C to PTX with NVRTC on a worker, no GPU needed (a worker with a GPU would launch it: docs/gpu.md)"
+cuda_dir=$(mktemp -d)
+(cd "$cuda_dir" && "$bin/vgas" submit --cuda "$root/examples/add.cu" --entry add --compile-only --arch compute_90 \
+  && grep -E '^\.(version|target)|\.entry' vgas-artifacts/kernel.ptx)
+rm -rf "$cuda_dir"
+
 step "vgas status"
 "$bin/vgas" status
