@@ -238,6 +238,8 @@ async fn what_no_worker_could_ever_give_is_refused_at_once_with_what_the_swarm_h
     );
     let e = refused(r#"{"cmd":["true"],"needs":{"gpus":{"min_compute":"10.0"}}}"#).await;
     assert_eq!(e["code"], "unsatisfiable", "{e}");
+    let e = refused(r#"{"cmd":["true"],"needs":{"gpus":{"min_free_mb":900000}}}"#).await;
+    assert_eq!(e["code"], "unsatisfiable", "{e}");
     let e = refused(r#"{"cmd":["true"],"needs":{"gpus":{"device":"GPU-nowhere"}}}"#).await;
     assert_eq!(e["code"], "unsatisfiable", "{e}");
     for (json, words) in [

@@ -15,7 +15,7 @@ pub mod nvrtc;
 pub mod task;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vgas_shared::gpu::{ComputeCapability, GpuDevice};
 
@@ -39,6 +39,58 @@ pub struct Gpus {
     nodes: HashMap<String, PathBuf>,
     /// Every `/dev/nvidiaN` on the host.
     all_nodes: Vec<PathBuf>,
+}
+
+/// The helper program `cuda` tasks run in the sandbox: this worker's own binary, where every
+/// user may execute it; otherwise (a binary under a home directory of mode 0700, say) a copy
+/// in `work_dir/bin`, which the sandbox uids can reach (the work directory is 0711).
+pub fn helper_program(work_dir: &Path) -> Result<PathBuf, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the worker's binary: {e}"))?;
+    if reachable_by_all(&exe) {
+        return Ok(exe);
+    }
+    let dir = work_dir.join("bin");
+    let copy = dir.join("vgas-worker");
+    let fresh = |c: &Path| {
+        let (Ok(a), Ok(b)) = (std::fs::metadata(&exe), std::fs::metadata(c)) else {
+            return false;
+        };
+        a.len() == b.len() && a.modified().ok() <= b.modified().ok()
+    };
+    if !fresh(&copy) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let e = |what: &str| {
+            let what = what.to_owned();
+            move |err: std::io::Error| format!("cannot {what} the cuda helper: {err}")
+        };
+        std::fs::create_dir_all(&dir).map_err(e("place"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(e("open"))?;
+        static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("vgas-worker.{}.{n}", std::process::id()));
+        std::fs::copy(&exe, &tmp).map_err(e("copy"))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(e("open"))?;
+        std::fs::rename(&tmp, &copy).map_err(e("place"))?;
+    }
+    Ok(copy)
+}
+
+/// Whether any user may execute `exe`: it and every directory above it allow "others".
+fn reachable_by_all(exe: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0)
+    };
+    mode(exe) & 0o005 == 0o005
+        && exe
+            .ancestors()
+            .skip(1)
+            .all(|d| d.as_os_str().is_empty() || mode(d) & 0o001 != 0)
 }
 
 /// What one attempt that leased devices runs with.
@@ -295,6 +347,31 @@ mod tests {
         assert!(g.devices.is_empty());
         assert_eq!(g.driver, None);
         assert!(g.note.contains("libcuda"), "{}", g.note);
+    }
+
+    #[test]
+    fn a_helper_under_a_private_directory_is_copied_where_the_sandbox_reaches_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let private = d.path().join("home");
+        std::fs::create_dir(&private).unwrap();
+        let exe = private.join("tool");
+        std::fs::write(&exe, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!reachable_by_all(&exe));
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let all_reach = d.path().ancestors().all(|a| {
+            std::fs::metadata(a)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(true)
+        });
+        assert_eq!(reachable_by_all(&exe), all_reach);
+        // The worker's own binary (here: this test's) ends up somewhere every uid can run.
+        let work = tempfile::tempdir().unwrap();
+        let helper = helper_program(work.path()).unwrap();
+        assert!(helper == std::env::current_exe().unwrap() || helper.starts_with(work.path()));
     }
 
     #[test]

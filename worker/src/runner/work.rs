@@ -172,9 +172,9 @@ impl Worker {
                 Run::ended(outcome.await)
             }
             Work::Cuda(cuda) => {
-                let helper = match std::env::current_exe() {
+                let helper = match crate::gpu::helper_program(&self.cfg.sandbox.work_dir) {
                     Ok(p) => p,
-                    Err(e) => return Run::error(format!("cannot find the worker's binary: {e}")),
+                    Err(message) => return Run::error(message),
                 };
                 let runner = crate::gpu::task::CudaRunner {
                     sandbox: &self.cfg.sandbox,
