@@ -24,6 +24,8 @@ use crate::dispatch::{Command, Counters};
 use crate::scheduler::AgentScheduler;
 use crate::store::{Created, TaskStore};
 
+mod batch;
+
 /// Everything a handler needs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Handlers {
@@ -73,23 +75,33 @@ fn reply<T: Serialize>(enc: Encoding, value: &T) -> Answer {
 impl Handlers {
     /// `vgas.task.submit`: parse, take a queue place, record, then accept. The record keeps
     /// the wire spec (its durable form); the worker parses it again before it runs it.
+    /// An array of specs is a batch ([`Handlers::submit_batch`]).
     pub async fn submit(&self, payload: &[u8]) -> (Encoding, Answer) {
         let enc = Encoding::detect(payload);
+        if batch::is_batch(payload) {
+            return (enc, self.submit_batch(payload, enc).await);
+        }
         let spec: TaskSpec = match decode_request(payload, MAX_SUBMIT_BYTES) {
             Ok((spec, _)) => spec,
             Err((enc, e)) => return (enc, Err(e)),
         };
-        let mut spec = spec;
-        match spec.parse() {
-            // The record carries what the kind implies (a cuda task's NVRTC and GPU), so the
-            // dispatcher places it by the spec alone.
-            Ok(task) => spec.needs = task.needs,
-            Err(e) => return (enc, Err(WireError::from(&e))),
+        let answer = match self.admit(spec) {
+            Ok(spec) => self.accept(spec, enc).await,
+            Err(e) => Err(e),
+        };
+        (enc, answer.and_then(|r| reply(enc, &r)))
+    }
+
+    /// What submit checks before it takes a queue place: the spec parses, and what it needs
+    /// some live worker could ever give. The spec comes back with the needs its kind implies
+    /// (a cuda task's NVRTC and GPU), so the dispatcher places it by the spec alone.
+    fn admit(&self, mut spec: TaskSpec) -> Result<TaskSpec, WireError> {
+        let task = spec.parse().map_err(|e| WireError::from(&e))?;
+        spec.needs = task.needs;
+        match self.never_satisfiable(&spec) {
+            Some(refusal) => Err(err(ErrorCode::Unsatisfiable, refusal)),
+            None => Ok(spec),
         }
-        if let Some(refusal) = self.never_satisfiable(&spec) {
-            return (enc, Err(err(ErrorCode::Unsatisfiable, refusal)));
-        }
-        (enc, self.accept(spec, enc).await)
     }
 
     /// A task that needs GPUs no live worker could ever give is refused at once, with what
@@ -107,7 +119,7 @@ impl Handlers {
         Some(crate::dispatch::gpu::unsatisfiable(gpus, &self.sched))
     }
 
-    async fn accept(&self, mut spec: TaskSpec, enc: Encoding) -> Answer {
+    async fn accept(&self, mut spec: TaskSpec, enc: Encoding) -> Result<SubmitReply, WireError> {
         let named = spec.task_id.is_some();
         let task_id = spec.task_id.clone().unwrap_or_else(TaskId::random);
         spec.task_id = Some(task_id.clone());
@@ -117,7 +129,7 @@ impl Handlers {
             // create below finds an existing id itself: no read for a fresh one.)
             if named {
                 match self.store.get(&task_id).await {
-                    Ok(Some(old)) => return self.resubmitted(&old, &spec, enc),
+                    Ok(Some(old)) => return self.resubmitted(&old, &spec),
                     Ok(None) => {}
                     Err(e) => {
                         return Err(err(
@@ -147,14 +159,11 @@ impl Handlers {
         match self.store.create(&record).await {
             Ok(Created::New) => {}
             Ok(Created::Exists(old)) if old.spec == record.spec => {
-                return reply(
-                    enc,
-                    &SubmitReply {
-                        task_id,
-                        events,
-                        duplicate: true,
-                    },
-                );
+                return Ok(SubmitReply {
+                    task_id,
+                    events,
+                    duplicate: true,
+                });
             }
             Ok(Created::Exists(_)) => {
                 return Err(err(
@@ -180,19 +189,16 @@ impl Handlers {
                 "the master is shutting down; the task is recorded and resumes on restart",
             ));
         }
-        reply(
-            enc,
-            &SubmitReply {
-                task_id,
-                events,
-                duplicate: false,
-            },
-        )
+        Ok(SubmitReply {
+            task_id,
+            events,
+            duplicate: false,
+        })
     }
 
     /// The answer to a submit whose id is taken: the same spec is an idempotent resubmit,
     /// another spec is a conflict.
-    fn resubmitted(&self, old: &TaskRecord, spec: &TaskSpec, enc: Encoding) -> Answer {
+    fn resubmitted(&self, old: &TaskRecord, spec: &TaskSpec) -> Result<SubmitReply, WireError> {
         let task_id = old.task_id.clone();
         if old.spec != *spec {
             return Err(err(
@@ -201,14 +207,11 @@ impl Handlers {
             ));
         }
         let events = self.subjects.task_events(&task_id);
-        reply(
-            enc,
-            &SubmitReply {
-                task_id,
-                events,
-                duplicate: true,
-            },
-        )
+        Ok(SubmitReply {
+            task_id,
+            events,
+            duplicate: true,
+        })
     }
 
     /// `vgas.status`: the `SwarmPulse`.

@@ -7,6 +7,14 @@ use std::time::Duration;
 /// what one client can make the master store per task; bigger inputs belong in Object Store.
 pub const MAX_SUBMIT_BYTES: usize = 1024 * 1024;
 
+/// Largest batch submit payload (8 MiB, the `max_payload` of the repository's `nats.conf`): a
+/// batch of small tasks; each task in it is still bounded by [`MAX_SUBMIT_BYTES`]'s reason.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most tasks in one batch: enough that a batch's round trip is shared by thousands of
+/// tasks, few enough that one answer stays small and one request's work stays short.
+pub const MAX_BATCH_TASKS: usize = 10_000;
+
 /// Largest control request (status, info, cancel) accepted: these carry an id at most.
 pub const MAX_CONTROL_BYTES: usize = 4 * 1024;
 

@@ -4,6 +4,7 @@
 //! can also be done with the `nats` CLI in JSON (see docs/protocol.md).
 
 pub mod agent;
+pub mod batch;
 pub mod cuda;
 pub mod discover;
 pub mod status;

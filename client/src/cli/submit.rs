@@ -65,8 +65,15 @@ pub struct SubmitArgs {
     pub gpus: Option<u32>,
     #[command(flatten)]
     pub cuda: super::cuda::CudaArgs,
+    /// Submit the task specs in this file, one JSON object per line (`-`: stdin), in
+    /// batches; prints their ids and does not wait for them.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "wasm", "cuda", "cmd", "detach", "id", "stdin", "deadline", "env", "files", "needs",
+        "no_retry", "toolchain", "conda", "gpus",
+    ])]
+    pub batch: Option<PathBuf>,
     /// The command and its arguments (with --wasm: the module's argv).
-    #[arg(required_unless_present_any = ["wasm", "cuda"], last = true)]
+    #[arg(required_unless_present_any = ["wasm", "cuda", "batch"], last = true)]
     pub cmd: Vec<String>,
 }
 
@@ -148,6 +155,9 @@ pub fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
 
 /// Submits the task `args` describe and follows it (or prints its id with `--detach`).
 pub async fn submit(swarm: &Swarm, args: SubmitArgs) -> Result<i32> {
+    if let Some(file) = &args.batch {
+        return super::batch::run(swarm, file).await;
+    }
     let id = args.id.clone().unwrap_or_else(TaskId::random);
     let spec = build_spec(&args, id)?;
     if let (Some(path), Some(name)) = (&args.wasm, &spec.module) {
