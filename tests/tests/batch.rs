@@ -86,7 +86,7 @@ async fn a_full_queue_takes_what_fits_and_answers_busy_for_the_rest() {
     let mut swarm = Swarm::start().await.unwrap();
     let _master = swarm.master(&["--queue-capacity", "5"]).unwrap();
     let client = swarm.connect(Role::Client).await.unwrap();
-    let body = format!("[{}]", vec![r#"{"cmd":["true"]}"#; 8].join(","));
+    let body = format!("[{}]", [r#"{"cmd":["true"]}"#; 8].join(","));
     let v = wait_for("the master", WAIT, || {
         let (client, subject, body) = (client.clone(), swarm.subjects.submit(), body.clone());
         async move {
