@@ -223,14 +223,9 @@ impl Handlers {
         pulse.waiting_for_gpus = self.counters.waiting_for_gpus.load(Ordering::Relaxed);
         {
             let leases = self.leases.lock().expect("lease table");
-            for ((worker, uuid), task) in leases.iter() {
-                if let Some(n) = pulse.live.iter_mut().find(|n| n.id == *worker) {
-                    n.leases.push((uuid.clone(), task.clone()));
-                }
+            for n in &mut pulse.live {
+                n.leases = leases.of_worker(&n.id);
             }
-        }
-        for n in &mut pulse.live {
-            n.leases.sort();
         }
         pulse.tasks_accepted = self.counters.accepted.load(Ordering::Relaxed);
         pulse.tasks_finished = self.counters.finished.load(Ordering::Relaxed);

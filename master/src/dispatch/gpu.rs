@@ -21,9 +21,70 @@ use vgas_shared::{TaskId, WorkerId};
 
 use crate::scheduler::{AgentScheduler, NoWorker, WorkerEntry};
 
-/// Devices leased now: (worker, device UUID) to the task holding it. Shared with the status
-/// endpoint, which shows who holds what.
-pub type LeaseTable = Arc<Mutex<HashMap<(WorkerId, String), TaskId>>>;
+/// The leases held now, shared with the status endpoint, which shows who holds what.
+pub type LeaseTable = Arc<Mutex<Leases>>;
+
+/// Leases held now, indexed both ways: by worker and device (is this one taken?), and by task
+/// (what does this attempt give back?), so a grant and a release never scan the whole table.
+#[derive(Debug, Default)]
+pub struct Leases {
+    by_device: HashMap<WorkerId, HashMap<String, TaskId>>,
+    by_task: HashMap<TaskId, (WorkerId, Vec<String>)>,
+}
+
+impl Leases {
+    fn taken(&self, worker: &WorkerId, uuid: &str) -> bool {
+        self.by_device
+            .get(worker)
+            .is_some_and(|d| d.contains_key(uuid))
+    }
+
+    fn insert(&mut self, task: &TaskId, worker: &WorkerId, devices: &[String]) {
+        let held = self.by_device.entry(worker.clone()).or_default();
+        for d in devices {
+            held.insert(d.clone(), task.clone());
+        }
+        let (_, all) = self
+            .by_task
+            .entry(task.clone())
+            .or_insert_with(|| (worker.clone(), Vec::new()));
+        all.extend_from_slice(devices);
+    }
+
+    fn remove(&mut self, task: &TaskId) {
+        let Some((worker, devices)) = self.by_task.remove(task) else {
+            return;
+        };
+        if let Some(held) = self.by_device.get_mut(&worker) {
+            for d in &devices {
+                held.remove(d);
+            }
+            if held.is_empty() {
+                self.by_device.remove(&worker);
+            }
+        }
+    }
+
+    /// The devices of `worker` leased now, with their holders, sorted.
+    pub fn of_worker(&self, worker: &WorkerId) -> Vec<(String, TaskId)> {
+        let mut held: Vec<(String, TaskId)> = self
+            .by_device
+            .get(worker)
+            .map(|d| d.iter().map(|(u, t)| (u.clone(), t.clone())).collect())
+            .unwrap_or_default();
+        held.sort();
+        held
+    }
+
+    /// Devices leased now.
+    pub fn len(&self) -> usize {
+        self.by_device.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_device.is_empty()
+    }
+}
 
 /// A granted lease (seed: `ResourceLock`): the worker and the devices one attempt may use.
 #[derive(Debug, Clone)]
@@ -57,10 +118,7 @@ impl ResourceManager {
         gpus: &GpuNeeds,
     ) -> Result<ResourceLock, NoWorker> {
         let mut table = self.table.lock().expect("lease table");
-        let free_on = |w: &WorkerEntry| {
-            let taken = |uuid: &str| table.contains_key(&(w.id.clone(), uuid.to_owned()));
-            gpus.choose(&w.gpus(), taken)
-        };
+        let free_on = |w: &WorkerEntry| gpus.choose(&w.gpus(), |uuid| table.taken(&w.id, uuid));
         let worker = sched.gatling_rotate_next_where(needs, |w| free_on(w).is_some())?;
         let Some(devices) = free_on(&worker) else {
             // Only this actor changes the table, and it holds the lock: what was free in the
@@ -68,9 +126,7 @@ impl ResourceManager {
             worker.release();
             return Err(NoWorker::AllBusy);
         };
-        for d in &devices {
-            table.insert((worker.id.clone(), d.clone()), task.clone());
-        }
+        table.insert(task, &worker.id, &devices);
         Ok(ResourceLock {
             task_id: task.clone(),
             worker,
@@ -80,18 +136,15 @@ impl ResourceManager {
 
     /// Ends every lease `task` holds.
     pub fn release(&self, task: &TaskId) {
-        self.table
-            .lock()
-            .expect("lease table")
-            .retain(|_, holder| holder != task);
+        self.table.lock().expect("lease table").remove(task);
     }
 
     /// After a restart: `task` holds `devices` on `worker`, as its assignment record says.
     pub fn restore(&self, task: &TaskId, worker: &WorkerId, devices: &[String]) {
-        let mut table = self.table.lock().expect("lease table");
-        for d in devices {
-            table.insert((worker.clone(), d.clone()), task.clone());
-        }
+        self.table
+            .lock()
+            .expect("lease table")
+            .insert(task, worker, devices);
     }
 
     /// Devices leased now.
