@@ -15,6 +15,8 @@ case "$target_dir" in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
 export VGAS_BIN_DIR="$target_dir/release"
 cargo bench -p vgas-master --bench gatling --locked
 cargo bench -p vgas-master --bench keys --locked
+# GPU leases: a grant and release over 1,000 workers of 8 (declared) GPUs each.
+cargo bench -p vgas-master --bench leases --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-client --bench farm --locked
 cargo bench -p vgas-worker --bench wasm --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-tests --bench e2e --locked
@@ -23,6 +25,11 @@ cargo bench -p vgas-tests --bench gateway --locked
 cargo bench -p vgas-tests --bench agent_step --locked
 cargo bench -p vgas-shared --bench kb --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-tests --bench wasm_throughput --locked
+# 100,000 tasks submitted in batches next to one per request, queued, then drained.
+cargo bench -p vgas-tests --bench batch --locked
+# GPU leases and cuda tasks end to end (declared GPUs; NVRTC from PyPI); on a GPU machine
+# scripts/gpu-check.sh adds the kernel launch next to a direct cudarc launch.
+scripts/bench-gpu.sh
 # A real 69 MB tool compiled to WASI (Yosys): cold compile, then the caches.
 cargo bench -p vgas-tests --bench wasm_cold --locked
 # The C build farm side by side with local make and distcc (Lua 5.4.4).
