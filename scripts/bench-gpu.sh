@@ -34,7 +34,7 @@ trap cleanup EXIT
 
 "$bin/vgas" init >/dev/null
 cp nats.conf "$work/"
-"$NATS_SERVER_BIN" -c "$work/nats.conf" -a 127.0.0.1 -p "$port" -m "$(free_port)" -sd "$work/js" \
+"$NATS_SERVER_BIN" -c "$work/nats.conf" -a 127.0.0.1 -p "$port" -m "$(free_port)" \
   >"$work/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
@@ -61,7 +61,9 @@ times = {label_a: [], label_b: []}
 for i in range(runs + 2):
     for label, cmd in ((label_a, a), (label_b, b)):
         start = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.decode()}")
         if i >= 2:
             times[label].append(time.perf_counter() - start)
 ma, mb = statistics.median(times[label_a]), statistics.median(times[label_b])
@@ -81,5 +83,5 @@ paired "submit --cuda add.cu --compile-only" "submit -- true" \
 echo "== one cold NVRTC compile through the swarm (a fresh option: no cache entry)"
 start=$(date +%s%N)
 "$bin/vgas" submit --cuda add.cu --entry add --compile-only --arch compute_90 \
-  --nvrtc-option "-DVGAS_BENCH_SALT=$start" >/dev/null 2>&1
+  --nvrtc-option "-DVGAS_BENCH_SALT=$start" >/dev/null
 echo "cold compile, submit to result: $(( ($(date +%s%N) - start) / 1000000 )) ms"

@@ -33,7 +33,12 @@ pub struct CudaArgs {
     #[arg(long = "arg", value_name = "KIND:VALUE", requires = "cuda")]
     pub args: Vec<String>,
     /// An NVRTC option (repeatable), for example `-DN=4`.
-    #[arg(long = "nvrtc-option", value_name = "OPTION", requires = "cuda")]
+    #[arg(
+        long = "nvrtc-option",
+        value_name = "OPTION",
+        requires = "cuda",
+        allow_hyphen_values = true
+    )]
     pub options: Vec<String>,
 }
 
@@ -119,6 +124,38 @@ fn kernel_arg(s: &str) -> Result<KernelArg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cuda: CudaArgs,
+        #[arg(long)]
+        wasm: Option<String>,
+    }
+
+    #[test]
+    fn nvrtc_options_may_start_with_a_dash() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from([
+            "vgas",
+            "--cuda",
+            "k.cu",
+            "--entry",
+            "k",
+            "--nvrtc-option",
+            "-DN=4",
+            "--nvrtc-option",
+            "--use_fast_math",
+            "--compile-only",
+        ])
+        .unwrap();
+        assert_eq!(cli.cuda.options, ["-DN=4", "--use_fast_math"]);
+        assert!(cli.cuda.compile_only);
+        assert!(
+            Cli::try_parse_from(["vgas", "--entry", "k"]).is_err(),
+            "--entry needs --cuda"
+        );
+    }
 
     #[test]
     fn arguments_and_dimensions_parse() {
