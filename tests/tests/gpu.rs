@@ -359,9 +359,15 @@ async fn nvrtc_compiles_cuda_to_ptx_without_a_gpu_and_the_swarm_caches_it() {
     assert!(ptx.contains(".target sm_90"), "{ptx}");
     assert!(ptx.contains(".visible .entry add("), "{ptx}");
     // Again: from the swarm's PTX cache, byte for byte.
-    let second = run(spec).await;
+    let second = run(spec.clone()).await;
     assert_eq!(ptx_of(&second), ptx);
     assert!(procs[1].log_text().contains("PTX from the swarm's cache"));
+    // The cached PTX, asked for a kernel it does not define: said so, as after a compile.
+    let mut other = spec.clone();
+    other["cuda"]["entry"] = "sub".into();
+    let c = run(other).await;
+    assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 2 });
+    assert!(c.stderr.contains("\"sub\""), "{}", c.stderr);
     // A compile error is the compiler's: exit 1 and NVRTC's log.
     let broken = serde_json::json!({
         "kind": "cuda",

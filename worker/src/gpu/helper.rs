@@ -79,11 +79,7 @@ fn run(plan_path: &Path) -> Result<(), Failure> {
         }
     };
     if !has_entry(&ptx, &plan.entry) {
-        return Err(failed(format!(
-            "the PTX has no kernel {:?}: declare it `extern \"C\" __global__` so its name is \
-             not mangled",
-            plan.entry
-        )));
+        return Err(failed(no_entry(&plan.entry)));
     }
     match &plan.launch {
         Some(launch) => self::launch(&ptx, &plan.entry, launch),
@@ -132,6 +128,14 @@ fn compile(plan: &Plan) -> Result<String, Failure> {
         )),
         Err(e) => Err(failed(format!("NVRTC failed: {e}"))),
     }
+}
+
+/// Why a PTX without kernel `entry` cannot run it.
+pub fn no_entry(entry: &str) -> String {
+    format!(
+        "the PTX has no kernel {entry:?}: declare it `extern \"C\" __global__` so its name is \
+         not mangled"
+    )
 }
 
 /// Whether the PTX declares kernel `entry` (`.entry entry(` on some line).

@@ -114,6 +114,28 @@ impl CudaRunner<'_> {
         }
         let key = ptx_key(&nvrtc.version, arch.as_deref(), &c.options, &c.source);
         let cached = self.cached(&key).await;
+        // A compile-only task whose PTX is cached needs no process at all: the entry check is
+        // the helper's own, done here.
+        if let (true, Some(ptx)) = (c.compile_only, &cached) {
+            info!(key = %key, "PTX from the swarm's cache");
+            if !helper::has_entry(&String::from_utf8_lossy(ptx), &c.entry) {
+                let _ = out
+                    .send(OutputChunk::Stderr(helper::no_entry(&c.entry)))
+                    .await;
+                return CompileRun::ended(TaskOutcome::Exited {
+                    exit_code: helper::EXIT_FAILED,
+                });
+            }
+            return CompileRun {
+                outcome: TaskOutcome::Exited { exit_code: 0 },
+                artifacts: vec![Artifact {
+                    path: PTX_ARTIFACT.into(),
+                    mode: None,
+                    body: ArtifactBody::Inline(ptx.clone()),
+                }],
+                dir: None,
+            };
+        }
         if cached.is_some() {
             info!(key = %key, "PTX from the swarm's cache");
         } else {
