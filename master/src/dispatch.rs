@@ -410,7 +410,8 @@ impl Dispatcher {
         let Some(mut t) = self.tasks.remove(id) else {
             return;
         };
-        // Every path to here freed the attempt's leases already; a finished task holds none.
+        // Every path to here frees the attempt's leases first; this one lookup makes sure a
+        // lease can never outlive its task, which would block the device for good.
         self.gpus.release(id);
         let now = now_ms();
         t.rec.state = TaskState::Finished {

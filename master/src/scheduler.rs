@@ -197,17 +197,18 @@ impl AgentScheduler {
     /// Picks the next capable worker with a free slot, round robin, and reserves the slot.
     /// Lock-free: one atomic add, then at most one CAS per candidate.
     pub fn gatling_rotate_next(&self, needs: &Needs) -> Result<Arc<WorkerEntry>, NoWorker> {
-        self.gatling_rotate_next_where(needs, |_| true)
+        self.gatling_rotate_next_where(needs, |_| Some(()))
+            .map(|(w, ())| w)
     }
 
-    /// [`AgentScheduler::gatling_rotate_next`] over the capable workers for which `room` also
-    /// holds (a GPU task: its devices are free there); a capable worker without it counts as
-    /// busy.
-    pub fn gatling_rotate_next_where(
+    /// [`AgentScheduler::gatling_rotate_next`] over the capable workers where `room` finds
+    /// what the task needs besides a slot (a GPU task: its devices, free there), returned with
+    /// the worker; a capable worker where it finds nothing counts as busy.
+    pub fn gatling_rotate_next_where<T>(
         &self,
         needs: &Needs,
-        room: impl Fn(&WorkerEntry) -> bool,
-    ) -> Result<Arc<WorkerEntry>, NoWorker> {
+        room: impl Fn(&WorkerEntry) -> Option<T>,
+    ) -> Result<(Arc<WorkerEntry>, T), NoWorker> {
         let pool = self.pool.load();
         let n = pool.len();
         if n == 0 {
@@ -221,8 +222,13 @@ impl AgentScheduler {
                 continue;
             }
             any_capable = true;
-            if !w.unanswered.load(Ordering::Acquire) && room(w) && w.try_reserve() {
-                return Ok(w.clone());
+            if w.unanswered.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Some(found) = room(w) {
+                if w.try_reserve() {
+                    return Ok((w.clone(), found));
+                }
             }
         }
         Err(if any_capable {

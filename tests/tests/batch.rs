@@ -23,6 +23,23 @@ async fn json_request(
     serde_json::from_slice(&reply.payload).unwrap()
 }
 
+/// Submits the JSON `body` until a master answers (one may be starting), and returns the answer.
+async fn submit_once_answered(
+    client: &async_nats::Client,
+    swarm: &Swarm,
+    body: &str,
+) -> serde_json::Value {
+    wait_for("a master to answer", WAIT, || {
+        let (client, subject, body) = (client.clone(), swarm.subjects.submit(), body.to_owned());
+        async move {
+            let reply = client.request(subject, body.into()).await.ok()?;
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).ok()
+        }
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_json_array_is_answered_task_by_task_and_each_task_runs() {
     let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 2)]).await.unwrap();
@@ -87,15 +104,7 @@ async fn a_full_queue_takes_what_fits_and_answers_busy_for_the_rest() {
     let _master = swarm.master(&["--queue-capacity", "5"]).unwrap();
     let client = swarm.connect(Role::Client).await.unwrap();
     let body = format!("[{}]", [r#"{"cmd":["true"]}"#; 8].join(","));
-    let v = wait_for("the master", WAIT, || {
-        let (client, subject, body) = (client.clone(), swarm.subjects.submit(), body.clone());
-        async move {
-            let reply = client.request(subject, body.into()).await.ok()?;
-            serde_json::from_slice::<serde_json::Value>(&reply.payload).ok()
-        }
-    })
-    .await
-    .unwrap();
+    let v = submit_once_answered(&client, &swarm, &body).await;
     let answers = v.as_array().unwrap_or_else(|| panic!("{v}"));
     let busy = answers
         .iter()
@@ -189,15 +198,7 @@ async fn a_master_killed_in_the_middle_of_a_batch_loses_none_of_it() {
     procs[0].wait_exit(WAIT).await.unwrap();
     let _ = first.await;
     let _master2 = swarm.master(&[]).unwrap();
-    let v = wait_for("the restarted master", WAIT, || {
-        let (client, subject, body) = (client.clone(), swarm.subjects.submit(), body.clone());
-        async move {
-            let reply = client.request(subject, body.into()).await.ok()?;
-            serde_json::from_slice::<serde_json::Value>(&reply.payload).ok()
-        }
-    })
-    .await
-    .unwrap();
+    let v = submit_once_answered(&client, &swarm, &body).await;
     let accepted = v.as_array().unwrap_or_else(|| panic!("{v}"));
     assert!(accepted.iter().all(|a| a["task_id"].is_string()), "{v}");
     assert_eq!(accepted.len(), TASKS);

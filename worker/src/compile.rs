@@ -155,16 +155,10 @@ impl<S: ModuleSource> Compiler<'_, S> {
             out,
             cancel,
         );
-        let run = run.await;
-        match (run.outcome, run.dir) {
-            (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => {
-                collect_outputs(dir, &c.workdir, &c.side_outputs)
-            }
-            (TaskOutcome::Exited { exit_code: 0 }, None) => {
-                CompileRun::error("the task directory was not kept after the compile".into())
-            }
-            // A failed compile's directory goes at once (dropped here).
-            (outcome, _) => CompileRun::ended(outcome),
+        // A failed compile's directory goes at once (dropped in `succeeded`).
+        match run.await.succeeded() {
+            Ok(dir) => collect_outputs(dir, &c.workdir, &c.side_outputs),
+            Err(outcome) => CompileRun::ended(outcome),
         }
     }
 
@@ -249,47 +243,59 @@ fn collect_outputs(dir: KeptDir, workdir: &str, side: &[String]) -> CompileRun {
     run
 }
 
-/// The object the compiler left at `rel` in `dir`, as the run's artifact: inline when small
-/// (the directory goes now), by reference to the file in the kept directory when large.
+/// The object the compiler left at `rel` in `dir`, as the run's artifact ([`collect_files`]).
 fn collect_object(dir: KeptDir, rel: &str) -> CompileRun {
-    let (path, size) = match dir.regular_file(rel) {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return CompileRun::error(format!(
-                "the compiler exited with 0 but wrote no {OBJECT_FILE}"
-            ))
+    collect_files(dir, &[(rel, OBJECT_FILE)], |_| {
+        format!("the compiler exited with 0 but wrote no {OBJECT_FILE}")
+    })
+}
+
+/// The files a successful run left at `(path in dir, artifact name)`, as its artifacts: inline
+/// when small, by reference to the kept directory when large (which then stays until they
+/// are uploaded); `missing` words a file the run did not leave. A file over
+/// `MAX_ARTIFACT_BYTES` ends the run `limit_exceeded` `artifact`. (A compile's object, a cuda
+/// task's PTX or output buffers.)
+pub(crate) fn collect_files(
+    dir: KeptDir,
+    files: &[(&str, &str)],
+    missing: impl Fn(&str) -> String,
+) -> CompileRun {
+    let mut artifacts = Vec::with_capacity(files.len());
+    let mut large = false;
+    for (rel, name) in files {
+        let (path, size) = match dir.regular_file(rel) {
+            Ok(Some(found)) => found,
+            Ok(None) => return CompileRun::error(missing(name)),
+            Err(message) => return CompileRun::error(message),
+        };
+        if size > MAX_ARTIFACT_BYTES {
+            return CompileRun::ended(TaskOutcome::LimitExceeded {
+                limit: "artifact".into(),
+                message: format!(
+                    "{name} is {size} bytes; files over {} MiB are not sent back",
+                    MAX_ARTIFACT_BYTES >> 20
+                ),
+            });
         }
-        Err(message) => return CompileRun::error(message),
-    };
-    if size > MAX_ARTIFACT_BYTES {
-        return CompileRun::ended(TaskOutcome::LimitExceeded {
-            limit: "artifact".into(),
-            message: format!(
-                "{OBJECT_FILE} is {size} bytes; files over {} MiB are not sent back",
-                MAX_ARTIFACT_BYTES >> 20
-            ),
+        let body = if size > MAX_INLINE_ARTIFACT_BYTES {
+            large = true;
+            ArtifactBody::Large { file: path, size }
+        } else {
+            match crate::wasm::read_inline(&path) {
+                Ok(bytes) => ArtifactBody::Inline(bytes),
+                Err(e) => return CompileRun::error(format!("cannot read {name}: {e}")),
+            }
+        };
+        artifacts.push(Artifact {
+            path: (*name).to_owned(),
+            mode: None,
+            body,
         });
     }
-    let artifact = |body| Artifact {
-        path: OBJECT_FILE.into(),
-        mode: None,
-        body,
-    };
-    if size > MAX_INLINE_ARTIFACT_BYTES {
-        return CompileRun {
-            outcome: TaskOutcome::Exited { exit_code: 0 },
-            artifacts: vec![artifact(ArtifactBody::Large { file: path, size })],
-            dir: Some(dir),
-        };
-    }
-    let bytes = match crate::wasm::read_inline(&path) {
-        Ok(b) => b,
-        Err(e) => return CompileRun::error(format!("cannot read {OBJECT_FILE}: {e}")),
-    };
     CompileRun {
         outcome: TaskOutcome::Exited { exit_code: 0 },
-        artifacts: vec![artifact(ArtifactBody::Inline(bytes))],
-        dir: None,
+        artifacts,
+        dir: large.then_some(dir),
     }
 }
 

@@ -118,14 +118,9 @@ impl ResourceManager {
         gpus: &GpuNeeds,
     ) -> Result<ResourceLock, NoWorker> {
         let mut table = self.table.lock().expect("lease table");
-        let free_on = |w: &WorkerEntry| gpus.choose(&w.gpus(), |uuid| table.taken(&w.id, uuid));
-        let worker = sched.gatling_rotate_next_where(needs, |w| free_on(w).is_some())?;
-        let Some(devices) = free_on(&worker) else {
-            // Only this actor changes the table, and it holds the lock: what was free in the
-            // rotation is free now. Give the slot back rather than trust that blindly.
-            worker.release();
-            return Err(NoWorker::AllBusy);
-        };
+        let (worker, devices) = sched.gatling_rotate_next_where(needs, |w| {
+            gpus.choose(&w.gpus(), |uuid| table.taken(&w.id, uuid))
+        })?;
         table.insert(task, &worker.id, &devices);
         Ok(ResourceLock {
             task_id: task.clone(),

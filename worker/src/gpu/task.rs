@@ -11,14 +11,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use vgas_shared::limits::{
-    MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES, MAX_PTX_CACHE_ENTRY_BYTES,
-};
+use vgas_shared::limits::MAX_PTX_CACHE_ENTRY_BYTES;
 use vgas_shared::wire::{virtual_arch, CudaTask, TaskOutcome, PTX_ARTIFACT};
 
 use super::helper::{self, Launch, Plan};
 use super::Gpus;
-use crate::compile::CompileRun;
+use crate::compile::{collect_files, CompileRun};
 use crate::sandbox::{
     self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
 };
@@ -198,18 +196,15 @@ impl CudaRunner<'_> {
             cancel,
         )
         .await;
-        let dir = match (run.outcome, run.dir) {
-            (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => dir,
-            (TaskOutcome::Exited { exit_code: 0 }, None) => {
-                return CompileRun::error("the task directory was not kept".into())
-            }
-            (outcome, _) => return CompileRun::ended(outcome),
+        let dir = match run.succeeded() {
+            Ok(dir) => dir,
+            Err(outcome) => return CompileRun::ended(outcome),
         };
         if !hit {
             self.remember(&key, &dir).await;
         }
         if c.compile_only {
-            return collect(dir, &[(helper::PTX_FILE, PTX_ARTIFACT)]);
+            return collect_files(dir, &[(helper::PTX_FILE, PTX_ARTIFACT)], left_no);
         }
         let outputs: Vec<(&str, &str)> = c
             .args
@@ -217,7 +212,7 @@ impl CudaRunner<'_> {
             .filter_map(|a| a.output_path())
             .map(|p| (p, p))
             .collect();
-        collect(dir, &outputs)
+        collect_files(dir, &outputs, left_no)
     }
 
     async fn cached(&self, key: &str) -> Option<Vec<u8>> {
@@ -259,40 +254,9 @@ fn arch_number(arch: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// The files at `(path in the directory, artifact name)` as the run's artifacts: inline when
-/// small, by reference to the kept directory when large.
-fn collect(dir: KeptDir, files: &[(&str, &str)]) -> CompileRun {
-    let mut artifacts = Vec::with_capacity(files.len());
-    let mut large = false;
-    for (rel, name) in files {
-        let (path, size) = match dir.regular_file(rel) {
-            Ok(Some(found)) => found,
-            Ok(None) => return CompileRun::error(format!("the kernel run left no {name}")),
-            Err(message) => return CompileRun::error(message),
-        };
-        if size > MAX_ARTIFACT_BYTES {
-            return CompileRun::error(format!("{name} is {size} bytes; past the artifact limit"));
-        }
-        let body = if size > MAX_INLINE_ARTIFACT_BYTES {
-            large = true;
-            ArtifactBody::Large { file: path, size }
-        } else {
-            match crate::wasm::read_inline(&path) {
-                Ok(bytes) => ArtifactBody::Inline(bytes),
-                Err(e) => return CompileRun::error(format!("cannot read {name}: {e}")),
-            }
-        };
-        artifacts.push(Artifact {
-            path: (*name).to_owned(),
-            mode: None,
-            body,
-        });
-    }
-    CompileRun {
-        outcome: TaskOutcome::Exited { exit_code: 0 },
-        artifacts,
-        dir: large.then_some(dir),
-    }
+/// A file the kernel run was to leave and did not.
+fn left_no(name: &str) -> String {
+    format!("the kernel run left no {name}")
 }
 
 #[cfg(test)]

@@ -241,6 +241,20 @@ pub struct NativeRun {
     pub dir: Option<KeptDir>,
 }
 
+impl NativeRun {
+    /// The kept directory of a run that exited 0; otherwise how it ended (its directory, if
+    /// any, is removed here).
+    pub fn succeeded(self) -> Result<KeptDir, TaskOutcome> {
+        match (self.outcome, self.dir) {
+            (TaskOutcome::Exited { exit_code: 0 }, Some(dir)) => Ok(dir),
+            (TaskOutcome::Exited { exit_code: 0 }, None) => Err(TaskOutcome::Error {
+                message: "the task directory was not kept after the run".into(),
+            }),
+            (outcome, _) => Err(outcome),
+        }
+    }
+}
+
 /// Runs an exec task in a fresh directory, streaming output into `out` as it is produced, and
 /// returns how it ended. Never panics; every failure is a [`TaskOutcome`].
 ///
