@@ -47,34 +47,41 @@ pub struct Gpus {
 pub fn helper_program(work_dir: &Path) -> Result<PathBuf, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the worker's binary: {e}"))?;
-    if reachable_by_all(&exe) {
-        return Ok(exe);
+    reachable(&exe, &work_dir.join("bin"))
+}
+
+/// `file` if every user may read and execute it; otherwise a copy in `dir` (made 0755, its
+/// files 0755), made once and again only when `file` changed.
+pub(crate) fn reachable(file: &Path, dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if reachable_by_all(file) {
+        return Ok(file.to_path_buf());
     }
-    let dir = work_dir.join("bin");
-    let copy = dir.join("vgas-worker");
+    let name = file
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", file.display()))?;
+    let copy = dir.join(name);
     let fresh = |c: &Path| {
-        let (Ok(a), Ok(b)) = (std::fs::metadata(&exe), std::fs::metadata(c)) else {
+        let (Ok(a), Ok(b)) = (std::fs::metadata(file), std::fs::metadata(c)) else {
             return false;
         };
         a.len() == b.len() && a.modified().ok() <= b.modified().ok()
     };
-    if !fresh(&copy) {
-        use std::os::unix::fs::PermissionsExt as _;
-        let e = |what: &str| {
-            let what = what.to_owned();
-            move |err: std::io::Error| format!("cannot {what} the cuda helper: {err}")
-        };
-        std::fs::create_dir_all(&dir).map_err(e("place"))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(e("open"))?;
-        static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!("vgas-worker.{}.{n}", std::process::id()));
-        std::fs::copy(&exe, &tmp).map_err(e("copy"))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-            .map_err(e("open"))?;
-        std::fs::rename(&tmp, &copy).map_err(e("place"))?;
+    if fresh(&copy) {
+        return Ok(copy);
     }
+    let e = |what: &str| {
+        let what = format!("{what} {}", file.display());
+        move |err: std::io::Error| format!("cannot {what} where the sandbox reaches it: {err}")
+    };
+    std::fs::create_dir_all(dir).map_err(e("place"))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(e("open"))?;
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".copy.{}.{n}", std::process::id()));
+    std::fs::copy(file, &tmp).map_err(e("copy"))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(e("open"))?;
+    std::fs::rename(&tmp, &copy).map_err(e("place"))?;
     Ok(copy)
 }
 

@@ -47,15 +47,43 @@ impl Nvrtc {
         })
     }
 
-    /// The environment a process needs to load this NVRTC (and its builtins library beside
-    /// it) by the names cudarc looks for.
-    pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![(NVRTC_LIB_VAR.to_owned(), self.lib.display().to_string())];
+    /// The environment a sandboxed process needs to load this NVRTC (and its builtins
+    /// library beside it) by the names cudarc looks for. NVRTC under a directory the sandbox
+    /// uids cannot enter (a virtual environment in a 0700 home) is copied, with its builtins,
+    /// into `work_dir/nvrtc` first ([`super::reachable`]).
+    pub fn sandbox_env(&self, work_dir: &Path) -> Result<Vec<(String, String)>, String> {
+        let mut lib = self.lib.clone();
         if let Some(dir) = self.lib.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let into = work_dir.join("nvrtc");
+            lib = super::reachable(&self.lib, &into)?;
+            if lib != self.lib {
+                for builtins in builtins_beside(dir) {
+                    super::reachable(&builtins, &into)?;
+                }
+            }
+        }
+        let mut env = vec![(NVRTC_LIB_VAR.to_owned(), lib.display().to_string())];
+        if let Some(dir) = lib.parent().filter(|d| !d.as_os_str().is_empty()) {
             env.push(("LD_LIBRARY_PATH".to_owned(), dir.display().to_string()));
         }
-        env
+        Ok(env)
     }
+}
+
+/// NVRTC's builtins libraries in `dir` (`libnvrtc-builtins.so.13.0`), which it loads itself.
+fn builtins_beside(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libnvrtc-builtins.so"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -78,6 +106,8 @@ mod tests {
         };
         let n = Nvrtc::at(Path::new(&path)).expect("the installed NVRTC loads");
         assert!(n.version.starts_with("13."), "{}", n.version);
-        assert!(n.env().iter().any(|(k, _)| k == "LD_LIBRARY_PATH"));
+        let work = tempfile::tempdir().unwrap();
+        let env = n.sandbox_env(work.path()).unwrap();
+        assert!(env.iter().any(|(k, _)| k == "LD_LIBRARY_PATH"), "{env:?}");
     }
 }

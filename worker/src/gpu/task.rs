@@ -30,8 +30,6 @@ pub struct CudaRunner<'a> {
     pub gpus: &'a Gpus,
     /// The PTX cache, when the bucket could be opened.
     pub cache: Option<&'a async_nats::jetstream::kv::Store>,
-    /// This worker's own binary: the helper is `<it> __cuda-helper`.
-    pub helper: &'a Path,
 }
 
 /// The cache key of one compile: every input of NVRTC's output.
@@ -74,7 +72,24 @@ impl CudaRunner<'_> {
             ));
         }
         let mut env: BTreeMap<String, String> = job.task.env.clone();
-        env.extend(nvrtc.env());
+        // The helper and NVRTC where the sandbox uids reach them: at most a copy each, once
+        // per worker, off the runtime's threads.
+        let (placing, work_dir) = (nvrtc.clone(), self.sandbox.work_dir.clone());
+        let placed = tokio::task::spawn_blocking(move || {
+            Ok::<_, String>((
+                super::helper_program(&work_dir)?,
+                placing.sandbox_env(&work_dir)?,
+            ))
+        })
+        .await;
+        let helper_program = match placed {
+            Ok(Ok((program, vars))) => {
+                env.extend(vars);
+                program
+            }
+            Ok(Err(message)) => return CompileRun::error(message),
+            Err(e) => return CompileRun::error(format!("placing the cuda helper failed: {e}")),
+        };
         let mut arch = match c.arch.as_deref().map(virtual_arch).transpose() {
             Ok(a) => a,
             Err(e) => return CompileRun::error(e.to_string()),
@@ -165,7 +180,7 @@ impl CudaRunner<'_> {
         if let Some(ptx) = cached {
             extra.push((helper::PTX_FILE.to_owned(), ptx));
         }
-        let program = self.helper.display().to_string();
+        let program = helper_program.display().to_string();
         let command = |_: &Path| {
             vec![
                 program.clone(),

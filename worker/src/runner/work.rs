@@ -172,16 +172,11 @@ impl Worker {
                 Run::ended(outcome.await)
             }
             Work::Cuda(cuda) => {
-                let helper = match crate::gpu::helper_program(&self.cfg.sandbox.work_dir) {
-                    Ok(p) => p,
-                    Err(message) => return Run::error(message),
-                };
                 let runner = crate::gpu::task::CudaRunner {
                     sandbox: &self.cfg.sandbox,
                     isolation: &self.isolation,
                     gpus: &self.gpus,
                     cache: self.ptx_cache.as_ref(),
-                    helper: &helper,
                 };
                 let job = Job { task: cuda, bounds };
                 runner.run(slot, job, gpus, out, cancel).await.into()
