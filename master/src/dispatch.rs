@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use vgas_shared::codec::encode;
-use vgas_shared::limits::{DEADLINE_GRACE, HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL};
+use vgas_shared::limits::{ABNORMAL_AFTER, DEADLINE_GRACE};
 use vgas_shared::wire::{
     CancelAttempt, TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult,
 };
@@ -280,7 +280,7 @@ impl Dispatcher {
     /// Retries attempts whose worker is gone or whose deadline passed with no result.
     async fn check_assigned(&mut self) {
         let now = now_ms();
-        let beat_window = HEARTBEAT_INTERVAL.as_millis() as u64 * MISSED_BEATS_ABNORMAL as u64;
+        let beat_window = ABNORMAL_AFTER.as_millis() as u64;
         self.sched.reap();
         let mut lost = Vec::new();
         for (id, t) in &self.tasks {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use vgas_shared::gpu::GpuDevice;
-use vgas_shared::limits::{HEARTBEAT_INTERVAL, MISSED_BEATS_ABNORMAL, MISSED_BEATS_REMOVED};
+use vgas_shared::limits::{ABNORMAL_AFTER, HEARTBEAT_INTERVAL, MISSED_BEATS_REMOVED};
 use vgas_shared::wire::{AbnormalNode, Heartbeat, Needs, NodeStatus, SwarmPulse};
 use vgas_shared::{now_ms, WorkerId};
 
@@ -304,7 +304,7 @@ impl AgentScheduler {
     pub fn reap(&self) -> Vec<WorkerId> {
         let now = now_ms();
         let beat = HEARTBEAT_INTERVAL.as_millis() as u64;
-        let abnormal_after = beat * MISSED_BEATS_ABNORMAL as u64;
+        let abnormal_after = ABNORMAL_AFTER.as_millis() as u64;
         let remove_after = beat * MISSED_BEATS_REMOVED as u64;
         let mut newly = Vec::new();
         let mut nodes = self.nodes.lock().expect("nodes lock");

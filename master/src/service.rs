@@ -109,9 +109,7 @@ impl Handlers {
     /// heartbeat window after a (re)start, while workers are still being heard from.
     fn never_satisfiable(&self, spec: &TaskSpec) -> Option<String> {
         let gpus = spec.needs.gpus.as_ref()?;
-        let window = (vgas_shared::limits::HEARTBEAT_INTERVAL
-            * vgas_shared::limits::MISSED_BEATS_ABNORMAL)
-            .as_millis() as u64;
+        let window = vgas_shared::limits::ABNORMAL_AFTER.as_millis() as u64;
         if now_ms().saturating_sub(self.started_ms) < window || self.sched.any_capable(&spec.needs)
         {
             return None;

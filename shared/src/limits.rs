@@ -38,6 +38,10 @@ pub const MAX_ATTEMPTS: u32 = 10;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Beats a node may miss before it is abnormal (no new work; its tasks are retried).
 pub const MISSED_BEATS_ABNORMAL: u32 = 3;
+/// How long a node may be silent before it is abnormal: [`MISSED_BEATS_ABNORMAL`] beats. Also
+/// how long a (re)started master waits before it judges its workers by their silence.
+pub const ABNORMAL_AFTER: Duration =
+    Duration::from_millis(HEARTBEAT_INTERVAL.as_millis() as u64 * MISSED_BEATS_ABNORMAL as u64);
 /// Beats a node may miss before it is forgotten altogether.
 pub const MISSED_BEATS_REMOVED: u32 = 30;
 
