@@ -119,7 +119,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let code = match cmd {
         Cmd::Init | Cmd::Discover { .. } | Cmd::Vault { .. } => unreachable!("handled above"),
         Cmd::Usage { json } => usage::run(&swarm, json).await?,
-        Cmd::Submit(args) => submit::submit(&swarm, *args).await?,
+        Cmd::Submit(args) => match &args.batch {
+            Some(file) => batch::run(&swarm, file).await?,
+            None => submit::submit(&swarm, *args).await?,
+        },
         Cmd::Build(args) => crate::farm::cli::run(&swarm, &conn, args).await?,
         Cmd::Agent(cmd) => agent::run(&swarm, cmd).await?,
         Cmd::Status { json } => status::run(&swarm, json).await?,

@@ -155,9 +155,6 @@ pub fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
 
 /// Submits the task `args` describe and follows it (or prints its id with `--detach`).
 pub async fn submit(swarm: &Swarm, args: SubmitArgs) -> Result<i32> {
-    if let Some(file) = &args.batch {
-        return super::batch::run(swarm, file).await;
-    }
     let id = args.id.clone().unwrap_or_else(TaskId::random);
     let spec = build_spec(&args, id)?;
     if let (Some(path), Some(name)) = (&args.wasm, &spec.module) {
