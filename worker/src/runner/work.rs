@@ -16,7 +16,7 @@ use super::Worker;
 use crate::compile::{CompileRun, Compiler};
 use crate::env::EnvPath;
 use crate::sandbox::{self, Job, KeptDir, OutputChunk};
-use crate::wasm::{Artifact, WasmRun};
+use crate::wasm::{Artifact, TaskDir, WasmRun};
 
 /// The environment names that tell a task who runs it; they override the task's own values.
 const TASK_ID_VAR: &str = "VGAS_TASK_ID";
@@ -40,8 +40,10 @@ pub(super) struct Run {
 /// A run's directory, as its kind's runner kept it; removed when dropped.
 #[derive(Debug)]
 pub(super) enum Workdir {
-    /// A wasm task's directory or an agent's workspace.
+    /// An agent's workspace.
     Temp(tempfile::TempDir),
+    /// A wasm task's directory (kept warm for the next task if it is left empty).
+    Wasm(TaskDir),
     /// A native task's directory, once every process of the task is dead.
     Kept(KeptDir),
 }
@@ -50,6 +52,7 @@ impl Workdir {
     pub(super) fn path(&self) -> &Path {
         match self {
             Workdir::Temp(d) => d.path(),
+            Workdir::Wasm(d) => d.path(),
             Workdir::Kept(d) => d.path(),
         }
     }
@@ -75,7 +78,7 @@ impl From<WasmRun> for Run {
         Run {
             outcome: r.outcome,
             artifacts: r.artifacts,
-            workdir: r.dir.map(Workdir::Temp),
+            workdir: r.dir.map(Workdir::Wasm),
         }
     }
 }

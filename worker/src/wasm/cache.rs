@@ -34,7 +34,7 @@ const HEADER_LEN: usize = MAGIC.len() + 32 + 8 + 8 + 32;
 
 /// Compiled modules kept in memory: a warm task skips even the read and check of its entry.
 /// Bounded by count; each is the size of its code.
-const MEMORY_ENTRIES: usize = 32;
+pub(crate) const MEMORY_ENTRIES: usize = 32;
 
 /// A compiled program: a WASI preview 1 core module or a WASI 0.2 component. Both are
 /// cheap to clone (shared code).
@@ -66,8 +66,47 @@ pub struct ModuleCache {
     dir: PathBuf,
     bound: u64,
     engine_key: u64,
+    memory: RecentlyUsed<Program>,
+}
+
+/// A few values by module hash, most recently used kept, bounded by count: the compiled
+/// modules here, and the modules pre-linked against WASI (`start::Linkers`).
+#[derive(Debug)]
+pub(crate) struct RecentlyUsed<V> {
     /// Most recently used last.
-    memory: Mutex<VecDeque<(String, Program)>>,
+    entries: Mutex<VecDeque<(String, V)>>,
+    bound: usize,
+}
+
+impl<V: Clone> RecentlyUsed<V> {
+    pub(crate) fn new(bound: usize) -> RecentlyUsed<V> {
+        RecentlyUsed {
+            entries: Mutex::default(),
+            bound,
+        }
+    }
+
+    pub(crate) fn get(&self, hex: &str) -> Option<V> {
+        let mut entries = self.entries.lock().expect("recently used lock");
+        let i = entries.iter().position(|(h, _)| h == hex)?;
+        let entry = entries.remove(i)?;
+        let value = entry.1.clone();
+        entries.push_back(entry);
+        Some(value)
+    }
+
+    pub(crate) fn put(&self, hex: &str, value: V) {
+        let mut entries = self.entries.lock().expect("recently used lock");
+        entries.retain(|(h, _)| h != hex);
+        if entries.len() >= self.bound {
+            entries.pop_front();
+        }
+        entries.push_back((hex.to_owned(), value));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.lock().expect("recently used lock").clear();
+    }
 }
 
 /// SHA-256 of `bytes` as lowercase hex.
@@ -91,7 +130,7 @@ impl ModuleCache {
             dir: dir.to_path_buf(),
             bound,
             engine_key: h.finish(),
-            memory: Mutex::default(),
+            memory: RecentlyUsed::new(MEMORY_ENTRIES),
         })
     }
 
@@ -108,26 +147,16 @@ impl ModuleCache {
 
     /// A compiled module from memory.
     pub fn memory_get(&self, hex: &str) -> Option<Program> {
-        let mut mem = self.memory.lock().expect("module cache lock");
-        let i = mem.iter().position(|(h, _)| h == hex)?;
-        let entry = mem.remove(i)?;
-        let module = entry.1.clone();
-        mem.push_back(entry);
-        Some(module)
+        self.memory.get(hex)
     }
 
     pub fn memory_put(&self, hex: &str, module: &Program) {
-        let mut mem = self.memory.lock().expect("module cache lock");
-        mem.retain(|(h, _)| h != hex);
-        if mem.len() >= MEMORY_ENTRIES {
-            mem.pop_front();
-        }
-        mem.push_back((hex.to_owned(), module.clone()));
+        self.memory.put(hex, module.clone());
     }
 
     /// Forgets the in-memory entries (benchmarks and tests measure the disk path with it).
     pub fn memory_clear(&self) {
-        self.memory.lock().expect("module cache lock").clear();
+        self.memory.clear();
     }
 
     /// Module bytes from disk, if present and matching their hash; a mismatch is removed.

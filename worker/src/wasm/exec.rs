@@ -4,6 +4,7 @@
 //! the module wrote as artifacts (collected by `artifacts`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::Sender;
@@ -13,6 +14,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::artifacts::{collect_artifacts, Artifact};
+use super::dirs::{DirPool, TaskDir};
 use super::guard::Guard;
 use super::start::{missing_entry, run_program};
 use super::stdio::{ChunkOut, Which};
@@ -29,8 +31,9 @@ const STUCK_GRACE: Duration = Duration::from_secs(2);
 pub struct WasmRun {
     pub outcome: TaskOutcome,
     pub artifacts: Vec<Artifact>,
-    /// The task directory, kept while large artifacts in it are uploaded; removed on drop.
-    pub dir: Option<tempfile::TempDir>,
+    /// The task directory, kept while large artifacts in it are uploaded; removed (or kept
+    /// warm, if empty) on drop.
+    pub dir: Option<TaskDir>,
 }
 
 impl WasmRuntime {
@@ -65,7 +68,7 @@ impl WasmRuntime {
         if let Some(why) = missing_entry(&self.engine, &module) {
             return fail(format!("{name} {why}"));
         }
-        let dir = match prepare_dir(work_dir, &task.files) {
+        let dir = match prepare_dir(&self.dirs, work_dir, &task.files) {
             Ok(d) => d,
             Err(e) => return fail(format!("sandbox setup failed: {e}")),
         };
@@ -106,10 +109,11 @@ impl WasmRuntime {
                 "sandbox setup failed: preopen the task directory: {e}"
             ));
         }
-        let engine = self.engine.clone();
-        let in_thread = guard.clone();
-        let mut handle =
-            tokio::task::spawn_blocking(move || run_program(&engine, &module, wasi, &in_thread));
+        let (engine, linkers) = (self.engine.clone(), self.linkers.clone());
+        let (hex, in_thread) = (name.hex().to_owned(), guard.clone());
+        let mut handle = tokio::task::spawn_blocking(move || {
+            run_program(&engine, &linkers, &hex, &module, wasi, &in_thread)
+        });
         let stuck = async {
             tokio::select! {
                 _ = tokio::time::sleep(bounds.deadline + STUCK_GRACE) => {}
@@ -123,7 +127,7 @@ impl WasmRuntime {
                 // clean-up of the work dir, not here, to not pull files from under it.
                 guard.hit(if cancel.is_cancelled() { super::guard::Stop::Cancelled } else { super::guard::Stop::Deadline });
                 let outcome = guard.outcome().unwrap_or(TaskOutcome::Cancelled);
-                let _ = dir.keep();
+                dir.keep();
                 return WasmRun { outcome, artifacts: Vec::new(), dir: None };
             }
         };
@@ -142,12 +146,15 @@ impl WasmRuntime {
     }
 }
 
-/// A fresh task directory under `work_dir` holding the task's input files.
-fn prepare_dir(work_dir: &Path, files: &[TaskFile]) -> Result<tempfile::TempDir, String> {
-    std::fs::create_dir_all(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
-    let dir = tempfile::Builder::new()
-        .prefix("wasm-")
-        .tempdir_in(work_dir)
+/// An empty task directory under `work_dir` (a warm one when there is one) holding the
+/// task's input files.
+fn prepare_dir(
+    pool: &Arc<DirPool>,
+    work_dir: &Path,
+    files: &[TaskFile],
+) -> Result<TaskDir, String> {
+    let dir = pool
+        .take(work_dir)
         .map_err(|e| format!("create a task directory in {}: {e}", work_dir.display()))?;
     for f in files {
         let path = dir.path().join(f.path());

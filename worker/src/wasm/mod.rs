@@ -17,6 +17,7 @@
 
 mod artifacts;
 mod cache;
+mod dirs;
 mod exec;
 mod guard;
 mod start;
@@ -41,6 +42,7 @@ use wasmtime::{Config, Engine, Module, OptLevel};
 
 pub use artifacts::{collect_artifacts, read_inline, upload, Artifact, ArtifactBody};
 pub use cache::{sha256_hex, ModuleCache, Program};
+pub use dirs::TaskDir;
 pub use exec::WasmRun;
 
 /// How often the engine's epoch advances: the granularity of the deadline, CPU and cancel
@@ -153,10 +155,14 @@ impl ModuleSource for ObjectStoreSource {
     }
 }
 
-/// The engine, its epoch ticker and the module caches of one worker.
+/// The engine, its epoch ticker, the module caches, the WASI linkers and the warm task
+/// directories of one worker.
 #[derive(Debug)]
 pub struct WasmRuntime {
     engine: Engine,
+    /// Shared with the blocking threads that instantiate.
+    linkers: Arc<start::Linkers>,
+    dirs: Arc<dirs::DirPool>,
     /// Shared with the blocking threads that read, check and write entries.
     cache: Arc<ModuleCache>,
     /// Stops the ticker thread when the runtime is dropped.
@@ -186,6 +192,8 @@ impl WasmRuntime {
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasm engine: {e}"))?;
         let cache = ModuleCache::open(&cfg.cache_dir, cfg.cache_bytes, &engine)
             .map_err(|e| anyhow::anyhow!("wasm cache {}: {e}", cfg.cache_dir.display()))?;
+        let linkers =
+            start::Linkers::new(&engine).map_err(|e| anyhow::anyhow!("WASI linkers: {e}"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (stop, ticking) = (ticker_stop.clone(), engine.clone());
         std::thread::Builder::new()
@@ -198,6 +206,8 @@ impl WasmRuntime {
             })?;
         Ok(WasmRuntime {
             engine,
+            linkers: Arc::new(linkers),
+            dirs: Arc::default(),
             cache: Arc::new(cache),
             ticker_stop,
         })

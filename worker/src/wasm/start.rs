@@ -3,31 +3,92 @@
 //! Both get the same context (the task's args, env, stdin, streams and one preopened
 //! directory), the memory limiter and the epoch callback, and end the same way: an exit code,
 //! or a failure in plain words, with a limit that stopped the run reported as that limit.
+//!
+//! The two WASI linkers are built once per worker ([`Linkers`]), and each module is
+//! pre-linked against them once (an `InstancePre`, its imports resolved): a warm task only
+//! creates its store and instantiates.
 
 use std::sync::Arc;
 
 use vgas_shared::wire::TaskOutcome;
-use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, Linker, Module, Store, Trap};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, InstancePre, Linker, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::cache::{RecentlyUsed, MEMORY_ENTRIES};
 use super::guard::{Guard, Limiter};
 use super::Program;
+
+/// Modules kept pre-linked: as many as compiled modules are kept in memory, so a module
+/// warm in one is warm in the other.
+const PRELINKED_ENTRIES: usize = MEMORY_ENTRIES;
+
+/// The WASI preview 1 and 0.2 linkers of one engine, and the modules recently pre-linked
+/// against them.
+pub(crate) struct Linkers {
+    core: Linker<CoreState>,
+    component: wasmtime::component::Linker<ComponentState>,
+    prelinked: RecentlyUsed<Prelinked>,
+}
+
+impl std::fmt::Debug for Linkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linkers").finish_non_exhaustive()
+    }
+}
+
+/// A program with its imports resolved, ready to instantiate into a fresh store.
+#[derive(Clone)]
+pub(crate) enum Prelinked {
+    Core(InstancePre<CoreState>),
+    Component(CommandPre<ComponentState>),
+}
+
+impl Linkers {
+    /// Both linkers with every WASI function added.
+    pub(crate) fn new(engine: &Engine) -> wasmtime::Result<Linkers> {
+        let mut core = Linker::new(engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut core, |s: &mut CoreState| &mut s.wasi)?;
+        let mut component = wasmtime::component::Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut component)?;
+        Ok(Linkers {
+            core,
+            component,
+            prelinked: RecentlyUsed::new(PRELINKED_ENTRIES),
+        })
+    }
+
+    /// `program` (module `hex`) pre-linked: from the recent ones, or linked now. An error
+    /// is an import no WASI linker offers, or a component that is no command.
+    pub(crate) fn prelinked(&self, hex: &str, program: &Program) -> wasmtime::Result<Prelinked> {
+        if let Some(p) = self.prelinked.get(hex) {
+            return Ok(p);
+        }
+        let linked = match program {
+            Program::Core(module) => Prelinked::Core(self.core.instantiate_pre(module)?),
+            Program::Component(component) => {
+                Prelinked::Component(CommandPre::new(self.component.instantiate_pre(component)?)?)
+            }
+        };
+        self.prelinked.put(hex, linked.clone());
+        Ok(linked)
+    }
+}
 
 /// The export a component must have to run as a task: the `run` of the `wasi:cli/command`
 /// world, any 0.2 release (wasmtime links all of them).
 const COMPONENT_RUN_EXPORT: &str = "wasi:cli/run@0.2";
 
 /// A core module's store data: the WASI preview 1 context and the limiter.
-struct CoreState {
+pub(crate) struct CoreState {
     wasi: WasiP1Ctx,
     limiter: Limiter,
 }
 
 /// A component's store data: the WASI context, its resource table and the limiter.
-struct ComponentState {
+pub(crate) struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
@@ -65,23 +126,26 @@ pub(crate) fn missing_entry(engine: &Engine, program: &Program) -> Option<String
     }
 }
 
-/// Runs `program` to its end with the context built from `wasi`.
+/// Runs `program` (module `hex`) to its end with the context built from `wasi`.
 pub(crate) fn run_program(
     engine: &Engine,
+    linkers: &Linkers,
+    hex: &str,
     program: &Program,
     mut wasi: WasiCtxBuilder,
     guard: &Arc<Guard>,
 ) -> TaskOutcome {
     let limiter = Limiter(guard.clone());
-    let result = match program {
-        Program::Core(module) => run_core(engine, module, wasi.build_p1(), limiter, guard),
-        Program::Component(component) => {
+    let result = match linkers.prelinked(hex, program) {
+        Err(e) => Err(Failed::Start(e)),
+        Ok(Prelinked::Core(pre)) => run_core(engine, &pre, wasi.build_p1(), limiter, guard),
+        Ok(Prelinked::Component(pre)) => {
             let state = ComponentState {
                 ctx: wasi.build(),
                 table: ResourceTable::new(),
                 limiter,
             };
-            run_component(engine, component, state, guard)
+            run_component(engine, &pre, state, guard)
         }
     };
     if let Some(stopped) = guard.outcome() {
@@ -89,9 +153,6 @@ pub(crate) fn run_program(
     }
     match result {
         Ok(exit_code) => TaskOutcome::Exited { exit_code },
-        Err(Failed::Link(e)) => TaskOutcome::Error {
-            message: format!("the worker could not link WASI: {e}"),
-        },
         Err(Failed::Start(e)) | Err(Failed::Run(e)) if e.downcast_ref::<I32Exit>().is_some() => {
             TaskOutcome::Exited {
                 exit_code: e.downcast_ref::<I32Exit>().map_or(1, |x| x.0),
@@ -113,27 +174,22 @@ pub(crate) fn run_program(
 
 /// Where a run failed.
 enum Failed {
-    Link(wasmtime::Error),
     Start(wasmtime::Error),
     Run(wasmtime::Error),
 }
 
 fn run_core(
     engine: &Engine,
-    module: &Module,
+    pre: &InstancePre<CoreState>,
     wasi: WasiP1Ctx,
     limiter: Limiter,
     guard: &Arc<Guard>,
 ) -> Result<i32, Failed> {
-    let mut linker: Linker<CoreState> = Linker::new(engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi).map_err(Failed::Link)?;
     let mut store = Store::new(engine, CoreState { wasi, limiter });
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(guard.ticker());
-    let instance = linker
-        .instantiate(&mut store, module)
-        .map_err(Failed::Start)?;
+    let instance = pre.instantiate(&mut store).map_err(Failed::Start)?;
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .map_err(Failed::Start)?;
@@ -143,17 +199,15 @@ fn run_core(
 
 fn run_component(
     engine: &Engine,
-    component: &Component,
+    pre: &CommandPre<ComponentState>,
     state: ComponentState,
     guard: &Arc<Guard>,
 ) -> Result<i32, Failed> {
-    let mut linker = wasmtime::component::Linker::<ComponentState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(Failed::Link)?;
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(guard.ticker());
-    let command = Command::instantiate(&mut store, component, &linker).map_err(Failed::Start)?;
+    let command = pre.instantiate(&mut store).map_err(Failed::Start)?;
     match command.wasi_cli_run().call_run(&mut store) {
         Ok(Ok(())) => Ok(0),
         // `run` returned its error case: the component's way to exit non-zero.

@@ -210,6 +210,51 @@ async fn prints_writes_a_file_and_exits_with_its_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_directory_is_reused_only_empty_so_no_task_sees_another_tasks_files() {
+    let mut h = Harness::new();
+    let writer = h.add(command(
+        "left behind\\nleft.txt",
+        r#"(if (call $open (i32.const 1036) (i32.const 8) (i32.const 1)) (then (call $proc_exit (i32.const 99))))
+           (call $write (i32.load (i32.const 16)) (i32.const 1024) (i32.const 11))"#,
+    ));
+    let noop = h.add(command("", ""));
+    let entries = |h: &Harness| std::fs::read_dir(h.work.path()).unwrap().count();
+    let (run, _) = h.run(&Harness::spec(&noop)).await;
+    assert_eq!(run.outcome, TaskOutcome::Exited { exit_code: 0 });
+    let first = run.dir.as_ref().map(|d| d.path().to_path_buf());
+    drop(run);
+    assert_eq!(entries(&h), 1, "the empty directory stays warm");
+    let (run, _) = h.run(&Harness::spec(&writer)).await;
+    assert_eq!(run.outcome, TaskOutcome::Exited { exit_code: 0 });
+    assert_eq!(
+        run.dir.as_ref().map(|d| d.path().to_path_buf()),
+        first,
+        "and is reused"
+    );
+    assert_eq!(run.artifacts.len(), 1, "{:?}", run.artifacts);
+    drop(run);
+    assert_eq!(
+        entries(&h),
+        0,
+        "a directory the module wrote into is removed"
+    );
+    for _ in 0..3 {
+        let (run, _) = h.run(&Harness::spec(&noop)).await;
+        assert_eq!(run.outcome, TaskOutcome::Exited { exit_code: 0 });
+        assert!(
+            run.artifacts.is_empty(),
+            "another task's file: {:?}",
+            run.artifacts
+        );
+    }
+    assert_eq!(
+        entries(&h),
+        1,
+        "one warm directory serves tasks run one after another"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_stopped_at_its_deadline() {
     let mut h = Harness::new();
     let m = h.add(command("", "(loop $l (br $l))"));
