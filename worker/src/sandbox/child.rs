@@ -15,6 +15,7 @@ use std::path::Path;
 
 use super::isolation::Isolation;
 use super::mounts::{self, MountPoint};
+use super::netns;
 use super::procs;
 use super::Limits;
 
@@ -106,6 +107,17 @@ pub(crate) fn decode_failure(code: i32) -> Option<(Stage, usize, i32)> {
     Some((stage, detail, code & ((1 << ERRNO_BITS) - 1)))
 }
 
+/// The network the task gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NetSetup {
+    /// The worker's own (no network namespace on this host).
+    Shared,
+    /// A namespace of its own, created by the child.
+    New,
+    /// The namespace kept for its slot (`netns`), entered through this descriptor.
+    Join(std::os::fd::RawFd),
+}
+
 /// Everything the child needs, prepared in the parent.
 #[derive(Debug)]
 pub(crate) struct ChildPlan {
@@ -120,7 +132,7 @@ pub(crate) struct ChildPlan {
     /// Device nodes covered by `/dev/null` in the mount namespace (GPUs not leased to the
     /// task); empty without a mount namespace.
     hidden: Vec<CString>,
-    new_net: bool,
+    net: NetSetup,
     /// (soft, hard) in [`RLIMIT_NAMES`] order.
     rlimits: [(libc::rlim_t, libc::rlim_t); 5],
     uid: Option<u32>,
@@ -191,7 +203,12 @@ impl ChildPlan {
             cwd: c_cwd,
             cwd_shown: cwd.display().to_string(),
             mounts,
-            new_net: isolation.net_ns,
+            net: match (isolation.net_ns, uid.filter(|_| isolation.uid_switch)) {
+                (false, _) => NetSetup::Shared,
+                // Kept only for a slot with a uid of its own: see `netns`.
+                (true, Some(uid)) => netns::for_uid(uid).map_or(NetSetup::New, NetSetup::Join),
+                (true, None) => NetSetup::New,
+            },
             rlimits: clamp_to_hard_limits(wanted),
             uid,
         })
@@ -245,7 +262,12 @@ impl ChildPlan {
                 }
             }
         }
-        if self.new_net && unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        let net = match self.net {
+            NetSetup::Shared => 0,
+            NetSetup::New => unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            NetSetup::Join(fd) => unsafe { libc::setns(fd, libc::CLONE_NEWNET) },
+        };
+        if net != 0 {
             return Err(fail(Stage::NetNamespace, 0));
         }
         // After the bind mount, so the working directory is on the writable mount.
@@ -323,7 +345,7 @@ impl ChildPlan {
                 );
                 format!("could not hide {shown} (a GPU not leased to the task)")
             }
-            Stage::NetNamespace => "could not create a network namespace".to_owned(),
+            Stage::NetNamespace => "could not create or enter a network namespace".to_owned(),
             Stage::Chdir => format!("could not enter {}", self.cwd_shown),
             Stage::Rlimit => format!(
                 "could not set {}",

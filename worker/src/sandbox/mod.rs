@@ -19,6 +19,7 @@
 mod child;
 mod isolation;
 mod mounts;
+mod netns;
 mod outcome;
 mod output;
 mod procs;
@@ -352,7 +353,10 @@ pub async fn run_native(
     };
     // Processes a crashed earlier run of this slot left behind would share the uid's limits.
     if let Some(uid) = uid {
-        procs::kill_uid(uid).await;
+        if !procs::kill_uid(uid).await {
+            // A survivor may sit in the slot's kept network namespace: not shared with this task.
+            netns::forget(uid);
+        }
     }
     let plan = match child::ChildPlan::new(dir.path(), &cwd, isolation, &limits, uid, hidden) {
         Ok(plan) => Arc::new(plan),

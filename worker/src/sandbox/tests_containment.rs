@@ -287,6 +287,61 @@ async fn the_task_has_no_network() {
     assert_eq!(interfaces, ["lo"], "{}", ran.stdout);
 }
 
+/// A slot's tasks share the network namespace kept for it (`netns`): never the worker's, only
+/// `lo` for each of them, and nothing a previous task bound is left in it.
+#[tokio::test]
+async fn a_slots_kept_network_namespace_is_found_as_new_by_each_task() {
+    let h = harness();
+    if !isolation().net_ns || !isolation().uid_switch {
+        println!(
+            "skipped: a network namespace is kept only with a uid switch ({})",
+            isolation().describe()
+        );
+        return;
+    }
+    // The first task leaves a process listening on a unix socket in the abstract namespace
+    // (which belongs to the network namespace) behind, escaped from its group.
+    let script = "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
+                  grep -c vgas-left /proc/net/unix || true; \
+                  setsid /usr/bin/python3 -c 'import socket,time; s=socket.socket(socket.AF_UNIX); s.bind(\"\\0vgas-left\"); s.listen(); time.sleep(60)' \
+                  </dev/null >/dev/null 2>&1 & sleep 0.5; grep -c vgas-left /proc/net/unix || true";
+    let first = run(&h, 18, sh(script)).await;
+    assert_eq!(
+        first.outcome,
+        TaskOutcome::Exited { exit_code: 0 },
+        "{}",
+        first.stderr
+    );
+    let second = run(&h, 18, sh(script)).await;
+    assert_eq!(
+        second.outcome,
+        TaskOutcome::Exited { exit_code: 0 },
+        "{}",
+        second.stderr
+    );
+    let lines = |out: &str| out.lines().map(str::to_owned).collect::<Vec<_>>();
+    let (a, b) = (lines(&first.stdout), lines(&second.stdout));
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(a.len(), 4, "{}", first.stdout);
+    assert_ne!(a[0], own.to_string_lossy(), "not the worker's namespace");
+    assert_eq!(
+        b.first(),
+        a.first(),
+        "the slot's tasks share its kept namespace"
+    );
+    assert_eq!(
+        a[1..],
+        ["lo", "0", "1"],
+        "the first task: only lo, no listener, then its own"
+    );
+    assert_eq!(
+        b[1..],
+        a[1..],
+        "the second finds none of the first's: {}",
+        second.stdout
+    );
+}
+
 #[tokio::test]
 async fn processes_that_leave_the_group_are_still_killed() {
     let h = harness();
