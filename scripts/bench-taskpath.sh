@@ -3,7 +3,7 @@
 # raw NATS request-reply, vgas wasm and exec no-op tasks (p50, p99, tasks/s, and the median
 # time of each event after the submit), batch submission and drain, and a Ray no-op remote
 # function. Starts its own nats-server (nats.conf), master and one worker (SLOTS slots) on a
-# free port with a throw-away state directory; release build. Ray 2.60.0 and nats-py are
+# free port with a throw-away state directory and a queue of QUEUE_CAPACITY (100,000); release build. Ray 2.60.0 and nats-py are
 # installed, pinned, into .tools/bench-venv (ignored). Usage:
 #   scripts/bench-taskpath.sh [raw] [wasm] [exec] [batch] [ray]     (default: all of them)
 # Figures go to stdout as JSON lines; docs/benchmarks.md records them with this command.
@@ -55,7 +55,7 @@ export BENCH_RAW_URL="nats://127.0.0.1:$raw_port"
 for p in "$port" "$raw_port"; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
-"$bin/vgas-master" >"$work/master.log" 2>&1 &
+"$bin/vgas-master" --queue-capacity "${QUEUE_CAPACITY:-100000}" >"$work/master.log" 2>&1 &
 pids+=($!)
 "$bin/vgas-worker" --id bench-w1 --slots "$slots" >"$work/worker.log" 2>&1 &
 pids+=($!)

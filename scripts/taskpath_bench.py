@@ -178,13 +178,14 @@ async def batch(module):
 
     async def on_event(msg):
         nonlocal finished
-        if b'"finished"' in msg.data:
+        if msg.subject.startswith(mine) and b'"finished"' in msg.data:
             finished += 1
             if finished == BATCH_TASKS:
                 all_done.set()
 
     run = uuid.uuid4().hex[:12]
-    await nc.subscribe(f"{PREFIX}.task.b{run}-*.events", cb=on_event)
+    mine = f"{PREFIX}.task.b{run}-"
+    await nc.subscribe(f"{PREFIX}.task.*.events", cb=on_event, pending_msgs_limit=1_000_000)
     t0 = time.perf_counter()
     for start in range(0, BATCH_TASKS, BATCH_SIZE):
         specs = [{"task_id": f"b{run}-{i}", "kind": "wasm", "module": module} for i in range(start, min(start + BATCH_SIZE, BATCH_TASKS))]

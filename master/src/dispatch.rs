@@ -195,6 +195,7 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut ticked = false;
             tokio::select! {
                 _ = stop.cancelled() => break,
                 cmd = rx.recv() => match cmd {
@@ -202,7 +203,10 @@ impl Dispatcher {
                     None => break,
                 },
                 _ = wake.notified() => {}
-                _ = tick.tick() => self.check_assigned().await,
+                _ = tick.tick() => {
+                    self.check_assigned().await;
+                    ticked = true;
+                }
             }
             // Whatever else is already waiting joins this turn, so one round of writes to the
             // tasks bucket covers many tasks instead of one each.
@@ -213,7 +217,9 @@ impl Dispatcher {
                 }
             }
             self.flush_finished().await;
-            self.try_dispatch().await;
+            // The whole queue on a tick (waits for a capable worker run out there); otherwise
+            // only as far as there is room (see `try_dispatch`).
+            self.try_dispatch(ticked).await;
             self.publish_counters();
         }
         self.flush_finished().await;
@@ -464,11 +470,10 @@ impl Dispatcher {
     }
 
     fn publish_counters(&self) {
-        let in_flight = self
-            .tasks
-            .values()
-            .filter(|t| matches!(t.rec.state, TaskState::Assigned { .. }))
-            .count();
+        // Between turns every tracked task is either queued (in `pending`) or assigned:
+        // counted without a walk over every task, which with a long queue cost a turn more
+        // than the work it did.
+        let in_flight = self.tasks.len().saturating_sub(self.pending.len());
         self.counters
             .queue_depth
             .store(self.pending.len(), Ordering::Relaxed);

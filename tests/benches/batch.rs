@@ -137,8 +137,16 @@ async fn main() {
     let n = submit(&client, &swarm, batch, BATCH, BATCHES_IN_FLIGHT).await;
     let batch_rate = n as f64 / started.elapsed().as_secs_f64();
     assert_eq!(n, QUEUED);
+    // Accepted tasks reach the dispatcher's queue through its channel: measured once all
+    // are there (bounded wait).
+    let total = QUEUED + SINGLE;
+    let waited = Instant::now();
+    let mut queued = status(&client, &swarm).await.queue_depth;
+    while queued < total && waited.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        queued = status(&client, &swarm).await.queue_depth;
+    }
     let rss_queued = rss_mb(master.pid());
-    let queued = status(&client, &swarm).await.queue_depth;
 
     let _worker = swarm.worker("drain", 8, &[]).expect("worker");
     let started = Instant::now();

@@ -222,3 +222,76 @@ async fn a_master_killed_in_the_middle_of_a_batch_loses_none_of_it() {
         );
     }
 }
+
+/// Behind a full worker and a queue of waiting tasks, a task that no worker can take is
+/// still abandoned when its wait for a capable worker runs out (the dispatcher stops its
+/// scan at the first task that finds every worker full, and scans the whole queue on each
+/// tick), and the queue behind it then runs.
+#[tokio::test]
+async fn a_task_no_worker_can_take_is_abandoned_on_time_behind_a_full_queue() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    // The blocker holds the only slot until the gate file appears (readable by the sandbox uid).
+    let gate_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(gate_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gate = gate_dir.path().join("open");
+    let ids: Vec<TaskId> = (0..22).map(|_| TaskId::random()).collect();
+    let (blocker, queued, impossible) = (&ids[0], &ids[1..21], &ids[21]);
+    let mut subs = Vec::new();
+    for id in &ids {
+        subs.push(
+            client
+                .subscribe(swarm.subjects.task_events(id))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut specs = vec![serde_json::json!({
+        "task_id": blocker, "deadline_s": 60,
+        "cmd": ["sh", "-c", format!("while [ ! -e {} ]; do sleep 0.05; done; echo blocker", gate.display())],
+    })];
+    for (n, id) in queued.iter().enumerate() {
+        specs.push(serde_json::json!({"task_id": id, "cmd": ["echo", n.to_string()]}));
+    }
+    specs.push(serde_json::json!({
+        "task_id": impossible, "cmd": ["true"], "wait_for_worker_s": 1,
+        "needs": {"capabilities": ["no-such-capability"]},
+    }));
+    let v = json_request(
+        &client,
+        swarm.subjects.submit(),
+        serde_json::Value::from(specs).to_string(),
+    )
+    .await;
+    let answers = v.as_array().unwrap_or_else(|| panic!("{v}"));
+    assert!(answers.iter().all(|a| a.get("error").is_none()), "{v}");
+
+    let mut subs = subs.into_iter();
+    let blocker_sub = subs.next().unwrap();
+    let impossible_sub = subs.next_back().unwrap();
+    let gone = collect(impossible_sub, WAIT, Duration::ZERO).await.unwrap();
+    match gone.outcome() {
+        TaskOutcome::Abandoned { message } => {
+            assert!(message.contains("no-such-capability"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let pulse: SwarmPulse = request(&client, swarm.subjects.status(), &())
+        .await
+        .unwrap();
+    assert_eq!(
+        pulse.queue_depth,
+        queued.len(),
+        "the rest still waits behind the blocker"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let b = collect(blocker_sub, WAIT, Duration::ZERO).await.unwrap();
+    assert_eq!(b.stdout, "blocker\n");
+    for (n, sub) in subs.enumerate() {
+        let c = collect(sub, WAIT, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            (c.stdout.clone(), c.outcome()),
+            (format!("{n}\n"), TaskOutcome::Exited { exit_code: 0 })
+        );
+    }
+}

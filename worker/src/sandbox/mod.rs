@@ -353,7 +353,7 @@ pub async fn run_native(
     };
     // Processes a crashed earlier run of this slot left behind would share the uid's limits.
     if let Some(uid) = uid {
-        if !procs::kill_uid(uid).await {
+        if !procs::ensure_clean(uid).await {
             // A survivor may sit in the slot's kept network namespace: not shared with this task.
             netns::forget(uid);
         }

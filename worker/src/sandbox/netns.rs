@@ -4,7 +4,7 @@
 //! a no-op task's set-up together.
 //!
 //! Why reuse is safe: a namespace is kept only for a slot with its own uid, and a slot's next
-//! task starts only once every process of that uid is dead (`procs::kill_uid`), so nothing of
+//! task starts only once every process of that uid is dead (`procs::ensure_clean`), so nothing of
 //! the last task is left to talk to over loopback; and a task cannot change the namespace
 //! (no capabilities after the uid switch, `no_new_privs`), so each task finds it as the first
 //! did: only `lo`, down.

@@ -58,12 +58,40 @@ fn sweep_uid(uid: u32) {
     }
 }
 
+/// Sandbox uids found with no live process by the last [`kill_uid`], and not used since.
+fn known_clean() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
+    static CLEAN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u32>>> =
+        std::sync::OnceLock::new();
+    CLEAN.get_or_init(Default::default)
+}
+
+/// Before a task of `uid` starts: true when no process of the uid is alive. A uid the last
+/// task's [`kill_uid`] left clean is taken at its word (this process is the only one that
+/// runs anything as a slot's uid); otherwise, after a crash or a failed kill, it is swept.
+/// Either way the uid is no longer known clean: the task about to start will use it.
+pub(crate) async fn ensure_clean(uid: u32) -> bool {
+    if known_clean().lock().expect("clean uids lock").remove(&uid) {
+        return true;
+    }
+    let clean = kill_uid(uid).await;
+    known_clean().lock().expect("clean uids lock").remove(&uid);
+    clean
+}
+
 /// Kills every process of `uid` and waits (bounded) until none is alive. Returns whether none
 /// is. Zombies do not count: they are dead, only not yet reaped by init.
 pub(crate) async fn kill_uid(uid: u32) -> bool {
     if !killable_uid(uid) {
         return false;
     }
+    let clean = kill_uid_rounds(uid).await;
+    if clean {
+        known_clean().lock().expect("clean uids lock").insert(uid);
+    }
+    clean
+}
+
+async fn kill_uid_rounds(uid: u32) -> bool {
     for _ in 0..UID_KILL_ROUNDS {
         // A scan first: with none alive (the usual case, before and after every task) no
         // helper is forked; a fork of the worker copies its page tables and was the largest
@@ -187,5 +215,41 @@ mod tests {
         assert!(!killable_uid(me));
         assert!(tasks_of_uid(me) >= 1, "this test process runs as uid {me}");
         assert!(live_processes_of_uid(me) >= 1);
+    }
+}
+
+#[cfg(test)]
+mod clean_tests {
+    use super::*;
+    use std::os::unix::process::CommandExt as _;
+
+    /// Needs root (to start a process as another uid); skipped elsewhere.
+    #[tokio::test]
+    async fn a_process_a_crashed_run_left_is_killed_before_the_next_task() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: needs root to start a process as a sandbox uid");
+            return;
+        }
+        let uid = 4_000_311;
+        let mut left = std::process::Command::new("sleep")
+            .arg("60")
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .expect("sleep as the sandbox uid");
+        assert_eq!(live_processes_of_uid(uid), 1);
+        assert!(ensure_clean(uid).await, "not known clean: swept");
+        let status = left.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(kill_uid(uid).await);
+        assert!(ensure_clean(uid).await, "left clean by the last kill");
+        assert!(
+            !known_clean().lock().unwrap().contains(&uid),
+            "taken by the task about to start"
+        );
     }
 }
