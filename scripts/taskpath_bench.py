@@ -264,5 +264,5 @@ async def main(which):
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["raw", "wasm", "exec", "batch"]
+    which = sys.argv[1:] or ["raw", "wasm", "exec", "batch", "ray"]
     asyncio.run(main(which))

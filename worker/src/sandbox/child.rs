@@ -1,12 +1,12 @@
-//! What the child does between fork and exec: new session, private mount namespace with
-//! everything but the task directory read-only, no network, resource limits, then the switch
-//! to the sandbox uid (last, because the mounts need root).
+//! What the child does between clone and exec (`spawn`): new session, private mount
+//! namespace with everything but the task directory read-only, no network, resource limits,
+//! then the switch to the sandbox uid (last, because the mounts need root).
 //!
-//! That code runs in a copy of a multi-threaded process, so it may only make async-signal-safe
-//! calls: everything it needs ([`ChildPlan`]) is prepared in the parent, and it allocates
-//! nothing. A failing step reports through the errno that std passes back from the child; the
-//! step (and which mount or limit) is packed above the errno bits so the parent can say in
-//! words what went wrong ([`ChildPlan::describe_failure`]).
+//! That code runs sharing the memory of a multi-threaded process, so it may only make
+//! async-signal-safe calls: everything it needs ([`ChildPlan`]) is prepared in the parent,
+//! and it allocates nothing. A failing step reports through the error word `spawn` passes
+//! back from the child; the step (and which mount or limit) is packed above the errno bits
+//! so the parent can say in words what went wrong ([`ChildPlan::describe_failure`]).
 
 use std::ffi::CString;
 use std::io;
@@ -298,14 +298,21 @@ impl ChildPlan {
         {
             return Err(fail(Stage::NoNewPrivs, 0));
         }
+        // Raw syscalls, not glibc's wrappers: those ask every thread of the process to switch
+        // too, and this child shares the worker's memory and thread list (`spawn`). The
+        // kernel's calls change only the calling task, which is all there is to change.
         if let Some(uid) = self.uid {
-            if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+            if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) }
+                != 0
+            {
                 return Err(fail(Stage::DropGroups, 0));
             }
-            if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::getegid() } != uid {
+            if unsafe { libc::syscall(libc::SYS_setgid, uid) } != 0
+                || unsafe { libc::getegid() } != uid
+            {
                 return Err(fail(Stage::SetGid, 0));
             }
-            if unsafe { libc::setuid(uid) } != 0
+            if unsafe { libc::syscall(libc::SYS_setuid, uid) } != 0
                 || unsafe { libc::geteuid() } != uid
                 || unsafe { libc::getuid() } != uid
             {

@@ -24,6 +24,7 @@ mod outcome;
 mod output;
 mod procs;
 mod run;
+mod spawn;
 mod taskdir;
 
 #[cfg(test)]
@@ -32,8 +33,8 @@ mod tests;
 mod tests_containment;
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use tokio::sync::mpsc::Sender;
@@ -370,21 +371,21 @@ pub async fn run_native(
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone());
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let in_child = Arc::clone(&plan);
-    // SAFETY: `ChildPlan::apply` is async-signal-safe: it only makes syscalls on data prepared
-    // here in the parent, and neither allocates nor takes locks.
-    unsafe {
-        cmd.pre_exec(move || in_child.apply());
-    }
-    let outcome = match cmd.spawn() {
+    let prepared = spawn::candidates(&program, task_path.as_deref()).and_then(|found| {
+        let argv = argv
+            .iter()
+            .map(|a| CString::new(a.as_str()).map_err(|_| "an argument contains NUL".to_owned()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((found, argv, spawn::environ(env)?))
+    });
+    let (found, c_argv, c_env) = match prepared {
+        Ok(p) => p,
+        Err(message) => {
+            taskdir::remove(dir);
+            return error(message);
+        }
+    };
+    let outcome = match spawn::spawn(&found, &c_argv, &c_env, &plan) {
         Ok(child) => {
             let supervised = run::Job {
                 uid,
@@ -397,7 +398,6 @@ pub async fn run_native(
         Err(e) => outcome::spawn_error(&e, &program, &plan, task_path.as_deref()),
     };
     // `supervise` has killed everything the task started; a failed spawn started nothing.
-    drop(cmd);
     if opts.keep_dir {
         return NativeRun {
             outcome,

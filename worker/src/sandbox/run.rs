@@ -7,12 +7,13 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
-use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::wire::TaskOutcome;
 
 use super::output::{pump, Budget, CapExceeded, Stream};
+use super::spawn::Spawned;
 use super::{outcome, procs, Limits, OutputChunk};
 
 /// How long the output pipes may stay open after the main process exited and its stragglers
@@ -54,13 +55,13 @@ async fn kill_all(pgid: Option<i32>, uid: Option<u32>) {
 
 /// Supervises `child` until it ends one way or another; see the module doc.
 pub(crate) async fn supervise(
-    mut child: Child,
+    mut child: Spawned,
     job: Job,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
 ) -> TaskOutcome {
     // The child called setsid, so its pid is its process group.
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    let pgid = i32::try_from(child.id()).ok();
     // Stdin is fed beside the watch, on this task; what is left of it is dropped (the pipe
     // closed) when the task ends. A task that exits without reading its input is not an error.
     let stdin = child.stdin.take();
@@ -124,9 +125,9 @@ pub(crate) async fn supervise(
 /// output cap is passed. Stragglers are killed as soon as the main process exits, so a
 /// background process holding a pipe open cannot keep the task alive.
 async fn watch(
-    child: &mut Child,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    child: &mut Spawned,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
     out: &Sender<OutputChunk>,
     budget: &Budget,
     pgid: Option<i32>,
