@@ -47,6 +47,10 @@ pub enum Command {
         record: Box<TaskRecord>,
         permit: OwnedSemaphorePermit,
     },
+    /// A task written to the store already assigned: submit found a worker with a free slot
+    /// (reserved) and nothing queued, so the record went in once, as `Assigned`. The
+    /// actor announces and sends it.
+    Placed { record: Box<TaskRecord> },
     /// A worker's result, read from the results stream; `done` fires once it is recorded.
     Result {
         result: WorkerResult,
@@ -240,6 +244,27 @@ impl Dispatcher {
                     },
                 );
                 self.pending.push_back(id);
+            }
+            Command::Placed { record } => {
+                let id = record.task_id.clone();
+                let worker = match &record.state {
+                    TaskState::Assigned { worker, .. } => Some(worker.clone()),
+                    _ => None,
+                };
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                self.tasks.insert(
+                    id.clone(),
+                    Tracked {
+                        rec: *record,
+                        permit: None,
+                        queued_at_ms: now_ms(),
+                        cancel_requested: false,
+                    },
+                );
+                match worker {
+                    Some(worker) => self.dispatch_task(&id, worker).await,
+                    None => self.pending.push_back(id),
+                }
             }
             Command::Result { result, done } => {
                 self.on_result(result).await;

@@ -145,16 +145,38 @@ impl Handlers {
                 ),
             ));
         };
+        // Nothing queued and a worker free: the task is placed now and its record written
+        // once, already assigned (one write instead of a queued record and then an
+        // assigned one). Queued tasks go first otherwise; GPU tasks always go through the
+        // dispatcher's leases.
+        let placed = match spec.needs.gpus {
+            None if self.counters.queue_depth.load(Ordering::Relaxed) == 0 => {
+                self.sched.gatling_rotate_next(&spec.needs).ok()
+            }
+            _ => None,
+        };
+        let now = now_ms();
         let record = TaskRecord {
             task_id: task_id.clone(),
             spec,
             encoding: enc,
-            accepted_ms: now_ms(),
-            attempt: 0,
-            state: TaskState::Queued,
+            accepted_ms: now,
+            attempt: u32::from(placed.is_some()),
+            state: match &placed {
+                Some(w) => TaskState::Assigned {
+                    worker: w.id.clone(),
+                    since_ms: now,
+                    gpus: Vec::new(),
+                },
+                None => TaskState::Queued,
+            },
             retries: Vec::new(),
         };
-        match self.store.create(&record).await {
+        let created = self.store.create(&record).await;
+        if let (Some(w), false) = (&placed, matches!(created, Ok(Created::New))) {
+            self.sched.release(&w.id);
+        }
+        match created {
             Ok(Created::New) => {}
             Ok(Created::Exists(old)) if old.spec == record.spec => {
                 return Ok(SubmitReply {
@@ -176,10 +198,16 @@ impl Handlers {
                 ))
             }
         }
-        info!(task_id = %task_id, cmd = ?record.spec.cmd, "accepted");
-        let cmd = Command::Accepted {
-            record: Box::new(record),
-            permit,
+        info!(task_id = %task_id, cmd = ?record.spec.cmd, placed = placed.is_some(), "accepted");
+        let cmd = match placed {
+            // Its queue place is given back at once: it never waits in the queue.
+            Some(_) => Command::Placed {
+                record: Box::new(record),
+            },
+            None => Command::Accepted {
+                record: Box::new(record),
+                permit,
+            },
         };
         if self.tx.send(cmd).await.is_err() {
             return Err(err(

@@ -204,3 +204,73 @@ async fn cli_watch_and_cancel() {
         .unwrap();
     assert_eq!(c.stdout, "next\n");
 }
+
+/// A task submitted while a worker has a free slot and nothing waits is recorded once,
+/// already assigned (attempt 1), before its submitter hears "accepted"; one submitted while
+/// the only slot is taken is recorded queued and assigned later. Both run once.
+#[tokio::test]
+async fn a_task_with_a_free_worker_is_recorded_assigned_at_once_otherwise_queued() {
+    use vgas_shared::wire::{SubmitReply, TaskQuery, TaskRecord, TaskState};
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let info = |id: &vgas_shared::TaskId| {
+        let (client, subject) = (client.clone(), swarm.subjects.task_info());
+        let q = TaskQuery {
+            task_id: id.clone(),
+        };
+        async move {
+            vgas_tests::request::<_, TaskRecord>(&client, subject, &q)
+                .await
+                .unwrap()
+        }
+    };
+    let first = vgas_shared::TaskId::random();
+    let mut spec = sh("sleep 1; echo first");
+    spec.task_id = Some(first.clone());
+    let sub_first = client
+        .subscribe(swarm.subjects.task_events(&first))
+        .await
+        .unwrap();
+    let _: SubmitReply = vgas_tests::request(&client, swarm.subjects.submit(), &spec)
+        .await
+        .unwrap();
+    let rec = info(&first).await;
+    assert!(
+        matches!(&rec.state, TaskState::Assigned { worker, .. } if worker.as_str() == "w1"),
+        "{:?}",
+        rec.state
+    );
+    assert_eq!(rec.attempt, 1);
+
+    let second = vgas_shared::TaskId::random();
+    let mut spec = sh("echo second");
+    spec.task_id = Some(second.clone());
+    let sub_second = client
+        .subscribe(swarm.subjects.task_events(&second))
+        .await
+        .unwrap();
+    let _: SubmitReply = vgas_tests::request(&client, swarm.subjects.submit(), &spec)
+        .await
+        .unwrap();
+    let rec = info(&second).await;
+    assert_eq!(
+        (rec.state, rec.attempt),
+        (TaskState::Queued, 0),
+        "the only slot is taken"
+    );
+
+    for (sub, out) in [(sub_first, "first\n"), (sub_second, "second\n")] {
+        let c = vgas_tests::collect(sub, vgas_tests::WAIT, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(
+            (c.stdout.as_str(), c.outcome()),
+            (out, TaskOutcome::Exited { exit_code: 0 })
+        );
+        let finished = c
+            .events
+            .iter()
+            .filter(|e| matches!(e, TaskEvent::Finished { .. }))
+            .count();
+        assert_eq!(finished, 1);
+    }
+}
