@@ -6,6 +6,8 @@
 # free port with a throw-away state directory and a queue of QUEUE_CAPACITY (100,000); release build. Ray 2.60.0 and nats-py are
 # installed, pinned, into .tools/bench-venv (ignored). Usage:
 #   scripts/bench-taskpath.sh [raw] [wasm] [exec] [batch] [ray]     (default: all of them)
+#   scripts/bench-taskpath.sh -- CMD...    (CMD against the same swarm, its logs in $BENCH_LOGS)
+# BENCH_BIN_DIR=DIR runs DIR's binaries (another commit's release build) instead of building.
 # Figures go to stdout as JSON lines; docs/benchmarks.md records them with this command.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,10 +25,15 @@ if ! "$venv/bin/python" -c "import ray, nats; assert ray.__version__ == '$RAY_VE
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "ray==$RAY_VERSION" "nats-py==$NATS_PY_VERSION"
 fi
-cargo build --release --workspace --bins --locked >&2
-target_dir=${CARGO_TARGET_DIR:-target}
-case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
-bin="$target_dir/release"
+# BENCH_BIN_DIR: binaries built elsewhere (another commit, for a before/after pair).
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  bin=$BENCH_BIN_DIR
+else
+  cargo build --release --workspace --bins --locked >&2
+  target_dir=${CARGO_TARGET_DIR:-target}
+  case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+  bin="$target_dir/release"
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -73,5 +80,12 @@ creds="$VGAS_STATE_DIR/creds/client.creds"
 VGAS_USER=$(sed -n 's/^user = "\(.*\)"/\1/p' "$creds")
 VGAS_PASSWORD=$(sed -n 's/^password = "\(.*\)"/\1/p' "$creds")
 export VGAS_USER VGAS_PASSWORD BENCH_MODULE="$module"
-echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD), $(nproc) cores, worker slots $slots" >&2
+echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD), binaries $bin, $(nproc) cores, worker slots $slots" >&2
+if [ "${1:-}" = "--" ]; then
+  # `scripts/bench-taskpath.sh -- CMD...`: CMD runs against this swarm instead (VGAS_NATS_URL,
+  # VGAS_STATE_DIR, BENCH_LOGS set), for profiling a path by hand.
+  shift
+  BENCH_LOGS="$work" "$@"
+  exit
+fi
 "$venv/bin/python" scripts/taskpath_bench.py "$@"

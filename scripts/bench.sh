@@ -20,6 +20,9 @@ cargo bench -p vgas-master --bench leases --locked -- --warm-up-time 1 --measure
 cargo bench -p vgas-client --bench farm --locked
 cargo bench -p vgas-worker --bench wasm --locked -- --warm-up-time 1 --measurement-time 3
 cargo bench -p vgas-tests --bench e2e --locked
+# The task path as a nats-py user meets it: raw request-reply, wasm and exec no-op tasks with
+# the time of each event, batch submission and drain, and Ray 2.60.0, in one run.
+scripts/bench-taskpath.sh
 cargo bench -p vgas-tests --bench gateway --locked
 # One agent step next to a direct provider call; BM25 search over 10,000 chunks.
 cargo bench -p vgas-tests --bench agent_step --locked

@@ -16,7 +16,7 @@ pub mod provider;
 pub mod tasks;
 pub mod wasi;
 
-pub use tasks::{collect, request, run_task, sh, Collected};
+pub use tasks::{collect, request, run_task, sh, subscribe_events, Collected};
 
 use anyhow::{bail, Context, Result};
 use vgas_shared::config::{Credentials, Role};

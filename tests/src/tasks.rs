@@ -73,6 +73,20 @@ pub async fn run_task(
     collect(sub, WAIT + spec.deadline(), linger).await
 }
 
+/// One subscription to the events of each task, in order, made before the tasks are
+/// submitted so that no event is missed.
+pub async fn subscribe_events(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    ids: &[TaskId],
+) -> Result<Vec<async_nats::Subscriber>> {
+    let mut subs = Vec::with_capacity(ids.len());
+    for id in ids {
+        subs.push(client.subscribe(subjects.task_events(id)).await?);
+    }
+    Ok(subs)
+}
+
 /// Collects events from `sub` until a `finished` event (plus `linger`), or fails after `timeout`.
 pub async fn collect(
     mut sub: async_nats::Subscriber,

@@ -9,7 +9,7 @@ use vgas_shared::config::Role;
 use vgas_shared::limits::MAX_BATCH_TASKS;
 use vgas_shared::wire::{SwarmPulse, TaskOutcome, TaskQuery, TaskRecord, TaskState};
 use vgas_shared::TaskId;
-use vgas_tests::{collect, request, wait_for, Swarm, WAIT};
+use vgas_tests::{collect, request, subscribe_events, wait_for, Swarm, WAIT};
 
 async fn json_request(
     client: &async_nats::Client,
@@ -169,15 +169,9 @@ async fn a_master_killed_in_the_middle_of_a_batch_loses_none_of_it() {
     const TASKS: usize = 300;
     let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 4)]).await.unwrap();
     let ids: Vec<TaskId> = (0..TASKS).map(|_| TaskId::random()).collect();
-    let mut subs = Vec::with_capacity(TASKS);
-    for id in &ids {
-        subs.push(
-            client
-                .subscribe(swarm.subjects.task_events(id))
-                .await
-                .unwrap(),
-        );
-    }
+    let subs = subscribe_events(&client, &swarm.subjects, &ids)
+        .await
+        .unwrap();
     let body = format!(
         "[{}]",
         ids.iter()
@@ -237,15 +231,9 @@ async fn a_task_no_worker_can_take_is_abandoned_on_time_behind_a_full_queue() {
     let gate = gate_dir.path().join("open");
     let ids: Vec<TaskId> = (0..22).map(|_| TaskId::random()).collect();
     let (blocker, queued, impossible) = (&ids[0], &ids[1..21], &ids[21]);
-    let mut subs = Vec::new();
-    for id in &ids {
-        subs.push(
-            client
-                .subscribe(swarm.subjects.task_events(id))
-                .await
-                .unwrap(),
-        );
-    }
+    let subs = subscribe_events(&client, &swarm.subjects, &ids)
+        .await
+        .unwrap();
     let mut specs = vec![serde_json::json!({
         "task_id": blocker, "deadline_s": 60,
         "cmd": ["sh", "-c", format!("while [ ! -e {} ]; do sleep 0.05; done; echo blocker", gate.display())],

@@ -223,16 +223,21 @@ async fn a_task_with_a_free_worker_is_recorded_assigned_at_once_otherwise_queued
                 .unwrap()
         }
     };
-    let first = vgas_shared::TaskId::random();
-    let mut spec = sh("sleep 1; echo first");
-    spec.task_id = Some(first.clone());
-    let sub_first = client
-        .subscribe(swarm.subjects.task_events(&first))
-        .await
-        .unwrap();
-    let _: SubmitReply = vgas_tests::request(&client, swarm.subjects.submit(), &spec)
-        .await
-        .unwrap();
+    // Subscribes to the task's events, submits `script` and reads its record back.
+    let submit = |script: &'static str| {
+        let (client, subjects) = (client.clone(), swarm.subjects.clone());
+        async move {
+            let id = vgas_shared::TaskId::random();
+            let mut spec = sh(script);
+            spec.task_id = Some(id.clone());
+            let sub = client.subscribe(subjects.task_events(&id)).await.unwrap();
+            let _: SubmitReply = vgas_tests::request(&client, subjects.submit(), &spec)
+                .await
+                .unwrap();
+            (id, sub)
+        }
+    };
+    let (first, sub_first) = submit("sleep 1; echo first").await;
     let rec = info(&first).await;
     assert!(
         matches!(&rec.state, TaskState::Assigned { worker, .. } if worker.as_str() == "w1"),
@@ -240,17 +245,7 @@ async fn a_task_with_a_free_worker_is_recorded_assigned_at_once_otherwise_queued
         rec.state
     );
     assert_eq!(rec.attempt, 1);
-
-    let second = vgas_shared::TaskId::random();
-    let mut spec = sh("echo second");
-    spec.task_id = Some(second.clone());
-    let sub_second = client
-        .subscribe(swarm.subjects.task_events(&second))
-        .await
-        .unwrap();
-    let _: SubmitReply = vgas_tests::request(&client, swarm.subjects.submit(), &spec)
-        .await
-        .unwrap();
+    let (second, sub_second) = submit("echo second").await;
     let rec = info(&second).await;
     assert_eq!(
         (rec.state, rec.attempt),

@@ -305,24 +305,21 @@ async fn a_slots_kept_network_namespace_is_found_as_new_by_each_task() {
                   grep -c vgas-left /proc/net/unix || true; \
                   setsid /usr/bin/python3 -c 'import socket,time; s=socket.socket(socket.AF_UNIX); s.bind(\"\\0vgas-left\"); s.listen(); time.sleep(60)' \
                   </dev/null >/dev/null 2>&1 & sleep 0.5; grep -c vgas-left /proc/net/unix || true";
-    let first = run(&h, 18, sh(script)).await;
-    assert_eq!(
-        first.outcome,
-        TaskOutcome::Exited { exit_code: 0 },
-        "{}",
-        first.stderr
-    );
-    let second = run(&h, 18, sh(script)).await;
-    assert_eq!(
-        second.outcome,
-        TaskOutcome::Exited { exit_code: 0 },
-        "{}",
-        second.stderr
-    );
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let ran = run(&h, 18, sh(script)).await;
+        assert_eq!(
+            ran.outcome,
+            TaskOutcome::Exited { exit_code: 0 },
+            "{}",
+            ran.stderr
+        );
+        outputs.push(ran.stdout);
+    }
     let lines = |out: &str| out.lines().map(str::to_owned).collect::<Vec<_>>();
-    let (a, b) = (lines(&first.stdout), lines(&second.stdout));
+    let (a, b) = (lines(&outputs[0]), lines(&outputs[1]));
     let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-    assert_eq!(a.len(), 4, "{}", first.stdout);
+    assert_eq!(a.len(), 4, "{}", outputs[0]);
     assert_ne!(a[0], own.to_string_lossy(), "not the worker's namespace");
     assert_eq!(
         b.first(),
