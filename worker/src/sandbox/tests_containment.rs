@@ -335,7 +335,7 @@ async fn a_slots_kept_network_namespace_is_found_as_new_by_each_task() {
         b[1..],
         a[1..],
         "the second finds none of the first's: {}",
-        second.stdout
+        outputs[1]
     );
 }
 
