@@ -232,35 +232,15 @@ impl Dispatcher {
     async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Accepted { record, permit } => {
-                let id = record.task_id.clone();
-                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                self.tasks.insert(
-                    id.clone(),
-                    Tracked {
-                        rec: *record,
-                        permit: Some(permit),
-                        queued_at_ms: now_ms(),
-                        cancel_requested: false,
-                    },
-                );
+                let id = self.track(*record, Some(permit));
                 self.pending.push_back(id);
             }
             Command::Placed { record } => {
-                let id = record.task_id.clone();
                 let worker = match &record.state {
                     TaskState::Assigned { worker, .. } => Some(worker.clone()),
                     _ => None,
                 };
-                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                self.tasks.insert(
-                    id.clone(),
-                    Tracked {
-                        rec: *record,
-                        permit: None,
-                        queued_at_ms: now_ms(),
-                        cancel_requested: false,
-                    },
-                );
+                let id = self.track(*record, None);
                 match worker {
                     Some(worker) => self.dispatch_task(&id, worker).await,
                     None => self.pending.push_back(id),
@@ -285,6 +265,23 @@ impl Dispatcher {
                 let _ = reply.send(found);
             }
         }
+    }
+
+    /// Starts tracking a task just accepted (holding its queue place while it waits, if it
+    /// is queued); returns its id.
+    fn track(&mut self, rec: TaskRecord, permit: Option<OwnedSemaphorePermit>) -> TaskId {
+        let id = rec.task_id.clone();
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.tasks.insert(
+            id.clone(),
+            Tracked {
+                rec,
+                permit,
+                queued_at_ms: now_ms(),
+                cancel_requested: false,
+            },
+        );
+        id
     }
 
     async fn on_result(&mut self, r: WorkerResult) {

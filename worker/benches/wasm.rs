@@ -176,7 +176,7 @@ fn bench(c: &mut Criterion) {
     let module = ModuleRef::parse(&name).unwrap();
     c.bench_function("wasm_load_from_disk_cache", |b| {
         b.iter(|| {
-            wasm.cache().memory_clear();
+            wasm.forget_memory();
             rt.block_on(wasm.load(&module, &modules)).unwrap();
         })
     });

@@ -33,16 +33,15 @@ impl Dispatcher {
         let mut assigned = Vec::new();
         let mut waiting_for_gpus = 0;
         let mut no_room: Vec<(Needs, NoWorker)> = Vec::new();
-        let no_needs = Needs::default();
+        // A task with no needs found every worker full: nothing else can be placed now.
+        let mut all_full = false;
         let mut scanned_all = true;
         while let Some(id) = self.pending.pop_front() {
             let Some(t) = self.tasks.get(&id) else {
                 continue;
             };
             let needs = &t.rec.spec.needs;
-            if !whole_queue
-                && matches!(no_room.first(), Some((n, NoWorker::AllBusy)) if *n == no_needs)
-            {
+            if all_full && !whole_queue {
                 // Every worker is full: the rest of the queue stays as it is, in order.
                 self.pending.push_front(id);
                 scanned_all = false;
@@ -64,12 +63,8 @@ impl Dispatcher {
                     .map(|lock| (lock.worker.id.clone(), lock.devices)),
             };
             if let (None, Err(why)) = (known, &picked) {
-                // Kept with a task with no needs first, for the check above.
-                if *needs == no_needs {
-                    no_room.insert(0, (needs.clone(), *why));
-                } else {
-                    no_room.push((needs.clone(), *why));
-                }
+                all_full |= *why == NoWorker::AllBusy && *needs == Needs::default();
+                no_room.push((needs.clone(), *why));
             }
             match picked {
                 Ok((worker, gpus)) => {

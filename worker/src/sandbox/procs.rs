@@ -70,12 +70,10 @@ fn known_clean() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
 /// runs anything as a slot's uid); otherwise, after a crash or a failed kill, it is swept.
 /// Either way the uid is no longer known clean: the task about to start will use it.
 pub(crate) async fn ensure_clean(uid: u32) -> bool {
-    if known_clean().lock().expect("clean uids lock").remove(&uid) {
-        return true;
+    if !killable_uid(uid) {
+        return false;
     }
-    let clean = kill_uid(uid).await;
-    known_clean().lock().expect("clean uids lock").remove(&uid);
-    clean
+    known_clean().lock().expect("clean uids lock").remove(&uid) || kill_uid_rounds(uid).await
 }
 
 /// Kills every process of `uid` and waits (bounded) until none is alive. Returns whether none

@@ -221,6 +221,14 @@ impl WasmRuntime {
         &self.cache
     }
 
+    /// Forgets what is warm in memory, compiled modules and their pre-linked forms alike, so
+    /// the next load starts from the disk cache as after a restart (benchmarks and tests
+    /// measure that path with it).
+    pub fn forget_memory(&self) {
+        self.cache.memory_clear();
+        self.linkers.forget();
+    }
+
     /// The compiled module `name`: from memory, the compiled cache, or compiled from bytes
     /// found on disk or fetched from `source` (checked against the hash first). The error is
     /// a sentence for the task's outcome.

@@ -60,6 +60,11 @@ impl Linkers {
         })
     }
 
+    /// Forgets every pre-linked module.
+    pub(crate) fn forget(&self) {
+        self.prelinked.clear();
+    }
+
     /// `program` (module `hex`) pre-linked: from the recent ones, or linked now. An error
     /// is an import no WASI linker offers, or a component that is no command.
     pub(crate) fn prelinked(&self, hex: &str, program: &Program) -> wasmtime::Result<Prelinked> {

@@ -432,7 +432,7 @@ async fn compiled_modules_are_cached_and_damaged_entries_rebuilt() {
     let last = data.len() - 1;
     data[last] ^= 0xff;
     std::fs::write(&path, &data).unwrap();
-    rt.cache().memory_clear();
+    rt.forget_memory();
     assert_eq!(
         rt.load(&module_ref(&name), &empty).await.unwrap().1,
         LoadedFrom::Compiled
@@ -440,7 +440,7 @@ async fn compiled_modules_are_cached_and_damaged_entries_rebuilt() {
     assert_eq!(std::fs::read(&path).unwrap().len(), data.len());
     // A truncated entry likewise.
     std::fs::write(&path, &data[..10]).unwrap();
-    rt.cache().memory_clear();
+    rt.forget_memory();
     assert_eq!(
         rt.load(&module_ref(&name), &empty).await.unwrap().1,
         LoadedFrom::Compiled

@@ -39,7 +39,7 @@ async fn a_component_runs_from_the_compiled_cache_after_a_restart() {
     let m = h.add(component("(i32.const 0)"));
     let (_, from) = h.rt.load(&module_ref(&m), &h.modules).await.unwrap();
     assert_eq!(from, super::LoadedFrom::Compiled);
-    h.rt.cache().memory_clear();
+    h.rt.forget_memory();
     let (program, from) = h.rt.load(&module_ref(&m), &h.modules).await.unwrap();
     assert_eq!(from, super::LoadedFrom::CompiledCache);
     assert!(matches!(program, super::Program::Component(_)));
