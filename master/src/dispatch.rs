@@ -7,7 +7,7 @@
 //! is killed and restarted resumes from the bucket ([`Dispatcher::recover`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use vgas_shared::wire::{
 };
 use vgas_shared::{now_ms, Encoding, Subjects, TaskId, WorkerId};
 
+use crate::observe::{Counters, Observe};
 use crate::scheduler::AgentScheduler;
 
 mod assign;
@@ -71,17 +72,6 @@ pub enum Command {
     },
 }
 
-/// Figures shared with the status endpoint.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub queue_depth: AtomicUsize,
-    pub in_flight: AtomicUsize,
-    pub accepted: AtomicU64,
-    pub finished: AtomicU64,
-    /// Queued tasks that some worker could run but whose GPUs are all leased now.
-    pub waiting_for_gpus: AtomicUsize,
-}
-
 /// A task finished in memory whose record is not written yet: written with the others of
 /// the same turn, then announced, then its result acknowledged.
 #[derive(Debug)]
@@ -96,6 +86,9 @@ struct Tracked {
     /// Holds one admission slot while the task waits in the queue.
     permit: Option<OwnedSemaphorePermit>,
     queued_at_ms: u64,
+    /// When it last entered the queue (accepted, or queued again after a lost attempt): the
+    /// start of its dispatch latency.
+    entered_queue_ms: u64,
     cancel_requested: bool,
 }
 
@@ -122,6 +115,8 @@ pub struct Dispatcher {
     resend: Vec<(TaskId, WorkerId)>,
     /// GPU leases, one per attempt that asked for devices.
     gpus: ResourceManager,
+    /// Metrics, and the dashboard's board when it is on.
+    observe: Arc<Observe>,
 }
 
 impl Dispatcher {
@@ -130,16 +125,16 @@ impl Dispatcher {
         store: TaskStore,
         client: Client,
         subjects: Subjects,
-        counters: Arc<Counters>,
         tx: mpsc::Sender<Command>,
         tracker: TaskTracker,
+        observe: Arc<Observe>,
     ) -> Self {
         Dispatcher {
+            counters: observe.counters.clone(),
             sched,
             store,
             client,
             subjects,
-            counters,
             tasks: HashMap::new(),
             pending: VecDeque::new(),
             tx,
@@ -149,6 +144,7 @@ impl Dispatcher {
             recorded: Vec::new(),
             resend: Vec::new(),
             gpus: ResourceManager::default(),
+            observe,
         }
     }
 
@@ -171,10 +167,12 @@ impl Dispatcher {
                 }
             }
             info!(task_id = %rec.task_id, "recovered unfinished task");
+            self.observe.track(&rec);
             self.tasks.insert(
                 rec.task_id.clone(),
                 Tracked {
                     queued_at_ms: now_ms(),
+                    entered_queue_ms: now_ms(),
                     rec,
                     permit: None,
                     cancel_requested: false,
@@ -272,12 +270,14 @@ impl Dispatcher {
     fn track(&mut self, rec: TaskRecord, permit: Option<OwnedSemaphorePermit>) -> TaskId {
         let id = rec.task_id.clone();
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.observe.accepted(&rec);
         self.tasks.insert(
             id.clone(),
             Tracked {
                 rec,
                 permit,
                 queued_at_ms: now_ms(),
+                entered_queue_ms: now_ms(),
                 cancel_requested: false,
             },
         );
@@ -377,6 +377,8 @@ impl Dispatcher {
             return;
         };
         t.rec.state = TaskState::Queued;
+        t.entered_queue_ms = now_ms();
+        self.observe.retried(id);
         if let Err(e) = self.store.put(&t.rec).await {
             warn!(task_id = %id, "could not record requeue: {e:#}");
         }
@@ -475,6 +477,12 @@ impl Dispatcher {
             }
             self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
+            if let TaskEvent::Finished {
+                outcome, worker, ..
+            } = &f.event
+            {
+                self.observe.finished(&f.rec, outcome, worker.as_ref());
+            }
         }
         for done in self.recorded.drain(..) {
             let _ = done.send(());

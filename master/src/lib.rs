@@ -6,11 +6,14 @@
 //! `run` is the whole master; `main` only parses arguments, sets up tracing and hands over a
 //! cancellation token, so tests and benchmarks start the same master in-process.
 
+pub mod dashboard;
 pub mod discovery;
 pub mod dispatch;
 pub mod farm;
 pub mod gateway;
 pub mod keys;
+pub mod metrics;
+pub mod observe;
 pub mod scheduler;
 pub mod service;
 pub mod store;
@@ -28,7 +31,7 @@ use vgas_shared::config::Resolved;
 use vgas_shared::limits::{DEFAULT_QUEUE_CAPACITY, SHUTDOWN_TIMEOUT};
 use vgas_shared::now_ms;
 
-use crate::dispatch::{Counters, Dispatcher};
+use crate::dispatch::Dispatcher;
 use crate::scheduler::AgentScheduler;
 use crate::service::{EndpointKind, Handlers};
 
@@ -44,6 +47,13 @@ pub struct MasterConfig {
     pub advertise_http_port: Option<u16>,
     /// The build cache's size bound.
     pub build_cache_bytes: u64,
+    /// The web dashboard (with `/metrics`), when it is on.
+    pub dashboard: Option<dashboard::DashboardConfig>,
+    /// A metrics-only endpoint, when asked for.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The bearer token `/metrics` wants from elsewhere than loopback (the operator's
+    /// dashboard token); without one only loopback may read it.
+    pub metrics_token: Option<vgas_client::http::Token>,
 }
 
 impl MasterConfig {
@@ -64,6 +74,9 @@ impl MasterConfig {
             queue_capacity,
             advertise_http_port: None,
             build_cache_bytes,
+            dashboard: None,
+            metrics_addr: None,
+            metrics_token: None,
         }
     }
 }
@@ -82,19 +95,20 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     vgas_client::agents::open_bucket(&js, &subjects).await?;
 
     let sched = Arc::new(AgentScheduler::new());
-    let counters = Arc::new(Counters::default());
     let tracker = TaskTracker::new();
     let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY.max(cfg.queue_capacity));
     let wake = Arc::new(Notify::new());
+    let observe = Arc::new(observe::Observe::new(cfg.dashboard.is_some()));
+    let counters = observe.counters.clone();
 
     let mut dispatcher = Dispatcher::new(
         sched.clone(),
         store.clone(),
         client.clone(),
         subjects.clone(),
-        counters.clone(),
         tx.clone(),
         tracker.clone(),
+        observe.clone(),
     );
     let leases = dispatcher.lease_table();
     let records = store.all().await?;
@@ -157,15 +171,54 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         });
     }
     // The LLM gateway (llm.complete, llm.usage): starts without a vault file.
-    gateway::start(
+    let gateway = gateway::start(
         &cfg.conn,
         &js,
         &service,
         client.clone(),
         &tracker,
         shutdown.clone(),
+        observe.clone(),
     )
     .await?;
+
+    // Every build's updates, for the metrics and the dashboard; then the HTTP endpoints.
+    let (stop, c2, s2, o2) = (
+        shutdown.clone(),
+        client.clone(),
+        subjects.clone(),
+        observe.clone(),
+    );
+    tracker.spawn(observe::follow_builds(c2, s2, o2, stop));
+    let shared = dashboard::Shared {
+        handlers: handlers.clone(),
+        observe: observe.clone(),
+        keys: gateway.keys.clone(),
+        client: client.clone(),
+        token: None,
+    };
+    let dashboard_url = match &cfg.dashboard {
+        Some(d) => Some(dashboard::start(d, shared.clone(), &tracker, shutdown.clone()).await?),
+        None => None,
+    };
+    if let Some(addr) = cfg.metrics_addr {
+        let shared = dashboard::Shared {
+            token: cfg.metrics_token.clone(),
+            ..shared
+        };
+        dashboard::start_metrics(addr, shared, &tracker, shutdown.clone()).await?;
+    }
+    let info_ep = service
+        .endpoint_builder()
+        .name("dashboard")
+        .add(subjects.dashboard())
+        .await
+        .map_err(|e| anyhow::anyhow!("add endpoint {}: {e}", subjects.dashboard()))?;
+    tracker.spawn(dashboard::answer_info(
+        info_ep,
+        dashboard_url,
+        shutdown.clone(),
+    ));
 
     // Build plans from any NATS client, and the build cache's size bound.
     farm::service::start(

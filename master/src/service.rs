@@ -20,7 +20,8 @@ use vgas_shared::wire::{
 };
 use vgas_shared::{now_ms, Encoding, ErrorCode, Subjects, TaskId, VgaError, WorkerId};
 
-use crate::dispatch::{Command, Counters};
+use crate::dispatch::Command;
+use crate::observe::Counters;
 use crate::scheduler::AgentScheduler;
 use crate::store::{Created, TaskStore};
 

@@ -27,6 +27,13 @@ pub fn host_id() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// This machine's host name (`localhost` when the kernel does not say).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -172,6 +172,20 @@ impl Subjects {
         format!("{}.build.{build_id}.updates", self.prefix)
     }
 
+    /// The build id in a subject of [`Subjects::build_updates`], `None` for any other.
+    pub fn build_of_updates<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".build.")?
+            .strip_suffix(".updates")
+            .filter(|id| !id.is_empty() && !id.contains('.'))
+    }
+
+    /// Request: where the master's dashboard is (`DashboardInfo`). Clients only.
+    pub fn dashboard(&self) -> String {
+        format!("{}.dashboard", self.prefix)
+    }
+
     /// JetStream KV bucket: the build cache's index, cache key to `CacheEntry`.
     pub fn build_cache_bucket(&self) -> String {
         format!("{}_build_cache", self.token_prefix())
@@ -240,6 +254,10 @@ mod tests {
         assert_eq!(s.artifacts_stream(), "OBJ_team_vgas_artifacts");
         assert_eq!(s.build_submit(), "team.vgas.build.submit");
         assert_eq!(s.build_updates("b1"), "team.vgas.build.b1.updates");
+        assert_eq!(s.build_of_updates("team.vgas.build.b1.updates"), Some("b1"));
+        assert_eq!(s.build_of_updates("team.vgas.build.b.1.updates"), None);
+        assert_eq!(s.build_of_updates("vgas.build.b1.updates"), None);
+        assert_eq!(s.dashboard(), "team.vgas.dashboard");
         assert_eq!(s.build_cache_bucket(), "team_vgas_build_cache");
         assert_eq!(
             Subjects::object_stream(&s.build_objects_bucket()),

@@ -15,6 +15,7 @@ use crate::error::VgaError;
 use crate::ids::{TaskId, WorkerId};
 use crate::limits;
 
+pub mod board;
 mod cuda;
 mod status;
 mod task;
@@ -44,6 +45,19 @@ pub enum TaskKind {
     /// CUDA C (`cuda`) compiled with NVRTC to PTX and, unless compile-only, its kernel
     /// launched on the task's leased GPU; output buffers come back as artifacts.
     Cuda,
+}
+
+impl TaskKind {
+    /// The kind as it is written on the wire (`exec`, `wasm`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Exec => "exec",
+            TaskKind::Wasm => "wasm",
+            TaskKind::Compile => "compile",
+            TaskKind::Agent => "agent",
+            TaskKind::Cuda => "cuda",
+        }
+    }
 }
 
 /// A task as a person or program submits it on `vgas.task.submit`.
@@ -260,6 +274,20 @@ impl TaskOutcome {
             TaskOutcome::Signaled { signal, .. } => 128 + signal,
             TaskOutcome::TimedOut { .. } => 124,
             _ => 1,
+        }
+    }
+
+    /// The outcome as a metric label: a few fixed values a dashboard can sum.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TaskOutcome::Exited { exit_code: 0 } => "succeeded",
+            TaskOutcome::Exited { .. } => "failed",
+            TaskOutcome::Signaled { .. } => "signaled",
+            TaskOutcome::TimedOut { .. } => "timed_out",
+            TaskOutcome::LimitExceeded { .. } => "limit_exceeded",
+            TaskOutcome::Error { .. } => "error",
+            TaskOutcome::Cancelled => "cancelled",
+            TaskOutcome::Abandoned { .. } => "abandoned",
         }
     }
 

@@ -68,14 +68,15 @@ pub async fn setup(
 }
 
 pub async fn start_master(swarm: &mut Swarm) -> Proc {
+    start_master_with(swarm, &[], &[]).await
+}
+
+/// [`start_master`] with more arguments and environment.
+pub async fn start_master_with(swarm: &mut Swarm, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut env = env.to_vec();
+    env.push(("VGAS_VAULT_PASSPHRASE", PASS));
     let master = swarm
-        .spawn_at(
-            Placement::Local,
-            "master",
-            "vgas-master",
-            &[],
-            &[("VGAS_VAULT_PASSPHRASE", PASS)],
-        )
+        .spawn_at(Placement::Local, "master", "vgas-master", args, &env)
         .unwrap();
     let client = swarm.connect(Role::Client).await.unwrap();
     let s = swarm.subjects.clone();

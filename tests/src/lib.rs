@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod browser;
 pub mod build;
 pub mod gateway;
 pub mod netns;

@@ -80,6 +80,16 @@ const LOCAL_SERDE_TYPES: &[(&str, &str, &str)] = &[
         "llm.toml, the master's config file",
     ),
     (
+        "master/src/dashboard/routes.rs",
+        "TokenQuery",
+        "a dashboard URL's query string, read by the master's HTTP routes",
+    ),
+    (
+        "master/src/dashboard/routes.rs",
+        "StreamQuery",
+        "a dashboard URL's query string, read by the master's HTTP routes",
+    ),
+    (
         "worker/src/agent/context.rs",
         "Memory",
         "an agent's memory, written and read only by workers",

@@ -90,6 +90,19 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
             warn!("could not announce this worker: {e}");
         }
     }
+    // The metrics endpoint outlives each session with a master.
+    let http = tokio_util::task::TaskTracker::new();
+    let http_stop = shutdown.child_token();
+    if let Some(addr) = cfg.metrics_addr {
+        crate::metrics::serve(
+            addr,
+            cfg.metrics_token.clone(),
+            cfg.metrics.clone(),
+            &http,
+            http_stop.clone(),
+        )
+        .await?;
+    }
     let result = match &disco {
         Some(d) if !cfg.conn.nats_url_explicit => {
             let seen = d.browse()?;
@@ -100,6 +113,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
     if let Some(d) = disco {
         tokio::task::spawn_blocking(move || d.stop()).await.ok();
     }
+    http.close();
+    http_stop.cancel();
+    http.wait().await;
     result
 }
 

@@ -9,11 +9,13 @@ pub mod compile;
 pub mod env;
 pub mod gpu;
 pub mod join;
+pub mod metrics;
 pub mod probe;
 pub mod runner;
 pub mod sandbox;
 pub mod wasm;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -52,6 +54,12 @@ pub struct WorkerConfig {
     pub wasm: crate::wasm::WasmConfig,
     /// How long SIGTERM lets running tasks finish before handing them back.
     pub drain_timeout: Duration,
+    /// The metrics, shared by every session with a master.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
+    /// Where `/metrics` is served, when asked for.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The bearer token `/metrics` wants from elsewhere than loopback.
+    pub metrics_token: Option<vgas_client::http::Token>,
 }
 
 impl WorkerConfig {
@@ -77,6 +85,7 @@ impl WorkerConfig {
             .unwrap_or_else(|| std::env::temp_dir().join("vgas-worker"));
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("create work dir {}", work_dir.display()))?;
+        let metrics = Arc::new(crate::metrics::WorkerMetrics::default());
         Ok(WorkerConfig {
             id: WorkerId::generate(&probe::hostname()),
             slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
@@ -86,8 +95,14 @@ impl WorkerConfig {
                 ceilings,
                 uid_base: Some(f.sandbox_uid_base.unwrap_or_else(process_uid_base)),
             },
-            wasm: crate::wasm::WasmConfig::new(work_dir.join("wasm-cache")),
+            wasm: crate::wasm::WasmConfig {
+                metrics: metrics.clone(),
+                ..crate::wasm::WasmConfig::new(work_dir.join("wasm-cache"))
+            },
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            metrics,
+            metrics_addr: None,
+            metrics_token: None,
             conn,
         })
     }

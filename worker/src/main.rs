@@ -27,6 +27,14 @@ struct Args {
     /// Seconds SIGTERM lets running tasks finish before handing them back.
     #[arg(long, env = "VGAS_DRAIN_TIMEOUT")]
     drain_timeout: Option<u64>,
+    /// Serve Prometheus metrics at this address (`/metrics`); loopback unless given another.
+    #[arg(long, env = "VGAS_METRICS", value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = vgas_worker::metrics::DEFAULT_METRICS_ADDR)]
+    metrics: Option<std::net::SocketAddr>,
+    /// The bearer token `/metrics` wants from elsewhere than loopback (16+ characters);
+    /// without one only loopback may read it.
+    #[arg(long, env = "VGAS_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -52,6 +60,12 @@ async fn worker() -> Result<()> {
         cfg.id = id;
     }
     cfg.capabilities.extend(args.capabilities);
+    cfg.metrics_addr = args.metrics;
+    cfg.metrics_token = args
+        .metrics_token
+        .as_deref()
+        .map(vgas_client::http::Token::parse)
+        .transpose()?;
     if let Some(s) = args.drain_timeout {
         cfg.drain_timeout = std::time::Duration::from_secs(s);
     }

@@ -11,11 +11,7 @@ pub const TOOLCHAINS: &[&str] = &[
     "cc", "gcc", "g++", "clang", "rustc", "cargo", "python3", "make", "cmake", "ninja",
 ];
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
-}
+pub use vgas_shared::host::hostname;
 
 pub fn cpus() -> usize {
     std::thread::available_parallelism()

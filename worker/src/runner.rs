@@ -202,6 +202,9 @@ impl Worker {
 
     async fn beat(&self, leaving: bool) {
         let hb = self.heartbeat(leaving);
+        self.cfg
+            .metrics
+            .beat(hb.slots, hb.free_slots, hb.gpus.len(), hb.draining);
         let subject = self.cfg.conn.subjects.heartbeat(&self.cfg.id);
         match encode(Encoding::MsgPack, &hb) {
             Ok(bytes) => {
@@ -459,6 +462,9 @@ impl Worker {
         }
         let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
         info!(handed_back, "ended: {}", outcome.describe());
+        self.cfg
+            .metrics
+            .finished(a.spec.kind, &outcome, started.elapsed().as_millis() as u64);
         let result = WorkerResult {
             task_id: a.task_id.clone(),
             attempt: a.attempt,

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod batch;
 pub mod cuda;
+pub mod dashboard;
 pub mod discover;
 pub mod status;
 pub mod submit;
@@ -71,6 +72,12 @@ pub enum Cmd {
     /// base; stats.
     #[command(subcommand)]
     Agent(agent::AgentCmd),
+    /// Print the master's web dashboard URL (with its token) and open it in a browser.
+    Dashboard {
+        /// Only print the URL.
+        #[arg(long)]
+        print: bool,
+    },
     /// LLM usage by provider, model and day, with budgets and rates.
     Usage {
         /// Print the report as JSON.
@@ -119,6 +126,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let code = match cmd {
         Cmd::Init | Cmd::Discover { .. } | Cmd::Vault { .. } => unreachable!("handled above"),
         Cmd::Usage { json } => usage::run(&swarm, json).await?,
+        Cmd::Dashboard { print } => dashboard::run(&swarm, print).await?,
         Cmd::Submit(args) => match &args.batch {
             Some(file) => batch::run(&swarm, file).await?,
             None => submit::submit(&swarm, *args).await?,

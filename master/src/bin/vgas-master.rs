@@ -21,6 +21,22 @@ struct Args {
     /// The nats-server monitoring (HTTP) port to announce over mDNS.
     #[arg(long, env = "VGAS_ADVERTISE_HTTP_PORT")]
     advertise_http_port: Option<u16>,
+    /// Serve the web dashboard (and /metrics) at this address; loopback unless given another.
+    /// Every page wants the token: `vgas dashboard` prints the URL with it.
+    #[arg(long, env = "VGAS_DASHBOARD", value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = vgas_master::dashboard::DEFAULT_DASHBOARD_ADDR)]
+    dashboard: Option<std::net::SocketAddr>,
+    /// The dashboard's token (16+ characters) [default: a random one per start].
+    #[arg(long, env = "VGAS_DASHBOARD_TOKEN", hide_env_values = true)]
+    dashboard_token: Option<String>,
+    /// The dashboard's URL as people reach it (behind a proxy), for `vgas dashboard`.
+    #[arg(long, env = "VGAS_DASHBOARD_URL")]
+    dashboard_url: Option<String>,
+    /// Serve Prometheus metrics at this address (`/metrics`); from elsewhere than loopback
+    /// only with the dashboard's token as a bearer token.
+    #[arg(long, env = "VGAS_METRICS", value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = vgas_master::dashboard::DEFAULT_METRICS_ADDR)]
+    metrics: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -50,6 +66,19 @@ async fn main() -> Result<()> {
     let conn = args.common.resolve(Role::Master)?;
     let mut cfg = vgas_master::MasterConfig::new(conn);
     cfg.advertise_http_port = args.advertise_http_port;
+    let token = match &args.dashboard_token {
+        Some(t) => vgas_client::http::Token::parse(t)?,
+        None => vgas_client::http::Token::generate(),
+    };
+    cfg.dashboard = args
+        .dashboard
+        .map(|addr| vgas_master::dashboard::DashboardConfig {
+            addr,
+            token: token.clone(),
+            public_url: args.dashboard_url.clone(),
+        });
+    cfg.metrics_addr = args.metrics;
+    cfg.metrics_token = args.dashboard_token.is_some().then_some(token);
     if let Some(q) = args.queue_capacity {
         cfg.queue_capacity = q;
     }

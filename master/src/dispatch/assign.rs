@@ -158,6 +158,8 @@ impl Dispatcher {
         };
         let attempt = t.rec.attempt;
         let enc = t.rec.encoding;
+        self.observe
+            .dispatched(id, &worker, attempt, t.entered_queue_ms);
         let gpus = match &t.rec.state {
             TaskState::Assigned { gpus, .. } => gpus.clone(),
             _ => Vec::new(),

@@ -64,6 +64,8 @@ pub struct Gateway {
     nats: async_nats::Client,
     /// One permit per call in progress ([`MAX_GATEWAY_CALLS`]).
     slots: Arc<Semaphore>,
+    /// Every call is counted in the master's metrics.
+    observe: Arc<crate::observe::Observe>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> WireError {
@@ -151,12 +153,17 @@ fn check_max_cost(
 }
 
 impl Gateway {
-    pub fn new(keys: Arc<ApiKeyManager>, nats: async_nats::Client) -> Gateway {
+    pub fn new(
+        keys: Arc<ApiKeyManager>,
+        nats: async_nats::Client,
+        observe: Arc<crate::observe::Observe>,
+    ) -> Gateway {
         Gateway {
             keys,
             http: http_client(),
             nats,
             slots: Arc::new(Semaphore::new(MAX_GATEWAY_CALLS)),
+            observe,
         }
     }
 
@@ -206,7 +213,7 @@ impl Gateway {
         ok: bool,
         permit: &crate::keys::quota::QuotaPermit,
     ) -> u64 {
-        match self
+        let cost = match self
             .keys
             .update_usage_stats(&req.provider, &req.model, usage, ok, Some(permit))
             .await
@@ -216,7 +223,11 @@ impl Gateway {
                 warn!(provider = %req.provider, "could not record usage: {e:#}");
                 0
             }
-        }
+        };
+        self.observe
+            .metrics
+            .llm_call(&req.provider, &req.model, usage, ok, cost);
+        cost
     }
 
     async fn call(
@@ -464,6 +475,7 @@ pub async fn start(
     nats: async_nats::Client,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
+    observe: Arc<crate::observe::Observe>,
 ) -> anyhow::Result<Gateway> {
     let subjects: &Subjects = &conn.subjects;
     let usage = crate::keys::usage::UsageBook::open(js, subjects).await?;
@@ -474,7 +486,7 @@ pub async fn start(
         Ok(()) => info!(vault = %preload.vault_path().display(), "key vault ready"),
         Err(e) => warn!(vault = %preload.vault_path().display(), "key vault not usable yet: {e}"),
     });
-    let gw = Gateway::new(keys, nats);
+    let gw = Gateway::new(keys, nats, observe);
     let complete = service
         .endpoint_builder()
         .name("llm_complete")

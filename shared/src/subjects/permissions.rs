@@ -143,6 +143,7 @@ impl Subjects {
                     self.task_cancel(),
                     self.status(),
                     self.llm_usage(),
+                    self.dashboard(),
                     SERVICE_DISCOVERY.into(),
                 ]
                 .into_iter()

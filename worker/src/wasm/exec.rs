@@ -59,6 +59,7 @@ impl WasmRuntime {
             loaded = self.load(name, source) => match loaded {
                 Ok((m, from)) => {
                     tracing::debug!(?from, "module loaded");
+                    self.metrics.wasm_loaded(from);
                     m
                 }
                 Err(message) => return fail(message),

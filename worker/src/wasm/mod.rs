@@ -56,6 +56,8 @@ pub struct WasmConfig {
     pub cache_dir: PathBuf,
     /// Disk bound of that cache.
     pub cache_bytes: u64,
+    /// Where each module came from is counted here.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl WasmConfig {
@@ -63,6 +65,7 @@ impl WasmConfig {
         WasmConfig {
             cache_dir,
             cache_bytes: DEFAULT_WASM_CACHE_BYTES,
+            metrics: Arc::default(),
         }
     }
 }
@@ -167,6 +170,7 @@ pub struct WasmRuntime {
     cache: Arc<ModuleCache>,
     /// Stops the ticker thread when the runtime is dropped.
     ticker_stop: Arc<AtomicBool>,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl Drop for WasmRuntime {
@@ -210,6 +214,7 @@ impl WasmRuntime {
             dirs: Arc::default(),
             cache: Arc::new(cache),
             ticker_stop,
+            metrics: cfg.metrics.clone(),
         })
     }
 
