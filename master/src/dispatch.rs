@@ -475,14 +475,15 @@ impl Dispatcher {
             if let Err(e) = w {
                 warn!(task_id = %f.rec.task_id, "could not record the final result: {e:#}");
             }
-            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
-            self.counters.finished.fetch_add(1, Ordering::Relaxed);
+            // Observed before it is announced: whoever reacts to the event finds it done.
             if let TaskEvent::Finished {
                 outcome, worker, ..
             } = &f.event
             {
                 self.observe.finished(&f.rec, outcome, worker.as_ref());
             }
+            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
+            self.counters.finished.fetch_add(1, Ordering::Relaxed);
         }
         for done in self.recorded.drain(..) {
             let _ = done.send(());

@@ -110,15 +110,20 @@ pub async fn run(swarm: &Swarm, conn: &Resolved, args: BuildArgs) -> Result<i32>
     Ok(code)
 }
 
-fn finish(progress: Progress, args: &BuildArgs, code: i32) {
+/// The summary (or the final JSON update), and, with `announce`, the build's `finished`
+/// update on its subject, so whoever follows the build (the dashboard) sees it end.
+async fn finish(progress: Progress, args: &BuildArgs, code: i32, announce: Option<(&Swarm, &str)>) {
     let (stats, report) = progress.finish();
+    let u = BuildUpdate::Finished {
+        exit_code: code,
+        stats: stats.clone(),
+        binary: None,
+        report: report.clone(),
+    };
+    if let Some((swarm, build_id)) = announce {
+        announce_update(swarm, build_id, &u).await;
+    }
     if args.json {
-        let u = BuildUpdate::Finished {
-            exit_code: code,
-            stats: stats.clone(),
-            binary: None,
-            report: report.clone(),
-        };
         if let Ok(line) = serde_json::to_string(&u) {
             println!("{line}");
         }
@@ -127,6 +132,18 @@ fn finish(progress: Progress, args: &BuildArgs, code: i32) {
     }
     if args.stats {
         eprint!("{}", progress::stats_table(&stats));
+    }
+}
+
+/// Publishes one update of `build_id` on its subject (JSON, as `vgas build --json` prints
+/// it); a failure only costs the followers that update.
+async fn announce_update(swarm: &Swarm, build_id: &str, u: &BuildUpdate) {
+    let Ok(body) = serde_json::to_vec(u) else {
+        return;
+    };
+    let subject = swarm.subjects.build_updates(build_id);
+    if let Err(e) = swarm.client.publish(subject, body.into()).await {
+        tracing::debug!("announce the build's {build_id} update: {e}");
     }
 }
 
@@ -175,6 +192,12 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         .client
         .subscribe(swarm.subjects.build_updates(&build_id))
         .await?;
+    // The number of units is not known before the command has run them all.
+    let started = BuildUpdate::Started {
+        build_id: build_id.clone(),
+        segments: 0,
+    };
+    announce_update(swarm, &build_id, &started).await;
     let links = tempfile::Builder::new()
         .prefix("vgas-wrap-")
         .tempdir()
@@ -261,7 +284,7 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         progress.not_distributed(log.lines());
     }
     let code = status.code().unwrap_or(1);
-    finish(progress, args, code);
+    finish(progress, args, code, Some((swarm, &build_id))).await;
     Ok(code)
 }
 
@@ -366,7 +389,7 @@ async fn run_compdb(
             println!("{line}");
         }
     }
-    finish(progress, args, agg.exit_code);
+    finish(progress, args, agg.exit_code, Some((swarm, &build_id))).await;
     Ok(agg.exit_code)
 }
 
@@ -428,7 +451,7 @@ async fn run_plan(swarm: &Swarm, args: &BuildArgs, path: &Path, mode: Mode) -> R
         println!("{}", serde_json::to_string(&finished)?);
         let _ = progress.finish();
     } else {
-        finish(progress, args, code);
+        finish(progress, args, code, None).await;
     }
     Ok(code)
 }

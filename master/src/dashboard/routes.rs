@@ -292,9 +292,21 @@ async fn task_stream(
                     let data = json!({ "attempt": attempt, "reason": reason });
                     vec![Event::default().event("retrying").data(data.to_string())]
                 }
-                TaskEvent::Finished { .. } => {
-                    let r = task_row(&s, &id).await.unwrap_or(row);
-                    return Some((vec![task_event(&r), end_event()], None));
+                TaskEvent::Finished {
+                    worker,
+                    attempts,
+                    duration_ms,
+                    outcome,
+                    ..
+                } => {
+                    row.state = "finished".into();
+                    row.worker = worker.map(|w| w.to_string()).or(row.worker);
+                    row.attempt = attempts;
+                    row.since_ms = now_ms();
+                    row.outcome = Some(outcome.describe());
+                    row.ok = Some(outcome.succeeded());
+                    row.duration_ms = Some(duration_ms);
+                    return Some((vec![task_event(&row), end_event()], None));
                 }
                 TaskEvent::Artifact { .. } => continue,
             };

@@ -91,9 +91,12 @@ fn worker_row(n: &NodeStatus) -> WorkerRow {
         toolchains: n
             .toolchains
             .iter()
-            .map(|t| format!("{} {}", t.name, t.version).trim().to_owned())
+            .map(|t| match short_version(&t.version) {
+                Some(v) => format!("{} {v}", t.name),
+                None => t.name.clone(),
+            })
             .collect(),
-        capabilities: n.capabilities.clone(),
+        capabilities: capabilities(&n.capabilities),
         gpus: n
             .gpus
             .iter()
@@ -103,6 +106,29 @@ fn worker_row(n: &NodeStatus) -> WorkerRow {
         last_seen_ms_ago: n.last_seen_ms_ago,
         tasks_done: n.tasks_done,
     }
+}
+
+/// The version number in a `--version` line (`gcc (Debian 12.2.0-14) 12.2.0` gives
+/// `12.2.0-14`): its first word that starts with a digit.
+fn short_version(line: &str) -> Option<&str> {
+    line.split_whitespace()
+        .map(|w| w.trim_matches(|c| c == '(' || c == ')' || c == ','))
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Capability tags, the compiler identities (`compiler:<hash>`, one per compiler) counted
+/// instead of listed.
+fn capabilities(tags: &[String]) -> Vec<String> {
+    let compilers = tags.iter().filter(|t| t.starts_with("compiler:")).count();
+    let mut out: Vec<String> = tags
+        .iter()
+        .filter(|t| !t.starts_with("compiler:"))
+        .cloned()
+        .collect();
+    if compilers > 0 {
+        out.push(format!("{compilers} compiler identities"));
+    }
+    out
 }
 
 fn unjoined_row(n: &SeenNode) -> UnjoinedRow {
@@ -203,4 +229,28 @@ async fn agents(s: &Shared, cache: &mut Cache) -> Vec<PerformanceStats> {
     };
     cache.agents = Some((Instant::now(), stats.clone()));
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_capabilities_read_short() {
+        assert_eq!(
+            short_version("gcc (Debian 12.2.0-14+deb12u1) 12.2.0"),
+            Some("12.2.0-14+deb12u1")
+        );
+        assert_eq!(
+            short_version("rustc 1.95.0 (59807616e 2026-04-14)"),
+            Some("1.95.0")
+        );
+        assert_eq!(short_version("GNU Make 4.3"), Some("4.3"));
+        assert_eq!(short_version("no digits here"), None);
+        let tags = ["wasm", "compiler:ab", "compiler:cd", "make"].map(String::from);
+        assert_eq!(
+            capabilities(&tags),
+            ["wasm", "make", "2 compiler identities"]
+        );
+    }
 }
