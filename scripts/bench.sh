@@ -30,6 +30,7 @@ cargo bench -p vgas-shared --bench kb --locked -- --warm-up-time 1 --measurement
 cargo bench -p vgas-tests --bench wasm_throughput --locked
 # 100,000 tasks submitted in batches next to one per request, queued, then drained.
 cargo bench -p vgas-tests --bench batch --locked
+cargo bench -p vgas-tests --bench dashboard --locked
 # GPU leases and cuda tasks end to end (declared GPUs; NVRTC from PyPI); on a GPU machine
 # scripts/gpu-check.sh adds the kernel launch next to a direct cudarc launch.
 scripts/bench-gpu.sh

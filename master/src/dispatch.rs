@@ -482,8 +482,8 @@ impl Dispatcher {
             {
                 self.observe.finished(&f.rec, outcome, worker.as_ref());
             }
-            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
+            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
         }
         for done in self.recorded.drain(..) {
             let _ = done.send(());

@@ -196,6 +196,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         keys: gateway.keys.clone(),
         client: client.clone(),
         token: None,
+        stop: shutdown.clone(),
     };
     let dashboard_url = match &cfg.dashboard {
         Some(d) => Some(dashboard::start(d, shared.clone(), &tracker, shutdown.clone()).await?),

@@ -8,16 +8,14 @@
 //! Run: `scripts/bench.sh` (release binaries), or
 //! `VGAS_BIN_DIR=target/release cargo bench -p vgas-tests --bench e2e`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use vgas_shared::codec::encode;
 use vgas_shared::config::Role;
-use vgas_shared::wire::{Heartbeat, SwarmPulse, TaskSpec};
-use vgas_shared::{Encoding, TaskId, WorkerId};
-use vgas_tests::bench::{latencies, pct_ms, run_task, throughput};
+use vgas_shared::wire::{SwarmPulse, TaskSpec};
+use vgas_shared::TaskId;
+use vgas_tests::bench::{cpu_seconds, latencies, pct_ms, run_task, throughput, HeartbeatFlood};
 use vgas_tests::{request, Swarm};
 
 /// Sequential round trips per latency measurement.
@@ -103,55 +101,13 @@ async fn noop_tasks(workers: usize) {
     );
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 async fn thousand_heartbeats() {
     let mut swarm = Swarm::start().await.expect("swarm");
     let master = swarm.master(&[]).expect("master");
     let client = swarm.connect(Role::Client).await.expect("client");
     swarm.wait_workers(&client, 0).await.expect("master up");
-    let beater = swarm.connect(Role::Worker).await.expect("beater");
+    let flood = HeartbeatFlood::start(&swarm, SIM_WORKERS).await;
     let subjects = swarm.subjects.clone();
-    let beats: Vec<(String, bytes::Bytes)> = (0..SIM_WORKERS)
-        .map(|i| {
-            let id = WorkerId::parse(&format!("sim{i:04}")).expect("id");
-            let hb = Heartbeat {
-                worker: Some(id.clone()),
-                slots: 8,
-                free_slots: 8,
-                cpus: 8,
-                hostname: "sim".into(),
-                ..Default::default()
-            };
-            (
-                subjects.heartbeat(&id),
-                encode(Encoding::MsgPack, &hb).expect("encode").into(),
-            )
-        })
-        .collect();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let st = stop.clone();
-    let sender = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        while !st.load(Ordering::Relaxed) {
-            tick.tick().await;
-            for (subject, payload) in &beats {
-                beater
-                    .publish(subject.clone(), payload.clone())
-                    .await
-                    .expect("beat");
-            }
-            beater.flush().await.expect("flush");
-        }
-    });
     swarm
         .wait_workers(&client, SIM_WORKERS)
         .await
@@ -169,8 +125,7 @@ async fn thousand_heartbeats() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let share = 100.0 * (cpu_seconds(master.pid()) - cpu0) / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = sender.await;
+    flood.stop().await;
     lat.sort();
     println!(
         "| {SIM_WORKERS} | {SIM_SECONDS} s | {share:.1}% of one core | {:.2} | {:.2} | {} |",

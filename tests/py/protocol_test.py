@@ -29,6 +29,12 @@ async def req(nc, subject, body, timeout=5):
     return json.loads(msg.data)
 
 
+@check("vgas.dashboard answers where the dashboard is (no url without --dashboard)")
+async def dashboard(nc):
+    info = await req(nc, f"{PREFIX}.dashboard", {})
+    assert isinstance(info, dict) and "url" not in info, info
+
+
 @check("$SRV.PING, $SRV.INFO and $SRV.STATS answer for vgas-master")
 async def micro_service(nc):
     ping = await req(nc, "$SRV.PING", b"")

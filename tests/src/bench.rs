@@ -85,3 +85,89 @@ pub async fn run_task(
         .expect("finished");
     assert!(c.outcome().succeeded(), "{:?}", c.outcome());
 }
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Resident memory of `pid`, in MiB (`VmRSS`).
+pub fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `n` simulated workers (`sim0000`...), each heartbeating every second from one connection,
+/// as real workers do (MessagePack), until dropped.
+#[derive(Debug)]
+pub struct HeartbeatFlood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HeartbeatFlood {
+    pub async fn start(swarm: &crate::Swarm, n: usize) -> HeartbeatFlood {
+        use vgas_shared::codec::encode;
+        use vgas_shared::wire::Heartbeat;
+        use vgas_shared::{Encoding, WorkerId};
+        let beater = swarm
+            .connect(vgas_shared::config::Role::Worker)
+            .await
+            .expect("beater");
+        let subjects = swarm.subjects.clone();
+        let beats: Vec<(String, bytes::Bytes)> = (0..n)
+            .map(|i| {
+                let id = WorkerId::parse(&format!("sim{i:04}")).expect("id");
+                let hb = Heartbeat {
+                    worker: Some(id.clone()),
+                    slots: 8,
+                    free_slots: 8,
+                    cpus: 8,
+                    hostname: "sim".into(),
+                    ..Default::default()
+                };
+                (
+                    subjects.heartbeat(&id),
+                    encode(Encoding::MsgPack, &hb).expect("encode").into(),
+                )
+            })
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                for (subject, payload) in &beats {
+                    beater
+                        .publish(subject.clone(), payload.clone())
+                        .await
+                        .expect("beat");
+                }
+                beater.flush().await.expect("flush");
+            }
+        });
+        HeartbeatFlood {
+            stop,
+            sender: Some(sender),
+        }
+    }
+
+    /// Stops the beats and waits for the sender.
+    pub async fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(s) = self.sender.take() {
+            let _ = s.await;
+        }
+    }
+}

@@ -64,6 +64,8 @@ pub struct Shared {
     pub client: async_nats::Client,
     /// For `/metrics` from elsewhere than loopback, and the whole dashboard.
     pub token: Option<Token>,
+    /// The master's shutdown: open event streams end with it.
+    pub stop: CancellationToken,
 }
 
 /// The URL `vgas dashboard` prints: the base, with the token to trade for a cookie.

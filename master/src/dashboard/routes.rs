@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use vgas_client::http::{caller, metrics_response, unauthorized, Caller, TOKEN_COOKIE};
 use vgas_shared::codec::decode_as;
 use vgas_shared::wire::board::{OutputChunk, TaskRow};
@@ -172,7 +173,10 @@ struct StreamQuery {
     id: Option<String>,
 }
 
-fn sse(s: impl Stream<Item = Event> + Send + 'static) -> Response {
+/// Server-sent events that end when the master stops (a stream left open would hold the
+/// server's graceful shutdown for its whole timeout).
+fn sse(s: impl Stream<Item = Event> + Send + 'static, stop: CancellationToken) -> Response {
+    let s = s.take_until(stop.cancelled_owned());
     Sse::new(s.map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
@@ -194,6 +198,7 @@ async fn view_stream(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     let started = s.handlers.started_ms;
+    let stop = s.stop.clone();
     let mut tick = tokio::time::interval(VIEW_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (s, page, Cache::default(), None::<serde_json::Value>, tick);
@@ -215,7 +220,7 @@ async fn view_stream(
             }
         },
     );
-    sse(events)
+    sse(events, stop)
 }
 
 /// `GET /api/task/<id>/stream`: the task's row, then its output as it runs (the current
@@ -248,10 +253,11 @@ async fn task_stream(
         return (StatusCode::NOT_FOUND, format!("no task {id}\n")).into_response();
     };
     let done = row.state == "finished";
-    let first = stream::iter(vec![task_event(&row)]);
+    let first = stream::iter(vec![task_event(&row), overview_event(&s)]);
     if done {
-        return sse(first.chain(stream::iter(vec![end_event()])));
+        return sse(first.chain(stream::iter(vec![end_event()])), s.stop.clone());
     }
+    let stop = s.stop.clone();
     let mut recheck = tokio::time::interval(TASK_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     recheck.reset();
@@ -264,9 +270,12 @@ async fn task_stream(
                 _ = recheck.tick() => {
                     match task_row(&s, &id).await {
                         Some(r) if r.state == "finished" => {
-                            return Some((vec![task_event(&r), end_event()], None));
+                            return Some((vec![task_event(&r), overview_event(&s), end_event()], None));
                         }
-                        _ => continue,
+                        _ => {
+                            let ov = overview_event(&s);
+                            return Some((vec![ov], Some((s, id, sub, row, recheck))));
+                        }
                     }
                 }
             };
@@ -284,7 +293,7 @@ async fn task_stream(
                     row.worker = Some(worker.to_string());
                     row.attempt = attempt;
                     row.since_ms = now_ms();
-                    vec![task_event(&row)]
+                    vec![task_event(&row), overview_event(&s)]
                 }
                 TaskEvent::Stdout { attempt, data } => vec![output("stdout", attempt, data)],
                 TaskEvent::Stderr { attempt, data } => vec![output("stderr", attempt, data)],
@@ -306,14 +315,15 @@ async fn task_stream(
                     row.outcome = Some(outcome.describe());
                     row.ok = Some(outcome.succeeded());
                     row.duration_ms = Some(duration_ms);
-                    return Some((vec![task_event(&row), end_event()], None));
+                    let ov = overview_event(&s);
+                    return Some((vec![task_event(&row), ov, end_event()], None));
                 }
                 TaskEvent::Artifact { .. } => continue,
             };
             return Some((out, Some((s, id, sub, row, recheck))));
         }
     });
-    sse(first.chain(rest.flat_map(stream::iter)))
+    sse(first.chain(rest.flat_map(stream::iter)), stop)
 }
 
 /// A task's row: the board's, or from its record.
@@ -343,6 +353,12 @@ fn output(stream: &str, attempt: u32, data: String) -> Event {
     };
     let data = serde_json::to_string(&chunk).unwrap_or_default();
     Event::default().event("output").data(data)
+}
+
+/// The overview strip's figures, for a task's page.
+fn overview_event(s: &Shared) -> Event {
+    let data = serde_json::to_string(&views::overview_now(s)).unwrap_or_default();
+    Event::default().event("overview").data(data)
 }
 
 fn end_event() -> Event {

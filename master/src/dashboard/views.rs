@@ -56,6 +56,14 @@ pub struct Cache {
     agents: Option<(Instant, Vec<PerformanceStats>)>,
 }
 
+/// The overview alone, uptime included (a task's page has no view of its own).
+pub fn overview_now(s: &Shared) -> Overview {
+    Overview {
+        uptime_ms: vgas_shared::now_ms().saturating_sub(s.handlers.started_ms),
+        ..overview(&s.handlers.status())
+    }
+}
+
 fn overview(pulse: &SwarmPulse) -> Overview {
     let gpu_leases = pulse.live.iter().map(|n| n.leases.len()).sum();
     Overview {

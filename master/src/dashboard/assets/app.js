@@ -191,6 +191,7 @@
     const mine = () => es === src;
     src.addEventListener('open', () => { if (mine()) badge(''); });
     src.addEventListener('task', guard((ev) => { if (mine()) { badge(''); taskRow(t, parse(ev.data)); } }));
+    src.addEventListener('overview', guard((ev) => { if (mine()) overview(parse(ev.data)); }));
     src.addEventListener('output', guard((ev) => {
       if (!mine()) return;
       const c = parse(ev.data);
