@@ -117,10 +117,21 @@ async fn index(
         );
         return r;
     }
-    if !holder(&s, peer, &headers) {
+    asset(&s, peer, &headers, "text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// A page file for the token's holder, with the page's headers.
+fn asset(
+    s: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    content_type: &'static str,
+    body: &'static str,
+) -> Response {
+    if !holder(s, peer, headers) {
         return unauthorized();
     }
-    (page_headers("text/html; charset=utf-8"), INDEX_HTML).into_response()
+    (page_headers(content_type), body).into_response()
 }
 
 async fn app_js(
@@ -128,10 +139,7 @@ async fn app_js(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if !holder(&s, peer, &headers) {
-        return unauthorized();
-    }
-    (page_headers("text/javascript; charset=utf-8"), APP_JS).into_response()
+    asset(&s, peer, &headers, "text/javascript; charset=utf-8", APP_JS)
 }
 
 async fn app_css(
@@ -139,10 +147,7 @@ async fn app_css(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if !holder(&s, peer, &headers) {
-        return unauthorized();
-    }
-    (page_headers("text/css; charset=utf-8"), APP_CSS).into_response()
+    asset(&s, peer, &headers, "text/css; charset=utf-8", APP_CSS)
 }
 
 async fn metrics(
