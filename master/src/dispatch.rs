@@ -6,6 +6,7 @@
 //! Every state change is written to the tasks bucket before it is announced, so a master that
 //! is killed and restarted resumes from the bucket ([`Dispatcher::recover`]).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use vgas_shared::wire::{
 use vgas_shared::{now_ms, Encoding, Subjects, TaskId, WorkerId};
 
 use crate::observe::{Counters, Observe};
+use crate::retention::{FinalWrite, Retention};
 use crate::scheduler::AgentScheduler;
 
 mod assign;
@@ -117,6 +119,7 @@ pub struct Dispatcher {
     gpus: ResourceManager,
     /// Metrics, and the dashboard's board when it is on.
     observe: Arc<Observe>,
+    retention: Option<Retention>,
 }
 
 impl Dispatcher {
@@ -145,6 +148,20 @@ impl Dispatcher {
             resend: Vec::new(),
             gpus: ResourceManager::default(),
             observe,
+            retention: None,
+        }
+    }
+
+    /// Finished tasks' records go to `retention`, which drops their specs when the setting
+    /// says; without it they are written without their specs at once.
+    pub fn set_retention(&mut self, retention: Retention) {
+        self.retention = Some(retention);
+    }
+
+    fn final_write(&self) -> FinalWrite {
+        match &self.retention {
+            Some(r) => r.final_write(),
+            None => FinalWrite::DropNow,
         }
     }
 
@@ -469,11 +486,34 @@ impl Dispatcher {
             return;
         }
         let finishing = std::mem::take(&mut self.finishing);
-        let records: Vec<&TaskRecord> = finishing.iter().map(|f| &f.rec).collect();
-        let written = self.store.put_all(&records).await;
-        for (f, w) in finishing.iter().zip(written) {
-            if let Err(e) = w {
-                warn!(task_id = %f.rec.task_id, "could not record the final result: {e:#}");
+        // Each final record is written with its spec, to be dropped later by the retention
+        // loop, or without it now.
+        let now = now_ms();
+        let mut later = Vec::with_capacity(finishing.len());
+        let records: Vec<Cow<'_, TaskRecord>> = finishing
+            .iter()
+            .map(|f| match self.final_write() {
+                FinalWrite::Keep(permit) => {
+                    later.push(Some(permit));
+                    Cow::Borrowed(&f.rec)
+                }
+                FinalWrite::DropNow => {
+                    later.push(None);
+                    Cow::Owned(f.rec.without_spec(now))
+                }
+            })
+            .collect();
+        let refs: Vec<&TaskRecord> = records.iter().map(AsRef::as_ref).collect();
+        let written = self.store.put_all(&refs).await;
+        for ((f, w), later) in finishing.iter().zip(written).zip(later) {
+            match (w, later) {
+                (Err(e), _) => {
+                    warn!(task_id = %f.rec.task_id, "could not record the final result: {e:#}")
+                }
+                (Ok(()), Some(permit)) => {
+                    permit.send(f.rec.without_spec(now));
+                }
+                (Ok(()), None) => {}
             }
             // Observed before it is announced: whoever reacts to the event finds it done.
             if let TaskEvent::Finished {

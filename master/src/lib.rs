@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod keys;
 pub mod metrics;
 pub mod observe;
+pub mod retention;
 pub mod scheduler;
 pub mod service;
 pub mod store;
@@ -54,6 +55,8 @@ pub struct MasterConfig {
     /// The bearer token `/metrics` wants from elsewhere than loopback (the operator's
     /// dashboard token); without one only loopback may read it.
     pub metrics_token: Option<vgas_client::http::Token>,
+    /// How long a finished task's record keeps its spec's payload.
+    pub spec_retention: std::time::Duration,
 }
 
 impl MasterConfig {
@@ -77,6 +80,7 @@ impl MasterConfig {
             dashboard: None,
             metrics_addr: None,
             metrics_token: None,
+            spec_retention: retention::DEFAULT_SPEC_RETENTION,
         }
     }
 }
@@ -86,7 +90,10 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let subjects = cfg.conn.subjects.clone();
     let client = vgas_client::connect::connect(&cfg.conn, "vgas-master").await?;
     let js = async_nats::jetstream::new(client.clone());
-    let store = store::TaskStore::open(&js, &subjects).await?;
+    let key_path = cfg.conn.state_dir.join(vgas_shared::vault::RECORD_KEY_FILE);
+    let record_key = vgas_shared::vault::RecordKey::load_or_create(&key_path)
+        .with_context(|| format!("the record key {}", key_path.display()))?;
+    let store = store::TaskStore::open(&js, &subjects, record_key).await?;
     let consumer = store::results_consumer(&js, &subjects).await?;
     store::open_modules_bucket(&js, &subjects).await?;
     store::open_artifacts_bucket(&js, &subjects).await?;
@@ -112,6 +119,15 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     );
     let leases = dispatcher.lease_table();
     let records = store.all().await?;
+    let (retention, dropping) = retention::Retention::new(cfg.spec_retention);
+    retention.recover(&store, &records).await;
+    dispatcher.set_retention(retention.clone());
+    tracker.spawn(retention::run(
+        store.clone(),
+        retention,
+        dropping,
+        shutdown.clone(),
+    ));
     dispatcher.recover(records);
 
     let heartbeats = client

@@ -156,6 +156,10 @@ impl Handlers {
             }
             _ => None,
         };
+        let digest = match self.store.digest(&spec) {
+            Ok(d) => d,
+            Err(e) => return Err(err(ErrorCode::Internal, format!("{e:#}"))),
+        };
         let now = now_ms();
         let record = TaskRecord {
             task_id: task_id.clone(),
@@ -172,6 +176,8 @@ impl Handlers {
                 None => TaskState::Queued,
             },
             retries: Vec::new(),
+            spec_digest: Some(digest.clone()),
+            spec_dropped_ms: None,
         };
         let created = self.store.create(&record).await;
         if let (Some(w), false) = (&placed, matches!(created, Ok(Created::New))) {
@@ -179,7 +185,7 @@ impl Handlers {
         }
         match created {
             Ok(Created::New) => {}
-            Ok(Created::Exists(old)) if old.spec == record.spec => {
+            Ok(Created::Exists(old)) if old.submitted_as(&record.spec, &digest) => {
                 return Ok(SubmitReply {
                     task_id,
                     events,
@@ -227,7 +233,11 @@ impl Handlers {
     /// another spec is a conflict.
     fn resubmitted(&self, old: &TaskRecord, spec: &TaskSpec) -> Result<SubmitReply, WireError> {
         let task_id = old.task_id.clone();
-        if old.spec != *spec {
+        let same = self
+            .store
+            .digest(spec)
+            .is_ok_and(|d| old.submitted_as(spec, &d));
+        if !same {
             return Err(err(
                 ErrorCode::Conflict,
                 format!("task id {task_id} is already used by a different task"),

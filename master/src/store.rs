@@ -2,6 +2,8 @@
 //! the submitter hears "accepted") and the results stream (worker outcomes, kept until the
 //! master has recorded them). Both outlive a master restart.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -9,7 +11,8 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use vgas_shared::codec::{decode_as, encode};
-use vgas_shared::wire::TaskRecord;
+use vgas_shared::vault::RecordKey;
+use vgas_shared::wire::{EnvValue, SealedValue, TaskRecord, TaskSpec};
 use vgas_shared::{Encoding, Subjects, TaskId};
 
 /// How long a finished task's record stays queryable with `vgas.task.info`.
@@ -28,10 +31,12 @@ pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(5);
 /// Durable consumer name of the master on the results stream.
 pub const RESULTS_CONSUMER: &str = "master";
 
-/// The tasks bucket.
+/// The tasks bucket. Secret env values go in sealed under the master's record key and come
+/// out open: no record at rest holds one in clear.
 #[derive(Clone, Debug)]
 pub struct TaskStore {
     kv: kv::Store,
+    key: Arc<RecordKey>,
 }
 
 /// What `create` found.
@@ -42,7 +47,11 @@ pub enum Created {
 }
 
 impl TaskStore {
-    pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self> {
+    pub async fn open(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        key: RecordKey,
+    ) -> Result<Self> {
         let bucket = subjects.tasks_bucket();
         let kv = js
             .create_key_value(kv::Config {
@@ -57,12 +66,68 @@ impl TaskStore {
             .with_context(|| {
                 format!("open JetStream KV bucket {bucket} (is JetStream enabled?)")
             })?;
-        Ok(TaskStore { kv })
+        Ok(TaskStore {
+            kv,
+            key: Arc::new(key),
+        })
+    }
+
+    /// The keyed digest of `spec` that its record keeps (see [`TaskRecord::submitted_as`]).
+    pub fn digest(&self, spec: &TaskSpec) -> Result<String> {
+        Ok(self.key.digest(&encode(Encoding::MsgPack, spec)?))
+    }
+
+    /// `rec` as it is stored: its secret env values sealed for its task.
+    fn at_rest<'a>(&self, rec: &'a TaskRecord) -> Result<Cow<'a, TaskRecord>> {
+        if !rec
+            .spec
+            .env
+            .values()
+            .any(|v| v.is_secret() && v.clear().is_some())
+        {
+            return Ok(Cow::Borrowed(rec));
+        }
+        let mut sealed = rec.clone();
+        for v in sealed.spec.env.values_mut() {
+            if let (true, Some(clear)) = (v.is_secret(), v.clear()) {
+                let s = self
+                    .key
+                    .seal(clear, rec.task_id.as_str())
+                    .context("seal a secret env value")?;
+                *v = EnvValue::Sealed(SealedValue { sealed: s });
+            }
+        }
+        Ok(Cow::Owned(sealed))
+    }
+
+    /// A stored record made usable: its sealed values opened. One that does not open (the
+    /// record key was changed) stays sealed, and the worker fails the task saying so.
+    fn in_use(&self, mut rec: TaskRecord) -> TaskRecord {
+        for (name, v) in rec.spec.env.iter_mut() {
+            if let EnvValue::Sealed(s) = v {
+                match self.key.open(&s.sealed, rec.task_id.as_str()) {
+                    Some(clear) => *v = EnvValue::secret(clear),
+                    None => tracing::warn!(
+                        task_id = %rec.task_id,
+                        env = %name,
+                        "a secret env value does not open with this master's record key"
+                    ),
+                }
+            }
+        }
+        rec
+    }
+
+    fn encode_at_rest(&self, rec: &TaskRecord) -> Result<Bytes> {
+        Ok(Bytes::from(encode(
+            Encoding::MsgPack,
+            &*self.at_rest(rec)?,
+        )?))
     }
 
     /// Writes a new record; if the id is taken, returns the record already there.
     pub async fn create(&self, rec: &TaskRecord) -> Result<Created> {
-        let bytes = Bytes::from(encode(Encoding::MsgPack, rec)?);
+        let bytes = self.encode_at_rest(rec)?;
         match self.kv.create(rec.task_id.as_str(), bytes).await {
             Ok(_) => Ok(Created::New),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -77,7 +142,7 @@ impl TaskStore {
     }
 
     pub async fn put(&self, rec: &TaskRecord) -> Result<()> {
-        let bytes = Bytes::from(encode(Encoding::MsgPack, rec)?);
+        let bytes = self.encode_at_rest(rec)?;
         self.kv
             .put(rec.task_id.as_str(), bytes)
             .await
@@ -92,6 +157,7 @@ impl TaskStore {
         futures::future::join_all(recs.iter().map(|r| self.put(r))).await
     }
 
+    /// The record as it is stored, secret values sealed: what `vgas.task.info` answers.
     pub async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
         let Some(bytes) = self.kv.get(id.as_str()).await.context("read task record")? else {
             return Ok(None);
@@ -99,7 +165,8 @@ impl TaskStore {
         Ok(Some(decode_as(Encoding::MsgPack, &bytes)?))
     }
 
-    /// Every record in the bucket (used once, when the master starts).
+    /// Every record in the bucket, secret values opened to run (used once, when the master
+    /// starts).
     pub async fn all(&self) -> Result<Vec<TaskRecord>> {
         let keys: Vec<String> = match self.kv.keys().await {
             Ok(keys) => keys.try_collect().await.context("list task records")?,
@@ -111,7 +178,7 @@ impl TaskStore {
                 continue;
             };
             match self.get(&id).await {
-                Ok(Some(rec)) => out.push(rec),
+                Ok(Some(rec)) => out.push(self.in_use(rec)),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(task_id = %key, "skipping unreadable task record: {e:#}"),
             }

@@ -17,9 +17,12 @@ use crate::limits;
 
 pub mod board;
 mod cuda;
+mod env;
+mod record;
 mod status;
 mod task;
 pub use cuda::{virtual_arch, CudaSpec, KernelArg, PTX_ARTIFACT};
+pub use env::{Env, EnvValue, MarkedValue, SealedValue};
 pub use status::{AbnormalNode, Heartbeat, NodeStatus, SwarmPulse, Toolchain};
 pub use task::{Argv, Bounds, CompileTask, CudaTask, ExecTask, Task, TaskFile, WasmTask, Work};
 // The checked names live below the wire types (the build farm's types use them too).
@@ -78,8 +81,10 @@ pub struct TaskSpec {
     /// the modules Object Store bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    /// Values are strings, or `{"value":"...","secret":true}` for one never stored in clear
+    /// nor logged ([`EnvValue`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stdin: String,
     /// Files written into the task directory before the command starts.
@@ -440,6 +445,14 @@ pub struct TaskRecord {
     /// Why earlier attempts ended without a result.
     #[serde(default)]
     pub retries: Vec<String>,
+    /// A keyed digest of the spec as submitted (the master's key): an idempotent resubmit is
+    /// recognised by it once the spec itself is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
+    /// When the spec's payload (command, env, stdin, files, segment, run) was dropped from
+    /// the record, after the task finished and the retention setting passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_dropped_ms: Option<u64>,
 }
 
 #[cfg(test)]

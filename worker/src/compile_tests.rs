@@ -96,7 +96,7 @@ fn task(gcc: &LocalCompiler, c: CompileSpec, files: Vec<InputFile>) -> TaskSpec 
             compiler: gcc.identity.hash.clone(),
             ..c
         }),
-        env: [("LC_ALL".to_owned(), "C".to_owned())].into(),
+        env: [("LC_ALL".to_owned(), "C".into())].into(),
         files,
         deadline_s: Some(TEST_TIMEOUT.as_secs()),
         needs: Needs {

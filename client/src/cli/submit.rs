@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use vgas_shared::gpu::GpuNeeds;
-use vgas_shared::wire::{InputFile, Needs, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{EnvValue, InputFile, Needs, TaskOutcome, TaskSpec};
 use vgas_shared::{ErrorCode, TaskId};
 
 use crate::api::{refused_with, Following, Step, Swarm, REQUEST_TIMEOUT};
@@ -29,6 +29,11 @@ pub struct SubmitArgs {
     /// Environment variable for the command (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+    /// Secret environment variable (repeatable): its value is taken from this process's own
+    /// environment (so it is not on the command line), or given as NAME=VALUE. The master
+    /// keeps it only sealed and no log or event shows it.
+    #[arg(long = "secret-env", value_name = "NAME[=VALUE]")]
+    pub secret_env: Vec<String>,
     /// Send this process's standard input to the command.
     #[arg(long)]
     pub stdin: bool,
@@ -68,7 +73,7 @@ pub struct SubmitArgs {
     /// Submit the task specs in this file, one JSON object per line (`-`: stdin), in
     /// batches; prints their ids and does not wait for them.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
-        "wasm", "cuda", "cmd", "detach", "id", "stdin", "deadline", "env", "files", "needs",
+        "wasm", "cuda", "cmd", "detach", "id", "stdin", "deadline", "env", "secret_env", "files", "needs",
         "no_retry", "toolchain", "conda", "gpus",
     ])]
     pub batch: Option<PathBuf>,
@@ -104,7 +109,19 @@ pub fn build_spec(args: &SubmitArgs, id: TaskId) -> Result<TaskSpec> {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--env {kv:?}: expected NAME=VALUE"))?;
-        env.insert(k.to_owned(), v.to_owned());
+        env.insert(k.to_owned(), EnvValue::from(v));
+    }
+    for name in &args.secret_env {
+        let (k, v) = match name.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => {
+                let v = std::env::var(name).with_context(|| {
+                    format!("--secret-env {name}: not set in this environment (or give NAME=VALUE)")
+                })?;
+                (name.clone(), v)
+            }
+        };
+        env.insert(k, EnvValue::secret(v));
     }
     let mut files = Vec::new();
     for f in &args.files {

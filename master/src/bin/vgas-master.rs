@@ -37,6 +37,10 @@ struct Args {
     #[arg(long, env = "VGAS_METRICS", value_name = "ADDR", num_args = 0..=1,
           default_missing_value = vgas_master::dashboard::DEFAULT_METRICS_ADDR)]
     metrics: Option<std::net::SocketAddr>,
+    /// Seconds a finished task's record keeps its spec's payload (command, env, stdin, files)
+    /// before it is dropped; 0 drops it with the final result [default: 60].
+    #[arg(long, env = "VGAS_SPEC_RETENTION", value_name = "SECONDS")]
+    spec_retention: Option<u64>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -81,6 +85,9 @@ async fn main() -> Result<()> {
     cfg.metrics_token = args.dashboard_token.is_some().then_some(token);
     if let Some(q) = args.queue_capacity {
         cfg.queue_capacity = q;
+    }
+    if let Some(s) = args.spec_retention {
+        cfg.spec_retention = std::time::Duration::from_secs(s);
     }
     let shutdown = CancellationToken::new();
     // The signal watcher runs beside the master, not spawned: it ends with it.

@@ -61,7 +61,11 @@ pub async fn run_step(
         kind: TaskKind::Wasm,
         module: Some(step.module.clone()),
         cmd: step.args.clone(),
-        env: step.env.clone(),
+        env: step
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect(),
         files: files.into_values().collect(),
         deadline_s: Some(deadline),
         max_attempts: Some(STEP_ATTEMPTS),

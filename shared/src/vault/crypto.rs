@@ -82,7 +82,7 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    fn from_bytes(bytes: &[u8; 32]) -> MasterKey {
+    pub(crate) fn from_bytes(bytes: &[u8; 32]) -> MasterKey {
         MasterKey {
             cipher: Aes256Gcm::new(bytes.into()),
         }
@@ -203,7 +203,7 @@ pub(crate) fn random_salt() -> Vec<u8> {
 }
 
 /// Reads a key file: 32 raw bytes or 64 hex digits, readable by its owner only.
-fn read_key_file(path: &Path) -> Result<[u8; 32], VaultError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<[u8; 32], VaultError> {
     let err = |reason: String| VaultError::KeyFile {
         path: path.display().to_string(),
         reason,

@@ -22,6 +22,7 @@ mod crypto;
 pub mod file;
 mod format;
 mod ops;
+mod record_key;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use crypto::{Kdf, KdfParams, MasterKey};
 pub use format::Parsed;
 pub use ops::Vault;
+pub use record_key::{RecordKey, RECORD_KEY_FILE};
 
 /// Current file format version.
 pub const FORMAT_VERSION: u16 = 1;

@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    check_relative_path, CudaSpec, InputFile, ModuleRef, Needs, TaskKind, TaskLimits, TaskSpec,
+    check_relative_path, CudaSpec, Env, InputFile, ModuleRef, Needs, TaskKind, TaskLimits, TaskSpec,
 };
 use crate::agent::AgentRun;
 use crate::error::VgaError;
@@ -83,7 +83,7 @@ pub enum Work {
 pub struct CudaTask {
     pub cuda: CudaSpec,
     /// Names checked (non-empty, no `=` or NUL), values without NUL.
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     /// Written into the task directory; `in` and `inout` arguments name them.
     pub files: Vec<TaskFile>,
 }
@@ -94,7 +94,7 @@ pub struct ExecTask {
     /// The program, looked up on the task's `PATH`, and its arguments.
     pub argv: Argv,
     /// Names checked (non-empty, no `=` or NUL), values without NUL.
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     pub stdin: String,
     /// Written into the task directory before the command starts.
     pub files: Vec<TaskFile>,
@@ -110,7 +110,7 @@ pub struct WasmTask {
     /// The module's argv, without NUL (may be empty: argv\[0\] is then the module's name).
     pub args: Vec<String>,
     /// Names checked (non-empty, no `=` or NUL), values without NUL.
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     pub stdin: String,
     /// Written into the module's directory before it starts.
     pub files: Vec<TaskFile>,
@@ -123,7 +123,7 @@ pub struct CompileTask {
     /// Checked ([`CompileSpec::validate`]); the task needs its compiler's capability.
     pub segment: CompileSpec,
     /// Names checked (non-empty, no `=` or NUL), values without NUL.
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     /// Written into the task directory at their relative paths.
     pub files: Vec<TaskFile>,
 }
@@ -168,10 +168,19 @@ impl TaskSpec {
             e.validate()?;
         }
         let head = self.head(segment, run)?;
+        let mut env = BTreeMap::new();
+        for (k, v) in &self.env {
+            let Some(v) = v.clear() else {
+                return bad(format!(
+                    "env {k:?}: a sealed value is the master's own; send the value itself"
+                ));
+            };
+            env.insert(k.clone(), v.to_owned());
+        }
         if self
             .cmd
             .iter()
-            .chain(self.env.values())
+            .chain(env.values())
             .any(|s| s.contains('\0'))
         {
             return bad("command arguments and env values must not contain NUL");
@@ -225,7 +234,7 @@ impl TaskSpec {
             let inputs = files.iter().map(TaskFile::path).collect();
             c.validate(&inputs)?;
         }
-        let (env, stdin) = (self.env.clone(), self.stdin.clone());
+        let (env, stdin) = (Env::new(env), self.stdin.clone());
         let work = match head {
             Head::Exec(argv) => Work::Exec(ExecTask {
                 argv,
@@ -386,7 +395,7 @@ impl Work {
 
     /// The environment of the kinds whose processes get one (all but agent runs), to add to
     /// (for example the names that tell a task who runs it).
-    pub fn env_mut(&mut self) -> Option<&mut BTreeMap<String, String>> {
+    pub fn env_mut(&mut self) -> Option<&mut Env> {
         match self {
             Work::Exec(t) => Some(&mut t.env),
             Work::Wasm(t) => Some(&mut t.env),

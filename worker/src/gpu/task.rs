@@ -71,7 +71,7 @@ impl CudaRunner<'_> {
                 f.path()
             ));
         }
-        let mut env: BTreeMap<String, String> = job.task.env.clone();
+        let mut env: BTreeMap<String, String> = job.task.env.clone().into_inner();
         // The helper and NVRTC where the sandbox uids reach them: at most a copy each, once
         // per worker, off the runtime's threads.
         let (placing, work_dir) = (nvrtc.clone(), self.sandbox.work_dir.clone());

@@ -184,7 +184,8 @@ impl std::fmt::Debug for NativeJob<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeJob")
             .field("command", &"fn(workdir) -> argv")
-            .field("env", &self.env)
+            // Names only: a value may be secret.
+            .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("stdin", &self.stdin.len())
             .field("files", &self.files)
             .field("bounds", &self.bounds)

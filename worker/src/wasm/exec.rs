@@ -85,7 +85,7 @@ impl WasmRuntime {
         } else {
             task.args.clone()
         };
-        let env: Vec<(String, String)> = task.env.clone().into_iter().collect();
+        let env: Vec<(String, String)> = task.env.clone().into_inner().into_iter().collect();
         let mut wasi = WasiCtxBuilder::new();
         // No network: no socket address passes the context's default check either, but the
         // interfaces are switched off outright so that stays true whatever that default.

@@ -13,6 +13,8 @@ fn record(id: &str) -> TaskRecord {
         attempt: 0,
         state: TaskState::Queued,
         retries: Vec::new(),
+        spec_digest: None,
+        spec_dropped_ms: None,
     }
 }
 
