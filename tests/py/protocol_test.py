@@ -117,6 +117,34 @@ async def submit_generated_id(nc):
     raise AssertionError("task did not finish")
 
 
+@check("a secret env value reaches the command; vgas.task.info shows it sealed")
+async def secret_env(nc):
+    secret = "py-secret-" + uuid.uuid4().hex
+    out = []
+    done = asyncio.Event()
+    task_id = uuid.uuid4().hex
+
+    async def on_event(msg):
+        ev = json.loads(msg.data)
+        out.append(ev)
+        if ev["type"] == "finished":
+            done.set()
+
+    sub = await nc.subscribe(f"vgas.task.{task_id}.events", cb=on_event)
+    await req(nc, "vgas.task.submit", {
+        "task_id": task_id, "cmd": ["sh", "-c", 'test "$TOKEN" = "$EXPECTED_LEN" || echo "len=${#TOKEN}"'],
+        "env": {"TOKEN": {"value": secret, "secret": True}, "EXPECTED_LEN": "x"},
+    })
+    info = await req(nc, "vgas.task.info", {"task_id": task_id})
+    assert set(info["spec"]["env"]["TOKEN"]) == {"sealed"}, info["spec"]["env"]
+    assert secret not in json.dumps(info), info
+    await asyncio.wait_for(done.wait(), 30)
+    await sub.unsubscribe()
+    stdout = "".join(e["data"] for e in out if e["type"] == "stdout")
+    assert stdout == f"len={len(secret)}\n", stdout
+    assert secret not in json.dumps(out), out
+
+
 @check("bad input gets a JSON error reply with a code")
 async def errors(nc):
     cases = [
