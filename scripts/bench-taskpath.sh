@@ -14,16 +14,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 RAY_VERSION=2.60.0     # pinned: ray on PyPI
 NATS_PY_VERSION=2.16.0 # pinned: nats-py on PyPI, as in ensure-tools.sh
+NKEYS_PY_VERSION=0.2.1 # pinned: nkeys on PyPI, as in ensure-tools.sh
 slots=${SLOTS:-4}
 
 scripts/ensure-tools.sh >/dev/null
 # shellcheck disable=SC1091
 source .tools/env
 venv="$root/.tools/bench-venv"
-if ! "$venv/bin/python" -c "import ray, nats; assert ray.__version__ == '$RAY_VERSION'" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import ray, nats, nkeys; assert ray.__version__ == '$RAY_VERSION'" 2>/dev/null; then
   echo "installing ray==$RAY_VERSION and nats-py==$NATS_PY_VERSION into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "ray==$RAY_VERSION" "nats-py==$NATS_PY_VERSION"
+  "$venv/bin/pip" install -q "ray==$RAY_VERSION" "nats-py==$NATS_PY_VERSION" "nkeys==$NKEYS_PY_VERSION"
 fi
 # BENCH_BIN_DIR: binaries built elsewhere (another commit, for a before/after pair).
 if [ -n "${BENCH_BIN_DIR:-}" ]; then
@@ -77,9 +78,8 @@ printf '\x00\x61\x73\x6d\x01\x00\x00\x00\x01\x04\x01\x60\x00\x00\x03\x02\x01\x00
 module="sha256:$(sha256sum "$work/noop.wasm" | cut -d' ' -f1)"
 
 creds="$VGAS_STATE_DIR/creds/client.creds"
-VGAS_USER=$(sed -n 's/^user = "\(.*\)"/\1/p' "$creds")
-VGAS_PASSWORD=$(sed -n 's/^password = "\(.*\)"/\1/p' "$creds")
-export VGAS_USER VGAS_PASSWORD BENCH_MODULE="$module"
+VGAS_NKEY_SEED=$(sed -n 's/^seed = "\(.*\)"/\1/p' "$creds")
+export VGAS_NKEY_SEED BENCH_MODULE="$module"
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD), binaries $bin, $(nproc) cores, worker slots $slots" >&2
 if [ "${1:-}" = "--" ]; then
   # `scripts/bench-taskpath.sh -- CMD...`: CMD runs against this swarm instead (VGAS_NATS_URL,

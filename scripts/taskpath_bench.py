@@ -1,7 +1,7 @@
 """The task path as a new user meets it: a plain NATS client (nats-py) next to Ray, one run.
 
 Run by scripts/bench-taskpath.sh, which starts nats-server, a master and a worker, uploads the
-no-op module and sets VGAS_NATS_URL, VGAS_USER, VGAS_PASSWORD and BENCH_MODULE. Each row is
+no-op module and sets VGAS_NATS_URL, VGAS_NKEY_SEED and BENCH_MODULE. Each row is
 measured the same way: LATENCY_N round trips one after the other (after WARMUP ones) for p50
 and p99, then IN_FLIGHT loops at once for WINDOW_S seconds for tasks/s.
 
@@ -54,11 +54,7 @@ async def connect(raw=False):
 
     if raw:
         return await nats.connect(os.environ["BENCH_RAW_URL"])
-    return await nats.connect(
-        os.environ["VGAS_NATS_URL"],
-        user=os.environ["VGAS_USER"],
-        password=os.environ["VGAS_PASSWORD"],
-    )
+    return await nats.connect(os.environ["VGAS_NATS_URL"], nkeys_seed_str=os.environ["VGAS_NKEY_SEED"])
 
 
 async def loops(one, n_latency, in_flight, window, loaded=lambda: None):

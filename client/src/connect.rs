@@ -1,21 +1,55 @@
 //! Connecting to NATS with a role's credentials, with errors that say what to do.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
-use vgas_shared::config::Resolved;
+use async_nats::ConnectOptions;
+use vgas_shared::config::{Credentials, Resolved};
+
+/// The connect options for `creds`: with an nkey the client signs the server's challenge (the
+/// seed never leaves this process); with a password it sends the password.
+pub fn auth_options(creds: Option<&Credentials>) -> ConnectOptions {
+    match creds {
+        Some(Credentials {
+            seed: Some(seed), ..
+        }) => ConnectOptions::with_nkey(seed.clone()),
+        Some(c) => ConnectOptions::with_user_and_password(c.user.clone(), c.password.clone()),
+        None => ConnectOptions::new(),
+    }
+}
+
+/// Tries at the first connection: a server that is starting, or reloading its users (`vgas
+/// node add` elsewhere), refuses a connection for a moment; wrong credentials still fail in
+/// about a second.
+const CONNECT_TRIES: u32 = 4;
+
+/// The pause after the first failed try, doubled after each.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(150);
 
 /// Connects as `name`. Reconnection after a server restart is async-nats' own (unlimited
 /// attempts with back-off); subscriptions are restored by the client.
 pub async fn connect(cfg: &Resolved, name: &str) -> Result<async_nats::Client> {
-    let mut opts = async_nats::ConnectOptions::new().name(name);
-    if let Some(c) = &cfg.creds {
-        opts = opts.user_and_password(c.user.clone(), c.password.clone());
-    }
-    opts.connect(cfg.nats_url.as_str()).await.with_context(|| {
-        let hint = if cfg.creds.is_none() {
-            "; no credentials found: run `vgas init` or pass --creds"
-        } else {
-            ""
-        };
-        format!("connect to NATS at {}{hint}", cfg.nats_url)
-    })
+    let mut pause = CONNECT_BACKOFF;
+    let mut tries = 1;
+    let failed = loop {
+        match auth_options(cfg.creds.as_ref())
+            .name(name)
+            .connect(cfg.nats_url.as_str())
+            .await
+        {
+            Ok(client) => return Ok(client),
+            Err(e) if tries >= CONNECT_TRIES => break e,
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                tries += 1;
+            }
+        }
+    };
+    let hint = if cfg.creds.is_none() {
+        "; no credentials found: run `vgas init` or pass --creds"
+    } else {
+        ""
+    };
+    Err(failed).with_context(|| format!("connect to NATS at {}{hint}", cfg.nats_url))
 }

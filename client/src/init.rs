@@ -1,7 +1,8 @@
 //! `vgas init`: the swarm's NATS users. A swarm that runs submitted commands is remote code
 //! execution for whoever can publish, so vgas never runs on an open server: this writes one
-//! user per role with a random password (credentials files of mode 0600) and the
-//! `auth.conf` that `nats.conf` includes, granting each role only the subjects it needs.
+//! nkey per role (the seed in a credentials file of mode 0600, only the public key in
+//! `auth.conf`) and the `auth.conf` that `nats.conf` includes, granting each role only the
+//! subjects it needs, plus each node identity of `vgas node add` (see [`crate::nodes`]).
 
 use std::fs;
 use std::io::Write;
@@ -9,12 +10,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rand::distr::{Alphanumeric, SampleString};
 use vgas_shared::config::{Credentials, Role};
+use vgas_shared::identity::NodeRegistry;
+use vgas_shared::subjects::Permissions;
 use vgas_shared::Subjects;
-
-/// Length of generated passwords: 32 alphanumerics is about 190 bits.
-const PASSWORD_LEN: usize = 32;
 
 /// What `init` did.
 #[derive(Debug)]
@@ -36,26 +35,77 @@ pub fn init(state_dir: &Path, subjects: &Subjects) -> Result<InitReport> {
         created: Vec::new(),
         kept: Vec::new(),
     };
-    let mut users = Vec::new();
     for role in Role::ALL {
         let path = role.creds_path(state_dir);
-        let creds = if path.exists() {
-            report.kept.push(path.clone());
-            Credentials::load(&path)?
+        if path.exists() {
+            report.kept.push(path);
         } else {
-            let creds = Credentials {
-                user: format!("{}-{}", subjects.prefix().replace('.', "-"), role.name()),
-                password: Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN),
-            };
-            let text = toml::to_string(&creds).context("encode credentials")?;
-            write_private(&path, text.as_bytes())?;
-            report.created.push(path.clone());
-            creds
-        };
-        users.push((role, creds));
+            write_creds(&path, &new_nkey(None))?;
+            report.created.push(path);
+        }
     }
-    write_private(&report.auth_conf, auth_conf(&users, subjects).as_bytes())?;
+    write_auth(state_dir, subjects)?;
     Ok(report)
+}
+
+/// A fresh nkey identity: the public key as its user, the seed to sign with.
+pub(crate) fn new_nkey(node: Option<String>) -> Credentials {
+    let kp = nkeys::KeyPair::new_user();
+    Credentials {
+        user: kp.public_key(),
+        password: String::new(),
+        seed: Some(kp.seed().expect("a generated key pair has its seed")),
+        node,
+    }
+}
+
+/// Writes a credentials file (mode 0600).
+pub(crate) fn write_creds(path: &Path, creds: &Credentials) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restrict {}", dir.display()))?;
+    }
+    let text = toml::to_string(creds).context("encode credentials")?;
+    write_private(path, text.as_bytes())
+}
+
+/// (Re)writes `state_dir/auth.conf` from the role credentials and the active node
+/// identities of the registry.
+pub fn write_auth(state_dir: &Path, subjects: &Subjects) -> Result<PathBuf> {
+    let mut users = Vec::new();
+    for role in Role::ALL {
+        let creds = Credentials::load(&role.creds_path(state_dir))?;
+        users.push((creds_auth(&creds), subjects.permissions(role)));
+    }
+    for node in NodeRegistry::load(state_dir)?.active() {
+        users.push((
+            UserAuth::Nkey(node.public_key.clone()),
+            subjects.node_permissions(node.role, &node.name),
+        ));
+    }
+    let path = state_dir.join("auth.conf");
+    write_private(&path, auth_conf(&users).as_bytes())?;
+    Ok(path)
+}
+
+/// How a user proves itself to nats-server, as `auth.conf` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserAuth {
+    /// An nkey's public key: nothing secret in the file.
+    Nkey(String),
+    /// A user and password from a credentials file made before nkeys.
+    Password { user: String, password: String },
+}
+
+fn creds_auth(c: &Credentials) -> UserAuth {
+    match &c.seed {
+        Some(_) => UserAuth::Nkey(c.user.clone()),
+        None => UserAuth::Password {
+            user: c.user.clone(),
+            password: c.password.clone(),
+        },
+    }
 }
 
 /// A list of subjects as nats-server's configuration writes it.
@@ -64,25 +114,28 @@ fn quoted(subjects: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// The `authorization` block for nats-server: each role with exactly the grants
-/// `Subjects::permissions` gives it.
-pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
+/// The `authorization` block for nats-server: each user with exactly its grants.
+pub fn auth_conf(users: &[(UserAuth, Permissions)]) -> String {
     let mut out = String::from(
-        "# Written by `vgas init`: one user per role, each with only the subjects it needs.\n\
-         # Regenerate with `vgas init`; the credentials live in creds/ beside this file.\n\
+        "# Written by `vgas init` and `vgas node`: one nkey per role and per node, each with only\n\
+         # the subjects it needs. Public keys only: the seeds live in creds/ beside this file and\n\
+         # on the nodes. Regenerate with `vgas init`.\n\
          authorization {\n  users = [\n",
     );
-    for (role, c) in users {
-        let p = s.permissions(*role);
+    for (auth, p) in users {
         let responses = if p.allow_responses {
             ", allow_responses: true"
         } else {
             ""
         };
+        let who = match auth {
+            UserAuth::Nkey(public) => format!("nkey: \"{public}\""),
+            UserAuth::Password { user, password } => {
+                format!("user: \"{user}\", password: \"{password}\"")
+            }
+        };
         out.push_str(&format!(
-            "    {{ user: \"{}\", password: \"{}\", permissions: {{ publish: {{ allow: {} }}, subscribe: {{ allow: {} }}{responses} }} }}\n",
-            c.user,
-            c.password,
+            "    {{ {who}, permissions: {{ publish: {{ allow: {} }}, subscribe: {{ allow: {} }}{responses} }} }}\n",
             quoted(&p.publish),
             quoted(&p.subscribe)
         ));
@@ -92,7 +145,7 @@ pub fn auth_conf(users: &[(Role, Credentials)], s: &Subjects) -> String {
 }
 
 /// Writes `bytes` to `path` with mode 0600, atomically (temporary file, fsync, rename).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -132,5 +185,12 @@ mod tests {
         assert!(conf1.contains("\"$JS.API.STREAM.INFO.OBJ_vgas_modules\""));
         assert!(conf1.contains("\"$O.vgas_artifacts.>\""));
         assert!(conf1.contains("\"$JS.API.STREAM.INFO.OBJ_vgas_artifacts\""));
+        // Public keys only: no seed and no password in the server's file.
+        for role in Role::ALL {
+            let c = Credentials::load(&role.creds_path(dir.path())).unwrap();
+            assert!(c.user.starts_with('U') && conf1.contains(&c.user));
+            assert!(!conf1.contains(c.seed.as_deref().unwrap()));
+        }
+        assert!(!conf1.contains("password"));
     }
 }

@@ -14,6 +14,7 @@ pub mod connect;
 pub mod farm;
 pub mod http;
 pub mod init;
+pub mod nodes;
 pub mod toolchain;
 
 pub use api::Swarm;

@@ -101,12 +101,23 @@ impl Role {
     }
 }
 
-/// A NATS user and password, as stored in a `.creds` file (TOML, mode 0600).
+/// A NATS identity, as stored in a `.creds` file (TOML, mode 0600): an nkey seed (what `vgas
+/// init` and `vgas node add` write: the server's `auth.conf` holds only the public key), or a
+/// user and password (files from before nkeys, still accepted).
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
+    /// The user name, or for an nkey its public key (`U...`).
     pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password: String,
+    /// The nkey seed (`SU...`): the private half, never sent anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+    /// A node identity's name (`vgas node add`): a worker with it runs under this id, the one
+    /// its grants name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -114,6 +125,8 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &self.user)
             .field("password", &"<redacted>")
+            .field("seed", &self.seed.as_ref().map(|_| "<redacted>"))
+            .field("node", &self.node)
             .finish()
     }
 }
@@ -193,8 +206,11 @@ mod tests {
         let c = Credentials {
             user: "u".into(),
             password: "s3cret".into(),
+            seed: Some("SUseed".into()),
+            node: None,
         };
         assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!format!("{c:?}").contains("SUseed"));
     }
 }
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod farm;
 pub mod gpu;
 pub mod host;
+pub mod identity;
 pub mod ids;
 pub mod kb;
 pub mod limits;

@@ -1,7 +1,7 @@
 """The documented JSON protocol, spoken by a plain NATS client (nats-py), no vgas code involved.
 
 Each check is what a `nats` CLI user types (see docs/protocol.md). Run by tests/tests/json_clients.rs
-against a real swarm; needs VGAS_NATS_URL, VGAS_USER and VGAS_PASSWORD.
+against a real swarm; needs VGAS_NATS_URL and VGAS_NKEY_SEED (the client role's nkey seed).
 """
 
 import asyncio
@@ -163,8 +163,8 @@ async def errors(nc):
 
 
 async def main():
-    nc = await nats.connect(os.environ["VGAS_NATS_URL"], user=os.environ["VGAS_USER"],
-                            password=os.environ["VGAS_PASSWORD"], max_reconnect_attempts=0)
+    nc = await nats.connect(os.environ["VGAS_NATS_URL"], nkeys_seed_str=os.environ["VGAS_NKEY_SEED"],
+                            max_reconnect_attempts=0)
     passed = failed = 0
     for name, fn in checks:
         try:

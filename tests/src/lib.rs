@@ -486,11 +486,9 @@ impl Swarm {
     /// Connects as `role`.
     pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
         let c = self.creds(role);
-        Ok(
-            async_nats::ConnectOptions::with_user_and_password(c.user, c.password)
-                .connect(self.url())
-                .await?,
-        )
+        Ok(vgas_client::connect::auth_options(Some(&c))
+            .connect(self.url())
+            .await?)
     }
 
     /// Waits until `vgas.status` lists `n` live workers (the master answering included).

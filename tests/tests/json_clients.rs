@@ -21,8 +21,10 @@ async fn a_plain_nats_client_speaks_the_documented_json() {
     let out = tokio::process::Command::new(&python)
         .arg(repo_root().join("tests/py/protocol_test.py"))
         .env("VGAS_NATS_URL", swarm.url())
-        .env("VGAS_USER", &creds.user)
-        .env("VGAS_PASSWORD", &creds.password)
+        .env(
+            "VGAS_NKEY_SEED",
+            creds.seed.as_deref().expect("an nkey seed"),
+        )
         .output()
         .await
         .unwrap();

@@ -86,8 +86,13 @@ impl WorkerConfig {
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("create work dir {}", work_dir.display()))?;
         let metrics = Arc::new(crate::metrics::WorkerMetrics::default());
+        // A node identity's credentials name the worker: its grants cover only that id.
+        let id = match conn.creds.as_ref().and_then(|c| c.node.as_deref()) {
+            Some(node) => WorkerId::parse(node).context("the node name in the credentials")?,
+            None => WorkerId::generate(&probe::hostname()),
+        };
         Ok(WorkerConfig {
-            id: WorkerId::generate(&probe::hostname()),
+            id,
             slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
             capabilities: f.capabilities.clone().unwrap_or_default(),
             sandbox: SandboxConfig {
@@ -112,15 +117,4 @@ impl WorkerConfig {
 /// `drain_timeout` to finish and are handed back after that.
 pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
     join::run(cfg, shutdown).await
-}
-
-/// Connects as `name` with the worker's credentials.
-pub async fn connect(cfg: &Resolved, name: &str) -> Result<async_nats::Client> {
-    let mut opts = async_nats::ConnectOptions::new().name(name);
-    if let Some(c) = &cfg.creds {
-        opts = opts.user_and_password(c.user.clone(), c.password.clone());
-    }
-    opts.connect(cfg.nats_url.as_str())
-        .await
-        .with_context(|| format!("connect to NATS at {}", cfg.nats_url))
 }

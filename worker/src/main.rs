@@ -57,6 +57,13 @@ async fn worker() -> Result<()> {
         cfg.slots = n.clamp(1, vgas_worker::MAX_SLOTS);
     }
     if let Some(id) = args.id {
+        let node = cfg.conn.creds.as_ref().and_then(|c| c.node.as_deref());
+        if node.is_some_and(|n| n != id.as_str()) {
+            anyhow::bail!(
+                "--id {id}: these credentials are node {}'s, and a node runs under its own name",
+                node.unwrap_or_default()
+            );
+        }
         cfg.id = id;
     }
     cfg.capabilities.extend(args.capabilities);

@@ -119,7 +119,8 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(cfg: WorkerConfig) -> Result<Worker> {
-        let client = crate::connect(&cfg.conn, &format!("vgas-worker {}", cfg.id)).await?;
+        let client =
+            vgas_client::connect::connect(&cfg.conn, &format!("vgas-worker {}", cfg.id)).await?;
         let js = jetstream::new(client.clone());
         // Independent probes, at once: identifying compilers runs them and hashes them.
         let (id, work_dir) = (cfg.id.to_string(), cfg.sandbox.work_dir.clone());

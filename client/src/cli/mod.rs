@@ -38,6 +38,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Create the swarm's NATS users and the server's auth.conf (idempotent).
     Init,
+    /// Node identities: one NATS key per worker or master host (run where `vgas init` ran).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Run a command on the swarm, streaming its output; exits with its exit code.
     Submit(Box<SubmitArgs>),
     /// Show the swarm: live and abnormal workers, queue, in-flight tasks.
@@ -86,6 +89,21 @@ pub enum Cmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Issue an identity for a host: prints the credentials file to copy there (a worker
+    /// started with it runs under NAME).
+    Add {
+        #[arg(value_enum)]
+        role: vgas_shared::identity::NodeRole,
+        name: vgas_shared::WorkerId,
+    },
+    /// Cut a node off at once: out of auth.conf, nats-server reloaded, its connections closed.
+    Revoke { name: vgas_shared::WorkerId },
+    /// The node identities, active and revoked.
+    List,
+}
+
 /// Writes `text` to standard output. A reader that has gone (`vgas status --json | grep -q
 /// ...`) is not an error: there is no one left to tell.
 pub fn print_stdout(text: &str) -> Result<()> {
@@ -112,6 +130,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
             println!("wrote   {}", report.auth_conf.display());
             return Ok(0);
         }
+        Cmd::Node(cmd) => {
+            let (state, subjects) = (&conn.state_dir, &conn.subjects);
+            match cmd {
+                NodeCmd::Add { role, name } => {
+                    let (path, reload) = crate::nodes::add(state, subjects, role, &name)?;
+                    println!("created {}", path.display());
+                    println!(
+                        "copy it to the node (mode 0600) and start it with --creds {}",
+                        path.display()
+                    );
+                    println!("{reload}");
+                }
+                NodeCmd::Revoke { name } => {
+                    let reload = crate::nodes::revoke(state, subjects, &name)?;
+                    println!("revoked {name}");
+                    println!("{reload}");
+                }
+                NodeCmd::List => print_stdout(&crate::nodes::list(state)?)?,
+            }
+            return Ok(0);
+        }
         Cmd::Discover { wait, json } => {
             return discover::run(&conn, Duration::from_secs(wait), json).await;
         }
@@ -124,7 +163,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let client = crate::connect::connect(&conn, "vgas-cli").await?;
     let swarm = Swarm::new(client, conn.subjects.clone());
     let code = match cmd {
-        Cmd::Init | Cmd::Discover { .. } | Cmd::Vault { .. } => unreachable!("handled above"),
+        Cmd::Init | Cmd::Node(_) | Cmd::Discover { .. } | Cmd::Vault { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Usage { json } => usage::run(&swarm, json).await?,
         Cmd::Dashboard { print } => dashboard::run(&swarm, print).await?,
         Cmd::Submit(args) => match &args.batch {

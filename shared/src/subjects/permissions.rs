@@ -5,6 +5,8 @@
 
 use super::Subjects;
 use crate::config::Role;
+use crate::identity::NodeRole;
+use crate::ids::WorkerId;
 
 /// One role's grants: subjects (with wildcards) it may publish to and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -170,6 +172,34 @@ impl Subjects {
     }
 }
 
+impl Subjects {
+    /// The grants of a node identity: a master node has the master's; a worker node has the
+    /// worker's with its own subjects only: it reads its own assignments and cancels, and
+    /// heartbeats as itself.
+    pub fn node_permissions(&self, role: NodeRole, node: &WorkerId) -> Permissions {
+        let mut p = self.permissions(role.role());
+        if role == NodeRole::Worker {
+            let own = |all: String, mine: String| {
+                move |s: &mut String| {
+                    if *s == all {
+                        *s = mine.clone();
+                    }
+                }
+            };
+            p.subscribe
+                .iter_mut()
+                .for_each(own(self.all_worker_tasks(), self.worker_task(node)));
+            p.subscribe
+                .iter_mut()
+                .for_each(own(self.all_worker_cancels(), self.worker_cancel(node)));
+            p.publish
+                .iter_mut()
+                .for_each(own(self.all_heartbeats(), self.heartbeat(node)));
+        }
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +217,26 @@ mod tests {
         assert!(c.publish.contains(&"$O.team_vgas_modules.>".to_owned()));
         assert!(!c.subscribe.iter().any(|p| p.contains(".worker.")));
         assert_eq!(s.permissions(Role::Master).publish, [">"]);
+    }
+
+    #[test]
+    fn a_worker_node_reaches_only_its_own_worker_subjects() {
+        let s = Subjects::new("vgas").unwrap();
+        let a = WorkerId::parse("a").unwrap();
+        let p = s.node_permissions(NodeRole::Worker, &a);
+        assert!(p.subscribe.contains(&"vgas.worker.a.task".to_owned()));
+        assert!(p.subscribe.contains(&"vgas.worker.a.cancel".to_owned()));
+        assert!(p.publish.contains(&"vgas.heartbeat.a".to_owned()));
+        assert!(!p
+            .subscribe
+            .iter()
+            .chain(&p.publish)
+            .any(|x| x.contains(".*.task")
+                || x.contains(".*.cancel")
+                || x.as_str() == "vgas.heartbeat.*"));
+        assert_eq!(
+            s.node_permissions(NodeRole::Master, &a),
+            s.permissions(Role::Master)
+        );
     }
 }

@@ -1,0 +1,182 @@
+//! One identity per node, with the repository's `nats.conf` and the `auth.conf` that `vgas init`
+//! and `vgas node` write: a worker node's key reads only its own assignments and heartbeats
+//! only as itself; `vgas node revoke` disconnects it within a second and it cannot come back,
+//! while the other workers keep working; `auth.conf` holds no secret.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use vgas_shared::config::{Credentials, Role};
+use vgas_shared::identity::NodeRegistry;
+use vgas_shared::wire::{Heartbeat, SwarmPulse, TaskOutcome};
+use vgas_shared::{Encoding, WorkerId};
+use vgas_tests::{request, run_task, sh, wait_for, Swarm};
+
+/// A connection as `creds`, with the server's errors (permission violations) collected.
+async fn connect_as(
+    swarm: &Swarm,
+    creds: &Credentials,
+) -> anyhow::Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    let client = vgas_client::connect::auth_options(Some(creds))
+        .max_reconnects(Some(1))
+        .event_callback(move |ev| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(ev.to_string());
+            }
+        })
+        .connect(swarm.url())
+        .await?;
+    Ok((client, errors))
+}
+
+fn node_creds(swarm: &Swarm, name: &str) -> (std::path::PathBuf, Credentials) {
+    let path = NodeRegistry::creds_path(&swarm.state_dir(), &WorkerId::parse(name).unwrap());
+    let creds = Credentials::load(&path).unwrap();
+    (path, creds)
+}
+
+fn cli_ok(swarm: &Swarm, args: &[&str]) -> String {
+    let out = swarm.cli(args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "vgas {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test]
+async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_off() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    for name in ["a", "b"] {
+        let said = cli_ok(&swarm, &["node", "add", "worker", name]);
+        assert!(said.contains("reloads auth.conf"), "{said}");
+    }
+    // The server's file lists public keys only.
+    let conf = std::fs::read_to_string(swarm.state_dir().join("auth.conf")).unwrap();
+    let (path_a, a) = node_creds(&swarm, "a");
+    let (path_b, b) = node_creds(&swarm, "b");
+    assert!(conf.contains(&a.user) && conf.contains(&b.user));
+    assert!(!conf.contains(a.seed.as_deref().unwrap()) && !conf.contains("password"));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path_a).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // A name is never issued twice.
+    assert!(!swarm
+        .cli(&["node", "add", "worker", "a"])
+        .unwrap()
+        .status
+        .success());
+
+    // Worker b runs with its node's key, under its name.
+    let path_b = path_b.display().to_string();
+    let _wb = swarm.worker("b", 1, &["--creds", &path_b]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let s = swarm.subjects.clone();
+
+    // Node a's key: b's assignments are not readable, b's heartbeat not writable.
+    let (spy, errors) = connect_as(&swarm, &a).await.unwrap();
+    let mut b_tasks = spy
+        .subscribe(s.worker_task(&WorkerId::parse("b").unwrap()))
+        .await
+        .unwrap();
+    let mut every = spy.subscribe(s.all_worker_tasks()).await.unwrap();
+    let forged = Heartbeat {
+        worker: Some(WorkerId::parse("b").unwrap()),
+        slots: 64,
+        ..Default::default()
+    };
+    let bytes = vgas_shared::codec::encode(Encoding::MsgPack, &forged).unwrap();
+    spy.publish(
+        s.heartbeat(&WorkerId::parse("b").unwrap()),
+        bytes.clone().into(),
+    )
+    .await
+    .unwrap();
+    let ghost = WorkerId::parse("ghost").unwrap();
+    spy.publish(s.heartbeat(&ghost), bytes.into())
+        .await
+        .unwrap();
+    spy.flush().await.unwrap();
+    let c = run_task(&client, &s, sh("echo private"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.stdout, "private\n");
+    for sub in [&mut b_tasks, &mut every] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next())
+                .await
+                .map_or(true, |m| m.is_none()),
+            "node a read an assignment of b"
+        );
+    }
+    let violations = errors.lock().unwrap().clone();
+    assert!(
+        violations
+            .iter()
+            .filter(|e| e.contains("Permissions Violation"))
+            .count()
+            >= 3,
+        "{violations:?}"
+    );
+    let p: SwarmPulse = request(&client, s.status(), &()).await.unwrap();
+    assert_eq!(p.live.len(), 1, "a forged heartbeat joined: {p:?}");
+    assert_eq!(p.live[0].slots, 1, "b's heartbeat was overwritten: {p:?}");
+
+    // A worker with a's key cannot run under another name.
+    let path_a_s = path_a.display().to_string();
+    let out = std::process::Command::new(vgas_tests::bin("vgas-worker"))
+        .args([
+            "--id",
+            "b",
+            "--creds",
+            &path_a_s,
+            "--nats-url",
+            &swarm.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node a"));
+
+    // Revoked: the connection is closed within a second and a new one is refused.
+    let said = cli_ok(&swarm, &["node", "revoke", "a"]);
+    assert!(said.contains("revoked a"), "{said}");
+    assert!(
+        !path_a.exists(),
+        "the revoked node's credentials file is deleted here"
+    );
+    wait_for(
+        "node a to be disconnected",
+        Duration::from_secs(1),
+        || async {
+            (spy.connection_state() != async_nats::connection::State::Connected).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        connect_as(&swarm, &a).await.is_err(),
+        "a revoked key connected again"
+    );
+    let listed = cli_ok(&swarm, &["node", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("revoked")),
+        "{listed}"
+    );
+    // Worker b and the clients kept working all along.
+    let c = run_task(&client, &s, sh("echo after"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert_eq!(c.stdout, "after\n");
+}
