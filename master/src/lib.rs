@@ -276,10 +276,10 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         }
     });
     let stop = shutdown.clone();
-    let tx2 = tx.clone();
+    let (tx2, s2) = (tx.clone(), subjects.clone());
     tracker.spawn(async move {
         tokio::select! {
-            r = service::results(consumer, tx2) => {
+            r = service::results(consumer, s2, tx2) => {
                 if let Err(e) = r { tracing::error!("results consumer ended: {e:#}"); }
             }
             _ = stop.cancelled() => {}

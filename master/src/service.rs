@@ -401,6 +401,7 @@ const MAX_RESULTS_IN_FLIGHT: usize = 256;
 
 pub async fn results(
     consumer: async_nats::jetstream::consumer::PullConsumer,
+    subjects: Subjects,
     tx: mpsc::Sender<Command>,
 ) -> anyhow::Result<()> {
     use futures::stream::FuturesUnordered;
@@ -431,8 +432,16 @@ pub async fn results(
                         continue;
                     }
                 };
-                match decode::<WorkerResult>(&msg.payload, MAX_SUBMIT_BYTES) {
-                    Ok((result, _)) => {
+                // A result counts only on the subject of the worker it names: a node's key
+                // publishes on its own subjects only, so it cannot speak for another worker.
+                let decoded = decode::<WorkerResult>(&msg.payload, MAX_SUBMIT_BYTES)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(r, _)| match subjects.worker_of_result(&msg.subject) {
+                        Some(w) if w == r.worker => Ok(r),
+                        _ => Err(format!("it claims worker {}", r.worker)),
+                    });
+                match decoded {
+                    Ok(result) => {
                         let (done, recorded) = oneshot::channel();
                         if tx.send(Command::Result { result, done }).await.is_err() {
                             break;
@@ -440,7 +449,7 @@ pub async fn results(
                         recording.push(async move { (msg, recorded.await.is_ok()) });
                     }
                     Err(e) => {
-                        warn!(subject = %msg.subject, "dropping malformed result: {e}");
+                        warn!(subject = %msg.subject, "dropping a result: {e}");
                         if let Err(e) = msg.ack().await {
                             warn!("could not acknowledge a result: {e}");
                         }

@@ -193,17 +193,31 @@ pub async fn results_consumer(
     subjects: &Subjects,
 ) -> Result<consumer::PullConsumer> {
     let name = subjects.results_stream();
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![subjects.all_results()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            max_age: RESULT_MAX_AGE,
-            ..Default::default()
-        })
+    let config = stream::Config {
+        name: name.clone(),
+        subjects: vec![subjects.all_results()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        max_age: RESULT_MAX_AGE,
+        ..Default::default()
+    };
+    let mut stream = js
+        .get_or_create_stream(config.clone())
         .await
         .with_context(|| format!("open JetStream stream {name}"))?;
+    // A stream made by an older master captures the subjects results had then: results on
+    // today's would reach no stream. Its subjects are brought up to date.
+    if stream.cached_info().config.subjects != config.subjects {
+        let mut updated = stream.cached_info().config.clone();
+        updated.subjects = config.subjects.clone();
+        js.update_stream(updated)
+            .await
+            .with_context(|| format!("update the subjects of JetStream stream {name}"))?;
+        stream = js
+            .get_stream(&name)
+            .await
+            .context("reopen the results stream")?;
+    }
     stream
         .get_or_create_consumer(
             RESULTS_CONSUMER,

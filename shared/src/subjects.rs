@@ -95,14 +95,31 @@ impl Subjects {
         format!("{}.worker.{id}.cancel", self.prefix)
     }
 
-    /// Worker to master, through JetStream: the outcome of one attempt.
-    pub fn result(&self, id: &TaskId) -> String {
-        format!("{}.result.{id}", self.prefix)
+    /// Worker to master, through JetStream: the outcome of one attempt, on the subject of the
+    /// worker that ran it (a node's grants name only its own, and the master drops a result
+    /// whose body claims another worker).
+    pub fn result(&self, worker: &WorkerId, task: &TaskId) -> String {
+        format!("{}.result.{worker}.{task}", self.prefix)
+    }
+
+    /// Wildcard over one worker's result subjects.
+    pub fn results_of(&self, worker: &WorkerId) -> String {
+        format!("{}.result.{worker}.*", self.prefix)
     }
 
     /// Wildcard over every result subject (the results stream captures this).
     pub fn all_results(&self) -> String {
-        format!("{}.result.*", self.prefix)
+        format!("{}.result.*.*", self.prefix)
+    }
+
+    /// The worker whose result subject `subject` is.
+    pub fn worker_of_result(&self, subject: &str) -> Option<WorkerId> {
+        let rest = subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".result.")?;
+        let (worker, task) = rest.split_once('.')?;
+        TaskId::parse(task).ok()?;
+        WorkerId::parse(worker).ok()
     }
 
     /// Request: an LLM completion through the master's gateway; tokens stream back on the

@@ -165,7 +165,7 @@ async fn every_subject_refuses_bad_input_and_the_swarm_keeps_serving() {
     assert!(!ack.accepted && ack.reason.contains("malformed"), "{ack:?}");
     // Garbage stored in the results stream is dropped by the master.
     let js = async_nats::jetstream::new(worker_conn.clone());
-    js.publish(s.result(&id), b"\xc1junk".to_vec().into())
+    js.publish(s.result(&w, &id), b"\xc1junk".to_vec().into())
         .await
         .unwrap()
         .await

@@ -1,6 +1,6 @@
 //! One identity per node, with the repository's `nats.conf` and the `auth.conf` that `vgas init`
 //! and `vgas node` write: a worker node's key reads only its own assignments and heartbeats
-//! only as itself; `vgas node revoke` disconnects it within a second and it cannot come back,
+//! only as itself, and its results count only for itself; `vgas node revoke` disconnects it within a second and it cannot come back,
 //! while the other workers keep working; `auth.conf` holds no secret.
 
 use std::sync::{Arc, Mutex};
@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use vgas_shared::config::{Credentials, Role};
 use vgas_shared::identity::NodeRegistry;
-use vgas_shared::wire::{Heartbeat, SwarmPulse, TaskOutcome};
-use vgas_shared::{Encoding, WorkerId};
-use vgas_tests::{request, run_task, sh, wait_for, Swarm};
+use vgas_shared::wire::{Heartbeat, SubmitReply, SwarmPulse, TaskOutcome, WorkerResult};
+use vgas_shared::{Encoding, TaskId, WorkerId};
+use vgas_tests::{collect, request, run_task, sh, wait_for, Swarm, WAIT};
 
 /// A connection as `creds`, with the server's errors (permission violations) collected.
 async fn connect_as(

@@ -524,7 +524,7 @@ impl Worker {
     /// Stores the result in JetStream, retrying through a server restart. The message id
     /// makes a retried publish of the same attempt a duplicate JetStream drops.
     async fn publish_result(&self, r: &WorkerResult) {
-        let subject = self.cfg.conn.subjects.result(&r.task_id);
+        let subject = self.cfg.conn.subjects.result(&self.cfg.id, &r.task_id);
         let Ok(bytes) = encode(Encoding::MsgPack, r) else {
             return;
         };

@@ -195,6 +195,9 @@ impl Subjects {
             p.publish
                 .iter_mut()
                 .for_each(own(self.all_heartbeats(), self.heartbeat(node)));
+            p.publish
+                .iter_mut()
+                .for_each(own(self.all_results(), self.results_of(node)));
         }
         p
     }
@@ -209,7 +212,7 @@ mod tests {
         let s = Subjects::new("team.vgas").unwrap();
         let w = s.permissions(Role::Worker);
         assert!(w.subscribe.contains(&"team.vgas.worker.*.task".to_owned()));
-        assert!(w.publish.contains(&"team.vgas.result.*".to_owned()));
+        assert!(w.publish.contains(&"team.vgas.result.*.*".to_owned()));
         assert!(w.allow_responses);
         assert!(!w.publish.iter().any(|p| p == "team.vgas.task.submit"));
         let c = s.permissions(Role::Client);
@@ -227,6 +230,8 @@ mod tests {
         assert!(p.subscribe.contains(&"vgas.worker.a.task".to_owned()));
         assert!(p.subscribe.contains(&"vgas.worker.a.cancel".to_owned()));
         assert!(p.publish.contains(&"vgas.heartbeat.a".to_owned()));
+        assert!(p.publish.contains(&"vgas.result.a.*".to_owned()));
+        assert!(!p.publish.contains(&"vgas.result.*.*".to_owned()));
         assert!(!p
             .subscribe
             .iter()
