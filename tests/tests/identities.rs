@@ -117,13 +117,46 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
             "node a read an assignment of b"
         );
     }
+
+    // Results for b's task forged by a: on b's subject refused by the server; on a's own,
+    // claiming b or a, dropped by the master. The task ends once, with b's real result.
+    let id = TaskId::random();
+    let mut spec = sh("sleep 1; echo real");
+    spec.task_id = Some(id.clone());
+    let sub = client.subscribe(s.task_events(&id)).await.unwrap();
+    let _: SubmitReply = request(&client, s.submit(), &spec).await.unwrap();
+    let (wa, wb) = (WorkerId::parse("a").unwrap(), WorkerId::parse("b").unwrap());
+    for (subject, claims) in [
+        (s.result(&wb, &id), wb.clone()),
+        (s.result(&wa, &id), wb.clone()),
+        (s.result(&wa, &id), wa.clone()),
+    ] {
+        let forged = WorkerResult {
+            task_id: id.clone(),
+            attempt: 1,
+            worker: claims,
+            outcome: TaskOutcome::Exited { exit_code: 42 },
+            duration_ms: 1,
+            handed_back: false,
+        };
+        let bytes = vgas_shared::codec::encode(Encoding::MsgPack, &forged).unwrap();
+        spy.publish(subject, bytes.into()).await.unwrap();
+    }
+    spy.flush().await.unwrap();
+    let done = collect(sub, WAIT, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(done.finished_count(), 1, "{:?}", done.events);
+    assert_eq!(done.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert_eq!(done.stdout, "real\n");
+
     let violations = errors.lock().unwrap().clone();
     assert!(
         violations
             .iter()
             .filter(|e| e.contains("Permissions Violation"))
             .count()
-            >= 3,
+            >= 4,
         "{violations:?}"
     );
     let p: SwarmPulse = request(&client, s.status(), &()).await.unwrap();
