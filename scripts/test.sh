@@ -8,6 +8,9 @@ scripts/ensure-tools.sh
 # shellcheck disable=SC1091
 source .tools/env
 echo "nats-server: $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
+# The TLS test captures the server's traffic with tcpdump.
+scripts/ensure-apt.sh tcpdump \
+  || echo "warning: no tcpdump; the TLS capture test fails" >&2
 # The dashboard's browser test drives Debian's headless Chromium through chromedriver.
 scripts/ensure-apt.sh chromium chromium-driver:chromedriver \
   || echo "warning: no chromium; the dashboard's browser test fails in CI, skips elsewhere" >&2

@@ -7,15 +7,22 @@ use async_nats::ConnectOptions;
 use vgas_shared::config::{Credentials, Resolved};
 
 /// The connect options for `creds`: with an nkey the client signs the server's challenge (the
-/// seed never leaves this process); with a password it sends the password.
-pub fn auth_options(creds: Option<&Credentials>) -> ConnectOptions {
-    match creds {
+/// seed never leaves this process); with a password it sends the password. Credentials that
+/// carry the swarm's CA make the connection insist on TLS and trust only that CA.
+pub fn auth_options(creds: Option<&Credentials>) -> Result<ConnectOptions> {
+    let opts = match creds {
         Some(Credentials {
             seed: Some(seed), ..
         }) => ConnectOptions::with_nkey(seed.clone()),
         Some(c) => ConnectOptions::with_user_and_password(c.user.clone(), c.password.clone()),
         None => ConnectOptions::new(),
-    }
+    };
+    Ok(match creds.and_then(|c| c.ca.as_deref()) {
+        Some(ca) => opts
+            .tls_client_config(crate::tls::client_config(ca)?)
+            .require_tls(true),
+        None => opts,
+    })
 }
 
 /// Tries at the first connection: a server that is starting, or reloading its users (`vgas
@@ -32,7 +39,7 @@ pub async fn connect(cfg: &Resolved, name: &str) -> Result<async_nats::Client> {
     let mut pause = CONNECT_BACKOFF;
     let mut tries = 1;
     let failed = loop {
-        match auth_options(cfg.creds.as_ref())
+        match auth_options(cfg.creds.as_ref())?
             .name(name)
             .connect(cfg.nats_url.as_str())
             .await

@@ -21,26 +21,54 @@ pub struct InitReport {
     pub auth_conf: PathBuf,
     pub created: Vec<PathBuf>,
     pub kept: Vec<PathBuf>,
+    /// `tls.conf`, and whether it turns TLS on.
+    pub tls_conf: PathBuf,
+    pub tls: bool,
 }
 
-/// Creates missing credentials under `state_dir` and (re)writes `state_dir/auth.conf` from
-/// them. Existing credentials are kept, so running it again changes nothing.
-pub fn init(state_dir: &Path, subjects: &Subjects) -> Result<InitReport> {
+/// How `vgas init` sets up TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Leave TLS off: the server takes plain-text connections (on loopback only, or behind
+    /// another TLS layer).
+    #[arg(long)]
+    pub no_tls: bool,
+    /// A further name or address clients reach the server by, for its certificate
+    /// (repeatable; this host's name and addresses are always in it).
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
+    /// Make a new server certificate (after the host's name or addresses changed).
+    #[arg(long)]
+    pub renew_tls: bool,
+}
+
+/// Creates missing credentials under `state_dir`, the swarm's CA and server certificate
+/// (unless `--no-tls`), and (re)writes `auth.conf` and `tls.conf`. Existing credentials and
+/// certificates are kept, so running it again changes nothing; the credentials get the CA.
+pub fn init(state_dir: &Path, subjects: &Subjects, tls: &TlsArgs) -> Result<InitReport> {
     let creds_dir = state_dir.join("creds");
     fs::create_dir_all(&creds_dir).with_context(|| format!("create {}", creds_dir.display()))?;
     fs::set_permissions(&creds_dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restrict {}", creds_dir.display()))?;
+    let ca = crate::tls::ensure(state_dir, !tls.no_tls, &tls.tls_names, tls.renew_tls)?;
     let mut report = InitReport {
         auth_conf: state_dir.join("auth.conf"),
         created: Vec::new(),
         kept: Vec::new(),
+        tls_conf: crate::tls::TlsFiles::new(state_dir).conf,
+        tls: ca.is_some(),
     };
     for role in Role::ALL {
         let path = role.creds_path(state_dir);
         if path.exists() {
+            let mut creds = Credentials::load(&path)?;
+            if creds.ca != ca {
+                creds.ca = ca.clone();
+                write_creds(&path, &creds)?;
+            }
             report.kept.push(path);
         } else {
-            write_creds(&path, &new_nkey(None))?;
+            write_creds(&path, &new_nkey(None, ca.clone()))?;
             report.created.push(path);
         }
     }
@@ -49,13 +77,14 @@ pub fn init(state_dir: &Path, subjects: &Subjects) -> Result<InitReport> {
 }
 
 /// A fresh nkey identity: the public key as its user, the seed to sign with.
-pub(crate) fn new_nkey(node: Option<String>) -> Credentials {
+pub(crate) fn new_nkey(node: Option<String>, ca: Option<String>) -> Credentials {
     let kp = nkeys::KeyPair::new_user();
     Credentials {
         user: kp.public_key(),
         password: String::new(),
         seed: Some(kp.seed().expect("a generated key pair has its seed")),
         node,
+        ca,
     }
 }
 
@@ -169,10 +198,10 @@ mod tests {
     fn init_is_idempotent_and_private() {
         let dir = tempfile::tempdir().unwrap();
         let s = Subjects::default();
-        let first = init(dir.path(), &s).unwrap();
+        let first = init(dir.path(), &s, &TlsArgs::default()).unwrap();
         assert_eq!(first.created.len(), 3);
         let conf1 = fs::read_to_string(&first.auth_conf).unwrap();
-        let second = init(dir.path(), &s).unwrap();
+        let second = init(dir.path(), &s, &TlsArgs::default()).unwrap();
         assert!(second.created.is_empty());
         assert_eq!(conf1, fs::read_to_string(&second.auth_conf).unwrap());
         for p in first.created.iter().chain([&first.auth_conf]) {

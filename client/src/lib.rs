@@ -15,6 +15,7 @@ pub mod farm;
 pub mod http;
 pub mod init;
 pub mod nodes;
+pub mod tls;
 pub mod toolchain;
 
 pub use api::Swarm;

@@ -118,6 +118,10 @@ pub struct Credentials {
     /// its grants name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The swarm's CA certificate (PEM, public) when its server takes TLS: the process then
+    /// insists on TLS and trusts only this CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -127,6 +131,7 @@ impl std::fmt::Debug for Credentials {
             .field("password", &"<redacted>")
             .field("seed", &self.seed.as_ref().map(|_| "<redacted>"))
             .field("node", &self.node)
+            .field("tls", &self.ca.is_some())
             .finish()
     }
 }
@@ -208,6 +213,7 @@ mod tests {
             password: "s3cret".into(),
             seed: Some("SUseed".into()),
             node: None,
+            ca: None,
         };
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!format!("{c:?}").contains("SUseed"));

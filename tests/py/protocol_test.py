@@ -1,12 +1,14 @@
 """The documented JSON protocol, spoken by a plain NATS client (nats-py), no vgas code involved.
 
 Each check is what a `nats` CLI user types (see docs/protocol.md). Run by tests/tests/json_clients.rs
-against a real swarm; needs VGAS_NATS_URL and VGAS_NKEY_SEED (the client role's nkey seed).
+against a real swarm; needs VGAS_NATS_URL and VGAS_NKEY_SEED (the client role's nkey seed), and
+VGAS_CA_FILE when the server takes TLS.
 """
 
 import asyncio
 import json
 import os
+import ssl
 import sys
 import uuid
 
@@ -163,8 +165,11 @@ async def errors(nc):
 
 
 async def main():
+    # With TLS (VGAS_CA_FILE: the swarm's CA, as `vgas init` writes it), trust only that CA.
+    ca = os.environ.get("VGAS_CA_FILE")
+    tls = ssl.create_default_context(cafile=ca) if ca else None
     nc = await nats.connect(os.environ["VGAS_NATS_URL"], nkeys_seed_str=os.environ["VGAS_NKEY_SEED"],
-                            max_reconnect_attempts=0)
+                            tls=tls, max_reconnect_attempts=0)
     passed = failed = 0
     for name, fn in checks:
         try:

@@ -193,15 +193,36 @@ impl Swarm {
         Self::start_on(None).await
     }
 
-    /// Starts nats-server on `host` (a namespace), or on this machine.
+    /// Starts nats-server on `host` (a namespace), or on this machine. TLS is off (`vgas
+    /// init --no-tls`) unless `VGAS_TEST_TLS=1` runs the suite with it; the TLS tests ask for
+    /// it with [`Swarm::start_tls_on`].
     pub async fn start_on(host: Option<netns::Host>) -> Result<Swarm> {
+        let tls = std::env::var("VGAS_TEST_TLS").is_ok_and(|v| v == "1");
+        Self::start_with(host, tls).await
+    }
+
+    /// Starts nats-server with TLS from `vgas init` (its certificate also names `host`'s
+    /// address).
+    pub async fn start_tls_on(host: Option<netns::Host>) -> Result<Swarm> {
+        Self::start_with(host, true).await
+    }
+
+    async fn start_with(host: Option<netns::Host>, tls: bool) -> Result<Swarm> {
         let mut dir = tempfile::Builder::new().prefix("vgas-test-").tempdir()?;
         std::fs::copy(repo_root().join("nats.conf"), dir.path().join("nats.conf"))?;
-        let out = Command::new(bin("vgas"))
-            .args(["init", "--state-dir"])
-            .arg(dir.path().join(".vgas"))
-            .output()
-            .context("run vgas init")?;
+        let mut init = Command::new(bin("vgas"));
+        init.args(["init", "--state-dir"])
+            .arg(dir.path().join(".vgas"));
+        match (&host, tls) {
+            (_, false) => {
+                init.arg("--no-tls");
+            }
+            (Some(h), true) => {
+                init.args(["--tls-name", &h.addr.to_string()]);
+            }
+            (None, true) => {}
+        }
+        let out = init.output().context("run vgas init")?;
         if !out.status.success() {
             bail!("vgas init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -486,7 +507,7 @@ impl Swarm {
     /// Connects as `role`.
     pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
         let c = self.creds(role);
-        Ok(vgas_client::connect::auth_options(Some(&c))
+        Ok(vgas_client::connect::auth_options(Some(&c))?
             .connect(self.url())
             .await?)
     }

@@ -20,7 +20,7 @@ async fn connect_as(
 ) -> anyhow::Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = errors.clone();
-    let client = vgas_client::connect::auth_options(Some(creds))
+    let client = vgas_client::connect::auth_options(Some(creds))?
         .max_reconnects(Some(1))
         .event_callback(move |ev| {
             let sink = sink.clone();

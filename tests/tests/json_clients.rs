@@ -18,7 +18,11 @@ async fn a_plain_nats_client_speaks_the_documented_json() {
     );
     let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 2)]).await.unwrap();
     let creds = swarm.creds(Role::Client);
-    let out = tokio::process::Command::new(&python)
+    let mut py = tokio::process::Command::new(&python);
+    if creds.ca.is_some() {
+        py.env("VGAS_CA_FILE", swarm.state_dir().join("tls/ca.pem"));
+    }
+    let out = py
         .arg(repo_root().join("tests/py/protocol_test.py"))
         .env("VGAS_NATS_URL", swarm.url())
         .env(

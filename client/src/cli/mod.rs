@@ -36,8 +36,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Create the swarm's NATS users and the server's auth.conf (idempotent).
-    Init,
+    /// Create the swarm's NATS keys, CA and server certificate, and the server's auth.conf
+    /// and tls.conf (idempotent).
+    Init(crate::init::TlsArgs),
     /// Node identities: one NATS key per worker or master host (run where `vgas init` ran).
     #[command(subcommand)]
     Node(NodeCmd),
@@ -119,8 +120,8 @@ pub fn print_stdout(text: &str) -> Result<()> {
 pub async fn run(cli: Cli) -> Result<i32> {
     let conn = cli.common.resolve(Role::Client)?;
     let cmd = match cli.cmd {
-        Cmd::Init => {
-            let report = crate::init::init(&conn.state_dir, &conn.subjects)?;
+        Cmd::Init(tls) => {
+            let report = crate::init::init(&conn.state_dir, &conn.subjects, &tls)?;
             for p in &report.created {
                 println!("created {}", p.display());
             }
@@ -128,6 +129,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 println!("kept    {}", p.display());
             }
             println!("wrote   {}", report.auth_conf.display());
+            let tls = if report.tls { "on" } else { "off" };
+            println!("wrote   {} (TLS {tls})", report.tls_conf.display());
             return Ok(0);
         }
         Cmd::Node(cmd) => {
@@ -163,7 +166,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let client = crate::connect::connect(&conn, "vgas-cli").await?;
     let swarm = Swarm::new(client, conn.subjects.clone());
     let code = match cmd {
-        Cmd::Init | Cmd::Node(_) | Cmd::Discover { .. } | Cmd::Vault { .. } => {
+        Cmd::Init(_) | Cmd::Node(_) | Cmd::Discover { .. } | Cmd::Vault { .. } => {
             unreachable!("handled above")
         }
         Cmd::Usage { json } => usage::run(&swarm, json).await?,
