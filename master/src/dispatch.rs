@@ -505,16 +505,12 @@ impl Dispatcher {
             .collect();
         let refs: Vec<&TaskRecord> = records.iter().map(AsRef::as_ref).collect();
         let written = self.store.put_all(&refs).await;
-        for ((f, w), later) in finishing.iter().zip(written).zip(later) {
-            match (w, later) {
-                (Err(e), _) => {
-                    warn!(task_id = %f.rec.task_id, "could not record the final result: {e:#}")
-                }
-                (Ok(()), Some(permit)) => {
-                    permit.send(f.rec.without_spec(now));
-                }
-                (Ok(()), None) => {}
+        let mut recorded = Vec::with_capacity(finishing.len());
+        for (f, w) in finishing.iter().zip(written) {
+            if let Err(e) = &w {
+                warn!(task_id = %f.rec.task_id, "could not record the final result: {e:#}");
             }
+            recorded.push(w.is_ok());
             // Observed before it is announced: whoever reacts to the event finds it done.
             if let TaskEvent::Finished {
                 outcome, worker, ..
@@ -524,6 +520,12 @@ impl Dispatcher {
             }
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
             self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
+        }
+        // After the announcements (they come first): the records whose specs go later.
+        for ((f, ok), later) in finishing.iter().zip(recorded).zip(later) {
+            if let (true, Some(permit)) = (ok, later) {
+                permit.send(f.rec.without_spec(now));
+            }
         }
         for done in self.recorded.drain(..) {
             let _ = done.send(());
