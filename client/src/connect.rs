@@ -17,10 +17,13 @@ pub fn auth_options(creds: Option<&Credentials>) -> Result<ConnectOptions> {
         Some(c) => ConnectOptions::with_user_and_password(c.user.clone(), c.password.clone()),
         None => ConnectOptions::new(),
     };
-    Ok(match creds.and_then(|c| c.ca.as_deref()) {
-        Some(ca) => opts
-            .tls_client_config(crate::tls::client_config(ca)?)
-            .require_tls(true),
+    let Some(c) = creds else { return Ok(opts) };
+    Ok(match c.ca.as_deref() {
+        Some(ca) => {
+            let client = c.cert.as_deref().zip(c.key.as_deref());
+            opts.tls_client_config(crate::tls::client_config(ca, client)?)
+                .require_tls(true)
+        }
         None => opts,
     })
 }

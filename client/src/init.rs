@@ -40,6 +40,10 @@ pub struct TlsArgs {
     /// Make a new server certificate (after the host's name or addresses changed).
     #[arg(long)]
     pub renew_tls: bool,
+    /// Mutual TLS: the server also asks every client for a certificate from the swarm's CA,
+    /// which each credentials file then carries.
+    #[arg(long, conflicts_with = "no_tls")]
+    pub mutual_tls: bool,
 }
 
 /// Creates missing credentials under `state_dir`, the swarm's CA and server certificate
@@ -50,7 +54,7 @@ pub fn init(state_dir: &Path, subjects: &Subjects, tls: &TlsArgs) -> Result<Init
     fs::create_dir_all(&creds_dir).with_context(|| format!("create {}", creds_dir.display()))?;
     fs::set_permissions(&creds_dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restrict {}", creds_dir.display()))?;
-    let ca = crate::tls::ensure(state_dir, !tls.no_tls, &tls.tls_names, tls.renew_tls)?;
+    let ca = crate::tls::ensure(state_dir, tls)?;
     let mut report = InitReport {
         auth_conf: state_dir.join("auth.conf"),
         created: Vec::new(),
@@ -62,13 +66,17 @@ pub fn init(state_dir: &Path, subjects: &Subjects, tls: &TlsArgs) -> Result<Init
         let path = role.creds_path(state_dir);
         if path.exists() {
             let mut creds = Credentials::load(&path)?;
-            if creds.ca != ca {
-                creds.ca = ca.clone();
+            let before = (creds.ca.clone(), creds.cert.is_some());
+            creds.ca = ca.clone();
+            crate::tls::give_client_cert(state_dir, &mut creds)?;
+            if before != (creds.ca.clone(), creds.cert.is_some()) {
                 write_creds(&path, &creds)?;
             }
             report.kept.push(path);
         } else {
-            write_creds(&path, &new_nkey(None, ca.clone()))?;
+            let mut creds = new_nkey(None, ca.clone());
+            crate::tls::give_client_cert(state_dir, &mut creds)?;
+            write_creds(&path, &creds)?;
             report.created.push(path);
         }
     }
@@ -85,6 +93,8 @@ pub(crate) fn new_nkey(node: Option<String>, ca: Option<String>) -> Credentials 
         seed: Some(kp.seed().expect("a generated key pair has its seed")),
         node,
         ca,
+        cert: None,
+        key: None,
     }
 }
 

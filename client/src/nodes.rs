@@ -56,7 +56,8 @@ pub fn add(
         };
         bail!("node {name} {state}: pick another name");
     }
-    let creds = new_nkey(Some(name.to_string()), crate::tls::current_ca(state_dir)?);
+    let mut creds = new_nkey(Some(name.to_string()), crate::tls::current_ca(state_dir)?);
+    crate::tls::give_client_cert(state_dir, &mut creds)?;
     let path = NodeRegistry::creds_path(state_dir, name);
     write_creds(&path, &creds)?;
     reg.nodes.push(NodeEntry {

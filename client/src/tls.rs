@@ -60,14 +60,10 @@ impl TlsFiles {
 /// Makes what is missing (the CA; the server certificate, or a new one with `renew`) and
 /// writes `tls.conf`; returns the CA certificate (PEM) to put in credentials files. With
 /// `enabled` false, writes a `tls.conf` that turns TLS off and returns `None`.
-pub fn ensure(
-    state_dir: &Path,
-    enabled: bool,
-    extra_names: &[String],
-    renew: bool,
-) -> Result<Option<String>> {
+pub fn ensure(state_dir: &Path, args: &crate::init::TlsArgs) -> Result<Option<String>> {
+    let (extra_names, renew) = (&args.tls_names, args.renew_tls);
     let files = TlsFiles::new(state_dir);
-    if !enabled {
+    if args.no_tls {
         write_private(
             &files.conf,
             b"# Written by `vgas init --no-tls`: the server takes plain-text connections.\n",
@@ -109,10 +105,19 @@ pub fn ensure(
     }
     // Absolute paths: nats-server resolves them against its working directory.
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    // Mutual TLS: every client shows a certificate from the same CA.
+    let mutual = if args.mutual_tls {
+        format!(
+            "  ca_file: \"{}\"\n  verify: true\n",
+            abs(&files.ca_cert).display()
+        )
+    } else {
+        String::new()
+    };
     let conf = format!(
         "# Written by `vgas init`: the server takes TLS connections only, with a certificate\n\
          # from the swarm's own CA (tls/ca.pem, which every credentials file carries).\n\
-         tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: {HANDSHAKE_TIMEOUT_S}\n}}\n",
+         tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: {HANDSHAKE_TIMEOUT_S}\n{mutual}}}\n",
         abs(&files.server_cert).display(),
         abs(&files.server_key).display(),
     );
@@ -120,6 +125,40 @@ pub fn ensure(
     fs::read_to_string(&files.ca_cert)
         .map(Some)
         .with_context(|| format!("read {}", files.ca_cert.display()))
+}
+
+/// Gives `creds` a client certificate from the swarm's CA (named after its user) when the
+/// server asks for one (`verify: true` in `tls.conf`) and it has none.
+pub fn give_client_cert(
+    state_dir: &Path,
+    creds: &mut vgas_shared::config::Credentials,
+) -> Result<()> {
+    let files = TlsFiles::new(state_dir);
+    let mutual = fs::read_to_string(&files.conf).is_ok_and(|c| c.contains("verify: true"));
+    if !mutual || creds.cert.is_some() {
+        return Ok(());
+    }
+    let ca_key_pem = fs::read_to_string(&files.ca_key)
+        .with_context(|| format!("read {}", files.ca_key.display()))?;
+    let issuer = Issuer::new(
+        ca_params()?,
+        KeyPair::from_pem(&ca_key_pem).context("the CA key")?,
+    );
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, creds.user.as_str());
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    valid_for(&mut params, SERVER_DAYS);
+    let key = KeyPair::generate().context("generate a client key")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("sign a client certificate")?;
+    creds.cert = Some(cert.pem());
+    creds.key = Some(key.serialize_pem());
+    Ok(())
 }
 
 /// The CA certificate when the swarm's `tls.conf` turns TLS on (what `vgas node add` puts in
@@ -183,8 +222,9 @@ fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("chmod {}", path.display()))
 }
 
-/// A TLS client configuration that trusts only `ca_pem` (the swarm's CA).
-pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
+/// A TLS client configuration that trusts only `ca_pem` (the swarm's CA) and presents
+/// `client` (certificate and key, PEM) when given.
+pub fn client_config(ca_pem: &str, client: Option<(&str, &str)>) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
@@ -195,11 +235,21 @@ pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
         anyhow::bail!("the credentials' CA holds no certificate");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    let Some((cert, key)) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the client certificate in the credentials")?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .context("the client key in the credentials")?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .context("the client certificate in the credentials")
 }
 
 #[cfg(test)]
@@ -209,7 +259,13 @@ mod tests {
     #[test]
     fn init_makes_a_ca_and_a_server_certificate_it_signs() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = ensure(dir.path(), true, &["nats.example".into()], false)
+        let args = |names: &[&str], renew: bool, no_tls: bool| crate::init::TlsArgs {
+            no_tls,
+            tls_names: names.iter().map(|n| n.to_string()).collect(),
+            renew_tls: renew,
+            mutual_tls: false,
+        };
+        let ca = ensure(dir.path(), &args(&["nats.example"], false, false))
             .unwrap()
             .unwrap();
         let files = TlsFiles::new(dir.path());
@@ -224,16 +280,28 @@ mod tests {
         assert_eq!(mode(&files.ca_key), 0o600);
         assert_eq!(mode(&files.server_key), 0o600);
         assert_eq!(mode(&files.ca_cert), 0o644);
-        client_config(&ca).unwrap();
+        client_config(&ca, None).unwrap();
         // Kept on a second run; a renewal replaces the server certificate only.
         let before = fs::read(&files.server_cert).unwrap();
-        assert_eq!(ensure(dir.path(), true, &[], false).unwrap().unwrap(), ca);
+        assert_eq!(
+            ensure(dir.path(), &args(&[], false, false))
+                .unwrap()
+                .unwrap(),
+            ca
+        );
         assert_eq!(fs::read(&files.server_cert).unwrap(), before);
-        assert_eq!(ensure(dir.path(), true, &[], true).unwrap().unwrap(), ca);
+        assert_eq!(
+            ensure(dir.path(), &args(&[], true, false))
+                .unwrap()
+                .unwrap(),
+            ca
+        );
         assert_ne!(fs::read(&files.server_cert).unwrap(), before);
         // Off: the fragment turns nothing on.
-        assert!(ensure(dir.path(), false, &[], false).unwrap().is_none());
+        assert!(ensure(dir.path(), &args(&[], false, true))
+            .unwrap()
+            .is_none());
         assert!(!fs::read_to_string(&files.conf).unwrap().contains("tls {"));
-        assert!(client_config("not a pem").is_err());
+        assert!(client_config("not a pem", None).is_err());
     }
 }

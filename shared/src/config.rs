@@ -122,6 +122,12 @@ pub struct Credentials {
     /// insists on TLS and trusts only this CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// A client certificate from the swarm's CA and its key (PEM), presented when the server
+    /// asks for one (`vgas init --mutual-tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -132,6 +138,7 @@ impl std::fmt::Debug for Credentials {
             .field("seed", &self.seed.as_ref().map(|_| "<redacted>"))
             .field("node", &self.node)
             .field("tls", &self.ca.is_some())
+            .field("client_cert", &self.cert.is_some())
             .finish()
     }
 }
@@ -214,9 +221,12 @@ mod tests {
             seed: Some("SUseed".into()),
             node: None,
             ca: None,
+            cert: None,
+            key: Some("-----BEGIN PRIVATE KEY-----".into()),
         };
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!format!("{c:?}").contains("SUseed"));
+        assert!(!format!("{c:?}").contains("PRIVATE"));
     }
 }
 

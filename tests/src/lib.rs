@@ -198,21 +198,27 @@ impl Swarm {
     /// it with [`Swarm::start_tls_on`].
     pub async fn start_on(host: Option<netns::Host>) -> Result<Swarm> {
         let tls = std::env::var("VGAS_TEST_TLS").is_ok_and(|v| v == "1");
-        Self::start_with(host, tls).await
+        Self::start_with(host, tls, &[]).await
     }
 
     /// Starts nats-server with TLS from `vgas init` (its certificate also names `host`'s
     /// address).
     pub async fn start_tls_on(host: Option<netns::Host>) -> Result<Swarm> {
-        Self::start_with(host, true).await
+        Self::start_with(host, true, &[]).await
     }
 
-    async fn start_with(host: Option<netns::Host>, tls: bool) -> Result<Swarm> {
+    /// Starts nats-server with TLS and these further `vgas init` arguments (`--mutual-tls`).
+    pub async fn start_tls_with(host: Option<netns::Host>, init_args: &[&str]) -> Result<Swarm> {
+        Self::start_with(host, true, init_args).await
+    }
+
+    async fn start_with(host: Option<netns::Host>, tls: bool, init_args: &[&str]) -> Result<Swarm> {
         let mut dir = tempfile::Builder::new().prefix("vgas-test-").tempdir()?;
         std::fs::copy(repo_root().join("nats.conf"), dir.path().join("nats.conf"))?;
         let mut init = Command::new(bin("vgas"));
         init.args(["init", "--state-dir"])
-            .arg(dir.path().join(".vgas"));
+            .arg(dir.path().join(".vgas"))
+            .args(init_args);
         match (&host, tls) {
             (_, false) => {
                 init.arg("--no-tls");

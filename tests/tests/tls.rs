@@ -132,3 +132,41 @@ async fn off_loopback_plain_text_is_refused_and_nothing_travels_in_clear() {
         .await;
     assert!(untrusting.is_err(), "connected without the swarm's CA");
 }
+
+#[tokio::test]
+async fn with_mutual_tls_a_client_needs_its_certificate_too() {
+    let mut swarm = Swarm::start_tls_with(None, &["--mutual-tls"])
+        .await
+        .unwrap();
+    let conf = std::fs::read_to_string(swarm.state_dir().join("tls.conf")).unwrap();
+    assert!(conf.contains("verify: true"), "{conf}");
+    let _master = swarm.master(&[]).unwrap();
+    let _worker = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let c = run_task(&client, &swarm.subjects, sh("echo mutual"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.stdout, "mutual\n");
+    // A node issued now gets a certificate too.
+    let out = swarm.cli(&["node", "add", "worker", "n1"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node =
+        vgas_shared::config::Credentials::load(&swarm.state_dir().join("creds/nodes/n1.creds"))
+            .unwrap();
+    assert!(node.cert.is_some() && node.key.is_some());
+    // The right key and CA but no client certificate: refused.
+    let mut creds = swarm.creds(Role::Client);
+    assert!(creds.cert.is_some());
+    creds.cert = None;
+    creds.key = None;
+    let bare = vgas_client::connect::auth_options(Some(&creds))
+        .unwrap()
+        .connect(swarm.url())
+        .await;
+    assert!(bare.is_err(), "connected without a client certificate");
+}
