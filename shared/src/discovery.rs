@@ -51,6 +51,27 @@ pub struct Advert {
     pub http_port: Option<u16>,
     /// Worker only: a short capability summary (`slots=4 caps=gcc,make`).
     pub summary: String,
+    /// Master only, when its server takes TLS: the swarm CA's fingerprint
+    /// ([`ca_fingerprint`]), so a worker sees at once whether its credentials trust this
+    /// server. Public, like the certificate it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+}
+
+/// `sha256:<hex>` of the first certificate's DER bytes in `pem`; `None` when there is none.
+pub fn ca_fingerprint(pem: &str) -> Option<String> {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()?;
+    (!der.is_empty()).then(|| format!("sha256:{}", hex::encode(Sha256::digest(der))))
 }
 
 /// The placeholder for "the address the advert came from" in advertised URLs.
@@ -71,6 +92,9 @@ impl Advert {
         }
         if !self.summary.is_empty() {
             p.insert("summary".into(), self.summary.clone());
+        }
+        if let Some(ca) = &self.ca {
+            p.insert("ca".into(), ca.clone());
         }
         p
     }
@@ -98,6 +122,7 @@ impl Advert {
                 .unwrap_or_default(),
             http_port: p.get("http").and_then(|s| s.parse().ok()),
             summary: p.get("summary").cloned().unwrap_or_default(),
+            ca: p.get("ca").cloned(),
         })
     }
 
@@ -123,15 +148,17 @@ impl Advert {
         out
     }
 
-    /// Why a worker of `cluster` must not join the master behind this advert; `None` when
-    /// it may.
-    pub fn refusal(&self, cluster: &str) -> Option<JoinRefusal> {
+    /// Why a worker of `cluster`, whose credentials trust the CA with fingerprint `ca` (none:
+    /// no TLS), must not join the master behind this advert; `None` when it may.
+    pub fn refusal(&self, cluster: &str, ca: Option<&str>) -> Option<JoinRefusal> {
         if self.mode != ClientMode::Master {
             Some(JoinRefusal::NotAMaster)
         } else if self.cluster != cluster {
             Some(JoinRefusal::OtherCluster)
         } else if self.proto != PROTOCOL_VERSION {
             Some(JoinRefusal::OtherProtocol)
+        } else if self.ca.as_deref() != ca {
+            Some(JoinRefusal::OtherTls)
         } else {
             None
         }
@@ -160,6 +187,9 @@ pub enum JoinRefusal {
     OtherProtocol,
     /// Same cluster and version, but it has not joined: most likely it cannot connect.
     NotConnected,
+    /// Its server's TLS is not what these credentials trust: another CA, or TLS on one side
+    /// only.
+    OtherTls,
 }
 
 impl JoinRefusal {
@@ -169,6 +199,7 @@ impl JoinRefusal {
             JoinRefusal::OtherCluster => "other cluster",
             JoinRefusal::OtherProtocol => "other protocol version",
             JoinRefusal::NotConnected => "cannot connect (advertised, not joined)",
+            JoinRefusal::OtherTls => "other TLS CA (or TLS on one side only)",
         }
     }
 }
@@ -216,6 +247,7 @@ mod tests {
             nats_urls: vec!["nats://{host}:4222".into()],
             http_port: Some(8222),
             summary: String::new(),
+            ca: None,
         }
     }
 
@@ -240,18 +272,33 @@ mod tests {
 
     #[test]
     fn join_rules() {
-        assert_eq!(master("lab", PROTOCOL_VERSION).refusal("lab"), None);
+        assert_eq!(master("lab", PROTOCOL_VERSION).refusal("lab", None), None);
+        let tls = Advert {
+            ca: Some("sha256:aa".into()),
+            ..master("lab", PROTOCOL_VERSION)
+        };
+        assert_eq!(tls.refusal("lab", Some("sha256:aa")), None);
         assert_eq!(
-            master("other", PROTOCOL_VERSION).refusal("lab"),
+            tls.refusal("lab", Some("sha256:bb")),
+            Some(JoinRefusal::OtherTls)
+        );
+        assert_eq!(tls.refusal("lab", None), Some(JoinRefusal::OtherTls));
+        assert_eq!(
+            master("lab", PROTOCOL_VERSION).refusal("lab", Some("sha256:aa")),
+            Some(JoinRefusal::OtherTls)
+        );
+        assert_eq!(Advert::from_properties(&tls.to_properties()), Some(tls));
+        assert_eq!(
+            master("other", PROTOCOL_VERSION).refusal("lab", None),
             Some(JoinRefusal::OtherCluster)
         );
         assert_eq!(
-            master("lab", 99).refusal("lab"),
+            master("lab", 99).refusal("lab", None),
             Some(JoinRefusal::OtherProtocol)
         );
         let mut w = master("lab", 1);
         w.mode = ClientMode::Slave;
-        assert_eq!(w.refusal("lab"), Some(JoinRefusal::NotAMaster));
+        assert_eq!(w.refusal("lab", None), Some(JoinRefusal::NotAMaster));
     }
 }
 
@@ -270,6 +317,7 @@ mod wire_tests {
                 nats_urls: vec![],
                 http_port: None,
                 summary: "slots=1".into(),
+                ca: None,
             },
             addresses: vec!["10.0.0.1".parse().unwrap(), "fe80::1".parse().unwrap()],
             not_joined: Some(JoinRefusal::OtherCluster),

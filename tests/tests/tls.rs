@@ -170,3 +170,39 @@ async fn with_mutual_tls_a_client_needs_its_certificate_too() {
         .await;
     assert!(bare.is_err(), "connected without a client certificate");
 }
+
+#[tokio::test]
+async fn a_worker_finds_a_tls_master_by_mdns_and_one_without_its_ca_says_why_it_stays_out() {
+    let Some(lan) = Lan::new(3).unwrap() else {
+        return;
+    };
+    let (h0, h1, h2) = (lan.host(0).clone(), lan.host(1).clone(), lan.host(2).clone());
+    let mut swarm = Swarm::start_tls_on(Some(h0.clone())).await.unwrap();
+    let _master = swarm
+        .spawn_at(Placement::On(&h0), "master", "vgas-master", &[], &[])
+        .unwrap();
+    // No URL: the advert gives the address and the CA's fingerprint, the credentials the CA.
+    let _w1 = swarm
+        .worker_at(Placement::Discover(&h1), "w1", &["--slots", "1"])
+        .unwrap();
+    // Credentials without the CA (a plain-text swarm's): this master is not for it.
+    let mut plain = swarm.creds(Role::Worker);
+    plain.ca = None;
+    let plain_path = swarm.dir.path().join("plain-worker.creds");
+    std::fs::write(&plain_path, toml::to_string(&plain).unwrap()).unwrap();
+    let plain_path = plain_path.display().to_string();
+    let w2 = swarm
+        .worker_at(Placement::Discover(&h2), "w2", &["--creds", &plain_path])
+        .unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let c = run_task(&client, &swarm.subjects, sh("echo found"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.stdout, "found\n");
+    wait_for("w2 to say why it stays out", Duration::from_secs(15), || async {
+        w2.log_text().contains("other TLS CA").then_some(())
+    })
+    .await
+    .unwrap();
+}

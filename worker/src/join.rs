@@ -36,9 +36,10 @@ struct Masters {
 }
 
 impl Masters {
-    fn apply(&mut self, seen: Seen, cluster: &str) {
+    /// `ca`: the fingerprint of the CA this worker's credentials trust (none: no TLS).
+    fn apply(&mut self, seen: Seen, cluster: &str, ca: Option<&str>) {
         match seen {
-            Seen::Up { fullname, node } => match node.advert.refusal(cluster) {
+            Seen::Up { fullname, node } => match node.advert.refusal(cluster, ca) {
                 None => {
                     let urls = node.advert.urls_from(&node.addresses);
                     if !urls.is_empty() {
@@ -85,6 +86,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
             nats_urls: Vec::new(),
             http_port: None,
             summary: format!("slots={} caps={}", cfg.slots, cfg.capabilities.join(",")),
+            ca: None,
         };
         if let Err(e) = d.broadcast_presence(&advert, 0) {
             warn!("could not announce this worker: {e}");
@@ -126,6 +128,12 @@ async fn discovered(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let cluster = cfg.conn.cluster.clone();
+    let ca = cfg
+        .conn
+        .creds
+        .as_ref()
+        .and_then(|c| c.ca.as_deref())
+        .and_then(vgas_shared::discovery::ca_fingerprint);
     let mut masters = Masters::default();
     info!(cluster = %cluster, "no NATS URL given: looking for a master by mDNS");
     loop {
@@ -137,7 +145,7 @@ async fn discovered(
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 ev = seen.recv() => match ev {
-                    Some(ev) => masters.apply(ev, &cluster),
+                    Some(ev) => masters.apply(ev, &cluster, ca.as_deref()),
                     None => anyhow::bail!("mDNS browsing stopped"),
                 },
                 _ = tokio::time::sleep(MOVE_AFTER_DISCONNECT) => {}
@@ -156,7 +164,7 @@ async fn discovered(
             tokio::select! {
                 _ = shutdown.cancelled() => break false,
                 r = &mut serving, if served.is_none() => served = Some(r),
-                ev = seen.recv() => if let Some(ev) = ev { masters.apply(ev, &cluster) },
+                ev = seen.recv() => if let Some(ev) = ev { masters.apply(ev, &cluster, ca.as_deref()) },
                 _ = tick.tick() => {
                     down_for = if client.connection_state() == State::Connected { Duration::ZERO } else { down_for + WATCH_INTERVAL };
                     if down_for >= MOVE_AFTER_DISCONNECT && !masters.urls().is_empty() {

@@ -58,16 +58,21 @@ pub async fn run(conn: &Resolved, wait: std::time::Duration, json: bool) -> anyh
         "{:<7} {:<30} {:<12} {:<32} STATE",
         "MODE", "NODE", "CLUSTER", "ADDRESSES"
     );
+    let ca = conn
+        .creds
+        .as_ref()
+        .and_then(|c| c.ca.as_deref())
+        .and_then(vgas_shared::discovery::ca_fingerprint);
     for n in &list {
         let addrs: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
         let state = match (n.advert.mode, n.not_joined, &live) {
-            (ClientMode::Master, _, _) if n.advert.refusal(&conn.cluster).is_some() => {
-                "other cluster or version".to_string()
-            }
-            (ClientMode::Master, _, _) => format!(
-                "master of this cluster, NATS {}",
-                n.advert.urls_from(&n.addresses).join(" ")
-            ),
+            (ClientMode::Master, _, _) => match n.advert.refusal(&conn.cluster, ca.as_deref()) {
+                Some(why) => why.describe().to_string(),
+                None => format!(
+                    "master of this cluster, NATS {}",
+                    n.advert.urls_from(&n.addresses).join(" ")
+                ),
+            },
             (_, Some(why), _) => why.describe().to_string(),
             (_, None, Some(_)) => "joined".to_string(),
             (_, None, None) => "unknown (no master reachable from here)".to_string(),
