@@ -83,25 +83,14 @@ pub fn ensure(state_dir: &Path, args: &crate::init::TlsArgs) -> Result<Option<St
         write_public(&files.ca_cert, cert.pem().as_bytes())?;
     }
     if renew || !files.server_cert.exists() || !files.server_key.exists() {
-        let ca_key_pem = fs::read_to_string(&files.ca_key)
-            .with_context(|| format!("read {}", files.ca_key.display()))?;
-        let ca_key = KeyPair::from_pem(&ca_key_pem).context("the CA key")?;
-        // The issuer is the CA's name and key: the same parameters it was made from.
-        let issuer = Issuer::new(ca_params()?, ca_key);
-        let mut params = CertificateParams::new(server_names(extra_names))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "vgas nats-server");
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        valid_for(&mut params, SERVER_DAYS);
-        let key = KeyPair::generate().context("generate the server key")?;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .context("sign the server certificate")?;
-        write_private(&files.server_key, key.serialize_pem().as_bytes())?;
-        write_public(&files.server_cert, cert.pem().as_bytes())?;
+        let (cert, key) = leaf(
+            &files,
+            server_names(extra_names),
+            "vgas nats-server",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        write_private(&files.server_key, key.as_bytes())?;
+        write_public(&files.server_cert, cert.as_bytes())?;
     }
     // Absolute paths: nats-server resolves them against its working directory.
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -138,27 +127,43 @@ pub fn give_client_cert(
     if !mutual || creds.cert.is_some() {
         return Ok(());
     }
+    let (cert, key) = leaf(
+        &files,
+        Vec::new(),
+        &creds.user,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
+    creds.cert = Some(cert);
+    creds.key = Some(key);
+    Ok(())
+}
+
+/// A certificate the swarm's CA signs for `names` (subject alternative names), named `cn`,
+/// for `usage` (server or client): its PEM and its new key's PEM.
+fn leaf(
+    files: &TlsFiles,
+    names: Vec<String>,
+    cn: &str,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<(String, String)> {
     let ca_key_pem = fs::read_to_string(&files.ca_key)
         .with_context(|| format!("read {}", files.ca_key.display()))?;
+    // The issuer is the CA's name and key: the same parameters it was made from.
     let issuer = Issuer::new(
         ca_params()?,
         KeyPair::from_pem(&ca_key_pem).context("the CA key")?,
     );
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, creds.user.as_str());
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, cn);
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![usage];
     valid_for(&mut params, SERVER_DAYS);
-    let key = KeyPair::generate().context("generate a client key")?;
+    let key = KeyPair::generate().context("generate a key")?;
     let cert = params
         .signed_by(&key, &issuer)
-        .context("sign a client certificate")?;
-    creds.cert = Some(cert.pem());
-    creds.key = Some(key.serialize_pem());
-    Ok(())
+        .context("sign a certificate with the swarm's CA")?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// The CA certificate when the swarm's `tls.conf` turns TLS on (what `vgas node add` puts in

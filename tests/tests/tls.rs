@@ -176,7 +176,11 @@ async fn a_worker_finds_a_tls_master_by_mdns_and_one_without_its_ca_says_why_it_
     let Some(lan) = Lan::new(3).unwrap() else {
         return;
     };
-    let (h0, h1, h2) = (lan.host(0).clone(), lan.host(1).clone(), lan.host(2).clone());
+    let (h0, h1, h2) = (
+        lan.host(0).clone(),
+        lan.host(1).clone(),
+        lan.host(2).clone(),
+    );
     let mut swarm = Swarm::start_tls_on(Some(h0.clone())).await.unwrap();
     let _master = swarm
         .spawn_at(Placement::On(&h0), "master", "vgas-master", &[], &[])
@@ -200,9 +204,11 @@ async fn a_worker_finds_a_tls_master_by_mdns_and_one_without_its_ca_says_why_it_
         .await
         .unwrap();
     assert_eq!(c.stdout, "found\n");
-    wait_for("w2 to say why it stays out", Duration::from_secs(15), || async {
-        w2.log_text().contains("other TLS CA").then_some(())
-    })
+    wait_for(
+        "w2 to say why it stays out",
+        Duration::from_secs(15),
+        || async { w2.log_text().contains("other TLS CA").then_some(()) },
+    )
     .await
     .unwrap();
 }
