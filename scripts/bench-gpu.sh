@@ -34,7 +34,8 @@ trap cleanup EXIT
 
 "$bin/vgas" init >/dev/null
 cp nats.conf "$work/"
-"$NATS_SERVER_BIN" -c "$work/nats.conf" -a 127.0.0.1 -p "$port" -m "$(free_port)" \
+# Run from $work: nats.conf's store and pid file paths are relative to where it runs.
+(cd "$work" && exec "$NATS_SERVER_BIN" -c nats.conf -a 127.0.0.1 -p "$port" -m "$(free_port)") \
   >"$work/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done

@@ -8,6 +8,8 @@
 #   scripts/bench-taskpath.sh [raw] [wasm] [exec] [batch] [ray]     (default: all of them)
 #   scripts/bench-taskpath.sh -- CMD...    (CMD against the same swarm, its logs in $BENCH_LOGS)
 # BENCH_BIN_DIR=DIR runs DIR's binaries (another commit's release build) instead of building.
+# BENCH_TLS=0 runs the swarm without TLS (`vgas init --no-tls`); by default it has TLS, as
+# shipped. Without `ray` in the rows asked for, Ray is not installed (nats-py from .tools/venv).
 # Figures go to stdout as JSON lines; docs/benchmarks.md records them with this command.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,7 +23,11 @@ scripts/ensure-tools.sh >/dev/null
 # shellcheck disable=SC1091
 source .tools/env
 venv="$root/.tools/bench-venv"
-if ! "$venv/bin/python" -c "import ray, nats, nkeys; assert ray.__version__ == '$RAY_VERSION'" 2>/dev/null; then
+case " ${*:-ray} " in
+  *" ray "*) ;;
+  *) venv="$root/.tools/venv" ;;
+esac
+if [ "$venv" = "$root/.tools/bench-venv" ] && ! "$venv/bin/python" -c "import ray, nats, nkeys; assert ray.__version__ == '$RAY_VERSION'" 2>/dev/null; then
   echo "installing ray==$RAY_VERSION and nats-py==$NATS_PY_VERSION into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "ray==$RAY_VERSION" "nats-py==$NATS_PY_VERSION" "nkeys==$NKEYS_PY_VERSION"
@@ -48,10 +54,11 @@ trap cleanup EXIT
 
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_STATE_DIR="$work/state"
-"$bin/vgas" init >/dev/null
-# The repository's nats.conf, with this run's users, store and no monitoring port.
-sed -e "s|\./\.vgas/auth.conf|./state/auth.conf|" -e "s|\./\.vgas/jetstream|$work/js|" \
-  -e '/^http:/d' nats.conf >"$work/nats.conf"
+if [ "${BENCH_TLS:-1}" = 1 ]; then "$bin/vgas" init >/dev/null; else "$bin/vgas" init --no-tls >/dev/null; fi
+# The repository's nats.conf, with this run's users, TLS, pid file, store and no monitoring
+# port.
+sed -e "s|\./\.vgas/jetstream|$work/js|" -e "s|\./\.vgas/nats.pid|$work/state/nats.pid|" \
+  -e "s|\./\.vgas/|./state/|g" -e '/^http:/d' nats.conf >"$work/nats.conf"
 "$NATS_SERVER_BIN" -c "$work/nats.conf" -p "$port" >"$work/nats.log" 2>&1 &
 pids+=($!)
 # Raw request-reply runs on a second server of the same binary, no auth (the client role
@@ -80,6 +87,7 @@ module="sha256:$(sha256sum "$work/noop.wasm" | cut -d' ' -f1)"
 creds="$VGAS_STATE_DIR/creds/client.creds"
 VGAS_NKEY_SEED=$(sed -n 's/^seed = "\(.*\)"/\1/p' "$creds")
 export VGAS_NKEY_SEED BENCH_MODULE="$module"
+if grep -q '^ca = ' "$creds"; then export VGAS_CA_FILE="$VGAS_STATE_DIR/tls/ca.pem"; fi
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD), binaries $bin, $(nproc) cores, worker slots $slots" >&2
 if [ "${1:-}" = "--" ]; then
   # `scripts/bench-taskpath.sh -- CMD...`: CMD runs against this swarm instead (VGAS_NATS_URL,

@@ -54,7 +54,9 @@ async def connect(raw=False):
 
     if raw:
         return await nats.connect(os.environ["BENCH_RAW_URL"])
-    return await nats.connect(os.environ["VGAS_NATS_URL"], nkeys_seed_str=os.environ["VGAS_NKEY_SEED"])
+    ca = os.environ.get("VGAS_CA_FILE")
+    tls = __import__("ssl").create_default_context(cafile=ca) if ca else None
+    return await nats.connect(os.environ["VGAS_NATS_URL"], nkeys_seed_str=os.environ["VGAS_NKEY_SEED"], tls=tls)
 
 
 async def loops(one, n_latency, in_flight, window, loaded=lambda: None):
