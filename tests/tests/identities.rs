@@ -213,3 +213,44 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
     assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
     assert_eq!(c.stdout, "after\n");
 }
+
+#[tokio::test]
+async fn a_results_stream_from_before_per_worker_subjects_is_brought_up_to_date() {
+    // The stream as an older master made it: results on `<prefix>.result.<task>`.
+    let mut swarm = Swarm::start().await.unwrap();
+    let admin = swarm.connect(Role::Master).await.unwrap();
+    let js = async_nats::jetstream::new(admin);
+    let old_subject = format!("{}.result.*", swarm.subjects.prefix());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: swarm.subjects.results_stream(),
+        subjects: vec![old_subject],
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    let _worker = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    // The result travels on today's subject and still reaches the master.
+    let c = run_task(
+        &client,
+        &swarm.subjects,
+        sh("echo upgraded"),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.finished_count(), 1);
+    assert_eq!(c.stdout, "upgraded\n");
+    let info = js
+        .get_stream(swarm.subjects.results_stream())
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .subjects
+        .clone();
+    assert_eq!(info, vec![swarm.subjects.all_results()]);
+}
