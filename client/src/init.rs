@@ -5,8 +5,7 @@
 //! subjects it needs, plus each node identity of `vgas node add` (see [`crate::nodes`]).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -14,6 +13,9 @@ use vgas_shared::config::{Credentials, Role};
 use vgas_shared::identity::NodeRegistry;
 use vgas_shared::subjects::Permissions;
 use vgas_shared::Subjects;
+
+use crate::files::write_private;
+use crate::tls::TlsArgs;
 
 /// What `init` did.
 #[derive(Debug)]
@@ -24,26 +26,6 @@ pub struct InitReport {
     /// `tls.conf`, and whether it turns TLS on.
     pub tls_conf: PathBuf,
     pub tls: bool,
-}
-
-/// How `vgas init` sets up TLS.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
-    /// Leave TLS off: the server takes plain-text connections (on loopback only, or behind
-    /// another TLS layer).
-    #[arg(long)]
-    pub no_tls: bool,
-    /// A further name or address clients reach the server by, for its certificate
-    /// (repeatable; this host's name and addresses are always in it).
-    #[arg(long = "tls-name", value_name = "NAME")]
-    pub tls_names: Vec<String>,
-    /// Make a new server certificate (after the host's name or addresses changed).
-    #[arg(long)]
-    pub renew_tls: bool,
-    /// Mutual TLS: the server also asks every client for a certificate from the swarm's CA,
-    /// which each credentials file then carries.
-    #[arg(long, conflicts_with = "no_tls")]
-    pub mutual_tls: bool,
 }
 
 /// Creates missing credentials under `state_dir`, the swarm's CA and server certificate
@@ -181,23 +163,6 @@ pub fn auth_conf(users: &[(UserAuth, Permissions)]) -> String {
     }
     out.push_str("  ]\n}\n");
     out
-}
-
-/// Writes `bytes` to `path` with mode 0600, atomically (temporary file, fsync, rename).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
 }
 
 #[cfg(test)]

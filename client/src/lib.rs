@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod connect;
 pub mod farm;
+pub mod files;
 pub mod http;
 pub mod init;
 pub mod nodes;

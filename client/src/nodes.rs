@@ -12,7 +12,8 @@ use anyhow::{bail, Context, Result};
 use vgas_shared::identity::{NodeEntry, NodeRegistry, NodeRole};
 use vgas_shared::{now_ms, Subjects, WorkerId};
 
-use crate::init::{new_nkey, write_auth, write_creds, write_private};
+use crate::files::write_private;
+use crate::init::{new_nkey, write_auth, write_creds};
 
 /// Where nats-server writes its pid (`pid_file` in `nats.conf`), under the state directory.
 pub const SERVER_PID_FILE: &str = "nats.pid";

@@ -19,7 +19,7 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::init::write_private;
+use crate::files::write_private;
 
 /// The folder under the state directory.
 pub const TLS_DIR: &str = "tls";
@@ -33,6 +33,26 @@ const SERVER_DAYS: i64 = 825;
 /// Seconds nats-server gives a client to finish the handshake (its default, 0.5 s, is short
 /// for a loaded 2-core host).
 const HANDSHAKE_TIMEOUT_S: u32 = 2;
+
+/// How `vgas init` sets up TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Leave TLS off: the server takes plain-text connections (on loopback only, or behind
+    /// another TLS layer).
+    #[arg(long)]
+    pub no_tls: bool,
+    /// A further name or address clients reach the server by, for its certificate
+    /// (repeatable; this host's name and addresses are always in it).
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
+    /// Make a new server certificate (after the host's name or addresses changed).
+    #[arg(long)]
+    pub renew_tls: bool,
+    /// Mutual TLS: the server also asks every client for a certificate from the swarm's CA,
+    /// which each credentials file then carries.
+    #[arg(long, conflicts_with = "no_tls")]
+    pub mutual_tls: bool,
+}
 
 /// The files of a swarm's TLS.
 #[derive(Debug, Clone)]
@@ -60,7 +80,7 @@ impl TlsFiles {
 /// Makes what is missing (the CA; the server certificate, or a new one with `renew`) and
 /// writes `tls.conf`; returns the CA certificate (PEM) to put in credentials files. With
 /// `enabled` false, writes a `tls.conf` that turns TLS off and returns `None`.
-pub fn ensure(state_dir: &Path, args: &crate::init::TlsArgs) -> Result<Option<String>> {
+pub fn ensure(state_dir: &Path, args: &TlsArgs) -> Result<Option<String>> {
     let (extra_names, renew) = (&args.tls_names, args.renew_tls);
     let files = TlsFiles::new(state_dir);
     if args.no_tls {
@@ -264,7 +284,7 @@ mod tests {
     #[test]
     fn init_makes_a_ca_and_a_server_certificate_it_signs() {
         let dir = tempfile::tempdir().unwrap();
-        let args = |names: &[&str], renew: bool, no_tls: bool| crate::init::TlsArgs {
+        let args = |names: &[&str], renew: bool, no_tls: bool| TlsArgs {
             no_tls,
             tls_names: names.iter().map(|n| n.to_string()).collect(),
             renew_tls: renew,

@@ -38,7 +38,7 @@ pub struct Cli {
 pub enum Cmd {
     /// Create the swarm's NATS keys, CA and server certificate, and the server's auth.conf
     /// and tls.conf (idempotent).
-    Init(crate::init::TlsArgs),
+    Init(crate::tls::TlsArgs),
     /// Node identities: one NATS key per worker or master host (run where `vgas init` ran).
     #[command(subcommand)]
     Node(NodeCmd),
