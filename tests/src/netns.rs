@@ -52,9 +52,14 @@ impl Lan {
             eprintln!("SKIPPED: multi-host tests need `ip` (Debian package iproute2)");
             return Ok(None);
         }
+        // Lans made at once by one test binary (its tests run in parallel) must differ in
+        // names and in subnet: two LANs on one subnet would share the test's routes, and its
+        // packets would reach the other LAN's hosts.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pid = std::process::id();
-        let tag = format!("{:x}", (pid ^ (crate::free_port() as u32)) & 0xffff);
-        let subnet = (1 + (pid % 250)) as u8;
+        let nth = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{:x}{nth:x}", pid & 0xfff);
+        let subnet = (1 + (pid.wrapping_add(nth) % 250)) as u8;
         let mut lan = Lan {
             switch: format!("vgsw{tag}"),
             root_veth: format!("vgr{tag}"),
