@@ -71,11 +71,7 @@ pub fn start(
         nats_urls: urls,
         http_port,
         summary: String::new(),
-        ca: conn
-            .creds
-            .as_ref()
-            .and_then(|c| c.ca.as_deref())
-            .and_then(vgas_shared::discovery::ca_fingerprint),
+        ca: conn.trusted_ca(),
     };
     if let Err(e) = d.broadcast_presence(&advert, port) {
         warn!("could not announce the master: {e}");

@@ -290,6 +290,15 @@ pub struct Resolved {
     pub file: FileConfig,
 }
 
+impl Resolved {
+    /// The fingerprint of the CA these credentials trust (`sha256:<hex>`); `None` without
+    /// TLS. What a master's mDNS advert carries and a worker compares it with.
+    pub fn trusted_ca(&self) -> Option<String> {
+        let ca = self.creds.as_ref()?.ca.as_deref()?;
+        crate::discovery::ca_fingerprint(ca)
+    }
+}
+
 impl CommonArgs {
     /// Applies the precedence rule for `role`. A credentials file named explicitly must exist;
     /// the default one is used only when present.

@@ -56,12 +56,7 @@ async fn run(dashboard: bool) {
         )
         .expect("master");
     let client = swarm.connect(Role::Client).await.expect("client");
-    swarm.wait_workers(&client, 0).await.expect("master up");
-    let flood = HeartbeatFlood::start(&swarm, SIM_WORKERS).await;
-    swarm
-        .wait_workers(&client, SIM_WORKERS)
-        .await
-        .expect("all simulated workers live");
+    let flood = HeartbeatFlood::start(&swarm, &client, SIM_WORKERS).await;
     let cpu0 = cpu_seconds(master.pid());
     let t0 = Instant::now();
     let page = if dashboard {

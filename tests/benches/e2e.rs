@@ -105,13 +105,8 @@ async fn thousand_heartbeats() {
     let mut swarm = Swarm::start().await.expect("swarm");
     let master = swarm.master(&[]).expect("master");
     let client = swarm.connect(Role::Client).await.expect("client");
-    swarm.wait_workers(&client, 0).await.expect("master up");
-    let flood = HeartbeatFlood::start(&swarm, SIM_WORKERS).await;
+    let flood = HeartbeatFlood::start(&swarm, &client, SIM_WORKERS).await;
     let subjects = swarm.subjects.clone();
-    swarm
-        .wait_workers(&client, SIM_WORKERS)
-        .await
-        .expect("all simulated workers live");
     let cpu0 = cpu_seconds(master.pid());
     let t0 = Instant::now();
     let mut lat = Vec::new();

@@ -108,7 +108,8 @@ pub fn rss_mib(pid: i32) -> f64 {
 }
 
 /// `n` simulated workers (`sim0000`...), each heartbeating every second from one connection,
-/// as real workers do (MessagePack), until dropped.
+/// as real workers do (MessagePack), until dropped. [`HeartbeatFlood::start`] returns once the
+/// master (asked through `client`) lists all of them live.
 #[derive(Debug)]
 pub struct HeartbeatFlood {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -116,7 +117,21 @@ pub struct HeartbeatFlood {
 }
 
 impl HeartbeatFlood {
-    pub async fn start(swarm: &crate::Swarm, n: usize) -> HeartbeatFlood {
+    pub async fn start(
+        swarm: &crate::Swarm,
+        client: &async_nats::Client,
+        n: usize,
+    ) -> HeartbeatFlood {
+        swarm.wait_workers(client, 0).await.expect("master up");
+        let flood = Self::beat(swarm, n).await;
+        swarm
+            .wait_workers(client, n)
+            .await
+            .expect("all simulated workers live");
+        flood
+    }
+
+    async fn beat(swarm: &crate::Swarm, n: usize) -> HeartbeatFlood {
         use vgas_shared::codec::encode;
         use vgas_shared::wire::Heartbeat;
         use vgas_shared::{Encoding, WorkerId};

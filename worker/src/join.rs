@@ -128,12 +128,7 @@ async fn discovered(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let cluster = cfg.conn.cluster.clone();
-    let ca = cfg
-        .conn
-        .creds
-        .as_ref()
-        .and_then(|c| c.ca.as_deref())
-        .and_then(vgas_shared::discovery::ca_fingerprint);
+    let ca = cfg.conn.trusted_ca();
     let mut masters = Masters::default();
     info!(cluster = %cluster, "no NATS URL given: looking for a master by mDNS");
     loop {

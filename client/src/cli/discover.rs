@@ -58,11 +58,7 @@ pub async fn run(conn: &Resolved, wait: std::time::Duration, json: bool) -> anyh
         "{:<7} {:<30} {:<12} {:<32} STATE",
         "MODE", "NODE", "CLUSTER", "ADDRESSES"
     );
-    let ca = conn
-        .creds
-        .as_ref()
-        .and_then(|c| c.ca.as_deref())
-        .and_then(vgas_shared::discovery::ca_fingerprint);
+    let ca = conn.trusted_ca();
     for n in &list {
         let addrs: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
         let state = match (n.advert.mode, n.not_joined, &live) {

@@ -57,6 +57,13 @@ fn kv_write(bucket: &str) -> String {
     format!("$KV.{bucket}.>")
 }
 
+/// Puts `mine` where `grants` has `all`: a grant over every worker narrowed to one.
+fn swap(grants: &mut [String], all: &str, mine: String) {
+    for g in grants.iter_mut().filter(|g| g.as_str() == all) {
+        *g = mine.clone();
+    }
+}
+
 /// The inboxes request-reply answers arrive on.
 const INBOXES: &str = "_INBOX.>";
 
@@ -179,25 +186,18 @@ impl Subjects {
     pub fn node_permissions(&self, role: NodeRole, node: &WorkerId) -> Permissions {
         let mut p = self.permissions(role.role());
         if role == NodeRole::Worker {
-            let own = |all: String, mine: String| {
-                move |s: &mut String| {
-                    if *s == all {
-                        *s = mine.clone();
-                    }
-                }
-            };
-            p.subscribe
-                .iter_mut()
-                .for_each(own(self.all_worker_tasks(), self.worker_task(node)));
-            p.subscribe
-                .iter_mut()
-                .for_each(own(self.all_worker_cancels(), self.worker_cancel(node)));
-            p.publish
-                .iter_mut()
-                .for_each(own(self.all_heartbeats(), self.heartbeat(node)));
-            p.publish
-                .iter_mut()
-                .for_each(own(self.all_results(), self.results_of(node)));
+            swap(
+                &mut p.subscribe,
+                &self.all_worker_tasks(),
+                self.worker_task(node),
+            );
+            swap(
+                &mut p.subscribe,
+                &self.all_worker_cancels(),
+                self.worker_cancel(node),
+            );
+            swap(&mut p.publish, &self.all_heartbeats(), self.heartbeat(node));
+            swap(&mut p.publish, &self.all_results(), self.results_of(node));
         }
         p
     }
