@@ -21,7 +21,7 @@ case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 bin="$target_dir/debug"
 export VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_STATE_DIR="$root/.vgas"
 
-step "vgas init: one NATS user per role, random secrets, files of mode 0600"
+step "vgas init: one NATS key per role, the swarm's CA and TLS certificate, files of mode 0600"
 "$bin/vgas" init
 mkdir -p "$logs"
 
