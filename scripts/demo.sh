@@ -24,6 +24,10 @@ export VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_STATE_DIR="$root/.vgas"
 step "vgas init: one NATS key per role, the swarm's CA and TLS certificate, files of mode 0600"
 "$bin/vgas" init
 mkdir -p "$logs"
+step "vgas node add worker: each worker its own key, able to read only its own assignments"
+for w in demo-w1 demo-w2; do
+  [ -f "$root/.vgas/creds/nodes/$w.creds" ] || "$bin/vgas" node add worker "$w"
+done
 
 pids=()
 cleanup() {
@@ -47,9 +51,9 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && brea
 step "one master, two workers"
 "$bin/vgas-master" >"$logs/master.log" 2>&1 &
 pids+=($!)
-"$bin/vgas-worker" --id demo-w1 --slots 2 >"$logs/worker-1.log" 2>&1 &
+"$bin/vgas-worker" --id demo-w1 --creds "$root/.vgas/creds/nodes/demo-w1.creds" --slots 2 >"$logs/worker-1.log" 2>&1 &
 pids+=($!)
-"$bin/vgas-worker" --id demo-w2 --slots 2 >"$logs/worker-2.log" 2>&1 &
+"$bin/vgas-worker" --id demo-w2 --creds "$root/.vgas/creds/nodes/demo-w2.creds" --slots 2 >"$logs/worker-2.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   "$bin/vgas" status --json 2>/dev/null | grep -q '"demo-w2"' && "$bin/vgas" status --json | grep -q '"demo-w1"' && break

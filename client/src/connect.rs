@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::ConnectOptions;
 use vgas_shared::config::{Credentials, Resolved};
+use vgas_shared::subjects::node_inbox_prefix;
 
 /// The connect options for `creds`: with an nkey the client signs the server's challenge (the
 /// seed never leaves this process); with a password it sends the password. Credentials that
@@ -18,6 +19,11 @@ pub fn auth_options(creds: Option<&Credentials>) -> Result<ConnectOptions> {
         None => ConnectOptions::new(),
     };
     let Some(c) = creds else { return Ok(opts) };
+    // A node's grants name only its own inboxes (no node reads another's replies).
+    let opts = match c.node.as_deref() {
+        Some(node) => opts.custom_inbox_prefix(node_inbox_prefix(node)),
+        None => opts,
+    };
     Ok(match c.ca.as_deref() {
         Some(ca) => {
             let client = c.cert.as_deref().zip(c.key.as_deref());

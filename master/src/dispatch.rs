@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Client;
+use async_nats::{Client, Subscriber};
 use bytes::Bytes;
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +32,7 @@ use crate::scheduler::AgentScheduler;
 
 mod assign;
 pub mod gpu;
+mod relay;
 use crate::store::TaskStore;
 use gpu::{LeaseTable, ResourceManager};
 
@@ -202,9 +204,12 @@ impl Dispatcher {
         self.publish_counters();
     }
 
+    /// Runs the actor until `stop`: commands, worker events (`events`, subscribed to every
+    /// worker's event subject, relayed by [`relay`]), wake-ups and ticks.
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
+        mut events: Subscriber,
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) {
@@ -218,9 +223,10 @@ impl Dispatcher {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
+                    Some(cmd) => self.take(cmd, &mut events).await,
                     None => break,
                 },
+                Some(msg) = events.next() => self.relay(msg).await,
                 _ = wake.notified() => {}
                 _ = tick.tick() => {
                     self.check_assigned().await;
@@ -231,7 +237,7 @@ impl Dispatcher {
             // tasks bucket covers many tasks instead of one each.
             for _ in 1..MAX_COMMANDS_PER_TURN {
                 match rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd).await,
+                    Ok(cmd) => self.take(cmd, &mut events).await,
                     Err(_) => break,
                 }
             }
@@ -242,6 +248,15 @@ impl Dispatcher {
             self.publish_counters();
         }
         self.flush_finished().await;
+    }
+
+    /// Handles one command; a result only after the events its worker sent before it are
+    /// relayed, so a task's output always precedes its `finished`.
+    async fn take(&mut self, cmd: Command, events: &mut Subscriber) {
+        if matches!(cmd, Command::Result { .. }) {
+            self.relay_received(events).await;
+        }
+        self.handle(cmd).await;
     }
 
     async fn handle(&mut self, cmd: Command) {

@@ -129,6 +129,11 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     dispatcher.recover(records);
+    // Subscribed before the results consumer starts: a result's events are relayed before it.
+    let worker_events = client
+        .subscribe(subjects.all_worker_events())
+        .await
+        .context("subscribe to worker events")?;
 
     let heartbeats = client
         .subscribe(subjects.all_heartbeats())
@@ -287,7 +292,9 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     });
     drop(tx);
     info!(prefix = subjects.prefix(), url = %cfg.conn.nats_url, "master ready");
-    dispatcher.run(rx, wake, shutdown.clone()).await;
+    dispatcher
+        .run(rx, worker_events, wake, shutdown.clone())
+        .await;
 
     shutdown.cancel();
     tracker.close();

@@ -105,6 +105,10 @@ pub const DEFAULT_WASM_CACHE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// 1.4 MB as base64): keeps every event well under the server's message size limit.
 pub const MAX_INLINE_ARTIFACT_BYTES: u64 = 1024 * 1024;
 
+/// Largest worker event the master relays (the batch limit, the server's `max_payload` in
+/// the repository's `nats.conf`): an inline artifact event, the largest kind, is under 1.5 MB.
+pub const MAX_EVENT_BYTES: usize = MAX_BATCH_BYTES;
+
 /// Largest file a wasm task may hand back at all (256 MiB), through the artifacts Object
 /// Store bucket: past it the run ends `limit_exceeded` `artifact`. Bounds what one task makes
 /// the server store and every follower download, well inside the bucket's size.

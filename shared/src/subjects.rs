@@ -5,7 +5,7 @@
 use crate::ids::{TaskId, WorkerId};
 
 mod permissions;
-pub use permissions::Permissions;
+pub use permissions::{node_inbox_prefix, Permissions};
 
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "vgas";
@@ -70,11 +70,6 @@ impl Subjects {
         format!("{}.task.{id}.events", self.prefix)
     }
 
-    /// Wildcard over every task's events.
-    pub fn all_task_events(&self) -> String {
-        format!("{}.task.*.events", self.prefix)
-    }
-
     /// A worker's heartbeat.
     pub fn heartbeat(&self, id: &WorkerId) -> String {
         format!("{}.heartbeat.{id}", self.prefix)
@@ -93,6 +88,32 @@ impl Subjects {
     /// Master to worker: stop a running attempt.
     pub fn worker_cancel(&self, id: &WorkerId) -> String {
         format!("{}.worker.{id}.cancel", self.prefix)
+    }
+
+    /// Worker to master: the events of one attempt the worker runs (started, output,
+    /// artifacts). The master relays each to [`Subjects::task_events`] only while the task is
+    /// assigned to that worker and attempt, so a worker cannot speak for another's task.
+    pub fn worker_events(&self, worker: &WorkerId, task: &TaskId) -> String {
+        format!("{}.worker.{worker}.events.{task}", self.prefix)
+    }
+
+    /// Wildcard over one worker's event subjects (its node grant).
+    pub fn worker_events_of(&self, worker: &WorkerId) -> String {
+        format!("{}.worker.{worker}.events.*", self.prefix)
+    }
+
+    /// Wildcard over every worker's event subjects (the master relays from this).
+    pub fn all_worker_events(&self) -> String {
+        format!("{}.worker.*.events.*", self.prefix)
+    }
+
+    /// The worker and task of a worker event subject.
+    pub fn parse_worker_events(&self, subject: &str) -> Option<(WorkerId, TaskId)> {
+        let rest = subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".worker.")?;
+        let (worker, task) = rest.split_once(".events.")?;
+        Some((WorkerId::parse(worker).ok()?, TaskId::parse(task).ok()?))
     }
 
     /// Worker to master, through JetStream: the outcome of one attempt, on the subject of the
@@ -257,6 +278,11 @@ mod tests {
         let w = WorkerId::parse("w1").unwrap();
         assert_eq!(s.submit(), "team.vgas.task.submit");
         assert_eq!(s.task_events(&t), "team.vgas.task.t1.events");
+        let ev = s.worker_events(&w, &t);
+        assert_eq!(ev, "team.vgas.worker.w1.events.t1");
+        assert_eq!(s.parse_worker_events(&ev), Some((w.clone(), t.clone())));
+        assert_eq!(s.parse_worker_events("team.vgas.worker.w1.task"), None);
+        assert_eq!(s.parse_worker_events("vgas.worker.w1.events.t1"), None);
         assert_eq!(s.heartbeat(&w), "team.vgas.heartbeat.w1");
         assert_eq!(s.worker_task(&w), "team.vgas.worker.w1.task");
         assert_eq!(s.results_stream(), "TEAM_VGAS_RESULTS");

@@ -87,7 +87,8 @@ pub async fn subscribe_events(
     Ok(subs)
 }
 
-/// Collects events from `sub` until a `finished` event (plus `linger`), or fails after `timeout`.
+/// Collects events from `sub` until a `finished` event (plus `linger`), or fails after `timeout`
+/// or when any event but a (duplicate) `finished` follows the first `finished`.
 pub async fn collect(
     mut sub: async_nats::Subscriber,
     timeout: Duration,
@@ -106,6 +107,10 @@ pub async fn collect(
             Err(_) => bail!("no finished event within {timeout:?}; got {:?}", c.events),
         };
         let ev: TaskEvent = decode_as(Encoding::detect(&msg.payload), &msg.payload)?;
+        // The master relays a worker's events before it announces the end, never after.
+        if linger_end.is_some() && !matches!(ev, TaskEvent::Finished { .. }) {
+            bail!("{ev:?} after the finished event; got {:?}", c.events);
+        }
         match &ev {
             TaskEvent::Stdout { data, .. } => c.stdout.push_str(data),
             TaskEvent::Stderr { data, .. } => c.stderr.push_str(data),

@@ -1,6 +1,7 @@
 //! One identity per node, with the repository's `nats.conf` and the `auth.conf` that `vgas init`
 //! and `vgas node` write: a worker node's key reads only its own assignments and heartbeats
-//! only as itself, and its results count only for itself; `vgas node revoke` disconnects it within a second and it cannot come back,
+//! only as itself, its results and events count only for its own tasks, its replies come to
+//! inboxes only it reads; `vgas node revoke` disconnects it within a second and it cannot come back,
 //! while the other workers keep working; `auth.conf` holds no secret.
 
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use vgas_shared::config::{Credentials, Role};
 use vgas_shared::identity::NodeRegistry;
-use vgas_shared::wire::{Heartbeat, SubmitReply, SwarmPulse, TaskOutcome, WorkerResult};
+use vgas_shared::wire::{Heartbeat, SubmitReply, SwarmPulse, TaskEvent, TaskOutcome, WorkerResult};
 use vgas_shared::{Encoding, TaskId, WorkerId};
 use vgas_tests::{collect, request, run_task, sh, wait_for, Swarm, WAIT};
 
@@ -88,6 +89,7 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
         .await
         .unwrap();
     let mut every = spy.subscribe(s.all_worker_tasks()).await.unwrap();
+    let mut every_inbox = spy.subscribe("_INBOX.>").await.unwrap();
     let forged = Heartbeat {
         worker: Some(WorkerId::parse("b").unwrap()),
         slots: 64,
@@ -142,6 +144,34 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
         let bytes = vgas_shared::codec::encode(Encoding::MsgPack, &forged).unwrap();
         spy.publish(subject, bytes.into()).await.unwrap();
     }
+    // Events for b's task forged by a: on the task's own subject or b's event subject refused
+    // by the server; on a's event subject dropped by the master (the task is not a's).
+    let forged_out = TaskEvent::Stdout {
+        attempt: 1,
+        data: "forged\n".into(),
+    };
+    let forged_end = TaskEvent::Finished {
+        task_id: id.clone(),
+        worker: Some(wa.clone()),
+        attempts: 1,
+        duration_ms: 1,
+        outcome: TaskOutcome::Exited { exit_code: 42 },
+    };
+    let forged_start = TaskEvent::Started {
+        worker: wa.clone(),
+        attempt: 1,
+    };
+    for (subject, ev) in [
+        (s.task_events(&id), &forged_out),
+        (s.task_events(&id), &forged_end),
+        (s.worker_events(&wb, &id), &forged_out),
+        (s.worker_events(&wa, &id), &forged_start),
+        (s.worker_events(&wa, &id), &forged_out),
+        (s.worker_events(&wa, &id), &forged_end),
+    ] {
+        let bytes = vgas_shared::codec::encode(Encoding::Json, ev).unwrap();
+        spy.publish(subject, bytes.into()).await.unwrap();
+    }
     spy.flush().await.unwrap();
     let done = collect(sub, WAIT, Duration::from_millis(300))
         .await
@@ -149,6 +179,21 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
     assert_eq!(done.finished_count(), 1, "{:?}", done.events);
     assert_eq!(done.outcome(), TaskOutcome::Exited { exit_code: 0 });
     assert_eq!(done.stdout, "real\n");
+    assert!(
+        done.events.iter().all(|e| match e {
+            TaskEvent::Started { worker, .. } | TaskEvent::Assigned { worker, .. } => *worker == wb,
+            _ => true,
+        }),
+        "{:?}",
+        done.events
+    );
+    // Other nodes' replies are not a's to read: its inboxes are its own.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), every_inbox.next())
+            .await
+            .map_or(true, |m| m.is_none()),
+        "node a read another connection's reply"
+    );
 
     let violations = errors.lock().unwrap().clone();
     assert!(
@@ -156,7 +201,7 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
             .iter()
             .filter(|e| e.contains("Permissions Violation"))
             .count()
-            >= 4,
+            >= 8,
         "{violations:?}"
     );
     let p: SwarmPulse = request(&client, s.status(), &()).await.unwrap();

@@ -48,6 +48,40 @@ async fn submit_streams_output_live_and_reports_exit_code() {
 }
 
 #[tokio::test]
+async fn every_output_chunk_comes_before_the_finished_event() {
+    // Workers publish on their own event subjects and the master relays; a task that ends
+    // right after a burst of output still has all of it ahead of its `finished` (`collect`
+    // fails on any output after it), in several tasks at once.
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 4)]).await.unwrap();
+    let lines = 20_000;
+    let runs = (0..4).map(|_| {
+        run_task(
+            &client,
+            &swarm.subjects,
+            sh(&format!("seq 1 {lines}; seq 1 {lines} >&2")),
+            Duration::from_millis(300),
+        )
+    });
+    for c in futures::future::join_all(runs).await {
+        let c = c.unwrap();
+        assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+        let want: String = (1..=lines).map(|i| format!("{i}\n")).collect();
+        assert!(
+            c.stdout == want,
+            "stdout: {} of {} bytes",
+            c.stdout.len(),
+            want.len()
+        );
+        assert!(
+            c.stderr == want,
+            "stderr: {} of {} bytes",
+            c.stderr.len(),
+            want.len()
+        );
+    }
+}
+
+#[tokio::test]
 async fn stdin_env_and_input_files_reach_the_command() {
     let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
     let mut spec =

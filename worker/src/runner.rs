@@ -1,6 +1,7 @@
 //! Taking and running assignments. An assignment is acknowledged only when a slot permit is in
 //! hand, so a worker never holds more tasks than it has slots; each task streams its output as
-//! events and ends with exactly one `WorkerResult`, published through JetStream so a result
+//! events (on its own event subject, which the master relays to the task's) and ends with
+//! exactly one `WorkerResult`, published through JetStream so a result
 //! survives a master that is down at that moment. What one attempt runs, whatever its kind,
 //! is the `work` module's.
 
@@ -399,7 +400,11 @@ impl Worker {
         handed_back: Arc<AtomicBool>,
     ) {
         let started = Instant::now();
-        let events = self.cfg.conn.subjects.task_events(&a.task_id);
+        let events = self
+            .cfg
+            .conn
+            .subjects
+            .worker_events(&self.cfg.id, &a.task_id);
         self.emit(
             &events,
             a.encoding,

@@ -67,6 +67,16 @@ fn swap(grants: &mut [String], all: &str, mine: String) {
 /// The inboxes request-reply answers arrive on.
 const INBOXES: &str = "_INBOX.>";
 
+/// The inbox prefix of a node identity's connections: its replies (JetStream API answers,
+/// object and KV reads among them) arrive under it, where no other worker may subscribe.
+pub fn node_inbox_prefix(node: &str) -> String {
+    format!("_INBOX.{node}")
+}
+
+fn node_inboxes(node: &WorkerId) -> String {
+    format!("{}.>", node_inbox_prefix(node.as_str()))
+}
+
 /// The NATS micro services' discovery subjects (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`).
 const SERVICE_DISCOVERY: &str = "$SRV.>";
 
@@ -121,7 +131,7 @@ impl Subjects {
             Role::Worker => Permissions {
                 publish: [
                     self.all_heartbeats(),
-                    self.all_task_events(),
+                    self.all_worker_events(),
                     self.all_results(),
                     self.llm_complete(),
                     self.build_submit(),
@@ -198,6 +208,12 @@ impl Subjects {
             );
             swap(&mut p.publish, &self.all_heartbeats(), self.heartbeat(node));
             swap(&mut p.publish, &self.all_results(), self.results_of(node));
+            swap(
+                &mut p.publish,
+                &self.all_worker_events(),
+                self.worker_events_of(node),
+            );
+            swap(&mut p.subscribe, INBOXES, node_inboxes(node));
         }
         p
     }
@@ -232,6 +248,10 @@ mod tests {
         assert!(p.publish.contains(&"vgas.heartbeat.a".to_owned()));
         assert!(p.publish.contains(&"vgas.result.a.*".to_owned()));
         assert!(!p.publish.contains(&"vgas.result.*.*".to_owned()));
+        assert!(p.publish.contains(&"vgas.worker.a.events.*".to_owned()));
+        assert!(p.subscribe.contains(&"_INBOX.a.>".to_owned()));
+        assert!(!p.subscribe.contains(&"_INBOX.>".to_owned()));
+        assert!(!p.publish.iter().any(|x| x.starts_with("vgas.task.")));
         assert!(!p
             .subscribe
             .iter()
