@@ -12,9 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, Subscriber};
+use async_nats::Client;
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,6 +58,19 @@ pub enum Command {
     /// A worker's result, read from the results stream; `done` fires once it is recorded.
     Result {
         result: WorkerResult,
+        done: oneshot::Sender<()>,
+    },
+    /// A worker acknowledged an assignment: it starts the attempt.
+    Started {
+        task_id: TaskId,
+        attempt: u32,
+        worker: WorkerId,
+    },
+    /// A worker's event, read from the results stream in order with its results; `done`
+    /// fires once it is relayed (`relay`).
+    Event {
+        subject: String,
+        payload: Bytes,
         done: oneshot::Sender<()>,
     },
     /// A worker refused or did not acknowledge an assignment.
@@ -204,12 +216,10 @@ impl Dispatcher {
         self.publish_counters();
     }
 
-    /// Runs the actor until `stop`: commands, worker events (`events`, subscribed to every
-    /// worker's event subject, relayed by [`relay`]), wake-ups and ticks.
+    /// Runs the actor until `stop`: commands, wake-ups and ticks.
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
-        mut events: Subscriber,
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) {
@@ -223,10 +233,9 @@ impl Dispatcher {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.take(cmd, &mut events).await,
+                    Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
-                Some(msg) = events.next() => self.relay(msg).await,
                 _ = wake.notified() => {}
                 _ = tick.tick() => {
                     self.check_assigned().await;
@@ -237,7 +246,7 @@ impl Dispatcher {
             // tasks bucket covers many tasks instead of one each.
             for _ in 1..MAX_COMMANDS_PER_TURN {
                 match rx.try_recv() {
-                    Ok(cmd) => self.take(cmd, &mut events).await,
+                    Ok(cmd) => self.handle(cmd).await,
                     Err(_) => break,
                 }
             }
@@ -248,15 +257,6 @@ impl Dispatcher {
             self.publish_counters();
         }
         self.flush_finished().await;
-    }
-
-    /// Handles one command; a result only after the events its worker sent before it are
-    /// relayed, so a task's output always precedes its `finished`.
-    async fn take(&mut self, cmd: Command, events: &mut Subscriber) {
-        if matches!(cmd, Command::Result { .. }) {
-            self.relay_received(events).await;
-        }
-        self.handle(cmd).await;
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -280,6 +280,19 @@ impl Dispatcher {
                 self.on_result(result).await;
                 // Acknowledged once this turn's records are written (`flush_finished`).
                 self.recorded.push(done);
+            }
+            Command::Started {
+                task_id,
+                attempt,
+                worker,
+            } => self.on_started(&task_id, attempt, worker).await,
+            Command::Event {
+                subject,
+                payload,
+                done,
+            } => {
+                self.relay(&subject, payload).await;
+                let _ = done.send(());
             }
             Command::AssignFailed {
                 task_id,

@@ -129,11 +129,6 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     dispatcher.recover(records);
-    // Subscribed before the results consumer starts: a result's events are relayed before it.
-    let worker_events = client
-        .subscribe(subjects.all_worker_events())
-        .await
-        .context("subscribe to worker events")?;
 
     let heartbeats = client
         .subscribe(subjects.all_heartbeats())
@@ -292,9 +287,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     });
     drop(tx);
     info!(prefix = subjects.prefix(), url = %cfg.conn.nats_url, "master ready");
-    dispatcher
-        .run(rx, worker_events, wake, shutdown.clone())
-        .await;
+    dispatcher.run(rx, wake, shutdown.clone()).await;
 
     shutdown.cancel();
     tracker.close();

@@ -394,7 +394,16 @@ pub async fn heartbeats(
     }
 }
 
-/// Reads worker results from the durable stream and acknowledges each once it is recorded.
+/// A stream message with the signal that it may be acknowledged (false: the actor is gone).
+async fn once_done(
+    msg: async_nats::jetstream::Message,
+    done: oneshot::Receiver<()>,
+) -> (async_nats::jetstream::Message, bool) {
+    (msg, done.await.is_ok())
+}
+
+/// Reads worker results, and the events workers send before them, from the durable stream,
+/// in order, and acknowledges each once it is recorded (a result) or relayed (an event).
 /// Results the consumer hands to the dispatcher before the first of them is recorded: enough
 /// that a burst shares one round of writes, bounded so a flood waits in the stream.
 const MAX_RESULTS_IN_FLIGHT: usize = 256;
@@ -432,6 +441,16 @@ pub async fn results(
                         continue;
                     }
                 };
+                // A worker's event, in order before its result: relayed, then acknowledged.
+                if subjects.parse_worker_events(&msg.subject).is_some() {
+                    let (done, relayed) = oneshot::channel();
+                    let (subject, payload) = (msg.subject.to_string(), msg.payload.clone());
+                    if tx.send(Command::Event { subject, payload, done }).await.is_err() {
+                        break;
+                    }
+                    recording.push(once_done(msg, relayed));
+                    continue;
+                }
                 // A result counts only on the subject of the worker it names: a node's key
                 // publishes on its own subjects only, so it cannot speak for another worker.
                 let decoded = decode::<WorkerResult>(&msg.payload, MAX_SUBMIT_BYTES)
@@ -446,7 +465,7 @@ pub async fn results(
                         if tx.send(Command::Result { result, done }).await.is_err() {
                             break;
                         }
-                        recording.push(async move { (msg, recorded.await.is_ok()) });
+                        recording.push(once_done(msg, recorded));
                     }
                     Err(e) => {
                         warn!(subject = %msg.subject, "dropping a result: {e}");

@@ -195,7 +195,8 @@ pub async fn results_consumer(
     let name = subjects.results_stream();
     let config = stream::Config {
         name: name.clone(),
-        subjects: vec![subjects.all_results()],
+        // Workers' events too: in order with their results, and kept while no master runs.
+        subjects: vec![subjects.all_results(), subjects.all_worker_events()],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         max_age: RESULT_MAX_AGE,

@@ -278,7 +278,7 @@ async fn a_results_stream_from_before_per_worker_subjects_is_brought_up_to_date(
     let _worker = swarm.worker("w1", 1, &[]).unwrap();
     let client = swarm.connect(Role::Client).await.unwrap();
     swarm.wait_workers(&client, 1).await.unwrap();
-    // The result travels on today's subject and still reaches the master.
+    // The result and the output travel on today's subjects and still reach the master.
     let c = run_task(
         &client,
         &swarm.subjects,
@@ -297,5 +297,11 @@ async fn a_results_stream_from_before_per_worker_subjects_is_brought_up_to_date(
         .config
         .subjects
         .clone();
-    assert_eq!(info, vec![swarm.subjects.all_results()]);
+    assert_eq!(
+        info,
+        vec![
+            swarm.subjects.all_results(),
+            swarm.subjects.all_worker_events()
+        ]
+    );
 }

@@ -400,20 +400,10 @@ impl Worker {
         handed_back: Arc<AtomicBool>,
     ) {
         let started = Instant::now();
-        let events = self
-            .cfg
-            .conn
-            .subjects
-            .worker_events(&self.cfg.id, &a.task_id);
-        self.emit(
-            &events,
-            a.encoding,
-            &TaskEvent::Started {
-                worker: self.cfg.id.clone(),
-                attempt: a.attempt,
-            },
-        )
-        .await;
+        // `started` is the master's to say, on the acknowledgement; output goes to this
+        // worker's own event subject, which the master relays.
+        let subjects = &self.cfg.conn.subjects;
+        let events = subjects.worker_events(&self.cfg.id, &a.task_id);
         info!(cmd = ?a.spec.cmd, "started");
         let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let forward = async {

@@ -191,7 +191,17 @@ impl Dispatcher {
             async move {
                 let (reason, unanswered) =
                     match send_assignment(&client, subject, &assignment).await {
-                        Ok(()) => return,
+                        Ok(()) => {
+                            // Announced by the actor, which owns the task's events.
+                            let _ = tx
+                                .send(Command::Started {
+                                    task_id,
+                                    attempt,
+                                    worker,
+                                })
+                                .await;
+                            return;
+                        }
                         Err(failed) => failed,
                     };
                 let _ = tx

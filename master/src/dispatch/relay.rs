@@ -1,43 +1,40 @@
-//! Worker events to task events: a worker publishes its attempt's events (started, output,
-//! artifacts) on its own subject, `vgas.worker.<id>.events.<task>`, which a node's grants
-//! allow only for itself; the master relays one to `vgas.task.<id>.events` only while the
-//! task is assigned to that worker and the event is of that attempt. So no worker can put
-//! output, or a `finished`, into another's task.
+//! Worker events to task events: a worker publishes its attempt's output and artifacts on its
+//! own subject, `vgas.worker.<id>.events.<task>`, which a node's grants allow only for
+//! itself; the master relays one to `vgas.task.<id>.events` only while the task is assigned
+//! to that worker and the event is of that attempt. So no worker can put output, or a
+//! `finished`, into another's task. `assigned`, `started`, `retrying` and `finished` are the
+//! master's alone.
 //!
-//! Order: a worker publishes its events before its result, on one connection, and the
-//! master reads both on one connection; the server sends the plain events on at once but the
-//! result only after the results stream has stored it, so every event of an attempt is in the
-//! events subscription before its result reaches the actor. [`Dispatcher::relay_received`]
-//! relays what is there before a result is handled, and so before its `finished`.
+//! Order and durability: the results stream captures the worker event subjects too, so a
+//! worker's events and its result reach the master in the order the worker sent them (events
+//! first), through one consumer, and events sent while no master runs wait there for the next.
 
-use async_nats::{Message, Subscriber};
-use futures::{FutureExt, StreamExt};
+use bytes::Bytes;
 use tracing::{debug, warn};
 use vgas_shared::codec::decode;
 use vgas_shared::limits::MAX_EVENT_BYTES;
 use vgas_shared::wire::{TaskEvent, TaskState};
+use vgas_shared::{TaskId, WorkerId};
 
 use super::Dispatcher;
 
-/// Most events relayed in one catch-up before a result: the events subscription's own bound
-/// (async-nats' default channel capacity), so one catch-up empties it.
-const MAX_RELAYED_AT_ONCE: usize = 64 * 1024;
-
 impl Dispatcher {
-    /// Relays every worker event already received, without waiting for more.
-    pub(super) async fn relay_received(&mut self, events: &mut Subscriber) {
-        for _ in 0..MAX_RELAYED_AT_ONCE {
-            match events.next().now_or_never() {
-                Some(Some(msg)) => self.relay(msg).await,
-                _ => break,
-            }
+    /// A worker acknowledged attempt `attempt`: `started`, if that attempt is still the one.
+    pub(super) async fn on_started(&mut self, id: &TaskId, attempt: u32, worker: WorkerId) {
+        let Some(t) = self.tasks.get(id) else { return };
+        let current = matches!(&t.rec.state, TaskState::Assigned { worker: w, .. } if *w == worker)
+            && t.rec.attempt == attempt;
+        if current {
+            let enc = t.rec.encoding;
+            self.emit(id, enc, &TaskEvent::Started { worker, attempt })
+                .await;
         }
     }
 
     /// Relays one worker event to its task's subject if that worker runs that attempt now.
-    pub(super) async fn relay(&mut self, msg: Message) {
-        let Some((worker, task_id)) = self.subjects.parse_worker_events(&msg.subject) else {
-            debug!(subject = %msg.subject, "dropping an event on a subject that names no task");
+    pub(super) async fn relay(&mut self, subject: &str, payload: Bytes) {
+        let Some((worker, task_id)) = self.subjects.parse_worker_events(subject) else {
+            debug!(subject, "dropping an event on a subject that names no task");
             return;
         };
         let Some(t) = self.tasks.get(&task_id) else {
@@ -47,7 +44,7 @@ impl Dispatcher {
         let assigned =
             matches!(&t.rec.state, TaskState::Assigned { worker: w, .. } if *w == worker);
         let current = t.rec.attempt;
-        let ev = match decode::<TaskEvent>(&msg.payload, MAX_EVENT_BYTES) {
+        let ev = match decode::<TaskEvent>(&payload, MAX_EVENT_BYTES) {
             Ok((ev, _)) => ev,
             Err(e) => {
                 warn!(%task_id, %worker, "dropping a malformed worker event: {e}");
@@ -55,11 +52,9 @@ impl Dispatcher {
             }
         };
         let attempt = match &ev {
-            TaskEvent::Started { worker: w, attempt } if *w == worker => *attempt,
             TaskEvent::Stdout { attempt, .. }
             | TaskEvent::Stderr { attempt, .. }
             | TaskEvent::Artifact { attempt, .. } => *attempt,
-            // Assignment, retry and the end are the master's to say; a start names its worker.
             TaskEvent::Started { .. }
             | TaskEvent::Assigned { .. }
             | TaskEvent::Retrying { .. }
@@ -74,7 +69,7 @@ impl Dispatcher {
             return;
         }
         let subject = self.subjects.task_events(&task_id);
-        if let Err(e) = self.client.publish(subject, msg.payload).await {
+        if let Err(e) = self.client.publish(subject, payload).await {
             warn!(%task_id, "could not relay a task event: {e}");
         }
     }
