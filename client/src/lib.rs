@@ -1,6 +1,7 @@
 //! Everything that runs on the submitter's machine: the `vgas` CLI (`cli`), the build
 //! farm's submitting side (`farm`: the compiler wrapper, `vgas build`, preprocessing, the
-//! swarm-wide cache, segments) and the one task API every caller uses (`api`), which the
+//! swarm-wide cache, segments), the rustc wrapper (`rustc`, cargo's `RUSTC_WRAPPER`) and the
+//! one task API every caller uses (`api`), which the
 //! master's plan runner and the worker's agent tools use too.
 //!
 //! This crate never links the master's gateway or key vault: the compiler wrapper, which a
@@ -16,6 +17,7 @@ pub mod files;
 pub mod http;
 pub mod init;
 pub mod nodes;
+pub mod rustc;
 pub mod tls;
 pub mod toolchain;
 

@@ -30,6 +30,9 @@ pub enum VgaError {
     /// A compiler or environment could not be found, probed or prepared.
     #[error("toolchain: {0}")]
     Toolchain(String),
+    /// Stored bytes (a cache object) that do not read back as what was stored.
+    #[error("damaged: {0}")]
+    Damaged(String),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -43,9 +46,9 @@ impl VgaError {
     pub fn code(&self) -> ErrorCode {
         match self {
             VgaError::Codec(CodecError::TooLarge { .. }) => ErrorCode::TooLarge,
-            VgaError::Codec(CodecError::MsgPackEncode(_)) | VgaError::Io { .. } => {
-                ErrorCode::Internal
-            }
+            VgaError::Codec(CodecError::MsgPackEncode(_))
+            | VgaError::Io { .. }
+            | VgaError::Damaged(_) => ErrorCode::Internal,
             _ => ErrorCode::BadRequest,
         }
     }

@@ -18,6 +18,7 @@ pub mod command;
 pub mod diagnostics;
 pub mod plan;
 pub mod reparse;
+pub mod rustc;
 pub mod step;
 pub use diagnostics::{parse_diagnostics, Diagnostic, DiagnosticReport};
 pub use plan::{

@@ -170,6 +170,10 @@ pub const NOT_A_COMPILE: &str = "a link or another call without -c";
 /// `cxx_driver` is true for `g++`, `c++` and `clang++`, which compile `.c` files as C++.
 pub fn classify(args: &[String], cxx_driver: bool) -> Invocation {
     let local = |why: String| Invocation::Local(why);
+    // A link says so, whatever flags it carries (rustc links with `cc -B...`).
+    if !args.iter().any(|a| a == "-c") {
+        return local(NOT_A_COMPILE.into());
+    }
     let mut compile_only = false;
     let mut output: Option<String> = None;
     let mut sources: Vec<String> = Vec::new();

@@ -225,6 +225,8 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         .env("PATH", std::env::join_paths(dirs)?)
         .env("CC", links.path().join("cc"))
         .env("CXX", links.path().join("c++"))
+        // Cargo runs every rustc call through the rustc wrapper (`crate::rustc`).
+        .env("RUSTC_WRAPPER", &me)
         .env(ENV_WRAPPER_DIR, links.path())
         .env(ENV_BUILD_ID, &build_id)
         .env(super::helper::ENV_HELPER_SOCKET, &socket)

@@ -236,6 +236,24 @@ pub fn segment_deadline_from_env() -> std::time::Duration {
         .unwrap_or(DEFAULT_SEGMENT_DEADLINE)
 }
 
+/// The connection settings a wrapper runs with: from the environment only, which `vgas
+/// build` sets for the commands it runs.
+pub fn settings_from_env() -> Result<vgas_shared::config::Resolved> {
+    EnvOnly::try_parse_from(["vgas"])
+        .context("settings from the environment")?
+        .common
+        .resolve(Role::Client)
+        .context("settings from the environment")
+}
+
+/// The updates subject of the `vgas build` this wrapper runs under, if any.
+pub fn build_updates_subject(conn: &vgas_shared::config::Resolved) -> Option<String> {
+    std::env::var(ENV_BUILD_ID)
+        .ok()
+        .filter(|id| vgas_shared::TaskId::parse(id).is_ok())
+        .map(|id| conn.subjects.build_updates(&id))
+}
+
 /// One unit with a connection of its own (no `vgas build` helper to hand it to).
 async fn distribute(
     invoked_as: &str,
@@ -244,19 +262,13 @@ async fn distribute(
     args: &[String],
     job: CompileJob,
 ) -> Result<i32> {
-    let conn = EnvOnly::try_parse_from(["vgas"])
-        .context("settings from the environment")?
-        .common
-        .resolve(Role::Client)?;
+    let conn = settings_from_env()?;
     let client = crate::connect::connect(&conn, "vgas-cc").await?;
     let swarm = crate::api::Swarm::new(client.clone(), conn.subjects.clone());
     let cache = super::cache::BuildCache::open(&swarm.js, &conn.subjects)
         .await
         .ok();
-    let subject = std::env::var(ENV_BUILD_ID)
-        .ok()
-        .filter(|id| vgas_shared::TaskId::parse(id).is_ok())
-        .map(|id| conn.subjects.build_updates(&id));
+    let subject = build_updates_subject(&conn);
     let ctx = BuildContext {
         updates: Updates::new(client.clone(), subject, None),
         swarm,
