@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::args::{resolve, CrateCall};
 
 /// Bumped when what the key covers changes, so old entries stop matching.
-const KEY_VERSION: &str = "vgas-rustc-key-2";
+const KEY_VERSION: &str = "vgas-rustc-key-3";
 
 /// Environment variables that reach rustc from cargo but say nothing about the output
 /// (the jobserver's descriptors change every run).
@@ -52,9 +52,10 @@ fn rustc_output(rustc: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The compiler's identity: its `-vV` (version, commit, host, LLVM) and the name, size and
-/// modification time of every file in its sysroot's library folders (the standard library a
-/// crate links against, and the compiler's own libraries), hex.
+/// The compiler's identity: its `-vV` (version, commit, host, LLVM) and the name and size of
+/// every file in its sysroot's library folders (the standard library a crate links against,
+/// and the compiler's own libraries, whose names carry their own hashes), hex. Sizes, not
+/// times: the same toolchain installed on two hosts is one identity, so they share the cache.
 pub fn compiler_identity(rustc: &str) -> Result<String> {
     let version = rustc_output(rustc, &["-vV"])?;
     let sysroot = rustc_output(rustc, &["--print", "sysroot"])?;
@@ -74,28 +75,47 @@ pub fn compiler_identity(rustc: &str) -> Result<String> {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        let mut files: Vec<(String, u64, u128)> = entries
+        let mut files: Vec<(String, u64)> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
-                let mtime = m
-                    .modified()
-                    .ok()?
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()?
-                    .as_nanos();
                 m.is_file()
-                    .then(|| (e.file_name().to_string_lossy().into_owned(), m.len(), mtime))
+                    .then(|| (e.file_name().to_string_lossy().into_owned(), m.len()))
             })
             .collect();
         files.sort();
-        for (name, len, mtime) in files {
+        for (name, len) in files {
             field(&mut h, "sysroot-file", name.as_bytes());
             h.update(len.to_le_bytes());
-            h.update(mtime.to_le_bytes());
         }
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// [`compiler_identity`], worked out once per build: kept in `memo_dir` (the build's wrapper
+/// folder) under a name derived from how the compiler is called (its path and the rustup
+/// toolchain override, which pick the compiler).
+pub fn compiler_identity_memo(rustc: &str, memo_dir: Option<&Path>) -> Result<String> {
+    let Some(dir) = memo_dir else {
+        return compiler_identity(rustc);
+    };
+    let mut h = Sha256::new();
+    field(&mut h, "rustc", rustc.as_bytes());
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_default();
+    field(&mut h, "toolchain", toolchain.as_bytes());
+    let memo = dir.join(format!("rustc-id-{}", &hex::encode(h.finalize())[..16]));
+    if let Ok(id) = std::fs::read_to_string(&memo) {
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id);
+        }
+    }
+    let id = compiler_identity(rustc)?;
+    // Several wrappers may race here: each writes the same value through a rename.
+    let tmp = dir.join(format!(".rustc-id-{}", std::process::id()));
+    if std::fs::write(&tmp, &id).is_ok() {
+        let _ = std::fs::rename(&tmp, &memo);
+    }
+    Ok(id)
 }
 
 /// What a `--emit=dep-info` run says a crate reads: its source files and the environment
@@ -193,19 +213,19 @@ pub fn crate_inputs(rustc: &str, call: &CrateCall, cwd: &Path) -> Result<CrateIn
     Ok(parse_dep_info(&text))
 }
 
-/// The linker a linked output is made with: `-C linker`, or `cc`; its path, size and mtime.
+/// The linker a linked output is made with: `-C linker`, or `cc`; the file it resolves to and
+/// its size (as for the sysroot, not its time, so hosts with the same packages share hits).
 fn linker_identity(call: &CrateCall) -> String {
     let name = call.linker.clone().unwrap_or_else(|| "cc".into());
     // Past `vgas build`'s own `cc` link, to the real one.
     let skip = std::env::var_os(crate::farm::wrapper::ENV_WRAPPER_DIR).map(PathBuf::from);
-    let found = crate::toolchain::which(&name, skip.as_deref());
-    let meta = found.as_deref().and_then(|p| std::fs::metadata(p).ok());
-    let mtime = meta
-        .as_ref()
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    format!("{name} {:?} {} {mtime}", found, meta.map_or(0, |m| m.len()))
+    let found = crate::toolchain::which(&name, skip.as_deref())
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let len = found
+        .as_deref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
+    format!("{name} {found:?} {len}")
 }
 
 /// Everything the key covers, gathered; `key()` hashes it.

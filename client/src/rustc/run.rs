@@ -12,11 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vgas_shared::farm::{BuildUpdate, Origin};
 
 use super::args::{parse, CrateCall, RustcArgs};
-use super::key::{compiler_identity, crate_inputs, KeyInputs};
+use super::key::{compiler_identity_memo, crate_inputs, KeyInputs};
 use super::{outputs, AsRustc};
 use crate::farm::cache::BuildCache;
 use crate::farm::context::Updates;
-use crate::farm::wrapper::{build_updates_subject, note_local, settings_from_env};
+use crate::farm::wrapper::{
+    build_updates_subject, note_local, settings_from_env, ENV_WRAPPER_DIR,
+};
 
 /// Most output of one rustc call kept to replay on a hit (8 MiB of diagnostics); a call that
 /// prints more still runs and prints all of it, but is not stored.
@@ -58,7 +60,9 @@ async fn cached(call: &AsRustc, c: &CrateCall, cwd: &Path) -> Result<i32> {
     let keying = {
         let (rustc, c, cwd) = (call.rustc.clone(), c.clone(), cwd.to_owned());
         tokio::task::spawn_blocking(move || -> Result<String> {
-            let compiler = compiler_identity(&rustc).context("the compiler's identity")?;
+            let memo = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+            let compiler = compiler_identity_memo(&rustc, memo.as_deref())
+                .context("the compiler's identity")?;
             let inputs = crate_inputs(&rustc, &c, &cwd).context("the crate's inputs")?;
             let env: Vec<(String, String)> = std::env::vars().collect();
             KeyInputs {
