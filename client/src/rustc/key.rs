@@ -219,8 +219,8 @@ fn linker_identity(call: &CrateCall) -> String {
     let name = call.linker.clone().unwrap_or_else(|| "cc".into());
     // Past `vgas build`'s own `cc` link, to the real one.
     let skip = std::env::var_os(crate::farm::wrapper::ENV_WRAPPER_DIR).map(PathBuf::from);
-    let found = crate::toolchain::which(&name, skip.as_deref())
-        .and_then(|p| std::fs::canonicalize(p).ok());
+    let found =
+        crate::toolchain::which(&name, skip.as_deref()).and_then(|p| std::fs::canonicalize(p).ok());
     let len = found
         .as_deref()
         .and_then(|p| std::fs::metadata(p).ok())

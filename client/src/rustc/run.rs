@@ -16,9 +16,7 @@ use super::key::{compiler_identity_memo, crate_inputs, KeyInputs};
 use super::{outputs, AsRustc};
 use crate::farm::cache::BuildCache;
 use crate::farm::context::Updates;
-use crate::farm::wrapper::{
-    build_updates_subject, note_local, settings_from_env, ENV_WRAPPER_DIR,
-};
+use crate::farm::wrapper::{build_updates_subject, note_local, settings_from_env, ENV_WRAPPER_DIR};
 
 /// Most output of one rustc call kept to replay on a hit (8 MiB of diagnostics); a call that
 /// prints more still runs and prints all of it, but is not stored.
