@@ -24,7 +24,9 @@ mod task;
 pub use cuda::{virtual_arch, CudaSpec, KernelArg, PTX_ARTIFACT};
 pub use env::{Env, EnvValue, MarkedValue, SealedValue};
 pub use status::{AbnormalNode, Heartbeat, NodeStatus, SwarmPulse, Toolchain};
-pub use task::{Argv, Bounds, CompileTask, CudaTask, ExecTask, Task, TaskFile, WasmTask, Work};
+pub use task::{
+    Argv, Bounds, CompileTask, CudaTask, ExecTask, RustcTask, Task, TaskFile, WasmTask, Work,
+};
 // The checked names live below the wire types (the build farm's types use them too).
 pub use crate::names::{check_module_ref, check_relative_path, ModuleRef, MODULE_REF_PREFIX};
 
@@ -48,6 +50,9 @@ pub enum TaskKind {
     /// CUDA C (`cuda`) compiled with NVRTC to PTX and, unless compile-only, its kernel
     /// launched on the task's leased GPU; output buffers come back as artifacts.
     Cuda,
+    /// One Rust crate (`rustc`) compiled by the exact rustc its `rustc.compiler` names, with
+    /// the submitter's paths; its outputs come back as artifacts.
+    Rustc,
 }
 
 impl TaskKind {
@@ -59,6 +64,7 @@ impl TaskKind {
             TaskKind::Compile => "compile",
             TaskKind::Agent => "agent",
             TaskKind::Cuda => "cuda",
+            TaskKind::Rustc => "rustc",
         }
     }
 }
@@ -123,6 +129,9 @@ pub struct TaskSpec {
     /// Cuda tasks only: the source, kernel and launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaSpec>,
+    /// Rustc tasks only: the crate compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rustc: Option<crate::farm::rustc::RustcSpec>,
 }
 
 /// An input file: `{"path":"in.txt","text":"..."}` or `{"path":"in.bin","base64":"..."}`.

@@ -5,11 +5,13 @@
 //! plain `cargo build`'s byte for byte, cold and from the cache; after `cargo clean` every
 //! cacheable crate is a hit; a change in one crate compiles it and its dependents only; the
 //! proc-macro runs here with its reason counted; a compile error reads exactly as cargo's.
+//! With workers, the library crates compile on them (the binary still equal to cargo's), and
+//! a worker SIGKILLed in the middle of a crate costs the build nothing.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use vgas_shared::farm::BuildUpdate;
+use vgas_shared::farm::{BuildUpdate, Origin};
 use vgas_tests::build::{ok, origins, updates};
 use vgas_tests::Swarm;
 
@@ -94,20 +96,24 @@ fn cargo(dir: &Path, args: &[&str]) -> Output {
 
 const BUILD: &[&str] = &["build", "--release", "--offline"];
 
+/// `vgas build --json -- cargo build --release --offline` in `dir`, not yet started.
+fn vgas_build_cmd(swarm: &Swarm, dir: &Path) -> Command {
+    let mut cmd = Command::new(vgas_tests::bin("vgas"));
+    cmd.args(["build", "--json", "--", "cargo"])
+        .args(BUILD)
+        .current_dir(dir)
+        .env("VGAS_NATS_URL", swarm.url())
+        .env("VGAS_STATE_DIR", swarm.state_dir())
+        .env("VGAS_NO_MDNS", "true")
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TERM_COLOR", "never")
+        .env_remove("RUSTC_WRAPPER")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
 fn vgas_build(swarm: &Swarm, dir: &Path) -> Output {
-    let mut args = vec!["build", "--json", "--", "cargo"];
-    args.extend(BUILD);
-    let target = dir.join("target");
-    swarm
-        .cli_in(
-            dir,
-            &args,
-            &[
-                ("CARGO_TARGET_DIR", target.to_str().unwrap()),
-                ("CARGO_TERM_COLOR", "never"),
-            ],
-        )
-        .unwrap()
+    vgas_build_cmd(swarm, dir).output().expect("run vgas build")
 }
 
 fn binary(dir: &Path) -> Vec<u8> {
@@ -203,4 +209,177 @@ async fn cargo_builds_through_the_cache_byte_for_byte() {
     // By hand: a probe passes straight through.
     let v = swarm.cli_in(&dir, &["rustc", "-vV"], &[]).unwrap();
     assert!(String::from_utf8_lossy(&ok(&v).stdout).starts_with("rustc "));
+}
+
+#[tokio::test]
+async fn library_crates_compile_on_workers_and_the_binary_is_cargos() {
+    if Command::new("cargo").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no cargo on PATH");
+        return;
+    }
+    let mut swarm = Swarm::start().await.unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    // Each test worker is a host of its own (`VGAS_HOST_ID`): the crates are sent to it.
+    let _w1 = swarm.worker("w1", 2, &[]).unwrap();
+    let client = swarm
+        .connect(vgas_shared::config::Role::Client)
+        .await
+        .unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let dir = swarm.dir.path().join("ws");
+    workspace(&dir);
+    ok(&cargo(&dir, BUILD));
+    let reference = binary(&dir);
+    ok(&cargo(&dir, &["clean"]));
+
+    // Libraries that load no proc-macro go to the worker (alpha, itoa, hex); beta loads the
+    // proc-macro, app links: those two compile here, each with its reason.
+    let cold = vgas_build(&swarm, &dir);
+    let u = updates(ok(&cold));
+    assert_eq!(origins(&u), (3, 0, 2), "{u:?}");
+    let reasons = here_reasons(&u);
+    assert!(reasons.contains("loads a proc-macro"), "{reasons}");
+    assert!(reasons.contains("links here"), "{reasons}");
+    assert!(
+        binary(&dir) == reference,
+        "the distributed build's binary differs"
+    );
+    // The crates compiled there are in the cache like any other.
+    ok(&cargo(&dir, &["clean"]));
+    let u = updates(ok(&vgas_build(&swarm, &dir)));
+    assert_eq!(origins(&u), (0, CACHEABLE, 0), "{u:?}");
+    assert!(
+        binary(&dir) == reference,
+        "the cached build's binary differs"
+    );
+}
+
+/// A library slow enough to compile that its worker can be killed in the middle.
+fn slow_workspace(dir: &Path) {
+    write(
+        dir,
+        "Cargo.toml",
+        "[workspace]\nmembers = [\"slow\", \"tool\"]\nresolver = \"2\"\n",
+    );
+    write(dir, "slow/Cargo.toml", &member("slow", "", false));
+    let mut lib = String::new();
+    for i in 0..6000 {
+        lib.push_str(&format!(
+            "pub fn f{i}(x: u64) -> u64 {{ x.wrapping_mul({i}).rotate_left({}) ^ {i} }}\n",
+            i % 63
+        ));
+    }
+    lib.push_str("pub fn all(x: u64) -> u64 { f0(x) ^ f5999(x) }\n");
+    write(dir, "slow/src/lib.rs", &lib);
+    write(
+        dir,
+        "tool/Cargo.toml",
+        &member("tool", "slow = { path = \"../slow\" }\n", false),
+    );
+    write(
+        dir,
+        "tool/src/main.rs",
+        "fn main() {\n    println!(\"{}\", slow::all(7));\n}\n",
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_crate_costs_the_build_nothing() {
+    if Command::new("cargo").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no cargo on PATH");
+        return;
+    }
+    let mut swarm = Swarm::start().await.unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    let workers = [
+        swarm.worker("w1", 1, &[]).unwrap(),
+        swarm.worker("w2", 1, &[]).unwrap(),
+    ];
+    let client = swarm
+        .connect(vgas_shared::config::Role::Client)
+        .await
+        .unwrap();
+    swarm.wait_workers(&client, 2).await.unwrap();
+    let dir = swarm.dir.path().join("slow-ws");
+    slow_workspace(&dir);
+    ok(&cargo(&dir, BUILD));
+    let reference = std::fs::read(dir.join("target/release/tool")).unwrap();
+    ok(&cargo(&dir, &["clean"]));
+
+    // Follow the build's updates; kill the worker the slow crate starts on.
+    let mut child = vgas_build_cmd(&swarm, &dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.clone());
+            lines.push(line);
+        }
+        lines
+    });
+    let started_on = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the slow crate started on a worker");
+        if let Ok(BuildUpdate::Compiling {
+            segment, worker, ..
+        }) = serde_json::from_str(&line)
+        {
+            if segment.starts_with("rust:slow") {
+                break worker.to_string();
+            }
+        }
+    };
+    let victim = if started_on == "w1" { 0 } else { 1 };
+    // Into the compile, then SIGKILL.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    workers[victim].signal(libc::SIGKILL);
+    let out = child.wait_with_output().unwrap();
+    let lines = reader.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        lines.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let u: Vec<BuildUpdate> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // The slow crate ended once, on the other worker or here, after a retry or a fallback.
+    let slow_done: Vec<_> = u
+        .iter()
+        .filter(
+            |x| matches!(x, BuildUpdate::Done { segment, .. } if segment.starts_with("rust:slow")),
+        )
+        .collect();
+    assert_eq!(slow_done.len(), 1, "{u:?}");
+    // The kill landed in the compile: the crate was tried again, or compiled here.
+    let moved = u.iter().any(
+        |x| matches!(x, BuildUpdate::Retried { segment, .. } if segment.starts_with("rust:slow")),
+    ) || matches!(
+        slow_done[0],
+        BuildUpdate::Done {
+            origin: Origin::Local { .. },
+            ..
+        }
+    );
+    assert!(moved, "{u:?}");
+    let run = Command::new(dir.join("target/release/tool"))
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    assert!(
+        std::fs::read(dir.join("target/release/tool")).unwrap() == reference,
+        "the binary differs from cargo's"
+    );
 }

@@ -12,6 +12,7 @@ pub mod join;
 pub mod metrics;
 pub mod probe;
 pub mod runner;
+pub mod rustc;
 pub mod sandbox;
 pub mod wasm;
 

@@ -32,6 +32,7 @@ use crate::compile::sources_bucket;
 use crate::env::EnvironmentManager;
 use crate::gpu::Gpus;
 use crate::probe;
+use crate::rustc::RustToolchains;
 use crate::sandbox::{Isolation, OutputChunk};
 use crate::wasm::{Artifact, ArtifactBody, ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
@@ -114,6 +115,8 @@ pub struct Worker {
     sources: ObjectStoreSource,
     /// The GPUs and NVRTC found here.
     gpus: Arc<Gpus>,
+    /// The Rust toolchains found here, for `rustc` tasks.
+    rust: Arc<RustToolchains>,
     /// The swarm's PTX cache (`None` when a master of an older version did not create it).
     ptx_cache: Option<jetstream::kv::Store>,
 }
@@ -136,8 +139,17 @@ impl Worker {
         info!(nvrtc = ?gpus.nvrtc.as_ref().map(|n| &n.version), "{}", gpus.note);
         let mut toolchains = toolchains.context("probe toolchains")?;
         let envs = Arc::new(envs.context("probe compilers")?);
+        let (e2, work_dir) = (envs.clone(), cfg.sandbox.work_dir.clone());
+        let rust = tokio::task::spawn_blocking(move || RustToolchains::probe(&e2, &work_dir))
+            .await
+            .context("probe Rust toolchains")?;
         let mut capabilities = cfg.capabilities.clone();
         envs.offer(&mut toolchains, &mut capabilities);
+        for tag in rust.tags() {
+            if !capabilities.contains(&tag) {
+                capabilities.push(tag);
+            }
+        }
         if gpus.nvrtc.is_some() {
             capabilities.push(vgas_shared::gpu::NVRTC_CAPABILITY.to_owned());
         }
@@ -179,6 +191,7 @@ impl Worker {
             seq: Arc::default(),
             beat_template,
             gpus: Arc::new(gpus),
+            rust: Arc::new(rust),
             ptx_cache,
         })
     }

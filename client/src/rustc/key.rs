@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::args::{resolve, CrateCall};
 
 /// Bumped when what the key covers changes, so old entries stop matching.
-const KEY_VERSION: &str = "vgas-rustc-key-3";
+const KEY_VERSION: &str = "vgas-rustc-key-4";
 
 /// Environment variables that reach rustc from cargo but say nothing about the output
 /// (the jobserver's descriptors change every run).
@@ -52,11 +52,20 @@ fn rustc_output(rustc: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The compiler's identity: its `-vV` (version, commit, host, LLVM) and the name and size of
-/// every file in its sysroot's library folders (the standard library a crate links against,
-/// and the compiler's own libraries, whose names carry their own hashes), hex. Sizes, not
-/// times: the same toolchain installed on two hosts is one identity, so they share the cache.
-pub fn compiler_identity(rustc: &str) -> Result<String> {
+/// A rustc, identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RustCompiler {
+    /// 64 hex digits: its `-vV` (version, commit, host, LLVM) and the name and size of every
+    /// file in its sysroot's library folders (the standard library a crate links against, and
+    /// the compiler's own libraries, whose names carry their own hashes). Sizes, not times:
+    /// the same toolchain installed on two hosts is one identity, so they share the cache and
+    /// a worker can compile for the other.
+    pub identity: String,
+    pub sysroot: PathBuf,
+}
+
+/// Identifies the rustc that `rustc` runs (a rustup proxy picks its toolchain as it would).
+pub fn identify(rustc: &str) -> Result<RustCompiler> {
     let version = rustc_output(rustc, &["-vV"])?;
     let sysroot = rustc_output(rustc, &["--print", "sysroot"])?;
     let sysroot = PathBuf::from(sysroot.trim());
@@ -89,33 +98,42 @@ pub fn compiler_identity(rustc: &str) -> Result<String> {
             h.update(len.to_le_bytes());
         }
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(RustCompiler {
+        identity: hex::encode(h.finalize()),
+        sysroot,
+    })
 }
 
-/// [`compiler_identity`], worked out once per build: kept in `memo_dir` (the build's wrapper
-/// folder) under a name derived from how the compiler is called (its path and the rustup
-/// toolchain override, which pick the compiler).
-pub fn compiler_identity_memo(rustc: &str, memo_dir: Option<&Path>) -> Result<String> {
+/// [`identify`], worked out once per build: kept in `memo_dir` (the build's wrapper folder)
+/// under a name derived from how the compiler is called (its path and the rustup toolchain
+/// override, which pick the compiler).
+pub fn identify_memo(rustc: &str, memo_dir: Option<&Path>) -> Result<RustCompiler> {
     let Some(dir) = memo_dir else {
-        return compiler_identity(rustc);
+        return identify(rustc);
     };
     let mut h = Sha256::new();
     field(&mut h, "rustc", rustc.as_bytes());
     let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_default();
     field(&mut h, "toolchain", toolchain.as_bytes());
     let memo = dir.join(format!("rustc-id-{}", &hex::encode(h.finalize())[..16]));
-    if let Ok(id) = std::fs::read_to_string(&memo) {
-        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(id);
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        if let Some((id, sysroot)) = text.split_once('\n') {
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(RustCompiler {
+                    identity: id.to_owned(),
+                    sysroot: PathBuf::from(sysroot),
+                });
+            }
         }
     }
-    let id = compiler_identity(rustc)?;
+    let c = identify(rustc)?;
     // Several wrappers may race here: each writes the same value through a rename.
     let tmp = dir.join(format!(".rustc-id-{}", std::process::id()));
-    if std::fs::write(&tmp, &id).is_ok() {
+    let text = format!("{}\n{}", c.identity, c.sysroot.display());
+    if std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, &memo);
     }
-    Ok(id)
+    Ok(c)
 }
 
 /// What a `--emit=dep-info` run says a crate reads: its source files and the environment
@@ -173,7 +191,9 @@ pub fn parse_dep_info(text: &str) -> CrateInputs {
     inputs
 }
 
-/// Runs the crate's compile as `--emit=dep-info` only, into a temporary file, and reads it.
+/// Runs the crate's compile as `--emit=dep-info` only, into a temporary file, and reads it:
+/// with `-Z binary-dep-depinfo` (`RUSTC_BOOTSTRAP=1` for this run only), so the files list
+/// every crate the compile loads too, its dependencies' dependencies included.
 pub fn crate_inputs(rustc: &str, call: &CrateCall, cwd: &Path) -> Result<CrateInputs> {
     let dir = tempfile::Builder::new()
         .prefix("vgas-rustc-deps-")
@@ -198,10 +218,12 @@ pub fn crate_inputs(rustc: &str, call: &CrateCall, cwd: &Path) -> Result<CrateIn
         args.push(a.clone());
     }
     args.push("--emit=dep-info".into());
+    args.push("-Zbinary-dep-depinfo".into());
     args.push("-o".into());
     args.push(out.display().to_string());
     let run = std::process::Command::new(rustc)
         .args(&args)
+        .env("RUSTC_BOOTSTRAP", "1")
         .current_dir(cwd)
         .stdin(Stdio::null())
         .output()
@@ -231,7 +253,7 @@ fn linker_identity(call: &CrateCall) -> String {
 /// Everything the key covers, gathered; `key()` hashes it.
 #[derive(Debug)]
 pub struct KeyInputs<'a> {
-    pub compiler: &'a str,
+    pub compiler: &'a RustCompiler,
     pub call: &'a CrateCall,
     pub cwd: &'a Path,
     pub env: &'a [(String, String)],
@@ -239,47 +261,57 @@ pub struct KeyInputs<'a> {
 }
 
 impl KeyInputs<'_> {
-    /// The cache key: `rust.` and 64 hex digits.
-    pub fn key(&self) -> Result<String> {
-        let mut h = Sha256::new();
-        field(&mut h, "version", KEY_VERSION.as_bytes());
-        field(&mut h, "compiler", self.compiler.as_bytes());
-        field(&mut h, "cwd", self.cwd.as_os_str().as_encoded_bytes());
-        for a in &self.call.args {
-            field(&mut h, "arg", a.as_bytes());
-        }
-        let mut env: Vec<&(String, String)> = self
-            .env
-            .iter()
-            .filter(|(k, _)| {
-                (k.starts_with("CARGO_") && !IGNORED_ENV.contains(&k.as_str()))
-                    || RUSTC_ENV.contains(&k.as_str())
-            })
-            .collect();
-        env.sort();
-        for (k, v) in env {
-            field(&mut h, "env", format!("{k}={v}").as_bytes());
-        }
-        // What the crate's env!/option_env! read: the value it has now (or its absence).
-        for k in self.inputs.env.keys() {
-            let now = self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v);
-            field(&mut h, "env-dep", format!("{k}={now:?}").as_bytes());
-        }
+    /// Every file the compile reads but the compiler's own, absolute, sorted, once each: the
+    /// sources and loaded crates of the dep-info run, and the `--extern` files.
+    pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self
             .inputs
             .files
             .iter()
+            .chain(self.call.externs.iter().map(|(_, p)| p))
             .map(|f| resolve(self.cwd, f))
+            .filter(|f| !f.starts_with(&self.compiler.sysroot))
             .collect();
         files.sort();
         files.dedup();
-        for f in files {
-            field(&mut h, "source", f.as_os_str().as_encoded_bytes());
-            h.update(file_digest(&f)?);
+        files
+    }
+
+    /// The environment rustc reads, as the key covers it and a worker gets it: `CARGO_*` but
+    /// the jobserver's, the variables rustc itself reads, and every variable the crate's
+    /// `env!`/`option_env!` name that is set.
+    pub fn rustc_env(&self) -> BTreeMap<String, String> {
+        self.env
+            .iter()
+            .filter(|(k, _)| {
+                (k.starts_with("CARGO_") && !IGNORED_ENV.contains(&k.as_str()))
+                    || RUSTC_ENV.contains(&k.as_str())
+                    || self.inputs.env.contains_key(k)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The cache key: `rust.` and 64 hex digits.
+    pub fn key(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        field(&mut h, "version", KEY_VERSION.as_bytes());
+        field(&mut h, "compiler", self.compiler.identity.as_bytes());
+        field(&mut h, "cwd", self.cwd.as_os_str().as_encoded_bytes());
+        for a in &self.call.args {
+            field(&mut h, "arg", a.as_bytes());
         }
-        for (name, path) in &self.call.externs {
-            field(&mut h, "extern", name.as_bytes());
-            h.update(file_digest(&resolve(self.cwd, path))?);
+        for (k, v) in self.rustc_env() {
+            field(&mut h, "env", format!("{k}={v}").as_bytes());
+        }
+        // What the crate's env!/option_env! read, and whether it is set at all.
+        for k in self.inputs.env.keys() {
+            let set = self.env.iter().any(|(n, _)| n == k);
+            field(&mut h, "env-dep", format!("{k} {set}").as_bytes());
+        }
+        for f in self.files() {
+            field(&mut h, "input", f.as_os_str().as_encoded_bytes());
+            h.update(file_digest(&f)?);
         }
         for lib in &self.call.libs {
             for dir in &self.call.search_dirs {

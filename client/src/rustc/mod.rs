@@ -3,13 +3,15 @@
 //! gets a key over everything that decides its outputs (`key`); a hit in the swarm-wide
 //! build cache writes every output back byte for byte and prints what rustc printed; a miss
 //! compiles here, streams rustc's output through as it comes (cargo's pipelining waits on
-//! it), and stores the outputs for every later build on any host. A call the cache cannot
+//! it), or, for a library crate a worker with the identical rustc can take, compiles there
+//! (`remote`), and stores the outputs for every later build on any host. A call the cache cannot
 //! take (a proc-macro, incremental, `-C target-cpu=native`...) runs unchanged, its reason
 //! counted in `vgas build`'s summary; so does every call when the swarm cannot be reached.
 
 pub mod args;
 pub mod key;
 mod outputs;
+pub mod remote;
 mod run;
 
 pub use run::run;

@@ -1,22 +1,30 @@
-//! One `rustc` call through the wrapper: pass it through, serve it from the cache, or compile
-//! it here and store it. The wrapper never fails a compile that rustc alone would pass: when
-//! the key, the swarm or the cache cannot be had, the call runs as if the wrapper were not
-//! there.
+//! One `rustc` call through the wrapper: pass it through, serve it from the cache, compile it
+//! on a worker, or compile it here; store what compiled. The wrapper never fails a compile
+//! that rustc alone would pass: when the key, the swarm or the cache cannot be had, the call
+//! runs as if the wrapper were not there, and a crate that failed on a worker compiles here
+//! again (so a worker's fault is never the build's).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vgas_shared::farm::{BuildUpdate, Origin};
+use vgas_shared::farm::{compiler_tag, BuildUpdate, Origin};
 
 use super::args::{parse, CrateCall, RustcArgs};
-use super::key::{compiler_identity_memo, crate_inputs, KeyInputs};
+use super::key::{crate_inputs, identify_memo, KeyInputs, RustCompiler};
+use super::remote::{not_remote, Remote, RemoteCrate};
 use super::{outputs, AsRustc};
+use crate::api::Swarm;
 use crate::farm::cache::BuildCache;
 use crate::farm::context::Updates;
-use crate::farm::wrapper::{build_updates_subject, note_local, settings_from_env, ENV_WRAPPER_DIR};
+use crate::farm::placement::Placement;
+use crate::farm::wrapper::{
+    build_updates_subject, note_local, segment_deadline_from_env, settings_from_env,
+    ENV_WRAPPER_DIR,
+};
 
 /// Most output of one rustc call kept to replay on a hit (8 MiB of diagnostics); a call that
 /// prints more still runs and prints all of it, but is not stored.
@@ -53,77 +61,214 @@ fn exec(call: &AsRustc) -> i32 {
     127
 }
 
+/// The compiler, the key, the files the compile reads and the environment rustc reads.
+struct Keyed {
+    compiler: RustCompiler,
+    key: String,
+    files: Vec<PathBuf>,
+    env: BTreeMap<String, String>,
+}
+
+fn keyed(rustc: &str, c: &CrateCall, cwd: &Path) -> Result<Keyed> {
+    let memo = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
+    let compiler = identify_memo(rustc, memo.as_deref()).context("the compiler's identity")?;
+    let inputs = crate_inputs(rustc, c, cwd).context("the crate's inputs")?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let k = KeyInputs {
+        compiler: &compiler,
+        call: c,
+        cwd,
+        env: &env,
+        inputs: &inputs,
+    };
+    Ok(Keyed {
+        key: k.key()?,
+        files: k.files(),
+        env: k.rustc_env(),
+        compiler,
+    })
+}
+
+/// One call's connection to the swarm.
+struct Conn {
+    client: async_nats::Client,
+    swarm: Swarm,
+    cache: BuildCache,
+    updates: Updates,
+}
+
 /// The key (compiler identity and the crate's inputs) while the swarm connects.
 async fn cached(call: &AsRustc, c: &CrateCall, cwd: &Path) -> Result<i32> {
     let keying = {
         let (rustc, c, cwd) = (call.rustc.clone(), c.clone(), cwd.to_owned());
-        tokio::task::spawn_blocking(move || -> Result<String> {
-            let memo = std::env::var_os(ENV_WRAPPER_DIR).map(PathBuf::from);
-            let compiler = compiler_identity_memo(&rustc, memo.as_deref())
-                .context("the compiler's identity")?;
-            let inputs = crate_inputs(&rustc, &c, &cwd).context("the crate's inputs")?;
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            KeyInputs {
-                compiler: &compiler,
-                call: &c,
-                cwd: &cwd,
-                env: &env,
-                inputs: &inputs,
-            }
-            .key()
-        })
+        tokio::task::spawn_blocking(move || keyed(&rustc, &c, &cwd))
     };
     let connecting = async {
         let conn = settings_from_env()?;
         let client = crate::connect::connect(&conn, "vgas-rustc").await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let cache = BuildCache::open(&js, &conn.subjects).await?;
+        let swarm = Swarm::new(client.clone(), conn.subjects.clone());
+        let cache = BuildCache::open(&swarm.js, &conn.subjects).await?;
         let updates = Updates::new(client.clone(), build_updates_subject(&conn), None);
-        anyhow::Ok((client, cache, updates))
+        anyhow::Ok(Conn {
+            client,
+            swarm,
+            cache,
+            updates,
+        })
     };
-    let (key, swarm) = tokio::join!(keying, connecting);
-    let key = key.context("keying")??;
-    let (client, cache, updates) = swarm.context("the swarm's build cache")?;
+    let (k, conn) = tokio::join!(keying, connecting);
+    let k = k.context("keying")??;
+    let conn = conn.context("the swarm's build cache")?;
     let unit = format!("rust:{}", c.unit_name());
-    let code = match cache.lookup(&key).await {
-        Ok(Some(hit)) => match outputs::restore(c, cwd, &hit.object) {
+    let hit = match conn.cache.lookup(&k.key).await {
+        Ok(hit) => hit,
+        Err(e) => {
+            tracing::debug!("build cache lookup: {e:#}");
+            None
+        }
+    };
+    if let Some(hit) = hit {
+        match outputs::restore(c, cwd, &hit.object) {
             Ok(printed) => {
                 print_replay(&printed.stdout, &printed.stderr).await;
-                updates
+                conn.updates
                     .send(BuildUpdate::Cached {
                         segment: unit.clone(),
                         saved_ms: printed.compile_ms,
                         direct: false,
                     })
                     .await;
-                updates
-                    .send(BuildUpdate::Done {
-                        segment: unit,
-                        origin: Origin::Cache,
-                        compile_ms: 0,
-                        overhead_ms: 0,
-                        diagnostics: String::new(),
-                    })
-                    .await;
-                let _ = client.flush().await;
+                done(&conn, &unit, Origin::Cache, 0, 0).await;
+                let _ = conn.client.flush().await;
                 return Ok(0);
             }
-            Err(e) => {
-                tracing::warn!(
-                    key,
-                    "a cached rustc output did not restore ({e:#}); compiling"
-                );
-                compile_and_store(call, c, cwd, &cache, &key, &updates, &unit).await
+            Err(e) => tracing::warn!(key = k.key, "a cached rustc output did not restore ({e:#})"),
+        }
+    }
+    let code = miss(call, c, cwd, &k, &conn, &unit).await;
+    let _ = conn.client.flush().await;
+    code
+}
+
+async fn done(conn: &Conn, unit: &str, origin: Origin, compile_ms: u64, overhead_ms: u64) {
+    conn.updates
+        .send(BuildUpdate::Done {
+            segment: unit.to_owned(),
+            origin,
+            compile_ms,
+            overhead_ms,
+            diagnostics: String::new(),
+        })
+        .await;
+}
+
+/// A miss: on a worker when one can take it, else (or when that fails) here; stored after.
+async fn miss(
+    call: &AsRustc,
+    c: &CrateCall,
+    cwd: &Path,
+    k: &Keyed,
+    conn: &Conn,
+    unit: &str,
+) -> Result<i32> {
+    let names = {
+        let (rustc, c2, cwd2) = (call.rustc.clone(), c.clone(), cwd.to_owned());
+        tokio::task::spawn_blocking(move || outputs::names(&rustc, &c2, &cwd2)).await??
+    };
+    let why_here = match not_remote(c, &k.files) {
+        Some(why) => why,
+        None => match Placement::from_env()
+            .here(&conn.swarm, &compiler_tag(&k.compiler.identity))
+            .await
+        {
+            Some(here) => format!("rustc: {}", here.reason),
+            None => {
+                let remote = RemoteCrate {
+                    swarm: &conn.swarm,
+                    updates: &conn.updates,
+                    unit,
+                    call: c,
+                    cwd,
+                    compiler: &k.compiler,
+                    files: &k.files,
+                    env: k.env.clone(),
+                    outputs: names.clone(),
+                    deadline: segment_deadline_from_env(),
+                };
+                match remote.compile().await {
+                    Ok(Remote::Compiled {
+                        stdout,
+                        stderr,
+                        worker,
+                        compile_ms,
+                        overhead_ms,
+                    }) => {
+                        print_replay(&stdout, &stderr).await;
+                        done(conn, unit, Origin::Worker { worker }, compile_ms, overhead_ms).await;
+                        store(conn, k, c, cwd, &names, stdout, stderr, compile_ms).await;
+                        return Ok(0);
+                    }
+                    Ok(Remote::Failed { worker, exit_code }) => format!(
+                        "rustc: failed on worker {worker} (exit code {exit_code}), compiled here to be sure"
+                    ),
+                    Ok(Remote::Unavailable(why)) => format!("rustc: the swarm could not: {why}"),
+                    Err(e) => format!("rustc: the swarm could not: {e:#}"),
+                }
             }
         },
-        Ok(None) => compile_and_store(call, c, cwd, &cache, &key, &updates, &unit).await,
-        Err(e) => {
-            tracing::debug!("build cache lookup: {e:#}");
-            compile_and_store(call, c, cwd, &cache, &key, &updates, &unit).await
-        }
     };
-    let _ = client.flush().await;
-    code
+    tracing::debug!(unit, "{why_here}");
+    let started = Instant::now();
+    let (code, printed) = compile_here(call, cwd).await?;
+    let compile_ms = started.elapsed().as_millis() as u64;
+    let origin = Origin::Local { reason: why_here };
+    if code != 0 {
+        conn.updates
+            .send(BuildUpdate::Failed {
+                segment: unit.to_owned(),
+                origin,
+                exit_code: code,
+                diagnostics: String::new(),
+            })
+            .await;
+        return Ok(code);
+    }
+    done(conn, unit, origin, compile_ms, 0).await;
+    match printed {
+        Some((stdout, stderr)) => {
+            store(conn, k, c, cwd, &names, stdout, stderr, compile_ms).await;
+        }
+        None => tracing::debug!(unit, "rustc's output is too large or not UTF-8; not stored"),
+    }
+    Ok(0)
+}
+
+/// Packs the outputs in `--out-dir` and stores them under the key; a failure costs only a
+/// later build a compile.
+#[allow(clippy::too_many_arguments)]
+async fn store(
+    conn: &Conn,
+    k: &Keyed,
+    c: &CrateCall,
+    cwd: &Path,
+    names: &[String],
+    stdout: String,
+    stderr: String,
+    compile_ms: u64,
+) {
+    let stored = async {
+        let (c2, cwd2, names) = (c.clone(), cwd.to_owned(), names.to_vec());
+        let packed = tokio::task::spawn_blocking(move || {
+            outputs::gather(&c2, &cwd2, &names, stdout, stderr, compile_ms)
+        })
+        .await??;
+        conn.cache
+            .store(&k.key, &packed, &Default::default(), "", compile_ms)
+            .await
+    };
+    if let Err(e) = stored.await {
+        tracing::warn!(key = k.key, "rustc outputs not stored: {e:#}");
+    }
 }
 
 async fn print_replay(stdout: &str, stderr: &str) {
@@ -159,17 +304,9 @@ async fn tee(
     kept
 }
 
-/// Compiles here, streaming rustc's output through, and stores a success.
-async fn compile_and_store(
-    call: &AsRustc,
-    c: &CrateCall,
-    cwd: &Path,
-    cache: &BuildCache,
-    key: &str,
-    updates: &Updates,
-    unit: &str,
-) -> Result<i32> {
-    let started = Instant::now();
+/// Compiles here, streaming rustc's output through; the exit code and what it printed (when
+/// it is UTF-8 and within the capture bound).
+async fn compile_here(call: &AsRustc, cwd: &Path) -> Result<(i32, Option<(String, String)>)> {
     let mut child = tokio::process::Command::new(&call.rustc)
         .args(&call.args)
         .current_dir(cwd)
@@ -187,50 +324,8 @@ async fn compile_and_store(
         child.wait()
     );
     let code = status.context("wait for rustc")?.code().unwrap_or(1);
-    let compile_ms = started.elapsed().as_millis() as u64;
-    let origin = Origin::Local {
-        reason: "rustc: not in the cache".into(),
-    };
-    if code != 0 {
-        updates
-            .send(BuildUpdate::Failed {
-                segment: unit.to_owned(),
-                origin,
-                exit_code: code,
-                diagnostics: String::new(),
-            })
-            .await;
-        return Ok(code);
-    }
-    updates
-        .send(BuildUpdate::Done {
-            segment: unit.to_owned(),
-            origin,
-            compile_ms,
-            overhead_ms: 0,
-            diagnostics: String::new(),
-        })
-        .await;
     let printed = stdout
         .zip(stderr)
         .and_then(|(o, e)| Some((String::from_utf8(o).ok()?, String::from_utf8(e).ok()?)));
-    let Some((stdout, stderr)) = printed else {
-        tracing::debug!(key, "rustc's output is too large or not UTF-8; not stored");
-        return Ok(0);
-    };
-    let stored = async {
-        let (rustc, c2, cwd2) = (call.rustc.clone(), c.clone(), cwd.to_owned());
-        let packed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-            let names = outputs::names(&rustc, &c2, &cwd2)?;
-            outputs::gather(&c2, &cwd2, &names, stdout, stderr, compile_ms)
-        })
-        .await??;
-        cache
-            .store(key, &packed, &Default::default(), "", compile_ms)
-            .await
-    };
-    if let Err(e) = stored.await {
-        tracing::warn!(key, "rustc outputs not stored: {e:#}");
-    }
-    Ok(0)
+    Ok((code, printed))
 }

@@ -1,14 +1,152 @@
-//! What the build cache keeps for one `rustc` call: every file it wrote (`.rlib`, `.rmeta`,
-//! `.d`, a binary...) with its permission bits, and what it printed, packed into one object
-//! so a hit is one read. The layout: the 8-byte magic, a 4-byte big-endian header length, the
-//! header (MessagePack), then the files' bytes one after another in header order.
+//! Rust crate compiles on the swarm. What the build cache keeps for one `rustc` call: every
+//! file it wrote (`.rlib`, `.rmeta`, `.d`, a binary...) with its permission bits, and what it
+//! printed, packed into one object so a hit is one read (the layout: the 8-byte magic, a
+//! 4-byte big-endian header length, the header in MessagePack, then the files' bytes one after
+//! another in header order). And what a `rustc` task carries to a worker ([`RustcSpec`]): the
+//! submitter's command line, directory and environment as they are, and every file the
+//! compile reads that is not the compiler's own, at its absolute path on the submitter's host.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode_as, encode};
 use crate::error::VgaError;
-use crate::names::check_relative_path;
+use crate::names::{check_relative_path, ModuleRef};
 use crate::Encoding;
+
+/// Most files a `rustc` task may carry: a crate's sources and the metadata of every crate it
+/// loads (a large dependency graph reaches hundreds).
+pub const MAX_RUSTC_INPUTS: usize = 4096;
+
+/// Most outputs a `rustc` task brings back (`.rlib`, `.rmeta`, `.d`, `.o`).
+pub const MAX_RUSTC_OUTPUTS: usize = 8;
+
+/// Crate types a worker compiles: libraries whose outputs link nothing. Binaries and shared
+/// objects link with this host's C toolchain and libraries, so they compile where they link.
+pub const REMOTE_CRATE_TYPES: &[&str] = &["lib", "rlib"];
+
+/// One file a remote crate compile reads: inline, or by content in the build sources bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RustcInput {
+    /// Absolute, as on the submitter's host.
+    pub path: String,
+    /// The bytes, when small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// `sha256:<hex>` of the bytes in the build sources bucket, when not inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// A crate compile a worker runs (a task of kind `rustc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RustcSpec {
+    /// The compiler's identity (64 hex digits): the worker compiles with a rustc of exactly
+    /// this identity, and the task needs its capability ([`crate::farm::compiler_tag`]).
+    pub compiler: String,
+    /// rustc's arguments as the submitter's cargo gave them.
+    pub args: Vec<String>,
+    /// The directory rustc ran in there, absolute.
+    pub cwd: String,
+    /// The environment rustc reads (`CARGO_*` and what the crate's `env!` names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `--out-dir`, absolute.
+    pub out_dir: String,
+    /// The files rustc writes there that come back, by name.
+    pub outputs: Vec<String>,
+    pub inputs: Vec<RustcInput>,
+}
+
+fn check_absolute(what: &str, path: &str) -> Result<(), VgaError> {
+    let ok = path.starts_with('/')
+        && !path.contains('\0')
+        && path.split('/').all(|c| c != ".." && c != ".");
+    if ok {
+        Ok(())
+    } else {
+        Err(VgaError::InvalidTask(format!(
+            "rustc {what} {path:?} must be an absolute path without . or .."
+        )))
+    }
+}
+
+impl RustcSpec {
+    /// Checks what a worker relies on: the identity's form, absolute clean paths, plain
+    /// output names, exactly one of inline or by reference per input, library crate types,
+    /// no NUL anywhere.
+    pub fn validate(&self) -> Result<(), VgaError> {
+        let bad = |m: String| Err(VgaError::InvalidTask(m));
+        if self.compiler.len() != 64 || !self.compiler.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad("rustc \"compiler\" must be 64 hex digits".into());
+        }
+        check_absolute("cwd", &self.cwd)?;
+        check_absolute("out_dir", &self.out_dir)?;
+        if self
+            .args
+            .iter()
+            .chain(self.env.keys())
+            .chain(self.env.values())
+            .any(|a| a.contains('\0'))
+        {
+            return bad("rustc arguments and env must not contain NUL".into());
+        }
+        if self.env.keys().any(|k| k.is_empty() || k.contains('=')) {
+            return bad("rustc env names must be non-empty, without '='".into());
+        }
+        let mut types = Vec::new();
+        let mut it = self.args.iter();
+        while let Some(a) = it.next() {
+            if a == "--crate-type" {
+                types.extend(it.next().map(|t| t.split(',')).into_iter().flatten());
+            } else if let Some(t) = a.strip_prefix("--crate-type=") {
+                types.extend(t.split(','));
+            } else if a.starts_with('@') || a == "--sysroot" || a.starts_with("--sysroot=") {
+                return bad(format!("rustc argument {a:?} is not sent to workers"));
+            }
+        }
+        if types.is_empty() || types.iter().any(|t| !REMOTE_CRATE_TYPES.contains(t)) {
+            return bad(format!(
+                "a rustc task compiles {REMOTE_CRATE_TYPES:?} crates only, not {types:?}"
+            ));
+        }
+        if self.outputs.is_empty() || self.outputs.len() > MAX_RUSTC_OUTPUTS {
+            return bad(format!(
+                "a rustc task brings back 1 to {MAX_RUSTC_OUTPUTS} outputs"
+            ));
+        }
+        for o in &self.outputs {
+            if o.contains('/') {
+                return bad(format!("rustc output {o:?} must be a file name"));
+            }
+            check_relative_path(o)?;
+        }
+        if self.inputs.len() > MAX_RUSTC_INPUTS {
+            return bad(format!(
+                "a rustc task carries at most {MAX_RUSTC_INPUTS} inputs"
+            ));
+        }
+        for i in &self.inputs {
+            check_absolute("input", &i.path)?;
+            match (&i.base64, &i.object) {
+                (Some(_), None) => {}
+                (None, Some(o)) => {
+                    ModuleRef::parse(o)?;
+                }
+                _ => {
+                    return bad(format!(
+                        "rustc input {:?}: give exactly one of \"base64\" or \"object\"",
+                        i.path
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 const MAGIC: &[u8; 8] = b"vgasrs1\n";
 

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::agent::AgentRun;
 use crate::error::VgaError;
+use crate::farm::rustc::RustcSpec;
 use crate::farm::{compiler_tag, CompileSpec, EnvSpec};
 use crate::ids::TaskId;
 use crate::limits;
@@ -27,6 +28,8 @@ use crate::limits;
 const NO_SEGMENT: &str = "a compile task needs its \"compile\" segment";
 /// Why an agent task without its run is refused.
 const NO_AGENT_RUN: &str = "an agent task needs its \"agent\" run";
+/// Why a rustc task without its compile is refused.
+const NO_RUSTC: &str = "a rustc task needs its \"rustc\" compile";
 /// Why a cuda task without its kernel is refused.
 const NO_CUDA: &str = "a cuda task needs its \"cuda\" source and kernel";
 
@@ -75,6 +78,16 @@ pub enum Work {
     Agent(AgentRun),
     /// CUDA C compiled to PTX and, unless compile-only, launched on the leased GPU.
     Cuda(CudaTask),
+    /// One Rust crate compiled with the submitter's paths.
+    Rustc(RustcTask),
+}
+
+/// A rustc task: the crate compile (checked) and the environment of the task's process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RustcTask {
+    pub rustc: RustcSpec,
+    /// Names checked (non-empty, no `=` or NUL), values without NUL.
+    pub env: Env,
 }
 
 /// A cuda task: its kernel and launch (checked), the input files its buffers come from, and
@@ -148,6 +161,7 @@ enum Head<'a> {
     Compile(&'a CompileSpec),
     Agent(&'a AgentRun),
     Cuda(&'a CudaSpec),
+    Rustc(&'a RustcSpec),
 }
 
 fn bad<T>(message: impl Into<String>) -> Result<T, VgaError> {
@@ -261,6 +275,10 @@ impl TaskSpec {
                 env,
                 files,
             }),
+            Head::Rustc(rustc) => Work::Rustc(RustcTask {
+                rustc: rustc.clone(),
+                env,
+            }),
         };
         Ok(Task {
             id: self.task_id.clone(),
@@ -347,6 +365,32 @@ impl TaskSpec {
         segment: Option<&'a CompileSpec>,
         run: Option<&'a AgentRun>,
     ) -> Result<Head<'a>, VgaError> {
+        if self.rustc.is_some() != (self.kind == TaskKind::Rustc) {
+            return bad(if self.rustc.is_some() {
+                "only a rustc task (\"kind\":\"rustc\") has a \"rustc\" compile"
+            } else {
+                NO_RUSTC
+            });
+        }
+        if let (TaskKind::Rustc, Some(r)) = (self.kind, &self.rustc) {
+            if self.module.is_some()
+                || !self.cmd.is_empty()
+                || !self.stdin.is_empty()
+                || !self.files.is_empty()
+            {
+                return bad(
+                    "a rustc task has no \"cmd\", \"module\", \"stdin\" or \"files\": its compile says it all",
+                );
+            }
+            r.validate()?;
+            let tag = compiler_tag(&r.compiler);
+            if !self.needs.capabilities.contains(&tag) {
+                return bad(format!(
+                    "a rustc task must need its compiler's capability {tag:?}"
+                ));
+            }
+            return Ok(Head::Rustc(r));
+        }
         if self.cuda.is_some() != (self.kind == TaskKind::Cuda) {
             return bad(if self.cuda.is_some() {
                 "only a cuda task (\"kind\":\"cuda\") has a \"cuda\" kernel"
@@ -377,6 +421,7 @@ impl TaskSpec {
             (TaskKind::Exec, None) => Argv::new(self.cmd.clone()).map(Head::Exec),
             (TaskKind::Wasm, None) => bad("a wasm task must name its \"module\": \"sha256:<hex>\""),
             (TaskKind::Wasm, Some(m)) => ModuleRef::parse(m).map(Head::Wasm),
+            (TaskKind::Rustc, _) => bad(NO_RUSTC),
         }
     }
 }
@@ -390,6 +435,7 @@ impl Work {
             Work::Compile(_) => TaskKind::Compile,
             Work::Agent(_) => TaskKind::Agent,
             Work::Cuda(_) => TaskKind::Cuda,
+            Work::Rustc(_) => TaskKind::Rustc,
         }
     }
 
@@ -401,6 +447,7 @@ impl Work {
             Work::Wasm(t) => Some(&mut t.env),
             Work::Compile(t) => Some(&mut t.env),
             Work::Cuda(t) => Some(&mut t.env),
+            Work::Rustc(t) => Some(&mut t.env),
             Work::Agent(_) => None,
         }
     }

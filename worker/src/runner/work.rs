@@ -208,6 +208,19 @@ impl Worker {
                 };
                 compiler.run(slot, job, out, cancel).await.into()
             }
+            Work::Rustc(rustc) => {
+                let runner = crate::rustc::RustcRunner {
+                    sandbox: &self.cfg.sandbox,
+                    isolation: &self.isolation,
+                    toolchains: &self.rust,
+                    sources: &self.sources,
+                };
+                let job = Job {
+                    task: rustc,
+                    bounds,
+                };
+                runner.run(slot, job, out, cancel).await.into()
+            }
             Work::Agent(agent) => {
                 let env = crate::agent::AgentEnv {
                     client: &self.client,
