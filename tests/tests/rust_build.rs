@@ -190,7 +190,11 @@ async fn cargo_builds_through_the_cache_byte_for_byte() {
         "the cached build's binary differs"
     );
     let stderr = String::from_utf8_lossy(&warm.stderr);
-    assert!(stderr.contains("unused variable: `unused`"), "{stderr}");
+    assert!(
+        stderr.contains("unused variable: `unused`"),
+        "{stderr}\nCOLD {}\n{u:?}",
+        String::from_utf8_lossy(&cold.stderr)
+    );
 
     // One crate changed: it and its dependent compile, nothing else is even asked.
     write(&dir, "beta/src/lib.rs", &format!("{BETA}// changed\n"));

@@ -130,7 +130,7 @@ async fn cached(call: &AsRustc, c: &CrateCall, cwd: &Path) -> Result<i32> {
     if let Some(hit) = hit {
         match outputs::restore(c, cwd, &hit.object) {
             Ok(printed) => {
-                print_replay(&printed.stdout, &printed.stderr).await;
+                print_replay(&printed.stdout, &printed.stderr);
                 conn.updates
                     .send(BuildUpdate::Cached {
                         segment: unit.clone(),
@@ -203,7 +203,7 @@ async fn miss(
                         compile_ms,
                         overhead_ms,
                     }) => {
-                        print_replay(&stdout, &stderr).await;
+                        print_replay(&stdout, &stderr);
                         done(conn, unit, Origin::Worker { worker }, compile_ms, overhead_ms).await;
                         store(conn, k, c, cwd, &names, stdout, stderr, compile_ms).await;
                         return Ok(0);
@@ -271,11 +271,14 @@ async fn store(
     }
 }
 
-async fn print_replay(stdout: &str, stderr: &str) {
-    let _ = tokio::io::stdout().write_all(stdout.as_bytes()).await;
-    let _ = tokio::io::stdout().flush().await;
-    let _ = tokio::io::stderr().write_all(stderr.as_bytes()).await;
-    let _ = tokio::io::stderr().flush().await;
+/// Prints what rustc printed, whole, before the call ends (with the standard handles: a
+/// tokio handle's flush waits only for writes made through that same handle).
+fn print_replay(stdout: &str, stderr: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(stdout.as_bytes());
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().lock().write_all(stderr.as_bytes());
+    let _ = std::io::stderr().flush();
 }
 
 /// Copies `from` to `to` as it comes, keeping a copy up to [`MAX_CAPTURED_OUTPUT`] (`None`
