@@ -6,7 +6,8 @@
 #   vgas-warm      the same after `cargo clean` (every cacheable crate from the cache)
 #   sccache-cold   RUSTC_WRAPPER=sccache (local disk cache), clean, its cache empty
 #   sccache-warm   the same after `cargo clean`
-# and checks that the binaries of the warm vgas build equal the local build's byte for byte.
+# and checks that the products of the warm vgas build (binaries, rlibs at the top of
+# target/release) equal the local build's byte for byte.
 # The swarm (nats-server, master, one worker) is scripts/bench-taskpath.sh's. sccache is
 # installed, pinned, into .tools/sccache (cargo install, once). Prints one JSON line per build
 # (wall seconds) to stdout; docs/benchmarks.md records them with this command.
@@ -54,7 +55,11 @@ timed() { # NAME CMD...: one clean build, its wall seconds as a JSON line
     "$(grep -c '^ *Compiling ' "$work/$name.log" || true)"
 }
 
-digest() { sha256sum "$CARGO_TARGET_DIR"/release/vgas* | awk '{print $1}' | sha256sum | cut -c1-16; }
+# The build's products: the binaries and libraries at the top of target/release.
+digest() {
+  find "$CARGO_TARGET_DIR/release" -maxdepth 1 -type f \( -perm -u+x -o -name '*.rlib' \) -print0 \
+    | sort -z | xargs -0 sha256sum | awk '{print $1}' | sha256sum | cut -c1-16
+}
 
 echo "# $(nproc) cores; ${build[*]}" >&2
 timed local "${build[@]}"
@@ -63,9 +68,9 @@ timed vgas-cold "$bin/vgas" build -- "${build[@]}"
 timed vgas-warm "$bin/vgas" build -- "${build[@]}"
 grep '^vgas:' "$work/vgas-warm.log" >&2 || true
 if [ "$(digest)" = "$local_bins" ]; then
-  echo '{"check":"vgas-warm binaries equal local","ok":true}'
+  echo '{"check":"vgas-warm products equal local","ok":true}'
 else
-  echo '{"check":"vgas-warm binaries equal local","ok":false}'
+  echo '{"check":"vgas-warm products equal local","ok":false}'
 fi
 export SCCACHE_DIR="$work/sccache-dir" SCCACHE_CACHE_SIZE=10G
 "$BENCH_SCCACHE" --stop-server >/dev/null 2>&1 || true
