@@ -1,7 +1,9 @@
 //! Rust builds through `vgas build -- cargo build` (cargo's `RUSTC_WRAPPER` is the `vgas`
-//! binary): a workspace of four crates (a library, one that uses it and a proc-macro, the
-//! proc-macro, a binary) and two crates from crates.io (`itoa`, `hex`, pinned, from cargo's
-//! local registry cache, which building this project filled). Checked: the binary equals a
+//! binary): a workspace of five crates (a library, one that uses it and a proc-macro, the
+//! proc-macro, a library on serde's derive and serde_json, a binary) on a slice of crates.io
+//! (`itoa`, `hex`, `serde` and so `syn`, `quote`, `proc-macro2` with their build scripts,
+//! `serde_json`; pinned to this project's versions, from cargo's local registry cache, which
+//! building this project filled). Checked: the binary equals a
 //! plain `cargo build`'s byte for byte, cold and from the cache; after `cargo clean` every
 //! cacheable crate is a hit; a change in one crate compiles it and its dependents only; the
 //! proc-macro runs here with its reason counted; a compile error reads exactly as cargo's.
@@ -15,8 +17,9 @@ use vgas_shared::farm::{BuildUpdate, Origin};
 use vgas_tests::build::{ok, origins, updates};
 use vgas_tests::Swarm;
 
-/// Crates the cache takes: alpha, beta, app, itoa, hex (not the proc-macro).
-const CACHEABLE: usize = 5;
+/// Crates of the workspace's own and of crates.io's the cache must take at least (alpha,
+/// beta, gamma, app; itoa, hex, serde, serde_json, syn...; and build scripts).
+const AT_LEAST_CACHEABLE: usize = 12;
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
@@ -39,7 +42,7 @@ fn workspace(dir: &Path) {
     write(
         dir,
         "Cargo.toml",
-        "[workspace]\nmembers = [\"alpha\", \"beta\", \"mac\", \"app\"]\nresolver = \"2\"\n",
+        "[workspace]\nmembers = [\"alpha\", \"beta\", \"gamma\", \"mac\", \"app\"]\nresolver = \"2\"\n",
     );
     write(
         dir,
@@ -67,15 +70,36 @@ fn workspace(dir: &Path) {
         ),
     );
     write(dir, "beta/src/lib.rs", BETA);
+    // A real slice of crates.io: serde with its derive (syn, quote, proc-macro2 and their
+    // build scripts) and serde_json, the versions this project locks.
+    write(
+        dir,
+        "gamma/Cargo.toml",
+        &member(
+            "gamma",
+            "serde = { version = \"=1.0.229\", features = [\"derive\"] }\nserde_json = \"=1.0.154\"\n",
+            false,
+        ),
+    );
+    write(
+        dir,
+        "gamma/src/lib.rs",
+        "#[derive(serde::Serialize, serde::Deserialize)]\npub struct Point {\n    pub x: i32,\n}\n\npub fn json() -> String {\n    serde_json::to_string(&Point { x: 7 }).unwrap()\n}\n",
+    );
     write(
         dir,
         "app/Cargo.toml",
-        &member("app", "beta = { path = \"../beta\" }\n", false),
+        &member(
+            "app",
+            "beta = { path = \"../beta\" }\ngamma = { path = \"../gamma\" }\n",
+            false,
+        ),
     );
     write(
         dir,
         "app/src/main.rs",
-        "fn main() {\n    println!(\"{} {}\", beta::answer(), beta::NAME);\n}\n",
+        "fn main() {\n    println!(\"{} {} {}\", beta::answer(), beta::NAME, gamma::json());\n}\n",
+    );\n}\n",
     );
 }
 
@@ -164,7 +188,9 @@ async fn cargo_builds_through_the_cache_byte_for_byte() {
     // Cold: every cacheable crate compiles here and is stored; the proc-macro runs as is.
     let cold = vgas_build(&swarm, &dir);
     let u = updates(ok(&cold));
-    assert_eq!(origins(&u), (0, 0, CACHEABLE), "{u:?}");
+    let (remote, cached, here) = origins(&u);
+    assert_eq!((remote, cached), (0, 0), "{u:?}");
+    assert!(here >= AT_LEAST_CACHEABLE, "{u:?}");
     assert!(
         here_reasons(&u).contains("proc-macro"),
         "{}",
@@ -174,7 +200,10 @@ async fn cargo_builds_through_the_cache_byte_for_byte() {
     let run = Command::new(dir.join("target/release/app"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&run.stdout), "42 2a beta\n");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "42 2a beta {\"x\":7}\n"
+    );
     // Warnings come through as cargo shows them.
     let stderr = String::from_utf8_lossy(&cold.stderr);
     assert!(stderr.contains("unused variable: `unused`"), "{stderr}");
@@ -184,7 +213,7 @@ async fn cargo_builds_through_the_cache_byte_for_byte() {
     ok(&cargo(&dir, &["clean"]));
     let warm = vgas_build(&swarm, &dir);
     let u = updates(ok(&warm));
-    assert_eq!(origins(&u), (0, CACHEABLE, 0), "{u:?}");
+    assert_eq!(origins(&u), (0, here, 0), "{u:?}");
     assert!(
         binary(&dir) == reference,
         "the cached build's binary differs"
@@ -236,14 +265,26 @@ async fn library_crates_compile_on_workers_and_the_binary_is_cargos() {
     let reference = binary(&dir);
     ok(&cargo(&dir, &["clean"]));
 
-    // Libraries that load no proc-macro go to the worker (alpha, itoa, hex); beta loads the
-    // proc-macro, app links: those two compile here, each with its reason.
+    // Libraries that load no proc-macro go to the worker (alpha, itoa, hex, syn, serde_json
+    // ...); beta and gamma load a proc-macro, app and the build scripts link: those compile
+    // here, each with its reason, and nothing else does.
     let cold = vgas_build(&swarm, &dir);
     let u = updates(ok(&cold));
-    assert_eq!(origins(&u), (3, 0, 2), "{u:?}");
-    let reasons = here_reasons(&u);
-    assert!(reasons.contains("loads a proc-macro"), "{reasons}");
-    assert!(reasons.contains("links here"), "{reasons}");
+    let (remote, cached, here) = origins(&u);
+    assert!(remote >= 6 && cached == 0 && here >= 3, "{u:?}");
+    for x in &u {
+        if let BuildUpdate::Done {
+            origin: Origin::Local { reason },
+            segment,
+            ..
+        } = x
+        {
+            assert!(
+                reason.contains("loads a proc-macro") || reason.contains("links here"),
+                "{segment}: {reason}"
+            );
+        }
+    }
     assert!(
         binary(&dir) == reference,
         "the distributed build's binary differs"
@@ -251,7 +292,7 @@ async fn library_crates_compile_on_workers_and_the_binary_is_cargos() {
     // The crates compiled there are in the cache like any other.
     ok(&cargo(&dir, &["clean"]));
     let u = updates(ok(&vgas_build(&swarm, &dir)));
-    assert_eq!(origins(&u), (0, CACHEABLE, 0), "{u:?}");
+    assert_eq!(origins(&u), (0, remote + here, 0), "{u:?}");
     assert!(
         binary(&dir) == reference,
         "the cached build's binary differs"
