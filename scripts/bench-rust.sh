@@ -32,7 +32,7 @@ if [ "${1:-}" != "--inside" ]; then
   case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
   export BENCH_BIN_DIR="$target_dir/release" BENCH_SCCACHE="$sccache"
   # A cache that holds the whole build (its default, 1 GiB, is less than this project's
-  # release outputs, about 1.2 GB: the warm build would evict what it is about to read).
+  # release outputs, 1,335 MiB: the warm build would evict what it is about to read).
   # 2.5 GiB fits the repository's nats.conf `max_file_store` beside the other buckets.
   conf=$(mktemp --suffix=.toml)
   printf '[master]\nbuild_cache_mb = %s\n' "${BUILD_CACHE_MB:-2560}" >"$conf"

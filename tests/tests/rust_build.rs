@@ -99,7 +99,6 @@ fn workspace(dir: &Path) {
         dir,
         "app/src/main.rs",
         "fn main() {\n    println!(\"{} {} {}\", beta::answer(), beta::NAME, gamma::json());\n}\n",
-    );\n}\n",
     );
 }
 

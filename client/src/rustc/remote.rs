@@ -42,6 +42,11 @@ pub fn not_remote(c: &CrateCall, files: &[PathBuf]) -> Option<String> {
     {
         return Some(format!("rustc: a {t} crate links here"));
     }
+    if let Some(lib) = c.libs.first() {
+        // A static library is bundled into the rlib: it is this host's file, found by rustc
+        // along `-L`, not among the inputs a worker gets.
+        return Some(format!("rustc: it links the native library {lib}"));
+    }
     if files.iter().any(|f| {
         f.extension()
             .is_some_and(|e| e == "so" || e == "dylib" || e == "dll")
@@ -298,6 +303,9 @@ mod tests {
         assert!(not_remote(&c, &[PathBuf::from("/t/libm.so")])
             .unwrap()
             .contains("proc-macro"));
+        c.libs = vec!["zstd".into()];
+        assert!(not_remote(&c, &[]).unwrap().contains("native library zstd"));
+        c.libs.clear();
         c.crate_types = vec!["bin".into()];
         assert!(not_remote(&c, &[]).unwrap().contains("links here"));
     }

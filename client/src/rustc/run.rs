@@ -205,7 +205,12 @@ async fn miss(
                     }) => {
                         print_replay(&stdout, &stderr);
                         done(conn, unit, Origin::Worker { worker }, compile_ms, overhead_ms).await;
-                        store(conn, k, c, cwd, &names, stdout, stderr, compile_ms).await;
+                        let printed = Printed {
+                            stdout,
+                            stderr,
+                            compile_ms,
+                        };
+                        store(conn, k, (c, cwd), &names, printed).await;
                         return Ok(0);
                     }
                     Ok(Remote::Failed { worker, exit_code }) => format!(
@@ -236,30 +241,39 @@ async fn miss(
     done(conn, unit, origin, compile_ms, 0).await;
     match printed {
         Some((stdout, stderr)) => {
-            store(conn, k, c, cwd, &names, stdout, stderr, compile_ms).await;
+            let printed = Printed {
+                stdout,
+                stderr,
+                compile_ms,
+            };
+            store(conn, k, (c, cwd), &names, printed).await;
         }
         None => tracing::debug!(unit, "rustc's output is too large or not UTF-8; not stored"),
     }
     Ok(0)
 }
 
-/// Packs the outputs in `--out-dir` and stores them under the key; a failure costs only a
-/// later build a compile.
-#[allow(clippy::too_many_arguments)]
-async fn store(
-    conn: &Conn,
-    k: &Keyed,
-    c: &CrateCall,
-    cwd: &Path,
-    names: &[String],
+/// What a compile printed, and how long it took: kept with its outputs.
+struct Printed {
     stdout: String,
     stderr: String,
     compile_ms: u64,
+}
+
+/// Packs the outputs `names` in the call's `--out-dir` and stores them under the key; a
+/// failure costs only a later build a compile.
+async fn store(
+    conn: &Conn,
+    k: &Keyed,
+    (c, cwd): (&CrateCall, &Path),
+    names: &[String],
+    p: Printed,
 ) {
+    let compile_ms = p.compile_ms;
     let stored = async {
         let (c2, cwd2, names) = (c.clone(), cwd.to_owned(), names.to_vec());
         let packed = tokio::task::spawn_blocking(move || {
-            outputs::gather(&c2, &cwd2, &names, stdout, stderr, compile_ms)
+            outputs::gather(&c2, &cwd2, &names, p.stdout, p.stderr, compile_ms)
         })
         .await??;
         conn.cache
