@@ -219,16 +219,23 @@ pub async fn results_consumer(
             .await
             .context("reopen the results stream")?;
     }
+    // A fresh consumer each start. The one a killed master left keeps its pull requests, and
+    // the server goes on delivering to them while anything still matches their inbox (any
+    // wildcard subscriber does): a worker's event could vanish there and come back after
+    // `RESULT_ACK_WAIT`, behind the events and result that followed it. Every message not
+    // acknowledged stays in the work-queue stream, so the new consumer delivers them all at
+    // once, in stream order.
+    match stream.delete_consumer(RESULTS_CONSUMER).await {
+        Ok(_) => tracing::debug!("replaced the previous master's results consumer"),
+        Err(e) => tracing::debug!("no previous results consumer to replace: {e}"),
+    }
     stream
-        .get_or_create_consumer(
-            RESULTS_CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(RESULTS_CONSUMER.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: RESULT_ACK_WAIT,
-                ..Default::default()
-            },
-        )
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(RESULTS_CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: RESULT_ACK_WAIT,
+            ..Default::default()
+        })
         .await
         .context("create the master's results consumer")
 }

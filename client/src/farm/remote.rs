@@ -1,7 +1,8 @@
 //! One segment on the swarm: submitted as a `compile` task (its source put into the sources
 //! bucket when it is too large to travel inline) and followed through the task API, which
 //! drops a lost attempt's diagnostics and object, until the worker's result or the give-up
-//! time, past which the segment compiles here.
+//! time, past which the segment compiles here. [`submit_and_follow`] is that submit and
+//! follow for every build unit's task, a Rust crate's (`crate::rustc::remote`) too.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -70,12 +71,121 @@ async fn upload_source(ctx: &BuildContext, source: &Source) -> Result<Source> {
     })
 }
 
+/// A build unit's task followed to its end: what it printed, the files it sent back that the
+/// caller wanted (by artifact name), which worker ran it, and the compile's time on the
+/// worker (its start to its first file) against the whole round trip.
+#[derive(Debug)]
+pub struct Followed {
+    pub outcome: TaskOutcome,
+    pub stdout: String,
+    pub stderr: String,
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub worker: WorkerId,
+    pub compile_ms: u64,
+    pub overhead_ms: u64,
+}
+
+/// Submits a build unit's task (a `compile` or `rustc` task that needs its compiler) as unit
+/// `unit` of a build, announces it (`queued`, `compiling`, `retried`) on `updates`, and
+/// follows it until its result, a lost attempt's output and files dropped. `Ok(Err(why))`:
+/// the swarm could not (not accepted, or gone past every attempt's deadline and the grace),
+/// and the unit compiles here.
+pub async fn submit_and_follow(
+    swarm: &crate::api::Swarm,
+    updates: &super::context::Updates,
+    unit: &str,
+    spec: TaskSpec,
+    deadline: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Result<Followed, String>> {
+    spec.validate()?;
+    let submitted_at = Instant::now();
+    let submitted = match swarm.submit(spec, SUBMIT_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(format!("not accepted: {e:#}"))),
+    };
+    updates
+        .send(BuildUpdate::Queued {
+            segment: unit.to_owned(),
+            task_id: submitted.reply.task_id.clone(),
+        })
+        .await;
+    // Every attempt may take its deadline; past all of them and the grace, the master is
+    // gone and the unit compiles here.
+    let limit = (deadline + DEADLINE_GRACE) * SEGMENT_ATTEMPTS + Duration::from_secs(5);
+    let mut following = submitted.following.give_up_after(limit);
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut files = BTreeMap::new();
+    let (mut started_at, mut compiled_at, mut worker) = (None, None, None);
+    let outcome = loop {
+        let step = match following.next().await {
+            Ok(step) => step,
+            Err(e) => return Ok(Err(format!("{e:#}"))),
+        };
+        match step {
+            Step::Started { worker: w, attempt } => {
+                started_at = Some(Instant::now());
+                updates
+                    .send(BuildUpdate::Compiling {
+                        segment: unit.to_owned(),
+                        worker: w.clone(),
+                        attempt,
+                    })
+                    .await;
+                worker = Some(w);
+            }
+            Step::Retrying { attempt, reason } => {
+                (stdout, stderr) = (String::new(), String::new());
+                files.clear();
+                updates
+                    .send(BuildUpdate::Retried {
+                        segment: unit.to_owned(),
+                        attempt,
+                        reason,
+                    })
+                    .await;
+            }
+            Step::Stdout(d) => stdout.push_str(&d),
+            Step::Stderr(d) => stderr.push_str(&d),
+            Step::Artifact(art) if wanted(&art.path) => {
+                compiled_at.get_or_insert_with(Instant::now);
+                files.insert(art.path.clone(), swarm.artifact_bytes(&art).await?);
+            }
+            Step::Artifact(_) => {}
+            Step::Finished { outcome, worker: w } => {
+                worker = w.or(worker);
+                break outcome;
+            }
+        }
+    };
+    let total_ms = submitted_at.elapsed().as_millis() as u64;
+    let compile_ms = match (started_at, compiled_at) {
+        (Some(s), Some(c)) => c.saturating_duration_since(s).as_millis() as u64,
+        _ => 0,
+    };
+    Ok(Ok(Followed {
+        outcome,
+        stdout,
+        stderr,
+        files,
+        worker: worker.unwrap_or_else(unknown_worker),
+        compile_ms,
+        overhead_ms: total_ms.saturating_sub(compile_ms),
+    }))
+}
+
 /// The segment as a `compile` task, submitted and followed to its end.
 pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
     let mut compile = seg.spec.clone();
     if source_too_large(&compile.source) {
         compile.source = upload_source(ctx, &compile.source).await?;
     }
+    let sides: BTreeMap<String, String> = seg
+        .spec
+        .side_outputs
+        .iter()
+        .map(|e| (side_output_name(e), e.clone()))
+        .collect();
     let spec = TaskSpec {
         task_id: Some(TaskId::random()),
         kind: TaskKind::Compile,
@@ -90,106 +200,45 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
         wait_for_worker_s: Some(0),
         ..Default::default()
     };
-    spec.validate()?;
-    let submitted_at = Instant::now();
-    let submitted = match ctx.swarm.submit(spec, SUBMIT_TIMEOUT).await {
-        Ok(s) => s,
-        Err(e) => return Ok(Remote::Unavailable(format!("not accepted: {e:#}"))),
+    let wanted = |path: &str| path == SEGMENT_OBJECT || sides.contains_key(path);
+    let followed = submit_and_follow(
+        &ctx.swarm,
+        &ctx.updates,
+        &seg.name,
+        spec,
+        ctx.segment_deadline,
+        wanted,
+    )
+    .await?;
+    let mut f = match followed {
+        Ok(f) => f,
+        Err(why) => return Ok(Remote::Unavailable(why)),
     };
-    ctx.updates
-        .send(BuildUpdate::Queued {
-            segment: seg.name.clone(),
-            task_id: submitted.reply.task_id.clone(),
-        })
-        .await;
-    // Every attempt may take its deadline; past all of them and the grace, the master is
-    // gone and the segment compiles here.
-    let limit = (ctx.segment_deadline + DEADLINE_GRACE) * SEGMENT_ATTEMPTS + Duration::from_secs(5);
-    let mut following = submitted.following.give_up_after(limit);
-    let mut started_at = None;
-    let mut compiled_at = None;
-    let mut stderr = String::new();
-    let mut object: Option<Vec<u8>> = None;
-    let mut side = BTreeMap::new();
-    let mut worker = None;
-    let outcome = loop {
-        let step = match following.next().await {
-            Ok(step) => step,
-            Err(e) => return Ok(Remote::Unavailable(format!("{e:#}"))),
-        };
-        match step {
-            Step::Started { worker: w, attempt } => {
-                started_at = Some(Instant::now());
-                ctx.updates
-                    .send(BuildUpdate::Compiling {
-                        segment: seg.name.clone(),
-                        worker: w.clone(),
-                        attempt,
-                    })
-                    .await;
-                worker = Some(w);
-            }
-            Step::Retrying { attempt, reason } => {
-                stderr.clear();
-                object = None;
-                side.clear();
-                ctx.updates
-                    .send(BuildUpdate::Retried {
-                        segment: seg.name.clone(),
-                        attempt,
-                        reason,
-                    })
-                    .await;
-            }
-            Step::Stderr(data) => stderr.push_str(&data),
-            Step::Stdout(_) => {}
-            Step::Artifact(art) if art.path == SEGMENT_OBJECT => {
-                compiled_at = Some(Instant::now());
-                object = Some(ctx.swarm.artifact_bytes(&art).await?);
-            }
-            Step::Artifact(art) => {
-                if let Some(ext) = seg
-                    .spec
-                    .side_outputs
-                    .iter()
-                    .find(|e| side_output_name(e) == art.path)
-                {
-                    side.insert(ext.clone(), ctx.swarm.artifact_bytes(&art).await?);
-                }
-            }
-            Step::Finished { outcome, worker: w } => {
-                worker = w.or(worker);
-                break outcome;
-            }
-        }
-    };
-    let total_ms = submitted_at.elapsed().as_millis() as u64;
-    let worker = worker.unwrap_or_else(unknown_worker);
-    Ok(match outcome {
+    let object = f.files.remove(SEGMENT_OBJECT);
+    let side: BTreeMap<String, Vec<u8>> = f
+        .files
+        .into_iter()
+        .filter_map(|(name, bytes)| Some((sides.get(&name)?.clone(), bytes)))
+        .collect();
+    Ok(match f.outcome {
         TaskOutcome::Exited { exit_code: 0 } if side.len() < seg.spec.side_outputs.len() => {
             Remote::Unavailable("the worker sent no side outputs".into())
         }
         TaskOutcome::Exited { exit_code: 0 } => match object {
-            Some(object) => {
-                let compile_ms = match (started_at, compiled_at) {
-                    (Some(s), Some(c)) => c.saturating_duration_since(s).as_millis() as u64,
-                    _ => 0,
-                };
-                Remote::Compiled {
-                    object,
-                    side,
-                    stderr,
-                    worker,
-                    compile_ms,
-                    overhead_ms: total_ms.saturating_sub(compile_ms),
-                }
-            }
+            Some(object) => Remote::Compiled {
+                object,
+                side,
+                stderr: f.stderr,
+                worker: f.worker,
+                compile_ms: f.compile_ms,
+                overhead_ms: f.overhead_ms,
+            },
             None => Remote::Unavailable("the worker sent no object".into()),
         },
         TaskOutcome::Exited { exit_code } => Remote::Failed {
             exit_code,
-            stderr,
-            worker,
+            stderr: f.stderr,
+            worker: f.worker,
         },
         other => Remote::Unavailable(other.describe()),
     })

@@ -7,31 +7,27 @@
 //! as "the file is there"), the worker's paths in it given back their local form.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
+use vgas_shared::farm::compiler_tag;
 use vgas_shared::farm::rustc::{RustcInput, RustcSpec, MAX_RUSTC_INPUTS, REMOTE_CRATE_TYPES};
-use vgas_shared::farm::{compiler_tag, BuildUpdate};
-use vgas_shared::limits::DEADLINE_GRACE;
 use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
 use vgas_shared::{TaskId, WorkerId};
 
 use super::args::{resolve, CrateCall};
 use super::key::RustCompiler;
 use crate::api::objects::content_name;
-use crate::api::{Step, Swarm};
+use crate::api::Swarm;
 use crate::farm::context::Updates;
-use crate::farm::remote::{unknown_worker, SEGMENT_ATTEMPTS};
+use crate::farm::remote::{submit_and_follow, SEGMENT_ATTEMPTS};
 
 /// Largest file sent inside the task; larger ones go through the sources bucket.
 const MAX_INLINE_INPUT: usize = 64 * 1024;
 
 /// Most bytes of inline files in one task: the task stays well under the 1 MiB submit limit.
 const MAX_INLINE_TOTAL: usize = 384 * 1024;
-
-/// How long a submit may wait for the master's answer before the crate compiles here.
-const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a crate compiles here rather than on a worker; `None`: it may go.
 pub fn not_remote(c: &CrateCall, files: &[PathBuf]) -> Option<String> {
@@ -152,89 +148,40 @@ impl RemoteCrate<'_> {
             wait_for_worker_s: Some(0),
             ..Default::default()
         };
-        task.validate()?;
-        let submitted_at = Instant::now();
-        let submitted = match self.swarm.submit(task, SUBMIT_TIMEOUT).await {
-            Ok(s) => s,
-            Err(e) => return Ok(Remote::Unavailable(format!("not accepted: {e:#}"))),
+        let wanted = |path: &str| self.outputs.iter().any(|o| o == path);
+        let followed = submit_and_follow(
+            self.swarm,
+            self.updates,
+            self.unit,
+            task,
+            self.deadline,
+            wanted,
+        )
+        .await?;
+        let f = match followed {
+            Ok(f) => f,
+            Err(why) => return Ok(Remote::Unavailable(why)),
         };
-        self.updates
-            .send(BuildUpdate::Queued {
-                segment: self.unit.to_owned(),
-                task_id: submitted.reply.task_id.clone(),
-            })
-            .await;
-        let limit = (self.deadline + DEADLINE_GRACE) * SEGMENT_ATTEMPTS + Duration::from_secs(5);
-        let mut following = submitted.following.give_up_after(limit);
-        let (mut stdout, mut stderr) = (String::new(), String::new());
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        let (mut started_at, mut compiled_at, mut worker) = (None, None, None);
-        let outcome = loop {
-            let step = match following.next().await {
-                Ok(step) => step,
-                Err(e) => return Ok(Remote::Unavailable(format!("{e:#}"))),
-            };
-            match step {
-                Step::Started { worker: w, attempt } => {
-                    started_at = Some(Instant::now());
-                    self.updates
-                        .send(BuildUpdate::Compiling {
-                            segment: self.unit.to_owned(),
-                            worker: w.clone(),
-                            attempt,
-                        })
-                        .await;
-                    worker = Some(w);
-                }
-                Step::Retrying { attempt, reason } => {
-                    (stdout, stderr) = (String::new(), String::new());
-                    files.clear();
-                    self.updates
-                        .send(BuildUpdate::Retried {
-                            segment: self.unit.to_owned(),
-                            attempt,
-                            reason,
-                        })
-                        .await;
-                }
-                Step::Stdout(d) => stdout.push_str(&d),
-                Step::Stderr(d) => stderr.push_str(&d),
-                Step::Artifact(art) => {
-                    compiled_at = Some(Instant::now());
-                    if self.outputs.contains(&art.path) {
-                        let bytes = self.swarm.artifact_bytes(&art).await?;
-                        files.push((art.path.clone(), bytes));
-                    }
-                }
-                Step::Finished { outcome, worker: w } => {
-                    worker = w.or(worker);
-                    break outcome;
-                }
-            }
-        };
-        let worker = worker.unwrap_or_else(unknown_worker);
-        match outcome {
-            TaskOutcome::Exited { exit_code: 0 } if files.len() == self.outputs.len() => {
-                for (name, bytes) in &files {
+        match f.outcome {
+            TaskOutcome::Exited { exit_code: 0 } if f.files.len() == self.outputs.len() => {
+                for (name, bytes) in &f.files {
                     write_output(&out_dir.join(name), bytes)?;
                 }
-                let total_ms = submitted_at.elapsed().as_millis() as u64;
-                let compile_ms = match (started_at, compiled_at) {
-                    (Some(s), Some(c)) => c.saturating_duration_since(s).as_millis() as u64,
-                    _ => 0,
-                };
                 Ok(Remote::Compiled {
-                    stdout,
-                    stderr: local_paths(&stderr, &out_dir),
-                    worker,
-                    compile_ms,
-                    overhead_ms: total_ms.saturating_sub(compile_ms),
+                    stdout: f.stdout,
+                    stderr: local_paths(&f.stderr, &out_dir),
+                    worker: f.worker,
+                    compile_ms: f.compile_ms,
+                    overhead_ms: f.overhead_ms,
                 })
             }
             TaskOutcome::Exited { exit_code: 0 } => Ok(Remote::Unavailable(
                 "the worker sent back fewer outputs than rustc writes".into(),
             )),
-            TaskOutcome::Exited { exit_code } => Ok(Remote::Failed { worker, exit_code }),
+            TaskOutcome::Exited { exit_code } => Ok(Remote::Failed {
+                worker: f.worker,
+                exit_code,
+            }),
             other => Ok(Remote::Unavailable(other.describe())),
         }
     }
