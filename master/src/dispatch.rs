@@ -69,7 +69,9 @@ pub enum Command {
     /// A worker's event, read from the results stream in order with its results; `done`
     /// fires once it is relayed (`relay`).
     Event {
-        subject: String,
+        /// The worker and task its subject names.
+        worker: WorkerId,
+        task_id: TaskId,
         payload: Bytes,
         done: oneshot::Sender<()>,
     },
@@ -287,11 +289,12 @@ impl Dispatcher {
                 worker,
             } => self.on_started(&task_id, attempt, worker).await,
             Command::Event {
-                subject,
+                worker,
+                task_id,
                 payload,
                 done,
             } => {
-                self.relay(&subject, payload).await;
+                self.relay(worker, task_id, payload).await;
                 let _ = done.send(());
             }
             Command::AssignFailed {

@@ -442,10 +442,16 @@ pub async fn results(
                     }
                 };
                 // A worker's event, in order before its result: relayed, then acknowledged.
-                if subjects.parse_worker_events(&msg.subject).is_some() {
+                if let Some((worker, task_id)) = subjects.parse_worker_events(&msg.subject) {
                     let (done, relayed) = oneshot::channel();
-                    let (subject, payload) = (msg.subject.to_string(), msg.payload.clone());
-                    if tx.send(Command::Event { subject, payload, done }).await.is_err() {
+                    let payload = msg.payload.clone();
+                    let event = Command::Event {
+                        worker,
+                        task_id,
+                        payload,
+                        done,
+                    };
+                    if tx.send(event).await.is_err() {
                         break;
                     }
                     recording.push(once_done(msg, relayed));

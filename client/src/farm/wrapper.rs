@@ -243,7 +243,7 @@ pub fn settings_from_env() -> Result<vgas_shared::config::Resolved> {
         .context("settings from the environment")?
         .common
         .resolve(Role::Client)
-        .context("settings from the environment")
+        .context("resolve the connection settings")
 }
 
 /// The updates subject of the `vgas build` this wrapper runs under, if any.

@@ -76,18 +76,27 @@ pub fn gather(
     Ok(pack(&outputs, &bodies)?)
 }
 
-/// Writes a packed call's files into the call's out dir (each through a temporary file and a
-/// rename, so a reader never sees half a file) and returns what rustc printed.
+/// Writes a packed call's files into the call's out dir ([`write_output`]) and returns what
+/// rustc printed.
 pub fn restore(call: &CrateCall, cwd: &Path, packed: &[u8]) -> Result<RustcOutputs> {
     let (outputs, bodies) = unpack(packed)?;
     let dir = resolve(cwd, &call.out_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     for (f, body) in outputs.files.iter().zip(bodies) {
-        let path = dir.join(&f.name);
-        let tmp = dir.join(format!(".{}.vgas-{}", f.name, std::process::id()));
-        std::fs::write(&tmp, body).with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o777))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+        write_output(&dir.join(&f.name), body, f.mode)?;
     }
     Ok(outputs)
+}
+
+/// Writes one output through a temporary file beside it and a rename (so a reader never sees
+/// half a file), with permission bits `mode`.
+pub fn write_output(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let name = path
+        .file_name()
+        .context("an output name")?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.vgas-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
 }

@@ -18,6 +18,7 @@ use vgas_shared::{TaskId, WorkerId};
 
 use super::args::{resolve, CrateCall};
 use super::key::RustCompiler;
+use super::outputs;
 use crate::api::objects::content_name;
 use crate::api::Swarm;
 use crate::farm::context::Updates;
@@ -165,7 +166,8 @@ impl RemoteCrate<'_> {
         match f.outcome {
             TaskOutcome::Exited { exit_code: 0 } if f.files.len() == self.outputs.len() => {
                 for (name, bytes) in &f.files {
-                    write_output(&out_dir.join(name), bytes)?;
+                    // rustc writes its outputs 0644.
+                    outputs::write_output(&out_dir.join(name), bytes, 0o644)?;
                 }
                 Ok(Remote::Compiled {
                     stdout: f.stdout,
@@ -185,19 +187,6 @@ impl RemoteCrate<'_> {
             other => Ok(Remote::Unavailable(other.describe())),
         }
     }
-}
-
-/// Writes one output through a temporary file and a rename, mode 0644 as rustc's are.
-fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let name = path
-        .file_name()
-        .context("an output name")?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.vgas-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
 }
 
 /// rustc's output from a worker with the worker's folder taken out: the artifact notices

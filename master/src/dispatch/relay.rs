@@ -32,11 +32,7 @@ impl Dispatcher {
     }
 
     /// Relays one worker event to its task's subject if that worker runs that attempt now.
-    pub(super) async fn relay(&mut self, subject: &str, payload: Bytes) {
-        let Some((worker, task_id)) = self.subjects.parse_worker_events(subject) else {
-            debug!(subject, "dropping an event on a subject that names no task");
-            return;
-        };
+    pub(super) async fn relay(&mut self, worker: WorkerId, task_id: TaskId, payload: Bytes) {
         let Some(t) = self.tasks.get(&task_id) else {
             debug!(%task_id, %worker, "dropping an event for a task no longer running");
             return;
