@@ -24,7 +24,11 @@ pub const CHUNKS_PER_KEY: usize = 160;
 pub const MAX_KB_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Creates (or opens) the agents bucket.
-pub async fn open_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result<kv::Store> {
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: vgas_shared::config::Replicas,
+) -> Result<kv::Store> {
     let bucket = subjects.agents_bucket();
     js.create_key_value(kv::Config {
         bucket: bucket.clone(),
@@ -32,6 +36,7 @@ pub async fn open_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result
         history: 1,
         max_bytes: AGENTS_BUCKET_MAX_BYTES,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.get(),
         ..Default::default()
     })
     .await

@@ -42,15 +42,35 @@ const CONNECT_TRIES: u32 = 4;
 /// The pause after the first failed try, doubled after each.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(150);
 
+/// The servers of a URL setting: one URL, or several separated by commas (the servers of a
+/// cluster; the client takes the first that answers and learns the rest from the server).
+pub fn server_urls(setting: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    setting
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("{u:?} is not a NATS server URL"))
+        })
+        .collect::<Result<Vec<_>>>()
+        .and_then(|urls| match urls.is_empty() {
+            true => anyhow::bail!("no NATS server URL in {setting:?}"),
+            false => Ok(urls),
+        })
+}
+
 /// Connects as `name`. Reconnection after a server restart is async-nats' own (unlimited
-/// attempts with back-off); subscriptions are restored by the client.
+/// attempts with back-off, over every server of the cluster it has heard of); subscriptions
+/// are restored by the client.
 pub async fn connect(cfg: &Resolved, name: &str) -> Result<async_nats::Client> {
+    let urls = server_urls(&cfg.nats_url)?;
     let mut pause = CONNECT_BACKOFF;
     let mut tries = 1;
     let failed = loop {
         match auth_options(cfg.creds.as_ref())?
             .name(name)
-            .connect(cfg.nats_url.as_str())
+            .connect(urls.clone())
             .await
         {
             Ok(client) => return Ok(client),
@@ -68,4 +88,22 @@ pub async fn connect(cfg: &Resolved, name: &str) -> Result<async_nats::Client> {
         ""
     };
     Err(failed).with_context(|| format!("connect to NATS at {}{hint}", cfg.nats_url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_setting_names_one_server_or_a_cluster() {
+        assert_eq!(server_urls("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let urls = server_urls("nats://a:4222, tls://b:4223,nats://c:4224").unwrap();
+        assert_eq!(urls.len(), 3);
+        assert_eq!(urls[1].host(), "b");
+        assert_eq!(urls[1].port(), 4223);
+        assert!(server_urls("").is_err());
+        assert!(server_urls(" , ").is_err());
+        let e = server_urls("nats://a:4222,http://[::1").unwrap_err();
+        assert!(format!("{e:#}").contains("not a NATS server URL"), "{e:#}");
+    }
 }

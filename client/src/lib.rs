@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod connect;
 pub mod farm;
 pub mod files;

@@ -60,7 +60,7 @@ pub struct TlsFiles {
     pub ca_cert: PathBuf,
     ca_key: PathBuf,
     pub server_cert: PathBuf,
-    server_key: PathBuf,
+    pub server_key: PathBuf,
     pub conf: PathBuf,
 }
 
@@ -103,11 +103,15 @@ pub fn ensure(state_dir: &Path, args: &TlsArgs) -> Result<Option<String>> {
         write_public(&files.ca_cert, cert.pem().as_bytes())?;
     }
     if renew || !files.server_cert.exists() || !files.server_key.exists() {
+        // Client use too: a server shows it on the routes and leaf links it dials.
         let (cert, key) = leaf(
             &files,
             server_names(extra_names),
             "vgas nats-server",
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )?;
         write_private(&files.server_key, key.as_bytes())?;
         write_public(&files.server_cert, cert.as_bytes())?;
@@ -151,7 +155,7 @@ pub fn give_client_cert(
         &files,
         Vec::new(),
         &creds.user,
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
     creds.cert = Some(cert);
     creds.key = Some(key);
@@ -159,12 +163,12 @@ pub fn give_client_cert(
 }
 
 /// A certificate the swarm's CA signs for `names` (subject alternative names), named `cn`,
-/// for `usage` (server or client): its PEM and its new key's PEM.
+/// for `usage` (server, client or both): its PEM and its new key's PEM.
 fn leaf(
     files: &TlsFiles,
     names: Vec<String>,
     cn: &str,
-    usage: ExtendedKeyUsagePurpose,
+    usage: &[ExtendedKeyUsagePurpose],
 ) -> Result<(String, String)> {
     let ca_key_pem = fs::read_to_string(&files.ca_key)
         .with_context(|| format!("read {}", files.ca_key.display()))?;
@@ -177,7 +181,7 @@ fn leaf(
     params.distinguished_name.push(DnType::CommonName, cn);
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usage.to_vec();
     valid_for(&mut params, SERVER_DAYS);
     let key = KeyPair::generate().context("generate a key")?;
     let cert = params

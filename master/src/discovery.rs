@@ -17,9 +17,19 @@ use vgas_shared::mdns::{NetworkDiscovery, Seen};
 /// Nodes seen by mDNS, by full name.
 pub type SeenMap = Arc<Mutex<HashMap<String, SeenNode>>>;
 
-/// The URLs a master advertises for `nats_url`: a loopback or wildcard host becomes the
-/// placeholder that each worker fills with the address the advert reached it from.
+/// The URLs a master advertises for `nats_url` (one URL, or a cluster's, comma-separated):
+/// a loopback or wildcard host becomes the placeholder that each worker fills with the
+/// address the advert reached it from.
 pub fn advertised_urls(nats_url: &str) -> Vec<String> {
+    nats_url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(advertised_url)
+        .collect()
+}
+
+fn advertised_url(nats_url: &str) -> String {
     let rest = nats_url
         .split_once("://")
         .map(|(_, r)| r)
@@ -34,9 +44,9 @@ pub fn advertised_urls(nats_url: &str) -> Vec<String> {
         "127.0.0.1" | "localhost" | "0.0.0.0" | "::1" | "[::1]" | "::" | "[::]" | ""
     );
     if local {
-        vec![format!("nats://{HOST_PLACEHOLDER}:{port}")]
+        format!("nats://{HOST_PLACEHOLDER}:{port}")
     } else {
-        vec![format!("nats://{host}:{port}")]
+        format!("nats://{host}:{port}")
     }
 }
 
@@ -147,6 +157,10 @@ mod tests {
         assert_eq!(
             advertised_urls("nats://u:p@nats.lan:4333"),
             ["nats://nats.lan:4333"]
+        );
+        assert_eq!(
+            advertised_urls("nats://10.0.0.5:4222, nats://10.0.0.6:4222"),
+            ["nats://10.0.0.5:4222", "nats://10.0.0.6:4222"]
         );
     }
 }

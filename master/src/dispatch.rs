@@ -6,7 +6,6 @@
 //! Every state change is written to the tasks bucket before it is announced, so a master that
 //! is killed and restarted resumes from the bucket ([`Dispatcher::recover`]).
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +29,7 @@ use crate::retention::{FinalWrite, Retention};
 use crate::scheduler::AgentScheduler;
 
 mod assign;
+mod finish;
 pub mod gpu;
 mod relay;
 use crate::store::TaskStore;
@@ -96,6 +96,8 @@ pub enum Command {
 struct Finishing {
     rec: TaskRecord,
     event: TaskEvent,
+    /// Acknowledgements of the results that led to it, sent once the record is written.
+    acks: Vec<oneshot::Sender<()>>,
 }
 
 #[derive(Debug)]
@@ -125,8 +127,15 @@ pub struct Dispatcher {
     started_ms: u64,
     /// Final records of this turn, written together by [`Dispatcher::flush_finished`].
     finishing: Vec<Finishing>,
-    /// Results whose recording this turn's flush completes; acknowledged after it.
-    recorded: Vec<oneshot::Sender<()>>,
+    /// Results whose recording this turn's flush completes, by task; acknowledged after it
+    /// (a result whose final record could not be written waits with it).
+    recorded: Vec<(TaskId, oneshot::Sender<()>)>,
+    /// Final records a write failed for (JetStream electing a new stream leader, say): not
+    /// announced, their results not acknowledged, written again from the next turn after
+    /// [`finish::REWRITE_AFTER`]. A master killed meanwhile gets their results again.
+    unwritten: Vec<Finishing>,
+    /// When the unwritten records are tried next.
+    rewrite_at: Option<tokio::time::Instant>,
     /// Assignments recorded before a restart, sent again when the actor starts: the master
     /// may have died between recording one and sending it. A worker that has it already
     /// acknowledges without running it twice.
@@ -161,6 +170,8 @@ impl Dispatcher {
             started_ms: now_ms(),
             finishing: Vec::new(),
             recorded: Vec::new(),
+            unwritten: Vec::new(),
+            rewrite_at: None,
             resend: Vec::new(),
             gpus: ResourceManager::default(),
             observe,
@@ -279,9 +290,10 @@ impl Dispatcher {
                 }
             }
             Command::Result { result, done } => {
+                let id = result.task_id.clone();
                 self.on_result(result).await;
                 // Acknowledged once this turn's records are written (`flush_finished`).
-                self.recorded.push(done);
+                self.recorded.push((id, done));
             }
             Command::Started {
                 task_id,
@@ -480,87 +492,6 @@ impl Dispatcher {
     fn free(&self, id: &TaskId, worker: &WorkerId) {
         self.sched.release(worker);
         self.gpus.release(id);
-    }
-
-    /// Ends a task with its one final result: forgotten here at once, recorded and announced
-    /// with the others of this turn by [`Dispatcher::flush_finished`].
-    async fn finalize(&mut self, id: &TaskId, outcome: TaskOutcome, worker: Option<WorkerId>) {
-        let Some(mut t) = self.tasks.remove(id) else {
-            return;
-        };
-        // Every path to here frees the attempt's leases first; this one lookup makes sure a
-        // lease can never outlive its task, which would block the device for good.
-        self.gpus.release(id);
-        let now = now_ms();
-        t.rec.state = TaskState::Finished {
-            worker: worker.clone(),
-            outcome: outcome.clone(),
-            finished_ms: now,
-        };
-        info!(task_id = %id, attempts = t.rec.attempt, "finished: {}", outcome.describe());
-        let event = TaskEvent::Finished {
-            task_id: id.clone(),
-            worker,
-            attempts: t.rec.attempt,
-            duration_ms: now.saturating_sub(t.rec.accepted_ms),
-            outcome,
-        };
-        self.finishing.push(Finishing { rec: t.rec, event });
-    }
-
-    /// Writes this turn's final records together, then announces each `finished` event (a
-    /// record is always written before its event), then lets the results consumer
-    /// acknowledge the results that led to them. A master killed before this point has
-    /// acknowledged none of them: the results come again after its restart.
-    async fn flush_finished(&mut self) {
-        if self.finishing.is_empty() && self.recorded.is_empty() {
-            return;
-        }
-        let finishing = std::mem::take(&mut self.finishing);
-        // Each final record is written with its spec, to be dropped later by the retention
-        // loop, or without it now.
-        let now = now_ms();
-        let mut later = Vec::with_capacity(finishing.len());
-        let records: Vec<Cow<'_, TaskRecord>> = finishing
-            .iter()
-            .map(|f| match self.final_write() {
-                FinalWrite::Keep(permit) => {
-                    later.push(Some(permit));
-                    Cow::Borrowed(&f.rec)
-                }
-                FinalWrite::DropNow => {
-                    later.push(None);
-                    Cow::Owned(f.rec.without_spec(now))
-                }
-            })
-            .collect();
-        let refs: Vec<&TaskRecord> = records.iter().map(AsRef::as_ref).collect();
-        let written = self.store.put_all(&refs).await;
-        let mut recorded = Vec::with_capacity(finishing.len());
-        for (f, w) in finishing.iter().zip(written) {
-            if let Err(e) = &w {
-                warn!(task_id = %f.rec.task_id, "could not record the final result: {e:#}");
-            }
-            recorded.push(w.is_ok());
-            // Observed before it is announced: whoever reacts to the event finds it done.
-            if let TaskEvent::Finished {
-                outcome, worker, ..
-            } = &f.event
-            {
-                self.observe.finished(&f.rec, outcome, worker.as_ref());
-            }
-            self.counters.finished.fetch_add(1, Ordering::Relaxed);
-            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
-        }
-        // After the announcements (they come first): the records whose specs go later.
-        for ((f, ok), later) in finishing.iter().zip(recorded).zip(later) {
-            if let (true, Some(permit)) = (ok, later) {
-                permit.send(f.rec.without_spec(now));
-            }
-        }
-        for done in self.recorded.drain(..) {
-            let _ = done.send(());
-        }
     }
 
     /// Publishes one event in the submitter's encoding. Publishing only queues the bytes for

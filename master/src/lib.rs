@@ -9,9 +9,11 @@
 pub mod dashboard;
 pub mod discovery;
 pub mod dispatch;
+pub mod durable;
 pub mod farm;
 pub mod gateway;
 pub mod keys;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod retention;
@@ -85,21 +87,73 @@ impl MasterConfig {
     }
 }
 
-/// Runs the master until `shutdown` fires.
+/// Runs the master until `shutdown` fires: as a standby while another master holds the
+/// master lease, as the swarm's leader while it holds it (see [`leader`]), and back to
+/// standby if it loses it.
 pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
-    let subjects = cfg.conn.subjects.clone();
     let client = vgas_client::connect::connect(&cfg.conn, "vgas-master").await?;
     let js = async_nats::jetstream::new(client.clone());
+    let replicas = durable::replicas(&client, cfg.conn.replicas);
+    let changed = durable::keep_replicas(&js, &cfg.conn.subjects, replicas).await?;
+    if !changed.is_empty() {
+        info!(%replicas, streams = ?changed, "brought the swarm's streams to the replica count");
+    }
+    let lease_kv = leader::open(&js, &cfg.conn.subjects, replicas).await?;
+    let node_id = format!(
+        "master-{}",
+        uuid::Uuid::new_v4().simple().to_string().split_at(8).0
+    );
+    let outcome = loop {
+        let me = vgas_shared::wire::MasterLease {
+            id: node_id.clone(),
+            host: vgas_shared::host::hostname(),
+            since_ms: now_ms(),
+        };
+        let Some(lease) = leader::acquire(&lease_kv, &me, &shutdown).await? else {
+            break Ok(());
+        };
+        info!(id = %node_id, %replicas, "leading the swarm");
+        let term = shutdown.child_token();
+        let keeper = TaskTracker::new().spawn(lease.keep(term.clone(), shutdown.clone()));
+        let served = lead(&cfg, &client, &js, replicas, me, term.clone()).await;
+        term.cancel();
+        let ended = keeper.await.unwrap_or(leader::Ended::Lost);
+        if let Err(e) = served {
+            break Err(e);
+        }
+        if shutdown.is_cancelled() || ended == leader::Ended::Stopped {
+            break Ok(());
+        }
+        tracing::warn!(id = %node_id, "no longer the leader: standing by");
+    };
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.drain()).await;
+    info!("master stopped");
+    outcome
+}
+
+/// The swarm's master while this process holds the lease: everything below runs until
+/// `shutdown` (the lease's term) fires.
+async fn lead(
+    cfg: &MasterConfig,
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    replicas: vgas_shared::config::Replicas,
+    me: vgas_shared::wire::MasterLease,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (client, js) = (client.clone(), js.clone());
+    let subjects = cfg.conn.subjects.clone();
     let key_path = cfg.conn.state_dir.join(vgas_shared::vault::RECORD_KEY_FILE);
     let record_key = vgas_shared::vault::RecordKey::load_or_create(&key_path)
         .with_context(|| format!("the record key {}", key_path.display()))?;
-    let store = store::TaskStore::open(&js, &subjects, record_key).await?;
-    let consumer = store::results_consumer(&js, &subjects).await?;
-    store::open_modules_bucket(&js, &subjects).await?;
-    store::open_artifacts_bucket(&js, &subjects).await?;
-    store::open_ptx_bucket(&js, &subjects).await?;
-    vgas_client::farm::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes).await?;
-    vgas_client::agents::open_bucket(&js, &subjects).await?;
+    let store = store::TaskStore::open(&js, &subjects, record_key, replicas).await?;
+    let consumer = store::results_consumer(&js, &subjects, replicas).await?;
+    store::open_modules_bucket(&js, &subjects, replicas).await?;
+    store::open_artifacts_bucket(&js, &subjects, replicas).await?;
+    store::open_ptx_bucket(&js, &subjects, replicas).await?;
+    vgas_client::farm::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes, replicas).await?;
+    vgas_client::agents::open_bucket(&js, &subjects, replicas).await?;
+    keys::usage::UsageBook::create_bucket(&js, &subjects, replicas).await?;
 
     let sched = Arc::new(AgentScheduler::new());
     let tracker = TaskTracker::new();
@@ -134,13 +188,9 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         .subscribe(subjects.all_heartbeats())
         .await
         .context("subscribe to heartbeats")?;
-    let node_id = format!(
-        "master-{}",
-        uuid::Uuid::new_v4().simple().to_string().split_at(8).0
-    );
     let mdns = discovery::start(
         &cfg.conn,
-        &node_id,
+        &me.id,
         cfg.advertise_http_port,
         &tracker,
         shutdown.clone(),
@@ -157,6 +207,8 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         seen: mdns.as_ref().map(|(_, seen)| seen.clone()),
         cluster: cfg.conn.cluster.clone(),
         leases,
+        master: me,
+        replicas,
     };
     let service = client
         .service_builder()
@@ -301,8 +353,8 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     if let Some((d, _)) = mdns {
         tokio::task::spawn_blocking(move || d.stop()).await.ok();
     }
-    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.drain()).await;
-    info!("master stopped");
+    // Everything sent as leader is on its way before a standby may take over.
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.flush()).await;
     Ok(())
 }
 

@@ -44,6 +44,10 @@ pub struct Handlers {
     pub cluster: String,
     /// GPU leases held now, shown in status.
     pub leases: crate::dispatch::gpu::LeaseTable,
+    /// This master's lease value (it leads while it serves), shown in status.
+    pub master: vgas_shared::wire::MasterLease,
+    /// Copies JetStream keeps of the swarm's streams, shown in status.
+    pub replicas: vgas_shared::config::Replicas,
 }
 
 type Answer = Result<Vec<u8>, WireError>;
@@ -271,6 +275,8 @@ impl Handlers {
             let live: Vec<String> = pulse.live.iter().map(|n| n.id.to_string()).collect();
             pulse.unjoined = crate::discovery::unjoined(seen, &self.cluster, &live);
         }
+        pulse.master = Some(self.master.clone());
+        pulse.replicas = self.replicas.get() as u8;
         pulse
     }
 

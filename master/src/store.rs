@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use vgas_shared::codec::{decode_as, encode};
+use vgas_shared::config::Replicas;
 use vgas_shared::vault::RecordKey;
 use vgas_shared::wire::{EnvValue, SealedValue, TaskRecord, TaskSpec};
 use vgas_shared::{Encoding, Subjects, TaskId};
@@ -51,6 +52,7 @@ impl TaskStore {
         js: &jetstream::Context,
         subjects: &Subjects,
         key: RecordKey,
+        replicas: Replicas,
     ) -> Result<Self> {
         let bucket = subjects.tasks_bucket();
         let kv = js
@@ -60,6 +62,7 @@ impl TaskStore {
                 history: 1,
                 max_age: RECORD_MAX_AGE,
                 storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas.get(),
                 ..Default::default()
             })
             .await
@@ -191,6 +194,7 @@ impl TaskStore {
 pub async fn results_consumer(
     js: &jetstream::Context,
     subjects: &Subjects,
+    replicas: Replicas,
 ) -> Result<consumer::PullConsumer> {
     let name = subjects.results_stream();
     let config = stream::Config {
@@ -200,6 +204,7 @@ pub async fn results_consumer(
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         max_age: RESULT_MAX_AGE,
+        num_replicas: replicas.get(),
         ..Default::default()
     };
     let mut stream = js
@@ -243,7 +248,11 @@ pub async fn results_consumer(
 /// Opens the wasm modules Object Store bucket, creating it (file storage, bounded by
 /// `MODULES_BUCKET_MAX_BYTES`) if it does not exist yet. Clients put modules into it by hash;
 /// workers read them.
-pub async fn open_modules_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result<()> {
+pub async fn open_modules_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: Replicas,
+) -> Result<()> {
     let bucket = subjects.modules_bucket();
     if js.get_object_store(&bucket).await.is_ok() {
         return Ok(());
@@ -253,6 +262,7 @@ pub async fn open_modules_bucket(js: &jetstream::Context, subjects: &Subjects) -
         description: Some("vgas wasm modules, named sha256:<hex> of their bytes".into()),
         max_bytes: vgas_shared::limits::MODULES_BUCKET_MAX_BYTES,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.get(),
         ..Default::default()
     })
     .await
@@ -263,7 +273,11 @@ pub async fn open_modules_bucket(js: &jetstream::Context, subjects: &Subjects) -
 /// Opens the wasm artifacts Object Store bucket, creating it (file storage, bounded by
 /// `ARTIFACTS_BUCKET_MAX_BYTES`, objects kept `ARTIFACT_MAX_AGE`) if it does not exist yet.
 /// Workers put artifacts too large to send inline into it; clients read them.
-pub async fn open_artifacts_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result<()> {
+pub async fn open_artifacts_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: Replicas,
+) -> Result<()> {
     let bucket = subjects.artifacts_bucket();
     if js.get_object_store(&bucket).await.is_ok() {
         return Ok(());
@@ -274,6 +288,7 @@ pub async fn open_artifacts_bucket(js: &jetstream::Context, subjects: &Subjects)
         max_bytes: vgas_shared::limits::ARTIFACTS_BUCKET_MAX_BYTES,
         max_age: vgas_shared::limits::ARTIFACT_MAX_AGE,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.get(),
         ..Default::default()
     })
     .await
@@ -289,7 +304,11 @@ pub const PTX_BUCKET_MAX_BYTES: i64 = 256 * 1024 * 1024;
 pub const PTX_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Opens the PTX cache KV bucket (`cuda` tasks' compiled kernels), creating it if needed.
-pub async fn open_ptx_bucket(js: &jetstream::Context, subjects: &Subjects) -> Result<()> {
+pub async fn open_ptx_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: Replicas,
+) -> Result<()> {
     let bucket = subjects.ptx_bucket();
     if js.get_key_value(&bucket).await.is_ok() {
         return Ok(());
@@ -302,6 +321,7 @@ pub async fn open_ptx_bucket(js: &jetstream::Context, subjects: &Subjects) -> Re
         max_bytes: PTX_BUCKET_MAX_BYTES,
         max_value_size: vgas_shared::limits::MAX_PTX_CACHE_ENTRY_BYTES as i32,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.get(),
         ..Default::default()
     })
     .await

@@ -22,6 +22,9 @@ pub struct FileConfig {
     /// mDNS announcements and browsing (default on).
     pub mdns: Option<bool>,
     pub mdns_interfaces: Option<Vec<String>>,
+    /// Copies JetStream keeps of every stream, bucket and object store vgas makes (1 to 5)
+    /// [default: 1 on one server, up to 3 on a cluster].
+    pub replicas: Option<Replicas>,
     #[serde(default)]
     pub master: MasterFileConfig,
     #[serde(default)]
@@ -71,6 +74,59 @@ impl FileConfig {
         })?;
         toml::from_str(&text)
             .map_err(|e| VgaError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+/// How many copies JetStream keeps of a stream: 1 to [`Replicas::MAX`], JetStream's own
+/// bound. Parsed, so a value of this type is one JetStream takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Replicas(u8);
+
+impl Replicas {
+    /// JetStream keeps at most five copies of a stream.
+    pub const MAX: u8 = 5;
+    /// One copy: a single server.
+    pub const ONE: Replicas = Replicas(1);
+
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl TryFrom<u64> for Replicas {
+    type Error = VgaError;
+    fn try_from(n: u64) -> Result<Self, VgaError> {
+        match u8::try_from(n) {
+            Ok(n @ 1..=Replicas::MAX) => Ok(Replicas(n)),
+            _ => Err(VgaError::Config(format!(
+                "replicas must be 1 to {} (JetStream's bound), not {n}",
+                Replicas::MAX
+            ))),
+        }
+    }
+}
+
+impl From<Replicas> for u64 {
+    fn from(r: Replicas) -> u64 {
+        r.0 as u64
+    }
+}
+
+impl std::str::FromStr for Replicas {
+    type Err = VgaError;
+    fn from_str(s: &str) -> Result<Self, VgaError> {
+        let n: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| VgaError::Config(format!("replicas must be a number, not {s:?}")))?;
+        Replicas::try_from(n)
+    }
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -234,7 +290,7 @@ mod tests {
 /// left out comes from the config file, then from the default.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CommonArgs {
-    /// NATS server URL [default: nats://127.0.0.1:4222]
+    /// NATS server URL; several, comma-separated, for a cluster [default: nats://127.0.0.1:4222]
     #[arg(long, env = "VGAS_NATS_URL", global = true)]
     pub nats_url: Option<String>,
     /// Credentials file (TOML with `user` and `password`) [default: <state-dir>/creds/<role>.creds]
@@ -263,6 +319,10 @@ pub struct CommonArgs {
         global = true
     )]
     pub mdns_interfaces: Vec<String>,
+    /// Copies JetStream keeps of each stream and bucket vgas makes (1 to 5) [default: 1 on
+    /// one server, up to 3 on a cluster]
+    #[arg(long, env = "VGAS_REPLICAS", global = true)]
+    pub replicas: Option<Replicas>,
 }
 
 /// mDNS settings after resolution; `None` in [`Resolved::mdns`] means mDNS is off.
@@ -287,6 +347,8 @@ pub struct Resolved {
     pub creds: Option<Credentials>,
     pub subjects: crate::Subjects,
     pub state_dir: PathBuf,
+    /// Copies of each stream, when a flag, the environment or the file says.
+    pub replicas: Option<Replicas>,
     pub file: FileConfig,
 }
 
@@ -354,6 +416,7 @@ impl CommonArgs {
             creds,
             subjects: crate::Subjects::new(&prefix)?,
             state_dir,
+            replicas: self.replicas.or(file.replicas),
             file,
         })
     }

@@ -169,6 +169,12 @@ impl Subjects {
         format!("{}_tasks", self.token_prefix())
     }
 
+    /// JetStream KV bucket holding the master lease: which of several masters leads the
+    /// swarm (see the master's `leader` module).
+    pub fn leader_bucket(&self) -> String {
+        format!("{}_leader", self.token_prefix())
+    }
+
     /// JetStream KV bucket of the AI agents: `memory.<agent>` (the `ContextManager`'s notes
     /// and last conversation), `stats.<agent>` (`PerformanceStats`) and `kb.<agent>.<id>`
     /// (knowledge-base chunks, a batch per key).

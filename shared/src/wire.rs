@@ -23,7 +23,7 @@ mod status;
 mod task;
 pub use cuda::{virtual_arch, CudaSpec, KernelArg, PTX_ARTIFACT};
 pub use env::{Env, EnvValue, MarkedValue, SealedValue};
-pub use status::{AbnormalNode, Heartbeat, NodeStatus, SwarmPulse, Toolchain};
+pub use status::{AbnormalNode, Heartbeat, MasterLease, NodeStatus, SwarmPulse, Toolchain};
 pub use task::{
     Argv, Bounds, CompileTask, CudaTask, ExecTask, RustcTask, Task, TaskFile, WasmTask, Work,
 };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod bench;
 pub mod browser;
 pub mod build;
+pub mod cluster;
 pub mod gateway;
 pub mod netns;
 pub mod provider;
@@ -174,6 +175,8 @@ pub struct Swarm {
     procs_started: usize,
     /// The namespace host nats-server runs on, for multi-host tests; `None`: this machine.
     pub server_host: Option<netns::Host>,
+    /// The servers' URLs when the swarm runs on a cluster ([`cluster::Cluster`]).
+    pub urls: Option<String>,
 }
 
 /// Where a process runs and how it finds the swarm.
@@ -247,6 +250,7 @@ impl Swarm {
                 server,
                 subjects: Subjects::default(),
                 procs_started: 0,
+                urls: None,
             };
             match swarm.wait_server_up().await {
                 Ok(()) => return Ok(swarm),
@@ -361,8 +365,12 @@ impl Swarm {
             .unwrap_or(std::net::Ipv4Addr::LOCALHOST)
     }
 
+    /// The server's URL, or every cluster node's, comma-separated.
     pub fn url(&self) -> String {
-        format!("nats://{}:{}", self.server_addr(), self.port)
+        match &self.urls {
+            Some(urls) => urls.clone(),
+            None => format!("nats://{}:{}", self.server_addr(), self.port),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -514,7 +522,7 @@ impl Swarm {
     pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
         let c = self.creds(role);
         Ok(vgas_client::connect::auth_options(Some(&c))?
-            .connect(self.url())
+            .connect(vgas_client::connect::server_urls(&self.url())?)
             .await?)
     }
 

@@ -28,6 +28,9 @@ pub use follow::{Artifact, ArtifactBody, Following, Step, Submitted};
 /// busy with a burst of submits, short enough that a dead master is reported, not waited on.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The pause between tries of a request nobody serves yet (a master starting or taking over).
+const NO_MASTER_RETRY: Duration = Duration::from_millis(100);
+
 /// The master's answer to a refused request (bad input, busy, unknown task...).
 #[derive(Debug, thiserror::Error)]
 #[error("the master refused: {0}")]
@@ -69,10 +72,25 @@ impl Swarm {
         body: &Q,
         timeout: Duration,
     ) -> Result<A> {
-        let bytes = encode(Encoding::MsgPack, body)?;
-        let msg = tokio::time::timeout(timeout, self.client.request(subject.clone(), bytes.into()))
+        let bytes = bytes::Bytes::from(encode(Encoding::MsgPack, body)?);
+        // While no master serves (one is starting, or a standby is taking over from a leader
+        // that died) the server answers "no responders" at once: asked again until `timeout`.
+        // Every request to the master may be repeated: a submit carries its task id.
+        let ask = async {
+            loop {
+                match self.client.request(subject.clone(), bytes.clone()).await {
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        tokio::time::sleep(NO_MASTER_RETRY).await;
+                    }
+                    other => break other,
+                }
+            }
+        };
+        let msg = tokio::time::timeout(timeout, ask)
             .await
-            .with_context(|| format!("no answer on {subject} within {timeout:?}"))?
+            .with_context(|| {
+                format!("no answer on {subject} within {timeout:?} (is vgas-master running?)")
+            })?
             .with_context(|| format!("request on {subject} (is vgas-master running?)"))?;
         let reply: Reply<A> =
             decode_as(Encoding::MsgPack, &msg.payload).context("decode the master's reply")?;

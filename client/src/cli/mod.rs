@@ -34,11 +34,20 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// `vgas init`: keys, TLS, and this server's place among others.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Create the swarm's NATS keys, CA and server certificate, and the server's auth.conf
     /// and tls.conf (idempotent).
-    Init(crate::tls::TlsArgs),
+    Init(InitArgs),
     /// Node identities: one NATS key per worker or master host (run where `vgas init` ran).
     #[command(subcommand)]
     Node(NodeCmd),
@@ -120,8 +129,19 @@ pub fn print_stdout(text: &str) -> Result<()> {
 pub async fn run(cli: Cli) -> Result<i32> {
     let conn = cli.common.resolve(Role::Client)?;
     let cmd = match cli.cmd {
-        Cmd::Init(tls) => {
+        Cmd::Init(InitArgs { tls, cluster }) => {
             let report = crate::init::init(&conn.state_dir, &conn.subjects, &tls)?;
+            let links = report.tls.then(|| {
+                let files = crate::tls::TlsFiles::new(&conn.state_dir);
+                let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_path_buf());
+                crate::cluster::LinkTls {
+                    ca: abs(&files.ca_cert),
+                    cert: abs(&files.server_cert),
+                    key: abs(&files.server_key),
+                }
+            });
+            let cluster_conf =
+                crate::cluster::write(&conn.state_dir, &cluster, &conn.cluster, links.as_ref())?;
             for p in &report.created {
                 println!("created {}", p.display());
             }
@@ -131,6 +151,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
             println!("wrote   {}", report.auth_conf.display());
             let tls = if report.tls { "on" } else { "off" };
             println!("wrote   {} (TLS {tls})", report.tls_conf.display());
+            let role = match (&cluster.node, &cluster.leaf_remote) {
+                (Some(n), _) => format!("cluster node {n}"),
+                (None, Some(hub)) => format!("leaf node of {hub}"),
+                (None, None) => "one server".to_owned(),
+            };
+            println!("wrote   {} ({role})", cluster_conf.display());
             return Ok(0);
         }
         Cmd::Node(cmd) => {

@@ -40,6 +40,15 @@ pub fn render_status(p: &SwarmPulse) -> String {
         p.tasks_accepted,
         p.tasks_finished
     );
+    if let Some(m) = &p.master {
+        s.push_str(&format!(
+            "master {} on {} (leading for {} s) | replicas {}\n",
+            m.id,
+            m.host,
+            vgas_shared::now_ms().saturating_sub(m.since_ms) / 1000,
+            p.replicas
+        ));
+    }
     if p.waiting_for_gpus > 0 {
         s.push_str(&format!(
             "{} queued tasks wait for a GPU\n",

@@ -50,7 +50,12 @@ const MAX_CACHED_STDERR: usize = 64 * 1024;
 const MAX_CACHED_SIDE_OUTPUTS: usize = 128 * 1024;
 
 /// Creates the cache's buckets if missing (the master, at start).
-pub async fn open_buckets(js: &jetstream::Context, subjects: &Subjects, bound: u64) -> Result<()> {
+pub async fn open_buckets(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    bound: u64,
+    replicas: vgas_shared::config::Replicas,
+) -> Result<()> {
     let index = subjects.build_cache_bucket();
     if js.get_key_value(&index).await.is_err() {
         js.create_key_value(kv::Config {
@@ -59,6 +64,7 @@ pub async fn open_buckets(js: &jetstream::Context, subjects: &Subjects, bound: u
             history: 1,
             storage: jetstream::stream::StorageType::File,
             max_bytes: (bound / 8).max(16 * 1024 * 1024) as i64,
+            num_replicas: replicas.get(),
             ..Default::default()
         })
         .await
@@ -71,6 +77,7 @@ pub async fn open_buckets(js: &jetstream::Context, subjects: &Subjects, bound: u
             description: Some("vgas build cache objects, named by cache key".into()),
             max_bytes: (bound + bound * BUCKET_HEADROOM_PERCENT / 100) as i64,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.get(),
             ..Default::default()
         })
         .await
@@ -84,6 +91,7 @@ pub async fn open_buckets(js: &jetstream::Context, subjects: &Subjects, bound: u
             max_bytes: vgas_shared::limits::ARTIFACTS_BUCKET_MAX_BYTES,
             max_age: vgas_shared::limits::ARTIFACT_MAX_AGE,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.get(),
             ..Default::default()
         })
         .await

@@ -115,18 +115,32 @@ impl UsageBook {
         UsageBook::default()
     }
 
-    /// Opens the usage bucket and loads every counter in it.
+    /// Makes the usage bucket with `replicas` copies, or binds to it (the master, at start).
+    pub async fn create_bucket(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        replicas: vgas_shared::config::Replicas,
+    ) -> Result<kv::Store> {
+        let bucket = subjects.usage_bucket();
+        js.create_key_value(kv::Config {
+            bucket: bucket.clone(),
+            description: "vgas LLM usage per provider, model and day".into(),
+            history: 1,
+            max_age: USAGE_MAX_AGE,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.get(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("open JetStream KV bucket {bucket}"))
+    }
+
+    /// Opens the usage bucket ([`UsageBook::create_bucket`] made it) and loads every counter
+    /// in it.
     pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<UsageBook> {
         let bucket = subjects.usage_bucket();
         let store = js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: "vgas LLM usage per provider, model and day".into(),
-                history: 1,
-                max_age: USAGE_MAX_AGE,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
+            .get_key_value(&bucket)
             .await
             .with_context(|| format!("open JetStream KV bucket {bucket}"))?;
         let keys: Vec<String> = match store.keys().await {

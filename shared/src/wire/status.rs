@@ -112,4 +112,21 @@ pub struct SwarmPulse {
     pub uptime_ms: u64,
     /// Workers seen on the LAN by mDNS that are not live here, with the likely reason.
     pub unjoined: Vec<crate::discovery::SeenNode>,
+    /// The master that answered: it holds the master lease (others wait as standbys).
+    pub master: Option<MasterLease>,
+    /// Copies JetStream keeps of each stream and bucket of this swarm.
+    pub replicas: u8,
+}
+
+/// Who leads the swarm: the value of the master lease (KV bucket `<prefix>_leader`, key
+/// `master`), renewed by the leading master while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MasterLease {
+    /// The master's node id (`master-<8 hex>`, new at each start).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// When it took the lease (ms since the Unix epoch).
+    pub since_ms: u64,
 }

@@ -1,0 +1,141 @@
+//! A task's end, in this order: its final record written, its `finished` event announced,
+//! the result that led to it acknowledged. A final record that could not be written (the
+//! tasks stream between leaders, a server restarting) holds back the other two and is
+//! written again until it is: a task is announced only once it is durably finished, and a
+//! master killed meanwhile gets its result again from the stream.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+use vgas_shared::wire::{TaskEvent, TaskOutcome, TaskRecord, TaskState};
+use vgas_shared::{now_ms, TaskId, WorkerId};
+
+use super::{Dispatcher, Finishing};
+use crate::retention::FinalWrite;
+
+/// The pause after a failed final write before the next try: a cluster elects a new stream
+/// leader in a few seconds, and trying on every turn meanwhile only adds load.
+pub(super) const REWRITE_AFTER: Duration = Duration::from_millis(500);
+
+impl Dispatcher {
+    /// Ends a task with its one final result: forgotten here at once, recorded and announced
+    /// with the others of this turn by [`Dispatcher::flush_finished`].
+    pub(super) async fn finalize(
+        &mut self,
+        id: &TaskId,
+        outcome: TaskOutcome,
+        worker: Option<WorkerId>,
+    ) {
+        let Some(mut t) = self.tasks.remove(id) else {
+            return;
+        };
+        // Every path to here frees the attempt's leases first; this one lookup makes sure a
+        // lease can never outlive its task, which would block the device for good.
+        self.gpus.release(id);
+        let now = now_ms();
+        t.rec.state = TaskState::Finished {
+            worker: worker.clone(),
+            outcome: outcome.clone(),
+            finished_ms: now,
+        };
+        info!(task_id = %id, attempts = t.rec.attempt, "finished: {}", outcome.describe());
+        let event = TaskEvent::Finished {
+            task_id: id.clone(),
+            worker,
+            attempts: t.rec.attempt,
+            duration_ms: now.saturating_sub(t.rec.accepted_ms),
+            outcome,
+        };
+        self.finishing.push(Finishing {
+            rec: t.rec,
+            event,
+            acks: Vec::new(),
+        });
+    }
+
+    /// Writes this turn's final records together (with those an earlier turn could not
+    /// write, when their pause is over), then for each one written announces its `finished`
+    /// event and lets the results consumer acknowledge the results that led to it. A master
+    /// killed before this point has acknowledged none of them: the results come again after
+    /// its restart.
+    pub(super) async fn flush_finished(&mut self) {
+        let rewrite = !self.unwritten.is_empty()
+            && self
+                .rewrite_at
+                .is_none_or(|at| tokio::time::Instant::now() >= at);
+        if self.finishing.is_empty() && self.recorded.is_empty() && !rewrite {
+            return;
+        }
+        let mut finishing = std::mem::take(&mut self.finishing);
+        // Each result's acknowledgement goes with its task's final record; a result that
+        // ended nothing (a duplicate, a stale attempt) is acknowledged now.
+        let mut acks: HashMap<TaskId, Vec<oneshot::Sender<()>>> = HashMap::new();
+        for (id, done) in self.recorded.drain(..) {
+            acks.entry(id).or_default().push(done);
+        }
+        for f in finishing.iter_mut().chain(self.unwritten.iter_mut()) {
+            if let Some(a) = acks.remove(&f.rec.task_id) {
+                f.acks.extend(a);
+            }
+        }
+        for done in acks.into_values().flatten() {
+            let _ = done.send(());
+        }
+        if rewrite {
+            finishing.append(&mut self.unwritten);
+        }
+        if finishing.is_empty() {
+            return;
+        }
+        // Each final record is written with its spec, to be dropped later by the retention
+        // loop, or without it now.
+        let now = now_ms();
+        let mut later = Vec::with_capacity(finishing.len());
+        let written = {
+            let records: Vec<Cow<'_, TaskRecord>> = finishing
+                .iter()
+                .map(|f| match self.final_write() {
+                    FinalWrite::Keep(permit) => {
+                        later.push(Some(permit));
+                        Cow::Borrowed(&f.rec)
+                    }
+                    FinalWrite::DropNow => {
+                        later.push(None);
+                        Cow::Owned(f.rec.without_spec(now))
+                    }
+                })
+                .collect();
+            let refs: Vec<&TaskRecord> = records.iter().map(AsRef::as_ref).collect();
+            self.store.put_all(&refs).await
+        };
+        for ((f, w), later) in finishing.into_iter().zip(written).zip(later) {
+            if let Err(e) = w {
+                warn!(task_id = %f.rec.task_id, "could not record the final result, kept to write again: {e:#}");
+                self.unwritten.push(f);
+                continue;
+            }
+            // Observed before it is announced: whoever reacts to the event finds it done.
+            if let TaskEvent::Finished {
+                outcome, worker, ..
+            } = &f.event
+            {
+                self.observe.finished(&f.rec, outcome, worker.as_ref());
+            }
+            self.counters.finished.fetch_add(1, Ordering::Relaxed);
+            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
+            // After the announcement: the record's spec goes later.
+            if let Some(permit) = later {
+                permit.send(f.rec.without_spec(now));
+            }
+            for done in f.acks {
+                let _ = done.send(());
+            }
+        }
+        self.rewrite_at =
+            (!self.unwritten.is_empty()).then(|| tokio::time::Instant::now() + REWRITE_AFTER);
+    }
+}

@@ -1,0 +1,180 @@
+//! A swarm on a NATS cluster: several nats-servers, each started from the repository's
+//! `nats.conf` in its own folder with a copy of one `vgas init`'s state and its own
+//! `vgas init --cluster-node` (routes on loopback), as `docs/cluster.md` tells people to do.
+//! The processes of the swarm get every server's URL.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use vgas_shared::config::Role;
+use vgas_shared::Subjects;
+
+use crate::{bin, free_port, wait_for, Proc, Swarm, WAIT};
+
+/// One server of the cluster.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub route_port: u16,
+    pub monitor_port: u16,
+    pub server: Proc,
+}
+
+/// The servers and the swarm that runs on them (its `server` is a stand-in: each node's
+/// process is in `nodes`).
+#[derive(Debug)]
+pub struct Cluster {
+    pub swarm: Swarm,
+    pub nodes: Vec<Node>,
+}
+
+/// Runs `vgas init` with `args` for the state directory `state`.
+fn init(state: &Path, args: &[String]) -> Result<()> {
+    let out = Command::new(bin("vgas"))
+        .arg("init")
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env("VGAS_NO_MDNS", "true")
+        .output()
+        .context("run vgas init")?;
+    if !out.status.success() {
+        bail!("vgas init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Starts `n` clustered servers (TLS on routes and clients when `tls`) and waits until
+    /// JetStream answers through them.
+    pub async fn start(n: usize, tls: bool) -> Result<Cluster> {
+        let root = tempfile::Builder::new().prefix("vgas-cluster-").tempdir()?;
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .flat_map(|(_, r, _)| ["--route".to_owned(), format!("127.0.0.1:{r}")])
+            .collect();
+        let first_state = root.path().join(".vgas");
+        let first: Vec<String> = if tls { vec![] } else { vec!["--no-tls".into()] };
+        init(&first_state, &first)?;
+        let mut nodes = Vec::with_capacity(n);
+        for (name, &(port, route_port, monitor_port)) in names.iter().zip(&ports) {
+            let dir = root.path().join(name);
+            std::fs::create_dir_all(&dir)?;
+            // The state directory travels to each server; each then makes its own part.
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(&first_state)
+                .arg(dir.join(".vgas"))
+                .status()?;
+            anyhow::ensure!(copied.success(), "copy the state directory");
+            std::fs::copy(crate::repo_root().join("nats.conf"), dir.join("nats.conf"))?;
+            let mut args = vec![
+                if tls { "--renew-tls" } else { "--no-tls" }.to_owned(),
+                "--cluster-node".into(),
+                name.clone(),
+                "--cluster-listen".into(),
+                format!("127.0.0.1:{route_port}"),
+            ];
+            args.extend(routes.iter().cloned());
+            init(&dir.join(".vgas"), &args)?;
+            let server = Swarm::spawn_server(&dir, port, monitor_port, None)?;
+            nodes.push(Node {
+                name: name.clone(),
+                dir,
+                port,
+                route_port,
+                monitor_port,
+                server,
+            });
+        }
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|(p, _, _)| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let stand_in = Proc {
+            name: "cluster".into(),
+            child: None,
+            log: nodes[0].server.log.clone(),
+        };
+        let cluster = Cluster {
+            swarm: Swarm {
+                dir: root,
+                port: nodes[0].port,
+                monitor_port: nodes[0].monitor_port,
+                server: stand_in,
+                subjects: Subjects::default(),
+                procs_started: 0,
+                server_host: None,
+                urls: Some(urls.join(",")),
+            },
+            nodes,
+        };
+        for node in &cluster.nodes {
+            wait_for(&format!("{} ready", node.name), WAIT, || async {
+                node.server
+                    .log_text()
+                    .contains("Server is ready")
+                    .then_some(())
+            })
+            .await?;
+        }
+        cluster.wait_jetstream().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until JetStream answers (the cluster elected its meta leader).
+    pub async fn wait_jetstream(&self) -> Result<()> {
+        let client = self.swarm.connect(Role::Master).await?;
+        let js = async_nats::jetstream::new(client);
+        wait_for("JetStream on the cluster", WAIT, || {
+            let js = js.clone();
+            async move { js.query_account().await.ok().map(|_| ()) }
+        })
+        .await
+    }
+
+    /// The node by name.
+    pub fn node(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// The server that leads `stream` now, and the servers that keep its copies.
+    pub async fn stream_peers(
+        &self,
+        client: &async_nats::Client,
+        stream: &str,
+    ) -> Result<(String, usize)> {
+        let js = async_nats::jetstream::new(client.clone());
+        let mut s = js.get_stream(stream).await?;
+        let info = s.info().await?;
+        let cluster = info
+            .cluster
+            .clone()
+            .context("the stream has no cluster info")?;
+        let leader = cluster.leader.context("the stream has no leader")?;
+        Ok((leader, info.config.num_replicas))
+    }
+
+    /// Starts a killed node again on its ports and store.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let node = self.node(name);
+        node.server.kill();
+        node.server = Swarm::spawn_server(&node.dir, node.port, node.monitor_port, None)?;
+        Ok(())
+    }
+}
+
+/// How long the cluster's servers take to agree on a new stream leader after one dies,
+/// bounded for the tests' waits.
+pub const ELECTION: Duration = Duration::from_secs(20);

@@ -1,0 +1,249 @@
+//! Past one machine: a swarm on a three-node NATS cluster (TLS on routes and clients, every
+//! stream with three copies) loses no task when the server leading the tasks stream is
+//! SIGKILLed under load; several masters serve one swarm, one leading at a time, and either
+//! one SIGKILLed under load loses and doubles no task.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use vgas_shared::codec::decode_as;
+use vgas_shared::config::Role;
+use vgas_shared::wire::{SwarmPulse, TaskEvent, TaskOutcome, TaskQuery, TaskRecord, TaskState};
+use vgas_shared::{Encoding, TaskId};
+use vgas_tests::cluster::{Cluster, ELECTION};
+use vgas_tests::{request, sh, wait_for, Proc, Swarm, WAIT};
+
+/// Counts `finished` events per task on every task's event subject.
+fn count_finished(
+    mut sub: async_nats::Subscriber,
+) -> (
+    std::sync::Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let c2 = counts.clone();
+    let task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let Ok(ev) = decode_as::<TaskEvent>(Encoding::detect(&msg.payload), &msg.payload)
+            else {
+                continue;
+            };
+            if let TaskEvent::Finished { .. } = ev {
+                let id = msg.subject.split('.').nth(2).unwrap_or_default().to_owned();
+                *c2.lock().unwrap().entry(id).or_insert(0) += 1;
+            }
+        }
+    });
+    (counts, task)
+}
+
+/// Submits `n` tasks printing their number, in batches; every one must be accepted.
+async fn submit(client: &async_nats::Client, swarm: &Swarm, n: usize) -> Vec<TaskId> {
+    let api = vgas_client::api::Swarm::new(client.clone(), swarm.subjects.clone());
+    let specs: Vec<_> = (0..n).map(|i| sh(&format!("echo {i}"))).collect();
+    let ids: Vec<TaskId> = specs.iter().map(|_| TaskId::random()).collect::<Vec<_>>();
+    let specs = specs
+        .into_iter()
+        .zip(&ids)
+        .map(|(mut s, id)| {
+            s.task_id = Some(id.clone());
+            s
+        })
+        .collect();
+    let answers = api.submit_batch(specs).await.unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        assert!(a.is_ok(), "task {i} refused: {a:?}");
+    }
+    ids
+}
+
+/// Waits until every task's record is final, then checks each: exit 0, one `finished`
+/// event at most (the record is the truth; an event published while the observer was
+/// reconnecting is not resent).
+async fn all_finished_once(
+    client: &async_nats::Client,
+    swarm: &Swarm,
+    ids: &[TaskId],
+    finished: &std::sync::Mutex<HashMap<String, usize>>,
+    within: Duration,
+) {
+    let mut open: HashSet<TaskId> = ids.iter().cloned().collect();
+    let end = tokio::time::Instant::now() + within;
+    while !open.is_empty() {
+        if tokio::time::Instant::now() > end {
+            panic!(
+                "{} of {} tasks not finished within {within:?}; what the logs say of them:\n{}",
+                open.len(),
+                ids.len(),
+                log_lines(swarm, &open)
+            );
+        }
+        let asks = open.iter().take(200).cloned().collect::<Vec<_>>();
+        let records = futures::future::join_all(asks.iter().map(|id| async move {
+            let q = TaskQuery {
+                task_id: id.clone(),
+            };
+            request::<_, TaskRecord>(client, swarm.subjects.task_info(), &q).await
+        }))
+        .await;
+        for (id, rec) in asks.iter().zip(records) {
+            let Ok(rec) = rec else { continue };
+            if let TaskState::Finished { outcome, .. } = &rec.state {
+                assert_eq!(*outcome, TaskOutcome::Exited { exit_code: 0 }, "{id}");
+                open.remove(id);
+            }
+        }
+        if !open.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // A finished event sent twice would still be arriving: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = finished.lock().unwrap();
+    for id in ids {
+        let n = counts.get(id.as_str()).copied().unwrap_or(0);
+        assert!(n <= 1, "task {id} finished {n} times");
+    }
+}
+
+/// The lines of the swarm's logs that name one of `ids`.
+fn log_lines(swarm: &Swarm, ids: &HashSet<TaskId>) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(swarm.dir.path()).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                if ids.iter().any(|id| line.contains(id.as_str())) {
+                    out.push_str(&format!("{}: {line}\n", path.display()));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn status(client: &async_nats::Client, swarm: &Swarm) -> SwarmPulse {
+    request(client, swarm.subjects.status(), &serde_json::json!({}))
+        .await
+        .unwrap()
+}
+
+/// Tasks in flight when a server or master dies.
+const LOAD: usize = 1000;
+
+#[tokio::test]
+async fn a_killed_stream_leader_loses_no_accepted_task() {
+    let mut cluster = Cluster::start(3, true).await.unwrap();
+    let swarm = &mut cluster.swarm;
+    let _master = swarm.master(&[]).unwrap();
+    let _w1 = swarm.worker("w1", 4, &[]).unwrap();
+    let _w2 = swarm.worker("w2", 4, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    let pulse = swarm.wait_workers(&client, 2).await.unwrap();
+    assert_eq!(pulse.replicas, 3, "three servers keep three copies");
+    let observer = swarm.connect(Role::Master).await.unwrap();
+    let (finished, _counting) = count_finished(
+        observer
+            .subscribe(format!("{}.task.*.events", swarm.subjects.prefix()))
+            .await
+            .unwrap(),
+    );
+    let tasks = swarm.subjects.tasks_bucket();
+    let (leader, copies) = cluster
+        .stream_peers(&observer, &format!("KV_{tasks}"))
+        .await
+        .unwrap();
+    assert_eq!(copies, 3);
+
+    let ids = submit(&client, &cluster.swarm, LOAD).await;
+    // Some tasks done, most in flight or queued, when the tasks stream's leader dies.
+    wait_for("the first tasks finished", WAIT, || {
+        let n = finished.lock().unwrap().len();
+        async move { (n >= 50).then_some(()) }
+    })
+    .await
+    .unwrap();
+    cluster.node(&leader).server.kill();
+    all_finished_once(&client, &cluster.swarm, &ids, &finished, WAIT * 4).await;
+    // Another server leads the stream now, and the swarm takes new work.
+    let (now, _) = cluster
+        .stream_peers(&observer, &format!("KV_{tasks}"))
+        .await
+        .unwrap();
+    assert_ne!(now, leader);
+    let more = submit(&client, &cluster.swarm, 10).await;
+    all_finished_once(&client, &cluster.swarm, &more, &finished, ELECTION).await;
+    // The dead server comes back and catches up.
+    cluster.restart(&leader).unwrap();
+    cluster.wait_jetstream().await.unwrap();
+}
+
+/// The master process that leads now, by the id `vgas.status` reports and the id each
+/// master logs when it takes the lease.
+fn leading<'a>(masters: &'a mut [Proc], id: &str) -> &'a mut Proc {
+    masters
+        .iter_mut()
+        .find(|m| {
+            m.log_text()
+                .lines()
+                .any(|l| l.contains("leading the swarm") && l.contains(id))
+        })
+        .unwrap_or_else(|| panic!("no master logged that it leads as {id}"))
+}
+
+#[tokio::test]
+async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let mut masters = vec![swarm.master(&[]).unwrap(), swarm.master(&[]).unwrap()];
+    let _w1 = swarm.worker("w1", 4, &[]).unwrap();
+    let _w2 = swarm.worker("w2", 4, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 2).await.unwrap();
+    let observer = swarm.connect(Role::Master).await.unwrap();
+    let (finished, _counting) = count_finished(
+        observer
+            .subscribe(format!("{}.task.*.events", swarm.subjects.prefix()))
+            .await
+            .unwrap(),
+    );
+    // One leads, the other stands by serving nothing.
+    let first = status(&client, &swarm).await.master.unwrap();
+    wait_for("the other master standing by", WAIT, || {
+        let standing = masters
+            .iter()
+            .any(|m| m.log_text().contains("another master leads: standing by"));
+        async move { standing.then_some(()) }
+    })
+    .await
+    .unwrap();
+
+    for round in 0..2 {
+        let leader = status(&client, &swarm).await.master.unwrap();
+        if round == 0 {
+            assert_eq!(leader, first);
+        }
+        let ids = submit(&client, &swarm, LOAD / 2).await;
+        wait_for("some tasks finished", WAIT, || {
+            let n = ids
+                .iter()
+                .filter(|id| finished.lock().unwrap().contains_key(id.as_str()))
+                .count();
+            async move { (n >= 20).then_some(()) }
+        })
+        .await
+        .unwrap();
+        let dead = leading(&mut masters, &leader.id);
+        dead.signal(libc::SIGKILL);
+        dead.wait_exit(WAIT).await.unwrap();
+        // The standby takes over; submits keep being accepted through the failover.
+        let during = submit(&client, &swarm, 20).await;
+        all_finished_once(&client, &swarm, &ids, &finished, WAIT * 4).await;
+        all_finished_once(&client, &swarm, &during, &finished, WAIT).await;
+        let next = status(&client, &swarm).await.master.unwrap();
+        assert_ne!(next.id, leader.id, "round {round}");
+        // The killed master comes back as the standby: the next round kills the other one.
+        masters.push(swarm.master(&[]).unwrap());
+    }
+}
