@@ -178,3 +178,99 @@ impl Cluster {
 /// How long the cluster's servers take to agree on a new stream leader after one dies,
 /// bounded for the tests' waits.
 pub const ELECTION: Duration = Duration::from_secs(20);
+
+/// A leaf site: a nats-server with a copy of the hub's state directory, linked to the hub's
+/// leaf listener at `remote` (`vgas init --leaf-remote`), as `docs/cluster.md` tells.
+#[derive(Debug)]
+pub struct Site {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub server: Proc,
+}
+
+impl Site {
+    /// Starts the site's server in a folder under the hub's, and waits until it is ready.
+    pub async fn start(hub: &Swarm, remote: &str) -> Result<Site> {
+        let dir = hub.dir.path().join("site");
+        std::fs::create_dir_all(&dir)?;
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(hub.state_dir())
+            .arg(dir.join(".vgas"))
+            .status()?;
+        anyhow::ensure!(copied.success(), "copy the state directory");
+        std::fs::copy(crate::repo_root().join("nats.conf"), dir.join("nats.conf"))?;
+        init(
+            &dir.join(".vgas"),
+            &["--renew-tls".into(), "--leaf-remote".into(), remote.into()],
+        )?;
+        let port = free_port();
+        let server = Swarm::spawn_server(&dir, port, free_port(), None)?;
+        wait_for("the site's server ready", WAIT, || async {
+            server.log_text().contains("Server is ready").then_some(())
+        })
+        .await?;
+        Ok(Site { dir, port, server })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A TCP link that can be cut: forwards connections from a local port to `to`; `cut` drops
+/// every connection and refuses new ones until `heal`.
+#[derive(Debug)]
+pub struct Link {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    pub async fn start(to: std::net::SocketAddr) -> Result<Link> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Ok(Link {
+            port,
+            up,
+            conns,
+            accept,
+        })
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

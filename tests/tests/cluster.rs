@@ -11,7 +11,7 @@ use vgas_shared::codec::decode_as;
 use vgas_shared::config::Role;
 use vgas_shared::wire::{SwarmPulse, TaskEvent, TaskOutcome, TaskQuery, TaskRecord, TaskState};
 use vgas_shared::{Encoding, TaskId};
-use vgas_tests::cluster::{Cluster, ELECTION};
+use vgas_tests::cluster::{Cluster, Link, Site, ELECTION};
 use vgas_tests::{request, sh, wait_for, Proc, Swarm, WAIT};
 
 /// Counts `finished` events per task on every task's event subject.
@@ -246,4 +246,78 @@ async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
         // The killed master comes back as the standby: the next round kills the other one.
         masters.push(swarm.master(&[]).unwrap());
     }
+}
+
+#[tokio::test]
+async fn a_site_worker_keeps_its_result_through_a_cut_of_the_leaf_link() {
+    let leaf_port = vgas_tests::free_port();
+    let mut hub =
+        Swarm::start_tls_with(None, &["--leaf-listen", &format!("127.0.0.1:{leaf_port}")])
+            .await
+            .unwrap();
+    let link = Link::start(([127, 0, 0, 1], leaf_port).into())
+        .await
+        .unwrap();
+    let site = Site::start(&hub, &format!("127.0.0.1:{}", link.port))
+        .await
+        .unwrap();
+    let _master = hub.master(&[]).unwrap();
+    let _worker = hub
+        .worker_with_env("site-w1", 2, &[("VGAS_NATS_URL", &site.url())])
+        .unwrap();
+    let client = hub.connect(Role::Client).await.unwrap();
+    hub.wait_workers(&client, 1).await.unwrap();
+
+    // Output before the cut crosses the link; the task ends while the link is down.
+    let id = TaskId::random();
+    let mut spec = sh("echo before; sleep 1.5; echo after");
+    spec.task_id = Some(id.clone());
+    let mut events = client
+        .subscribe(hub.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let _: vgas_shared::wire::SubmitReply = request(&client, hub.subjects.submit(), &spec)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e| matches!(e, TaskEvent::Stdout { .. })) {
+        let msg = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("output before the cut")
+            .unwrap();
+        seen.push(decode_as::<TaskEvent>(Encoding::detect(&msg.payload), &msg.payload).unwrap());
+    }
+    let closed_before = site
+        .server
+        .log_text()
+        .matches("Leafnode connection closed")
+        .count();
+    link.cut();
+    wait_for("the site to lose its hub", WAIT, || {
+        let n = site
+            .server
+            .log_text()
+            .matches("Leafnode connection closed")
+            .count();
+        async move { (n > closed_before).then_some(()) }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    link.heal();
+    let rest = vgas_tests::collect(events, WAIT, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(rest.finished_count(), 1, "{:?}", rest.events);
+    assert_eq!(rest.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    let rec: TaskRecord = request(
+        &client,
+        hub.subjects.task_info(),
+        &TaskQuery {
+            task_id: id.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(rec.state, TaskState::Finished { .. }), "{rec:?}");
 }
