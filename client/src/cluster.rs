@@ -44,6 +44,14 @@ pub struct ClusterArgs {
     #[arg(long = "cluster-listen", value_name = "ADDR:PORT", requires = "node",
           default_value_t = format!("0.0.0.0:{DEFAULT_ROUTE_PORT}"))]
     pub listen: String,
+    /// The route address other nodes should dial to reach this one, when it differs from
+    /// the listen address (behind NAT, a proxy or a port forward).
+    #[arg(
+        long = "cluster-advertise",
+        value_name = "HOST:PORT",
+        requires = "node"
+    )]
+    pub advertise: Option<String>,
     /// Take leaf-node links from remote sites on this address (the hub side).
     #[arg(long = "leaf-listen", value_name = "ADDR:PORT")]
     pub leaf_listen: Option<String>,
@@ -94,6 +102,9 @@ pub fn write(
     cluster: &str,
     tls: Option<&LinkTls>,
 ) -> Result<PathBuf> {
+    // Made with the keys, so every copy of this state directory carries the same one, even
+    // one copied before this server joined a cluster.
+    secret(state_dir)?;
     let path = state_dir.join(CLUSTER_CONF);
     let text = render(state_dir, args, cluster, tls)?;
     write_private(&path, text.as_bytes())?;
@@ -152,6 +163,10 @@ fn render(
         writeln!(out, "cluster {{")?;
         writeln!(out, "  name: \"{cluster}\"")?;
         writeln!(out, "  listen: \"{}\"", args.listen)?;
+        if let Some(a) = &args.advertise {
+            host_port("--cluster-advertise", a)?;
+            writeln!(out, "  advertise: \"{a}\"")?;
+        }
         writeln!(out, "  routes: [{}]", routes.join(", "))?;
         if let Some(s) = &route_secret {
             writeln!(
@@ -219,6 +234,7 @@ mod tests {
             node: node.map(str::to_owned),
             routes: routes.iter().map(|r| r.to_string()).collect(),
             listen: "0.0.0.0:6222".into(),
+            advertise: None,
             leaf_listen: None,
             leaf_remote: None,
         }

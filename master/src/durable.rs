@@ -13,19 +13,76 @@ use vgas_shared::Subjects;
 /// what a cluster is for; more copies cost every write another round trip.
 pub const CLUSTER_REPLICAS: u8 = 3;
 
-/// The replica count for this swarm: the setting when there is one; otherwise one on a
-/// single server, and on a cluster one per server up to [`CLUSTER_REPLICAS`]. The server's
-/// INFO names its cluster and lists the client URLs of every server in it (itself included).
-pub fn replicas(client: &async_nats::Client, configured: Option<Replicas>) -> Replicas {
+/// The replica count for this swarm: the setting when there is one; one on a single server;
+/// on a cluster as many as JetStream can place, up to [`CLUSTER_REPLICAS`]. The server's INFO
+/// says whether it is clustered, not how many servers run JetStream (its URL list names every
+/// address of every server), so a stream of three copies is tried, then two: the first that
+/// JetStream places is the count. A cluster still forming may take fewer; the next master
+/// start raises every stream to what it places then.
+pub async fn replicas(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    configured: Option<Replicas>,
+) -> Result<Replicas> {
     if let Some(r) = configured {
-        return r;
+        return Ok(r);
     }
-    let info = client.server_info();
-    if info.cluster.is_none() {
-        return Replicas::ONE;
+    if client.server_info().cluster.is_none() {
+        return Ok(Replicas::ONE);
     }
-    let servers = info.connect_urls.len().clamp(1, CLUSTER_REPLICAS as usize);
-    Replicas::try_from(servers as u64).unwrap_or(Replicas::ONE)
+    for n in (2..=CLUSTER_REPLICAS).rev() {
+        let Ok(want) = Replicas::try_from(n as u64) else {
+            continue;
+        };
+        if placed(js, subjects, want).await? {
+            return Ok(want);
+        }
+        tracing::debug!(replicas = n, "JetStream cannot place this many copies");
+    }
+    Ok(Replicas::ONE)
+}
+
+/// Whether JetStream places a stream of `want` copies (a throw-away one of this master's):
+/// `false` when it says it cannot, an error when it did not answer (a cluster electing).
+async fn placed(js: &jetstream::Context, subjects: &Subjects, want: Replicas) -> Result<bool> {
+    use jetstream::context::CreateStreamErrorKind;
+    use jetstream::ErrorCode;
+    /// JetStream's "no suitable peers for placement".
+    const NO_SUITABLE_PEERS: ErrorCode = ErrorCode(10005);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!(
+        "{}_PROBE_{}",
+        subjects.token_prefix().to_uppercase(),
+        &tag[..8]
+    );
+    let created = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.probe.{}", subjects.prefix(), &tag[..8])],
+            num_replicas: want.get(),
+            storage: jetstream::stream::StorageType::Memory,
+            max_messages: 1,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => {
+            js.delete_stream(&name)
+                .await
+                .context("delete the probe stream")?;
+            Ok(true)
+        }
+        Err(e) => match e.kind() {
+            CreateStreamErrorKind::JetStream(j)
+                if [NO_SUITABLE_PEERS, ErrorCode::INSUFFICIENT_RESOURCES]
+                    .contains(&j.error_code()) =>
+            {
+                Ok(false)
+            }
+            _ => Err(e).context("create a probe stream"),
+        },
+    }
 }
 
 /// Every stream vgas makes (a KV bucket's and an object store's by their stream names).

@@ -99,6 +99,9 @@ pub async fn acquire(
     // The revision last seen and when it was first seen.
     let mut seen: Option<(u64, Instant)> = None;
     let mut told = false;
+    // The revision a takeover was last announced for (a takeover that JetStream refuses,
+    // for want of a quorum, is tried at every poll and told once).
+    let mut warned: Option<u64> = None;
     loop {
         if stop.is_cancelled() {
             return Ok(None);
@@ -107,12 +110,16 @@ pub async fn acquire(
         let taken = match kv.entry(LEASE_KEY).await {
             Ok(Some(e)) if e.operation == kv::Operation::Put => match seen {
                 Some((rev, at)) if rev == e.revision && at.elapsed() >= LEASE_TTL => {
-                    let holder: Option<MasterLease> = decode_as(Encoding::MsgPack, &e.value).ok();
-                    warn!(
-                        silent_for = ?at.elapsed(),
-                        previous = holder.map(|h| h.id).unwrap_or_default(),
-                        "the leading master stopped renewing its lease: taking over"
-                    );
+                    if warned != Some(rev) {
+                        let holder: Option<MasterLease> =
+                            decode_as(Encoding::MsgPack, &e.value).ok();
+                        warn!(
+                            silent_for = ?at.elapsed(),
+                            previous = holder.map(|h| h.id).unwrap_or_default(),
+                            "the leading master stopped renewing its lease: taking over"
+                        );
+                        warned = Some(rev);
+                    }
                     kv.update(LEASE_KEY, value.clone(), e.revision).await.ok()
                 }
                 Some((rev, _)) if rev == e.revision => None,

@@ -38,6 +38,10 @@ use crate::dispatch::Dispatcher;
 use crate::scheduler::AgentScheduler;
 use crate::service::{EndpointKind, Handlers};
 
+/// How long a starting master keeps asking a JetStream that is not ready (a cluster electing
+/// its leaders) before it gives up.
+const JETSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Commands in flight to the dispatcher: bounded, so a flood of results or submits waits.
 const COMMAND_CHANNEL_CAPACITY: usize = 1024;
 
@@ -93,16 +97,65 @@ impl MasterConfig {
 pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let client = vgas_client::connect::connect(&cfg.conn, "vgas-master").await?;
     let js = async_nats::jetstream::new(client.clone());
-    let replicas = durable::replicas(&client, cfg.conn.replicas);
-    let changed = durable::keep_replicas(&js, &cfg.conn.subjects, replicas).await?;
-    if !changed.is_empty() {
-        info!(%replicas, streams = ?changed, "brought the swarm's streams to the replica count");
-    }
-    let lease_kv = leader::open(&js, &cfg.conn.subjects, replicas).await?;
+    // A cluster that has just formed (or lost a server) refuses JetStream requests for a few
+    // seconds while it elects leaders: the first ones are tried again for a while.
+    let started = std::time::Instant::now();
+    let (replicas, lease_kv) = loop {
+        let ready = async {
+            let replicas =
+                durable::replicas(&client, &js, &cfg.conn.subjects, cfg.conn.replicas).await?;
+            let changed = durable::keep_replicas(&js, &cfg.conn.subjects, replicas).await?;
+            if !changed.is_empty() {
+                info!(%replicas, streams = ?changed, "brought the swarm's streams to the replica count");
+            }
+            keys::usage::UsageBook::create_bucket(&js, &cfg.conn.subjects, replicas).await?;
+            let kv = leader::open(&js, &cfg.conn.subjects, replicas).await?;
+            anyhow::Ok((replicas, kv))
+        };
+        match ready.await {
+            Ok(ready) => break ready,
+            Err(e) if started.elapsed() < JETSTREAM_WAIT => {
+                tracing::warn!("JetStream not ready yet: {e:#}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let node_id = format!(
         "master-{}",
         uuid::Uuid::new_v4().simple().to_string().split_at(8).0
     );
+    let observe = Arc::new(observe::Observe::new(cfg.dashboard.is_some(), &node_id));
+    let tracker = TaskTracker::new();
+    // The LLM gateway runs on every master, leading or standing by: calls are served
+    // through a failover and on both sides of a partition, budgets held across masters by
+    // the usage CRDT (`keys::usage::sync`).
+    let llm_service = client
+        .service_builder()
+        .description("vgas master: LLM gateway")
+        .start(cfg.conn.subjects.service_name(), env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("register the micro service: {e}"))?;
+    let gateway = gateway::start(
+        &cfg.conn,
+        &js,
+        &llm_service,
+        client.clone(),
+        &tracker,
+        shutdown.clone(),
+        observe.clone(),
+    )
+    .await?;
+    let base = Base {
+        client: client.clone(),
+        js,
+        replicas,
+        observe,
+        gateway,
+    };
     let outcome = loop {
         let me = vgas_shared::wire::MasterLease {
             id: node_id.clone(),
@@ -115,33 +168,55 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         info!(id = %node_id, %replicas, "leading the swarm");
         let term = shutdown.child_token();
         let keeper = TaskTracker::new().spawn(lease.keep(term.clone(), shutdown.clone()));
-        let served = lead(&cfg, &client, &js, replicas, me, term.clone()).await;
+        let served = lead(&cfg, &base, me, term.clone()).await;
         term.cancel();
         let ended = keeper.await.unwrap_or(leader::Ended::Lost);
-        if let Err(e) = served {
-            break Err(e);
-        }
         if shutdown.is_cancelled() || ended == leader::Ended::Stopped {
-            break Ok(());
+            break served;
+        }
+        // A term that failed (JetStream between leaders, say) ends like a lost lease: this
+        // master stands by again, and the next one to take the lease retries.
+        if let Err(e) = served {
+            tracing::error!(id = %node_id, "leading the swarm failed: {e:#}");
         }
         tracing::warn!(id = %node_id, "no longer the leader: standing by");
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = tokio::time::sleep(leader::LEASE_RENEW) => {}
+        }
     };
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the LLM gateway did not stop within {SHUTDOWN_TIMEOUT:?}");
+    }
+    let _ = llm_service.stop().await;
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.drain()).await;
     info!("master stopped");
     outcome
+}
+
+/// What a master keeps from one term as leader to the next.
+struct Base {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    replicas: vgas_shared::config::Replicas,
+    observe: Arc<observe::Observe>,
+    gateway: gateway::Gateway,
 }
 
 /// The swarm's master while this process holds the lease: everything below runs until
 /// `shutdown` (the lease's term) fires.
 async fn lead(
     cfg: &MasterConfig,
-    client: &async_nats::Client,
-    js: &async_nats::jetstream::Context,
-    replicas: vgas_shared::config::Replicas,
+    base: &Base,
     me: vgas_shared::wire::MasterLease,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let (client, js) = (client.clone(), js.clone());
+    let (client, js, replicas) = (base.client.clone(), base.js.clone(), base.replicas);
     let subjects = cfg.conn.subjects.clone();
     let key_path = cfg.conn.state_dir.join(vgas_shared::vault::RECORD_KEY_FILE);
     let record_key = vgas_shared::vault::RecordKey::load_or_create(&key_path)
@@ -153,13 +228,12 @@ async fn lead(
     store::open_ptx_bucket(&js, &subjects, replicas).await?;
     vgas_client::farm::cache::open_buckets(&js, &subjects, cfg.build_cache_bytes, replicas).await?;
     vgas_client::agents::open_bucket(&js, &subjects, replicas).await?;
-    keys::usage::UsageBook::create_bucket(&js, &subjects, replicas).await?;
 
     let sched = Arc::new(AgentScheduler::new());
     let tracker = TaskTracker::new();
     let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY.max(cfg.queue_capacity));
     let wake = Arc::new(Notify::new());
-    let observe = Arc::new(observe::Observe::new(cfg.dashboard.is_some()));
+    let observe = base.observe.clone();
     let counters = observe.counters.clone();
 
     let mut dispatcher = Dispatcher::new(
@@ -238,17 +312,7 @@ async fn lead(
             }
         });
     }
-    // The LLM gateway (llm.complete, llm.usage): starts without a vault file.
-    let gateway = gateway::start(
-        &cfg.conn,
-        &js,
-        &service,
-        client.clone(),
-        &tracker,
-        shutdown.clone(),
-        observe.clone(),
-    )
-    .await?;
+    let gateway = &base.gateway;
 
     // Every build's updates, for the metrics and the dashboard; then the HTTP endpoints.
     let (stop, c2, s2, o2) = (

@@ -31,6 +31,8 @@ pub struct Counters {
 /// The metrics and, with the dashboard, the board.
 #[derive(Debug, Default)]
 pub struct Observe {
+    /// This master's node id (`master-<8 hex>`): its lease value, its LLM usage slot.
+    pub node: String,
     /// The figures `vgas status` shows.
     pub counters: Arc<Counters>,
     pub metrics: MasterMetrics,
@@ -39,8 +41,9 @@ pub struct Observe {
 
 impl Observe {
     /// With a board when `dashboard` is on.
-    pub fn new(dashboard: bool) -> Self {
+    pub fn new(dashboard: bool, node: &str) -> Self {
         Observe {
+            node: node.to_owned(),
             counters: Arc::default(),
             metrics: MasterMetrics::new(),
             board: dashboard.then(Board::default),

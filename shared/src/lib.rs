@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod codec;
 pub mod config;
+pub mod crdt;
 pub mod discovery;
 pub mod error;
 pub mod farm;

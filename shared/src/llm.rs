@@ -301,6 +301,22 @@ pub struct ProviderQuota {
     /// Set while the provider's own headers say to wait (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_until_ms: Option<u64>,
+    /// Set while the answering master is cut off from another (a partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionSpend>,
+}
+
+/// What a partition has let the answering master spend on a provider.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PartitionSpend {
+    /// The masters it has not heard from.
+    pub silent_masters: Vec<String>,
+    pub for_ms: u64,
+    /// Its own spend on the provider since.
+    pub spent_usd: f64,
+    /// The most it may spend meanwhile; `None` without a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowance_usd: Option<f64>,
 }
 
 /// The answer on `<prefix>.llm.usage`.
@@ -309,6 +325,9 @@ pub struct UsageReport {
     pub rows: Vec<UsageRow>,
     pub rates: Vec<UsageRate>,
     pub providers: Vec<ProviderQuota>,
+    /// The master that answered (every master serves LLM calls and keeps the merged usage).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub answered_by: String,
 }
 
 /// A provider's name: 1 to 64 letters, digits, `-` or `_` (also the vault's entry name).

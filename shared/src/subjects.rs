@@ -154,6 +154,12 @@ impl Subjects {
         format!("{}.llm.usage", self.prefix)
     }
 
+    /// Masters' LLM usage views, published and merged by every master
+    /// (`sync_distributed_state`).
+    pub fn llm_usage_sync(&self) -> String {
+        format!("{}.llm.usage.sync", self.prefix)
+    }
+
     /// JetStream KV bucket holding LLM usage counters (per provider, model and day).
     pub fn usage_bucket(&self) -> String {
         format!("{}_llm_usage", self.token_prefix())
@@ -268,7 +274,7 @@ impl Subjects {
     }
 
     /// The prefix as one token, for names that allow no dots.
-    fn token_prefix(&self) -> String {
+    pub fn token_prefix(&self) -> String {
         self.prefix.replace('.', "_")
     }
 }

@@ -24,6 +24,13 @@ pub struct Node {
     pub server: Proc,
 }
 
+impl Node {
+    /// This server's client URL alone.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
 /// The servers and the swarm that runs on them (its `server` is a stand-in: each node's
 /// process is in `nodes`).
 #[derive(Debug)]
@@ -52,20 +59,64 @@ impl Cluster {
     /// Starts `n` clustered servers (TLS on routes and clients when `tls`) and waits until
     /// JetStream answers through them.
     pub async fn start(n: usize, tls: bool) -> Result<Cluster> {
-        let root = tempfile::Builder::new().prefix("vgas-cluster-").tempdir()?;
-        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
-        let routes: Vec<String> = ports
+        let all: Vec<String> = ports
             .iter()
             .flat_map(|(_, r, _)| ["--route".to_owned(), format!("127.0.0.1:{r}")])
             .collect();
+        Self::start_routed(ports, vec![all; n], tls).await
+    }
+
+    /// Two servers whose routes run only through [`Link`]s the test can cut: each dials the
+    /// other through one, and advertises the one that leads to itself, so that no server
+    /// learns the other's real route address and dials it around the links.
+    pub async fn pair_over_links() -> Result<(Cluster, [Link; 2])> {
+        let ports: Vec<(u16, u16, u16)> = (0..2)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let to_second = Link::start(([127, 0, 0, 1], ports[1].1).into()).await?;
+        let to_first = Link::start(([127, 0, 0, 1], ports[0].1).into()).await?;
+        let (first, second) = (
+            format!("127.0.0.1:{}", to_first.port),
+            format!("127.0.0.1:{}", to_second.port),
+        );
+        let args = vec![
+            vec![
+                "--route".into(),
+                second.clone(),
+                "--cluster-advertise".into(),
+                first.clone(),
+            ],
+            vec![
+                "--route".into(),
+                first,
+                "--cluster-advertise".into(),
+                second,
+            ],
+        ];
+        let cluster = Self::start_routed(ports, args, false).await?;
+        Ok((cluster, [to_second, to_first]))
+    }
+
+    /// Starts one server per `(client, route, monitor)` port triple, node `i` with the
+    /// further `vgas init` arguments `extra[i]` (its routes).
+    async fn start_routed(
+        ports: Vec<(u16, u16, u16)>,
+        extra: Vec<Vec<String>>,
+        tls: bool,
+    ) -> Result<Cluster> {
+        let n = ports.len();
+        let root = tempfile::Builder::new().prefix("vgas-cluster-").tempdir()?;
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let first_state = root.path().join(".vgas");
         let first: Vec<String> = if tls { vec![] } else { vec!["--no-tls".into()] };
         init(&first_state, &first)?;
         let mut nodes = Vec::with_capacity(n);
-        for (name, &(port, route_port, monitor_port)) in names.iter().zip(&ports) {
+        for ((name, &(port, route_port, monitor_port)), extra) in
+            names.iter().zip(&ports).zip(&extra)
+        {
             let dir = root.path().join(name);
             std::fs::create_dir_all(&dir)?;
             // The state directory travels to each server; each then makes its own part.
@@ -83,7 +134,7 @@ impl Cluster {
                 "--cluster-listen".into(),
                 format!("127.0.0.1:{route_port}"),
             ];
-            args.extend(routes.iter().cloned());
+            args.extend(extra.iter().cloned());
             init(&dir.join(".vgas"), &args)?;
             let server = Swarm::spawn_server(&dir, port, monitor_port, None)?;
             nodes.push(Node {
@@ -134,11 +185,27 @@ impl Cluster {
     pub async fn wait_jetstream(&self) -> Result<()> {
         let client = self.swarm.connect(Role::Master).await?;
         let js = async_nats::jetstream::new(client);
-        wait_for("JetStream on the cluster", WAIT, || {
+        let ready = wait_for("JetStream on the cluster", WAIT, || {
             let js = js.clone();
             async move { js.query_account().await.ok().map(|_| ()) }
         })
-        .await
+        .await;
+        ready.with_context(|| {
+            let tails: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let log = n.server.log_text();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    format!(
+                        "{}:\n{}",
+                        n.name,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            tails.join("\n")
+        })
     }
 
     /// The node by name.

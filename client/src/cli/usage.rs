@@ -59,6 +59,16 @@ pub fn render_usage(r: &UsageReport) -> String {
                 ""
             }
         ));
+        if let Some(x) = &p.partition {
+            s.push_str(&format!(
+                "  partitioned: masters {} silent for {} s; this master spent ${:.4} since (allowance {})\n",
+                x.silent_masters.join(", "),
+                x.for_ms / 1000,
+                x.spent_usd,
+                x.allowance_usd
+                    .map_or("none: no budget".to_owned(), |a| format!("${a:.2}"))
+            ));
+        }
     }
     for rate in &r.rates {
         s.push_str(&format!(

@@ -478,7 +478,8 @@ pub async fn start(
     observe: Arc<crate::observe::Observe>,
 ) -> anyhow::Result<Gateway> {
     let subjects: &Subjects = &conn.subjects;
-    let usage = crate::keys::usage::UsageBook::open(js, subjects).await?;
+    let node = observe.node.clone();
+    let usage = crate::keys::usage::UsageBook::open(js, subjects, &node).await?;
     let cfg = crate::keys::KeyConfig::from_env(&conn.state_dir);
     let keys = Arc::new(ApiKeyManager::new(cfg, usage)?);
     let preload = keys.clone();
@@ -486,6 +487,17 @@ pub async fn start(
         Ok(()) => info!(vault = %preload.vault_path().display(), "key vault ready"),
         Err(e) => warn!(vault = %preload.vault_path().display(), "key vault not usable yet: {e}"),
     });
+    // Usage in step with the other masters' (`sync_distributed_state`), and in the bucket.
+    tracker.spawn(crate::keys::usage::sync::persist(
+        keys.usage_book(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(crate::keys::usage::sync::run(
+        keys.usage_book(),
+        nats.clone(),
+        subjects.llm_usage_sync(),
+        shutdown.clone(),
+    ));
     let gw = Gateway::new(keys, nats, observe);
     let complete = service
         .endpoint_builder()

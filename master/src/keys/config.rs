@@ -39,6 +39,29 @@ pub struct Limits {
     pub tokens_per_minute: Option<u64>,
     pub max_concurrent: Option<u32>,
     pub max_retries: Option<u32>,
+    /// What one master may spend on this provider while another master is silent (a
+    /// partition): the most the budget can be exceeded by, per master but one [default: 5%
+    /// of the smallest budget].
+    pub partition_allowance_usd: Option<f64>,
+}
+
+/// Share of the smallest budget a master may spend while partitioned, when no allowance is
+/// set: small enough that three masters cut apart overspend by a tenth at most.
+pub const DEFAULT_PARTITION_SHARE: f64 = 0.05;
+
+impl Limits {
+    /// The partition allowance in micro-USD; `None` when the provider has no budget (there
+    /// is nothing to overspend).
+    pub fn partition_allowance_micro_usd(&self) -> Option<u64> {
+        let smallest = [self.daily_budget_usd, self.monthly_budget_usd]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min)?;
+        let usd = self
+            .partition_allowance_usd
+            .unwrap_or(smallest * DEFAULT_PARTITION_SHARE);
+        Some((usd * 1e6).round().max(0.0) as u64)
+    }
 }
 
 /// One provider.

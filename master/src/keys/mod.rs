@@ -24,7 +24,7 @@ use vgas_shared::vault::{
 
 use self::audit::{AuditEvent, AuditLog};
 use self::config::LlmConfig;
-use self::quota::{CallEstimate, Limiter, QuotaPermit, QuotaRefusal};
+use self::quota::{CallEstimate, Limiter, QuotaLimit, QuotaPermit, QuotaRefusal};
 use self::usage::UsageBook;
 
 /// How often the master looks at the vault file's metadata for a change made by another
@@ -114,7 +114,7 @@ pub struct ApiKeyManager {
     writer: Mutex<()>,
     last_check_ms: AtomicU64,
     audit: Option<AuditLog>,
-    usage: UsageBook,
+    usage: std::sync::Arc<UsageBook>,
     limiter: Limiter,
 }
 
@@ -139,7 +139,7 @@ impl ApiKeyManager {
             writer: Mutex::new(()),
             last_check_ms: AtomicU64::new(0),
             audit,
-            usage,
+            usage: std::sync::Arc::new(usage),
             limiter: Limiter::default(),
         })
     }
@@ -347,12 +347,35 @@ impl ApiKeyManager {
             cached_tokens: 0,
         };
         let (today, month) = self.usage.spend(provider, now);
+        let cost = self
+            .llm
+            .price(provider, model)
+            .map(|p| p.cost_micro_usd(&worst));
+        // Cut off from another master: the budget's remainder may be spent on both sides,
+        // so this side spends at most its allowance until it hears from every master.
+        if let (Some(allowance), Some(x)) = (
+            limits.partition_allowance_micro_usd(),
+            self.usage.exposure(provider),
+        ) {
+            let cost = cost.unwrap_or(0);
+            if x.own_since_micro_usd.saturating_add(cost) > allowance {
+                return Err(QuotaRefusal {
+                    limit: QuotaLimit::PartitionAllowance,
+                    message: format!(
+                        "masters {} silent for {} s (a partition): this master has spent {} of its {} allowance on {provider} since; this call could cost up to {}",
+                        x.silent.join(", "),
+                        x.for_ms / 1000,
+                        quota::usd(x.own_since_micro_usd),
+                        quota::usd(allowance),
+                        quota::usd(cost)
+                    ),
+                    retry_after_ms: Some(usage::sync::PEER_SILENCE.as_millis() as u64),
+                });
+            }
+        }
         let est = CallEstimate {
             tokens: input_tokens + max_output_tokens,
-            cost_micro_usd: self
-                .llm
-                .price(provider, model)
-                .map(|p| p.cost_micro_usd(&worst)),
+            cost_micro_usd: cost,
             spent_today_micro_usd: today,
             spent_month_micro_usd: month,
         };
@@ -379,6 +402,11 @@ impl ApiKeyManager {
         self.usage
             .record(provider, model, usage, cost, ok, now_ms())
             .await
+    }
+
+    /// The usage book, shared with the loop that keeps it in step with other masters.
+    pub fn usage_book(&self) -> std::sync::Arc<UsageBook> {
+        self.usage.clone()
     }
 
     /// Feeds a provider's response headers (lower-case names) to its limiter.
@@ -420,6 +448,7 @@ impl ApiKeyManager {
                     .llm
                     .provider(&p)
                     .is_some_and(|c| !c.needs_key || keyed.contains(&p));
+                let exposure = self.usage.exposure(&p);
                 vgas_shared::llm::ProviderQuota {
                     provider: p,
                     ready,
@@ -429,6 +458,14 @@ impl ApiKeyManager {
                     monthly_budget_usd: limits.monthly_budget_usd,
                     in_flight,
                     blocked_until_ms,
+                    partition: exposure.map(|x| vgas_shared::llm::PartitionSpend {
+                        silent_masters: x.silent,
+                        for_ms: x.for_ms,
+                        spent_usd: x.own_since_micro_usd as f64 / 1e6,
+                        allowance_usd: limits
+                            .partition_allowance_micro_usd()
+                            .map(|a| a as f64 / 1e6),
+                    }),
                 }
             })
             .collect();
@@ -436,6 +473,7 @@ impl ApiKeyManager {
             rows,
             rates: self.usage.rates(now),
             providers,
+            answered_by: self.usage.node().to_owned(),
         }
     }
 }

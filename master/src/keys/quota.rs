@@ -22,6 +22,8 @@ pub enum QuotaLimit {
     ProviderRateLimit,
     /// A budget is set but the model has no price, so the call could not be accounted.
     Unpriced,
+    /// Another master is silent (a partition) and this one spent its allowance meanwhile.
+    PartitionAllowance,
 }
 
 impl QuotaLimit {
@@ -34,6 +36,7 @@ impl QuotaLimit {
             QuotaLimit::Concurrency => "max_concurrent",
             QuotaLimit::ProviderRateLimit => "provider_rate_limit",
             QuotaLimit::Unpriced => "unpriced_model",
+            QuotaLimit::PartitionAllowance => "partition_allowance",
         }
     }
 }
@@ -120,7 +123,7 @@ pub struct CallEstimate {
     pub spent_month_micro_usd: u64,
 }
 
-fn usd(micro: u64) -> String {
+pub(crate) fn usd(micro: u64) -> String {
     format!("${:.4}", micro as f64 / 1e6)
 }
 

@@ -3,15 +3,23 @@
 //! per second over a sliding minute. Counters are persisted in a JetStream KV bucket (one key
 //! per provider, model and day) so a master restart keeps them, and budgets with them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
+use vgas_shared::crdt::{UsageCounts, UsageKey, UsageSlot, UsageState};
 use vgas_shared::llm::{TokenUsage, UsageRate, UsageRow};
 use vgas_shared::Subjects;
+
+pub mod sync;
+
+/// How long a call's usage may wait for the bucket before the call ends anyway (the persist
+/// loop writes it later): JetStream answers in milliseconds unless it has no quorum.
+const PERSIST_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Width of the sliding window behind the per-second rates.
 pub const RATE_WINDOW_MS: u64 = 60_000;
@@ -23,7 +31,8 @@ pub const USAGE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(40
 /// burst past this undercounts the rate rather than growing memory.
 const MAX_WINDOW_SAMPLES: usize = 4096;
 
-/// The persisted counters of one provider, model and day.
+/// The persisted counters of one provider, model and day, as one master counted them (its
+/// slot in the KV key's last token; a key without one is from before masters kept slots).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayCounters {
     pub provider: String,
@@ -40,21 +49,86 @@ pub struct DayCounters {
     pub unpriced: bool,
 }
 
-type Key = (String, String, String);
+impl DayCounters {
+    fn of(key: &UsageKey, c: &UsageCounts) -> DayCounters {
+        DayCounters {
+            provider: key.provider.clone(),
+            model: key.model.clone(),
+            day: key.day.clone(),
+            requests: c.requests,
+            errors: c.errors,
+            input_tokens: c.input_tokens,
+            output_tokens: c.output_tokens,
+            cached_tokens: c.cached_tokens,
+            cost_micro_usd: c.cost_micro_usd,
+            unpriced: c.unpriced,
+        }
+    }
+
+    fn split(&self) -> (UsageKey, UsageCounts) {
+        (
+            UsageKey {
+                provider: self.provider.clone(),
+                model: self.model.clone(),
+                day: self.day.clone(),
+            },
+            UsageCounts {
+                requests: self.requests,
+                errors: self.errors,
+                input_tokens: self.input_tokens,
+                output_tokens: self.output_tokens,
+                cached_tokens: self.cached_tokens,
+                cost_micro_usd: self.cost_micro_usd,
+                unpriced: self.unpriced,
+            },
+        )
+    }
+}
+
+/// The slot of usage stored before masters kept one each.
+const EARLIER_SLOT: &str = "earlier";
 
 #[derive(Debug, Default)]
 struct Book {
-    days: BTreeMap<Key, DayCounters>,
-    /// (provider, day) and (provider, month) spend in micro-USD, for budget checks.
+    /// Every master's slots (the CRDT); this master adds only to its own.
+    state: UsageState,
+    /// (provider, day) and (provider, month) spend in micro-USD over every master, for
+    /// budget checks; recomputed when a merge grows the state.
     spend_day: HashMap<(String, String), u64>,
     spend_month: HashMap<(String, String), u64>,
-    /// (time, tokens) of recent calls per (provider, model).
+    /// (time, tokens) of recent calls per (provider, model), this master's own.
     window: HashMap<(String, String), VecDeque<(u64, u64)>>,
+    /// Own slots changed since they were last written to the bucket.
+    dirty: BTreeSet<UsageKey>,
+    /// Other masters by node id, and when their state last came.
+    peers: HashMap<String, Instant>,
+    /// Set while some master has gone silent (a partition, or a crash).
+    silence: Option<Silence>,
+}
+
+/// A partition as this master sees it: since when, who, and what it had spent then.
+#[derive(Debug, Clone)]
+struct Silence {
+    since: Instant,
+    peers: Vec<String>,
+    /// This master's own cost per provider when the silence began.
+    own_at_start: HashMap<String, u64>,
+}
+
+/// What a partition has let this master spend on one provider so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exposure {
+    pub silent: Vec<String>,
+    pub for_ms: u64,
+    /// This master's own spend on the provider since the silence began, micro-USD.
+    pub own_since_micro_usd: u64,
 }
 
 /// The usage counters and their bucket.
 #[derive(Debug, Default)]
 pub struct UsageBook {
+    /// This master's slot (its node id).
+    node: String,
     book: Mutex<Book>,
     kv: Option<kv::Store>,
     /// Serializes bucket writes so a slower put never overwrites a newer value.
@@ -81,8 +155,17 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// A KV key for a provider, model and day. Model names may hold characters KV keys do not
-/// allow (`llama3:8b`); those are written `=XX` (hex), which is reversible.
+/// A KV key for a provider, model, day and master slot. Model names may hold characters KV
+/// keys do not allow (`llama3:8b`); those are written `=XX` (hex), which is reversible.
+fn slot_key(key: &UsageKey, node: &str) -> String {
+    format!("{}.{node}", kv_key(&key.provider, &key.model, &key.day))
+}
+
+/// The node of a stored slot's key: its fourth token; a key of three is from before slots.
+fn node_of(kv_key: &str) -> &str {
+    kv_key.splitn(4, '.').nth(3).unwrap_or(EARLIER_SLOT)
+}
+
 fn kv_key(provider: &str, model: &str, day: &str) -> String {
     let mut m = String::with_capacity(model.len());
     for b in model.bytes() {
@@ -96,23 +179,40 @@ fn kv_key(provider: &str, model: &str, day: &str) -> String {
 }
 
 impl Book {
-    fn add(&mut self, c: &DayCounters, cost_delta: u64) {
-        let month = c.day[..7].to_owned();
-        *self
-            .spend_day
-            .entry((c.provider.clone(), c.day.clone()))
-            .or_default() += cost_delta;
-        *self
-            .spend_month
-            .entry((c.provider.clone(), month))
-            .or_default() += cost_delta;
+    /// Recomputes the spend totals from the state.
+    fn retotal(&mut self) {
+        self.spend_day.clear();
+        self.spend_month.clear();
+        for (k, t) in self.state.totals() {
+            *self
+                .spend_day
+                .entry((k.provider.clone(), k.day.clone()))
+                .or_default() += t.cost_micro_usd;
+            *self
+                .spend_month
+                .entry((k.provider.clone(), k.day[..7].to_owned()))
+                .or_default() += t.cost_micro_usd;
+        }
     }
 }
 
 impl UsageBook {
-    /// A book kept in memory only (tests, benchmarks).
+    /// A book kept in memory only (tests, benchmarks), counting as master `node`.
     pub fn in_memory() -> UsageBook {
-        UsageBook::default()
+        UsageBook::in_memory_as("this")
+    }
+
+    /// A book kept in memory only, counting in `node`'s slot.
+    pub fn in_memory_as(node: &str) -> UsageBook {
+        UsageBook {
+            node: node.to_owned(),
+            ..UsageBook::default()
+        }
+    }
+
+    /// This master's slot.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Makes the usage bucket with `replicas` copies, or binds to it (the master, at start).
@@ -135,9 +235,13 @@ impl UsageBook {
         .with_context(|| format!("open JetStream KV bucket {bucket}"))
     }
 
-    /// Opens the usage bucket ([`UsageBook::create_bucket`] made it) and loads every counter
-    /// in it.
-    pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<UsageBook> {
+    /// Opens the usage bucket ([`UsageBook::create_bucket`] made it) and loads every slot in
+    /// it; this master counts in a new slot of its own, `node`.
+    pub async fn open(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        node: &str,
+    ) -> Result<UsageBook> {
         let bucket = subjects.usage_bucket();
         let store = js
             .get_key_value(&bucket)
@@ -154,21 +258,28 @@ impl UsageBook {
             };
             match rmp_decode(&bytes) {
                 Some(c) if c.day.len() == 10 => {
-                    book.add(&c, c.cost_micro_usd);
-                    book.days
-                        .insert((c.provider.clone(), c.model.clone(), c.day.clone()), c);
+                    let (k, counts) = c.split();
+                    book.state.merge_slot(&UsageSlot {
+                        key: k,
+                        node: node_of(&key).to_owned(),
+                        counts,
+                    });
                 }
                 _ => tracing::warn!(key, "skipping unreadable usage record"),
             }
         }
+        book.retotal();
         Ok(UsageBook {
+            node: node.to_owned(),
             book: Mutex::new(book),
             kv: Some(store),
             persist: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Adds one call; returns its cost in micro-USD. Persists the day's counters.
+    /// Adds one call to this master's slot; returns its cost in micro-USD. Writes the slot
+    /// to the bucket; when that fails (no JetStream quorum in a partition) the slot stays
+    /// marked and is written by a later call or sync tick: the call itself is counted.
     pub async fn record(
         &self,
         provider: &str,
@@ -178,26 +289,31 @@ impl UsageBook {
         ok: bool,
         now_ms: u64,
     ) -> Result<u64> {
-        let day = day_of(now_ms);
-        let key = (provider.to_owned(), model.to_owned(), day.clone());
+        let key = UsageKey {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            day: day_of(now_ms),
+        };
         let cost = cost_micro_usd.unwrap_or(0);
         {
             let mut b = self.book.lock().unwrap_or_else(|p| p.into_inner());
-            let c = b.days.entry(key.clone()).or_insert_with(|| DayCounters {
-                provider: provider.into(),
-                model: model.into(),
-                day: day.clone(),
-                ..Default::default()
-            });
-            c.requests += 1;
-            c.errors += u64::from(!ok);
-            c.input_tokens += usage.input_tokens;
-            c.output_tokens += usage.output_tokens;
-            c.cached_tokens += usage.cached_tokens;
-            c.cost_micro_usd += cost;
-            c.unpriced |= cost_micro_usd.is_none() && usage.total() > 0;
-            let snapshot = c.clone();
-            b.add(&snapshot, cost);
+            let counts = UsageCounts {
+                requests: 1,
+                errors: u64::from(!ok),
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cached_tokens: usage.cached_tokens,
+                cost_micro_usd: cost,
+                unpriced: cost_micro_usd.is_none() && usage.total() > 0,
+            };
+            b.state.add(&self.node, key.clone(), &counts);
+            *b.spend_day
+                .entry((key.provider.clone(), key.day.clone()))
+                .or_default() += cost;
+            *b.spend_month
+                .entry((key.provider.clone(), key.day[..7].to_owned()))
+                .or_default() += cost;
+            b.dirty.insert(key);
             let w = b
                 .window
                 .entry((provider.to_owned(), model.to_owned()))
@@ -209,20 +325,44 @@ impl UsageBook {
                 w.pop_front();
             }
         }
-        if let Some(kv) = &self.kv {
-            let _serial = self.persist.lock().await;
-            let latest = {
-                let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
-                b.days.get(&key).cloned()
-            };
-            if let Some(c) = latest {
-                let bytes = vgas_shared::codec::encode(vgas_shared::Encoding::MsgPack, &c)?;
-                kv.put(kv_key(provider, model, &day), bytes.into())
-                    .await
-                    .context("persist usage")?;
-            }
+        // Written before the call's end is sent, unless JetStream is slow to take it (no
+        // quorum in a partition): then the persist loop writes it later; the call is counted
+        // here and in every master that hears this one.
+        match tokio::time::timeout(PERSIST_WAIT, self.persist_dirty()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("usage kept in memory, written later: {e:#}"),
+            Err(_) => tracing::warn!("usage kept in memory, written later: JetStream is slow"),
         }
         Ok(cost)
+    }
+
+    /// Writes this master's changed slots to the bucket. A slot stays marked until the
+    /// value written is still its value (a call counted meanwhile marks it again), so a
+    /// write cut short loses nothing.
+    pub async fn persist_dirty(&self) -> Result<()> {
+        let Some(kv) = &self.kv else { return Ok(()) };
+        let _serial = self.persist.lock().await;
+        let dirty: Vec<(UsageKey, UsageCounts)> = {
+            let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            b.dirty
+                .iter()
+                .filter_map(|k| b.state.slot(k, &self.node).map(|c| (k.clone(), c)))
+                .collect()
+        };
+        for (key, counts) in dirty {
+            let bytes = vgas_shared::codec::encode(
+                vgas_shared::Encoding::MsgPack,
+                &DayCounters::of(&key, &counts),
+            )?;
+            kv.put(slot_key(&key, &self.node), bytes.into())
+                .await
+                .context("persist usage")?;
+            let mut b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            if b.state.slot(&key, &self.node) == Some(counts) {
+                b.dirty.remove(&key);
+            }
+        }
+        Ok(())
     }
 
     /// Spend of a provider today and this month, in micro-USD.
@@ -243,16 +383,16 @@ impl UsageBook {
         (d, m)
     }
 
-    /// Every day's counters, oldest day first.
+    /// Every day's counters over every master, oldest day first.
     pub fn rows(&self) -> Vec<UsageRow> {
         let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
         let mut rows: Vec<UsageRow> = b
-            .days
-            .values()
-            .map(|c| UsageRow {
-                provider: c.provider.clone(),
-                model: c.model.clone(),
-                day: c.day.clone(),
+            .state
+            .totals()
+            .map(|(k, c)| UsageRow {
+                provider: k.provider.clone(),
+                model: k.model.clone(),
+                day: k.day.clone(),
                 requests: c.requests,
                 errors: c.errors,
                 input_tokens: c.input_tokens,

@@ -1,0 +1,279 @@
+//! `sync_distributed_state` for LLM usage: every master that serves LLM calls publishes its
+//! whole view of this month's usage ([`UsageDigest`], every master's slots it knows) every
+//! [`SYNC_INTERVAL`] on `<prefix>.llm.usage.sync`, and merges the others' (a state-based
+//! CRDT, see `vgas_shared::crdt`). Budgets are checked against the merged total, so they
+//! hold across masters; within one interval two masters may each spend what the other has
+//! not yet heard of.
+//!
+//! A partition: a master that has heard from another and then hears nothing for
+//! [`PEER_SILENCE`] takes it for cut off (or dead) and, on providers with a budget, lets
+//! itself spend at most the provider's partition allowance until it hears from every
+//! master again. However long the partition, the budget can be exceeded by at most the
+//! allowance of each master but one; after the heal the counters converge to the exact
+//! total within one interval. A master that stops cleanly says so, and is not waited for;
+//! one silent past [`PEER_FORGET`] is taken for dead and no longer limits spending.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use vgas_shared::codec::{decode_as, encode};
+use vgas_shared::crdt::UsageDigest;
+use vgas_shared::Encoding;
+
+use super::{day_of, Exposure, Silence, UsageBook};
+
+/// How often a master publishes its usage view: budgets lag the other masters by this.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Silence after which another master counts as cut off: four intervals missed.
+pub const PEER_SILENCE: Duration = Duration::from_secs(2);
+
+/// Silence after which another master counts as dead and no longer limits spending.
+pub const PEER_FORGET: Duration = Duration::from_secs(600);
+
+impl UsageBook {
+    /// This master's view of this month's usage, to publish.
+    pub fn digest(&self, now_ms: u64, leaving: bool) -> UsageDigest {
+        let month_start = format!("{}-01", &day_of(now_ms)[..7]);
+        let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        UsageDigest {
+            node: self.node.clone(),
+            slots: b.state.slots_since(&month_start),
+            leaving,
+        }
+    }
+
+    /// Merges another master's view; returns whether anything grew. Its sender counts as
+    /// heard from now (or, when it is leaving, as gone).
+    pub fn merge_digest(&self, d: &UsageDigest) -> bool {
+        if d.node == self.node {
+            return false;
+        }
+        let mut b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        if d.leaving {
+            b.peers.remove(&d.node);
+        } else {
+            b.peers.insert(d.node.clone(), Instant::now());
+        }
+        let mut grew = false;
+        for s in &d.slots {
+            grew |= b.state.merge_slot(s);
+        }
+        if grew {
+            b.retotal();
+        }
+        grew
+    }
+
+    /// Brings the partition view up to date: who is silent, since when. Returns the silent
+    /// masters when the view changed (for the log).
+    pub fn observe_peers(&self) -> Option<Vec<String>> {
+        let mut b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        b.peers.retain(|_, heard| heard.elapsed() < PEER_FORGET);
+        let mut silent: Vec<String> = b
+            .peers
+            .iter()
+            .filter(|(_, heard)| heard.elapsed() >= PEER_SILENCE)
+            .map(|(n, _)| n.clone())
+            .collect();
+        silent.sort();
+        let before = b.silence.as_ref().map(|s| s.peers.clone());
+        match (&mut b.silence, silent.is_empty()) {
+            (None, true) => return None,
+            (Some(_), true) => b.silence = None,
+            (Some(s), false) => s.peers = silent.clone(),
+            (None, false) => {
+                let providers: Vec<String> =
+                    b.state.totals().map(|(k, _)| k.provider.clone()).collect();
+                let own_at_start = providers
+                    .into_iter()
+                    .map(|p| {
+                        let c = b.state.own_cost(&self.node, &p);
+                        (p, c)
+                    })
+                    .collect::<HashMap<_, _>>();
+                b.silence = Some(Silence {
+                    since: Instant::now(),
+                    peers: silent.clone(),
+                    own_at_start,
+                });
+            }
+        }
+        (before.as_ref() != Some(&silent)).then_some(silent)
+    }
+
+    /// What the current partition, if any, has let this master spend on `provider`.
+    pub fn exposure(&self, provider: &str) -> Option<Exposure> {
+        let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let s = b.silence.as_ref()?;
+        let at_start = s.own_at_start.get(provider).copied().unwrap_or(0);
+        Some(Exposure {
+            silent: s.peers.clone(),
+            for_ms: s.since.elapsed().as_millis() as u64,
+            own_since_micro_usd: b
+                .state
+                .own_cost(&self.node, provider)
+                .saturating_sub(at_start),
+        })
+    }
+
+    /// Masters heard from within [`PEER_FORGET`].
+    pub fn peers(&self) -> usize {
+        let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        b.peers.len()
+    }
+}
+
+/// Writes the slots the bucket missed (a partition, a slow JetStream) every
+/// [`SYNC_INTERVAL`] until `stop`: apart from the exchange, which a write waiting for
+/// JetStream must never hold up.
+pub async fn persist(book: Arc<UsageBook>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                if let Err(e) = book.persist_dirty().await {
+                    tracing::debug!("usage still not written: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+/// Publishes this master's view every [`SYNC_INTERVAL`] and merges the others' until
+/// `stop`, then says it is leaving.
+pub async fn run(
+    book: Arc<UsageBook>,
+    client: async_nats::Client,
+    subject: String,
+    stop: CancellationToken,
+) {
+    let mut sub = match client.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("LLM usage is not shared with other masters: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let publish = |leaving: bool| {
+        let d = book.digest(vgas_shared::now_ms(), leaving);
+        encode(Encoding::MsgPack, &d).map(Bytes::from)
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = sub.next() => {
+                let Some(msg) = msg else { break };
+                match decode_as::<UsageDigest>(Encoding::MsgPack, &msg.payload) {
+                    Ok(d) => {
+                        if book.merge_digest(&d) {
+                            tracing::debug!(from = %d.node, slots = d.slots.len(), "merged another master's usage");
+                        }
+                    }
+                    Err(e) => warn!("an unreadable usage digest on {subject}: {e}"),
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(silent) = book.observe_peers() {
+                    match silent.is_empty() {
+                        true => info!("every master is heard from again: spend limits are the budgets"),
+                        false => warn!(?silent, "masters fell silent: a partition limits this master's spend to the allowance"),
+                    }
+                }
+                if let Ok(bytes) = publish(false) {
+                    let _ = client.publish(subject.clone(), bytes).await;
+                }
+            }
+        }
+    }
+    if let Ok(bytes) = publish(true) {
+        let _ = client.publish(subject, bytes).await;
+        let _ = client.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgas_shared::llm::TokenUsage;
+
+    const T: u64 = 1_718_000_000_000;
+
+    async fn spend(book: &UsageBook, cost: u64) {
+        let u = TokenUsage {
+            input_tokens: 1,
+            output_tokens: 1,
+            cached_tokens: 0,
+        };
+        book.record("openai", "m", &u, Some(cost), true, T)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn masters_exchanging_digests_hold_the_exact_total_in_any_order() {
+        let (a, b, c) = (
+            UsageBook::in_memory_as("a"),
+            UsageBook::in_memory_as("b"),
+            UsageBook::in_memory_as("c"),
+        );
+        spend(&a, 100).await;
+        spend(&b, 20).await;
+        spend(&b, 3).await;
+        spend(&c, 4_000).await;
+        // c hears only from b, a only from c: state travels through whoever has it.
+        assert!(c.merge_digest(&b.digest(T, false)));
+        assert!(a.merge_digest(&c.digest(T, false)));
+        assert!(
+            !a.merge_digest(&c.digest(T, false)),
+            "a repeat grows nothing"
+        );
+        assert_eq!(a.spend("openai", T), (4_123, 4_123));
+        b.merge_digest(&a.digest(T, false));
+        c.merge_digest(&a.digest(T, false));
+        for book in [&a, &b, &c] {
+            assert_eq!(book.spend("openai", T).0, 4_123);
+            assert_eq!(book.rows()[0].requests, 4);
+        }
+        // Its own digest is not a peer's.
+        assert!(!a.merge_digest(&a.digest(T, false)));
+    }
+
+    #[tokio::test]
+    async fn a_silent_master_limits_spend_to_what_was_spent_since() {
+        let (a, b) = (UsageBook::in_memory_as("a"), UsageBook::in_memory_as("b"));
+        spend(&a, 500).await;
+        a.merge_digest(&b.digest(T, false));
+        assert_eq!(a.observe_peers(), None, "b was just heard from");
+        assert!(a.exposure("openai").is_none());
+        // b falls silent.
+        a.book.lock().unwrap().peers.insert(
+            "b".into(),
+            Instant::now() - PEER_SILENCE - Duration::from_millis(1),
+        );
+        assert_eq!(a.observe_peers(), Some(vec!["b".to_owned()]));
+        spend(&a, 70).await;
+        spend(&a, 5).await;
+        let x = a.exposure("openai").unwrap();
+        assert_eq!(
+            (x.silent, x.own_since_micro_usd),
+            (vec!["b".to_owned()], 75)
+        );
+        // b is heard again: the partition is over.
+        a.merge_digest(&b.digest(T, false));
+        assert_eq!(a.observe_peers(), Some(Vec::new()));
+        assert!(a.exposure("openai").is_none());
+        // A master that says it leaves is not waited for.
+        a.merge_digest(&b.digest(T, true));
+        assert_eq!(a.peers(), 0);
+    }
+}
