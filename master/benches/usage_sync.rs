@@ -23,7 +23,10 @@ fn book_of(n: usize) -> UsageBook {
         output_tokens: 10,
         cached_tokens: 0,
     };
-    futures::executor::block_on(async {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
         for day in 0..30u64 {
             for (p, m) in [
                 ("openai", "a"),
