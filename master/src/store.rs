@@ -29,6 +29,10 @@ pub const RESULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// a results consumer when it is created.
 pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a submit's record write is tried while the tasks stream cannot take it: a
+/// cluster elects a new stream leader within a few seconds of losing one.
+pub const CREATE_RETRY_FOR: Duration = Duration::from_secs(8);
+
 /// Durable consumer name of the master on the results stream.
 pub const RESULTS_CONSUMER: &str = "master";
 
@@ -128,19 +132,28 @@ impl TaskStore {
         )?))
     }
 
-    /// Writes a new record; if the id is taken, returns the record already there.
+    /// Writes a new record; if the id is taken, returns the record already there. A write
+    /// the stream cannot take yet (a cluster electing the tasks stream's new leader) is tried
+    /// again for up to [`CREATE_RETRY_FOR`] before the submit is refused.
     pub async fn create(&self, rec: &TaskRecord) -> Result<Created> {
         let bytes = self.encode_at_rest(rec)?;
-        match self.kv.create(rec.task_id.as_str(), bytes).await {
-            Ok(_) => Ok(Created::New),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let existing = self
-                    .get(&rec.task_id)
-                    .await?
-                    .context("task record vanished while being read")?;
-                Ok(Created::Exists(Box::new(existing)))
+        let started = std::time::Instant::now();
+        loop {
+            match self.kv.create(rec.task_id.as_str(), bytes.clone()).await {
+                Ok(_) => return Ok(Created::New),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let existing = self
+                        .get(&rec.task_id)
+                        .await?
+                        .context("task record vanished while being read")?;
+                    return Ok(Created::Exists(Box::new(existing)));
+                }
+                Err(e) if started.elapsed() < CREATE_RETRY_FOR => {
+                    tracing::debug!(task_id = %rec.task_id, "task record not written yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).context("write task record"),
             }
-            Err(e) => Err(e).context("write task record"),
         }
     }
 

@@ -57,20 +57,28 @@ async fn task_path(swarm: Arc<Swarm>, label: &str) {
 }
 
 /// After `kill` at `t0`: ms to an accepted submit, to its `assigned` event and to its
-/// `finished` event (the submit is sent right after the kill and retried by the client
-/// library while nothing serves it).
+/// `finished` event. Submits are sent one after another, each a new task with a 1 s limit
+/// (the client library retries within it while nothing serves), until one is accepted.
 async fn after_kill(client: &async_nats::Client, swarm: &Swarm, t0: Instant) -> (f64, f64, f64) {
-    let spec = noop();
-    let id = spec.task_id.clone().expect("id");
-    let mut events = client
-        .subscribe(swarm.subjects.task_events(&id))
-        .await
-        .expect("subscribe");
     let api = vgas_client::api::Swarm::new(client.clone(), swarm.subjects.clone());
-    let _: SubmitReply = api
-        .request_within(swarm.subjects.submit(), &spec, Duration::from_secs(60))
-        .await
-        .expect("submit after the kill");
+    let mut events = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no submit accepted in 60 s"
+        );
+        let spec = noop();
+        let id = spec.task_id.clone().expect("id");
+        let events = client
+            .subscribe(swarm.subjects.task_events(&id))
+            .await
+            .expect("subscribe");
+        let sent: anyhow::Result<SubmitReply> = api
+            .request_within(swarm.subjects.submit(), &spec, Duration::from_secs(1))
+            .await;
+        if sent.is_ok() {
+            break events;
+        }
+    };
     let accepted = t0.elapsed();
     let mut assigned = None;
     loop {

@@ -28,6 +28,11 @@ pub use follow::{Artifact, ArtifactBody, Following, Step, Submitted};
 /// busy with a burst of submits, short enough that a dead master is reported, not waited on.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The shortest a try of a request waits for its answer before it is sent again (a fifth of
+/// the request's time limit, so a batch gets longer): a master that died holding the
+/// request never answers it; a busy one answers a submit in milliseconds.
+const REQUEST_TRY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The pause between tries of a request nobody serves yet (a master starting or taking over).
 const NO_MASTER_RETRY: Duration = Duration::from_millis(100);
 
@@ -74,14 +79,20 @@ impl Swarm {
     ) -> Result<A> {
         let bytes = bytes::Bytes::from(encode(Encoding::MsgPack, body)?);
         // While no master serves (one is starting, or a standby is taking over from a leader
-        // that died) the server answers "no responders" at once: asked again until `timeout`.
-        // Every request to the master may be repeated: a submit carries its task id.
+        // that died) the server answers "no responders" at once, and a request the dying
+        // master had taken gets no answer: either is asked again until `timeout`. Every
+        // request to the master may be repeated: a submit carries its task id.
+        let per_try = timeout.min((timeout / 5).max(REQUEST_TRY_TIMEOUT));
         let ask = async {
             loop {
-                match self.client.request(subject.clone(), bytes.clone()).await {
+                let request = async_nats::Request::new()
+                    .payload(bytes.clone())
+                    .timeout(Some(per_try));
+                match self.client.send_request(subject.clone(), request).await {
                     Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                         tokio::time::sleep(NO_MASTER_RETRY).await;
                     }
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {}
                     other => break other,
                 }
             }
