@@ -24,6 +24,7 @@ fn book_of(n: usize) -> UsageBook {
         cached_tokens: 0,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("a runtime");
     rt.block_on(async {

@@ -14,13 +14,18 @@ use vgas_shared::{Encoding, TaskId};
 use vgas_tests::cluster::{Cluster, Link, Site, ELECTION};
 use vgas_tests::{request, sh, wait_for, Proc, Swarm, WAIT};
 
-/// Counts `finished` events per task on every task's event subject.
-fn count_finished(
-    mut sub: async_nats::Subscriber,
+/// Counts `finished` events per task on every task's event subject, as `observer` sees them.
+async fn count_finished(
+    observer: &async_nats::Client,
+    swarm: &Swarm,
 ) -> (
     std::sync::Arc<std::sync::Mutex<HashMap<String, usize>>>,
     tokio::task::JoinHandle<()>,
 ) {
+    let mut sub = observer
+        .subscribe(format!("{}.task.*.events", swarm.subjects.prefix()))
+        .await
+        .unwrap();
     let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
     let c2 = counts.clone();
     let task = tokio::spawn(async move {
@@ -144,12 +149,7 @@ async fn a_killed_stream_leader_loses_no_accepted_task() {
     let pulse = swarm.wait_workers(&client, 2).await.unwrap();
     assert_eq!(pulse.replicas, 3, "three servers keep three copies");
     let observer = swarm.connect(Role::Master).await.unwrap();
-    let (finished, _counting) = count_finished(
-        observer
-            .subscribe(format!("{}.task.*.events", swarm.subjects.prefix()))
-            .await
-            .unwrap(),
-    );
+    let (finished, _counting) = count_finished(&observer, swarm).await;
     let tasks = swarm.subjects.tasks_bucket();
     let (leader, copies) = cluster
         .stream_peers(&observer, &format!("KV_{tasks}"))
@@ -202,12 +202,7 @@ async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
     let client = swarm.connect(Role::Client).await.unwrap();
     swarm.wait_workers(&client, 2).await.unwrap();
     let observer = swarm.connect(Role::Master).await.unwrap();
-    let (finished, _counting) = count_finished(
-        observer
-            .subscribe(format!("{}.task.*.events", swarm.subjects.prefix()))
-            .await
-            .unwrap(),
-    );
+    let (finished, _counting) = count_finished(&observer, &swarm).await;
     // One leads, the other stands by serving nothing.
     let first = status(&client, &swarm).await.master.unwrap();
     wait_for("the other master standing by", WAIT, || {
