@@ -31,7 +31,7 @@ echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked -- --test-threads="${VGAS_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${VGAS_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary, doc-tests last).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

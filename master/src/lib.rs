@@ -135,8 +135,8 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     // the usage CRDT (`keys::usage::sync`).
     let llm_service = client
         .service_builder()
-        .description("vgas master: LLM gateway")
-        .start(cfg.conn.subjects.service_name(), env!("CARGO_PKG_VERSION"))
+        .description("vgas LLM gateway: completions and usage, on every master")
+        .start(cfg.conn.subjects.llm_service_name(), env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("register the micro service: {e}"))?;
     let gateway = gateway::start(

@@ -273,6 +273,12 @@ impl Subjects {
         format!("{}-master", self.token_prefix())
     }
 
+    /// Name of the NATS micro service of the LLM gateway, which every master registers,
+    /// leading or standing by (`llm_complete`, `llm_usage`).
+    pub fn llm_service_name(&self) -> String {
+        format!("{}-llm", self.token_prefix())
+    }
+
     /// The prefix as one token, for names that allow no dots.
     pub fn token_prefix(&self) -> String {
         self.prefix.replace('.', "_")

@@ -39,9 +39,14 @@ async def dashboard(nc):
 
 @check("$SRV.PING, $SRV.INFO and $SRV.STATS answer for vgas-master")
 async def micro_service(nc):
+    # Every master also serves the LLM gateway as its own service, `vgas-llm`.
     ping = await req(nc, "$SRV.PING", b"")
+    assert ping["name"] in ("vgas-master", "vgas-llm"), ping
+    ping = await req(nc, "$SRV.PING.vgas-master", b"")
     assert ping["name"] == "vgas-master", ping
     assert ping["type"] == "io.nats.micro.v1.ping_response", ping
+    llm = await req(nc, "$SRV.INFO.vgas-llm", b"")
+    assert {e["subject"] for e in llm["endpoints"]} == {"vgas.llm.complete", "vgas.llm.usage"}, llm
     info = await req(nc, "$SRV.INFO.vgas-master", b"")
     subjects = {e["subject"] for e in info["endpoints"]}
     core = {"vgas.status", "vgas.task.cancel", "vgas.task.info", "vgas.task.submit"}
