@@ -136,7 +136,10 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
     let llm_service = client
         .service_builder()
         .description("vgas LLM gateway: completions and usage, on every master")
-        .start(cfg.conn.subjects.llm_service_name(), env!("CARGO_PKG_VERSION"))
+        .start(
+            cfg.conn.subjects.llm_service_name(),
+            env!("CARGO_PKG_VERSION"),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("register the micro service: {e}"))?;
     let gateway = gateway::start(
