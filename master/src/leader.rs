@@ -80,15 +80,6 @@ pub struct Lease {
     valid_until: Instant,
 }
 
-/// Who holds the lease now, if anyone does.
-pub async fn current(kv: &kv::Store) -> Option<MasterLease> {
-    let entry = kv.entry(LEASE_KEY).await.ok()??;
-    if entry.operation != kv::Operation::Put {
-        return None;
-    }
-    decode_as(Encoding::MsgPack, &entry.value).ok()
-}
-
 /// Waits until this master holds the lease; `None` when `stop` fires first.
 pub async fn acquire(
     kv: &kv::Store,
