@@ -20,7 +20,7 @@ use crate::files::write_private;
 /// The configuration fragment `nats.conf` includes, under the state directory.
 pub const CLUSTER_CONF: &str = "cluster.conf";
 
-/// The shared secret of routes and leaf links when TLS is off.
+/// The shared secret of leaf links, and of routes when TLS is off.
 const SECRET_FILE: &str = "cluster-secret";
 
 /// The port routes listen on by default (NATS' own default).
@@ -126,12 +126,8 @@ fn render(
     }
     // Routes prove themselves by certificate when TLS is on; a leaf link always carries the
     // secret too (the hub takes a leaf connection as a user of its own).
-    let leaf = args.leaf_listen.is_some() || args.leaf_remote.is_some();
-    let secret = match (tls, leaf) {
-        (Some(_), false) => None,
-        _ => Some(secret(state_dir)?),
-    };
-    let route_secret = if tls.is_some() { None } else { secret.clone() };
+    let secret = secret(state_dir)?;
+    let route_secret = tls.is_none().then_some(secret.as_str());
     let tls_block = |indent: &str, verify: bool| -> String {
         let Some(t) = tls else { return String::new() };
         let verify = if verify { "verify: true, " } else { "" };
@@ -143,7 +139,7 @@ fn render(
         )
     };
     // A secret-bearing URL: `scheme://user:secret@host:port`.
-    let url = |scheme: &str, user: &str, secret: &Option<String>, hp: &str| match secret {
+    let url = |scheme: &str, user: &str, secret: Option<&str>, hp: &str| match secret {
         Some(s) => format!("{scheme}://{user}:{s}@{hp}"),
         None => format!("{scheme}://{hp}"),
     };
@@ -157,7 +153,7 @@ fn render(
         let routes: Vec<String> = args
             .routes
             .iter()
-            .map(|r| format!("\"{}\"", url("nats-route", "route", &route_secret, r)))
+            .map(|r| format!("\"{}\"", url("nats-route", "route", route_secret, r)))
             .collect();
         writeln!(out, "server_name: \"{node}\"")?;
         writeln!(out, "cluster {{")?;
@@ -183,19 +179,21 @@ fn render(
         if let Some(listen) = &args.leaf_listen {
             host_port("--leaf-listen", listen)?;
             writeln!(out, "  listen: \"{listen}\"")?;
-            if let Some(s) = &secret {
-                writeln!(
-                    out,
-                    "  authorization {{ user: \"leaf\", password: \"{s}\" }}"
-                )?;
-            }
+            writeln!(
+                out,
+                "  authorization {{ user: \"leaf\", password: \"{secret}\" }}"
+            )?;
             out.push_str(&tls_block("  ", true));
         }
         if let Some(hub) = &args.leaf_remote {
             host_port("--leaf-remote", hub)?;
             let scheme = if tls.is_some() { "tls" } else { "nats-leaf" };
             writeln!(out, "  remotes: [ {{")?;
-            writeln!(out, "    url: \"{}\"", url(scheme, "leaf", &secret, hub))?;
+            writeln!(
+                out,
+                "    url: \"{}\"",
+                url(scheme, "leaf", Some(&secret), hub)
+            )?;
             out.push_str(&tls_block("    ", false));
             writeln!(out, "  }} ]")?;
         }

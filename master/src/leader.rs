@@ -80,6 +80,13 @@ pub struct Lease {
     valid_until: Instant,
 }
 
+/// The master id a lease value names (empty when it does not decode), for the log.
+fn holder_id(value: &[u8]) -> String {
+    decode_as::<MasterLease>(Encoding::MsgPack, value)
+        .map(|h| h.id)
+        .unwrap_or_default()
+}
+
 /// Waits until this master holds the lease; `None` when `stop` fires first.
 pub async fn acquire(
     kv: &kv::Store,
@@ -102,11 +109,9 @@ pub async fn acquire(
             Ok(Some(e)) if e.operation == kv::Operation::Put => match seen {
                 Some((rev, at)) if rev == e.revision && at.elapsed() >= LEASE_TTL => {
                     if warned != Some(rev) {
-                        let holder: Option<MasterLease> =
-                            decode_as(Encoding::MsgPack, &e.value).ok();
                         warn!(
                             silent_for = ?at.elapsed(),
-                            previous = holder.map(|h| h.id).unwrap_or_default(),
+                            previous = holder_id(&e.value),
                             "the leading master stopped renewing its lease: taking over"
                         );
                         warned = Some(rev);
@@ -117,10 +122,8 @@ pub async fn acquire(
                 _ => {
                     seen = Some((e.revision, Instant::now()));
                     if !told {
-                        let holder: Option<MasterLease> =
-                            decode_as(Encoding::MsgPack, &e.value).ok();
                         info!(
-                            leader = holder.map(|h| h.id).unwrap_or_default(),
+                            leader = holder_id(&e.value),
                             "another master leads: standing by"
                         );
                         told = true;

@@ -170,7 +170,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         };
         info!(id = %node_id, %replicas, "leading the swarm");
         let term = shutdown.child_token();
-        let keeper = TaskTracker::new().spawn(lease.keep(term.clone(), shutdown.clone()));
+        let keeper = tracker.spawn(lease.keep(term.clone(), shutdown.clone()));
         let served = lead(&cfg, &base, me, term.clone()).await;
         term.cancel();
         let ended = keeper.await.unwrap_or(leader::Ended::Lost);
@@ -189,17 +189,23 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         }
     };
     shutdown.cancel();
+    wind_down(&tracker, "the LLM gateway").await;
+    let _ = llm_service.stop().await;
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.drain()).await;
+    info!("master stopped");
+    outcome
+}
+
+/// Closes `tracker` and waits for its tasks (their token already cancelled), at most
+/// [`SHUTDOWN_TIMEOUT`].
+async fn wind_down(tracker: &TaskTracker, what: &str) {
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!("the LLM gateway did not stop within {SHUTDOWN_TIMEOUT:?}");
+        tracing::warn!("{what} did not stop within {SHUTDOWN_TIMEOUT:?}");
     }
-    let _ = llm_service.stop().await;
-    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.drain()).await;
-    info!("master stopped");
-    outcome
 }
 
 /// What a master keeps from one term as leader to the next.
@@ -409,13 +415,7 @@ async fn lead(
     dispatcher.run(rx, wake, shutdown.clone()).await;
 
     shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some master tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
-    }
+    wind_down(&tracker, "the leader's tasks").await;
     let _ = service.stop().await;
     if let Some((d, _)) = mdns {
         tokio::task::spawn_blocking(move || d.stop()).await.ok();

@@ -24,7 +24,7 @@ use vgas_shared::vault::{
 
 use self::audit::{AuditEvent, AuditLog};
 use self::config::LlmConfig;
-use self::quota::{CallEstimate, Limiter, QuotaLimit, QuotaPermit, QuotaRefusal};
+use self::quota::{CallEstimate, Limiter, QuotaPermit, QuotaRefusal};
 use self::usage::UsageBook;
 
 /// How often the master looks at the vault file's metadata for a change made by another
@@ -347,37 +347,15 @@ impl ApiKeyManager {
             cached_tokens: 0,
         };
         let (today, month) = self.usage.spend(provider, now);
-        let cost = self
-            .llm
-            .price(provider, model)
-            .map(|p| p.cost_micro_usd(&worst));
-        // Cut off from another master: the budget's remainder may be spent on both sides,
-        // so this side spends at most its allowance until it hears from every master.
-        if let (Some(allowance), Some(x)) = (
-            limits.partition_allowance_micro_usd(),
-            self.usage.exposure(provider),
-        ) {
-            let cost = cost.unwrap_or(0);
-            if x.own_since_micro_usd.saturating_add(cost) > allowance {
-                return Err(QuotaRefusal {
-                    limit: QuotaLimit::PartitionAllowance,
-                    message: format!(
-                        "masters {} silent for {} s (a partition): this master has spent {} of its {} allowance on {provider} since; this call could cost up to {}",
-                        x.silent.join(", "),
-                        x.for_ms / 1000,
-                        quota::usd(x.own_since_micro_usd),
-                        quota::usd(allowance),
-                        quota::usd(cost)
-                    ),
-                    retry_after_ms: Some(usage::sync::PEER_SILENCE.as_millis() as u64),
-                });
-            }
-        }
         let est = CallEstimate {
             tokens: input_tokens + max_output_tokens,
-            cost_micro_usd: cost,
+            cost_micro_usd: self
+                .llm
+                .price(provider, model)
+                .map(|p| p.cost_micro_usd(&worst)),
             spent_today_micro_usd: today,
             spent_month_micro_usd: month,
+            partition: self.usage.exposure(provider),
         };
         self.limiter.check(provider, &limits, est, now)
     }

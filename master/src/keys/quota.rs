@@ -114,16 +114,19 @@ pub struct Limiter {
 }
 
 /// What a check needs to know about the call and the provider's spend.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CallEstimate {
     pub tokens: u64,
     /// Worst-case cost in micro-USD, `None` when the model has no price.
     pub cost_micro_usd: Option<u64>,
     pub spent_today_micro_usd: u64,
     pub spent_month_micro_usd: u64,
+    /// What this master spent on the provider since another master fell silent (a
+    /// partition); `None` while it hears every master.
+    pub partition: Option<super::usage::Exposure>,
 }
 
-pub(crate) fn usd(micro: u64) -> String {
+fn usd(micro: u64) -> String {
     format!("${:.4}", micro as f64 / 1e6)
 }
 
@@ -179,6 +182,25 @@ impl Limiter {
             }
             None => 0,
         };
+        // Cut off from another master: the budget's remainder may be spent on both sides,
+        // so this side spends at most its allowance until it hears from every master.
+        if let (Some(allowance), Some(x)) = (limits.partition_allowance_micro_usd(), &est.partition)
+        {
+            if x.own_since_micro_usd.saturating_add(cost) > allowance {
+                return Err(refuse(
+                    QuotaLimit::PartitionAllowance,
+                    format!(
+                        "masters {} silent for {} s (a partition): this master has spent {} of its {} allowance on {provider} since; this call could cost up to {}",
+                        x.silent.join(", "),
+                        x.for_ms / 1000,
+                        usd(x.own_since_micro_usd),
+                        usd(allowance),
+                        usd(cost)
+                    ),
+                    Some(super::usage::sync::PEER_SILENCE.as_millis() as u64),
+                ));
+            }
+        }
         for (limit, budget, spent, period) in [
             (
                 QuotaLimit::DailyBudget,

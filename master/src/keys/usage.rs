@@ -179,19 +179,29 @@ fn kv_key(provider: &str, model: &str, day: &str) -> String {
 }
 
 impl Book {
+    /// Adds `cost` to the spend totals of `key`'s provider, day and month.
+    fn count(&mut self, key: &UsageKey, cost: u64) {
+        *self
+            .spend_day
+            .entry((key.provider.clone(), key.day.clone()))
+            .or_default() += cost;
+        *self
+            .spend_month
+            .entry((key.provider.clone(), key.day[..7].to_owned()))
+            .or_default() += cost;
+    }
+
     /// Recomputes the spend totals from the state.
     fn retotal(&mut self) {
         self.spend_day.clear();
         self.spend_month.clear();
-        for (k, t) in self.state.totals() {
-            *self
-                .spend_day
-                .entry((k.provider.clone(), k.day.clone()))
-                .or_default() += t.cost_micro_usd;
-            *self
-                .spend_month
-                .entry((k.provider.clone(), k.day[..7].to_owned()))
-                .or_default() += t.cost_micro_usd;
+        let totals: Vec<(UsageKey, u64)> = self
+            .state
+            .totals()
+            .map(|(k, t)| (k.clone(), t.cost_micro_usd))
+            .collect();
+        for (k, cost) in totals {
+            self.count(&k, cost);
         }
     }
 }
@@ -307,12 +317,7 @@ impl UsageBook {
                 unpriced: cost_micro_usd.is_none() && usage.total() > 0,
             };
             b.state.add(&self.node, key.clone(), &counts);
-            *b.spend_day
-                .entry((key.provider.clone(), key.day.clone()))
-                .or_default() += cost;
-            *b.spend_month
-                .entry((key.provider.clone(), key.day[..7].to_owned()))
-                .or_default() += cost;
+            b.count(&key, cost);
             b.dirty.insert(key);
             let w = b
                 .window

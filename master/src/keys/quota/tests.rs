@@ -10,6 +10,7 @@ fn est(tokens: u64, cost: Option<u64>, today: u64, month: u64) -> CallEstimate {
         cost_micro_usd: cost,
         spent_today_micro_usd: today,
         spent_month_micro_usd: month,
+        partition: None,
     }
 }
 
@@ -47,6 +48,36 @@ fn budgets_refuse_before_the_call_and_name_the_limit() {
     assert!(l
         .check("free", &Limits::default(), est(1, None, 0, 0), T0)
         .is_ok());
+}
+
+#[test]
+fn a_partition_limits_spend_to_the_allowance_only_where_a_budget_is_set() {
+    let l = Limiter::default();
+    let limits = Limits {
+        daily_budget_usd: Some(1.0),
+        partition_allowance_usd: Some(0.001),
+        ..Default::default()
+    };
+    let cut = |own_since| CallEstimate {
+        partition: Some(crate::keys::usage::Exposure {
+            silent: vec!["master-b".into()],
+            for_ms: 5_000,
+            own_since_micro_usd: own_since,
+        }),
+        ..est(10, Some(100), 0, 0)
+    };
+    assert!(l.check("openai", &limits, cut(900), T0).is_ok());
+    let e = l.check("openai", &limits, cut(901), T0).unwrap_err();
+    assert_eq!(e.limit, QuotaLimit::PartitionAllowance);
+    assert!(
+        e.message
+            .starts_with("masters master-b silent for 5 s (a partition): this master has spent $0.0009 of its $0.0010 allowance"),
+        "{}",
+        e.message
+    );
+    // No budget, nothing to overspend: a partition limits nothing.
+    let free = Limits::default();
+    assert!(l.check("free", &free, cut(1_000_000), T0).is_ok());
 }
 
 #[test]

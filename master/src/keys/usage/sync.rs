@@ -88,15 +88,14 @@ impl UsageBook {
             (Some(_), true) => b.silence = None,
             (Some(s), false) => s.peers = silent.clone(),
             (None, false) => {
-                let providers: Vec<String> =
-                    b.state.totals().map(|(k, _)| k.provider.clone()).collect();
-                let own_at_start = providers
-                    .into_iter()
-                    .map(|p| {
-                        let c = b.state.own_cost(&self.node, &p);
-                        (p, c)
-                    })
-                    .collect::<HashMap<_, _>>();
+                // This master's own cost per provider, in one pass over its slots.
+                let mut own_at_start: HashMap<String, u64> = HashMap::new();
+                for slot in b.state.slots_since("") {
+                    if slot.node == self.node {
+                        *own_at_start.entry(slot.key.provider).or_default() +=
+                            slot.counts.cost_micro_usd;
+                    }
+                }
                 b.silence = Some(Silence {
                     since: Instant::now(),
                     peers: silent.clone(),
