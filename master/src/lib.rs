@@ -21,6 +21,7 @@ pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod vault_cli;
+pub mod view;
 
 use std::sync::Arc;
 
@@ -152,12 +153,24 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         observe.clone(),
     )
     .await?;
+    // The node and lease view, on every master too (`sync_distributed_state`).
+    let leading: view::Leading = Arc::default();
+    let view_service = view::start(
+        &cfg.conn.subjects,
+        client.clone(),
+        Arc::new(view::ViewBook::new(&node_id)),
+        leading.clone(),
+        &tracker,
+        shutdown.clone(),
+    )
+    .await?;
     let base = Base {
         client: client.clone(),
         js,
         replicas,
         observe,
         gateway,
+        leading,
     };
     let outcome = loop {
         let me = vgas_shared::wire::MasterLease {
@@ -173,6 +186,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         let keeper = tracker.spawn(lease.keep(term.clone(), shutdown.clone()));
         let served = lead(&cfg, &base, me, term.clone()).await;
         term.cancel();
+        *base.leading.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let ended = keeper.await.unwrap_or(leader::Ended::Lost);
         if shutdown.is_cancelled() || ended == leader::Ended::Stopped {
             break served;
@@ -189,8 +203,9 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         }
     };
     shutdown.cancel();
-    wind_down(&tracker, "the LLM gateway").await;
+    wind_down(&tracker, "the LLM gateway and the view").await;
     let _ = llm_service.stop().await;
+    let _ = view_service.stop().await;
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.drain()).await;
     info!("master stopped");
     outcome
@@ -215,6 +230,8 @@ struct Base {
     replicas: vgas_shared::config::Replicas,
     observe: Arc<observe::Observe>,
     gateway: gateway::Gateway,
+    /// The lease table the view follows while this master leads.
+    leading: view::Leading,
 }
 
 /// The swarm's master while this process holds the lease: everything below runs until
@@ -266,6 +283,7 @@ async fn lead(
         shutdown.clone(),
     ));
     dispatcher.recover(records);
+    *base.leading.lock().unwrap_or_else(|p| p.into_inner()) = Some(leases.clone());
 
     let heartbeats = client
         .subscribe(subjects.all_heartbeats())

@@ -374,30 +374,36 @@ pub async fn heartbeats(
     wake: Arc<Notify>,
 ) {
     while let Some(msg) = sub.next().await {
-        let Some(from) = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|s| WorkerId::parse(s).ok())
-        else {
+        let Some((from, hb)) = parse_heartbeat(&msg) else {
             continue;
         };
-        let hb: Heartbeat = match decode(&msg.payload, MAX_HEARTBEAT_BYTES) {
-            Ok((hb, _)) => hb,
-            Err(e) => {
-                warn!(subject = %msg.subject, "dropping malformed heartbeat: {e}");
-                continue;
-            }
-        };
-        if hb.worker.as_ref() != Some(&from) {
-            warn!(subject = %msg.subject, "dropping heartbeat whose worker id does not match its subject");
-            continue;
-        }
         if let Some(effect) = sched.handle_agent_heartbeat(hb) {
             debug!(worker = %from, ?effect, "heartbeat");
             wake.notify_one();
         }
     }
+}
+
+/// A heartbeat and the worker it is from, or `None` (logged) when it is malformed or names
+/// another worker than its subject does.
+pub fn parse_heartbeat(msg: &async_nats::Message) -> Option<(WorkerId, Heartbeat)> {
+    let from = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .and_then(|s| WorkerId::parse(s).ok())?;
+    let hb: Heartbeat = match decode(&msg.payload, MAX_HEARTBEAT_BYTES) {
+        Ok((hb, _)) => hb,
+        Err(e) => {
+            warn!(subject = %msg.subject, "dropping malformed heartbeat: {e}");
+            return None;
+        }
+    };
+    if hb.worker.as_ref() != Some(&from) {
+        warn!(subject = %msg.subject, "dropping heartbeat whose worker id does not match its subject");
+        return None;
+    }
+    Some((from, hb))
 }
 
 /// A stream message with the signal that it may be acknowledged (false: the actor is gone).

@@ -160,6 +160,17 @@ impl Subjects {
         format!("{}.llm.usage.sync", self.prefix)
     }
 
+    /// Request: the answering master's node and GPU-lease view (`sync_distributed_state`);
+    /// every master answers, leading or standing by. Person-facing (JSON).
+    pub fn swarm_view(&self) -> String {
+        format!("{}.swarm.view", self.prefix)
+    }
+
+    /// Masters' node and lease registers, published and merged by every master.
+    pub fn swarm_view_sync(&self) -> String {
+        format!("{}.swarm.view.sync", self.prefix)
+    }
+
     /// JetStream KV bucket holding LLM usage counters (per provider, model and day).
     pub fn usage_bucket(&self) -> String {
         format!("{}_llm_usage", self.token_prefix())
@@ -279,6 +290,12 @@ impl Subjects {
         format!("{}-llm", self.token_prefix())
     }
 
+    /// Name of the NATS micro service of the swarm view, which every master registers
+    /// (`swarm_view`).
+    pub fn view_service_name(&self) -> String {
+        format!("{}-view", self.token_prefix())
+    }
+
     /// The prefix as one token, for names that allow no dots.
     pub fn token_prefix(&self) -> String {
         self.prefix.replace('.', "_")
@@ -308,6 +325,8 @@ mod tests {
         assert_eq!(Subjects::default().status(), "vgas.status");
         assert_eq!(s.llm_complete(), "team.vgas.llm.complete");
         assert_eq!(s.llm_usage(), "team.vgas.llm.usage");
+        assert_eq!(s.swarm_view(), "team.vgas.swarm.view");
+        assert_eq!(s.swarm_view_sync(), "team.vgas.swarm.view.sync");
         assert_eq!(s.usage_bucket(), "team_vgas_llm_usage");
         assert_eq!(s.modules_bucket(), "team_vgas_modules");
         assert_eq!(s.modules_stream(), "OBJ_team_vgas_modules");

@@ -55,9 +55,13 @@ pub enum Cmd {
     Submit(Box<SubmitArgs>),
     /// Show the swarm: live and abnormal workers, queue, in-flight tasks.
     Status {
-        /// Print the raw SwarmPulse as JSON.
+        /// Print the raw SwarmPulse (with --view, the ViewReport) as JSON.
         #[arg(long)]
         json: bool,
+        /// Show the node and GPU-lease view that any master holds, leading or standing by
+        /// (also where no master can lead, as on the minority side of a partition).
+        #[arg(long)]
+        view: bool,
     },
     /// Follow a task's output and result.
     Watch { task_id: TaskId },
@@ -203,7 +207,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         },
         Cmd::Build(args) => crate::farm::cli::run(&swarm, &conn, args).await?,
         Cmd::Agent(cmd) => agent::run(&swarm, cmd).await?,
-        Cmd::Status { json } => status::run(&swarm, json).await?,
+        Cmd::Status { json, view } => status::run(&swarm, json, view).await?,
         Cmd::Watch { task_id } => submit::watch(&swarm, &task_id).await?,
         Cmd::Cancel { task_id } => {
             swarm.cancel(&task_id).await?;

@@ -1,17 +1,35 @@
 //! `vgas status`: the swarm's `SwarmPulse` as a table (or JSON), with the agents' figures
-//! when any agent has run.
+//! when any agent has run; `--view` shows the node and GPU-lease view any master holds
+//! (`swarm.view`), which is also what `vgas status` falls back to when no master leads.
 
 use anyhow::Result;
 use std::collections::BTreeMap;
+use vgas_shared::crdt::view::ViewReport;
 use vgas_shared::wire::SwarmPulse;
 
 use crate::api::Swarm;
 
 /// Prints the swarm's status; the exit code.
-pub async fn run(swarm: &Swarm, json: bool) -> Result<i32> {
-    let pulse: SwarmPulse = swarm
+pub async fn run(swarm: &Swarm, json: bool, view: bool) -> Result<i32> {
+    if view {
+        return show_view(swarm, json).await;
+    }
+    let pulse: SwarmPulse = match swarm
         .request(swarm.subjects.status(), &BTreeMap::<String, String>::new())
-        .await?;
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            // No master leads (none runs, or this side of a partition cannot elect one):
+            // what a standing-by master knows is still worth showing.
+            let Ok(report) = view_of(swarm).await else {
+                return Err(e);
+            };
+            eprintln!("no master answers status ({e:#}); the view of one standing by:");
+            super::print_stdout(&render_view(&report))?;
+            return Ok(1);
+        }
+    };
     if json {
         super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&pulse)?))?;
         return Ok(0);
@@ -26,6 +44,68 @@ pub async fn run(swarm: &Swarm, json: bool) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The view of whichever master answers first.
+async fn view_of(swarm: &Swarm) -> Result<ViewReport> {
+    swarm
+        .request_within(
+            swarm.subjects.swarm_view(),
+            &BTreeMap::<String, String>::new(),
+            std::time::Duration::from_secs(3),
+        )
+        .await
+}
+
+async fn show_view(swarm: &Swarm, json: bool) -> Result<i32> {
+    let report = view_of(swarm).await?;
+    match json {
+        true => super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?,
+        false => super::print_stdout(&render_view(&report))?,
+    }
+    Ok(0)
+}
+
+/// The `vgas status --view` table.
+pub fn render_view(v: &ViewReport) -> String {
+    let role = if v.leading { "leading" } else { "standing by" };
+    let others = match v.masters.is_empty() {
+        true => "no other master heard".to_owned(),
+        false => format!("other masters heard: {}", v.masters.join(", ")),
+    };
+    let mut s = format!(
+        "view of {} ({role}; {others}): {} workers, {} GPU leases\n",
+        v.answered_by,
+        v.nodes.len(),
+        v.leases.len()
+    );
+    s.push_str(&format!(
+        "{:<28} {:<14} {:>5} {:>4} {:>6}  {}\n",
+        "WORKER", "HOST", "SLOTS", "GPUS", "HEARD", "BY"
+    ));
+    let now = vgas_shared::now_ms();
+    for n in &v.nodes {
+        let state = if n.draining { " (draining)" } else { "" };
+        s.push_str(&format!(
+            "{:<28} {:<14} {:>5} {:>4} {:>5}s  {}{state}\n",
+            n.id.as_str(),
+            n.hostname,
+            n.slots,
+            n.gpus.len(),
+            now.saturating_sub(n.heard_ms) / 1000,
+            n.heard_by
+        ));
+    }
+    for l in &v.leases {
+        s.push_str(&format!(
+            "  GPU {} {}: leased to {} (by {})\n",
+            l.worker.as_str(),
+            l.device,
+            l.task,
+            l.by
+        ));
+    }
+    s
 }
 
 /// The `vgas status` table.

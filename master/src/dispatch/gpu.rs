@@ -76,6 +76,14 @@ impl Leases {
         held
     }
 
+    /// Every lease held now: (worker, device, task).
+    pub fn all(&self) -> Vec<(WorkerId, String, TaskId)> {
+        self.by_device
+            .iter()
+            .flat_map(|(w, d)| d.iter().map(|(u, t)| (w.clone(), u.clone(), t.clone())))
+            .collect()
+    }
+
     /// Devices leased now.
     pub fn len(&self) -> usize {
         self.by_device.values().map(HashMap::len).sum()

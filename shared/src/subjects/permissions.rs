@@ -162,6 +162,7 @@ impl Subjects {
                     self.task_cancel(),
                     self.status(),
                     self.llm_usage(),
+                    self.swarm_view(),
                     self.dashboard(),
                     SERVICE_DISCOVERY.into(),
                 ]

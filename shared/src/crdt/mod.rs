@@ -1,11 +1,17 @@
 //! `sync_distributed_state`: what must stay writable on both sides of a partition between
-//! masters, kept as state-based CRDTs. Today that is LLM usage and spend: every master that
-//! serves LLM calls counts its own calls in its own slot, and masters exchange their whole
-//! state over NATS; a merge keeps, slot by slot and field by field, the larger count. Each
-//! field is thus a grow-only counter (G-counter) with one entry per master, so merges are
-//! commutative, associative and idempotent (property tests below) and every master that has
-//! heard every other's state holds the exact total, however the messages were ordered,
-//! repeated or delayed.
+//! masters, kept as state-based CRDTs merged over NATS.
+//!
+//! - LLM usage and spend (this module): every master that serves LLM calls counts its own
+//!   calls in its own slot; a merge keeps, slot by slot and field by field, the larger count.
+//!   Each field is thus a grow-only counter (G-counter) with one entry per master, so merges
+//!   are commutative, associative and idempotent (property tests below) and every master that
+//!   has heard every other's slots holds the exact total, however the messages were ordered,
+//!   repeated or delayed.
+//! - The node and GPU-lease view ([`view`]): last-writer-wins registers ([`lww`]) stamped by
+//!   hybrid logical clocks, one per worker and one per leased device.
+
+pub mod lww;
+pub mod view;
 
 use std::collections::BTreeMap;
 
