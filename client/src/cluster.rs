@@ -111,6 +111,14 @@ pub fn write(
     Ok(path)
 }
 
+/// How often a clustered or linked server pings its routes, leaf links and clients when
+/// they are quiet (nats-server's `ping_interval`).
+pub const LINK_PING_INTERVAL: &str = "2s";
+
+/// Pings left unanswered before a server drops the link (`ping_max`): a silent cut is noticed
+/// within about 4 to 6 seconds.
+pub const LINK_PINGS_MISSED: u32 = 2;
+
 fn render(
     state_dir: &Path,
     args: &ClusterArgs,
@@ -199,6 +207,13 @@ fn render(
         }
         out.push_str("}\n");
     }
+    // A link cut without a word (a cable pulled, packets dropped) is noticed only by pings
+    // left unanswered: at nats-server's default interval (2 min) a server keeps a dead route
+    // or leaf link for minutes, and sends it the share of queue-group requests (the LLM
+    // gateway's, the view's) that belongs to subscribers on the other side, where they are
+    // lost. This applies to clients, routes and leaf links alike.
+    writeln!(out, "ping_interval: \"{LINK_PING_INTERVAL}\"")?;
+    writeln!(out, "ping_max: {LINK_PINGS_MISSED}")?;
     if args.leaf_remote.is_some() {
         // A site keeps no JetStream of its own: its clients' JetStream requests cross the
         // link to the hub, so the swarm has one set of task records and results.
@@ -259,6 +274,10 @@ mod tests {
         assert!(text.contains("\"nats-route://h2:6222\", \"nats-route://h3:6222\""));
         assert!(text.contains("verify: true"));
         assert!(!text.contains("password"));
+        assert!(
+            text.contains("ping_interval: \"2s\"\nping_max: 2\n"),
+            "{text}"
+        );
         let plain = render(dir.path(), &a, "vgas", None).unwrap();
         let secret = fs::read_to_string(dir.path().join(SECRET_FILE)).unwrap();
         assert!(plain.contains(&format!("nats-route://route:{secret}@h2:6222")));

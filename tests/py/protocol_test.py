@@ -39,9 +39,12 @@ async def dashboard(nc):
 
 @check("$SRV.PING, $SRV.INFO and $SRV.STATS answer for vgas-master")
 async def micro_service(nc):
-    # Every master also serves the LLM gateway as its own service, `vgas-llm`.
+    # Every master also serves the LLM gateway and the swarm view as services of their own,
+    # `vgas-llm` and `vgas-view`.
     ping = await req(nc, "$SRV.PING", b"")
-    assert ping["name"] in ("vgas-master", "vgas-llm"), ping
+    assert ping["name"] in ("vgas-master", "vgas-llm", "vgas-view"), ping
+    view = await req(nc, "$SRV.INFO.vgas-view", b"")
+    assert {e["subject"] for e in view["endpoints"]} == {"vgas.swarm.view"}, view
     ping = await req(nc, "$SRV.PING.vgas-master", b"")
     assert ping["name"] == "vgas-master", ping
     assert ping["type"] == "io.nats.micro.v1.ping_response", ping
@@ -65,6 +68,18 @@ async def status(nc):
     for key in ("id", "slots", "free_slots", "in_flight", "cpus", "memory_mb", "toolchains", "isolation"):
         assert key in node, (key, node)
     assert pulse["queue_capacity"] > 0 and pulse["abnormal"] == [], pulse
+
+
+@check("nats req vgas.swarm.view '' answers the view in JSON")
+async def swarm_view(nc):
+    view = await req(nc, "vgas.swarm.view", b"")
+    assert view["answered_by"].startswith("master-") and view["leading"] is True, view
+    live = [n["id"] for n in (await req(nc, "vgas.status", b""))["live"]]
+    assert [n["id"] for n in view["nodes"]] == live, (view, live)
+    node = view["nodes"][0]
+    for key in ("hostname", "host", "slots", "draining", "heard_ms", "heard_by"):
+        assert key in node, (key, node)
+    assert view["leases"] == [], view
 
 
 @check("the design example submits, streams JSON events, and ends with one finished event")

@@ -1,8 +1,12 @@
 //! A swarm on a NATS cluster: several nats-servers, each started from the repository's
 //! `nats.conf` in its own folder with a copy of one `vgas init`'s state and its own
-//! `vgas init --cluster-node` (routes on loopback), as `docs/cluster.md` tells people to do.
-//! The processes of the swarm get every server's URL.
+//! `vgas init --cluster-node`, as `docs/cluster.md` tells people to do. The tests put each
+//! server on a host of its own ([`Cluster::start_on`]: a network namespace of a
+//! [`crate::netns::Lan`], routes over the LAN, a certificate that names the host's address);
+//! the benchmark puts them all on this machine ([`Cluster::start`]: routes on loopback). The
+//! processes of the swarm get every server's URL.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -11,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use vgas_shared::config::Role;
 use vgas_shared::Subjects;
 
+use crate::netns::Host;
 use crate::{bin, free_port, wait_for, Proc, Swarm, WAIT};
 
 /// One server of the cluster.
@@ -21,14 +26,33 @@ pub struct Node {
     pub port: u16,
     pub route_port: u16,
     pub monitor_port: u16,
+    /// The host it runs on; `None`: this machine, on loopback.
+    pub host: Option<Host>,
     pub server: Proc,
 }
 
 impl Node {
+    /// The address its clients and routes reach it at.
+    pub fn addr(&self) -> Ipv4Addr {
+        host_addr(self.host.as_ref())
+    }
+
     /// This server's client URL alone.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.addr(), self.port)
     }
+
+    /// How many route connections this server (this start of it) has closed so far.
+    pub fn routes_closed(&self) -> usize {
+        self.server
+            .log_text()
+            .matches("Router connection closed")
+            .count()
+    }
+}
+
+fn host_addr(host: Option<&Host>) -> Ipv4Addr {
+    host.map(|h| h.addr).unwrap_or(Ipv4Addr::LOCALHOST)
 }
 
 /// The servers and the swarm that runs on them (its `server` is a stand-in: each node's
@@ -55,101 +79,100 @@ fn init(state: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Copies `state` (a state directory) and the repository's `nats.conf` into `dir`, as a
+/// person does for each further server.
+fn copy_state(state: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(state)
+        .arg(dir.join(".vgas"))
+        .status()?;
+    anyhow::ensure!(copied.success(), "copy the state directory");
+    std::fs::copy(crate::repo_root().join("nats.conf"), dir.join("nats.conf"))?;
+    Ok(())
+}
+
 impl Cluster {
-    /// Starts `n` clustered servers (TLS on routes and clients when `tls`) and waits until
-    /// JetStream answers through them.
+    /// Starts `n` clustered servers on this machine, routes on loopback (TLS on routes and
+    /// clients when `tls`), and waits until JetStream answers through them. The benchmark's
+    /// cluster; the tests use [`Cluster::start_on`].
     pub async fn start(n: usize, tls: bool) -> Result<Cluster> {
+        Self::start_placed(vec![None; n], tls).await
+    }
+
+    /// Starts one clustered server on each of `hosts` (namespaces of one LAN: each listens
+    /// on its host's address, with routes to the others' addresses over the LAN and, with
+    /// `tls`, a certificate that names its address), and waits until JetStream answers
+    /// through them. The test reaches them over the LAN from its own namespace. As every
+    /// clustered server `vgas init` configures, they ping each other over their routes every
+    /// 2 s, so each drops a silently cut route within seconds ([`Node::routes_closed`] counts
+    /// them).
+    pub async fn start_on(hosts: &[Host], tls: bool) -> Result<Cluster> {
+        Self::start_placed(hosts.iter().cloned().map(Some).collect(), tls).await
+    }
+
+    /// Starts one server per entry of `hosts`, on that host or on this machine.
+    async fn start_placed(hosts: Vec<Option<Host>>, tls: bool) -> Result<Cluster> {
+        let n = hosts.len();
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
-        let all: Vec<String> = ports
+        // Every node gets the same list of routes (its own is ignored).
+        let routes: Vec<String> = hosts
             .iter()
-            .flat_map(|(_, r, _)| ["--route".to_owned(), format!("127.0.0.1:{r}")])
+            .zip(&ports)
+            .flat_map(|(h, (_, r, _))| {
+                [
+                    "--route".to_owned(),
+                    format!("{}:{r}", host_addr(h.as_ref())),
+                ]
+            })
             .collect();
-        Self::start_routed(ports, vec![all; n], tls).await
-    }
-
-    /// Two servers whose routes run only through [`Link`]s the test can cut: each dials the
-    /// other through one, and advertises the one that leads to itself, so that no server
-    /// learns the other's real route address and dials it around the links.
-    pub async fn pair_over_links() -> Result<(Cluster, [Link; 2])> {
-        let ports: Vec<(u16, u16, u16)> = (0..2)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
-        let to_second = Link::start(([127, 0, 0, 1], ports[1].1).into()).await?;
-        let to_first = Link::start(([127, 0, 0, 1], ports[0].1).into()).await?;
-        let (first, second) = (
-            format!("127.0.0.1:{}", to_first.port),
-            format!("127.0.0.1:{}", to_second.port),
-        );
-        let args = vec![
-            vec![
-                "--route".into(),
-                second.clone(),
-                "--cluster-advertise".into(),
-                first.clone(),
-            ],
-            vec![
-                "--route".into(),
-                first,
-                "--cluster-advertise".into(),
-                second,
-            ],
-        ];
-        let cluster = Self::start_routed(ports, args, false).await?;
-        Ok((cluster, [to_second, to_first]))
-    }
-
-    /// Starts one server per `(client, route, monitor)` port triple, node `i` with the
-    /// further `vgas init` arguments `extra[i]` (its routes).
-    async fn start_routed(
-        ports: Vec<(u16, u16, u16)>,
-        extra: Vec<Vec<String>>,
-        tls: bool,
-    ) -> Result<Cluster> {
-        let n = ports.len();
         let root = tempfile::Builder::new().prefix("vgas-cluster-").tempdir()?;
-        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let first_state = root.path().join(".vgas");
         let first: Vec<String> = if tls { vec![] } else { vec!["--no-tls".into()] };
         init(&first_state, &first)?;
         let mut nodes = Vec::with_capacity(n);
-        for ((name, &(port, route_port, monitor_port)), extra) in
-            names.iter().zip(&ports).zip(&extra)
+        for (i, (host, &(port, route_port, monitor_port))) in
+            hosts.into_iter().zip(&ports).enumerate()
         {
-            let dir = root.path().join(name);
-            std::fs::create_dir_all(&dir)?;
+            let name = format!("n{}", i + 1);
+            let dir = root.path().join(&name);
             // The state directory travels to each server; each then makes its own part.
-            let copied = Command::new("cp")
-                .arg("-a")
-                .arg(&first_state)
-                .arg(dir.join(".vgas"))
-                .status()?;
-            anyhow::ensure!(copied.success(), "copy the state directory");
-            std::fs::copy(crate::repo_root().join("nats.conf"), dir.join("nats.conf"))?;
+            copy_state(&first_state, &dir)?;
+            let addr = host_addr(host.as_ref());
             let mut args = vec![
-                if tls { "--renew-tls" } else { "--no-tls" }.to_owned(),
-                "--cluster-node".into(),
+                "--cluster-node".to_owned(),
                 name.clone(),
                 "--cluster-listen".into(),
-                format!("127.0.0.1:{route_port}"),
+                format!("{addr}:{route_port}"),
             ];
-            args.extend(extra.iter().cloned());
+            if tls {
+                // Its own certificate, for its host's address too: clients and the other
+                // servers' routes dial that address and check it.
+                args.extend([
+                    "--renew-tls".to_owned(),
+                    "--tls-name".into(),
+                    addr.to_string(),
+                ]);
+            } else {
+                args.push("--no-tls".into());
+            }
+            args.extend(routes.iter().cloned());
             init(&dir.join(".vgas"), &args)?;
-            let server = Swarm::spawn_server(&dir, port, monitor_port, None)?;
+            let server = Swarm::spawn_server(&dir, port, monitor_port, host.as_ref())?;
             nodes.push(Node {
-                name: name.clone(),
+                name,
                 dir,
                 port,
                 route_port,
                 monitor_port,
+                host,
                 server,
             });
         }
-        let urls: Vec<String> = ports
-            .iter()
-            .map(|(p, _, _)| format!("nats://127.0.0.1:{p}"))
-            .collect();
+        let urls: Vec<String> = nodes.iter().map(Node::url).collect();
         let stand_in = Proc {
             name: "cluster".into(),
             child: None,
@@ -163,7 +186,7 @@ impl Cluster {
                 server: stand_in,
                 subjects: Subjects::default(),
                 procs_started: 0,
-                server_host: None,
+                server_host: nodes[0].host.clone(),
                 urls: Some(urls.join(",")),
             },
             nodes,
@@ -237,7 +260,8 @@ impl Cluster {
     pub fn restart(&mut self, name: &str) -> Result<()> {
         let node = self.node(name);
         node.server.kill();
-        node.server = Swarm::spawn_server(&node.dir, node.port, node.monitor_port, None)?;
+        node.server =
+            Swarm::spawn_server(&node.dir, node.port, node.monitor_port, node.host.as_ref())?;
         Ok(())
     }
 }
@@ -247,97 +271,48 @@ impl Cluster {
 pub const ELECTION: Duration = Duration::from_secs(20);
 
 /// A leaf site: a nats-server with a copy of the hub's state directory, linked to the hub's
-/// leaf listener at `remote` (`vgas init --leaf-remote`), as `docs/cluster.md` tells.
+/// leaf listener at `remote` (`vgas init --leaf-remote`), as `docs/cluster.md` tells, on a
+/// host of its own or on this machine. Like every linked server `vgas init` configures, it
+/// pings its hub every 2 s, so it notices a silently cut link within seconds.
 #[derive(Debug)]
 pub struct Site {
     pub dir: PathBuf,
     pub port: u16,
+    /// The host it runs on; `None`: this machine.
+    pub host: Option<Host>,
     pub server: Proc,
 }
 
 impl Site {
-    /// Starts the site's server in a folder under the hub's, and waits until it is ready.
-    pub async fn start(hub: &Swarm, remote: &str) -> Result<Site> {
+    /// Starts the site's server in a folder under the hub's, on `host` (its certificate
+    /// names the host's address) or on this machine, and waits until it is ready.
+    pub async fn start(hub: &Swarm, remote: &str, host: Option<&Host>) -> Result<Site> {
         let dir = hub.dir.path().join("site");
-        std::fs::create_dir_all(&dir)?;
-        let copied = Command::new("cp")
-            .arg("-a")
-            .arg(hub.state_dir())
-            .arg(dir.join(".vgas"))
-            .status()?;
-        anyhow::ensure!(copied.success(), "copy the state directory");
-        std::fs::copy(crate::repo_root().join("nats.conf"), dir.join("nats.conf"))?;
-        init(
-            &dir.join(".vgas"),
-            &["--renew-tls".into(), "--leaf-remote".into(), remote.into()],
-        )?;
+        copy_state(&hub.state_dir(), &dir)?;
+        let mut args = vec![
+            "--renew-tls".to_owned(),
+            "--leaf-remote".into(),
+            remote.into(),
+        ];
+        if let Some(h) = host {
+            args.extend(["--tls-name".to_owned(), h.addr.to_string()]);
+        }
+        init(&dir.join(".vgas"), &args)?;
         let port = free_port();
-        let server = Swarm::spawn_server(&dir, port, free_port(), None)?;
+        let server = Swarm::spawn_server(&dir, port, free_port(), host)?;
         wait_for("the site's server ready", WAIT, || async {
             server.log_text().contains("Server is ready").then_some(())
         })
         .await?;
-        Ok(Site { dir, port, server })
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-/// A TCP link that can be cut: forwards connections from a local port to `to`; `cut` drops
-/// every connection and refuses new ones until `heal`.
-#[derive(Debug)]
-pub struct Link {
-    pub port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Link {
-    pub async fn start(to: std::net::SocketAddr) -> Result<Link> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, conns2) = (up.clone(), conns.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue;
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                conns2.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Ok(Link {
+        Ok(Site {
+            dir,
             port,
-            up,
-            conns,
-            accept,
+            host: host.cloned(),
+            server,
         })
     }
 
-    pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-
-    pub fn heal(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
+    pub fn url(&self) -> String {
+        format!("nats://{}:{}", host_addr(self.host.as_ref()), self.port)
     }
 }

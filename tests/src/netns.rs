@@ -1,7 +1,9 @@
 //! Hosts made of network namespaces, for multi-host tests: a switch namespace holding a
 //! bridge, one namespace per host joined to it by a veth pair, and a veth from the test's own
 //! namespace so the test can reach the hosts. Addresses are in a /24 of 10.213.0.0/16 that
-//! exists only inside these namespaces. Everything is removed on drop, also when a test fails.
+//! exists only inside these namespaces. A host can be cut off the LAN ([`Lan::link_down`]), or
+//! two hosts cut apart while both stay on it ([`Lan::cut_between`]). Everything is removed on
+//! drop, also when a test fails.
 //! Needs root and `ip` (iproute2); elsewhere [`Lan::new`] returns `None` and says why.
 
 use std::net::Ipv4Addr;
@@ -94,7 +96,7 @@ impl Lan {
             "br0",
             "up",
         ])?;
-        let root_addr = format!("10.213.{}.254/24", lan.subnet);
+        let root_addr = format!("{}/24", lan.root_addr());
         ip(&["addr", "add", &root_addr, "dev", &lan.root_veth])?;
         ip(&["link", "set", &lan.root_veth, "up"])?;
         for _ in 0..n {
@@ -152,7 +154,56 @@ impl Lan {
         &self.hosts[i]
     }
 
-    /// Cuts host `i` off the LAN (its cable pulled at the switch).
+    /// The test's own address on the LAN (its namespace's end): a service the test runs
+    /// must listen there for the hosts to reach it (they cannot reach the test's loopback).
+    pub fn root_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.subnet, 254)
+    }
+
+    /// Every host, in the order they were made.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Cuts the network between hosts `i` and `j` alone: each drops what it would send to the
+    /// other (a blackhole route to the other's address), while both keep their cable, so the
+    /// test and every other host still reach either side. Established connections between
+    /// the two are not closed: they stall, as over a real partition, until one end's
+    /// keepalive gives up or [`Lan::heal_between`] lets them carry on. Made undone by
+    /// `heal_between`, and with everything else on drop (the routes go with the namespaces).
+    pub fn cut_between(&self, i: usize, j: usize) -> Result<()> {
+        for (from, to) in [(i, j), (j, i)] {
+            let dest = format!("{}/32", self.hosts[to].addr);
+            ip(&[
+                "-n",
+                &self.hosts[from].ns,
+                "route",
+                "replace",
+                "blackhole",
+                &dest,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Lan::cut_between`]: hosts `i` and `j` reach each other again.
+    pub fn heal_between(&self, i: usize, j: usize) -> Result<()> {
+        for (from, to) in [(i, j), (j, i)] {
+            let dest = format!("{}/32", self.hosts[to].addr);
+            ip(&[
+                "-n",
+                &self.hosts[from].ns,
+                "route",
+                "del",
+                "blackhole",
+                &dest,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Cuts host `i` off the LAN (its cable pulled at the switch): the test's own namespace
+    /// loses it too; what runs inside the host still reaches the host's own address.
     pub fn link_down(&self, i: usize) -> Result<()> {
         self.switch_port(i, "down")
     }

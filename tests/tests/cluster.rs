@@ -1,7 +1,10 @@
-//! Past one machine: a swarm on a three-node NATS cluster (TLS on routes and clients, every
-//! stream with three copies) loses no task when the server leading the tasks stream is
-//! SIGKILLed under load; several masters serve one swarm, one leading at a time, and either
-//! one SIGKILLed under load loses and doubles no task.
+//! Past one machine: a swarm on a three-node NATS cluster, each server on a host of its own
+//! (network namespaces, see `vgas_tests::netns`; TLS on routes and clients, every stream with
+//! three copies), loses no task when the server leading the tasks stream is SIGKILLed under
+//! load; several masters serve one swarm, one leading at a time, and either one SIGKILLed
+//! under load loses and doubles no task; a worker at a leaf site, on a host of its own, keeps
+//! its result through a cut of the site's cable. The tests on namespaces are skipped, loudly,
+//! where namespaces cannot be made.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -9,10 +12,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use vgas_shared::codec::decode_as;
 use vgas_shared::config::Role;
+use vgas_shared::host::ENV_HOST_ID;
 use vgas_shared::wire::{SwarmPulse, TaskEvent, TaskOutcome, TaskQuery, TaskRecord, TaskState};
 use vgas_shared::{Encoding, TaskId};
-use vgas_tests::cluster::{Cluster, Link, Site, ELECTION};
-use vgas_tests::{request, sh, wait_for, Proc, Swarm, WAIT};
+use vgas_tests::cluster::{Cluster, Site, ELECTION};
+use vgas_tests::netns::{Host, Lan};
+use vgas_tests::{request, sh, simulated_host, wait_for, Placement, Proc, Swarm, WAIT};
 
 /// Counts `finished` events per task on every task's event subject, as `observer` sees them.
 async fn count_finished(
@@ -138,13 +143,47 @@ async fn status(client: &async_nats::Client, swarm: &Swarm) -> SwarmPulse {
 /// Tasks in flight when a server or master dies.
 const LOAD: usize = 1000;
 
+/// Starts `vgas-worker ID` with `slots` on `host`, told `url` (mDNS off: it has its URL).
+fn worker_on(swarm: &mut Swarm, host: &Host, id: &str, slots: usize, url: &str) -> Proc {
+    let slots = slots.to_string();
+    let me = simulated_host(id);
+    swarm
+        .spawn_at(
+            Placement::On(host),
+            id,
+            "vgas-worker",
+            &["--id", id, "--slots", &slots],
+            &[
+                (ENV_HOST_ID, &me),
+                ("VGAS_NATS_URL", url),
+                ("VGAS_NO_MDNS", "true"),
+            ],
+        )
+        .unwrap()
+}
+
+/// Starts `vgas-master` on `host`, told `url` (mDNS off).
+fn master_on(swarm: &mut Swarm, host: &Host, url: &str, env: &[(&str, &str)]) -> Proc {
+    let mut all = vec![("VGAS_NATS_URL", url), ("VGAS_NO_MDNS", "true")];
+    all.extend_from_slice(env);
+    swarm
+        .spawn_at(Placement::On(host), "master", "vgas-master", &[], &all)
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_killed_stream_leader_loses_no_accepted_task() {
-    let mut cluster = Cluster::start(3, true).await.unwrap();
+    let Some(lan) = Lan::new(3).unwrap() else {
+        return;
+    };
+    let mut cluster = Cluster::start_on(lan.hosts(), true).await.unwrap();
+    // The master on the first server's host, a worker on each of the others', each told
+    // every server: whichever server dies, some of them lose theirs and move over the LAN.
     let swarm = &mut cluster.swarm;
-    let _master = swarm.master(&[]).unwrap();
-    let _w1 = swarm.worker("w1", 4, &[]).unwrap();
-    let _w2 = swarm.worker("w2", 4, &[]).unwrap();
+    let urls = swarm.url();
+    let _master = master_on(swarm, lan.host(0), &urls, &[]);
+    let _w1 = worker_on(swarm, lan.host(1), "w1", 4, &urls);
+    let _w2 = worker_on(swarm, lan.host(2), "w2", 4, &urls);
     let client = swarm.connect(Role::Client).await.unwrap();
     let pulse = swarm.wait_workers(&client, 2).await.unwrap();
     assert_eq!(pulse.replicas, 3, "three servers keep three copies");
@@ -245,21 +284,20 @@ async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
 
 #[tokio::test]
 async fn a_site_worker_keeps_its_result_through_a_cut_of_the_leaf_link() {
-    let leaf_port = vgas_tests::free_port();
-    let mut hub =
-        Swarm::start_tls_with(None, &["--leaf-listen", &format!("127.0.0.1:{leaf_port}")])
-            .await
-            .unwrap();
-    let link = Link::start(([127, 0, 0, 1], leaf_port).into())
+    // The hub (its server and the master) on one host, the site (its server and its worker)
+    // on another; the test talks to the hub over the LAN.
+    let Some(lan) = Lan::new(2).unwrap() else {
+        return;
+    };
+    let (hub_host, site_host) = (lan.host(0).clone(), lan.host(1).clone());
+    let leaf = format!("{}:{}", hub_host.addr, vgas_tests::free_port());
+    let mut hub = Swarm::start_tls_with(Some(hub_host.clone()), &["--leaf-listen", &leaf])
         .await
         .unwrap();
-    let site = Site::start(&hub, &format!("127.0.0.1:{}", link.port))
-        .await
-        .unwrap();
-    let _master = hub.master(&[]).unwrap();
-    let _worker = hub
-        .worker_with_env("site-w1", 2, &[("VGAS_NATS_URL", &site.url())])
-        .unwrap();
+    let site = Site::start(&hub, &leaf, Some(&site_host)).await.unwrap();
+    let hub_url = hub.url();
+    let _master = master_on(&mut hub, &hub_host, &hub_url, &[]);
+    let _worker = worker_on(&mut hub, &site_host, "site-w1", 2, &site.url());
     let client = hub.connect(Role::Client).await.unwrap();
     hub.wait_workers(&client, 1).await.unwrap();
 
@@ -287,7 +325,9 @@ async fn a_site_worker_keeps_its_result_through_a_cut_of_the_leaf_link() {
         .log_text()
         .matches("Leafnode connection closed")
         .count();
-    link.cut();
+    // The site's cable is pulled: the site and its worker still reach each other, nothing
+    // crosses to the hub, and no connection is closed by a word from the other end.
+    lan.link_down(1).unwrap();
     wait_for("the site to lose its hub", WAIT, || {
         let n = site
             .server
@@ -299,7 +339,7 @@ async fn a_site_worker_keeps_its_result_through_a_cut_of_the_leaf_link() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    link.heal();
+    lan.link_up(1).unwrap();
     let rest = vgas_tests::collect(events, WAIT, Duration::from_secs(1))
         .await
         .unwrap();

@@ -92,16 +92,20 @@ const EARLIER_SLOT: &str = "earlier";
 struct Book {
     /// Every master's slots (the CRDT); this master adds only to its own.
     state: UsageState,
-    /// (provider, day) and (provider, month) spend in micro-USD over every master, for
-    /// budget checks; recomputed when a merge grows the state.
-    spend_day: HashMap<(String, String), u64>,
-    spend_month: HashMap<(String, String), u64>,
+    /// Spend in micro-USD over every master by provider, then by day (`YYYY-MM-DD`) and by
+    /// month (`YYYY-MM`), for budget checks; grown by what each merge grew. Nested so that a
+    /// lookup by `&str` allocates nothing.
+    spend: HashMap<String, HashMap<String, u64>>,
     /// (time, tokens) of recent calls per (provider, model), this master's own.
     window: HashMap<(String, String), VecDeque<(u64, u64)>>,
     /// Own slots changed since they were last written to the bucket.
     dirty: BTreeSet<UsageKey>,
-    /// Other masters by node id, and when their state last came.
-    peers: HashMap<String, Instant>,
+    /// Other masters by node id: when their digest last came, and what it said they lack.
+    peers: HashMap<String, sync::Peer>,
+    /// When a slot of each other master last grew here (through any master's digest).
+    grew: HashMap<String, Instant>,
+    /// Where the next relay of others' slots starts, so relays go round all of them.
+    relay_from: usize,
     /// Set while some master has gone silent (a partition, or a crash).
     silence: Option<Silence>,
 }
@@ -181,20 +185,26 @@ fn kv_key(provider: &str, model: &str, day: &str) -> String {
 impl Book {
     /// Adds `cost` to the spend totals of `key`'s provider, day and month.
     fn count(&mut self, key: &UsageKey, cost: u64) {
-        *self
-            .spend_day
-            .entry((key.provider.clone(), key.day.clone()))
-            .or_default() += cost;
-        *self
-            .spend_month
-            .entry((key.provider.clone(), key.day[..7].to_owned()))
-            .or_default() += cost;
+        if cost == 0 {
+            return;
+        }
+        let periods = match self.spend.get_mut(key.provider.as_str()) {
+            Some(p) => p,
+            None => self.spend.entry(key.provider.clone()).or_default(),
+        };
+        for period in [key.day.as_str(), &key.day[..7]] {
+            match periods.get_mut(period) {
+                Some(v) => *v += cost,
+                None => {
+                    periods.insert(period.to_owned(), cost);
+                }
+            }
+        }
     }
 
     /// Recomputes the spend totals from the state.
     fn retotal(&mut self) {
-        self.spend_day.clear();
-        self.spend_month.clear();
+        self.spend.clear();
         let totals: Vec<(UsageKey, u64)> = self
             .state
             .totals()
@@ -373,19 +383,12 @@ impl UsageBook {
     /// Spend of a provider today and this month, in micro-USD.
     pub fn spend(&self, provider: &str, now_ms: u64) -> (u64, u64) {
         let day = day_of(now_ms);
-        let month = day[..7].to_owned();
         let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
-        let d = b
-            .spend_day
-            .get(&(provider.to_owned(), day))
-            .copied()
-            .unwrap_or(0);
-        let m = b
-            .spend_month
-            .get(&(provider.to_owned(), month))
-            .copied()
-            .unwrap_or(0);
-        (d, m)
+        let Some(periods) = b.spend.get(provider) else {
+            return (0, 0);
+        };
+        let of = |period: &str| periods.get(period).copied().unwrap_or(0);
+        (of(&day), of(&day[..7]))
     }
 
     /// Every day's counters over every master, oldest day first.

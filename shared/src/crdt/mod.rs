@@ -105,15 +105,20 @@ impl UsageState {
 
     /// Merges one slot.
     pub fn merge_slot(&mut self, s: &UsageSlot) -> bool {
+        // Most slots merged are known already: look them up without cloning their names.
+        if let Some(slot) = self.slots.get_mut(&s.key).and_then(|n| n.get_mut(&s.node)) {
+            let before = *slot;
+            slot.join(&s.counts);
+            return *slot != before;
+        }
         let slot = self
             .slots
             .entry(s.key.clone())
             .or_default()
             .entry(s.node.clone())
             .or_default();
-        let before = *slot;
         slot.join(&s.counts);
-        *slot != before
+        *slot != UsageCounts::default()
     }
 
     /// The total of a key over every master.
@@ -166,6 +171,28 @@ impl UsageState {
             .collect()
     }
 
+    /// The masters whose slots of days from `since_day` on this state holds.
+    pub fn nodes_since(&self, since_day: &str) -> std::collections::BTreeSet<&str> {
+        self.slots
+            .iter()
+            .filter(|(k, _)| k.day.as_str() >= since_day)
+            .flat_map(|(_, nodes)| nodes.keys().map(String::as_str))
+            .collect()
+    }
+
+    /// A digest of [`UsageState::nodes_since`]: two masters that hold slots of the same
+    /// masters have the same one (a stable hash, whatever the build).
+    pub fn known_hash(&self, since_day: &str) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for n in self.nodes_since(since_day) {
+            h.update(n.as_bytes());
+            h.update([0]);
+        }
+        let d = h.finalize();
+        u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+    }
+
     /// Number of slots held.
     pub fn len(&self) -> usize {
         self.slots.values().map(BTreeMap::len).sum()
@@ -176,8 +203,9 @@ impl UsageState {
     }
 }
 
-/// What a master publishes to the others every sync interval: its whole view of this
-/// month's usage (every master's slots it knows of, so state travels through any master).
+/// What a master publishes to the others every sync interval: its own slots of this month,
+/// and, when some master it hears lacks what it holds, others' slots it relays (see
+/// `master::keys::usage::sync`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageDigest {
     /// The sender's node id.
@@ -186,6 +214,14 @@ pub struct UsageDigest {
     /// The sender is stopping: not a partition when it falls silent.
     #[serde(default)]
     pub leaving: bool,
+    /// Masters whose slots the sender holds but has not heard from itself lately: whoever
+    /// hears them relays their slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unheard: Vec<String>,
+    /// [`UsageState::known_hash`] of the sender's state: a master that holds slots of other
+    /// masters than the sender relays them.
+    #[serde(default)]
+    pub known: u64,
 }
 
 #[cfg(test)]

@@ -1,9 +1,16 @@
-//! `sync_distributed_state` for LLM usage: every master that serves LLM calls publishes its
-//! whole view of this month's usage ([`UsageDigest`], every master's slots it knows) every
-//! [`SYNC_INTERVAL`] on `<prefix>.llm.usage.sync`, and merges the others' (a state-based
-//! CRDT, see `vgas_shared::crdt`). Budgets are checked against the merged total, so they
-//! hold across masters; within one interval two masters may each spend what the other has
-//! not yet heard of.
+//! `sync_distributed_state` for LLM usage: every master that serves LLM calls publishes a
+//! [`UsageDigest`] every [`SYNC_INTERVAL`] on `<prefix>.llm.usage.sync` and merges the
+//! others' (a state-based CRDT, see `vgas_shared::crdt`). Budgets are checked against the
+//! merged total, so they hold across masters; within one interval two masters may each spend
+//! what the other has not yet heard of.
+//!
+//! What a digest carries: the sender's own slots of this month, always (every master hears
+//! every other directly on a NATS subject, so that alone converges in one interval however
+//! many masters there are); and others' slots, up to [`RELAY_SLOTS`], only when a master it
+//! hears lacks them: one that named them unheard (a master whose slots it holds but whose
+//! digests stopped reaching it: a route cut between two servers while a third reaches
+//! both), or one that holds slots of a different set of masters (it has never heard of some).
+//! Relays go round every slot held, so state still travels through any chain of masters.
 //!
 //! A partition: a master that has heard from another and then hears nothing for
 //! [`PEER_SILENCE`] takes it for cut off (or dead) and, on providers with a budget, lets
@@ -36,19 +43,82 @@ pub const PEER_SILENCE: Duration = Duration::from_secs(2);
 /// Silence after which another master counts as dead and no longer limits spending.
 pub const PEER_FORGET: Duration = Duration::from_secs(600);
 
+/// Others' slots a digest relays at most: about 150 bytes each, so a digest stays near
+/// 300 KB however many masters there are (a month's usage of one master on a few models is
+/// a few hundred slots; 1,000 masters' would be 19 MB, past the server's payload limit).
+pub const RELAY_SLOTS: usize = 2_000;
+
+/// What another master's latest digest said.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    heard: Instant,
+    unheard: Vec<String>,
+    known: u64,
+}
+
 impl UsageBook {
-    /// This master's view of this month's usage, to publish.
+    /// This master's digest: its own slots of this month, and others' slots that masters
+    /// it hears lack (see the module's documentation).
     pub fn digest(&self, now_ms: u64, leaving: bool) -> UsageDigest {
         let month_start = format!("{}-01", &day_of(now_ms)[..7]);
-        let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &mut *guard;
+        let known = b.state.known_hash(&month_start);
+        let all = b.state.slots_since(&month_start);
+        let fresh = || {
+            b.peers
+                .values()
+                .filter(|p| p.heard.elapsed() < PEER_SILENCE)
+        };
+        let wanted: std::collections::BTreeSet<&str> = fresh()
+            .flat_map(|p| p.unheard.iter().map(String::as_str))
+            .filter(|n| *n != self.node)
+            .collect();
+        let differ = fresh().any(|p| p.known != known);
+        let (mut slots, others): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|s| s.node == self.node);
+        let (mut asked, rest): (Vec<_>, Vec<_>) = others
+            .into_iter()
+            .partition(|s| wanted.contains(s.node.as_str()));
+        asked.truncate(RELAY_SLOTS);
+        let room = RELAY_SLOTS - asked.len();
+        slots.extend(asked);
+        if differ && room > 0 && !rest.is_empty() {
+            // The next `room` of the others' slots, round from where the last relay ended.
+            let start = b.relay_from % rest.len();
+            let n = room.min(rest.len());
+            slots.extend(rest.iter().cycle().skip(start).take(n).cloned());
+            b.relay_from = (start + n) % rest.len();
+        }
+        let unheard = self.unheard(b, &month_start);
         UsageDigest {
             node: self.node.clone(),
-            slots: b.state.slots_since(&month_start),
+            slots,
             leaving,
+            unheard,
+            known,
         }
     }
 
-    /// Merges another master's view; returns whether anything grew. Its sender counts as
+    /// Masters whose slots this book holds and that grew lately (within [`PEER_FORGET`])
+    /// but whose own digests have not come for [`PEER_SILENCE`]: their slots reach this
+    /// master only through others.
+    fn unheard(&self, b: &super::Book, month_start: &str) -> Vec<String> {
+        b.state
+            .nodes_since(month_start)
+            .into_iter()
+            .filter(|n| *n != self.node)
+            .filter(|n| b.grew.get(*n).is_some_and(|t| t.elapsed() < PEER_FORGET))
+            .filter(|n| {
+                b.peers
+                    .get(*n)
+                    .is_none_or(|p| p.heard.elapsed() >= PEER_SILENCE)
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Merges another master's digest; returns whether anything grew. Its sender counts as
     /// heard from now (or, when it is leaving, as gone).
     pub fn merge_digest(&self, d: &UsageDigest) -> bool {
         if d.node == self.node {
@@ -58,14 +128,35 @@ impl UsageBook {
         if d.leaving {
             b.peers.remove(&d.node);
         } else {
-            b.peers.insert(d.node.clone(), Instant::now());
+            let peer = Peer {
+                heard: Instant::now(),
+                unheard: d.unheard.clone(),
+                known: d.known,
+            };
+            b.peers.insert(d.node.clone(), peer);
         }
         let mut grew = false;
+        let mut grown: Vec<&str> = Vec::new();
         for s in &d.slots {
-            grew |= b.state.merge_slot(s);
+            let before = b.state.slot(&s.key, &s.node).unwrap_or_default();
+            if b.state.merge_slot(s) {
+                grew = true;
+                // The totals grow by what the slot grew: no pass over the whole state.
+                let after = b.state.slot(&s.key, &s.node).unwrap_or_default();
+                b.count(&s.key, after.cost_micro_usd - before.cost_micro_usd);
+                if s.node != self.node && grown.last() != Some(&s.node.as_str()) {
+                    grown.push(&s.node);
+                }
+            }
         }
-        if grew {
-            b.retotal();
+        let now = Instant::now();
+        for n in grown {
+            match b.grew.get_mut(n) {
+                Some(t) => *t = now,
+                None => {
+                    b.grew.insert(n.to_owned(), now);
+                }
+            }
         }
         grew
     }
@@ -74,11 +165,12 @@ impl UsageBook {
     /// masters when the view changed (for the log).
     pub fn observe_peers(&self) -> Option<Vec<String>> {
         let mut b = self.book.lock().unwrap_or_else(|p| p.into_inner());
-        b.peers.retain(|_, heard| heard.elapsed() < PEER_FORGET);
+        b.peers.retain(|_, p| p.heard.elapsed() < PEER_FORGET);
+        b.grew.retain(|_, t| t.elapsed() < PEER_FORGET);
         let mut silent: Vec<String> = b
             .peers
             .iter()
-            .filter(|(_, heard)| heard.elapsed() >= PEER_SILENCE)
+            .filter(|(_, p)| p.heard.elapsed() >= PEER_SILENCE)
             .map(|(n, _)| n.clone())
             .collect();
         silent.sort();
@@ -255,10 +347,8 @@ mod tests {
         assert_eq!(a.observe_peers(), None, "b was just heard from");
         assert!(a.exposure("openai").is_none());
         // b falls silent.
-        a.book.lock().unwrap().peers.insert(
-            "b".into(),
-            Instant::now() - PEER_SILENCE - Duration::from_millis(1),
-        );
+        a.book.lock().unwrap().peers.get_mut("b").unwrap().heard =
+            Instant::now() - PEER_SILENCE - Duration::from_millis(1);
         assert_eq!(a.observe_peers(), Some(vec!["b".to_owned()]));
         spend(&a, 70).await;
         spend(&a, 5).await;
@@ -274,5 +364,60 @@ mod tests {
         // A master that says it leaves is not waited for.
         a.merge_digest(&b.digest(T, true));
         assert_eq!(a.peers(), 0);
+    }
+
+    #[tokio::test]
+    async fn masters_that_hear_each_other_send_only_their_own_slots() {
+        let books: Vec<UsageBook> = ["a", "b", "c"]
+            .iter()
+            .map(|n| UsageBook::in_memory_as(n))
+            .collect();
+        for (i, b) in books.iter().enumerate() {
+            spend(b, 10 * (i as u64 + 1)).await;
+        }
+        // Two rounds: everyone hears everyone, and knows the same masters.
+        for _ in 0..2 {
+            let ds: Vec<UsageDigest> = books.iter().map(|b| b.digest(T, false)).collect();
+            for b in &books {
+                for d in &ds {
+                    b.merge_digest(d);
+                }
+            }
+        }
+        for b in &books {
+            assert_eq!(b.spend("openai", T).0, 60);
+            let d = b.digest(T, false);
+            assert!(d.unheard.is_empty());
+            assert!(
+                d.slots.iter().all(|s| s.node == d.node),
+                "nothing to relay: {d:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_master_cut_off_from_another_gets_its_slots_through_a_third() {
+        let (a, b, c) = (
+            UsageBook::in_memory_as("a"),
+            UsageBook::in_memory_as("b"),
+            UsageBook::in_memory_as("c"),
+        );
+        spend(&c, 7).await;
+        for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
+            x.merge_digest(&y.digest(T, false));
+        }
+        assert_eq!(a.spend("openai", T).0, 7);
+        // The route between a and c is cut: a stops hearing c; b hears both.
+        a.book.lock().unwrap().peers.get_mut("c").unwrap().heard =
+            Instant::now() - PEER_SILENCE - Duration::from_millis(1);
+        let from_a = a.digest(T, false);
+        assert_eq!(from_a.unheard, vec!["c".to_owned()]);
+        b.merge_digest(&from_a);
+        spend(&c, 100).await;
+        b.merge_digest(&c.digest(T, false));
+        let from_b = b.digest(T, false);
+        assert!(from_b.slots.iter().any(|s| s.node == "c"), "b relays c");
+        assert!(a.merge_digest(&from_b));
+        assert_eq!(a.spend("openai", T).0, 107, "c's new spend reached a");
     }
 }
