@@ -172,32 +172,20 @@ impl Lan {
     /// keepalive gives up or [`Lan::heal_between`] lets them carry on. Made undone by
     /// `heal_between`, and with everything else on drop (the routes go with the namespaces).
     pub fn cut_between(&self, i: usize, j: usize) -> Result<()> {
-        for (from, to) in [(i, j), (j, i)] {
-            let dest = format!("{}/32", self.hosts[to].addr);
-            ip(&[
-                "-n",
-                &self.hosts[from].ns,
-                "route",
-                "replace",
-                "blackhole",
-                &dest,
-            ])?;
-        }
-        Ok(())
+        self.blackholes(i, j, "replace")
     }
 
     /// Undoes [`Lan::cut_between`]: hosts `i` and `j` reach each other again.
     pub fn heal_between(&self, i: usize, j: usize) -> Result<()> {
+        self.blackholes(i, j, "del")
+    }
+
+    /// Adds (`replace`) or removes (`del`) the blackhole route of each of hosts `i` and `j`
+    /// to the other's address.
+    fn blackholes(&self, i: usize, j: usize, op: &str) -> Result<()> {
         for (from, to) in [(i, j), (j, i)] {
             let dest = format!("{}/32", self.hosts[to].addr);
-            ip(&[
-                "-n",
-                &self.hosts[from].ns,
-                "route",
-                "del",
-                "blackhole",
-                &dest,
-            ])?;
+            ip(&["-n", &self.hosts[from].ns, "route", op, "blackhole", &dest])?;
         }
         Ok(())
     }

@@ -77,18 +77,22 @@ impl UsageBook {
         let differ = fresh().any(|p| p.known != known);
         let (mut slots, others): (Vec<_>, Vec<_>) =
             all.into_iter().partition(|s| s.node == self.node);
-        let (mut asked, rest): (Vec<_>, Vec<_>) = others
-            .into_iter()
-            .partition(|s| wanted.contains(s.node.as_str()));
-        asked.truncate(RELAY_SLOTS);
-        let room = RELAY_SLOTS - asked.len();
-        slots.extend(asked);
-        if differ && room > 0 && !rest.is_empty() {
-            // The next `room` of the others' slots, round from where the last relay ended.
-            let start = b.relay_from % rest.len();
-            let n = room.min(rest.len());
-            slots.extend(rest.iter().cycle().skip(start).take(n).cloned());
-            b.relay_from = (start + n) % rest.len();
+        // What to relay: the slots of masters someone named unheard, and, when someone
+        // holds a different set of masters, everyone else's too.
+        let relay: Vec<_> = match differ {
+            true => others,
+            false => others
+                .into_iter()
+                .filter(|s| wanted.contains(s.node.as_str()))
+                .collect(),
+        };
+        if !relay.is_empty() {
+            // The next `RELAY_SLOTS` of them, round from where the last relay ended, so
+            // that every one goes out however many there are.
+            let start = b.relay_from % relay.len();
+            let n = RELAY_SLOTS.min(relay.len());
+            slots.extend(relay.iter().cycle().skip(start).take(n).cloned());
+            b.relay_from = (start + n) % relay.len();
         }
         let unheard = self.unheard(b, &month_start);
         UsageDigest {
