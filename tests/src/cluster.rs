@@ -56,11 +56,13 @@ fn host_addr(host: Option<&Host>) -> Ipv4Addr {
 }
 
 /// The servers and the swarm that runs on them (its `server` is a stand-in: each node's
-/// process is in `nodes`).
+/// process is in `nodes`). Fields drop in order: the servers are killed before the swarm's
+/// folder, which holds their stores, is removed (a running server wrote into it while it
+/// was removed, and left it behind).
 #[derive(Debug)]
 pub struct Cluster {
-    pub swarm: Swarm,
     pub nodes: Vec<Node>,
+    pub swarm: Swarm,
 }
 
 /// Runs `vgas init` with `args` for the state directory `state`.
