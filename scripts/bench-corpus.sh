@@ -6,10 +6,13 @@
 #   pkgconf        pkgconf 1.8.1, autotools + libtool          ./configure (-g -O2); make -jN CC=...
 #   pkgconf-meson  the same sources with Meson + Ninja          CC="<wrapper> /usr/bin/gcc"
 #   leveldb        LevelDB 1.23 (C++), CMake + Ninja, Release  CMAKE_CXX_COMPILER_LAUNCHER
+#   zeromq         libzmq 4.3.4 (C++, 106 units), CMake + Ninja, Release  the same
 # For each: a clean local build (after a warm-up); ccache cold (emptied) and after the build
 # system's clean; distcc cold (a distccd on 127.0.0.1 with N jobs); vgas cold (cache purged)
 # with its one worker as another host (VGAS_HOST_ID: the units go to it, as on a LAN), vgas's
-# no-change rebuild after clean, and vgas cold on one machine (the worker on the submitter's
+# rebuild after the build system's clean (every unit from the cache), vgas's no-change rebuild
+# (the same build again, nothing touched: the build system finds nothing to do, and `vgas
+# build` adds its own start and stop), and vgas cold on one machine (the worker on the submitter's
 # own host: units compile in place); the units distributed, and whether every object of
 # the vgas builds is byte-identical to the local build's. Prints a Markdown table.
 #
@@ -22,7 +25,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${JOBS:-$(nproc)}
-projects=${PROJECTS:-lua json-c pkgconf pkgconf-meson leveldb}
+projects=${PROJECTS:-lua json-c pkgconf pkgconf-meson leveldb zeromq}
 bin=${VGAS_BIN_DIR:-$root/target/release}
 say() { echo "bench-corpus: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -93,15 +96,19 @@ for p in $projects; do
       build() { local cc=(); [ -n "$wrap" ] && [ "$wrap" != vgas ] && cc=("CC=$wrap gcc -std=gnu99")
                 (cd "$b" && "$@" make -s -j"$jobs" linux "${cc[@]}" >/dev/null 2>>"$work/$p.log"); }
       clean() { make -s -C "$b" clean >/dev/null; } ;;
-    json-c|leveldb)
-      if [ "$p" = json-c ]; then system="CMake + Ninja, -Werror"; lang=C
-        opts=(-DBUILD_TESTING=OFF)
-      else system="CMake + Ninja, C++"; lang=CXX
-        opts=(-DLEVELDB_BUILD_TESTS=OFF -DLEVELDB_BUILD_BENCHMARKS=OFF -DLEVELDB_INSTALL=OFF)
-      fi
+    json-c|leveldb|zeromq)
+      case "$p" in
+        json-c) system="CMake + Ninja, -Werror"; opts=(-DBUILD_TESTING=OFF) ;;
+        leveldb) system="CMake + Ninja, C++"
+          opts=(-DLEVELDB_BUILD_TESTS=OFF -DLEVELDB_BUILD_BENCHMARKS=OFF -DLEVELDB_INSTALL=OFF) ;;
+        zeromq) system="CMake + Ninja, C++"
+          opts=(-DBUILD_TESTS=OFF -DBUILD_STATIC=OFF -DWITH_PERF_TOOL=OFF -DWITH_DOCS=OFF) ;;
+      esac
       b="$dir/build"; mkdir -p "$dir"
-      setup() { local l=(); rm -rf "$b"
-                case "$1" in vgas) l=("-DCMAKE_${lang}_COMPILER_LAUNCHER=$bin/vgas") ;; ?*) l=("-DCMAKE_${lang}_COMPILER_LAUNCHER=$1") ;; esac
+      setup() { local l=() w="$1"; rm -rf "$b"
+                [ "$w" = vgas ] && w="$bin/vgas"
+                # Both languages' launchers: a C++ project may have C units (libzmq's tweetnacl).
+                [ -n "$w" ] && l=("-DCMAKE_C_COMPILER_LAUNCHER=$w" "-DCMAKE_CXX_COMPILER_LAUNCHER=$w")
                 "$VGAS_CMAKE" -S "$src" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release "${opts[@]}" \
                   -DCMAKE_MAKE_PROGRAM="$VGAS_NINJA" "${l[@]}" >"$work/$p.cmake.log" 2>&1 || die "$p: cmake failed"; }
       build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >>"$work/$p.out" 2>>"$work/$p.log"); }
@@ -153,6 +160,7 @@ for p in $projects; do
   remote=$(remote_of "$work/$p.cold.json"); cold_sum=$(objects_sum "$b")
   clean
   warm_s=$(timed build vgas_json "$work/$p.warm.json"); warm_sum=$(objects_sum "$b")
+  nochange_s=$(timed build vgas_json "$work/$p.nochange.json")
 
   say "$p: vgas cold on one machine (in place)"
   clean; "$bin/vgas" build --purge-cache >/dev/null 2>&1
@@ -163,10 +171,10 @@ for p in $projects; do
   same=no
   [ "$local_sum" = "$cold_sum" ] && [ "$local_sum" = "$warm_sum" ] && [ "$local_sum" = "$one_sum" ] && same=yes
   pct=$(python3 -c "print(f'{100*$remote/$units:.0f}%' if $units else '-')")
-  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
+  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) | $nochange_s s ($(x "$local_s" "$nochange_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
 done
 
-echo "| project | build system | units | distributed (vgas cold) | clean local build | ccache cold / after clean | distcc cold (to local) | vgas cold, worker as another host (to local) | vgas after clean | vgas cold, one machine: in place (to local) | vgas objects identical to local |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| project | build system | units | distributed (vgas cold) | clean local build | ccache cold / after clean | distcc cold (to local) | vgas cold, worker as another host (to local) | vgas after clean | vgas no-change rebuild | vgas cold, one machine: in place (to local) | vgas objects identical to local |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
 echo "(JOBS=$jobs; one vgas worker and one distccd, each $jobs slots, on this machine; $(nproc) cores)"

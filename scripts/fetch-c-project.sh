@@ -3,7 +3,7 @@
 # pinned, into ./.tools/c-project/<name>-<version>/ (ignored), and prints that folder as the
 # last line of stdout. Idempotent: a second run only prints the path.
 #
-#   scripts/fetch-c-project.sh [lua|json-c|pkgconf|leveldb]     # lua is the default
+#   scripts/fetch-c-project.sh [lua|json-c|pkgconf|leveldb|zeromq]     # lua is the default
 #
 # Lua 5.4.4 (MIT): 34 translation units (32 in liblua.a, lua.c, luac.c), its own Makefile;
 # `make -C <dir>/src linux` builds src/liblua.a, src/lua and src/luac.
@@ -14,6 +14,9 @@
 # libpkgconf and the pkgconf program; Debian's source package pkgconf carries the release.
 # LevelDB 1.23 (BSD-3-Clause): C++11, CMake (built with Ninja), about 35 units in libleveldb
 # with its tests and benchmarks off (their third-party trees are not in the tarball).
+# ZeroMQ (libzmq) 4.3.4 (LGPL-3.0 with a static-linking exception): C++, CMake (built with
+# Ninja), 119 C++ units and one C unit (tweetnacl) in libzmq; Debian's source package
+# zeromq3 carries the release tarball.
 # Where it comes from: Debian's source package lua5.4, whose .orig.tar.gz is byte for byte the
 # upstream release tarball lua-5.4.4.tar.gz (same sha256 as the one upstream publishes); Debian's
 # own patches (the .debian.tar.xz) are not applied. Two ways, both apt's own clients, both
@@ -71,7 +74,17 @@ case "$name" in
     POOL_PATH=pool/main/l/leveldb
     TOPDIR=leveldb-1.23
     CHECK_FILE=CMakeLists.txt ;;
-  *) echo "fetch-c-project: unknown project '$name' (known: lua, json-c, pkgconf, leveldb)" >&2; exit 2 ;;
+  zeromq)
+    VERSION=4.3.4
+    DEBIAN_SOURCE=zeromq3
+    DEBIAN_VERSION=4.3.4-6
+    DEBIAN_PREFIX=4.3.4-
+    TARBALL=zeromq3_4.3.4.orig.tar.gz
+    SHA256=0ff5a531c9ffaf0dfdc7dc78d13d1383088f454896d252934c429b2554d10559
+    POOL_PATH=pool/main/z/zeromq3
+    TOPDIR=libzmq-4.3.4
+    CHECK_FILE=CMakeLists.txt ;;
+  *) echo "fetch-c-project: unknown project '$name' (known: lua, json-c, pkgconf, leveldb, zeromq)" >&2; exit 2 ;;
 esac
 
 log() { [ "${VERBOSE:-0}" = 1 ] && echo "fetch-c-project: $*" >&2 || true; }

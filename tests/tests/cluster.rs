@@ -1,8 +1,8 @@
 //! Past one machine: a swarm on a three-node NATS cluster, each server on a host of its own
 //! (network namespaces, see `vgas_tests::netns`; TLS on routes and clients, every stream with
 //! three copies), loses no task when the server leading the tasks stream is SIGKILLed under
-//! load; several masters serve one swarm, one leading at a time, and either one SIGKILLed
-//! under load loses and doubles no task; a worker at a leaf site, on a host of its own, keeps
+//! load; several masters, each on a host of its own, serve one swarm, one leading at a time,
+//! and either one SIGKILLed under load loses and doubles no task; a worker at a leaf site, on a host of its own, keeps
 //! its result through a cut of the site's cable. The tests on namespaces are skipped, loudly,
 //! where namespaces cannot be made.
 
@@ -221,10 +221,11 @@ async fn a_killed_stream_leader_loses_no_accepted_task() {
 
 /// The master process that leads now, by the id `vgas.status` reports and the id each
 /// master logs when it takes the lease.
-fn leading<'a>(masters: &'a mut [Proc], id: &str) -> &'a mut Proc {
+fn leading<'a>(masters: &'a mut [(Proc, usize)], id: &str) -> (&'a mut Proc, usize) {
     masters
         .iter_mut()
-        .find(|m| {
+        .map(|(m, host)| (m, *host))
+        .find(|(m, _)| {
             m.log_text()
                 .lines()
                 .any(|l| l.contains("leading the swarm") && l.contains(id))
@@ -234,10 +235,22 @@ fn leading<'a>(masters: &'a mut [Proc], id: &str) -> &'a mut Proc {
 
 #[tokio::test]
 async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
-    let mut swarm = Swarm::start().await.unwrap();
-    let mut masters = vec![swarm.master(&[]).unwrap(), swarm.master(&[]).unwrap()];
-    let _w1 = swarm.worker("w1", 4, &[]).unwrap();
-    let _w2 = swarm.worker("w2", 4, &[]).unwrap();
+    // The server on one host, a master on each of the two others (each with a worker
+    // beside it): the masters reach the server, and each other's lease, over the LAN.
+    let Some(lan) = Lan::new(3).unwrap() else {
+        return;
+    };
+    let mut swarm = Swarm::start_tls_with(Some(lan.host(0).clone()), &[])
+        .await
+        .unwrap();
+    let url = swarm.url();
+    // Each master with the host it runs on, so a killed one comes back on its own host.
+    let mut masters: Vec<(Proc, usize)> = vec![
+        (master_on(&mut swarm, lan.host(1), &url, &[]), 1),
+        (master_on(&mut swarm, lan.host(2), &url, &[]), 2),
+    ];
+    let _w1 = worker_on(&mut swarm, lan.host(1), "w1", 4, &url);
+    let _w2 = worker_on(&mut swarm, lan.host(2), "w2", 4, &url);
     let client = swarm.connect(Role::Client).await.unwrap();
     swarm.wait_workers(&client, 2).await.unwrap();
     let observer = swarm.connect(Role::Master).await.unwrap();
@@ -247,7 +260,7 @@ async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
     wait_for("the other master standing by", WAIT, || {
         let standing = masters
             .iter()
-            .any(|m| m.log_text().contains("another master leads: standing by"));
+            .any(|(m, _)| m.log_text().contains("another master leads: standing by"));
         async move { standing.then_some(()) }
     })
     .await
@@ -268,7 +281,7 @@ async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
         })
         .await
         .unwrap();
-        let dead = leading(&mut masters, &leader.id);
+        let (dead, host) = leading(&mut masters, &leader.id);
         dead.signal(libc::SIGKILL);
         dead.wait_exit(WAIT).await.unwrap();
         // The standby takes over; submits keep being accepted through the failover.
@@ -277,8 +290,9 @@ async fn two_masters_either_one_killed_under_load_loses_and_doubles_nothing() {
         all_finished_once(&client, &swarm, &during, &finished, WAIT).await;
         let next = status(&client, &swarm).await.master.unwrap();
         assert_ne!(next.id, leader.id, "round {round}");
-        // The killed master comes back as the standby: the next round kills the other one.
-        masters.push(swarm.master(&[]).unwrap());
+        // The killed master comes back, on its host, as the standby: the next round kills
+        // the other one.
+        masters.push((master_on(&mut swarm, lan.host(host), &url, &[]), host));
     }
 }
 
