@@ -322,27 +322,41 @@ impl Handlers {
     }
 
     /// Serves one endpoint until it closes.
-    pub async fn serve(self, kind: EndpointKind, mut endpoint: Endpoint) {
-        while let Some(req) = endpoint.next().await {
-            let payload = &req.message.payload;
-            let (enc, answer) = match kind {
-                EndpointKind::Submit => self.submit(payload).await,
-                EndpointKind::Status => {
-                    let enc = Encoding::detect(payload);
-                    if payload.len() > MAX_CONTROL_BYTES {
-                        let e = err(ErrorCode::TooLarge, "status takes an empty payload");
-                        (enc, Err(e))
-                    } else {
-                        (enc, reply(enc, &self.status()))
-                    }
+    ///
+    /// Up to [`MAX_REQUESTS_IN_FLIGHT`] requests are answered at once: a submit waits for its
+    /// record's JetStream write, and one at a time capped every client's submits together at
+    /// one write's round trip each while the server could take many writes in flight.
+    pub async fn serve(self, kind: EndpointKind, endpoint: Endpoint) {
+        endpoint
+            .for_each_concurrent(MAX_REQUESTS_IN_FLIGHT, |req| self.answer(kind, req))
+            .await;
+    }
+
+    async fn answer(&self, kind: EndpointKind, req: Request) {
+        let payload = &req.message.payload;
+        let (enc, answer) = match kind {
+            EndpointKind::Submit => self.submit(payload).await,
+            EndpointKind::Status => {
+                let enc = Encoding::detect(payload);
+                if payload.len() > MAX_CONTROL_BYTES {
+                    let e = err(ErrorCode::TooLarge, "status takes an empty payload");
+                    (enc, Err(e))
+                } else {
+                    (enc, reply(enc, &self.status()))
                 }
-                EndpointKind::Info => self.info(payload).await,
-                EndpointKind::Cancel => self.cancel(payload).await,
-            };
-            respond(&req, enc, answer).await;
-        }
+            }
+            EndpointKind::Info => self.info(payload).await,
+            EndpointKind::Cancel => self.cancel(payload).await,
+        };
+        respond(&req, enc, answer).await;
     }
 }
+
+/// Requests one endpoint answers at once. Submits from many clients (or one client with
+/// many in flight) share the tasks bucket's writes instead of waiting for each other's; the
+/// bound keeps what a flood holds in memory to this many decoded requests (each at most
+/// `MAX_BATCH_BYTES`), the rest waiting in the subscription.
+const MAX_REQUESTS_IN_FLIGHT: usize = 64;
 
 /// Which endpoint a loop serves.
 #[derive(Debug, Clone, Copy)]
