@@ -75,7 +75,11 @@ done
 
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
-objects_sum() { (cd "$1" && find . -name '*.o' -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
+# objects_sum DIR NAME: one hash over every object's; each object's own kept as $work/NAME.sums,
+# so a mismatch can name the objects that differ (`differing`).
+objects_sum() { (cd "$1" && find . -name '*.o' -type f -print0 | sort -z | xargs -0 sha256sum) >"$work/$2.sums"
+                sha256sum <"$work/$2.sums" | cut -c1-16; }
+differing() { diff "$work/$1.sums" "$work/$2.sums" | sed -n 's/^> [0-9a-f]*  //p' | head -n 5 | tr '\n' ' '; }
 units_of() { (cd "$1" && find . -name '*.o' -type f | wc -l); }
 remote_of() { python3 -c '
 import json,sys
@@ -140,7 +144,7 @@ for p in $projects; do
 
   say "$p: warm-up and clean local build"
   setup ""; build; clean
-  local_s=$(timed build); local_sum=$(objects_sum "$b"); units=$(units_of "$b")
+  local_s=$(timed build); local_sum=$(objects_sum "$b" "$p.local"); units=$(units_of "$b")
 
   say "$p: ccache cold, then after clean"
   clean; setup ccache; ccache -C >/dev/null; ccache -z >/dev/null
@@ -157,19 +161,23 @@ for p in $projects; do
   clean; setup vgas
   "$bin/vgas" build --purge-cache >/dev/null 2>&1
   cold_s=$(timed build vgas_json "$work/$p.cold.json")
-  remote=$(remote_of "$work/$p.cold.json"); cold_sum=$(objects_sum "$b")
+  remote=$(remote_of "$work/$p.cold.json"); cold_sum=$(objects_sum "$b" "$p.cold")
   clean
-  warm_s=$(timed build vgas_json "$work/$p.warm.json"); warm_sum=$(objects_sum "$b")
+  warm_s=$(timed build vgas_json "$work/$p.warm.json"); warm_sum=$(objects_sum "$b" "$p.warm")
   nochange_s=$(timed build vgas_json "$work/$p.nochange.json")
 
   say "$p: vgas cold on one machine (in place)"
   clean; "$bin/vgas" build --purge-cache >/dev/null 2>&1
   export VGAS_HOST_ID=$worker_host   # the submitter on the worker's host
-  one_s=$(timed build vgas_json "$work/$p.one.json"); one_sum=$(objects_sum "$b")
+  one_s=$(timed build vgas_json "$work/$p.one.json"); one_sum=$(objects_sum "$b" "$p.one")
   unset VGAS_HOST_ID
 
-  same=no
-  [ "$local_sum" = "$cold_sum" ] && [ "$local_sum" = "$warm_sum" ] && [ "$local_sum" = "$one_sum" ] && same=yes
+  same=yes
+  for k in cold warm one; do
+    if ! cmp -s "$work/$p.local.sums" "$work/$p.$k.sums"; then
+      same=no; say "$p: objects of the vgas $k build that differ from the local build's: $(differing "$p.local" "$p.$k")"
+    fi
+  done
   pct=$(python3 -c "print(f'{100*$remote/$units:.0f}%' if $units else '-')")
   rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) | $nochange_s s ($(x "$local_s" "$nochange_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
 done

@@ -419,7 +419,9 @@ pub fn cache_key(
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
     };
-    field(&mut h, b"vgas-build-cache-1");
+    // 2: a worker's input carries the unit's own name (`command::input_file`); objects
+    // cached before named their static constructors after `vgas-segment.ii`.
+    field(&mut h, b"vgas-build-cache-2");
     field(&mut h, compiler.as_bytes());
     field(&mut h, language.x_arg().as_bytes());
     for a in args {

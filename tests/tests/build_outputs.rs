@@ -112,3 +112,57 @@ async fn real_world_flags_are_distributed_and_every_output_matches_a_local_build
     assert_eq!(finished_stats(&warm).direct_hits, 3);
     assert_same_outputs(&local, &dir, "rebuild from the cache");
 }
+
+/// A C++ unit with global constructors and no public definition (a registration unit, say,
+/// as libzmq's `ctx.cpp` is to GCC), compiled with debug info: GCC names the function that
+/// runs them after the input file (`_GLOBAL__sub_I_ctor.cc`; after the first public
+/// definition when there is one), so a worker's object is a local one only if its input
+/// carries the unit's own name.
+const CXX_UNIT: &str = "\
+#include <string>
+namespace {
+std::string greeting = std::string(\"hello \") + \"world\";
+struct Init { Init() { greeting += \"!\"; } } init;
+}
+";
+
+const CXX_MAKEFILE: &str = "\
+obj/ctor.o: src/ctor.cc
+\t@mkdir -p obj
+\t$(CXX) -O2 -g -c $< -o $@
+";
+
+#[tokio::test]
+async fn a_cxx_unit_with_global_constructors_is_a_local_compiles_object() {
+    if skip_without_gcc() {
+        return;
+    }
+    let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let tree = |name: &str| {
+        let dir = swarm.dir.path().join(name);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/ctor.cc"), CXX_UNIT).unwrap();
+        std::fs::write(dir.join("Makefile"), CXX_MAKEFILE).unwrap();
+        dir
+    };
+    // The same path for both builds, as debug info names it: built here, kept, built again.
+    let dir = tree("cxx");
+    ok(&Command::new("make")
+        .arg("-s")
+        .current_dir(&dir)
+        .output()
+        .unwrap());
+    let local = std::fs::read(dir.join("obj/ctor.o")).unwrap();
+    std::fs::remove_dir_all(dir.join("obj")).unwrap();
+    let built = updates(ok(&swarm
+        .cli_in(&dir, &["build", "--json", "--", "make", "-s"], &[])
+        .unwrap()));
+    assert_eq!(origins(&built), (1, 0, 0), "{built:?}");
+    let remote = std::fs::read(dir.join("obj/ctor.o")).unwrap();
+    assert!(
+        local == remote,
+        "the worker's ctor.o differs from a local compile's ({} and {} bytes)",
+        local.len(),
+        remote.len()
+    );
+}

@@ -7,7 +7,8 @@
 //!
 //! The compiler runs in `compile.workdir` inside the task directory, where the user's files
 //! shipped in the task's `files` sit at their relative paths, so diagnostics quote source lines
-//! as a local compile would; the input is `vgas-segment.i` (`.ii` for C++) there, and debug
+//! as a local compile would; the input is `.vgas-input/<the main file's name>` there
+//! (`vgas-segment.i`/`.ii` in preprocessed mode; see `input_file`), and debug
 //! info names the submitter's directory (`-fdebug-prefix-map`) instead of the task directory.
 //! Preprocessed text is compiled as ordinary source where it can be
 //! ([`vgas_shared::farm::reparse`]), so that even `DW_AT_producer` is a local compile's.
@@ -111,7 +112,8 @@ impl<S: ModuleSource> Compiler<'_, S> {
             Ok(s) => s,
             Err(message) => return CompileRun::error(message),
         };
-        let input = in_workdir(&c.workdir, input_file(c.language));
+        let (source, primary) = compile_input(c, source);
+        let input = in_workdir(&c.workdir, &input_file(c.language, primary.as_deref()));
         let object = in_workdir(&c.workdir, OBJECT_FILE);
         if let Some(f) = task
             .files
@@ -124,7 +126,6 @@ impl<S: ModuleSource> Compiler<'_, S> {
                 f.path()
             ));
         }
-        let (source, primary) = compile_input(c, source);
         let extra = [(input, source)];
         let command = |cwd: &Path| {
             if !c.cwd.is_empty() && cwd.to_string_lossy().contains('=') {

@@ -118,8 +118,13 @@ impl LocalCompile {
                 };
                 let dir = tempfile::tempdir().context("temporary directory")?;
                 let (text, primary) = compile_input(spec, source);
-                std::fs::write(dir.path().join(input_file(spec.language)), text)
-                    .context("write the source")?;
+                let input = dir
+                    .path()
+                    .join(input_file(spec.language, primary.as_deref()));
+                if let Some(parent) = input.parent() {
+                    std::fs::create_dir_all(parent).context("the source's directory")?;
+                }
+                std::fs::write(&input, text).context("write the source")?;
                 let argv = compile_argv(compiler, spec, dir.path(), primary.as_deref());
                 let result = run_captured(compiler, &argv[1..], dir.path(), &None).await?;
                 if result.exit_code == 0 {

@@ -8,11 +8,26 @@ use std::path::Path;
 use super::reparse::reparse;
 use super::{CompileSpec, Language, SEGMENT_OBJECT};
 
-/// The input file's name for `language`, relative to where the compiler runs.
-pub fn input_file(language: Language) -> &'static str {
-    match language {
-        Language::C => "vgas-segment.i",
-        Language::Cxx => "vgas-segment.ii",
+/// Where a reparsed unit's input goes, relative to where the compiler runs: a directory of
+/// its own, so the main file's own name cannot meet a shipped file of the same name.
+const REPARSED_INPUT_DIR: &str = ".vgas-input";
+
+/// The input file's path, relative to where the compiler runs. Text compiled as ordinary
+/// source ([`reparse`], `primary` the main file's name) is named as the main file is: GCC
+/// names a unit's static constructors after its input file's name
+/// (`_GLOBAL__sub_I_ctx.cpp`), not after its line markers, so under any other name every
+/// C++ object with a global constructor differed from a local one in that symbol. A name
+/// GCC's prefix maps cannot carry (`=`) keeps `vgas-segment.i`/`.ii`, as does text compiled
+/// in preprocessed mode, where GCC takes the name from the first line marker.
+pub fn input_file(language: Language, primary: Option<&str>) -> String {
+    let own = primary
+        .and_then(|p| Path::new(p).file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.contains('=') && *n != "." && *n != "..");
+    match (own, language) {
+        (Some(name), _) => format!("{REPARSED_INPUT_DIR}/{name}"),
+        (None, Language::C) => "vgas-segment.i".into(),
+        (None, Language::Cxx) => "vgas-segment.ii".into(),
     }
 }
 
@@ -45,6 +60,7 @@ pub fn compile_argv(
         c.language.x_arg().into(),
     ];
     let primary = primary.filter(|_| c.preprocessed);
+    let input = input_file(c.language, primary);
     if c.preprocessed {
         match primary {
             None => argv.extend(["-fpreprocessed".into(), "-fdirectives-only".into()]),
@@ -71,17 +87,11 @@ pub fn compile_argv(
     if let Some(primary) = primary {
         // Last, so it is tried first; the whole input name, so nothing else matches it.
         argv.push(format!(
-            "-fdebug-prefix-map={}={}",
-            input_file(c.language),
+            "-fdebug-prefix-map={input}={}",
             remap_as_gcc(primary, &c.args)
         ));
     }
-    argv.extend([
-        "-c".into(),
-        input_file(c.language).into(),
-        "-o".into(),
-        SEGMENT_OBJECT.into(),
-    ]);
+    argv.extend(["-c".into(), input, "-o".into(), SEGMENT_OBJECT.into()]);
     argv
 }
 
@@ -205,9 +215,9 @@ mod tests {
             "-g",
             "-ffile-prefix-map=/home/u/p=.",
             "-fdebug-prefix-map=/w/t=.",
-            "-fdebug-prefix-map=vgas-segment.ii=./a.cc",
+            "-fdebug-prefix-map=.vgas-input/a.cc=./a.cc",
             "-c",
-            "vgas-segment.ii",
+            ".vgas-input/a.cc",
             "-o",
             "vgas-segment.o",
         ];
@@ -226,8 +236,27 @@ mod tests {
         assert!(
             !argv
                 .iter()
-                .any(|a| a.contains("vgas-segment.ii=") || a == "-nostdinc"),
+                .any(|a| a.contains(".vgas-input") || a == "-nostdinc"),
             "{argv:?}"
         );
+    }
+
+    #[test]
+    fn a_reparsed_input_is_named_as_its_main_file_and_a_preprocessed_one_is_not() {
+        // GCC names static constructors after the input file: `_GLOBAL__sub_I_ctx.cpp`.
+        assert_eq!(
+            input_file(Language::Cxx, Some("/home/u/zmq/src/ctx.cpp")),
+            ".vgas-input/ctx.cpp"
+        );
+        assert_eq!(
+            input_file(Language::C, Some("lapi.c")),
+            ".vgas-input/lapi.c"
+        );
+        assert_eq!(input_file(Language::Cxx, None), "vgas-segment.ii");
+        assert_eq!(input_file(Language::C, None), "vgas-segment.i");
+        // A name a prefix map cannot carry, or none at all, keeps the segment's own.
+        assert_eq!(input_file(Language::C, Some("src/a=b.c")), "vgas-segment.i");
+        assert_eq!(input_file(Language::C, Some("src/..")), "vgas-segment.i");
+        assert_eq!(input_file(Language::Cxx, Some("")), "vgas-segment.ii");
     }
 }
