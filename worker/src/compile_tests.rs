@@ -322,9 +322,10 @@ async fn a_compile_error_is_an_exit_code_with_the_original_file_and_line() {
         done.stderr, local_err,
         "diagnostics differ from a local compile"
     );
-    // A shipped file cannot take the input's place.
+    // A shipped file cannot take the input's place (the main file's own name, in a
+    // directory of its own: `command::input_file`).
     let clash = vec![InputFile {
-        path: "proj/src/vgas-segment.i".into(),
+        path: "proj/src/.vgas-input/a.c".into(),
         text: Some(String::new()),
         ..InputFile::default()
     }];
