@@ -75,10 +75,9 @@ done
 
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
-# objects_sum DIR NAME: one hash over every object's; each object's own kept as $work/NAME.sums,
-# so a mismatch can name the objects that differ (`differing`).
-objects_sum() { (cd "$1" && find . -name '*.o' -type f -print0 | sort -z | xargs -0 sha256sum) >"$work/$2.sums"
-                sha256sum <"$work/$2.sums" | cut -c1-16; }
+# object_sums DIR NAME: every object's SHA-256 into $work/NAME.sums, compared between builds
+# with `cmp`, so a mismatch can name the objects that differ (`differing`).
+object_sums() { (cd "$1" && find . -name '*.o' -type f -print0 | sort -z | xargs -0 sha256sum) >"$work/$2.sums"; }
 differing() { diff "$work/$1.sums" "$work/$2.sums" | sed -n 's/^> [0-9a-f]*  //p' | head -n 5 | tr '\n' ' '; }
 units_of() { (cd "$1" && find . -name '*.o' -type f | wc -l); }
 remote_of() { python3 -c '
@@ -144,7 +143,7 @@ for p in $projects; do
 
   say "$p: warm-up and clean local build"
   setup ""; build; clean
-  local_s=$(timed build); local_sum=$(objects_sum "$b" "$p.local"); units=$(units_of "$b")
+  local_s=$(timed build); object_sums "$b" "$p.local"; units=$(units_of "$b")
 
   say "$p: ccache cold, then after clean"
   clean; setup ccache; ccache -C >/dev/null; ccache -z >/dev/null
@@ -161,15 +160,15 @@ for p in $projects; do
   clean; setup vgas
   "$bin/vgas" build --purge-cache >/dev/null 2>&1
   cold_s=$(timed build vgas_json "$work/$p.cold.json")
-  remote=$(remote_of "$work/$p.cold.json"); cold_sum=$(objects_sum "$b" "$p.cold")
+  remote=$(remote_of "$work/$p.cold.json"); object_sums "$b" "$p.cold"
   clean
-  warm_s=$(timed build vgas_json "$work/$p.warm.json"); warm_sum=$(objects_sum "$b" "$p.warm")
+  warm_s=$(timed build vgas_json "$work/$p.warm.json"); object_sums "$b" "$p.warm"
   nochange_s=$(timed build vgas_json "$work/$p.nochange.json")
 
   say "$p: vgas cold on one machine (in place)"
   clean; "$bin/vgas" build --purge-cache >/dev/null 2>&1
   export VGAS_HOST_ID=$worker_host   # the submitter on the worker's host
-  one_s=$(timed build vgas_json "$work/$p.one.json"); one_sum=$(objects_sum "$b" "$p.one")
+  one_s=$(timed build vgas_json "$work/$p.one.json"); object_sums "$b" "$p.one"
   unset VGAS_HOST_ID
 
   same=yes

@@ -15,7 +15,8 @@
 # LevelDB 1.23 (BSD-3-Clause): C++11, CMake (built with Ninja), about 35 units in libleveldb
 # with its tests and benchmarks off (their third-party trees are not in the tarball).
 # ZeroMQ (libzmq) 4.3.4 (LGPL-3.0 with a static-linking exception): C++, CMake (built with
-# Ninja), 119 C++ units and one C unit (tweetnacl) in libzmq; Debian's source package
+# Ninja), 104 C++ units and 2 C units (tweetnacl among them) in libzmq with its tests, perf
+# tools and docs off; Debian's source package
 # zeromq3 carries the release tarball.
 # Where it comes from: Debian's source package lua5.4, whose .orig.tar.gz is byte for byte the
 # upstream release tarball lua-5.4.4.tar.gz (same sha256 as the one upstream publishes); Debian's

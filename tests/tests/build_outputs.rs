@@ -138,15 +138,11 @@ async fn a_cxx_unit_with_global_constructors_is_a_local_compiles_object() {
         return;
     }
     let (swarm, _procs, _client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
-    let tree = |name: &str| {
-        let dir = swarm.dir.path().join(name);
-        std::fs::create_dir_all(dir.join("src")).unwrap();
-        std::fs::write(dir.join("src/ctor.cc"), CXX_UNIT).unwrap();
-        std::fs::write(dir.join("Makefile"), CXX_MAKEFILE).unwrap();
-        dir
-    };
     // The same path for both builds, as debug info names it: built here, kept, built again.
-    let dir = tree("cxx");
+    let dir = swarm.dir.path().join("cxx");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/ctor.cc"), CXX_UNIT).unwrap();
+    std::fs::write(dir.join("Makefile"), CXX_MAKEFILE).unwrap();
     ok(&Command::new("make")
         .arg("-s")
         .current_dir(&dir)

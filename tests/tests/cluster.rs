@@ -2,8 +2,8 @@
 //! (network namespaces, see `vgas_tests::netns`; TLS on routes and clients, every stream with
 //! three copies), loses no task when the server leading the tasks stream is SIGKILLed under
 //! load; several masters, each on a host of its own, serve one swarm, one leading at a time,
-//! and either one SIGKILLed under load loses and doubles no task; a worker at a leaf site, on a host of its own, keeps
-//! its result through a cut of the site's cable. The tests on namespaces are skipped, loudly,
+//! and either one SIGKILLed under load loses and doubles no task; a worker at a leaf site, on
+//! a host of its own, keeps its result through a cut of the site's cable. The tests on namespaces are skipped, loudly,
 //! where namespaces cannot be made.
 
 use std::collections::{HashMap, HashSet};
