@@ -87,20 +87,31 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && 
 tree="$work/lua"; cp -a "$src" "$tree"
 now() { date +%s.%N; }
 median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(float, sys.argv[1:])):.2f}")' "$@"; }
+# cpu_ticks: "busy idle" jiffies of cores 0 and 1, from /proc/stat (for how full each core was).
+cpu_ticks() { awk '/^cpu[01] /{ printf "%d %d ", $2+$3+$4+$7+$8+$9, $5+$6 }' /proc/stat; }
+# busy_pct BEFORE AFTER: "core 0 N%, core 1 M%" busy between two cpu_ticks readings.
+busy_pct() {
+  python3 -c 'import sys; a=list(map(int,sys.argv[1].split())); b=list(map(int,sys.argv[2].split()))
+print(", ".join(f"core {c} {100*(b[2*c]-a[2*c])/max(1,(b[2*c]-a[2*c])+(b[2*c+1]-a[2*c+1])):.0f}%" for c in (0,1)))' "$1" "$2"
+}
 check_lua() { [ "$(echo 'print(1+1)' | "$tree/src/lua" -)" = 2 ] || die "$1: the built lua does not work"; }
 
 # time_builds NAME CMD...: a warm-up, then REPS clean builds; prints the median seconds.
 time_builds() {
-  local name=$1 r t0 t1 times=(); shift
+  local name=$1 r t0 t1 c0 c1 perf_pid times=(); shift
   make -s -C "$tree/src" clean >/dev/null
   "$@" >"$work/$name-warmup.log" 2>&1 || { tail -20 "$work/$name-warmup.log" >&2; die "$name: the warm-up build failed"; }
   check_lua "$name"
   for ((r = 1; r <= reps; r++)); do
     make -s -C "$tree/src" clean >/dev/null
     [ -n "${before_each:-}" ] && $before_each
-    t0=$(now)
+    # PERF_DIR=dir: each timed build also recorded system-wide with perf, into dir/NAME-R.data.
+    [ -n "${PERF_DIR:-}" ] && { perf record -q -a -F 999 -o "$PERF_DIR/$name-$r.data" 2>/dev/null & perf_pid=$!; sleep 0.5; }
+    c0=$(cpu_ticks); t0=$(now)
     "$@" >"$work/$name-$r.log" 2>&1 || { tail -20 "$work/$name-$r.log" >&2; die "$name: build $r failed"; }
-    t1=$(now)
+    t1=$(now); c1=$(cpu_ticks)
+    [ -n "${PERF_DIR:-}" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+    say "$name, build $r: $(python3 -c "print(f'{$t1 - $t0:.2f}')") s, busy: $(busy_pct "$c0" "$c1")"
     check_lua "$name"
     times+=("$(python3 -c "print($t1 - $t0)")")
   done

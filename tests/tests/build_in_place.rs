@@ -5,6 +5,10 @@
 //! objects, dependency files and stack-usage files are a local `make`'s, byte for byte. A unit
 //! whose dependency file leaves system headers out (`-MMD`) goes to the worker instead, and a
 //! changed header compiles again every unit that includes it.
+//!
+//! With `VGAS_LOCAL_SLOTS`, a local slot left idle races a unit out on another host's worker:
+//! against a worker that takes units and never answers (stopped with SIGSTOP), every unit is
+//! compiled here as that worker would have compiled it, and the files are still `make`'s.
 
 use std::path::{Path, PathBuf};
 
@@ -131,4 +135,48 @@ async fn one_machine_compiles_in_place_and_still_fills_the_cache() {
     let cold = build(&dir);
     assert_eq!(origins(&cold), (UNITS.len(), 0, 0), "{cold:?}");
     assert!(written(&dir) == local, "-MMD build differs from make");
+}
+
+/// Units whose race here won.
+fn raced_here(u: &[BuildUpdate]) -> usize {
+    u.iter()
+        .filter(|x| {
+            matches!(x, BuildUpdate::Done { origin: Origin::Local { reason }, .. }
+                if reason == vgas_client::farm::segment::RACED_HERE)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn an_idle_local_slot_races_a_worker_that_does_not_answer() {
+    if skip_without_gcc() {
+        return;
+    }
+    let mut swarm = Swarm::start().await.unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    let worker = swarm.worker("far", 1, &[]).unwrap();
+    let client = swarm
+        .connect(vgas_shared::config::Role::Client)
+        .await
+        .unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let dir = project(swarm.dir.path(), "race", "-MD -MP");
+    make(&dir, &["-s"]);
+    let local = written(&dir);
+    make(&dir, &["-s", "clean"]);
+
+    // Alive to the master (its heartbeats stop only seconds later), deaf to its units.
+    worker.signal(libc::SIGSTOP);
+    let out = swarm.cli_in(
+        &dir,
+        &["build", "--json", "--", "make", "-j1"],
+        &[("VGAS_LOCAL_SLOTS", "1")],
+    );
+    worker.signal(libc::SIGCONT);
+    let raced = updates(ok(&out.unwrap()));
+    assert_eq!(raced_here(&raced), UNITS.len(), "{raced:?}");
+    assert!(
+        written(&dir) == local,
+        "the units raced here differ from make's"
+    );
 }

@@ -103,6 +103,16 @@ pub async fn run_captured(
 }
 
 impl LocalCompile {
+    /// The compiler this host would run and its environment, when it can compile here.
+    pub fn compiler(&self) -> Option<(&Path, &CompilerEnv)> {
+        static NO_ENV: CompilerEnv = None;
+        match self {
+            LocalCompile::Command { program, env, .. } => Some((program, env)),
+            LocalCompile::Spec { compiler } => Some((compiler, &NO_ENV)),
+            LocalCompile::Unavailable(_) => None,
+        }
+    }
+
     pub async fn run(&self, spec: &CompileSpec, output: &Path) -> Result<LocalResult> {
         match self {
             LocalCompile::Command {
@@ -113,32 +123,96 @@ impl LocalCompile {
             } => run_captured(program, args, cwd, env).await,
             LocalCompile::Unavailable(why) => bail!("cannot compile here: {why}"),
             LocalCompile::Spec { compiler } => {
-                let Some(source) = spec.source.inline_bytes(MAX_LOCAL_SOURCE)? else {
-                    bail!("cannot compile here: the source is in the sources bucket");
-                };
-                let dir = tempfile::tempdir().context("temporary directory")?;
-                let (text, primary) = compile_input(spec, source);
-                let input = dir
-                    .path()
-                    .join(input_file(spec.language, primary.as_deref()));
-                if let Some(parent) = input.parent() {
-                    std::fs::create_dir_all(parent).context("the source's directory")?;
-                }
-                std::fs::write(&input, text).context("write the source")?;
-                let argv = compile_argv(compiler, spec, dir.path(), primary.as_deref());
-                let result = run_captured(compiler, &argv[1..], dir.path(), &None).await?;
-                if result.exit_code == 0 {
-                    let mut written = vec![(SEGMENT_OBJECT.to_owned(), output.to_path_buf())];
-                    for ext in &spec.side_outputs {
-                        written.push((side_output_name(ext), output.with_extension(ext)));
-                    }
-                    for (from, to) in written {
-                        std::fs::copy(dir.path().join(from), &to)
+                let aside = compile_aside(compiler, spec, &None, false).await?;
+                if let Some(object) = &aside.object {
+                    for (ext, bytes) in &aside.side {
+                        let to = output.with_extension(ext);
+                        std::fs::write(&to, bytes)
                             .with_context(|| format!("write {}", to.display()))?;
                     }
+                    std::fs::write(output, object)
+                        .with_context(|| format!("write {}", output.display()))?;
                 }
-                Ok(result)
+                Ok(aside.result)
             }
         }
     }
+}
+
+/// A segment compiled here the way a worker compiles it, in a directory of its own: the
+/// object and side outputs in memory, nothing written beside the user's files yet.
+#[derive(Debug)]
+pub struct Aside {
+    pub result: LocalResult,
+    /// `None` when the compile failed.
+    pub object: Option<Vec<u8>>,
+    /// The side outputs by extension (`su` for `-fstack-usage`).
+    pub side: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// Compiles `spec` with `compiler` as a worker would (`compile_argv`, the input named as on
+/// a worker, so the object's bytes are the worker's) in a temporary directory. With
+/// `kill_on_drop`, dropping the future kills the compiler: a race that lost stops at once.
+pub async fn compile_aside(
+    compiler: &Path,
+    spec: &CompileSpec,
+    env: &CompilerEnv,
+    kill_on_drop: bool,
+) -> Result<Aside> {
+    let Some(source) = spec.source.inline_bytes(MAX_LOCAL_SOURCE)? else {
+        bail!("cannot compile here: the source is in the sources bucket");
+    };
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let cwd = match spec.workdir.as_str() {
+        "" => dir.path().to_path_buf(),
+        w => dir.path().join(w),
+    };
+    let (text, primary) = compile_input(spec, source);
+    let input = cwd.join(input_file(spec.language, primary.as_deref()));
+    if let Some(parent) = input.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .context("the source's directory")?;
+    }
+    tokio::fs::write(&input, text)
+        .await
+        .context("write the source")?;
+    let argv = compile_argv(compiler, spec, &cwd, primary.as_deref());
+    let out = local_command(compiler, env)
+        .args(&argv[1..])
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(kill_on_drop)
+        .output()
+        .await
+        .with_context(|| format!("run {}", compiler.display()))?;
+    let result = LocalResult {
+        exit_code: out.status.code().unwrap_or(1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let mut side = std::collections::BTreeMap::new();
+    if result.exit_code != 0 {
+        return Ok(Aside {
+            result,
+            object: None,
+            side,
+        });
+    }
+    for ext in &spec.side_outputs {
+        let from = cwd.join(side_output_name(ext));
+        let bytes = tokio::fs::read(&from)
+            .await
+            .with_context(|| format!("read {}", from.display()))?;
+        side.insert(ext.clone(), bytes);
+    }
+    let object = tokio::fs::read(cwd.join(SEGMENT_OBJECT))
+        .await
+        .context("read the object")?;
+    Ok(Aside {
+        result,
+        object: Some(object),
+        side,
+    })
 }

@@ -11,9 +11,15 @@
 //! build's last view of the swarm counts them, against its own units in flight there), and
 //! take a local slot only when those are full. Off by default, so that a build's units go to
 //! the workers.
+//!
+//! A local slot left idle (no unit took it for [`RACE_IDLE`]: the end of a build, or a build
+//! whose `-j` is no more than the swarm's slots) races the newest unit still out on the swarm:
+//! it compiles the same segment here, as a worker would, and the first to finish wins
+//! (Bazel's dynamic execution). Without it the last units of a build keep this core idle
+//! while another host, or a host slower than it says, finishes them.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,14 @@ pub const VIEW_TTL: Duration = Duration::from_secs(2);
 
 /// Units of one build that may compile in place at once while other hosts could take them.
 pub const ENV_LOCAL_SLOTS: &str = "VGAS_LOCAL_SLOTS";
+
+/// How long a local slot must have been idle before it races a unit out on the swarm: longer
+/// than make takes to start its next job after one finished (a wrapper process and the
+/// helper's answer, a few ms), so that a unit of its own comes first.
+pub const RACE_IDLE: Duration = Duration::from_millis(60);
+
+/// How often a unit out on the swarm looks whether the local slot is idle enough to race it.
+const RACE_POLL: Duration = Duration::from_millis(15);
 
 /// How long the status request may take; past it the unit goes to the swarm as before.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,6 +69,40 @@ pub struct Placement {
     local_slots: Option<Arc<Semaphore>>,
     /// Units of this build sent to the swarm and not yet back.
     remote: Arc<AtomicUsize>,
+    /// When a local slot was last given back (or the build began).
+    local_released: Arc<std::sync::Mutex<tokio::time::Instant>>,
+    /// The units waiting on the swarm, by the order they went out; the newest races first.
+    out: Arc<std::sync::Mutex<BTreeSet<u64>>>,
+    next_out: Arc<AtomicU64>,
+}
+
+/// A local slot: given back (and the time noted) when dropped.
+#[derive(Debug)]
+pub struct LocalSlot {
+    _permit: OwnedSemaphorePermit,
+    released: Arc<std::sync::Mutex<tokio::time::Instant>>,
+}
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        *self.released.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    }
+}
+
+/// A unit waiting on the swarm for its result, listed until dropped.
+#[derive(Debug)]
+pub struct OutOnSwarm {
+    seq: u64,
+    out: Arc<std::sync::Mutex<BTreeSet<u64>>>,
+}
+
+impl Drop for OutOnSwarm {
+    fn drop(&mut self) {
+        self.out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.seq);
+    }
 }
 
 /// A unit on its way through the swarm, counted until dropped.
@@ -71,7 +119,7 @@ impl Drop for Remote {
 #[derive(Debug)]
 pub struct Here {
     pub reason: String,
-    pub slot: Option<OwnedSemaphorePermit>,
+    pub slot: Option<LocalSlot>,
 }
 
 impl Placement {
@@ -84,9 +132,8 @@ impl Placement {
             .filter(|n| *n > 0 && on);
         Placement {
             host: on.then(vgas_shared::host::host_id),
-            view: Arc::default(),
             local_slots: slots.map(|n| Arc::new(Semaphore::new(n))),
-            remote: Arc::default(),
+            ..Placement::off()
         }
     }
 
@@ -97,6 +144,9 @@ impl Placement {
             view: Arc::default(),
             local_slots: None,
             remote: Arc::default(),
+            local_released: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+            out: Arc::default(),
+            next_out: Arc::default(),
         }
     }
 
@@ -104,6 +154,54 @@ impl Placement {
     pub fn going_remote(&self) -> Remote {
         self.remote.fetch_add(1, Ordering::AcqRel);
         Remote(self.remote.clone())
+    }
+
+    /// Lists a unit as waiting on the swarm until the value is dropped (see [`Self::idle_slot`]).
+    pub fn out_on_swarm(&self) -> OutOnSwarm {
+        let seq = self.next_out.fetch_add(1, Ordering::AcqRel);
+        self.out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq);
+        OutOnSwarm {
+            seq,
+            out: self.out.clone(),
+        }
+    }
+
+    /// A local slot for racing `unit` here, once one has been idle for [`RACE_IDLE`] and `unit`
+    /// is the newest unit out on the swarm; never (pending forever) without local slots.
+    pub async fn idle_slot(&self, unit: &OutOnSwarm) -> LocalSlot {
+        let Some(slots) = self.local_slots.clone() else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(RACE_POLL).await;
+            let idle = self
+                .local_released
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed()
+                >= RACE_IDLE;
+            let newest = self
+                .out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last()
+                .is_some_and(|s| *s == unit.seq);
+            if idle && newest {
+                if let Ok(permit) = slots.clone().try_acquire_owned() {
+                    return self.slot(permit);
+                }
+            }
+        }
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit) -> LocalSlot {
+        LocalSlot {
+            _permit: permit,
+            released: self.local_released.clone(),
+        }
     }
 
     /// Why a unit needing capability `tag` compiles here, or `None` to send it to the swarm.
@@ -141,10 +239,10 @@ impl Placement {
             Some(reason) => Some(Here { reason, slot: None }),
             None if self.remote.load(Ordering::Acquire) < remote_slots => None,
             None => {
-                let slot = self.local_slots.clone()?.try_acquire_owned().ok()?;
+                let permit = self.local_slots.clone()?.try_acquire_owned().ok()?;
                 Some(Here {
                     reason: "in place: a local slot was free (VGAS_LOCAL_SLOTS)".into(),
-                    slot: Some(slot),
+                    slot: Some(self.slot(permit)),
                 })
             }
         }
@@ -238,9 +336,8 @@ mod tests {
     fn local_slots_take_units_only_when_the_other_hosts_are_full() {
         let p = Placement {
             host: Some("me".into()),
-            view: Arc::default(),
             local_slots: Some(Arc::new(Semaphore::new(1))),
-            remote: Arc::default(),
+            ..Placement::off()
         };
         // Two slots elsewhere: the first two units go there.
         assert!(p.decide(None, 2).is_none());
@@ -260,5 +357,39 @@ mod tests {
         let off = Placement::off();
         assert!(off.decide(None, 0).is_none());
         assert!(off.decide(Some("x".into()), 0).is_some());
+    }
+
+    /// Whether `f` finishes within `d` of (paused) time.
+    async fn within<F: std::future::Future>(d: Duration, f: F) -> bool {
+        tokio::time::timeout(d, f).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_local_slot_races_the_newest_unit_out_on_the_swarm() {
+        let p = Placement {
+            host: Some("me".into()),
+            local_slots: Some(Arc::new(Semaphore::new(1))),
+            ..Placement::off()
+        };
+        let (older, newer) = (p.out_on_swarm(), p.out_on_swarm());
+        // The older unit never races while a newer one is out.
+        assert!(!within(RACE_IDLE * 4, p.idle_slot(&older)).await);
+        let slot = tokio::time::timeout(RACE_IDLE * 2, p.idle_slot(&newer))
+            .await
+            .expect("the newest unit races once the slot is idle");
+        // The slot is taken: nobody else races; given back, it must be idle again first.
+        drop(newer);
+        assert!(!within(RACE_IDLE * 4, p.idle_slot(&older)).await);
+        drop(slot);
+        assert!(!within(RACE_IDLE / 2, p.idle_slot(&older)).await);
+        assert!(within(RACE_IDLE * 2, p.idle_slot(&older)).await);
+        // A unit compiling in place holds the slot just the same.
+        let here = p.decide(None, 0).expect("the local slot");
+        assert!(!within(RACE_IDLE * 4, p.idle_slot(&older)).await);
+        drop(here);
+        // Without local slots nothing races.
+        let off = Placement::off();
+        let unit = off.out_on_swarm();
+        assert!(!within(RACE_IDLE * 10, off.idle_slot(&unit)).await);
     }
 }

@@ -174,8 +174,8 @@ pub async fn submit_and_follow(
     }))
 }
 
-/// The segment as a `compile` task, submitted and followed to its end.
-pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
+/// The segment as a `compile` task with id `task_id`, submitted and followed to its end.
+pub async fn remote(ctx: &BuildContext, seg: &Segment, task_id: TaskId) -> Result<Remote> {
     let mut compile = seg.spec.clone();
     if source_too_large(&compile.source) {
         compile.source = upload_source(ctx, &compile.source).await?;
@@ -187,7 +187,7 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment) -> Result<Remote> {
         .map(|e| (side_output_name(e), e.clone()))
         .collect();
     let spec = TaskSpec {
-        task_id: Some(TaskId::random()),
+        task_id: Some(task_id),
         kind: TaskKind::Compile,
         needs: Needs {
             capabilities: vec![vgas_shared::farm::compiler_tag(&compile.compiler)],

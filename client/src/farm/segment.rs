@@ -170,7 +170,29 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
             Err(e) => debug!("cache lookup failed, compiling: {e:#}"),
         }
     }
-    let reason = match remote(ctx, seg).await {
+    let task_id = vgas_shared::TaskId::random();
+    let answer = {
+        let out = ctx.placement.out_on_swarm();
+        let on_swarm = remote(ctx, seg, task_id.clone());
+        tokio::select! {
+            r = on_swarm => Ok(r),
+            Some(won) = race_here(ctx, seg, &out) => Err(won),
+        }
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err((aside, compile_ms)) => {
+            let swarm = ctx.swarm.clone();
+            ctx.later(async move {
+                if let Err(e) = swarm.cancel(&task_id).await {
+                    debug!("cancel {task_id} after the race here won: {e:#}");
+                }
+            })
+            .await;
+            return won_here(ctx, seg, aside, compile_ms).await;
+        }
+    };
+    let reason = match answer {
         Ok(Remote::Compiled {
             object,
             side,
@@ -231,6 +253,56 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
         local.stderr,
         local.exit_code == 0,
     ))
+}
+
+/// Why a unit that a race here won compiled here.
+pub const RACED_HERE: &str = "raced here: a local slot was idle (VGAS_LOCAL_SLOTS)";
+
+/// The segment compiled here as a worker would, once a local slot is idle and `out` is the
+/// newest unit out on the swarm (`Placement::idle_slot`), with its compile time; `None` when
+/// it could not (no compiler here, or the compile failed: then the swarm's answer, which
+/// says why, is the one that counts).
+async fn race_here(
+    ctx: &BuildContext,
+    seg: &Segment,
+    out: &super::placement::OutOnSwarm,
+) -> Option<(super::local::Aside, u64)> {
+    let (compiler, env) = seg.local.compiler()?;
+    let _slot = ctx.placement.idle_slot(out).await;
+    let started = Instant::now();
+    let aside = super::local::compile_aside(compiler, &seg.spec, env, true)
+        .await
+        .inspect_err(|e| debug!("{}: the race here failed: {e:#}", seg.name))
+        .ok()?;
+    aside
+        .object
+        .is_some()
+        .then(|| (aside, started.elapsed().as_millis() as u64))
+}
+
+/// Finishes a segment that the race here won: its outputs written and cached, `done` sent.
+async fn won_here(
+    ctx: &BuildContext,
+    seg: &Segment,
+    aside: super::local::Aside,
+    compile_ms: u64,
+) -> Result<BuildOutput> {
+    let object = aside.object.context("a won race has an object")?;
+    write_outputs(&seg.output, &object, &aside.side).await?;
+    let stderr = aside.result.stderr.clone();
+    ctx.cache_object(&seg.key, object, aside.side, stderr.clone(), compile_ms)
+        .await;
+    let origin = Origin::Local {
+        reason: RACED_HERE.into(),
+    };
+    report_here(ctx, &seg.name, origin.clone(), &aside.result, compile_ms).await;
+    Ok(BuildOutput {
+        segment: seg.name.clone(),
+        object: Some(seg.output.clone()),
+        exit_code: 0,
+        diagnostics: stderr,
+        origin,
+    })
 }
 
 /// Publishes how a compile that ran here ended: `Done` or `Failed`, from `origin`.
