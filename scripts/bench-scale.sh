@@ -94,6 +94,18 @@ busy_pct() {
   python3 -c 'import sys; a=list(map(int,sys.argv[1].split())); b=list(map(int,sys.argv[2].split()))
 print(", ".join(f"core {c} {100*(b[2*c]-a[2*c])/max(1,(b[2*c]-a[2*c])+(b[2*c+1]-a[2*c+1])):.0f}%" for c in (0,1)))' "$1" "$2"
 }
+# varz PORT: "messages-in bytes-in bytes-out JetStream-API-calls" of the nats-server monitored there.
+varz() {
+  python3 -c 'import json,sys,urllib.request as u
+g=lambda p: json.load(u.urlopen(f"http://127.0.0.1:{sys.argv[1]}/{p}"))
+v=g("varz"); print(v["in_msgs"], v["in_bytes"], v["out_bytes"], g("jsz")["api"]["total"])' "$1"
+}
+# varz_per_build BEFORE AFTER N: what the server handled per build, in words.
+varz_per_build() {
+  python3 -c 'import sys; a=list(map(int,sys.argv[1].split())); b=list(map(int,sys.argv[2].split())); n=int(sys.argv[3])
+d=[(y-x)/n for x,y in zip(a,b)]
+print(f"{d[0]:.0f} messages in, {d[1]/1e6:.1f} MB in, {d[2]/1e6:.1f} MB out, {d[3]:.0f} JetStream API calls")' "$1" "$2" "$3"
+}
 check_lua() { [ "$(echo 'print(1+1)' | "$tree/src/lua" -)" = 2 ] || die "$1: the built lua does not work"; }
 
 # time_builds NAME CMD...: a warm-up, then REPS clean builds; prints the median seconds.
@@ -178,7 +190,9 @@ for tool in $tools; do
         done
         purge() { "$bin/vgas" build --purge-cache >/dev/null 2>&1; }
         before_each=purge
+        v0=$(varz "$mport")
         result[$tool,$lname]=$(VGAS_LOCAL_SLOTS=$local_slots time_builds vgas here "$bin/vgas" build -- make -s -C "$tree/src" -j"$j" linux)
+        say "vgas, $lname: nats-server per build: $(varz_per_build "$v0" "$(varz "$mport")" $((reps + 1)))"
         grep -h "compiler calls" "$work"/vgas-[0-9]*.log | tail -n1 | sed 's/^/bench-scale: /' >&2 || true
         unset VGAS_STATE_DIR VGAS_NATS_URL
         stop_all ;;

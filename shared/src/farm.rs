@@ -286,6 +286,21 @@ pub struct CompileSpec {
     /// `vgas-segment.<ext>`. Must be exactly [`side_outputs_of`] the args, so none is lost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub side_outputs: Vec<String>,
+    /// The user's files (the unit's own source and headers) for diagnostics to quote, each by
+    /// content name in the build sources bucket: uploaded once per build and fetched once per
+    /// worker, where inline they would ride in every copy of every unit's task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<SegmentFile>,
+}
+
+/// A user's file a worker fetches from the build sources bucket and places at `path` (relative
+/// to the task directory) before the compile.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentFile {
+    pub path: String,
+    /// `sha256:<hex>` of the bytes, which is the object's name in the bucket.
+    pub object: String,
 }
 
 /// The object a worker's compile writes, and the artifact that carries it back.
@@ -340,6 +355,21 @@ impl CompileSpec {
         }
         if !self.workdir.is_empty() {
             check_relative_path(&self.workdir)?;
+        }
+        if self.files.len() > crate::limits::MAX_INPUT_FILES {
+            return Err(VgaError::InvalidTask(format!(
+                "a segment names at most {} files",
+                crate::limits::MAX_INPUT_FILES
+            )));
+        }
+        for f in &self.files {
+            check_relative_path(&f.path)?;
+            check_module_ref(&f.object).map_err(|_| {
+                VgaError::InvalidTask(format!(
+                    "file {:?}: \"object\" {:?} must be \"sha256:<64 hex>\"",
+                    f.path, f.object
+                ))
+            })?;
         }
         for a in &self.args {
             if is_forbidden_compile_arg(a) {

@@ -178,6 +178,43 @@ fn segment_flags_that_touch_other_files_are_refused() {
 }
 
 #[test]
+fn a_segment_names_its_files_by_content_inside_the_task_directory() {
+    let object = format!("sha256:{}", "ab".repeat(32));
+    let spec = |files: Vec<SegmentFile>| CompileSpec {
+        compiler: object.clone(),
+        source_name: "a.c".into(),
+        source: Source {
+            text: Some("int x;".into()),
+            ..Default::default()
+        },
+        files,
+        ..Default::default()
+    };
+    let file = |path: &str, object: &str| SegmentFile {
+        path: path.into(),
+        object: object.into(),
+    };
+    assert!(spec(vec![file("src/a.h", &object)]).validate().is_ok());
+    for bad in [
+        file("../a.h", &object),
+        file("/etc/passwd", &object),
+        file("a.h", "a.h"),
+        file("a.h", "sha256:12"),
+    ] {
+        let err = spec(vec![bad.clone()]).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("a.h") || err.contains("path"),
+            "{bad:?}: {err}"
+        );
+    }
+    let many = vec![file("a.h", &object); crate::limits::MAX_INPUT_FILES + 1];
+    assert!(spec(many).validate().is_err());
+    // On the wire: only a path and an object; anything else is refused.
+    let json = r#"{"path":"a.h","object":"sha256:00","mode":1}"#;
+    assert!(serde_json::from_str::<SegmentFile>(json).is_err());
+}
+
+#[test]
 fn diagnostics_merge_dedup_and_order() {
     let one = "b.c: In function 'main':\n\
                b.c:5:37: warning: unused variable 'y' [-Wunused-variable]\n    \

@@ -77,6 +77,10 @@ pub const DEFAULT_MAX_PROCESSES: u64 = 256;
 /// ride in the submit payload.
 pub const MAX_INPUT_FILES: usize = 256;
 
+/// Largest user file a compile segment names by reference for its diagnostics (64 KiB): the
+/// submitter ships none larger, and a worker keeps the ones it fetched in memory.
+pub const MAX_SEGMENT_FILE_BYTES: u64 = 64 * 1024;
+
 /// Events per task kept in flight between a sandbox and the publisher; the sandbox waits
 /// (back-pressure) rather than buffer without bound.
 pub const EVENT_CHANNEL_CAPACITY: usize = 64;

@@ -6,20 +6,24 @@
 //! fault.
 //!
 //! The compiler runs in `compile.workdir` inside the task directory, where the user's files
-//! shipped in the task's `files` sit at their relative paths, so diagnostics quote source lines
+//! (the segment's `files`, fetched by content from the build sources bucket and kept in
+//! memory for the next unit, or the task's inline `files`) sit at their relative paths, so
+//! diagnostics quote source lines
 //! as a local compile would; the input is `.vgas-input/<the main file's name>` there
 //! (`vgas-segment.i`/`.ii` in preprocessed mode; see `input_file`), and debug
 //! info names the submitter's directory (`-fdebug-prefix-map`) instead of the task directory.
 //! Preprocessed text is compiled as ordinary source where it can be
 //! ([`vgas_shared::farm::reparse`]), so that even `DW_AT_producer` is a local compile's.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::farm::command::{compile_argv, compile_input, input_file};
 use vgas_shared::farm::{side_output_name, CompileSpec};
-use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES};
+use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES, MAX_SEGMENT_FILE_BYTES};
 use vgas_shared::wire::{CompileTask, TaskOutcome};
 
 use crate::env::EnvironmentManager;
@@ -43,6 +47,57 @@ pub fn sources_bucket(js: async_nats::jetstream::Context, bucket: String) -> Obj
         bucket,
         what: "source",
         max_bytes: MAX_SOURCE_BYTES as u64,
+    }
+}
+
+/// Bytes of small objects (a segment's files) a worker keeps from the build sources bucket:
+/// every unit of a build names the same headers, fetched once instead of once a unit. Past
+/// it the memo starts over.
+const MEMO_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// A source bucket that keeps what it fetched of objects up to
+/// [`vgas_shared::limits::MAX_SEGMENT_FILE_BYTES`] (content-addressed, so never stale);
+/// larger ones (the units' own sources, each read once) pass through.
+#[derive(Debug)]
+pub struct Memoized<S> {
+    inner: S,
+    kept: std::sync::Mutex<Kept>,
+}
+
+/// The objects kept, by name, and their bytes in all.
+type Kept = (HashMap<String, Arc<[u8]>>, usize);
+
+impl<S> Memoized<S> {
+    pub fn new(inner: S) -> Memoized<S> {
+        Memoized {
+            inner,
+            kept: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<S: ModuleSource + Send + Sync> ModuleSource for Memoized<S> {
+    async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let hit = {
+            let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.0.get(name).cloned()
+        };
+        if let Some(bytes) = hit {
+            return Ok(Some(bytes.to_vec()));
+        }
+        let fetched = self.inner.fetch(name).await?;
+        if let Some(bytes) = fetched
+            .as_ref()
+            .filter(|b| b.len() as u64 <= MAX_SEGMENT_FILE_BYTES)
+        {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.1 + bytes.len() > MEMO_MAX_BYTES {
+                *kept = Default::default();
+            }
+            kept.1 += bytes.len();
+            kept.0.insert(name.to_owned(), Arc::from(bytes.as_slice()));
+        }
+        Ok(fetched)
     }
 }
 
@@ -126,7 +181,39 @@ impl<S: ModuleSource> Compiler<'_, S> {
                 f.path()
             ));
         }
-        let extra = [(input, source)];
+        if let Some(f) = c.files.iter().find(|f| f.path == input || f.path == object) {
+            return CompileRun::error(format!(
+                "file {:?} is where the segment's input or object goes; ship it under another \
+                 name",
+                f.path
+            ));
+        }
+        let mut extra = vec![(input, source)];
+        for f in &c.files {
+            let bytes = tokio::select! {
+                b = fetch_checked(self.sources, &f.object) => b,
+                _ = cancel.cancelled() => return CompileRun::ended(TaskOutcome::Cancelled),
+            };
+            match bytes {
+                Ok(Some(b)) if b.len() as u64 <= MAX_SEGMENT_FILE_BYTES => {
+                    extra.push((f.path.clone(), b))
+                }
+                Ok(Some(b)) => {
+                    return CompileRun::error(format!(
+                    "file {:?} is {} bytes; a segment's files are at most {MAX_SEGMENT_FILE_BYTES}",
+                    f.path,
+                    b.len()
+                ))
+                }
+                Ok(None) => {
+                    return CompileRun::error(format!(
+                        "file {:?}: {} is not in the build sources bucket",
+                        f.path, f.object
+                    ))
+                }
+                Err(message) => return CompileRun::error(message),
+            }
+        }
         let command = |cwd: &Path| {
             if !c.cwd.is_empty() && cwd.to_string_lossy().contains('=') {
                 // GCC splits a prefix map at its first '=': debug info names the task directory.

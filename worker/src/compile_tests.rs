@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vgas_shared::farm::{compiler_tag, Source};
+use vgas_shared::farm::{compiler_tag, SegmentFile, Source};
 use vgas_shared::limits::EVENT_CHANNEL_CAPACITY;
 use vgas_shared::wire::{InputFile, Needs, TaskKind, TaskSpec, Work};
 
@@ -322,6 +322,33 @@ async fn a_compile_error_is_an_exit_code_with_the_original_file_and_line() {
         done.stderr, local_err,
         "diagnostics differ from a local compile"
     );
+    // The same file by content name in the build sources bucket, as `vgas build` sends it.
+    let name = format!("sha256:{}", sha256_hex(bad.as_bytes()));
+    let by_name = CompileSpec {
+        files: vec![SegmentFile {
+            path: "proj/src/a.c".into(),
+            object: name.clone(),
+        }],
+        ..c.clone()
+    };
+    let bucket = Sources([(name.clone(), bad.as_bytes().to_vec())].into());
+    let done = compile(&cfg, 2, &task(gcc, by_name.clone(), Vec::new()), &bucket).await;
+    assert_eq!(done.stderr, local_err, "diagnostics with a file by name");
+    // Not in the bucket, or not what its name says: an error, never a compile without it.
+    let empty = Sources::default();
+    let done = compile(&cfg, 2, &task(gcc, by_name.clone(), Vec::new()), &empty).await;
+    assert!(
+        matches!(&done.run.outcome, TaskOutcome::Error { message } if message.contains("not in the build sources bucket")),
+        "{:?}",
+        done.run.outcome
+    );
+    let forged = Sources([(name, b"int y;".to_vec())].into());
+    let done = compile(&cfg, 2, &task(gcc, by_name, Vec::new()), &forged).await;
+    assert!(
+        matches!(&done.run.outcome, TaskOutcome::Error { message } if message.contains("refusing")),
+        "{:?}",
+        done.run.outcome
+    );
     // A shipped file cannot take the input's place (the main file's own name, in a
     // directory of its own: `command::input_file`).
     let clash = vec![InputFile {
@@ -422,4 +449,44 @@ async fn no_object_or_no_compiler_is_an_error_and_a_large_object_is_kept_for_upl
     assert!(file.starts_with(dir.path()));
     drop(dir);
     assert!(!file.exists(), "the kept directory goes when dropped");
+}
+
+/// A source that counts its fetches.
+#[derive(Debug, Default)]
+struct Counting {
+    objects: HashMap<String, Vec<u8>>,
+    fetches: std::sync::atomic::AtomicUsize,
+}
+
+impl ModuleSource for Counting {
+    async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.objects.get(name).cloned())
+    }
+}
+
+#[tokio::test]
+async fn a_segment_file_is_fetched_once_and_a_large_source_every_time() {
+    let small = vec![1u8; 100];
+    let large = vec![2u8; MAX_SEGMENT_FILE_BYTES as usize + 1];
+    let memo = Memoized::new(Counting {
+        objects: [
+            ("s".to_owned(), small.clone()),
+            ("l".to_owned(), large.clone()),
+        ]
+        .into(),
+        ..Counting::default()
+    });
+    for _ in 0..3 {
+        assert_eq!(memo.fetch("s").await.unwrap(), Some(small.clone()));
+        assert_eq!(memo.fetch("l").await.unwrap(), Some(large.clone()));
+        assert_eq!(memo.fetch("missing").await.unwrap(), None);
+    }
+    // One fetch of the small object; three of the large one and of the missing one.
+    let fetches = memo
+        .inner
+        .fetches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fetches, 1 + 3 + 3);
 }

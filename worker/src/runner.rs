@@ -112,7 +112,7 @@ pub struct Worker {
     /// The compilers (with their identities) and environments of this worker.
     envs: Arc<EnvironmentManager>,
     /// The build sources bucket, read for segments whose source is sent by reference.
-    sources: ObjectStoreSource,
+    sources: crate::compile::Memoized<ObjectStoreSource>,
     /// The GPUs and NVRTC found here.
     gpus: Arc<Gpus>,
     /// The Rust toolchains found here, for `rustc` tasks.
@@ -170,7 +170,10 @@ impl Worker {
         let ptx_cache = js.get_key_value(cfg.conn.subjects.ptx_bucket()).await.ok();
         let wasm = Arc::new(WasmRuntime::new(&cfg.wasm)?);
         let modules = ObjectStoreSource::modules(js.clone(), cfg.conn.subjects.modules_bucket());
-        let sources = sources_bucket(js.clone(), cfg.conn.subjects.build_sources_bucket());
+        let sources = crate::compile::Memoized::new(sources_bucket(
+            js.clone(),
+            cfg.conn.subjects.build_sources_bucket(),
+        ));
         info!(worker = %cfg.id, slots = cfg.slots, isolation = %isolation.describe(), compilers = envs.compilers().len(), "worker starting");
         Ok(Worker {
             wasm,

@@ -171,6 +171,7 @@ async fn context(
         tasks: tasks.clone(),
         write_behind,
         placement: super::placement::Placement::from_env(),
+        uploaded: Default::default(),
     }
 }
 

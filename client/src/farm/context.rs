@@ -13,7 +13,6 @@ use tracing::debug;
 use vgas_shared::codec::encode;
 use vgas_shared::config::Resolved;
 use vgas_shared::farm::{BuildUpdate, CompileSpec};
-use vgas_shared::wire::InputFile;
 use vgas_shared::Encoding;
 
 use super::cache::BuildCache;
@@ -27,13 +26,42 @@ pub struct Segment {
     pub name: String,
     pub spec: CompileSpec,
     /// The user's files shipped so the worker's diagnostics can quote source lines.
-    pub files: Vec<InputFile>,
+    pub files: Vec<ShippedFile>,
     /// The cache key.
     pub key: String,
     /// Where the object goes.
     pub output: PathBuf,
     /// How to compile it here if the swarm cannot.
     pub local: LocalCompile,
+}
+
+/// A user's file shipped for diagnostics: where it goes under the task directory, its bytes.
+/// It travels by content name through the build sources bucket (`remote::ship_files`).
+#[derive(Debug, Clone)]
+pub struct ShippedFile {
+    pub path: String,
+    pub bytes: std::sync::Arc<[u8]>,
+}
+
+/// The content names this build has put into the build sources bucket (or found there): each
+/// of the build's files goes up once, however many units name it.
+#[derive(Debug, Clone, Default)]
+pub struct Uploaded(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Uploaded {
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+
+    pub fn insert(&self, name: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name);
+    }
 }
 
 /// Where a build's updates go: the build's NATS subject (JSON, so any client can follow)
@@ -98,6 +126,8 @@ pub struct BuildContext {
     pub write_behind: bool,
     /// Whether a unit no other host could take compiles in place, here.
     pub placement: super::placement::Placement,
+    /// What this build has put into the build sources bucket.
+    pub uploaded: Uploaded,
 }
 
 impl BuildContext {

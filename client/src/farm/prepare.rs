@@ -8,12 +8,10 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, Result};
-use base64::Engine as _;
 use vgas_shared::farm::{cache_key, side_outputs_of, CompileSpec, CompilerIdentity, Source};
-use vgas_shared::wire::InputFile;
 
 use super::args::CompileJob;
-use super::context::Segment;
+use super::context::{Segment, ShippedFile};
 use super::local::{CompilerEnv, LocalCompile};
 
 /// Largest preprocessed unit sent to the swarm (64 MiB); bigger ones compile here.
@@ -23,10 +21,11 @@ pub const MAX_PREPROCESSED: usize = 64 * 1024 * 1024;
 /// the sources bucket, so the task stays under the 1 MiB submit limit.
 pub const MAX_INLINE_SOURCE: usize = 700 * 1024;
 
-/// The user's files shipped for diagnostics, in all (200 KiB) and each (64 KiB): enough for
-/// a unit's own source and headers; past it diagnostics lose only their quoted lines.
+/// The user's files shipped for diagnostics, in all (200 KiB) and each (64 KiB, what a
+/// worker accepts): enough for a unit's own source and headers; past it diagnostics lose only
+/// their quoted lines.
 const MAX_SHIPPED_FILES_BYTES: usize = 200 * 1024;
-const MAX_SHIPPED_FILE_BYTES: u64 = 64 * 1024;
+const MAX_SHIPPED_FILE_BYTES: u64 = vgas_shared::limits::MAX_SEGMENT_FILE_BYTES;
 
 /// The directory under the task directory the worker's compiler runs in.
 const WORKDIR_ROOT: &str = "src";
@@ -88,6 +87,8 @@ pub async fn prepare(
         cwd: cwd_s,
         workdir,
         side_outputs: side_outputs_of(&job.compile_args),
+        // Named once the files are in the build sources bucket (`remote::ship_files`).
+        files: Vec::new(),
     };
     let seg = Segment {
         name: job.source.clone(),
@@ -163,7 +164,7 @@ fn placed(rel: &str, depth: usize) -> Option<String> {
 }
 
 /// The workdir and the files to ship, within the size caps.
-fn ship_user_files(pp: &[u8], cwd: &Path) -> (String, Vec<InputFile>) {
+fn ship_user_files(pp: &[u8], cwd: &Path) -> (String, Vec<ShippedFile>) {
     let names = user_files(pp);
     let depth = names
         .iter()
@@ -198,10 +199,9 @@ fn ship_user_files(pp: &[u8], cwd: &Path) -> (String, Vec<InputFile>) {
         if total > MAX_SHIPPED_FILES_BYTES {
             break;
         }
-        files.push(InputFile {
+        files.push(ShippedFile {
             path: at,
-            base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            ..Default::default()
+            bytes: bytes.into(),
         });
     }
     (workdir, files)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use vgas_shared::farm::{side_output_name, BuildUpdate, Source, SEGMENT_OBJECT};
+use vgas_shared::farm::{side_output_name, BuildUpdate, SegmentFile, Source, SEGMENT_OBJECT};
 use vgas_shared::limits::DEADLINE_GRACE;
 use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
 use vgas_shared::{TaskId, WorkerId};
@@ -69,6 +69,28 @@ async fn upload_source(ctx: &BuildContext, source: &Source) -> Result<Source> {
         object: Some(name),
         ..Default::default()
     })
+}
+
+/// The segment's files put into the build sources bucket (each once a build: `ctx.uploaded`)
+/// and named by content, as the worker fetches them.
+async fn ship_files(ctx: &BuildContext, seg: &Segment) -> Result<Vec<SegmentFile>> {
+    let bucket = ctx.swarm.subjects.build_sources_bucket();
+    let mut named = Vec::with_capacity(seg.files.len());
+    for f in &seg.files {
+        let object = content_name(&f.bytes);
+        if !ctx.uploaded.contains(&object) {
+            ctx.swarm
+                .upload_if_missing(&bucket, &object, &mut &f.bytes[..])
+                .await
+                .with_context(|| format!("upload {}", f.path))?;
+            ctx.uploaded.insert(object.clone());
+        }
+        named.push(SegmentFile {
+            path: f.path.clone(),
+            object,
+        });
+    }
+    Ok(named)
 }
 
 /// A build unit's task followed to its end: what it printed, the files it sent back that the
@@ -180,6 +202,7 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment, task_id: TaskId) -> Resul
     if source_too_large(&compile.source) {
         compile.source = upload_source(ctx, &compile.source).await?;
     }
+    compile.files = ship_files(ctx, seg).await?;
     let sides: BTreeMap<String, String> = seg
         .spec
         .side_outputs
@@ -194,7 +217,6 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment, task_id: TaskId) -> Resul
             gpus: None,
         },
         compile: Some(compile),
-        files: seg.files.clone(),
         deadline_s: Some(ctx.segment_deadline.as_secs().max(1)),
         max_attempts: Some(SEGMENT_ATTEMPTS),
         wait_for_worker_s: Some(0),

@@ -278,6 +278,7 @@ async fn distribute(
         tasks: tokio_util::task::TaskTracker::new(),
         write_behind: false,
         placement: super::placement::Placement::from_env(),
+        uploaded: Default::default(),
         conn,
     };
     let (hashes, identities) = (FileHashes::uncached(), Identities::default());

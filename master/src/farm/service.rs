@@ -195,6 +195,7 @@ async fn run_plan(
         tasks,
         write_behind: false,
         placement: Placement::off(),
+        uploaded: Default::default(),
     };
     let result = run_plan_inner(&ctx, &build_id, &plan, &identity).await;
     let finished = match result {
@@ -282,6 +283,7 @@ async fn run_plan_inner(
             cwd: String::new(),
             workdir: String::new(),
             side_outputs: vgas_shared::farm::side_outputs_of(&args),
+            files: Vec::new(),
         };
         segments.push(Segment {
             name: s.name.clone(),
