@@ -13,10 +13,11 @@
 //! the workers.
 //!
 //! A local slot left idle (no unit took it for [`RACE_IDLE`]: the end of a build, or a build
-//! whose `-j` is no more than the swarm's slots) races the newest unit still out on the swarm:
-//! it compiles the same segment here, as a worker would, and the first to finish wins
-//! (Bazel's dynamic execution). Without it the last units of a build keep this core idle
-//! while another host, or a host slower than it says, finishes them.
+//! whose `-j` is no more than the swarm's slots) races the newest unit waiting on the swarm
+//! that no worker has started: it compiles the same segment here, as a worker would, and the
+//! first to finish wins (Bazel's dynamic execution); a unit a worker already runs is not
+//! raced, which would only compile it twice. Without it a build's units queued behind busy
+//! or slow hosts keep this core idle.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +47,12 @@ pub const RACE_IDLE: Duration = Duration::from_millis(60);
 
 /// How often a unit out on the swarm looks whether the local slot is idle enough to race it.
 const RACE_POLL: Duration = Duration::from_millis(15);
+
+/// Units of a build kept waiting on the swarm beyond the other hosts' slots before a local
+/// slot takes one: when a worker's slot frees, the next unit is already there, where without
+/// it the slot would wait for the build tool's next job to be preprocessed on this machine,
+/// which is busy compiling too. Racing (above) keeps such a unit from holding up the end.
+pub const QUEUED_AHEAD: usize = 1;
 
 /// How long the status request may take; past it the unit goes to the swarm as before.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -96,12 +103,20 @@ pub struct OutOnSwarm {
     out: Arc<std::sync::Mutex<BTreeSet<u64>>>,
 }
 
-impl Drop for OutOnSwarm {
-    fn drop(&mut self) {
+impl OutOnSwarm {
+    /// A worker started the unit: racing it here now would only compile it twice, so it
+    /// is no longer raced.
+    pub fn started(&self) {
         self.out
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.seq);
+    }
+}
+
+impl Drop for OutOnSwarm {
+    fn drop(&mut self) {
+        self.started();
     }
 }
 
@@ -170,7 +185,8 @@ impl Placement {
     }
 
     /// A local slot for racing `unit` here, once one has been idle for [`RACE_IDLE`] and `unit`
-    /// is the newest unit out on the swarm; never (pending forever) without local slots.
+    /// is the newest unit out on the swarm not yet started there; never (pending forever)
+    /// without local slots, nor once a worker started it.
     pub async fn idle_slot(&self, unit: &OutOnSwarm) -> LocalSlot {
         let Some(slots) = self.local_slots.clone() else {
             return std::future::pending().await;
@@ -232,12 +248,13 @@ impl Placement {
         self.decide(reason, remote_slots)
     }
 
-    /// Here for `reason`; else the swarm while the other hosts' `remote_slots` are not all
-    /// taken by this build's units; else a free local slot, if any.
+    /// Here for `reason`; else the swarm while the other hosts' `remote_slots` (and
+    /// [`QUEUED_AHEAD`] more) are not all taken by this build's units; else a free local
+    /// slot, if any.
     fn decide(&self, reason: Option<String>, remote_slots: usize) -> Option<Here> {
         match reason {
             Some(reason) => Some(Here { reason, slot: None }),
-            None if self.remote.load(Ordering::Acquire) < remote_slots => None,
+            None if self.remote.load(Ordering::Acquire) < remote_slots + QUEUED_AHEAD => None,
             None => {
                 let permit = self.local_slots.clone()?.try_acquire_owned().ok()?;
                 Some(Here {
@@ -339,19 +356,22 @@ mod tests {
             local_slots: Some(Arc::new(Semaphore::new(1))),
             ..Placement::off()
         };
-        // Two slots elsewhere: the first two units go there.
-        assert!(p.decide(None, 2).is_none());
-        let (_a, _b) = (p.going_remote(), p.going_remote());
-        // Full: the third takes the local slot, the fourth waits in the swarm's queue.
-        let third = p.decide(None, 2).expect("the local slot");
-        assert!(third.reason.contains("local slot"), "{}", third.reason);
+        // Two slots elsewhere: the first two units go there, and one more to wait there.
+        let mut out = Vec::new();
+        for _ in 0..2 + QUEUED_AHEAD {
+            assert!(p.decide(None, 2).is_none());
+            out.push(p.going_remote());
+        }
+        // Full: the next takes the local slot, the one after waits in the swarm's queue.
+        let local = p.decide(None, 2).expect("the local slot");
+        assert!(local.reason.contains("local slot"), "{}", local.reason);
         assert!(p.decide(None, 2).is_none());
         // Its slot back, the next one compiles here again; a unit back from the swarm frees
         // a remote slot, which comes first.
-        drop(third);
-        drop(_a);
+        drop(local);
+        out.pop();
         assert!(p.decide(None, 2).is_none());
-        let _c = p.going_remote();
+        out.push(p.going_remote());
         assert!(p.decide(None, 2).is_some());
         // Without VGAS_LOCAL_SLOTS, everything goes to the swarm; a reason is always here.
         let off = Placement::off();
@@ -372,8 +392,11 @@ mod tests {
             ..Placement::off()
         };
         let (older, newer) = (p.out_on_swarm(), p.out_on_swarm());
-        // The older unit never races while a newer one is out.
+        // The older unit never races while a newer one is out; one a worker started, never.
         assert!(!within(RACE_IDLE * 4, p.idle_slot(&older)).await);
+        let started = p.out_on_swarm();
+        started.started();
+        assert!(!within(RACE_IDLE * 4, p.idle_slot(&started)).await);
         let slot = tokio::time::timeout(RACE_IDLE * 2, p.idle_slot(&newer))
             .await
             .expect("the newest unit races once the slot is idle");
@@ -384,6 +407,7 @@ mod tests {
         assert!(!within(RACE_IDLE / 2, p.idle_slot(&older)).await);
         assert!(within(RACE_IDLE * 2, p.idle_slot(&older)).await);
         // A unit compiling in place holds the slot just the same.
+        let _queued = p.going_remote();
         let here = p.decide(None, 0).expect("the local slot");
         assert!(!within(RACE_IDLE * 4, p.idle_slot(&older)).await);
         drop(here);

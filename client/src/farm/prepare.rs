@@ -196,7 +196,7 @@ fn ship_user_files(pp: &[u8], cwd: &Path) -> (String, Vec<ShippedFile>) {
             continue;
         };
         total += bytes.len();
-        if total > MAX_SHIPPED_FILES_BYTES {
+        if total > MAX_SHIPPED_FILES_BYTES || files.len() == vgas_shared::limits::MAX_INPUT_FILES {
             break;
         }
         files.push(ShippedFile {
@@ -227,5 +227,17 @@ mod tests {
         assert_eq!(placed("../inc/b.h", 1).unwrap(), "src/inc/b.h");
         assert_eq!(placed("../../x.h", 1), None, "climbing out is refused");
         assert_eq!(placed("/etc/passwd", 3), None);
+    }
+
+    #[test]
+    fn the_files_shipped_stay_within_what_a_segment_may_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pp = String::new();
+        for i in 0..vgas_shared::limits::MAX_INPUT_FILES + 40 {
+            std::fs::write(dir.path().join(format!("h{i}.h")), "int x;\n").unwrap();
+            pp.push_str(&format!("# 1 \"h{i}.h\"\nint x;\n"));
+        }
+        let (_, files) = ship_user_files(pp.as_bytes(), dir.path());
+        assert_eq!(files.len(), vgas_shared::limits::MAX_INPUT_FILES);
     }
 }

@@ -14,6 +14,7 @@ use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
 use vgas_shared::{TaskId, WorkerId};
 
 use super::context::{BuildContext, Segment};
+use super::placement::OutOnSwarm;
 use crate::api::objects::content_name;
 use crate::api::Step;
 
@@ -119,6 +120,7 @@ pub async fn submit_and_follow(
     spec: TaskSpec,
     deadline: Duration,
     wanted: impl Fn(&str) -> bool,
+    on_started: impl Fn(),
 ) -> Result<Result<Followed, String>> {
     spec.validate()?;
     let submitted_at = Instant::now();
@@ -147,6 +149,7 @@ pub async fn submit_and_follow(
         match step {
             Step::Started { worker: w, attempt } => {
                 started_at = Some(Instant::now());
+                on_started();
                 updates
                     .send(BuildUpdate::Compiling {
                         segment: unit.to_owned(),
@@ -196,8 +199,14 @@ pub async fn submit_and_follow(
     }))
 }
 
-/// The segment as a `compile` task with id `task_id`, submitted and followed to its end.
-pub async fn remote(ctx: &BuildContext, seg: &Segment, task_id: TaskId) -> Result<Remote> {
+/// The segment as a `compile` task with id `task_id`, submitted and followed to its end;
+/// `out` is told when a worker starts it (it can no longer be raced here).
+pub async fn remote(
+    ctx: &BuildContext,
+    seg: &Segment,
+    task_id: TaskId,
+    out: &OutOnSwarm,
+) -> Result<Remote> {
     let mut compile = seg.spec.clone();
     if source_too_large(&compile.source) {
         compile.source = upload_source(ctx, &compile.source).await?;
@@ -230,6 +239,7 @@ pub async fn remote(ctx: &BuildContext, seg: &Segment, task_id: TaskId) -> Resul
         spec,
         ctx.segment_deadline,
         wanted,
+        || out.started(),
     )
     .await?;
     let mut f = match followed {

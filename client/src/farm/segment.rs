@@ -173,7 +173,7 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
     let task_id = vgas_shared::TaskId::random();
     let answer = {
         let out = ctx.placement.out_on_swarm();
-        let on_swarm = remote(ctx, seg, task_id.clone());
+        let on_swarm = remote(ctx, seg, task_id.clone(), &out);
         tokio::select! {
             r = on_swarm => Ok(r),
             Some(won) = race_here(ctx, seg, &out) => Err(won),
@@ -259,7 +259,9 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
 pub const RACED_HERE: &str = "raced here: a local slot was idle (VGAS_LOCAL_SLOTS)";
 
 /// The segment compiled here as a worker would, once a local slot is idle and `out` is the
-/// newest unit out on the swarm (`Placement::idle_slot`), with its compile time; `None` when
+/// newest unit waiting on the swarm that no worker has started (`Placement::idle_slot`: a
+/// race costs the swarm nothing then, and the unit is cancelled there if it wins), with its
+/// compile time; `None` when
 /// it could not (no compiler here, or the compile failed: then the swarm's answer, which
 /// says why, is the one that counts).
 async fn race_here(

@@ -157,6 +157,7 @@ impl RemoteCrate<'_> {
             task,
             self.deadline,
             wanted,
+            || (),
         )
         .await?;
         let f = match followed {
