@@ -170,22 +170,13 @@ impl<S: ModuleSource> Compiler<'_, S> {
         let (source, primary) = compile_input(c, source);
         let input = in_workdir(&c.workdir, &input_file(c.language, primary.as_deref()));
         let object = in_workdir(&c.workdir, OBJECT_FILE);
-        if let Some(f) = task
-            .files
-            .iter()
-            .find(|f| f.path() == input || f.path() == object)
-        {
+        // The task's inline files and the segment's files by name land in the same place.
+        let shipped = task.files.iter().map(|f| f.path());
+        let mut shipped = shipped.chain(c.files.iter().map(|f| f.path.as_str()));
+        if let Some(path) = shipped.find(|p| *p == input || *p == object) {
             return CompileRun::error(format!(
-                "file {:?} is where the segment's input or object goes; ship it under another \
-                 name",
-                f.path()
-            ));
-        }
-        if let Some(f) = c.files.iter().find(|f| f.path == input || f.path == object) {
-            return CompileRun::error(format!(
-                "file {:?} is where the segment's input or object goes; ship it under another \
-                 name",
-                f.path
+                "file {path:?} is where the segment's input or object goes; ship it under another \
+                 name"
             ));
         }
         let mut extra = vec![(input, source)];

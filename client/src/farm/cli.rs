@@ -350,8 +350,7 @@ async fn run_compdb(
                 reason,
             } => {
                 progress.not_distributed([reason.as_str()]);
-                let spec = vgas_shared::farm::CompileSpec::default();
-                let r = local.run(&spec, &output).await?;
+                let r = local.run().await?;
                 slots.push(Some(vgas_shared::farm::BuildOutput {
                     segment: name,
                     object: (r.exit_code == 0).then_some(output),

@@ -1,6 +1,6 @@
-//! Compiling on this host, the last resort of a segment: the user's own command unchanged
-//! (wrapper and compilation database), or the segment's spec with this host's identical
-//! compiler (plans run by the master).
+//! Compiling on this host: the last resort of a segment, the user's own command unchanged
+//! (wrapper and compilation database); and a segment compiled as a worker would, in a
+//! directory of its own (`compile_aside`, what an idle local slot races a queued unit with).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -50,7 +50,7 @@ pub fn local_command(program: &Path, env: &CompilerEnv) -> tokio::process::Comma
     cmd
 }
 
-/// Largest source a plan segment may hand to a local compile (64 MiB, as on workers).
+/// Largest source a segment compiled aside may have (64 MiB, as on workers).
 const MAX_LOCAL_SOURCE: usize = 64 * 1024 * 1024;
 
 /// The environment a compiler runs with: this process's (`None`), or the one a wrapper sent
@@ -67,8 +67,6 @@ pub enum LocalCompile {
         cwd: PathBuf,
         env: CompilerEnv,
     },
-    /// The segment's spec, compiled by this host's compiler (the same identity).
-    Spec { compiler: PathBuf },
     /// Nothing here can compile it; the text says why.
     Unavailable(String),
 }
@@ -105,15 +103,13 @@ pub async fn run_captured(
 impl LocalCompile {
     /// The compiler this host would run and its environment, when it can compile here.
     pub fn compiler(&self) -> Option<(&Path, &CompilerEnv)> {
-        static NO_ENV: CompilerEnv = None;
         match self {
             LocalCompile::Command { program, env, .. } => Some((program, env)),
-            LocalCompile::Spec { compiler } => Some((compiler, &NO_ENV)),
             LocalCompile::Unavailable(_) => None,
         }
     }
 
-    pub async fn run(&self, spec: &CompileSpec, output: &Path) -> Result<LocalResult> {
+    pub async fn run(&self) -> Result<LocalResult> {
         match self {
             LocalCompile::Command {
                 program,
@@ -122,19 +118,6 @@ impl LocalCompile {
                 env,
             } => run_captured(program, args, cwd, env).await,
             LocalCompile::Unavailable(why) => bail!("cannot compile here: {why}"),
-            LocalCompile::Spec { compiler } => {
-                let aside = compile_aside(compiler, spec, &None, false).await?;
-                if let Some(object) = &aside.object {
-                    for (ext, bytes) in &aside.side {
-                        let to = output.with_extension(ext);
-                        std::fs::write(&to, bytes)
-                            .with_context(|| format!("write {}", to.display()))?;
-                    }
-                    std::fs::write(output, object)
-                        .with_context(|| format!("write {}", output.display()))?;
-                }
-                Ok(aside.result)
-            }
         }
     }
 }
@@ -151,13 +134,12 @@ pub struct Aside {
 }
 
 /// Compiles `spec` with `compiler` as a worker would (`compile_argv`, the input named as on
-/// a worker, so the object's bytes are the worker's) in a temporary directory. With
-/// `kill_on_drop`, dropping the future kills the compiler: a race that lost stops at once.
+/// a worker, so the object's bytes are the worker's) in a temporary directory. Dropping the
+/// future kills the compiler: a race that lost stops at once.
 pub async fn compile_aside(
     compiler: &Path,
     spec: &CompileSpec,
     env: &CompilerEnv,
-    kill_on_drop: bool,
 ) -> Result<Aside> {
     let Some(source) = spec.source.inline_bytes(MAX_LOCAL_SOURCE)? else {
         bail!("cannot compile here: the source is in the sources bucket");
@@ -184,7 +166,7 @@ pub async fn compile_aside(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(kill_on_drop)
+        .kill_on_drop(true)
         .output()
         .await
         .with_context(|| format!("run {}", compiler.display()))?;

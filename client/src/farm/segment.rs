@@ -239,7 +239,7 @@ async fn compile_inner(ctx: &BuildContext, seg: &Segment) -> Result<BuildOutput>
         bail!("not compiled on the swarm ({reason}) and local fallback is off");
     }
     let started = Instant::now();
-    let local = seg.local.run(&seg.spec, &seg.output).await?;
+    let local = seg.local.run().await?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let origin = Origin::Local { reason };
     if local.exit_code == 0 {
@@ -261,9 +261,8 @@ pub const RACED_HERE: &str = "raced here: a local slot was idle (VGAS_LOCAL_SLOT
 /// The segment compiled here as a worker would, once a local slot is idle and `out` is the
 /// newest unit waiting on the swarm that no worker has started (`Placement::idle_slot`: a
 /// race costs the swarm nothing then, and the unit is cancelled there if it wins), with its
-/// compile time; `None` when
-/// it could not (no compiler here, or the compile failed: then the swarm's answer, which
-/// says why, is the one that counts).
+/// compile time; `None` when it could not (no compiler here, or the compile failed: then
+/// the swarm's answer, which says why, is the one that counts).
 async fn race_here(
     ctx: &BuildContext,
     seg: &Segment,
@@ -272,7 +271,7 @@ async fn race_here(
     let (compiler, env) = seg.local.compiler()?;
     let _slot = ctx.placement.idle_slot(out).await;
     let started = Instant::now();
-    let aside = super::local::compile_aside(compiler, &seg.spec, env, true)
+    let aside = super::local::compile_aside(compiler, &seg.spec, env)
         .await
         .inspect_err(|e| debug!("{}: the race here failed: {e:#}", seg.name))
         .ok()?;
