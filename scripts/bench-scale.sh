@@ -14,8 +14,10 @@
 # most of the work and would all land on the other core.
 # Layouts: "one host" (one compile host with 2 slots on core 1) and "two half hosts" (two
 # compile hosts of 1 slot each, both on core 1: what each tool's scheduler does with hosts
-# that are slower than they say). Each: a warm-up build (icecc builds its compiler
-# environment then), then REPS clean builds, median. vgas's cache is purged before each.
+# that are slower than they say). Each: every tool's daemons at once, a warm-up build of
+# each (icecc builds its compiler environment then), then REPS rounds of one clean build of
+# each tool in turn, each round starting one tool further on (the machine's drift over a
+# run reaches all alike), median. vgas's cache is purged before each.
 #
 #   scripts/bench-scale.sh                        # REPS=3, J=4, every tool
 #   REPS=1 TOOLS="local vgas" scripts/bench-scale.sh
@@ -108,110 +110,127 @@ print(f"{d[0]:.0f} messages in, {d[1]/1e6:.1f} MB in, {d[2]/1e6:.1f} MB out, {d[
 }
 check_lua() { [ "$(echo 'print(1+1)' | "$tree/src/lua" -)" = 2 ] || die "$1: the built lua does not work"; }
 
-# time_builds NAME CMD...: a warm-up, then REPS clean builds; prints the median seconds.
-time_builds() {
-  local name=$1 r t0 t1 c0 c1 perf_pid times=(); shift
+# one_build NAME R FN: one clean build of tool NAME by its build function FN (rep R; 0 is the
+# warm-up, neither timed nor recorded); prints its seconds.
+one_build() {
+  local name=$1 r=$2 fn=$3 t0 t1 c0 c1 perf_pid log
+  log="$work/$name-$r.log"
   make -s -C "$tree/src" clean >/dev/null
-  "$@" >"$work/$name-warmup.log" 2>&1 || { tail -20 "$work/$name-warmup.log" >&2; die "$name: the warm-up build failed"; }
+  [ "$name" = vgas ] && { "$bin/vgas" build --purge-cache >/dev/null 2>&1 || true; }
+  # PERF_DIR=dir: each timed build also recorded system-wide with perf, into dir/NAME-R.data.
+  [ "$r" -gt 0 ] && [ -n "${PERF_DIR:-}" ] && { perf record -q -a -F 999 -o "$PERF_DIR/$name-$r.data" 2>/dev/null & perf_pid=$!; sleep 0.5; }
+  c0=$(cpu_ticks); t0=$(now)
+  "$fn" >"$log" 2>&1 || { tail -20 "$log" >&2; die "$name: build $r failed"; }
+  t1=$(now); c1=$(cpu_ticks)
+  [ "$r" -gt 0 ] && [ -n "${PERF_DIR:-}" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   check_lua "$name"
-  for ((r = 1; r <= reps; r++)); do
-    make -s -C "$tree/src" clean >/dev/null
-    [ -n "${before_each:-}" ] && $before_each
-    # PERF_DIR=dir: each timed build also recorded system-wide with perf, into dir/NAME-R.data.
-    [ -n "${PERF_DIR:-}" ] && { perf record -q -a -F 999 -o "$PERF_DIR/$name-$r.data" 2>/dev/null & perf_pid=$!; sleep 0.5; }
-    c0=$(cpu_ticks); t0=$(now)
-    "$@" >"$work/$name-$r.log" 2>&1 || { tail -20 "$work/$name-$r.log" >&2; die "$name: build $r failed"; }
-    t1=$(now); c1=$(cpu_ticks)
-    [ -n "${PERF_DIR:-}" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
-    say "$name, build $r: $(python3 -c "print(f'{$t1 - $t0:.2f}')") s, busy: $(busy_pct "$c0" "$c1")"
-    check_lua "$name"
-    times+=("$(python3 -c "print($t1 - $t0)")")
-  done
-  median "${times[@]}"
+  [ "$r" -gt 0 ] && say "$name, $lname, build $r: $(python3 -c "print(f'{$t1 - $t0:.2f}')") s, busy: $(busy_pct "$c0" "$c1")"
+  python3 -c "print($t1 - $t0)"
 }
+
+# start_TOOL NHOSTS SLOTS: TOOL's daemons for a layout; build_TOOL: one build with TOOL.
+start_local() { :; }
+build_local() { here make -s -C "$tree/src" -j2 linux; }
+
+start_distcc() {
+  local i
+  distcc_hosts=""; [ "$local_slots" -gt 0 ] && distcc_hosts="localhost/$local_slots "
+  for ((i = 1; i <= $1; i++)); do
+    bg_host "$i" distccd --daemon --no-detach --allow 10.215.0.0/16 --listen "${host_ip[$i]}" --port 3632 \
+      --jobs "$2" --log-stderr --log-level warning 2>"$work/distccd-$i.log"
+    wait_port "${host_ip[$i]}" 3632 || die "distccd $i did not start"
+    distcc_hosts+="${host_ip[$i]}/$2 "
+  done
+  mkdir -p "$work/distcc"
+}
+build_distcc() {
+  DISTCC_HOSTS="$distcc_hosts" DISTCC_DIR="$work/distcc" here make -s -C "$tree/src" -j"$j" linux "CC=distcc gcc -std=gnu99"
+}
+
+start_icecc() {
+  local i
+  bg_here icecc-scheduler -vv -n "vgs$tag" -p 8765 -l "$work/logs/scheduler.log"
+  wait_port 127.0.0.1 8765 || die "icecc-scheduler did not start"
+  mkdir -p "$work/icecc-local"; chown icecc: "$work/icecc-local" 2>/dev/null || true
+  bg_here iceccd -n "vgs$tag" -s "$hub_ip:8765" -m "$local_slots" --no-remote -b "$work/icecc-local" -N submitter \
+    -vv -l "$work/logs/iceccd-local.log"
+  for ((i = 1; i <= $1; i++)); do
+    mkdir -p "$work/icecc-$i"; chown icecc: "$work/icecc-$i" 2>/dev/null || true
+    # Its own /var/run/icecc, so its socket does not replace the local daemon's.
+    bg_host "$i" unshare -m sh -c "mount -t tmpfs tmpfs /var/run/icecc && exec iceccd -n vgs$tag \
+      -s $hub_ip:8765 -m $2 -b $work/icecc-$i -N host$i -vv -l $work/logs/iceccd-$i-$lkey.log"
+  done
+  sleep 3   # the daemons register with the scheduler
+}
+build_icecc() { here make -s -C "$tree/src" -j"$j" linux "CC=icecc gcc -std=gnu99"; }
+
+start_vgas() {
+  local i swarm="$work/swarm-$lkey"
+  mkdir -p "$swarm"; cp "$root/nats.conf" "$swarm/"
+  export VGAS_STATE_DIR="$swarm/.vgas" VGAS_NATS_URL="nats://$hub_ip:4333" VGAS_NO_MDNS=true
+  "$bin/vgas" init >/dev/null
+  mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cd "$swarm"   # nats.conf's paths are relative to where it runs
+  bg_here "$NATS_SERVER_BIN" -c nats.conf -a "$hub_ip" -p 4333 -m "$mport" >"$work/nats-$lkey.log" 2>&1
+  cd "$root"
+  wait_port "$hub_ip" 4333 || die "nats-server did not start"
+  bg_here "$bin/vgas-master" >"$work/master-$lkey.log" 2>&1
+  for ((i = 1; i <= $1; i++)); do
+    VGAS_HOST_ID="bench-scale-host$i" bg_host "$i" "$bin/vgas-worker" --id "h$i" --slots "$2" \
+      >"$work/worker-$i-$lkey.log" 2>&1
+  done
+  for _ in $(seq 100); do
+    [ "$("$bin/vgas" status --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["live"]))' 2>/dev/null || echo 0)" = "$1" ] && break
+    sleep 0.2
+  done
+}
+build_vgas() { VGAS_LOCAL_SLOTS=$local_slots here "$bin/vgas" build -- make -s -C "$tree/src" -j"$j" linux; }
 
 declare -A result
 layouts=("one host:1:2" "two half hosts:2:1")   # name:hosts:slots each
 
-for tool in $tools; do
-  for layout in "${layouts[@]}"; do
-    IFS=: read -r lname nhosts slots <<<"$layout"
-    [ "$tool" = local ] && [ "$nhosts" != 1 ] && continue
-    say "$tool, $lname"
-    before_each=""
+# Per layout: every tool's daemons up at once, a warm-up build each (icecc builds its compiler
+# environment then), then the timed builds rep by rep, one of each tool in turn, so that the
+# machine's drift over a run reaches every tool alike.
+for layout in "${layouts[@]}"; do
+  IFS=: read -r lname nhosts slots <<<"$layout"
+  lkey=${lname// /-}
+  read -r -a active <<<"$tools"
+  for tool in "${active[@]}"; do say "$tool, $lname: starting"; "start_$tool" "$nhosts" "$slots"; done
+  for tool in "${active[@]}"; do one_build "$tool" 0 "build_$tool" >/dev/null; done
+  [ -n "${mport:-}" ] && v0=$(varz "$mport")
+  declare -A times=()
+  for ((r = 1; r <= reps; r++)); do
+    # Each round starts one tool further on, so no tool always follows the same one.
+    for ((k = 0; k < ${#active[@]}; k++)); do
+      tool=${active[$(((r + k) % ${#active[@]}))]}
+      times[$tool]+="$(one_build "$tool" "$r" "build_$tool") "
+    done
+  done
+  for tool in "${active[@]}"; do
+    # shellcheck disable=SC2086
+    result[$tool,$lname]=$(median ${times[$tool]})
     case "$tool" in
-      local)
-        result[$tool,$lname]=$(time_builds local here make -s -C "$tree/src" -j2 linux) ;;
-      distcc)
-        hosts=""; [ "$local_slots" -gt 0 ] && hosts="localhost/$local_slots "
-        for ((i = 1; i <= nhosts; i++)); do
-          bg_host "$i" distccd --daemon --no-detach --allow 10.215.0.0/16 --listen "${host_ip[$i]}" --port 3632 \
-            --jobs "$slots" --log-stderr --log-level warning 2>"$work/distccd-$i.log"
-          wait_port "${host_ip[$i]}" 3632 || die "distccd $i did not start"
-          hosts+="${host_ip[$i]}/$slots "
-        done
-        mkdir -p "$work/distcc"
-        result[$tool,$lname]=$(DISTCC_HOSTS="$hosts" DISTCC_DIR="$work/distcc" \
-          time_builds distcc here make -s -C "$tree/src" -j"$j" linux "CC=distcc gcc -std=gnu99")
-        stop_all ;;
-      icecc)
-        bg_here icecc-scheduler -vv -n "vgs$tag" -p 8765 -l "$work/logs/scheduler.log"
-        wait_port 127.0.0.1 8765 || die "icecc-scheduler did not start"
-        mkdir -p "$work/icecc-local"; chown icecc: "$work/icecc-local" 2>/dev/null || true
-        bg_here iceccd -n "vgs$tag" -s "$hub_ip:8765" -m "$local_slots" --no-remote -b "$work/icecc-local" -N submitter \
-          -vv -l "$work/logs/iceccd-local.log"
-        for ((i = 1; i <= nhosts; i++)); do
-          mkdir -p "$work/icecc-$i"; chown icecc: "$work/icecc-$i" 2>/dev/null || true
-          # Its own /var/run/icecc, so its socket does not replace the local daemon's.
-          bg_host "$i" unshare -m sh -c "mount -t tmpfs tmpfs /var/run/icecc && exec iceccd -n vgs$tag \
-            -s $hub_ip:8765 -m $slots -b $work/icecc-$i -N host$i -vv -l $work/logs/iceccd-$i.log"
-        done
-        sleep 3   # the daemons register with the scheduler
-        result[$tool,$lname]=$(time_builds icecc here make -s -C "$tree/src" -j"$j" linux "CC=icecc gcc -std=gnu99")
-        say "icecc, $lname: $(cat "$work"/logs/iceccd-[12].log | grep -c "Remote compilation completed" || true) remote compiles in the last $((reps + 1)) builds"
-        stop_all ;;
-      vgas)
-        swarm="$work/swarm"; rm -rf "$swarm"; mkdir -p "$swarm"; cp "$root/nats.conf" "$swarm/"
-        export VGAS_STATE_DIR="$swarm/.vgas" VGAS_NATS_URL="nats://$hub_ip:4333" VGAS_NO_MDNS=true
-        "$bin/vgas" init >/dev/null
-        mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        cd "$swarm"   # nats.conf's paths are relative to where it runs
-        bg_here "$NATS_SERVER_BIN" -c nats.conf -a "$hub_ip" -p 4333 -m "$mport" >"$work/nats.log" 2>&1
-        cd "$root"
-        wait_port "$hub_ip" 4333 || die "nats-server did not start"
-        bg_here "$bin/vgas-master" >"$work/master.log" 2>&1
-        for ((i = 1; i <= nhosts; i++)); do
-          VGAS_HOST_ID="bench-scale-host$i" bg_host "$i" "$bin/vgas-worker" --id "h$i" --slots "$slots" \
-            >"$work/worker-$i.log" 2>&1
-        done
-        for _ in $(seq 100); do
-          [ "$("$bin/vgas" status --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["live"]))' 2>/dev/null || echo 0)" = "$nhosts" ] && break
-          sleep 0.2
-        done
-        purge() { "$bin/vgas" build --purge-cache >/dev/null 2>&1; }
-        before_each=purge
-        v0=$(varz "$mport")
-        result[$tool,$lname]=$(VGAS_LOCAL_SLOTS=$local_slots time_builds vgas here "$bin/vgas" build -- make -s -C "$tree/src" -j"$j" linux)
-        say "vgas, $lname: nats-server per build: $(varz_per_build "$v0" "$(varz "$mport")" $((reps + 1)))"
-        grep -h "compiler calls" "$work"/vgas-[0-9]*.log | tail -n1 | sed 's/^/bench-scale: /' >&2 || true
-        unset VGAS_STATE_DIR VGAS_NATS_URL
-        stop_all ;;
+      icecc) say "icecc, $lname: $(cat "$work"/logs/iceccd-[12]-"$lkey".log | grep -c "Remote compilation completed" || true) remote compiles in the last $((reps + 1)) builds" ;;
+      vgas) say "vgas, $lname: nats-server per build: $(varz_per_build "$v0" "$(varz "$mport")" "$reps")"
+            grep -h "compiler calls" "$work/vgas-$reps.log" | sed "s/^/bench-scale: $lname: /" >&2 || true ;;
     esac
   done
+  unset VGAS_STATE_DIR VGAS_NATS_URL mport
+  stop_all
 done
 
-base=${result[local,one host]:-}
 echo "| tool | one host of 2 slots on core 1 | two hosts of 1 slot each, sharing core 1 |"
 echo "| --- | --- | --- |"
 for tool in $tools; do
   row="| $tool"
   for layout in "${layouts[@]}"; do
     lname=${layout%%:*}
-    v=${result[$tool,$lname]:-}
+    v=${result[$tool,$lname]:-}; base=${result[local,$lname]:-}
     if [ -z "$v" ]; then row+=" | -"
     elif [ -n "$base" ]; then row+=" | $v s ($(python3 -c "print(f'{$base/$v:.2f}x')") the one-core build)"
     else row+=" | $v s"; fi
   done
   echo "$row |"
 done
-echo "(REPS=$reps medians; make -j$j for the distributed tools with $local_slots compile slot(s) kept on the submitting core, -j2 for the one-core local build; the submitting side on core 0)"
+echo "(REPS=$reps medians, each tool against the one-core local build of its own layout's rounds; make -j$j for the distributed tools with $local_slots compile slot(s) kept on the submitting core, -j2 for the one-core local build; the submitting side on core 0)"
