@@ -346,7 +346,7 @@ impl Dispatcher {
 
     async fn on_result(&mut self, r: WorkerResult) {
         let Some(t) = self.tasks.get(&r.task_id) else {
-            debug!(task_id = %r.task_id, "result for a task no longer tracked");
+            self.announce_again(&r).await;
             return;
         };
         let current =

@@ -119,6 +119,74 @@ async fn master_killed_and_restarted_resumes_every_accepted_task() {
     assert_eq!(b.stdout, "second\n");
 }
 
+#[tokio::test]
+async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_master() {
+    // The state a master leaves when killed after writing a task's final record and before
+    // announcing it: the record finished, the worker's result still in the results stream.
+    // It is made here by running a task to its end, then putting the very result the
+    // worker sent back into the stream while no master runs.
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let master = swarm.connect(Role::Master).await.unwrap();
+    let id = TaskId::random();
+    let worker = vgas_shared::WorkerId::parse("w1").unwrap();
+    let mut results = master
+        .subscribe(swarm.subjects.result(&worker, &id))
+        .await
+        .unwrap();
+    let mut spec = sh("echo once");
+    spec.task_id = Some(id.clone());
+    let first = run_task(&client, &swarm.subjects, spec, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    let sent = tokio::time::timeout(WAIT, results.next())
+        .await
+        .expect("the worker's result")
+        .unwrap();
+
+    procs[0].signal(libc::SIGKILL);
+    procs[0].wait_exit(WAIT).await.unwrap();
+    let js = async_nats::jetstream::new(master.clone());
+    js.publish(sent.subject.clone(), sent.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let events = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let _master2 = swarm.master(&[]).unwrap();
+    let again = collect(events, WAIT, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(again.finished_count(), 1, "{:?}", again.events);
+    assert_eq!(again.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert_eq!(finished_worker(&again.events), "w1");
+
+    // A result of another attempt (a stale one) did not finish the task: not announced.
+    let (mut stale, enc) = {
+        let enc = Encoding::detect(&sent.payload);
+        let r: vgas_shared::wire::WorkerResult = decode_as(enc, &sent.payload).unwrap();
+        (r, enc)
+    };
+    stale.attempt += 1;
+    let events = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let payload = vgas_shared::codec::encode(enc, &stale).unwrap();
+    js.publish(sent.subject.clone(), payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), events.into_future())
+            .await
+            .is_err(),
+        "an event for a stale attempt's result"
+    );
+}
+
 /// Tasks in the burst of `a_master_killed_in_the_middle_of_a_burst_loses_no_accepted_task`.
 const BURST: usize = 60;
 

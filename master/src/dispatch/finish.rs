@@ -3,6 +3,12 @@
 //! tasks stream between leaders, a server restarting) holds back the other two and is
 //! written again until it is: a task is announced only once it is durably finished, and a
 //! master killed meanwhile gets its result again from the stream.
+//!
+//! A master killed after the final record was written but before its result was
+//! acknowledged may or may not have announced it: the next master, given that result again,
+//! finds the task finished by that very result and announces it (`announce_again`). Never
+//! zero `finished` events; two, identical, only if the kill fell between the announcement
+//! and the acknowledgement, which leave one after the other on the same connection.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -10,8 +16,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::{info, warn};
-use vgas_shared::wire::{TaskEvent, TaskOutcome, TaskRecord, TaskState};
+use tracing::{debug, info, warn};
+use vgas_shared::wire::{TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult};
 use vgas_shared::{now_ms, TaskId, WorkerId};
 
 use super::{Dispatcher, Finishing};
@@ -55,6 +61,47 @@ impl Dispatcher {
             event,
             acks: Vec::new(),
         });
+    }
+
+    /// A result for a task not tracked here: a stale attempt's, a cancelled task's, or one
+    /// whose final record a killed master wrote without (perhaps) announcing it. Only the
+    /// last kind is announced: a record finished by a result names its worker, and one worker
+    /// sends one result per attempt, so a stored record finished by this worker in this
+    /// attempt was finished by this result.
+    pub(super) async fn announce_again(&mut self, r: &WorkerResult) {
+        let rec = match self.store.get(&r.task_id).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                debug!(task_id = %r.task_id, "result for a task with no record");
+                return;
+            }
+            Err(e) => {
+                warn!(task_id = %r.task_id, "could not read the record of an untracked task's result: {e:#}");
+                return;
+            }
+        };
+        let TaskState::Finished {
+            worker: Some(worker),
+            outcome,
+            finished_ms,
+        } = rec.state
+        else {
+            debug!(task_id = %r.task_id, "result for a task no longer tracked");
+            return;
+        };
+        if worker != r.worker || rec.attempt != r.attempt {
+            debug!(task_id = %r.task_id, attempt = r.attempt, "stale result ignored");
+            return;
+        }
+        info!(task_id = %r.task_id, "finished before a restart, announced again");
+        let event = TaskEvent::Finished {
+            task_id: rec.task_id.clone(),
+            worker: Some(worker),
+            attempts: rec.attempt,
+            duration_ms: finished_ms.saturating_sub(rec.accepted_ms),
+            outcome,
+        };
+        self.emit(&rec.task_id, rec.encoding, &event).await;
     }
 
     /// Writes this turn's final records together (with those an earlier turn could not
