@@ -102,6 +102,25 @@ varz() {
 g=lambda p: json.load(u.urlopen(f"http://127.0.0.1:{sys.argv[1]}/{p}"))
 v=g("varz"); print(v["in_msgs"], v["in_bytes"], v["out_bytes"], g("jsz")["api"]["total"])' "$1"
 }
+# connz PORT: every connection's "cid name in-bytes out-bytes" (closed ones too), one per line.
+connz() {
+  python3 -c 'import json,sys,urllib.request as u
+c=json.load(u.urlopen(f"http://127.0.0.1:{sys.argv[1]}/connz?state=all&limit=4096"))
+for x in c["connections"]: print(x["cid"], (x.get("name") or "?").replace(" ","_"), x["in_bytes"], x["out_bytes"])' "$1"
+}
+# connz_per_build BEFORE AFTER N: bytes into and out of the server per build, by connection
+# name (a connection opened between the two counts from zero).
+connz_per_build() {
+  python3 -c 'import sys,collections as c
+def rd(t): return {l.split()[0]: l.split()[1:] for l in t.splitlines() if l.strip()}
+a, b, n = rd(sys.argv[1]), rd(sys.argv[2]), int(sys.argv[3])
+tot = c.defaultdict(lambda: [0, 0])
+for cid, (name, i, o) in b.items():
+    i0, o0 = (int(a[cid][1]), int(a[cid][2])) if cid in a else (0, 0)
+    name = name.split("_")[0] if name.startswith("vgas") else name
+    tot[name][0] += int(i) - i0; tot[name][1] += int(o) - o0
+print(", ".join(f"{k} {v[0]/n/1e6:.1f} MB in, {v[1]/n/1e6:.1f} MB out" for k, v in sorted(tot.items())))' "$1" "$2" "$3"
+}
 # varz_per_build BEFORE AFTER N: what the server handled per build, in words.
 varz_per_build() {
   python3 -c 'import sys; a=list(map(int,sys.argv[1].split())); b=list(map(int,sys.argv[2].split())); n=int(sys.argv[3])
@@ -198,7 +217,7 @@ for layout in "${layouts[@]}"; do
   read -r -a active <<<"$tools"
   for tool in "${active[@]}"; do say "$tool, $lname: starting"; "start_$tool" "$nhosts" "$slots"; done
   for tool in "${active[@]}"; do one_build "$tool" 0 "build_$tool" >/dev/null; done
-  [ -n "${mport:-}" ] && v0=$(varz "$mport")
+  [ -n "${mport:-}" ] && { v0=$(varz "$mport"); k0=$(connz "$mport"); }
   declare -A times=()
   for ((r = 1; r <= reps; r++)); do
     # Each round starts one tool further on, so no tool always follows the same one.
@@ -213,6 +232,7 @@ for layout in "${layouts[@]}"; do
     case "$tool" in
       icecc) say "icecc, $lname: $(cat "$work"/logs/iceccd-[12]-"$lkey".log | grep -c "Remote compilation completed" || true) remote compiles in the last $((reps + 1)) builds" ;;
       vgas) say "vgas, $lname: nats-server per build: $(varz_per_build "$v0" "$(varz "$mport")" "$reps")"
+            say "vgas, $lname: by connection, per build: $(connz_per_build "$k0" "$(connz "$mport")" "$reps")"
             grep -h "compiler calls" "$work/vgas-$reps.log" | sed "s/^/bench-scale: $lname: /" >&2 || true ;;
     esac
   done

@@ -185,9 +185,9 @@ impl Dispatcher {
         self.retention = Some(retention);
     }
 
-    fn final_write(&self) -> FinalWrite {
+    fn final_write(&self, rec: &TaskRecord) -> FinalWrite {
         match &self.retention {
-            Some(r) => r.final_write(),
+            Some(r) => r.final_write(rec),
             None => FinalWrite::DropNow,
         }
     }

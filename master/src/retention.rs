@@ -1,10 +1,11 @@
 //! How long a finished task's spec stays in its record. The payload a submitter sent (command,
 //! env, stdin, files, a segment or a run) is needed until the task finishes; the record then
 //! keeps the spec's shape and digest for `vgas.task.info` and idempotent resubmits, and the
-//! payload is dropped once the retention setting (`--spec-retention`) has passed. With 0 the
-//! final record is written without it; otherwise the finished record goes to the [`run`] loop
-//! here, which rewrites it without the payload when its time comes. Bounded: a finishing task
-//! that finds the loop's queue full has its record written without the payload at once.
+//! payload is dropped once the retention setting (`--spec-retention`) has passed. With 0, or
+//! a payload over [`KEEP_SPEC_UP_TO`], the final record is written without it; otherwise the
+//! finished record goes to the [`run`] loop here, which rewrites it without the payload when
+//! its time comes. Bounded: a finishing task that finds the loop's queue full has its record
+//! written without the payload at once.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use vgas_shared::now_ms;
 use vgas_shared::wire::TaskRecord;
+#[cfg(doc)]
+use vgas_shared::wire::TaskSpec;
 
 use crate::store::TaskStore;
 
@@ -20,6 +23,14 @@ use crate::store::TaskStore;
 /// `finished` event to read the record with its spec, short enough that nothing confidential
 /// stays at rest for long.
 pub const DEFAULT_SPEC_RETENTION: Duration = Duration::from_secs(60);
+
+/// The largest spec payload ([`TaskSpec::payload_len`]) a final record keeps for the retention
+/// setting: a larger one (a build segment's preprocessed source, inline files or modules) is
+/// written without it at once. Kept, it would cross nats-server and be stored a third time
+/// (after the submit and the accepted record) for a reader that already sent it and wants
+/// the outcome; in a build of Lua the final records with their sources were 29% of the bytes
+/// the master sent the server (13.4 MB a build with them, 9.5 MB without).
+pub const KEEP_SPEC_UP_TO: usize = 16 * 1024;
 
 /// Finished records waiting for their spec to be dropped (about 300 bytes each, their payload
 /// already gone from the copy kept here): 64 Ki of them is 20 MB at most.
@@ -51,9 +62,9 @@ impl Retention {
         (Retention { grace, tx }, rx)
     }
 
-    /// How the final record of a finishing task is written.
-    pub fn final_write(&self) -> FinalWrite {
-        if self.grace.is_zero() {
+    /// How the final record `rec` of a finishing task is written.
+    pub fn final_write(&self, rec: &TaskRecord) -> FinalWrite {
+        if self.grace.is_zero() || rec.spec.payload_len() > KEEP_SPEC_UP_TO {
             return FinalWrite::DropNow;
         }
         match self.tx.clone().try_reserve_owned() {
@@ -141,5 +152,45 @@ async fn write(store: &TaskStore, recs: &[TaskRecord]) {
         if let Err(e) = w {
             warn!(task_id = %r.task_id, "could not drop the spec from a finished record: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vgas_shared::wire::{TaskOutcome, TaskSpec, TaskState};
+    use vgas_shared::{Encoding, TaskId};
+
+    use super::*;
+
+    fn finished(stdin: String) -> TaskRecord {
+        TaskRecord {
+            task_id: TaskId::random(),
+            spec: TaskSpec {
+                stdin,
+                ..TaskSpec::default()
+            },
+            encoding: Encoding::MsgPack,
+            accepted_ms: 1,
+            attempt: 1,
+            state: TaskState::Finished {
+                worker: None,
+                outcome: TaskOutcome::Exited { exit_code: 0 },
+                finished_ms: 2,
+            },
+            retries: Vec::new(),
+            spec_digest: None,
+            spec_dropped_ms: None,
+        }
+    }
+
+    #[test]
+    fn only_a_small_payload_is_kept_for_the_retention_setting() {
+        let (retention, _rx) = Retention::new(DEFAULT_SPEC_RETENTION);
+        let small = finished("x".repeat(KEEP_SPEC_UP_TO));
+        assert!(matches!(retention.final_write(&small), FinalWrite::Keep(_)));
+        let large = finished("x".repeat(KEEP_SPEC_UP_TO + 1));
+        assert!(matches!(retention.final_write(&large), FinalWrite::DropNow));
+        let (none, _rx) = Retention::new(Duration::ZERO);
+        assert!(matches!(none.final_write(&small), FinalWrite::DropNow));
     }
 }

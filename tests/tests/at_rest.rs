@@ -213,3 +213,33 @@ async fn with_no_retention_the_final_record_has_no_spec() {
         "{rec:?}"
     );
 }
+
+#[tokio::test]
+async fn a_large_payload_leaves_the_final_record_at_once_a_small_one_stays() {
+    // The default retention (60 s) keeps a small spec; one over 16 KiB (a build segment's
+    // source, large inline input) is not written a third time.
+    let mut swarm = Swarm::start().await.unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    let _worker = swarm.worker("w1", 1, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    for (stdin, kept) in [("small".to_string(), true), ("x".repeat(32 * 1024), false)] {
+        let id = TaskId::random();
+        let mut spec = sh("wc -c");
+        spec.task_id = Some(id.clone());
+        spec.stdin = stdin.clone();
+        let done = vgas_tests::run_task(&client, &swarm.subjects, spec, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(done.stdout.trim(), stdin.len().to_string());
+        let rec = info(&client, &swarm, &id).await.expect("the record");
+        assert!(matches!(rec.state, TaskState::Finished { .. }));
+        assert_eq!(
+            rec.spec_dropped_ms.is_none(),
+            kept,
+            "{:?}",
+            rec.spec_dropped_ms
+        );
+        assert_eq!(rec.spec.stdin.len(), if kept { stdin.len() } else { 0 });
+    }
+}

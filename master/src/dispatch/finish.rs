@@ -145,7 +145,7 @@ impl Dispatcher {
         let written = {
             let records: Vec<Cow<'_, TaskRecord>> = finishing
                 .iter()
-                .map(|f| match self.final_write() {
+                .map(|f| match self.final_write(&f.rec) {
                     FinalWrite::Keep(permit) => {
                         later.push(Some(permit));
                         Cow::Borrowed(&f.rec)

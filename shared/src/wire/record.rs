@@ -4,12 +4,64 @@
 //! answers and an idempotent resubmit is still recognised, but nothing the submitter sent in
 //! confidence stays at rest longer than the retention setting says.
 
-use super::{TaskRecord, TaskSpec, TaskState};
+use super::{EnvValue, TaskRecord, TaskSpec, TaskState};
 
 impl TaskSpec {
     /// Whether any env value is marked secret.
     pub fn has_secrets(&self) -> bool {
         self.env.values().any(|v| v.is_secret())
+    }
+
+    /// About how many bytes the spec's payload takes (its strings: command, env, stdin, files,
+    /// a segment's source, a kernel's, a crate's inline inputs, a run's instruction), without
+    /// encoding it: what
+    /// keeping it in a record costs the store.
+    pub fn payload_len(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+        let files: usize = self
+            .files
+            .iter()
+            .map(|f| {
+                f.path.len()
+                    + f.text.as_ref().map_or(0, String::len)
+                    + f.base64.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        let env: usize = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                k.len()
+                    + match v {
+                        EnvValue::Plain(v) => v.len(),
+                        EnvValue::Marked(m) => m.value.len(),
+                        EnvValue::Sealed(s) => s.sealed.len(),
+                    }
+            })
+            .sum();
+        let compile = self.compile.as_ref().map_or(0, |c| {
+            let s = &c.source;
+            strings(&c.args)
+                + s.text.as_ref().map_or(0, String::len)
+                + s.lz4.as_ref().map_or(0, String::len)
+                + c.files
+                    .iter()
+                    .map(|f| f.path.len() + f.object.len())
+                    .sum::<usize>()
+        });
+        let agent = self.agent.as_ref().map_or(0, |a| a.instruction.len());
+        let cuda = self
+            .cuda
+            .as_ref()
+            .map_or(0, |c| c.source.len() + strings(&c.options));
+        let rustc = self.rustc.as_ref().map_or(0, |r| {
+            strings(&r.args)
+                + r.inputs
+                    .iter()
+                    .map(|i| i.path.len() + i.base64.as_ref().map_or(0, String::len))
+                    .sum::<usize>()
+        });
+        strings(&self.cmd) + self.stdin.len() + files + env + compile + agent + cuda + rustc
     }
 
     /// The spec without its payload: what it ran and with what input is gone; how it was to
@@ -114,5 +166,29 @@ mod tests {
         assert!(old.submitted_as(&rec.spec, "d"));
         assert!(!old.submitted_as(&TaskSpec::default(), "d"));
         assert!(!old.without_spec(1).submitted_as(&rec.spec, "d"));
+    }
+
+    #[test]
+    fn the_payload_length_counts_what_dropping_the_spec_removes() {
+        let rec = record();
+        // "echo" + "private" + "input" + "K" + "v"
+        assert_eq!(rec.spec.payload_len(), 4 + 7 + 5 + 1 + 1);
+        assert_eq!(rec.without_spec(9).spec.payload_len(), 0);
+        let mut big = rec.spec.clone();
+        big.compile = Some(crate::farm::CompileSpec {
+            source: crate::farm::Source::packed(&vec![b'x'; 100_000]),
+            ..crate::farm::CompileSpec::default()
+        });
+        let packed = big
+            .compile
+            .as_ref()
+            .unwrap()
+            .source
+            .lz4
+            .as_ref()
+            .unwrap()
+            .len();
+        assert!(packed > 0);
+        assert_eq!(big.payload_len(), rec.spec.payload_len() + packed);
     }
 }
