@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -15,6 +14,7 @@ use crate::names::{check_module_ref, check_relative_path};
 
 pub mod command;
 pub mod diagnostics;
+pub mod packed;
 pub mod plan;
 pub mod reparse;
 pub mod rustc;
@@ -198,16 +198,17 @@ impl Language {
     }
 }
 
-/// The bytes of a source: exactly one of plain `text`, `lz4` (base64 of size-prefixed LZ4
-/// block, as `lz4_flex::compress_prepend_size` writes), or `object`: `sha256:<hex>` of the
+/// The bytes of a source: exactly one of plain `text`, `lz4` (a size-prefixed LZ4 block, as
+/// `lz4_flex::compress_prepend_size` writes; base64 in JSON), or `object`: `sha256:<hex>` of the
 /// bytes, stored under that name in the build sources Object Store bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// A size-prefixed LZ4 block: base64 in JSON, binary in MessagePack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lz4: Option<String>,
+    pub lz4: Option<packed::Base64Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
 }
@@ -229,10 +230,10 @@ impl Source {
         if let Some(t) = &self.text {
             return Ok(Some(t.as_bytes().to_vec()));
         }
-        let Some(b) = &self.lz4 else { return Ok(None) };
-        let packed = base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map_err(|e| bad(format!("source: bad base64: {e}")))?;
+        let Some(packed) = &self.lz4 else {
+            return Ok(None);
+        };
+        let packed = &packed.0;
         if packed.len() < 4 {
             return Err(bad("source: lz4 block too short".into()));
         }
@@ -240,7 +241,7 @@ impl Source {
         if size > max {
             return Err(bad(format!("source: {size} bytes unpacked, over {max}")));
         }
-        lz4_flex::decompress_size_prepended(&packed)
+        lz4_flex::decompress_size_prepended(packed)
             .map(Some)
             .map_err(|e| bad(format!("source: bad lz4 block: {e}")))
     }
@@ -248,10 +249,7 @@ impl Source {
     /// An inline, compressed source.
     pub fn packed(bytes: &[u8]) -> Source {
         Source {
-            lz4: Some(
-                base64::engine::general_purpose::STANDARD
-                    .encode(lz4_flex::compress_prepend_size(bytes)),
-            ),
+            lz4: Some(packed::Base64Bytes(lz4_flex::compress_prepend_size(bytes))),
             ..Default::default()
         }
     }

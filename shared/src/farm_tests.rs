@@ -81,7 +81,7 @@ fn sources_round_trip_and_refuse_bombs() {
     assert!(both.validate().is_err());
     assert!(Source::default().validate().is_err());
     let garbage = Source {
-        lz4: Some("AAAAAAAA".into()),
+        lz4: Some(packed::Base64Bytes(vec![0; 6])),
         ..Default::default()
     };
     assert!(garbage.inline_bytes(1 << 20).is_err());

@@ -51,8 +51,10 @@ pub fn unknown_worker() -> WorkerId {
 }
 
 fn source_too_large(source: &Source) -> bool {
-    let inline = source.lz4.as_ref().or(source.text.as_ref());
-    inline.is_some_and(|s| s.len() > super::prepare::MAX_INLINE_SOURCE)
+    let inline = source.lz4.as_ref().map(|b| b.len());
+    inline
+        .or(source.text.as_ref().map(String::len))
+        .is_some_and(|n| n > super::prepare::MAX_INLINE_SOURCE)
 }
 
 /// Puts a source too large for the task into the sources bucket, by content hash.

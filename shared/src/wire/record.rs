@@ -43,7 +43,7 @@ impl TaskSpec {
             let s = &c.source;
             strings(&c.args)
                 + s.text.as_ref().map_or(0, String::len)
-                + s.lz4.as_ref().map_or(0, String::len)
+                + s.lz4.as_ref().map_or(0, |b| b.len())
                 + c.files
                     .iter()
                     .map(|f| f.path.len() + f.object.len())
