@@ -145,6 +145,36 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<Bound> {
     Ok(Bound { listener, addr })
 }
 
+/// A listening socket bound once, at a process's start, and served again and again: a
+/// master binds its dashboard and metrics addresses before it waits for the leader lease, so
+/// an address it cannot have stops it at once with the reason, instead of failing every term
+/// it leads; between terms the port stays its own.
+#[derive(Debug)]
+pub struct Reserved {
+    listener: std::net::TcpListener,
+    pub addr: SocketAddr,
+}
+
+impl Reserved {
+    /// Binds `addr` (port 0 picks one).
+    pub fn bind(addr: SocketAddr, what: &str) -> Result<Reserved> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("bind the {what} endpoint to {addr}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok(Reserved { listener, addr })
+    }
+
+    /// The socket, ready to serve (in a Tokio runtime) until that serving ends.
+    pub fn bound(&self) -> Result<Bound> {
+        let listener = tokio::net::TcpListener::from_std(self.listener.try_clone()?)?;
+        Ok(Bound {
+            listener,
+            addr: self.addr,
+        })
+    }
+}
+
 /// Serves `router` on `bound` until `shutdown`, on `tracker`.
 pub fn serve(bound: Bound, router: Router, tracker: &TaskTracker, shutdown: CancellationToken) {
     let svc = router.into_make_service_with_connect_info::<SocketAddr>();

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
+use vgas_client::http::Reserved;
 use vgas_shared::config::Resolved;
 use vgas_shared::limits::{DEFAULT_QUEUE_CAPACITY, SHUTDOWN_TIMEOUT};
 use vgas_shared::now_ms;
@@ -96,6 +97,17 @@ impl MasterConfig {
 /// master lease, as the swarm's leader while it holds it (see [`leader`]), and back to
 /// standby if it loses it.
 pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
+    // Bound before anything else, once: an address this master cannot have stops it here.
+    let endpoints = Endpoints {
+        dashboard: match &cfg.dashboard {
+            Some(d) => Some(Reserved::bind(d.addr, "dashboard")?),
+            None => None,
+        },
+        metrics: match cfg.metrics_addr {
+            Some(addr) => Some(Reserved::bind(addr, "metrics")?),
+            None => None,
+        },
+    };
     let client = vgas_client::connect::connect(&cfg.conn, "vgas-master").await?;
     let js = async_nats::jetstream::new(client.clone());
     // A cluster that has just formed (or lost a server) refuses JetStream requests for a few
@@ -171,6 +183,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         observe,
         gateway,
         leading,
+        endpoints,
     };
     let outcome = loop {
         let me = vgas_shared::wire::MasterLease {
@@ -232,6 +245,13 @@ struct Base {
     gateway: gateway::Gateway,
     /// The lease table the view follows while this master leads.
     leading: view::Leading,
+    endpoints: Endpoints,
+}
+
+/// The HTTP addresses, bound at start and served while this master leads.
+struct Endpoints {
+    dashboard: Option<Reserved>,
+    metrics: Option<Reserved>,
 }
 
 /// The swarm's master while this process holds the lease: everything below runs until
@@ -357,16 +377,22 @@ async fn lead(
         token: None,
         stop: shutdown.clone(),
     };
-    let dashboard_url = match &cfg.dashboard {
-        Some(d) => Some(dashboard::start(d, shared.clone(), &tracker, shutdown.clone()).await?),
-        None => None,
+    let dashboard_url = match (&cfg.dashboard, &base.endpoints.dashboard) {
+        (Some(d), Some(reserved)) => Some(dashboard::start(
+            d,
+            reserved,
+            shared.clone(),
+            &tracker,
+            shutdown.clone(),
+        )?),
+        _ => None,
     };
-    if let Some(addr) = cfg.metrics_addr {
+    if let Some(reserved) = &base.endpoints.metrics {
         let shared = dashboard::Shared {
             token: cfg.metrics_token.clone(),
             ..shared
         };
-        dashboard::start_metrics(addr, shared, &tracker, shutdown.clone()).await?;
+        dashboard::start_metrics(reserved, shared, &tracker, shutdown.clone())?;
     }
     let info_ep = service
         .endpoint_builder()

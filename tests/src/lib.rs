@@ -78,11 +78,31 @@ fn nats_server_bin() -> PathBuf {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
+    // Below the kernel's ephemeral range: a port from that range (what binding port 0 gives)
+    // can be taken, before the process it is meant for binds it, as the local port of any
+    // connection the suite opens meanwhile.
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (FREE_PORTS_FROM, low.max(FREE_PORTS_FROM + 1000));
+    for _ in 0..FREE_PORT_TRIES {
+        let port = from + (uuid::Uuid::new_v4().as_u128() % u128::from(to - from)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// The lowest port [`free_port`] picks: above the well-known and most registered services.
+const FREE_PORTS_FROM: u16 = 20000;
+
+/// Random ports [`free_port`] tries before it takes one from the kernel.
+const FREE_PORT_TRIES: usize = 64;
 
 /// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>

@@ -478,3 +478,22 @@ async fn from_elsewhere_nothing_is_served_without_the_token() {
         "{local:?}"
     );
 }
+
+#[tokio::test]
+async fn a_master_whose_metrics_address_is_taken_stops_with_the_reason() {
+    // Bound at start, not in each term as leader: a master that cannot have its address
+    // says so and exits, rather than running on without status or metrics.
+    let mut swarm = Swarm::start().await.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for flag in ["--metrics", "--dashboard"] {
+        let mut master = swarm.master(&[flag, &addr]).unwrap();
+        let status = master.wait_exit(WAIT).await.unwrap();
+        assert!(!status.success());
+        let log = master.log_text();
+        assert!(
+            log.contains(&format!("endpoint to {addr}")) && log.contains("in use"),
+            "{log}"
+        );
+    }
+}

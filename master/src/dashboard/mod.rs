@@ -88,13 +88,14 @@ fn base_url(addr: SocketAddr) -> String {
 }
 
 /// Starts the dashboard (with `/metrics`); returns the URL with its token.
-pub async fn start(
+pub fn start(
     cfg: &DashboardConfig,
+    reserved: &http::Reserved,
     shared: Shared,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<String> {
-    let bound = http::bind(cfg.addr, "dashboard").await?;
+    let bound = reserved.bound()?;
     let base = cfg
         .public_url
         .clone()
@@ -109,14 +110,14 @@ pub async fn start(
     Ok(url)
 }
 
-/// Starts a metrics-only endpoint; returns the address it is bound to.
-pub async fn start_metrics(
-    addr: SocketAddr,
+/// Starts a metrics-only endpoint on `reserved`; returns the address it is bound to.
+pub fn start_metrics(
+    reserved: &http::Reserved,
     shared: Shared,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
-    let bound = http::bind(addr, "metrics").await?;
+    let bound = reserved.bound()?;
     let at = bound.addr;
     info!(addr = %at, "metrics endpoint ready");
     http::serve(bound, routes::metrics_only(shared), tracker, shutdown);
