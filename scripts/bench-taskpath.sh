@@ -2,10 +2,10 @@
 # The task path next to its transport and next to Ray, in one run, as a new user measures it:
 # raw NATS request-reply, vgas wasm and exec no-op tasks (p50, p99, tasks/s, and the median
 # time of each event after the submit), batch submission and drain, and a Ray no-op remote
-# function. Starts its own nats-server (nats.conf), master and one worker (SLOTS slots) on a
+# function; the wasm-run and exec-run rows take each task in one request on vgas.task.run. Starts its own nats-server (nats.conf), master and one worker (SLOTS slots) on a
 # free port with a throw-away state directory and a queue of QUEUE_CAPACITY (100,000); release build. Ray 2.60.0 and nats-py are
 # installed, pinned, into .tools/bench-venv (ignored). Usage:
-#   scripts/bench-taskpath.sh [raw] [wasm] [exec] [batch] [ray]     (default: all of them)
+#   scripts/bench-taskpath.sh [raw] [wasm] [wasm-run] [exec] [exec-run] [batch] [ray]   (default: all)
 #   scripts/bench-taskpath.sh -- CMD...    (CMD against the same swarm, its logs in $BENCH_LOGS)
 # BENCH_BIN_DIR=DIR runs DIR's binaries (another commit's release build) instead of building.
 # BENCH_TLS=0 runs the swarm without TLS (`vgas init --no-tls`); by default it has TLS, as

@@ -10,6 +10,8 @@ and p99, then IN_FLIGHT loops at once for WINDOW_S seconds for tasks/s.
   round trip subscribes to the task's events, submits JSON on vgas.task.submit and waits for
   the `finished` event. The median time of each event after the submit is printed too: where
   the time goes, as the client sees it;
+- wasm-run, exec-run: the same tasks on vgas.task.run, whose reply is the `finished` event
+  (one request per task, as `ray.get(f.remote())` is one call);
 - batch: BATCH_TASKS wasm tasks submitted in arrays of BATCH_SIZE, then drained;
 - ray: a no-op remote function, `ray.init(num_cpus=2)`, the same loops.
 
@@ -158,6 +160,23 @@ class Tasks:
         return {k: round(statistics.median(v) * 1e3, 3) for k, v in sorted(self.hops.items(), key=lambda kv: statistics.median(kv[1]))}
 
 
+async def run_path(name, spec):
+    """Each task one request on vgas.task.run; the reply is its `finished` event."""
+    nc = await connect()
+
+    async def one():
+        body = dict(spec, task_id=uuid.uuid4().hex)
+        reply = await nc.request(f"{PREFIX}.task.run", json.dumps(body).encode(), timeout=30)
+        ev = json.loads(reply.data)
+        outcome = ev.get("outcome", {})
+        if ev.get("type") != "finished" or outcome.get("status") != "exited" or outcome.get("exit_code") != 0:
+            raise RuntimeError(f"task.run did not succeed: {ev}")
+
+    lat, rate = await loops(one, LATENCY_N, IN_FLIGHT, WINDOW_S)
+    await nc.close()
+    return row(name, lat, rate)
+
+
 async def vgas_path(name, spec):
     nc = await connect()
     tasks = Tasks(nc)
@@ -251,16 +270,20 @@ async def main(which):
             rows.append(await vgas_path("vgas wasm no-op task (nats-py JSON)", {"kind": "wasm", "module": module}))
         elif w == "exec":
             rows.append(await vgas_path("vgas exec no-op task `true`, full sandbox (nats-py JSON)", {"kind": "exec", "cmd": ["true"]}))
+        elif w == "wasm-run":
+            rows.append(await run_path("vgas wasm no-op task on task.run (nats-py JSON)", {"kind": "wasm", "module": module}))
+        elif w == "exec-run":
+            rows.append(await run_path("vgas exec no-op task `true` on task.run, full sandbox (nats-py JSON)", {"kind": "exec", "cmd": ["true"]}))
         elif w == "batch":
             rows.append(await batch(module))
         elif w == "ray":
             rows.append(ray_path())
         else:
-            sys.exit(f"unknown path {w!r}: raw, wasm, exec, batch or ray")
+            sys.exit(f"unknown path {w!r}: raw, wasm, wasm-run, exec, exec-run, batch or ray")
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["raw", "wasm", "exec", "batch", "ray"]
+    which = sys.argv[1:] or ["raw", "wasm", "wasm-run", "exec", "exec-run", "batch", "ray"]
     asyncio.run(main(which))

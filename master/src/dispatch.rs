@@ -46,15 +46,27 @@ const MAX_COMMANDS_PER_TURN: usize = 256;
 /// Commands for the actor. The channel is bounded; senders wait when it is full.
 #[derive(Debug)]
 pub enum Command {
-    /// A task written to the store and acknowledged to its submitter.
+    /// A task written to the store and acknowledged to its submitter (or, submitted on
+    /// `task.run`, to be answered with its `finished` event: `waiter`).
     Accepted {
         record: Box<TaskRecord>,
         permit: OwnedSemaphorePermit,
+        waiter: Option<Waiter>,
     },
     /// A task written to the store already assigned: submit found a worker with a free slot
     /// (reserved) and nothing queued, so the record went in once, as `Assigned`. The
     /// actor announces and sends it.
-    Placed { record: Box<TaskRecord> },
+    Placed {
+        record: Box<TaskRecord>,
+        waiter: Option<Waiter>,
+    },
+    /// A `task.run` of a task already accepted (the same id and spec again): its `finished`
+    /// event goes to `waiter` too, if the task is still tracked here.
+    Wait {
+        task_id: TaskId,
+        waiter: Waiter,
+        reply: oneshot::Sender<Waiting>,
+    },
     /// A worker's result, read from the results stream; `done` fires once it is recorded.
     Result {
         result: WorkerResult,
@@ -90,6 +102,30 @@ pub enum Command {
     },
 }
 
+/// A `task.run` caller waiting for a task's `finished` event: its request's reply subject,
+/// answered once, in the request's encoding. Not durable: a master that stops drops its
+/// waiters, and the caller runs the same id again (an idempotent resubmit) to wait anew.
+#[derive(Debug, Clone)]
+pub struct Waiter {
+    pub reply: async_nats::Subject,
+    pub encoding: Encoding,
+}
+
+/// What became of a [`Command::Wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The task is tracked here: the waiter gets its `finished` event.
+    Attached,
+    /// The task has [`MAX_WAITERS_PER_TASK`] waiters already.
+    Full,
+    /// Not tracked here: finished already (its record says how), or not yet handed over.
+    Untracked,
+}
+
+/// Callers one task answers on `task.run` at once: each rerun of an id adds one, so a
+/// client retrying in a loop cannot grow a task's memory without bound.
+pub const MAX_WAITERS_PER_TASK: usize = 16;
+
 /// A task finished in memory whose record is not written yet: written with the others of
 /// the same turn, then announced, then its result acknowledged.
 #[derive(Debug)]
@@ -98,6 +134,8 @@ struct Finishing {
     event: TaskEvent,
     /// Acknowledgements of the results that led to it, sent once the record is written.
     acks: Vec<oneshot::Sender<()>>,
+    /// `task.run` callers, answered with the event once it is announced.
+    waiters: Vec<Waiter>,
 }
 
 #[derive(Debug)]
@@ -110,6 +148,8 @@ struct Tracked {
     /// start of its dispatch latency.
     entered_queue_ms: u64,
     cancel_requested: bool,
+    /// `task.run` callers waiting for its `finished` event.
+    waiters: Vec<Waiter>,
 }
 
 /// The actor.
@@ -220,6 +260,7 @@ impl Dispatcher {
                     rec,
                     permit: None,
                     cancel_requested: false,
+                    waiters: Vec::new(),
                 },
             );
         }
@@ -274,16 +315,20 @@ impl Dispatcher {
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Accepted { record, permit } => {
-                let id = self.track(*record, Some(permit));
+            Command::Accepted {
+                record,
+                permit,
+                waiter,
+            } => {
+                let id = self.track(*record, Some(permit), waiter);
                 self.pending.push_back(id);
             }
-            Command::Placed { record } => {
+            Command::Placed { record, waiter } => {
                 let worker = match &record.state {
                     TaskState::Assigned { worker, .. } => Some(worker.clone()),
                     _ => None,
                 };
-                let id = self.track(*record, None);
+                let id = self.track(*record, None, waiter);
                 match worker {
                     Some(worker) => self.dispatch_task(&id, worker).await,
                     None => self.pending.push_back(id),
@@ -322,12 +367,32 @@ impl Dispatcher {
                 let found = self.cancel(&task_id).await;
                 let _ = reply.send(found);
             }
+            Command::Wait {
+                task_id,
+                waiter,
+                reply,
+            } => {
+                let waiting = match self.tasks.get_mut(&task_id) {
+                    None => Waiting::Untracked,
+                    Some(t) if t.waiters.len() >= MAX_WAITERS_PER_TASK => Waiting::Full,
+                    Some(t) => {
+                        t.waiters.push(waiter);
+                        Waiting::Attached
+                    }
+                };
+                let _ = reply.send(waiting);
+            }
         }
     }
 
     /// Starts tracking a task just accepted (holding its queue place while it waits, if it
     /// is queued); returns its id.
-    fn track(&mut self, rec: TaskRecord, permit: Option<OwnedSemaphorePermit>) -> TaskId {
+    fn track(
+        &mut self,
+        rec: TaskRecord,
+        permit: Option<OwnedSemaphorePermit>,
+        waiter: Option<Waiter>,
+    ) -> TaskId {
         let id = rec.task_id.clone();
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.observe.accepted(&rec);
@@ -339,6 +404,7 @@ impl Dispatcher {
                 queued_at_ms: now_ms(),
                 entered_queue_ms: now_ms(),
                 cancel_requested: false,
+                waiters: waiter.into_iter().collect(),
             },
         );
         id
@@ -501,6 +567,18 @@ impl Dispatcher {
         let subject = self.subjects.task_events(id);
         if let Err(e) = self.client.publish(subject, Bytes::from(bytes)).await {
             warn!(task_id = %id, "could not publish task event: {e}");
+        }
+    }
+
+    /// Answers each `task.run` caller with the task's `finished` event, in its own encoding.
+    async fn answer_waiters(&self, id: &TaskId, ev: &TaskEvent, waiters: Vec<Waiter>) {
+        for w in waiters {
+            let Ok(bytes) = encode(w.encoding, ev) else {
+                continue;
+            };
+            if let Err(e) = self.client.publish(w.reply, Bytes::from(bytes)).await {
+                warn!(task_id = %id, "could not answer a task.run caller: {e}");
+            }
         }
     }
 

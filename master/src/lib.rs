@@ -339,6 +339,7 @@ async fn lead(
         .map_err(|e| anyhow::anyhow!("register the micro service: {e}"))?;
     let endpoints = [
         (EndpointKind::Submit, "submit", subjects.submit()),
+        (EndpointKind::Run, "run", subjects.task_run()),
         (EndpointKind::Status, "status", subjects.status()),
         (EndpointKind::Info, "info", subjects.task_info()),
         (EndpointKind::Cancel, "cancel", subjects.task_cancel()),

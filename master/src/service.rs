@@ -20,12 +20,13 @@ use vgas_shared::wire::{
 };
 use vgas_shared::{now_ms, Encoding, ErrorCode, Subjects, TaskId, VgaError, WorkerId};
 
-use crate::dispatch::Command;
+use crate::dispatch::{Command, Waiter};
 use crate::observe::Counters;
 use crate::scheduler::AgentScheduler;
 use crate::store::{Created, TaskStore};
 
 mod batch;
+mod run;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -91,7 +92,7 @@ impl Handlers {
             Err((enc, e)) => return (enc, Err(e)),
         };
         let answer = match self.admit(spec) {
-            Ok(spec) => self.accept(spec, enc).await,
+            Ok(spec) => self.accept(spec, enc, None).await,
             Err(e) => Err(e),
         };
         (enc, answer.and_then(|r| reply(enc, &r)))
@@ -122,7 +123,15 @@ impl Handlers {
         Some(crate::dispatch::gpu::unsatisfiable(gpus, &self.sched))
     }
 
-    async fn accept(&self, mut spec: TaskSpec, enc: Encoding) -> Result<SubmitReply, WireError> {
+    /// Records a task and hands it to the dispatcher; `waiter`, a `task.run` caller, is
+    /// answered with its `finished` event (not when the id was taken already: the answer
+    /// says `duplicate`, and the caller waits on the task that has it).
+    async fn accept(
+        &self,
+        mut spec: TaskSpec,
+        enc: Encoding,
+        waiter: Option<Waiter>,
+    ) -> Result<SubmitReply, WireError> {
         let named = spec.task_id.is_some();
         let task_id = spec.task_id.clone().unwrap_or_else(TaskId::random);
         spec.task_id = Some(task_id.clone());
@@ -214,10 +223,12 @@ impl Handlers {
             // Its queue place is given back at once: it never waits in the queue.
             Some(_) => Command::Placed {
                 record: Box::new(record),
+                waiter,
             },
             None => Command::Accepted {
                 record: Box::new(record),
                 permit,
+                waiter,
             },
         };
         if self.tx.send(cmd).await.is_err() {
@@ -336,6 +347,11 @@ impl Handlers {
         let payload = &req.message.payload;
         let (enc, answer) = match kind {
             EndpointKind::Submit => self.submit(payload).await,
+            EndpointKind::Run => match self.run(payload, req.message.reply.clone()).await {
+                Some(answer) => answer,
+                // Answered by the dispatcher when the task finishes.
+                None => return,
+            },
             EndpointKind::Status => {
                 let enc = Encoding::detect(payload);
                 if payload.len() > MAX_CONTROL_BYTES {
@@ -362,6 +378,7 @@ const MAX_REQUESTS_IN_FLIGHT: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub enum EndpointKind {
     Submit,
+    Run,
     Status,
     Info,
     Cancel,

@@ -50,6 +50,12 @@ impl Subjects {
         format!("{}.task.submit", self.prefix)
     }
 
+    /// Request: submit a task and have its `finished` event as the reply. Person-facing
+    /// (JSON).
+    pub fn task_run(&self) -> String {
+        format!("{}.task.run", self.prefix)
+    }
+
     /// Request: the swarm's `SwarmPulse`. Person-facing (JSON).
     pub fn status(&self) -> String {
         format!("{}.status", self.prefix)

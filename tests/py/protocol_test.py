@@ -52,7 +52,7 @@ async def micro_service(nc):
     assert {e["subject"] for e in llm["endpoints"]} == {"vgas.llm.complete", "vgas.llm.usage"}, llm
     info = await req(nc, "$SRV.INFO.vgas-master", b"")
     subjects = {e["subject"] for e in info["endpoints"]}
-    core = {"vgas.status", "vgas.task.cancel", "vgas.task.info", "vgas.task.submit"}
+    core = {"vgas.status", "vgas.task.cancel", "vgas.task.info", "vgas.task.run", "vgas.task.submit"}
     assert core <= subjects, subjects
     await req(nc, "vgas.status", b"")
     stats = await req(nc, "$SRV.STATS.vgas-master", b"")
@@ -120,6 +120,35 @@ async def submit_and_stream(nc):
         "env": {}, "stdin": "", "deadline_s": 60, "needs": {},
     })
     assert again["duplicate"] is True, again
+
+
+@check("nats req vgas.task.run answers with the finished event; a rerun of the id waits on the same task")
+async def run_and_wait(nc):
+    task_id = uuid.uuid4().hex
+    spec = {"task_id": task_id, "cmd": ["sh", "-c", "sleep 0.5; exit 3"]}
+    # Two callers run the same id at once: one task, both answered with its one outcome.
+    first, second = await asyncio.gather(
+        req(nc, "vgas.task.run", spec, timeout=30),
+        req(nc, "vgas.task.run", spec, timeout=30),
+    )
+    for fin in (first, second):
+        assert fin["type"] == "finished" and fin["task_id"] == task_id, fin
+        assert fin["outcome"] == {"status": "exited", "exit_code": 3}, fin
+        assert fin["attempts"] == 1, fin
+    info = await req(nc, "vgas.task.info", {"task_id": task_id})
+    assert info["attempt"] == 1 and info["state"]["state"] == "finished", info
+    # Finished: a rerun is answered at once from the record, the same event.
+    again = await req(nc, "vgas.task.run", spec)
+    assert again == first, (again, first)
+    # Refusals come back at once, as on submit.
+    other = await req(nc, "vgas.task.run", {"task_id": task_id, "cmd": ["true"]})
+    assert other["error"]["code"] == "conflict", other
+    for payload in (b"{nope", json.dumps([{"cmd": ["true"]}]).encode()):
+        r = await req(nc, "vgas.task.run", payload)
+        assert r["error"]["code"] == "bad_request" and r["error"]["message"], r
+    # A generated id: the answer names it.
+    fin = await req(nc, "vgas.task.run", {"cmd": ["sh", "-c", "exit 0"]}, timeout=30)
+    assert fin["outcome"] == {"status": "exited", "exit_code": 0} and fin["task_id"], fin
 
 
 @check("a submit without task_id gets one; stdin and files arrive")

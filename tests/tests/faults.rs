@@ -119,6 +119,99 @@ async fn master_killed_and_restarted_resumes_every_accepted_task() {
     assert_eq!(b.stdout, "second\n");
 }
 
+/// One `task.run` request: its answer, the `finished` event (or the refusal as an error).
+async fn run_request(
+    client: &async_nats::Client,
+    swarm: &Swarm,
+    spec: &TaskSpec,
+    within: Duration,
+) -> anyhow::Result<TaskEvent> {
+    let bytes = vgas_shared::codec::encode(Encoding::MsgPack, spec)?;
+    let msg = tokio::time::timeout(
+        within,
+        client.request(swarm.subjects.task_run(), bytes.into()),
+    )
+    .await??;
+    let reply: vgas_shared::codec::Reply<TaskEvent> = decode_as(Encoding::MsgPack, &msg.payload)?;
+    Ok(reply.into_result()?)
+}
+
+/// `task.run`'s wait is not durable but its task is: a caller whose master is killed runs
+/// the same id again on the next master and gets the task's one outcome, and the task ran
+/// once.
+#[tokio::test]
+async fn a_task_run_whose_master_is_killed_is_answered_on_a_rerun_by_the_next_master() {
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let id = TaskId::random();
+    let mut spec = sh("sleep 2; echo ran; exit 7");
+    spec.task_id = Some(id.clone());
+    let events = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let waiting = {
+        let (client, swarm_subjects, spec) = (client.clone(), swarm.subjects.clone(), spec.clone());
+        tokio::spawn(async move {
+            let bytes = vgas_shared::codec::encode(Encoding::MsgPack, &spec).unwrap();
+            client
+                .request(swarm_subjects.task_run(), bytes.into())
+                .await
+        })
+    };
+    // Running on the worker: the master goes.
+    let info = loop {
+        let q = vgas_shared::wire::TaskQuery {
+            task_id: id.clone(),
+        };
+        if let Ok(rec) =
+            request::<_, vgas_shared::wire::TaskRecord>(&client, swarm.subjects.task_info(), &q)
+                .await
+        {
+            if matches!(rec.state, vgas_shared::wire::TaskState::Assigned { .. }) {
+                break rec;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(info.attempt, 1);
+    procs[0].signal(libc::SIGKILL);
+    procs[0].wait_exit(WAIT).await.unwrap();
+    waiting.abort();
+    let _master2 = swarm.master(&[]).unwrap();
+
+    // Run again until the new master answers (no responders while it starts).
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let fin = loop {
+        match run_request(&client, &swarm, &spec, WAIT * 2).await {
+            Ok(fin) => break fin,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                println!("rerun: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no answer from the next master: {e:#}"),
+        }
+    };
+    let TaskEvent::Finished {
+        task_id,
+        outcome,
+        attempts,
+        ..
+    } = &fin
+    else {
+        panic!("not a finished event: {fin:?}");
+    };
+    assert_eq!((task_id, attempts), (&id, &1));
+    assert_eq!(*outcome, TaskOutcome::Exited { exit_code: 7 });
+    // Ended now: a rerun is answered at once from the record, with the same event.
+    let again = run_request(&client, &swarm, &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(again, fin);
+    let seen = collect(events, WAIT, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(seen.finished_count(), 1, "{:?}", seen.events);
+    assert_eq!(seen.stdout, "ran\n", "the task ran once");
+}
+
 #[tokio::test]
 async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_master() {
     // The state a master leaves when killed after writing a task's final record and before

@@ -39,5 +39,5 @@ async fn a_plain_nats_client_speaks_the_documented_json() {
     );
     println!("{text}");
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("protocol: 8 passed, 0 failed"), "{text}");
+    assert!(text.contains("protocol: 9 passed, 0 failed"), "{text}");
 }

@@ -60,6 +60,7 @@ impl Dispatcher {
             rec: t.rec,
             event,
             acks: Vec::new(),
+            waiters: t.waiters,
         });
     }
 
@@ -82,26 +83,20 @@ impl Dispatcher {
         };
         let TaskState::Finished {
             worker: Some(worker),
-            outcome,
-            finished_ms,
-        } = rec.state
+            ..
+        } = &rec.state
         else {
             debug!(task_id = %r.task_id, "result for a task no longer tracked");
             return;
         };
-        if worker != r.worker || rec.attempt != r.attempt {
+        if *worker != r.worker || rec.attempt != r.attempt {
             debug!(task_id = %r.task_id, attempt = r.attempt, "stale result ignored");
             return;
         }
         info!(task_id = %r.task_id, "finished before a restart, announced again");
-        let event = TaskEvent::Finished {
-            task_id: rec.task_id.clone(),
-            worker: Some(worker),
-            attempts: rec.attempt,
-            duration_ms: finished_ms.saturating_sub(rec.accepted_ms),
-            outcome,
-        };
-        self.emit(&rec.task_id, rec.encoding, &event).await;
+        if let Some(event) = rec.finished_event() {
+            self.emit(&rec.task_id, rec.encoding, &event).await;
+        }
     }
 
     /// Writes this turn's final records together (with those an earlier turn could not
@@ -174,6 +169,8 @@ impl Dispatcher {
             }
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
             self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
+            self.answer_waiters(&f.rec.task_id, &f.event, f.waiters)
+                .await;
             // After the announcement: the record's spec goes later.
             if let Some(permit) = later {
                 permit.send(f.rec.without_spec(now));

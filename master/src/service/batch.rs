@@ -42,7 +42,7 @@ impl Handlers {
         }
         let answers = join_all(specs.into_iter().map(|spec| async move {
             let accepted = match self.admit(spec) {
-                Ok(spec) => self.accept(spec, enc).await,
+                Ok(spec) => self.accept(spec, enc, None).await,
                 Err(e) => Err(e),
             };
             match accepted {

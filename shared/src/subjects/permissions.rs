@@ -158,6 +158,7 @@ impl Subjects {
             Role::Client => Permissions {
                 publish: [
                     self.submit(),
+                    self.task_run(),
                     self.task_info(),
                     self.task_cancel(),
                     self.status(),

@@ -4,7 +4,7 @@
 //! answers and an idempotent resubmit is still recognised, but nothing the submitter sent in
 //! confidence stays at rest longer than the retention setting says.
 
-use super::{EnvValue, TaskRecord, TaskSpec, TaskState};
+use super::{EnvValue, TaskEvent, TaskRecord, TaskSpec, TaskState};
 
 impl TaskSpec {
     /// Whether any env value is marked secret.
@@ -109,6 +109,27 @@ impl TaskRecord {
             TaskState::Finished { finished_ms, .. } => Some(finished_ms),
             _ => None,
         }
+    }
+
+    /// The `finished` event the master announced for this record, if the task has finished:
+    /// the same fields, so a late caller (`task.run` of a finished id, a restarted master
+    /// announcing again) gets what the first announcement said.
+    pub fn finished_event(&self) -> Option<TaskEvent> {
+        let TaskState::Finished {
+            worker,
+            outcome,
+            finished_ms,
+        } = &self.state
+        else {
+            return None;
+        };
+        Some(TaskEvent::Finished {
+            task_id: self.task_id.clone(),
+            worker: worker.clone(),
+            attempts: self.attempt,
+            duration_ms: finished_ms.saturating_sub(self.accepted_ms),
+            outcome: outcome.clone(),
+        })
     }
 }
 
