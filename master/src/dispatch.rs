@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use vgas_shared::codec::encode;
-use vgas_shared::limits::{ABNORMAL_AFTER, DEADLINE_GRACE};
+use vgas_shared::limits::{ABNORMAL_AFTER, DEADLINE_GRACE, MAX_DEADLINE};
 use vgas_shared::wire::{
     CancelAttempt, TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult,
 };
@@ -72,11 +72,13 @@ pub enum Command {
         result: WorkerResult,
         done: oneshot::Sender<()>,
     },
-    /// A worker acknowledged an assignment: it starts the attempt.
+    /// A worker acknowledged an assignment: it starts the attempt, or (`queued`) queues it
+    /// ahead of its slots and says `started` itself later.
     Started {
         task_id: TaskId,
         attempt: u32,
         worker: WorkerId,
+        queued: bool,
     },
     /// A worker's event, read from the results stream in order with its results; `done`
     /// fires once it is relayed (`relay`).
@@ -150,6 +152,31 @@ struct Tracked {
     cancel_requested: bool,
     /// `task.run` callers waiting for its `finished` event.
     waiters: Vec<Waiter>,
+    /// Where the current attempt's deadline counts from.
+    clock: Clock,
+}
+
+/// Where an attempt's deadline counts from, for the master's check that its result is not
+/// lost (the worker stops the task at its deadline itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// Sent to the worker then (or taken back after a restart then).
+    Assigned(u64),
+    /// The worker queued it ahead of its slots then: it waits for the tasks before it,
+    /// each stopped at its own deadline, so it is lost only after [`MAX_DEADLINE`] more.
+    Queued(u64),
+    /// The worker said it started then.
+    Started(u64),
+}
+
+impl Clock {
+    /// When an attempt of `deadline_ms` is past its deadline.
+    fn due_ms(self, deadline_ms: u64) -> u64 {
+        match self {
+            Clock::Assigned(at) | Clock::Started(at) => at + deadline_ms,
+            Clock::Queued(at) => at + MAX_DEADLINE.as_millis() as u64 + deadline_ms,
+        }
+    }
 }
 
 /// The actor.
@@ -261,6 +288,8 @@ impl Dispatcher {
                     permit: None,
                     cancel_requested: false,
                     waiters: Vec::new(),
+                    // The worker may have queued or started it meanwhile: from now.
+                    clock: Clock::Assigned(now_ms()),
                 },
             );
         }
@@ -344,7 +373,8 @@ impl Dispatcher {
                 task_id,
                 attempt,
                 worker,
-            } => self.on_started(&task_id, attempt, worker).await,
+                queued,
+            } => self.on_started(&task_id, attempt, worker, queued).await,
             Command::Event {
                 worker,
                 task_id,
@@ -405,6 +435,7 @@ impl Dispatcher {
                 entered_queue_ms: now_ms(),
                 cancel_requested: false,
                 waiters: waiter.into_iter().collect(),
+                clock: Clock::Assigned(now_ms()),
             },
         );
         id
@@ -446,7 +477,7 @@ impl Dispatcher {
             };
             let age = now.saturating_sub(*since_ms);
             let deadline = (t.rec.spec.deadline() + DEADLINE_GRACE).as_millis() as u64;
-            if age > deadline {
+            if now > t.clock.due_ms(deadline) {
                 lost.push((
                     id.clone(),
                     worker.clone(),

@@ -27,6 +27,8 @@ pub struct WorkerEntry {
     pub id: WorkerId,
     /// Task slots the worker offers (from its heartbeat).
     slots: AtomicUsize,
+    /// Attempts it takes beyond its slots, queued there for a slot (from its heartbeat).
+    queue_ahead: AtomicUsize,
     /// Tasks we assigned and have not seen finish: the reservation counter CAS'd by dispatch.
     in_flight: AtomicUsize,
     /// Set when the worker says it drains: it keeps its tasks but gets no new one.
@@ -50,6 +52,7 @@ impl WorkerEntry {
         WorkerEntry {
             id,
             slots: AtomicUsize::new(slots),
+            queue_ahead: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             capabilities: ArcSwap::from_pointee(Vec::new()),
@@ -99,14 +102,23 @@ impl WorkerEntry {
         needs.capabilities.iter().all(|c| caps.contains(c))
     }
 
-    /// Takes one slot if one is free; never waits.
-    fn try_reserve(&self) -> bool {
-        let slots = self.slots.load(Ordering::Acquire);
+    /// Takes one slot if one is free, or with `ahead` a place in the queue ahead of its
+    /// slots; never waits.
+    fn try_reserve(&self, ahead: bool) -> bool {
+        let mut places = self.slots.load(Ordering::Acquire);
+        if ahead {
+            places += self.queue_ahead.load(Ordering::Acquire);
+        }
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < slots).then_some(n + 1)
+                (n < places).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// A test and benchmark helper: the places it takes beyond its slots.
+    pub fn set_queue_ahead(&self, n: usize) {
+        self.queue_ahead.store(n, Ordering::Release);
     }
 
     /// Gives a slot back (saturating: a release after a restart may find nothing reserved).
@@ -196,17 +208,35 @@ impl AgentScheduler {
 
     /// Picks the next capable worker with a free slot, round robin, and reserves the slot.
     /// Lock-free: one atomic add, then at most one CAS per candidate.
+    ///
+    /// Only when every capable worker's slots are taken does it go round again for a place
+    /// in a worker's queue ahead of its slots (`--queue-ahead`), so an idle slot anywhere
+    /// always comes before a queue.
     pub fn gatling_rotate_next(&self, needs: &Needs) -> Result<Arc<WorkerEntry>, NoWorker> {
-        self.gatling_rotate_next_where(needs, |_| Some(()))
-            .map(|(w, ())| w)
+        match self.rotate(needs, false, |_| Some(())) {
+            Err(NoWorker::AllBusy) => self.rotate(needs, true, |_| Some(())),
+            picked => picked,
+        }
+        .map(|(w, ())| w)
     }
 
     /// [`AgentScheduler::gatling_rotate_next`] over the capable workers where `room` finds
     /// what the task needs besides a slot (a GPU task: its devices, free there), returned with
     /// the worker; a capable worker where it finds nothing counts as busy.
+    /// Slots only: a task that holds devices does not wait in a queue with them.
     pub fn gatling_rotate_next_where<T>(
         &self,
         needs: &Needs,
+        room: impl Fn(&WorkerEntry) -> Option<T>,
+    ) -> Result<(Arc<WorkerEntry>, T), NoWorker> {
+        self.rotate(needs, false, room)
+    }
+
+    /// One round of Gatling rotation: slots, or with `ahead` the queues ahead of them too.
+    fn rotate<T>(
+        &self,
+        needs: &Needs,
+        ahead: bool,
         room: impl Fn(&WorkerEntry) -> Option<T>,
     ) -> Result<(Arc<WorkerEntry>, T), NoWorker> {
         let pool = self.pool.load();
@@ -226,7 +256,7 @@ impl AgentScheduler {
                 continue;
             }
             if let Some(found) = room(w) {
-                if w.try_reserve() {
+                if w.try_reserve(ahead) {
                     return Ok((w.clone(), found));
                 }
             }
@@ -282,6 +312,7 @@ impl AgentScheduler {
         entry.last_active_ms.store(now_ms(), Ordering::Release);
         entry.unanswered.store(false, Ordering::Release);
         entry.slots.store(hb.slots, Ordering::Release);
+        entry.queue_ahead.store(hb.queue_ahead, Ordering::Release);
         if entry.draining.swap(hb.draining, Ordering::AcqRel) != hb.draining {
             changed_pool = true;
         }

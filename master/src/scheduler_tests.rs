@@ -137,3 +137,38 @@ fn concurrent_reservations_never_exceed_slots() {
     assert_eq!(taken.load(Ordering::Relaxed), 24);
     assert!(workers.iter().all(|w| w.in_flight() == 3));
 }
+
+#[test]
+fn queues_ahead_only_once_every_slot_is_taken() {
+    let s = AgentScheduler::new();
+    s.handle_agent_heartbeat(Heartbeat {
+        queue_ahead: 2,
+        ..beat("a", 1, &[])
+    });
+    s.handle_agent_heartbeat(beat("b", 2, &[]));
+    // Every slot first (a's one, b's two), whatever the rotation's order.
+    let mut picks: Vec<String> = (0..3)
+        .map(|_| s.gatling_rotate_next(&needs(&[])).unwrap().id.to_string())
+        .collect();
+    picks.sort();
+    assert_eq!(picks, ["a", "b", "b"]);
+    // Then a's queue, which b does not have, and no more.
+    for _ in 0..2 {
+        assert_eq!(s.gatling_rotate_next(&needs(&[])).unwrap().id.as_str(), "a");
+    }
+    assert_eq!(
+        s.gatling_rotate_next(&needs(&[])).unwrap_err(),
+        NoWorker::AllBusy
+    );
+    // A freed slot of b's goes before a's queue again.
+    s.release(&WorkerId::parse("b").unwrap());
+    s.release(&WorkerId::parse("a").unwrap());
+    assert_eq!(s.gatling_rotate_next(&needs(&[])).unwrap().id.as_str(), "b");
+    assert_eq!(s.gatling_rotate_next(&needs(&[])).unwrap().id.as_str(), "a");
+    // A task holding devices never queues: slots only.
+    assert_eq!(
+        s.gatling_rotate_next_where(&needs(&[]), |_| Some(()))
+            .unwrap_err(),
+        NoWorker::AllBusy
+    );
+}

@@ -404,6 +404,10 @@ pub struct AssignAck {
     pub accepted: bool,
     #[serde(default)]
     pub reason: String,
+    /// Accepted into the worker's queue ahead of its slots, not started: the worker sends
+    /// a `started` event of its own when a slot takes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// Worker to master, through JetStream: how one attempt ended.

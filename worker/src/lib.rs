@@ -30,6 +30,11 @@ use crate::sandbox::{Limits, SandboxConfig};
 /// Most task slots one worker runs; also the width of its sandbox uid range.
 pub const MAX_SLOTS: usize = 512;
 
+/// Most attempts one worker queues ahead of its slots: each is an accepted attempt (its
+/// spec in memory, its deadline not yet counting) that another worker might have run, so
+/// more than a few per slot only hides work from the rest of the swarm.
+pub const MAX_QUEUE_AHEAD: usize = 4 * MAX_SLOTS;
+
 /// First uid of the sandbox ranges: above any uid a distribution hands out to people.
 const SANDBOX_UID_FLOOR: u32 = 1_000_000;
 
@@ -48,6 +53,8 @@ pub struct WorkerConfig {
     pub id: WorkerId,
     /// Tasks run at once.
     pub slots: usize,
+    /// Tasks taken beyond the slots, each waiting here for a slot.
+    pub queue_ahead: usize,
     /// Capability tags offered on top of the toolchains found.
     pub capabilities: Vec<String>,
     pub sandbox: SandboxConfig,
@@ -95,6 +102,7 @@ impl WorkerConfig {
         Ok(WorkerConfig {
             id,
             slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
+            queue_ahead: 0,
             capabilities: f.capabilities.clone().unwrap_or_default(),
             sandbox: SandboxConfig {
                 work_dir: work_dir.clone(),

@@ -18,6 +18,11 @@ struct Args {
     /// Tasks run at once [default: number of CPUs]
     #[arg(long, env = "VGAS_SLOTS")]
     slots: Option<usize>,
+    /// Tasks taken beyond the slots, each waiting here for the next free slot, so a slot
+    /// starts its next task without a round trip to the master [default: one per slot;
+    /// 0 for long tasks that another worker might start sooner]
+    #[arg(long, env = "VGAS_QUEUE_AHEAD")]
+    queue_ahead: Option<usize>,
     /// Worker id [default: <hostname>-<random>]
     #[arg(long, env = "VGAS_WORKER_ID")]
     id: Option<WorkerId>,
@@ -56,6 +61,10 @@ async fn worker() -> Result<()> {
     if let Some(n) = args.slots {
         cfg.slots = n.clamp(1, vgas_worker::MAX_SLOTS);
     }
+    cfg.queue_ahead = args
+        .queue_ahead
+        .unwrap_or(cfg.slots)
+        .min(vgas_worker::MAX_QUEUE_AHEAD);
     if let Some(id) = args.id {
         let node = cfg.conn.creds.as_ref().and_then(|c| c.node.as_deref());
         if node.is_some_and(|n| n != id.as_str()) {

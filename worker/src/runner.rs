@@ -1,5 +1,8 @@
-//! Taking and running assignments. An assignment is acknowledged only when a slot permit is in
-//! hand, so a worker never holds more tasks than it has slots; each task streams its output as
+//! Taking and running assignments. An assignment is acknowledged only when a place is in hand:
+//! a slot, or a turn in the queue ahead of the slots (`--queue-ahead`, acknowledged as
+//! `queued`, with a `started` event of the worker's own when a slot takes it), so a worker
+//! never holds more tasks than its places and a slot that frees starts the next task without
+//! a round trip to the master; each task streams its output as
 //! events (on its own event subject, which the master relays to the task's) and ends with
 //! exactly one `WorkerResult`, published through JetStream so a result
 //! survives a master that is down at that moment. What one attempt runs, whatever its kind,
@@ -15,7 +18,7 @@ use async_nats::{jetstream, Client, HeaderMap, Message};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
@@ -91,6 +94,9 @@ pub struct Worker {
     js: jetstream::Context,
     isolation: Arc<Isolation>,
     slots: Arc<Semaphore>,
+    /// Places: the slots and the queue ahead of them; an assignment takes one or is
+    /// refused.
+    places: Arc<Semaphore>,
     /// Free slot numbers (each maps to its own sandbox uid).
     free_slots: Arc<Mutex<Vec<usize>>>,
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
@@ -158,6 +164,7 @@ impl Worker {
             hostname: probe::hostname(),
             host: vgas_shared::host::host_id(),
             slots: cfg.slots,
+            queue_ahead: cfg.queue_ahead,
             cpus: probe::cpus(),
             memory_mb: probe::memory_mb(),
             toolchains,
@@ -181,6 +188,7 @@ impl Worker {
             envs,
             sources,
             slots: Arc::new(Semaphore::new(cfg.slots)),
+            places: Arc::new(Semaphore::new(cfg.slots + cfg.queue_ahead)),
             free_slots: Arc::new(Mutex::new((0..cfg.slots).rev().collect())),
             cfg: Arc::new(cfg),
             client,
@@ -334,6 +342,12 @@ impl Worker {
         let refuse = |reason: String| AssignAck {
             accepted: false,
             reason,
+            queued: false,
+        };
+        let accept = |queued: bool| AssignAck {
+            accepted: true,
+            reason: String::new(),
+            queued,
         };
         let taken = |a: &Assignment| {
             let key = (a.task_id.clone(), a.attempt);
@@ -342,36 +356,20 @@ impl Worker {
         let (ack, work) = match decode::<Assignment>(&msg.payload, 2 * MAX_SUBMIT_BYTES) {
             Err(e) => (refuse(format!("malformed assignment: {e}")), None),
             // Sent again (a restarted master): it runs or ran here; its result is on its way.
-            Ok((a, _)) if taken(&a) => (
-                AssignAck {
-                    accepted: true,
-                    reason: String::new(),
-                },
-                None,
-            ),
+            Ok((a, _)) if taken(&a) => (accept(false), None),
             Ok(_) if self.draining.load(Ordering::Acquire) => {
                 (refuse("worker is draining".into()), None)
             }
-            Ok((a, _)) => match self.slots.clone().try_acquire_owned() {
+            // A place: a slot now, or a turn in the queue ahead of the slots.
+            Ok((a, _)) => match self.places.clone().try_acquire_owned() {
                 Err(_) => (refuse("no free slot".into()), None),
-                Ok(permit) => {
+                Ok(place) => {
                     self.taken
                         .lock()
                         .expect("taken lock")
                         .insert((a.task_id.clone(), a.attempt));
-                    let slot = self
-                        .free_slots
-                        .lock()
-                        .expect("slots lock")
-                        .pop()
-                        .unwrap_or(0);
-                    (
-                        AssignAck {
-                            accepted: true,
-                            reason: String::new(),
-                        },
-                        Some((a, permit, slot)),
-                    )
+                    let slot = self.slots.clone().try_acquire_owned().ok();
+                    (accept(slot.is_none()), Some((a, place, slot)))
                 }
             },
         };
@@ -382,7 +380,7 @@ impl Worker {
                 }
             }
         }
-        let Some((a, permit, slot)) = work else {
+        let Some((a, place, slot)) = work else {
             return;
         };
         let cancel = CancellationToken::new();
@@ -399,13 +397,62 @@ impl Worker {
         let span = info_span!("task", task_id = %a.task_id, attempt = a.attempt);
         self.tracker.spawn(
             async move {
-                me.run_attempt(&a, slot, cancel, handed_back).await;
+                let queued = slot.is_none();
+                if let Some(permit) = me.take_slot(&a, slot, &cancel, &handed_back).await {
+                    let n = me.free_slots.lock().expect("slots lock").pop().unwrap_or(0);
+                    if queued {
+                        let started = TaskEvent::Started {
+                            worker: me.cfg.id.clone(),
+                            attempt: a.attempt,
+                        };
+                        let events = me.cfg.conn.subjects.worker_events(&me.cfg.id, &a.task_id);
+                        me.emit(&events, a.encoding, &started).await;
+                    }
+                    me.run_attempt(&a, n, cancel, handed_back).await;
+                    me.free_slots.lock().expect("slots lock").push(n);
+                    drop(permit);
+                }
                 me.running.lock().expect("running lock").remove(&a.task_id);
-                me.free_slots.lock().expect("slots lock").push(slot);
-                drop(permit);
+                drop(place);
             }
             .instrument(span),
         );
+    }
+
+    /// A slot for an accepted attempt: the one it got at once, or the next one free after
+    /// the attempts queued before it (the semaphore serves waiters in order). An attempt
+    /// cancelled while it waits, or that a draining worker has not started, ends without
+    /// running: its result says so (handed back when draining), and `None` comes back.
+    async fn take_slot(
+        &self,
+        a: &Assignment,
+        slot: Option<OwnedSemaphorePermit>,
+        cancel: &CancellationToken,
+        handed_back: &AtomicBool,
+    ) -> Option<OwnedSemaphorePermit> {
+        if slot.is_some() {
+            return slot;
+        }
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            () = cancel.cancelled() => None,
+        };
+        let draining = self.draining.load(Ordering::Acquire);
+        if permit.is_some() && !draining {
+            return permit;
+        }
+        let handed_back = draining || handed_back.load(Ordering::Acquire);
+        info!(handed_back, "ended before it started");
+        let result = WorkerResult {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            worker: self.cfg.id.clone(),
+            outcome: TaskOutcome::Cancelled,
+            duration_ms: 0,
+            handed_back,
+        };
+        self.publish_result(&result).await;
+        None
     }
 
     async fn run_attempt(

@@ -136,6 +136,7 @@ impl Dispatcher {
                 gpus,
             };
             t.permit = None;
+            t.clock = super::Clock::Assigned(now_ms());
         }
     }
 
@@ -191,13 +192,14 @@ impl Dispatcher {
             async move {
                 let (reason, unanswered) =
                     match send_assignment(&client, subject, &assignment).await {
-                        Ok(()) => {
+                        Ok(queued) => {
                             // Announced by the actor, which owns the task's events.
                             let _ = tx
                                 .send(Command::Started {
                                     task_id,
                                     attempt,
                                     worker,
+                                    queued,
                                 })
                                 .await;
                             return;
@@ -250,13 +252,14 @@ impl Dispatcher {
     }
 }
 
-/// Sends an assignment and waits for its acknowledgement. `Err` is the reason, and whether
-/// nobody answered (no responders, or no answer in time) rather than a refusal.
+/// Sends an assignment and waits for its acknowledgement: `Ok(queued)`, whether the worker
+/// queued it ahead of its slots. `Err` is the reason, and whether nobody answered (no
+/// responders, or no answer in time) rather than a refusal.
 async fn send_assignment(
     client: &Client,
     subject: String,
     a: &Assignment,
-) -> Result<(), (String, bool)> {
+) -> Result<bool, (String, bool)> {
     let bytes = encode(Encoding::MsgPack, a).map_err(|e| (e.to_string(), false))?;
     let reply = tokio::time::timeout(ASSIGN_ACK_TIMEOUT, client.request(subject, bytes.into()))
         .await
@@ -265,7 +268,7 @@ async fn send_assignment(
     let ack: AssignAck =
         decode_as(Encoding::MsgPack, &reply.payload).map_err(|e| (e.to_string(), false))?;
     if ack.accepted {
-        Ok(())
+        Ok(ack.queued)
     } else {
         Err((format!("worker refused: {}", ack.reason), false))
     }

@@ -3,7 +3,8 @@
 //! itself; the master relays one to `vgas.task.<id>.events` only while the task is assigned
 //! to that worker and the event is of that attempt. So no worker can put output, or a
 //! `finished`, into another's task. `assigned`, `started`, `retrying` and `finished` are the
-//! master's alone.
+//! master's alone; a worker's own `started` (an attempt it queued ahead of its slots took a
+//! slot) is taken as word that the attempt runs, and announced as the master's.
 //!
 //! Order and durability: the results stream captures the worker event subjects too, so a
 //! worker's events and its result reach the master in the order the worker sent them (events
@@ -14,21 +15,39 @@ use tracing::{debug, warn};
 use vgas_shared::codec::decode;
 use vgas_shared::limits::MAX_EVENT_BYTES;
 use vgas_shared::wire::{TaskEvent, TaskState};
-use vgas_shared::{TaskId, WorkerId};
+use vgas_shared::{now_ms, TaskId, WorkerId};
 
-use super::Dispatcher;
+use super::{Clock, Dispatcher};
 
 impl Dispatcher {
     /// A worker acknowledged attempt `attempt`: `started`, if that attempt is still the one.
-    pub(super) async fn on_started(&mut self, id: &TaskId, attempt: u32, worker: WorkerId) {
-        let Some(t) = self.tasks.get(id) else { return };
+    /// One it queued ahead of its slots starts later, when the worker says so ([`relay`]):
+    /// until then its deadline waits too.
+    pub(super) async fn on_started(
+        &mut self,
+        id: &TaskId,
+        attempt: u32,
+        worker: WorkerId,
+        queued: bool,
+    ) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
         let current = matches!(&t.rec.state, TaskState::Assigned { worker: w, .. } if *w == worker)
             && t.rec.attempt == attempt;
-        if current {
-            let enc = t.rec.encoding;
-            self.emit(id, enc, &TaskEvent::Started { worker, attempt })
-                .await;
+        if !current {
+            return;
         }
+        if queued {
+            // Its own `started` may have come first, through the results stream.
+            if !matches!(t.clock, Clock::Started(_)) {
+                t.clock = Clock::Queued(now_ms());
+            }
+            return;
+        }
+        let enc = t.rec.encoding;
+        self.emit(id, enc, &TaskEvent::Started { worker, attempt })
+            .await;
     }
 
     /// Relays one worker event to its task's subject if that worker runs that attempt now.
@@ -51,6 +70,19 @@ impl Dispatcher {
             TaskEvent::Stdout { attempt, .. }
             | TaskEvent::Stderr { attempt, .. }
             | TaskEvent::Artifact { attempt, .. } => *attempt,
+            // An attempt it had queued ahead of its slots took a slot: announced as the
+            // master's own event, and its deadline counts from now.
+            TaskEvent::Started { worker: w, attempt } if *w == worker => {
+                if assigned && *attempt == current {
+                    let (attempt, enc) = (*attempt, t.rec.encoding);
+                    if let Some(t) = self.tasks.get_mut(&task_id) {
+                        t.clock = Clock::Started(now_ms());
+                    }
+                    self.emit(&task_id, enc, &TaskEvent::Started { worker, attempt })
+                        .await;
+                }
+                return;
+            }
             TaskEvent::Started { .. }
             | TaskEvent::Assigned { .. }
             | TaskEvent::Retrying { .. }

@@ -32,6 +32,11 @@ pub struct Heartbeat {
     /// in place when no worker on another host offers its compiler.
     pub host: String,
     pub slots: usize,
+    /// Attempts it takes beyond its slots, each waiting for a slot in its own queue (first
+    /// come, first served), so a slot starts its next task without a round trip to the
+    /// master (`--queue-ahead`; absent from an older worker: none).
+    #[serde(default)]
+    pub queue_ahead: usize,
     pub free_slots: usize,
     /// Attempts running now (task id, attempt), for operators and tools; the master itself
     /// relies on results and heartbeat silence, not on this list.
