@@ -67,10 +67,11 @@ pub enum Command {
         waiter: Waiter,
         reply: oneshot::Sender<Waiting>,
     },
-    /// A worker's result, read from the results stream; `done` fires once it is recorded.
+    /// A worker's result, read from the results stream; acknowledged (`ack`) once it is
+    /// recorded and announced.
     Result {
         result: WorkerResult,
-        done: oneshot::Sender<()>,
+        ack: ResultAck,
     },
     /// A worker acknowledged an assignment: it starts the attempt, or (`queued`) queues it
     /// ahead of its slots and says `started` itself later.
@@ -104,6 +105,27 @@ pub enum Command {
     },
 }
 
+/// The acknowledgement of one result in the results stream, sent by the actor itself right
+/// after the task's `finished` event on the same connection: a master killed in between
+/// (the one moment that makes the next master announce it again) is as short as it can be.
+/// `done` then tells the results consumer that one more may come.
+#[derive(Debug)]
+pub struct ResultAck {
+    pub msg: Option<async_nats::jetstream::Message>,
+    pub done: oneshot::Sender<()>,
+}
+
+impl ResultAck {
+    pub async fn send(self) {
+        if let Some(msg) = self.msg {
+            if let Err(e) = msg.ack().await {
+                warn!("could not acknowledge a result: {e}");
+            }
+        }
+        let _ = self.done.send(());
+    }
+}
+
 /// A `task.run` caller waiting for a task's `finished` event: its request's reply subject,
 /// answered once, in the request's encoding. Not durable: a master that stops drops its
 /// waiters, and the caller runs the same id again (an idempotent resubmit) to wait anew.
@@ -135,7 +157,7 @@ struct Finishing {
     rec: TaskRecord,
     event: TaskEvent,
     /// Acknowledgements of the results that led to it, sent once the record is written.
-    acks: Vec<oneshot::Sender<()>>,
+    acks: Vec<ResultAck>,
     /// `task.run` callers, answered with the event once it is announced.
     waiters: Vec<Waiter>,
 }
@@ -196,7 +218,7 @@ pub struct Dispatcher {
     finishing: Vec<Finishing>,
     /// Results whose recording this turn's flush completes, by task; acknowledged after it
     /// (a result whose final record could not be written waits with it).
-    recorded: Vec<(TaskId, oneshot::Sender<()>)>,
+    recorded: Vec<(TaskId, ResultAck)>,
     /// Final records a write failed for (JetStream electing a new stream leader, say): not
     /// announced, their results not acknowledged, written again from the next turn after
     /// [`finish::REWRITE_AFTER`]. A master killed meanwhile gets their results again.
@@ -363,7 +385,7 @@ impl Dispatcher {
                     None => self.pending.push_back(id),
                 }
             }
-            Command::Result { result, done } => {
+            Command::Result { result, ack: done } => {
                 let id = result.task_id.clone();
                 self.on_result(result).await;
                 // Acknowledged once this turn's records are written (`flush_finished`).

@@ -437,16 +437,19 @@ pub fn parse_heartbeat(msg: &async_nats::Message) -> Option<(WorkerId, Heartbeat
     Some((from, hb))
 }
 
-/// A stream message with the signal that it may be acknowledged (false: the actor is gone).
+/// A stream message to acknowledge here once `done` fires (`None`: the actor acknowledges
+/// it itself), with whether it fired (false: the actor is gone).
 async fn once_done(
-    msg: async_nats::jetstream::Message,
+    msg: Option<async_nats::jetstream::Message>,
     done: oneshot::Receiver<()>,
-) -> (async_nats::jetstream::Message, bool) {
+) -> (Option<async_nats::jetstream::Message>, bool) {
     (msg, done.await.is_ok())
 }
 
 /// Reads worker results, and the events workers send before them, from the durable stream,
-/// in order, and acknowledges each once it is recorded (a result) or relayed (an event).
+/// in order. An event is acknowledged here once relayed; a result goes to the dispatcher
+/// with its message, which acknowledges it right after the task's `finished` event
+/// ([`crate::dispatch::ResultAck`]).
 /// Results the consumer hands to the dispatcher before the first of them is recorded: enough
 /// that a burst shares one round of writes, bounded so a flood waits in the stream.
 const MAX_RESULTS_IN_FLIGHT: usize = 256;
@@ -467,12 +470,15 @@ pub async fn results(
         tokio::select! {
             Some((msg, recorded)) = recording.next(), if !recording.is_empty() => {
                 // The futures pushed below are only seen further down: name their output.
-                let (msg, recorded): (async_nats::jetstream::Message, bool) = (msg, recorded);
+                let (msg, recorded): (Option<async_nats::jetstream::Message>, bool) =
+                    (msg, recorded);
                 if !recorded {
                     break;
                 }
-                if let Err(e) = msg.ack().await {
-                    warn!("could not acknowledge a result: {e}");
+                if let Some(msg) = msg {
+                    if let Err(e) = msg.ack().await {
+                        warn!("could not acknowledge an event: {e}");
+                    }
                 }
             }
             msg = messages.next(), if recording.len() < MAX_RESULTS_IN_FLIGHT => {
@@ -497,7 +503,7 @@ pub async fn results(
                     if tx.send(event).await.is_err() {
                         break;
                     }
-                    recording.push(once_done(msg, relayed));
+                    recording.push(once_done(Some(msg), relayed));
                     continue;
                 }
                 // A result counts only on the subject of the worker it names: a node's key
@@ -511,10 +517,14 @@ pub async fn results(
                 match decoded {
                     Ok(result) => {
                         let (done, recorded) = oneshot::channel();
-                        if tx.send(Command::Result { result, done }).await.is_err() {
+                        let ack = crate::dispatch::ResultAck {
+                            msg: Some(msg),
+                            done,
+                        };
+                        if tx.send(Command::Result { result, ack }).await.is_err() {
                             break;
                         }
-                        recording.push(once_done(msg, recorded));
+                        recording.push(once_done(None, recorded));
                     }
                     Err(e) => {
                         warn!(subject = %msg.subject, "dropping a result: {e}");

@@ -348,10 +348,19 @@ impl Swarm {
     pub async fn with_workers(
         workers: &[(&str, usize)],
     ) -> Result<(Swarm, Vec<Proc>, async_nats::Client)> {
+        Swarm::with_workers_args(workers, &[]).await
+    }
+
+    /// [`Swarm::with_workers`], each worker started with `extra` arguments too (`--queue-ahead
+    /// 0` where a test needs the master's queue to hold what the slots cannot take).
+    pub async fn with_workers_args(
+        workers: &[(&str, usize)],
+        extra: &[&str],
+    ) -> Result<(Swarm, Vec<Proc>, async_nats::Client)> {
         let mut swarm = Swarm::start().await?;
         let mut procs = vec![swarm.master(&[])?];
         for (id, slots) in workers {
-            procs.push(swarm.worker(id, *slots, &[])?);
+            procs.push(swarm.worker(id, *slots, extra)?);
         }
         let client = swarm.connect(Role::Client).await?;
         swarm.wait_workers(&client, workers.len()).await?;

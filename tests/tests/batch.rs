@@ -224,7 +224,10 @@ async fn a_master_killed_in_the_middle_of_a_batch_loses_none_of_it() {
 #[tokio::test]
 async fn a_task_no_worker_can_take_is_abandoned_on_time_behind_a_full_queue() {
     use std::os::unix::fs::PermissionsExt as _;
-    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    // The master's queue, not the worker's, holds what the one slot cannot take.
+    let (swarm, _procs, client) = Swarm::with_workers_args(&[("w1", 1)], &["--queue-ahead", "0"])
+        .await
+        .unwrap();
     // The blocker holds the only slot until the gate file appears (readable by the sandbox uid).
     let gate_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(gate_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

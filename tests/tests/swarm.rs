@@ -245,7 +245,10 @@ async fn cli_watch_and_cancel() {
 #[tokio::test]
 async fn a_task_with_a_free_worker_is_recorded_assigned_at_once_otherwise_queued() {
     use vgas_shared::wire::{SubmitReply, TaskQuery, TaskRecord, TaskState};
-    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    // The master's queue, not the worker's, holds what the one slot cannot take.
+    let (swarm, _procs, client) = Swarm::with_workers_args(&[("w1", 1)], &["--queue-ahead", "0"])
+        .await
+        .unwrap();
     let info = |id: &vgas_shared::TaskId| {
         let (client, subject) = (client.clone(), swarm.subjects.task_info());
         let q = TaskQuery {

@@ -15,12 +15,11 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use vgas_shared::wire::{TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult};
 use vgas_shared::{now_ms, TaskId, WorkerId};
 
-use super::{Dispatcher, Finishing};
+use super::{Dispatcher, Finishing, ResultAck};
 use crate::retention::FinalWrite;
 
 /// The pause after a failed final write before the next try: a cluster elects a new stream
@@ -115,7 +114,7 @@ impl Dispatcher {
         let mut finishing = std::mem::take(&mut self.finishing);
         // Each result's acknowledgement goes with its task's final record; a result that
         // ended nothing (a duplicate, a stale attempt) is acknowledged now.
-        let mut acks: HashMap<TaskId, Vec<oneshot::Sender<()>>> = HashMap::new();
+        let mut acks: HashMap<TaskId, Vec<ResultAck>> = HashMap::new();
         for (id, done) in self.recorded.drain(..) {
             acks.entry(id).or_default().push(done);
         }
@@ -125,7 +124,7 @@ impl Dispatcher {
             }
         }
         for done in acks.into_values().flatten() {
-            let _ = done.send(());
+            done.send().await;
         }
         if rewrite {
             finishing.append(&mut self.unwritten);
@@ -176,7 +175,7 @@ impl Dispatcher {
                 permit.send(f.rec.without_spec(now));
             }
             for done in f.acks {
-                let _ = done.send(());
+                done.send().await;
             }
         }
         self.rewrite_at =
