@@ -111,7 +111,7 @@ pub enum Command {
 /// `done` then tells the results consumer that one more may come.
 #[derive(Debug)]
 pub struct ResultAck {
-    pub msg: Option<async_nats::jetstream::Message>,
+    pub msg: Option<Box<async_nats::jetstream::Message>>,
     pub done: oneshot::Sender<()>,
 }
 

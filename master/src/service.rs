@@ -518,7 +518,7 @@ pub async fn results(
                     Ok(result) => {
                         let (done, recorded) = oneshot::channel();
                         let ack = crate::dispatch::ResultAck {
-                            msg: Some(msg),
+                            msg: Some(Box::new(msg)),
                             done,
                         };
                         if tx.send(Command::Result { result, ack }).await.is_err() {
