@@ -33,6 +33,7 @@ mod finish;
 pub mod gpu;
 mod relay;
 use crate::store::TaskStore;
+pub use finish::Announced;
 use gpu::{LeaseTable, ResourceManager};
 
 /// How often the actor checks deadlines, lost workers and the queue.
@@ -234,6 +235,9 @@ pub struct Dispatcher {
     /// Metrics, and the dashboard's board when it is on.
     observe: Arc<Observe>,
     retention: Option<Retention>,
+    /// The tasks this process announced lately, never announced again from a result that
+    /// comes twice.
+    announced: Announced,
 }
 
 impl Dispatcher {
@@ -265,7 +269,13 @@ impl Dispatcher {
             gpus: ResourceManager::default(),
             observe,
             retention: None,
+            announced: Announced::default(),
         }
+    }
+
+    /// Remembers announced tasks in `announced`, shared with this process's other terms.
+    pub fn set_announced(&mut self, announced: Announced) {
+        self.announced = announced;
     }
 
     /// Finished tasks' records go to `retention`, which drops their specs when the setting

@@ -184,6 +184,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         gateway,
         leading,
         endpoints,
+        announced: dispatch::Announced::default(),
     };
     let outcome = loop {
         let me = vgas_shared::wire::MasterLease {
@@ -246,6 +247,9 @@ struct Base {
     /// The lease table the view follows while this master leads.
     leading: view::Leading,
     endpoints: Endpoints,
+    /// The tasks announced lately, by any term: a result that comes again in the next one
+    /// (its acknowledgement lost with the server that ended the last) announces nothing.
+    announced: dispatch::Announced,
 }
 
 /// The HTTP addresses, bound at start and served while this master leads.
@@ -296,6 +300,7 @@ async fn lead(
     let (retention, dropping) = retention::Retention::new(cfg.spec_retention);
     retention.recover(&store, &records).await;
     dispatcher.set_retention(retention.clone());
+    dispatcher.set_announced(base.announced.clone());
     tracker.spawn(retention::run(
         store.clone(),
         retention,

@@ -9,11 +9,17 @@
 //! finds the task finished by that very result and announces it (`announce_again`). Never
 //! zero `finished` events; two, identical, only if the kill fell between the announcement
 //! and the acknowledgement, which leave one after the other on the same connection.
+//!
+//! A master that lives on (a server of a cluster killed under it, a new term after a lost
+//! lease) may get a result again whose acknowledgement was lost with that server: it
+//! remembers what it announced lately ([`Announced`], kept from term to term) and what it
+//! has yet to write, and announces neither again.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 use vgas_shared::wire::{TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult};
@@ -21,10 +27,58 @@ use vgas_shared::{now_ms, TaskId, WorkerId};
 
 use super::{Dispatcher, Finishing, ResultAck};
 use crate::retention::FinalWrite;
+use crate::store::RESULT_ACK_WAIT;
 
 /// The pause after a failed final write before the next try: a cluster elects a new stream
 /// leader in a few seconds, and trying on every turn meanwhile only adds load.
 pub(super) const REWRITE_AFTER: Duration = Duration::from_millis(500);
+
+/// How long a master remembers a task it announced: a result whose acknowledgement was lost
+/// comes again `RESULT_ACK_WAIT` later, and again each `RESULT_ACK_WAIT` while the stream
+/// has no leader to take the acknowledgement; a dozen of those covers any election.
+const ANNOUNCED_FOR: Duration = Duration::from_secs(12 * RESULT_ACK_WAIT.as_secs());
+
+/// At most this many tasks remembered (about 100 bytes each): a minute of the fastest
+/// task rate measured here, with room. Past it the oldest go first, and a lost
+/// acknowledgement of one of those could announce its task twice.
+const ANNOUNCED_MAX: usize = 200_000;
+
+/// The tasks this master process announced lately, oldest first, shared by its terms.
+#[derive(Clone, Debug, Default)]
+pub struct Announced(Arc<Mutex<AnnouncedInner>>);
+
+#[derive(Debug, Default)]
+struct AnnouncedInner {
+    order: VecDeque<(Instant, TaskId)>,
+    ids: HashSet<TaskId>,
+}
+
+impl Announced {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AnnouncedInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, id: &TaskId) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        while let Some((at, _)) = inner.order.front() {
+            let expired = now.duration_since(*at) > ANNOUNCED_FOR;
+            if !expired && inner.order.len() < ANNOUNCED_MAX {
+                break;
+            }
+            if let Some((_, old)) = inner.order.pop_front() {
+                inner.ids.remove(&old);
+            }
+        }
+        if inner.ids.insert(id.clone()) {
+            inner.order.push_back((now, id.clone()));
+        }
+    }
+
+    fn contains(&self, id: &TaskId) -> bool {
+        self.lock().ids.contains(id)
+    }
+}
 
 impl Dispatcher {
     /// Ends a task with its one final result: forgotten here at once, recorded and announced
@@ -69,6 +123,14 @@ impl Dispatcher {
     /// sends one result per attempt, so a stored record finished by this worker in this
     /// attempt was finished by this result.
     pub(super) async fn announce_again(&mut self, r: &WorkerResult) {
+        let ours = |f: &Finishing| f.rec.task_id == r.task_id;
+        if self.announced.contains(&r.task_id)
+            || self.unwritten.iter().any(ours)
+            || self.finishing.iter().any(ours)
+        {
+            debug!(task_id = %r.task_id, "result again for a task this master announces");
+            return;
+        }
         let rec = match self.store.get(&r.task_id).await {
             Ok(Some(rec)) => rec,
             Ok(None) => {
@@ -95,6 +157,7 @@ impl Dispatcher {
         info!(task_id = %r.task_id, "finished before a restart, announced again");
         if let Some(event) = rec.finished_event() {
             self.emit(&rec.task_id, rec.encoding, &event).await;
+            self.announced.insert(&rec.task_id);
         }
     }
 
@@ -168,6 +231,7 @@ impl Dispatcher {
             }
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
             self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
+            self.announced.insert(&f.rec.task_id);
             self.answer_waiters(&f.rec.task_id, &f.event, f.waiters)
                 .await;
             // After the announcement: the record's spec goes later.
