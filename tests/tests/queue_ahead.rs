@@ -5,9 +5,14 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use vgas_shared::codec::{decode_as, encode};
 use vgas_shared::config::Role;
-use vgas_shared::wire::{CancelReply, SubmitReply, SwarmPulse, TaskEvent, TaskOutcome, TaskQuery};
-use vgas_shared::TaskId;
+use vgas_shared::wire::{
+    AssignAck, Assignment, CancelReply, Heartbeat, SubmitReply, SwarmPulse, TaskEvent, TaskOutcome,
+    TaskQuery,
+};
+use vgas_shared::{Encoding, TaskId, WorkerId};
 use vgas_tests::{collect, request, sh, subscribe_events, Swarm, WAIT};
 
 fn starts(events: &[TaskEvent]) -> usize {
@@ -125,4 +130,63 @@ async fn a_draining_worker_hands_back_what_it_queued_and_another_runs_it() {
         "{:?}",
         queued.events
     );
+}
+
+/// The next heartbeat of `worker`, as the master reads it.
+async fn next_beat(observer: &async_nats::Client, swarm: &Swarm, worker: &WorkerId) -> Heartbeat {
+    let mut beats = observer
+        .subscribe(swarm.subjects.heartbeat(worker))
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(WAIT, beats.next())
+        .await
+        .expect("a heartbeat")
+        .unwrap();
+    decode_as(Encoding::MsgPack, &msg.payload).unwrap()
+}
+
+/// Sends `worker` an assignment as the master does and returns its answer.
+async fn assign(observer: &async_nats::Client, swarm: &Swarm, worker: &WorkerId) -> AssignAck {
+    let a = Assignment {
+        task_id: TaskId::random(),
+        attempt: 1,
+        spec: sh("sleep 2"),
+        encoding: Encoding::Json,
+        gpus: Vec::new(),
+    };
+    let bytes = encode(Encoding::MsgPack, &a).unwrap();
+    let reply = observer
+        .request(swarm.subjects.worker_task(worker), bytes.into())
+        .await
+        .unwrap();
+    decode_as(Encoding::MsgPack, &reply.payload).unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_offers_its_queue_in_heartbeats_and_takes_no_more_than_it_offered() {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    let _w1 = swarm.worker("w1", 1, &["--queue-ahead", "1"]).unwrap();
+    // Without the flag: one per slot until its tasks' length says how many it needs.
+    let _w2 = swarm.worker("w2", 2, &[]).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 2).await.unwrap();
+    let observer = swarm.connect(Role::Master).await.unwrap();
+    let (w1, w2) = (
+        WorkerId::parse("w1").unwrap(),
+        WorkerId::parse("w2").unwrap(),
+    );
+    assert_eq!(next_beat(&observer, &swarm, &w1).await.queue_ahead, 1);
+    assert_eq!(next_beat(&observer, &swarm, &w2).await.queue_ahead, 2);
+
+    // One slot and one place ahead of it: a third assignment is refused, not queued.
+    let acks = [
+        assign(&observer, &swarm, &w1).await,
+        assign(&observer, &swarm, &w1).await,
+        assign(&observer, &swarm, &w1).await,
+    ];
+    assert!(acks[0].accepted && !acks[0].queued, "{acks:?}");
+    assert!(acks[1].accepted && acks[1].queued, "{acks:?}");
+    assert!(!acks[2].accepted, "{acks:?}");
+    assert_eq!(acks[2].reason, "no free slot");
 }

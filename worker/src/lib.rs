@@ -54,7 +54,7 @@ pub struct WorkerConfig {
     /// Tasks run at once.
     pub slots: usize,
     /// Tasks taken beyond the slots, each waiting here for a slot.
-    pub queue_ahead: usize,
+    pub queue_ahead: runner::AheadPolicy,
     /// Capability tags offered on top of the toolchains found.
     pub capabilities: Vec<String>,
     pub sandbox: SandboxConfig,
@@ -102,7 +102,7 @@ impl WorkerConfig {
         Ok(WorkerConfig {
             id,
             slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
-            queue_ahead: 0,
+            queue_ahead: runner::AheadPolicy::Fixed(0),
             capabilities: f.capabilities.clone().unwrap_or_default(),
             sandbox: SandboxConfig {
                 work_dir: work_dir.clone(),

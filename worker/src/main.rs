@@ -5,6 +5,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::config::{CommonArgs, Role};
 use vgas_shared::WorkerId;
+use vgas_worker::runner::AheadPolicy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,8 +20,9 @@ struct Args {
     #[arg(long, env = "VGAS_SLOTS")]
     slots: Option<usize>,
     /// Tasks taken beyond the slots, each waiting here for the next free slot, so a slot
-    /// starts its next task without a round trip to the master [default: one per slot;
-    /// 0 for long tasks that another worker might start sooner]
+    /// starts its next task without a round trip to the master [default: as the recent
+    /// tasks' length calls for, one to eight per slot; 0 for long tasks that another worker
+    /// might start sooner]
     #[arg(long, env = "VGAS_QUEUE_AHEAD")]
     queue_ahead: Option<usize>,
     /// Worker id [default: <hostname>-<random>]
@@ -61,10 +63,10 @@ async fn worker() -> Result<()> {
     if let Some(n) = args.slots {
         cfg.slots = n.clamp(1, vgas_worker::MAX_SLOTS);
     }
-    cfg.queue_ahead = args
-        .queue_ahead
-        .unwrap_or(cfg.slots)
-        .min(vgas_worker::MAX_QUEUE_AHEAD);
+    cfg.queue_ahead = match args.queue_ahead {
+        Some(n) => AheadPolicy::Fixed(n.min(vgas_worker::MAX_QUEUE_AHEAD)),
+        None => AheadPolicy::Auto,
+    };
     if let Some(id) = args.id {
         let node = cfg.conn.creds.as_ref().and_then(|c| c.node.as_deref());
         if node.is_some_and(|n| n != id.as_str()) {

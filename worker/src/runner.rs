@@ -40,7 +40,10 @@ use crate::sandbox::{Isolation, OutputChunk};
 use crate::wasm::{Artifact, ArtifactBody, ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
 
+mod ahead;
 mod work;
+
+pub use ahead::{AheadPolicy, QueueAhead};
 
 /// Attempts to store a result in JetStream before giving up on it (with back-off, about a
 /// minute in all): long enough to ride out a nats-server restart.
@@ -97,6 +100,8 @@ pub struct Worker {
     /// Places: the slots and the queue ahead of them; an assignment takes one or is
     /// refused.
     places: Arc<Semaphore>,
+    /// How many of the places beyond the slots are offered now.
+    ahead: Arc<QueueAhead>,
     /// Free slot numbers (each maps to its own sandbox uid).
     free_slots: Arc<Mutex<Vec<usize>>>,
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
@@ -159,12 +164,12 @@ impl Worker {
         if gpus.nvrtc.is_some() {
             capabilities.push(vgas_shared::gpu::NVRTC_CAPABILITY.to_owned());
         }
+        let ahead = Arc::new(QueueAhead::new(cfg.queue_ahead, cfg.slots));
         let beat_template = Heartbeat {
             worker: Some(cfg.id.clone()),
             hostname: probe::hostname(),
             host: vgas_shared::host::host_id(),
             slots: cfg.slots,
-            queue_ahead: cfg.queue_ahead,
             cpus: probe::cpus(),
             memory_mb: probe::memory_mb(),
             toolchains,
@@ -188,7 +193,8 @@ impl Worker {
             envs,
             sources,
             slots: Arc::new(Semaphore::new(cfg.slots)),
-            places: Arc::new(Semaphore::new(cfg.slots + cfg.queue_ahead)),
+            places: Arc::new(Semaphore::new(cfg.slots + ahead.max())),
+            ahead,
             free_slots: Arc::new(Mutex::new((0..cfg.slots).rev().collect())),
             cfg: Arc::new(cfg),
             client,
@@ -218,6 +224,7 @@ impl Worker {
         Heartbeat {
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
             free_slots: self.slots.available_permits(),
+            queue_ahead: self.ahead.offer(),
             running,
             load1: probe::load1(),
             draining: self.draining.load(Ordering::Acquire),
@@ -360,7 +367,13 @@ impl Worker {
             Ok(_) if self.draining.load(Ordering::Acquire) => {
                 (refuse("worker is draining".into()), None)
             }
-            // A place: a slot now, or a turn in the queue ahead of the slots.
+            // A place: a slot now, or a turn in the queue ahead of the slots, as many as
+            // this worker offered.
+            Ok(_)
+                if self.slots.available_permits() == 0 && self.waiting() >= self.ahead.admits() =>
+            {
+                (refuse("no free slot".into()), None)
+            }
             Ok((a, _)) => match self.places.clone().try_acquire_owned() {
                 Err(_) => (refuse("no free slot".into()), None),
                 Ok(place) => {
@@ -408,7 +421,9 @@ impl Worker {
                         let events = me.cfg.conn.subjects.worker_events(&me.cfg.id, &a.task_id);
                         me.emit(&events, a.encoding, &started).await;
                     }
+                    let held = Instant::now();
                     me.run_attempt(&a, n, cancel, handed_back).await;
+                    me.ahead.record(held.elapsed());
                     me.free_slots.lock().expect("slots lock").push(n);
                     drop(permit);
                 }
@@ -417,6 +432,14 @@ impl Worker {
             }
             .instrument(span),
         );
+    }
+
+    /// Attempts accepted that wait for a slot: each holds a place, and a running one a slot
+    /// too.
+    fn waiting(&self) -> usize {
+        let places = self.cfg.slots + self.ahead.max() - self.places.available_permits();
+        let running = self.cfg.slots - self.slots.available_permits();
+        places.saturating_sub(running)
     }
 
     /// A slot for an accepted attempt: the one it got at once, or the next one free after
