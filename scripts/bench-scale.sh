@@ -21,6 +21,9 @@
 #
 #   scripts/bench-scale.sh                        # REPS=3, J=4, every tool
 #   REPS=1 TOOLS="local vgas" scripts/bench-scale.sh
+#   VGAS_B_BIN_DIR=dir TOOLS="local icecc vgas vgasb" scripts/bench-scale.sh
+#                                                 # vgasb: the `vgas` client of another build
+#                                                 # on the same swarm, interleaved (an A/B pair)
 #
 # Needs root (ip netns, taskset, mounts for icecc's second daemon) and 2 cores or more.
 # Installs distcc and icecc with apt-get when missing. Every process, namespace and address it
@@ -135,7 +138,7 @@ one_build() {
   local name=$1 r=$2 fn=$3 t0 t1 c0 c1 perf_pid log
   log="$work/$name-$r.log"
   make -s -C "$tree/src" clean >/dev/null
-  [ "$name" = vgas ] && { "$bin/vgas" build --purge-cache >/dev/null 2>&1 || true; }
+  case "$name" in vgas*) "$bin/vgas" build --purge-cache >/dev/null 2>&1 || true ;; esac
   # PERF_DIR=dir: each timed build also recorded system-wide with perf, into dir/NAME-R.data.
   [ "$r" -gt 0 ] && [ -n "${PERF_DIR:-}" ] && { perf record -q -a -F 999 -o "$PERF_DIR/$name-$r.data" 2>/dev/null & perf_pid=$!; sleep 0.5; }
   c0=$(cpu_ticks); t0=$(now)
@@ -204,6 +207,9 @@ start_vgas() {
   done
 }
 build_vgas() { VGAS_LOCAL_SLOTS=$local_slots here "$bin/vgas" build -- make -s -C "$tree/src" -j"$j" linux; }
+# vgasb: another build's client (VGAS_B_BIN_DIR) on the swarm `vgas` started (list vgas first).
+start_vgasb() { [ -x "${VGAS_B_BIN_DIR:-}/vgas" ] || die "vgasb needs VGAS_B_BIN_DIR with a vgas binary"; }
+build_vgasb() { VGAS_LOCAL_SLOTS=$local_slots here "$VGAS_B_BIN_DIR/vgas" build -- make -s -C "$tree/src" -j"$j" linux; }
 
 declare -A result
 layouts=("one host:1:2" "two half hosts:2:1")   # name:hosts:slots each
@@ -234,6 +240,7 @@ for layout in "${layouts[@]}"; do
       vgas) say "vgas, $lname: nats-server per build: $(varz_per_build "$v0" "$(varz "$mport")" "$reps")"
             say "vgas, $lname: by connection, per build: $(connz_per_build "$k0" "$(connz "$mport")" "$reps")"
             grep -h "compiler calls" "$work/vgas-$reps.log" | sed "s/^/bench-scale: $lname: /" >&2 || true ;;
+      vgasb) grep -h "compiler calls" "$work/vgasb-$reps.log" | sed "s/^/bench-scale: $lname: vgasb: /" >&2 || true ;;
     esac
   done
   unset VGAS_STATE_DIR VGAS_NATS_URL mport
