@@ -206,10 +206,15 @@ start_vgas() {
     sleep 0.2
   done
 }
-build_vgas() { VGAS_LOCAL_SLOTS=$local_slots here "$bin/vgas" build -- make -s -C "$tree/src" -j"$j" linux; }
+# vgas_build DIR: one build through DIR's `vgas` client.
+vgas_build() { VGAS_LOCAL_SLOTS=$local_slots here "$1/vgas" build -- make -s -C "$tree/src" -j"$j" linux; }
+build_vgas() { vgas_build "$bin"; }
 # vgasb: another build's client (VGAS_B_BIN_DIR) on the swarm `vgas` started (list vgas first).
-start_vgasb() { [ -x "${VGAS_B_BIN_DIR:-}/vgas" ] || die "vgasb needs VGAS_B_BIN_DIR with a vgas binary"; }
-build_vgasb() { VGAS_LOCAL_SLOTS=$local_slots here "$VGAS_B_BIN_DIR/vgas" build -- make -s -C "$tree/src" -j"$j" linux; }
+start_vgasb() {
+  [ -x "${VGAS_B_BIN_DIR:-}/vgas" ] || die "vgasb needs VGAS_B_BIN_DIR with a vgas binary"
+  [ -n "${mport:-}" ] || die "vgasb builds on vgas's swarm: list vgas before vgasb in TOOLS"
+}
+build_vgasb() { vgas_build "$VGAS_B_BIN_DIR"; }
 
 declare -A result
 layouts=("one host:1:2" "two half hosts:2:1")   # name:hosts:slots each
@@ -232,15 +237,20 @@ for layout in "${layouts[@]}"; do
       times[$tool]+="$(one_build "$tool" "$r" "build_$tool") "
     done
   done
+  # The timed builds on vgas's swarm: vgasb's run there too.
+  on_swarm=0
+  for tool in "${active[@]}"; do case "$tool" in vgas*) on_swarm=$((on_swarm + reps)) ;; esac; done
   for tool in "${active[@]}"; do
     # shellcheck disable=SC2086
     result[$tool,$lname]=$(median ${times[$tool]})
     case "$tool" in
       icecc) say "icecc, $lname: $(cat "$work"/logs/iceccd-[12]-"$lkey".log | grep -c "Remote compilation completed" || true) remote compiles in the last $((reps + 1)) builds" ;;
-      vgas) say "vgas, $lname: nats-server per build: $(varz_per_build "$v0" "$(varz "$mport")" "$reps")"
-            say "vgas, $lname: by connection, per build: $(connz_per_build "$k0" "$(connz "$mport")" "$reps")"
-            grep -h "compiler calls" "$work/vgas-$reps.log" | sed "s/^/bench-scale: $lname: /" >&2 || true ;;
-      vgasb) grep -h "compiler calls" "$work/vgasb-$reps.log" | sed "s/^/bench-scale: $lname: vgasb: /" >&2 || true ;;
+      vgas) say "vgas, $lname: nats-server per build: $(varz_per_build "$v0" "$(varz "$mport")" "$on_swarm")"
+            say "vgas, $lname: by connection, per build: $(connz_per_build "$k0" "$(connz "$mport")" "$on_swarm")" ;;
+    esac
+    case "$tool" in
+      vgas*) label=""; [ "$tool" = vgas ] || label="$tool: "
+             grep -h "compiler calls" "$work/$tool-$reps.log" | sed "s/^/bench-scale: $lname: $label/" >&2 || true ;;
     esac
   done
   unset VGAS_STATE_DIR VGAS_NATS_URL mport
