@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use async_nats::{jetstream, Client, HeaderMap, Message};
-use base64::Engine as _;
-use bytes::Bytes;
+use async_nats::{jetstream, Client, Message};
 use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -37,17 +35,14 @@ use crate::gpu::Gpus;
 use crate::probe;
 use crate::rustc::RustToolchains;
 use crate::sandbox::{Isolation, OutputChunk};
-use crate::wasm::{Artifact, ArtifactBody, ObjectStoreSource, WasmRuntime};
+use crate::wasm::{ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
 
 mod ahead;
+mod report;
 mod work;
 
 pub use ahead::{AheadPolicy, QueueAhead};
-
-/// Attempts to store a result in JetStream before giving up on it (with back-off, about a
-/// minute in all): long enough to ride out a nats-server restart.
-const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
 
 /// How long leaving waits for the server to confirm what was sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -556,84 +551,6 @@ impl Worker {
             handed_back,
         };
         self.publish_result(&result).await;
-    }
-
-    /// The event for one artifact: inline, or by reference once uploaded to the artifacts
-    /// bucket. The error is a sentence for the task's outcome.
-    async fn artifact_event(
-        &self,
-        task: &TaskId,
-        attempt: u32,
-        art: Artifact,
-    ) -> Result<TaskEvent, String> {
-        Ok(match art.body {
-            ArtifactBody::Inline(bytes) => TaskEvent::Artifact {
-                attempt,
-                path: art.path,
-                base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
-                object: None,
-                size: None,
-                mode: art.mode,
-            },
-            ArtifactBody::Large { file, size } => {
-                let bucket = self.cfg.conn.subjects.artifacts_bucket();
-                let object =
-                    crate::wasm::upload(&self.js, &bucket, task, attempt, &art.path, &file).await?;
-                TaskEvent::Artifact {
-                    attempt,
-                    path: art.path,
-                    base64: String::new(),
-                    object: Some(object),
-                    size: Some(size),
-                    mode: art.mode,
-                }
-            }
-        })
-    }
-
-    async fn emit(&self, subject: &str, enc: Encoding, ev: &TaskEvent) {
-        let Ok(bytes) = encode(enc, ev) else { return };
-        if let Err(e) = self
-            .client
-            .publish(subject.to_owned(), Bytes::from(bytes))
-            .await
-        {
-            warn!("could not publish an event: {e}");
-        }
-    }
-
-    /// Stores the result in JetStream, retrying through a server restart. The message id
-    /// makes a retried publish of the same attempt a duplicate JetStream drops.
-    async fn publish_result(&self, r: &WorkerResult) {
-        let subject = self.cfg.conn.subjects.result(&self.cfg.id, &r.task_id);
-        let Ok(bytes) = encode(Encoding::MsgPack, r) else {
-            return;
-        };
-        let bytes = Bytes::from(bytes);
-        let mut delay = Duration::from_millis(100);
-        for n in 1..=RESULT_PUBLISH_ATTEMPTS {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                "Nats-Msg-Id",
-                format!("{}-{}", r.task_id, r.attempt).as_str(),
-            );
-            let sent = async {
-                self.js
-                    .publish_with_headers(subject.clone(), headers, bytes.clone())
-                    .await?
-                    .await
-                    .map_err(async_nats::Error::from)
-            };
-            match sent.await {
-                Ok(_) => return,
-                Err(e) => {
-                    warn!(try_number = n, "result not stored yet: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-        warn!("gave up storing the result; the master will retry the task after its deadline");
     }
 }
 
