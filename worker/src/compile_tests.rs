@@ -264,8 +264,8 @@ async fn a_preprocessed_segment_compiles_to_the_same_object_as_a_local_compile()
         done.run.outcome
     );
     assert_eq!(
-        std::fs::read_dir(&cfg.work_dir).unwrap().count(),
-        0,
+        crate::sandbox::task_dirs_left(&cfg.work_dir),
+        Vec::<std::path::PathBuf>::new(),
         "no task directory left"
     );
 }

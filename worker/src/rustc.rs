@@ -305,7 +305,7 @@ impl<S: ModuleSource> RustcRunner<'_, S> {
 /// The outputs the task asked for, from `--out-dir` under `root/`; the dependency file's
 /// paths given back their submitter's form first.
 fn outputs(dir: KeptDir, spec: &RustcSpec) -> CompileRun {
-    let root = format!("{}/{ROOT}", dir.path().display());
+    let root = format!("{}/{ROOT}", dir.ran_at().display());
     let rels: Vec<String> = spec
         .outputs
         .iter()

@@ -8,10 +8,12 @@
 //! back from the child; the step (and which mount or limit) is packed above the errno bits
 //! so the parent can say in words what went wrong ([`ChildPlan::describe_failure`]).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::isolation::Isolation;
 use super::mounts::{self, MountPoint};
@@ -107,6 +109,68 @@ pub(crate) fn decode_failure(code: i32) -> Option<(Stage, usize, i32)> {
     Some((stage, detail, code & ((1 << ERRNO_BITS) - 1)))
 }
 
+/// The mount namespace the task gets.
+#[derive(Debug)]
+pub(crate) enum MountSetup {
+    /// The worker's own (no mount namespace on this host).
+    Shared,
+    /// A namespace of its own, made by the child: the task directory bound writable with
+    /// `bind_flags`, every mount point in `readonly` made read-only.
+    Fresh {
+        bind_flags: libc::c_ulong,
+        readonly: Vec<MountPoint>,
+    },
+    /// The namespace kept for its slot (`mntns`), entered through this descriptor: made the
+    /// same way once, with the slot's directory (which holds the task's) as the writable one.
+    Join(Arc<OwnedFd>),
+}
+
+/// Makes the calling thread's mount namespace a private copy of its current one in which
+/// `dir` (bound onto itself, remounted with `bind_flags`) is the one writable place: every
+/// mount point in `readonly` is remounted read-only. Async-signal-safe: the child runs it
+/// for a namespace of its own, and `mntns` in a thread of its own for a slot's kept one.
+pub(crate) fn private_mounts(
+    dir: &CStr,
+    bind_flags: libc::c_ulong,
+    readonly: &[MountPoint],
+) -> io::Result<()> {
+    // SAFETY (all blocks below): plain syscall wrappers called with NUL-terminated C strings
+    // or null where the call allows it; nothing is retained.
+    let null = std::ptr::null::<libc::c_char>();
+    let dir = dir.as_ptr();
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(fail(Stage::MountNamespace, 0));
+    }
+    let private = libc::MS_REC | libc::MS_PRIVATE;
+    if unsafe { libc::mount(null, c"/".as_ptr(), null, private, std::ptr::null()) } != 0 {
+        return Err(fail(Stage::PrivateRoot, 0));
+    }
+    if unsafe { libc::mount(dir, dir, null, libc::MS_BIND, std::ptr::null()) } != 0 {
+        return Err(fail(Stage::BindTaskDir, 0));
+    }
+    if unsafe { libc::mount(null, dir, null, bind_flags, std::ptr::null()) } != 0 {
+        return Err(fail(Stage::SecureTaskDir, 0));
+    }
+    for (i, m) in readonly.iter().enumerate() {
+        let rc = unsafe {
+            libc::mount(
+                null,
+                m.path.as_ptr(),
+                null,
+                m.remount_flags,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if m.essential || !SKIPPABLE_REMOUNT_ERRORS.contains(&errno) {
+                return Err(fail(Stage::ReadOnly, i));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The network the task gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NetSetup {
@@ -126,9 +190,8 @@ pub(crate) struct ChildPlan {
     /// The working directory: the task directory or a directory inside it.
     cwd: CString,
     cwd_shown: String,
-    /// Set when a mount namespace is wanted: flags for the task directory's own bind mount,
-    /// and the mount points to make read-only.
-    mounts: Option<(libc::c_ulong, Vec<MountPoint>)>,
+    /// The mount namespace the task gets.
+    mounts: MountSetup,
     /// Device nodes covered by `/dev/null` in the mount namespace (GPUs not leased to the
     /// task); empty without a mount namespace.
     hidden: Vec<CString>,
@@ -140,6 +203,8 @@ pub(crate) struct ChildPlan {
 
 impl ChildPlan {
     /// The plan for a task in `task_dir` whose command runs in `cwd` (inside `task_dir`).
+    /// `kept_mounts`: the slot's kept mount namespace (`mntns`), in which `task_dir` is
+    /// writable, to enter instead of making one (not for a task that hides devices).
     pub(crate) fn new(
         task_dir: &Path,
         cwd: &Path,
@@ -147,6 +212,7 @@ impl ChildPlan {
         limits: &Limits,
         uid: Option<u32>,
         hidden: &[std::path::PathBuf],
+        kept_mounts: Option<Arc<OwnedFd>>,
     ) -> Result<ChildPlan, String> {
         let c_dir = CString::new(task_dir.as_os_str().as_bytes())
             .map_err(|_| "task directory path contains NUL".to_owned())?;
@@ -158,14 +224,17 @@ impl ChildPlan {
         }
         let c_cwd = CString::new(cwd.as_os_str().as_bytes())
             .map_err(|_| "working directory path contains NUL".to_owned())?;
-        let mounts = if isolation.mount_ns {
-            let table = mounts::read_mount_table()?;
-            let own = mounts::flags_of_mount_holding(&table, task_dir);
-            let bind_flags =
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | own;
-            Some((bind_flags, mounts::readonly_plan(&table, task_dir)?))
-        } else {
-            None
+        let mounts = match kept_mounts {
+            Some(fd) if isolation.mount_ns && hidden.is_empty() => MountSetup::Join(fd),
+            _ if isolation.mount_ns => {
+                let table = mounts::current()?.table;
+                let (bind_flags, readonly) = mounts::writable_only(&table, task_dir)?;
+                MountSetup::Fresh {
+                    bind_flags,
+                    readonly,
+                }
+            }
+            _ => MountSetup::Shared,
         };
         // RLIMIT_NPROC counts every process of the real uid. Without a uid of its own the task
         // shares the worker's, so it gets what the worker already runs on top (root ignores
@@ -187,7 +256,7 @@ impl ChildPlan {
             (nproc, nproc),
             (0, 0),
         ];
-        let hidden = if mounts.is_some() {
+        let hidden = if matches!(mounts, MountSetup::Fresh { .. }) {
             hidden
                 .iter()
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
@@ -222,43 +291,25 @@ impl ChildPlan {
         if unsafe { libc::setsid() } < 0 {
             return Err(fail(Stage::NewSession, 0));
         }
-        if let Some((bind_flags, readonly)) = &self.mounts {
-            let null = std::ptr::null::<libc::c_char>();
-            let dir = self.task_dir.as_ptr();
-            if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-                return Err(fail(Stage::MountNamespace, 0));
-            }
-            let private = libc::MS_REC | libc::MS_PRIVATE;
-            if unsafe { libc::mount(null, c"/".as_ptr(), null, private, std::ptr::null()) } != 0 {
-                return Err(fail(Stage::PrivateRoot, 0));
-            }
-            if unsafe { libc::mount(dir, dir, null, libc::MS_BIND, std::ptr::null()) } != 0 {
-                return Err(fail(Stage::BindTaskDir, 0));
-            }
-            if unsafe { libc::mount(null, dir, null, *bind_flags, std::ptr::null()) } != 0 {
-                return Err(fail(Stage::SecureTaskDir, 0));
-            }
-            for (i, m) in readonly.iter().enumerate() {
-                let rc = unsafe {
-                    libc::mount(
-                        null,
-                        m.path.as_ptr(),
-                        null,
-                        m.remount_flags,
-                        std::ptr::null(),
-                    )
-                };
-                if rc != 0 {
-                    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                    if m.essential || !SKIPPABLE_REMOUNT_ERRORS.contains(&errno) {
-                        return Err(fail(Stage::ReadOnly, i));
+        match &self.mounts {
+            MountSetup::Shared => {}
+            MountSetup::Fresh {
+                bind_flags,
+                readonly,
+            } => {
+                private_mounts(&self.task_dir, *bind_flags, readonly)?;
+                let null = std::ptr::null::<libc::c_char>();
+                for (i, node) in self.hidden.iter().enumerate() {
+                    let (from, to) = (c"/dev/null".as_ptr(), node.as_ptr());
+                    if unsafe { libc::mount(from, to, null, libc::MS_BIND, std::ptr::null()) } != 0
+                    {
+                        return Err(fail(Stage::HideDevice, i));
                     }
                 }
             }
-            for (i, node) in self.hidden.iter().enumerate() {
-                let (from, to) = (c"/dev/null".as_ptr(), node.as_ptr());
-                if unsafe { libc::mount(from, to, null, libc::MS_BIND, std::ptr::null()) } != 0 {
-                    return Err(fail(Stage::HideDevice, i));
+            MountSetup::Join(fd) => {
+                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+                    return Err(fail(Stage::MountNamespace, 0));
                 }
             }
         }
@@ -335,14 +386,14 @@ impl ChildPlan {
                 format!("could not remount {} nosuid,nodev", self.task_dir_shown)
             }
             Stage::ReadOnly => {
-                let shown = self
-                    .mounts
-                    .as_ref()
-                    .and_then(|(_, r)| r.get(detail))
-                    .map_or_else(
-                        || format!("mount #{detail}"),
-                        |m| m.path.to_string_lossy().into_owned(),
-                    );
+                let readonly = match &self.mounts {
+                    MountSetup::Fresh { readonly, .. } => Some(readonly),
+                    _ => None,
+                };
+                let shown = readonly.and_then(|r| r.get(detail)).map_or_else(
+                    || format!("mount #{detail}"),
+                    |m| m.path.to_string_lossy().into_owned(),
+                );
                 format!("could not remount {shown} read-only")
             }
             Stage::HideDevice => {
@@ -448,9 +499,12 @@ mod tests {
             &Limits::default(),
             Some(200_001),
             &[],
+            None,
         )
         .unwrap();
-        let (_, readonly) = plan.mounts.as_ref().expect("a mount plan");
+        let MountSetup::Fresh { readonly, .. } = &plan.mounts else {
+            panic!("a mount plan of its own");
+        };
         let root = readonly
             .iter()
             .position(|m| m.path.as_bytes() == b"/")

@@ -18,6 +18,7 @@
 
 mod child;
 mod isolation;
+mod mntns;
 mod mounts;
 mod netns;
 mod outcome;
@@ -89,6 +90,32 @@ impl SandboxConfig {
             .and_then(|s| base.checked_add(s))
             .filter(|&uid| uid != 0 && uid != u32::MAX)
     }
+}
+
+/// Task directories in `work_dir` (the worker's, or a slot's in it), for checks that none is
+/// left behind: a slot's own directory (`mntns`) stays while it is empty.
+pub fn task_dirs_left(work_dir: &Path) -> Vec<PathBuf> {
+    let entries = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
+    entries(work_dir)
+        .into_iter()
+        .flat_map(|p| {
+            let slot = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(mntns::SLOT_DIR_PREFIX));
+            if slot && p.is_dir() {
+                entries(&p)
+            } else {
+                vec![p]
+            }
+        })
+        .collect()
 }
 
 /// Resource limits of one native task, in bytes, seconds and counts.
@@ -329,7 +356,32 @@ pub async fn run_native(
             dir: None,
         };
     }
-    let dir = match taskdir::prepare(&cfg.work_dir, job.files, opts, uid) {
+    // Processes a crashed earlier run of this slot left behind would share the uid's limits.
+    let clean = match uid {
+        Some(uid) => {
+            let clean = procs::ensure_clean(uid).await;
+            if !clean {
+                // A survivor may sit in the slot's kept namespaces: not shared with this task.
+                netns::forget(uid);
+                mntns::forget(uid);
+            }
+            clean
+        }
+        None => false,
+    };
+    let work_root = match taskdir::work_root(&cfg.work_dir, uid) {
+        Ok(root) => root,
+        Err(message) => return error(format!("sandbox setup failed: {message}")),
+    };
+    // The slot's kept mount namespace, where the task's directory goes in the slot's.
+    let slot = match uid {
+        Some(uid) if clean && isolation.mount_ns && hidden.is_empty() => {
+            mntns::for_uid(&work_root, uid)
+        }
+        _ => None,
+    };
+    let parent = slot.as_ref().map_or(&work_root, |s| &s.dir);
+    let dir = match taskdir::prepare(parent, job.files, opts, uid) {
         Ok(dir) => dir,
         Err(message) => return error(format!("sandbox setup failed: {message}")),
     };
@@ -353,14 +405,16 @@ pub async fn run_native(
             return error(message);
         }
     };
-    // Processes a crashed earlier run of this slot left behind would share the uid's limits.
-    if let Some(uid) = uid {
-        if !procs::ensure_clean(uid).await {
-            // A survivor may sit in the slot's kept network namespace: not shared with this task.
-            netns::forget(uid);
-        }
-    }
-    let plan = match child::ChildPlan::new(dir.path(), &cwd, isolation, &limits, uid, hidden) {
+    let kept_mounts = slot.as_ref().map(|s| s.fd.clone());
+    let plan = match child::ChildPlan::new(
+        dir.path(),
+        &cwd,
+        isolation,
+        &limits,
+        uid,
+        hidden,
+        kept_mounts,
+    ) {
         Ok(plan) => Arc::new(plan),
         Err(message) => {
             taskdir::remove(dir);
@@ -400,9 +454,16 @@ pub async fn run_native(
     };
     // `supervise` has killed everything the task started; a failed spawn started nothing.
     if opts.keep_dir {
-        return NativeRun {
-            outcome,
-            dir: Some(KeptDir::new(dir)),
+        // Out of the slot's directory, where the slot's next task could write to it.
+        let moved = slot
+            .as_ref()
+            .map(|_| work_root.join(dir.path().file_name().unwrap_or_default()));
+        return match KeptDir::new(dir, moved.as_deref()) {
+            Ok(kept) => NativeRun {
+                outcome,
+                dir: Some(kept),
+            },
+            Err(message) => error(message),
         };
     }
     taskdir::remove(dir);

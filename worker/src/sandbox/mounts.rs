@@ -1,10 +1,12 @@
 //! The mount table, read from `/proc/self/mountinfo` in the parent: the child remounts every
 //! mount point read-only between fork and exec, where it may not allocate or parse, so the list
-//! (paths as C strings, each mount's own flags) is prepared here beforehand.
+//! (paths as C strings, each mount's own flags) is prepared here beforehand. The table is
+//! read again only after it changed ([`current`]), not once per task.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Mount points that must end up read-only or the sandbox is not set up at all: the places a
 /// task could otherwise leave files behind or tamper with the host. Any other mount that
@@ -36,6 +38,70 @@ pub(crate) fn read_mount_table() -> Result<Vec<MountEntry>, String> {
     std::fs::read("/proc/self/mountinfo")
         .map(|bytes| parse_mountinfo(&bytes))
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))
+}
+
+/// The mount table as last read, and its generation: a number that grows each time the
+/// table is read again after a change.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) table: Arc<Vec<MountEntry>>,
+    /// Whether changes are watched; if not, every call reads the table again and a new
+    /// generation says nothing about a change.
+    pub(crate) watched: bool,
+}
+
+/// What [`current`] keeps: an open `/proc/self/mountinfo` to poll for changes (the kernel
+/// reports `POLLPRI` on it after any mount or unmount in this namespace) and the last read.
+#[derive(Debug)]
+struct Watched {
+    watcher: Option<std::fs::File>,
+    last: Option<Snapshot>,
+    reads: u64,
+}
+
+/// Whether the table changed since `watcher` was last polled. Unknown counts as changed.
+fn changed(watcher: Option<&std::fs::File>) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Some(file) = watcher else {
+        return true;
+    };
+    let mut fd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on our own open descriptor, no wait.
+    let rc = unsafe { libc::poll(&mut fd, 1, 0) };
+    rc != 0 || fd.revents & (libc::POLLPRI | libc::POLLERR) != 0
+}
+
+/// The mount table of this process, read again only when it changed since the last call (a
+/// poll on an open descriptor, where a read and parse per task cost a tenth of a no-op
+/// task's set-up). The watcher is opened before the table is first read, so no change is
+/// missed between the two.
+pub(crate) fn current() -> Result<Snapshot, String> {
+    static WATCHED: Mutex<Watched> = Mutex::new(Watched {
+        watcher: None,
+        last: None,
+        reads: 0,
+    });
+    let mut w = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+    if w.watcher.is_none() {
+        w.watcher = std::fs::File::open("/proc/self/mountinfo").ok();
+    }
+    if let Some(last) = w.last.as_ref().filter(|_| !changed(w.watcher.as_ref())) {
+        return Ok(last.clone());
+    }
+    let table = Arc::new(read_mount_table()?);
+    w.reads += 1;
+    let snapshot = Snapshot {
+        generation: w.reads,
+        table,
+        watched: w.watcher.is_some(),
+    };
+    w.last = Some(snapshot.clone());
+    Ok(snapshot)
 }
 
 /// Parses mountinfo: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER`.
@@ -108,6 +174,18 @@ pub(crate) fn flags_of_mount_holding(table: &[MountEntry], path: &Path) -> libc:
             _ => Some(m),
         })
         .map_or(0, |m| m.flags)
+}
+
+/// For a namespace in which `dir` is the one writable place: the flags of its own bind mount
+/// (`nosuid`, `nodev` and the flags of the mount holding it) and the mount points to make
+/// read-only ([`readonly_plan`]).
+pub(crate) fn writable_only(
+    table: &[MountEntry],
+    dir: &Path,
+) -> Result<(libc::c_ulong, Vec<MountPoint>), String> {
+    let own = flags_of_mount_holding(table, dir);
+    let bind_flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | own;
+    Ok((bind_flags, readonly_plan(table, dir)?))
 }
 
 /// What the child remounts read-only for a task in `task_dir`: every mount point except those

@@ -28,32 +28,37 @@ const TASK_DIR_PREFIX: &str = "task-";
 /// Worker variables passed through to tasks when set; everything else is dropped.
 const PASSED_THROUGH: &[&str] = &["LANG", "LC_ALL"];
 
-/// Creates the task directory under `work_dir` with `files`, then `opts.workdir` and
-/// `opts.extra_files` in it, handed to `uid` when set.
-pub(crate) fn prepare(
-    work_dir: &Path,
-    files: &[TaskFile],
-    opts: &RunOptions<'_>,
-    uid: Option<u32>,
-) -> Result<TempDir, String> {
+/// The work directory, created if missing, as a canonical path (so paths under it match the
+/// mount table and bind mounts hit the right place), passable for a sandbox uid when `uid`.
+pub(crate) fn work_root(work_dir: &Path, uid: Option<u32>) -> Result<PathBuf, String> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(WORK_DIR_MODE)
         .create(work_dir)
         .map_err(|e| format!("cannot create work directory {}: {e}", work_dir.display()))?;
-    // Canonical, so the path matches the mount table and the bind mount hits the right place.
     let work_dir = fs::canonicalize(work_dir)
         .map_err(|e| format!("cannot resolve work directory {}: {e}", work_dir.display()))?;
     if uid.is_some() {
         ensure_passable(&work_dir)?;
     }
+    Ok(work_dir)
+}
+
+/// Creates the task directory in `parent` (the [`work_root`] or a slot's directory in it)
+/// with `files`, then `opts.workdir` and `opts.extra_files` in it, handed to `uid` when set.
+pub(crate) fn prepare(
+    parent: &Path,
+    files: &[TaskFile],
+    opts: &RunOptions<'_>,
+    uid: Option<u32>,
+) -> Result<TempDir, String> {
     let dir = tempfile::Builder::new()
         .prefix(TASK_DIR_PREFIX)
-        .tempdir_in(&work_dir)
+        .tempdir_in(parent)
         .map_err(|e| {
             format!(
                 "cannot create a task directory in {}: {e}",
-                work_dir.display()
+                parent.display()
             )
         })?;
     let filled = write_inputs(dir.path(), files)
@@ -187,8 +192,16 @@ pub(crate) fn remove(dir: TempDir) {
     if dir.close().is_ok() {
         return;
     }
-    restore_permissions(&path);
-    if let Err(e) = fs::remove_dir_all(&path) {
+    remove_path(&path);
+}
+
+/// [`remove`] for a directory given by its path (a kept one, or one a crashed run left).
+pub(crate) fn remove_path(path: &Path) {
+    if fs::remove_dir_all(path).is_ok() {
+        return;
+    }
+    restore_permissions(path);
+    if let Err(e) = fs::remove_dir_all(path) {
         tracing::warn!(dir = %path.display(), error = %e, "cannot remove task directory");
     }
 }
@@ -198,17 +211,44 @@ pub(crate) fn remove(dir: TempDir) {
 /// (as [`remove`] does) when dropped.
 #[derive(Debug)]
 pub struct KeptDir {
-    dir: Option<TempDir>,
+    path: PathBuf,
+    /// Where the task ran, when the directory was moved since (out of its slot's).
+    ran_at: PathBuf,
 }
 
 impl KeptDir {
-    pub(crate) fn new(dir: TempDir) -> KeptDir {
-        KeptDir { dir: Some(dir) }
+    /// Keeps `dir`, moved to `to` first when given (which must not exist).
+    pub(crate) fn new(dir: TempDir, to: Option<&Path>) -> Result<KeptDir, String> {
+        let ran_at = dir.path().to_owned();
+        let Some(to) = to else {
+            return Ok(KeptDir {
+                path: dir.keep(),
+                ran_at,
+            });
+        };
+        rename_noreplace(&ran_at, to).map_err(|e| {
+            format!(
+                "cannot move the task directory {} to {}: {e}",
+                ran_at.display(),
+                to.display()
+            )
+        })?;
+        let _moved = dir.keep();
+        Ok(KeptDir {
+            path: to.to_owned(),
+            ran_at,
+        })
     }
 
     /// The task directory.
     pub fn path(&self) -> &Path {
-        self.dir.as_ref().map_or(Path::new(""), |d| d.path())
+        &self.path
+    }
+
+    /// Where the directory was while the task ran: the path in what the task wrote (a
+    /// dependency file's paths).
+    pub fn ran_at(&self) -> &Path {
+        &self.ran_at
     }
 
     /// The regular file at `rel` (relative, no `..`) and its size; `Ok(None)` when there is
@@ -242,9 +282,33 @@ impl KeptDir {
 
 impl Drop for KeptDir {
     fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            remove(dir);
-        }
+        remove_path(&self.path);
+    }
+}
+
+/// Renames `from` to `to`, failing if `to` exists (a rename onto an empty directory would
+/// replace it).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two C strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -344,7 +408,7 @@ mod tests {
             extra_files: &extra,
             ..RunOptions::default()
         };
-        let dir = KeptDir::new(prepare(work.path(), &[], &opts, None).unwrap());
+        let dir = KeptDir::new(prepare(work.path(), &[], &opts, None).unwrap(), None).unwrap();
         assert!(dir.path().join("src/deep").is_dir());
         let (path, size) = dir.regular_file("src/in.i").unwrap().expect("found");
         assert_eq!((path, size), (dir.path().join("src/in.i"), 6));

@@ -306,7 +306,7 @@ async fn input_files_are_written_and_the_directory_is_removed() {
         "cwd {}",
         lines[3]
     );
-    let left: Vec<_> = std::fs::read_dir(h.work.path()).unwrap().collect();
+    let left = super::task_dirs_left(h.work.path());
     assert!(left.is_empty(), "task directories left behind: {left:?}");
 
     let mut bad = sh("true");

@@ -8,8 +8,8 @@ use std::time::Duration;
 use vgas_shared::wire::{TaskLimits, TaskOutcome};
 
 use super::tests::{
-    assert_nothing_left, harness, isolation, run, sandbox_uid, sh, spec, unique, unique_sleep,
-    TEST_UID_BASE,
+    assert_nothing_left, exec_job, harness, isolation, run, sandbox_uid, sh, spec, unique,
+    unique_sleep, TEST_UID_BASE,
 };
 use super::{Limits, MIB};
 
@@ -471,4 +471,101 @@ async fn a_gpu_task_sees_only_its_devices_and_has_no_address_space_limit() {
     );
     // Hidden in the task's mount namespace only.
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "device 1");
+}
+
+/// A slot's tasks share the mount namespace kept for it (`mntns`): not the worker's, each
+/// task in a directory of its own inside the slot's, which is the one writable place, and
+/// nothing can be made beside the task's directory.
+#[tokio::test]
+async fn a_slots_kept_mount_namespace_lets_each_task_write_only_its_own_directory() {
+    let h = harness();
+    if !isolation().mount_ns || !isolation().uid_switch {
+        println!(
+            "skipped: a mount namespace is kept only with a uid switch ({})",
+            isolation().describe()
+        );
+        return;
+    }
+    let script = "readlink /proc/self/ns/mnt; pwd; echo mine > f && cat f; \
+                  (echo x > ../beside) 2>&1 | grep -c 'Permission denied'";
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let ran = run(&h, 19, sh(script)).await;
+        assert_eq!(
+            ran.outcome,
+            TaskOutcome::Exited { exit_code: 0 },
+            "{}",
+            ran.stderr
+        );
+        outputs.push(ran.stdout.lines().map(str::to_owned).collect::<Vec<_>>());
+    }
+    let (a, b) = (&outputs[0], &outputs[1]);
+    assert_eq!(a.len(), 4, "{a:?}");
+    let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(a[0], own.to_string_lossy(), "not the worker's namespace");
+    assert_eq!(a[0], b[0], "the slot's tasks share its kept namespace");
+    let slot_dir = std::fs::canonicalize(h.work.path())
+        .unwrap()
+        .join(format!("slot-{}", sandbox_uid(19).unwrap()));
+    for out in [a, b] {
+        let cwd = std::path::Path::new(&out[1]);
+        assert_eq!(cwd.parent(), Some(slot_dir.as_path()), "{out:?}");
+        assert_eq!(out[2..], ["mine", "1"], "{out:?}");
+    }
+    assert_ne!(a[1], b[1], "a directory per task");
+    assert_eq!(
+        std::fs::read_dir(&slot_dir).unwrap().count(),
+        0,
+        "both tasks' directories removed"
+    );
+}
+
+/// A directory the caller keeps (a compile's) leaves the slot's directory before the slot's
+/// next task, so that task cannot change what the caller reads back.
+#[tokio::test]
+async fn a_kept_directory_is_moved_out_of_reach_of_the_slots_next_task() {
+    use super::{run_native, NativeJob, RunOptions};
+    let h = harness();
+    let task = sh("echo object > out.o").parse().unwrap();
+    let job = exec_job(&task);
+    let argv = |_: &std::path::Path| job.task.argv.as_slice().to_vec();
+    let native = NativeJob {
+        command: &argv,
+        env: &job.task.env,
+        stdin: "",
+        files: &[],
+        bounds: job.bounds,
+    };
+    let opts = RunOptions {
+        keep_dir: true,
+        ..RunOptions::default()
+    };
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let ran = run_native(&h.cfg, isolation(), 20, &native, &opts, tx, cancel).await;
+    assert_eq!(ran.outcome, TaskOutcome::Exited { exit_code: 0 });
+    let kept = ran.dir.expect("kept");
+    let root = std::fs::canonicalize(h.work.path()).unwrap();
+    assert_eq!(kept.path().parent(), Some(root.as_path()), "{kept:?}");
+    let (file, _) = kept.regular_file("out.o").unwrap().expect("the object");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "object\n");
+    if isolation().mount_ns && isolation().uid_switch {
+        let slot_dir = root.join(format!("slot-{}", sandbox_uid(20).unwrap()));
+        assert_eq!(kept.ran_at().parent(), Some(slot_dir.as_path()));
+        assert_eq!(kept.ran_at().file_name(), kept.path().file_name());
+        let next = run(
+            &h,
+            20,
+            sh(&format!("echo x > {}/out.o", kept.path().display())),
+        )
+        .await;
+        assert!(failed(&next.outcome), "{next:?}");
+        assert_eq!(
+            std::fs::read_to_string(kept.path().join("out.o")).unwrap(),
+            "object\n"
+        );
+    }
+    let path = kept.path().to_owned();
+    drop(kept);
+    assert!(!path.exists(), "removed when dropped");
 }
