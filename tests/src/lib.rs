@@ -534,7 +534,18 @@ impl Swarm {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<std::process::Output> {
-        let mut cmd = Command::new(bin("vgas"));
+        self.bin_in("vgas", cwd, args, env)
+    }
+
+    /// [`Swarm::cli_in`] for another of the workspace's binaries (`vgas-cc`).
+    pub fn bin_in(
+        &self,
+        name: &str,
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<std::process::Output> {
+        let mut cmd = Command::new(bin(name));
         cmd.args(args)
             .env("VGAS_NATS_URL", self.url())
             .env("VGAS_STATE_DIR", self.state_dir())
@@ -544,7 +555,7 @@ impl Swarm {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().context("run vgas")
+        cmd.output().with_context(|| format!("run {name}"))
     }
 
     /// Connects as `role`.

@@ -86,3 +86,65 @@ async fn vgas_cc_by_hand_compiles_on_the_swarm_and_hits_the_cache() {
     );
     assert!(!dir.join("bad.o").exists());
 }
+
+/// `vgas-cc`, the small wrapper binary the links of `vgas build` point at: what its fast path
+/// declines (here: no helper to hand the unit to) goes to the full `vgas` beside it, which
+/// compiles on the worker; a call that is not a compile runs the real compiler; and pointed at
+/// itself as the full binary it stops with a clear error instead of executing itself in a loop.
+#[tokio::test]
+async fn the_small_wrapper_hands_what_it_declines_to_vgas() {
+    if skip_without_gcc() {
+        return;
+    }
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let dir = swarm.dir.path().join("small");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("s.c"), "int s(int x) { return x + 7; }\n").unwrap();
+    let local = Command::new("gcc")
+        .args(["-O2", "-c", "s.c", "-o", "s-local.o"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(local.success());
+    let mut sub = client.subscribe("vgas.build.small.updates").await.unwrap();
+    client.flush().await.unwrap();
+
+    let env = [("VGAS_BUILD_ID", "small")];
+    let out = swarm
+        .bin_in(
+            "vgas-cc",
+            &dir,
+            &["cc", "-O2", "-c", "s.c", "-o", "s.o"],
+            &env,
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(done_origins(&drain(&mut sub).await), ["worker"]);
+    assert_eq!(
+        std::fs::read(dir.join("s.o")).unwrap(),
+        std::fs::read(dir.join("s-local.o")).unwrap()
+    );
+
+    // As a masquerade link, a call that is not a compile is the real compiler's.
+    let link = dir.join("gcc");
+    std::os::unix::fs::symlink(vgas_tests::bin("vgas-cc"), &link).unwrap();
+    let version = Command::new(&link).arg("--version").output().unwrap();
+    let real = Command::new("gcc").arg("--version").output().unwrap();
+    assert!(version.status.success(), "{version:?}");
+    assert_eq!(version.stdout, real.stdout);
+
+    let me = vgas_tests::bin("vgas-cc");
+    let looped = swarm
+        .bin_in(
+            "vgas-cc",
+            &dir,
+            &["cc", "-c", "s.c", "-o", "s2.o"],
+            &[("VGAS_BIN", me.to_str().unwrap())],
+        )
+        .unwrap();
+    assert_eq!(looped.status.code(), Some(127), "{looped:?}");
+    assert!(
+        String::from_utf8_lossy(&looped.stderr).contains("cannot find the vgas binary"),
+        "{looped:?}"
+    );
+}

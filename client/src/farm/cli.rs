@@ -204,8 +204,9 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         .tempdir()
         .context("create the wrapper directory")?;
     let me = std::env::current_exe().context("find the vgas binary")?;
+    let wrapper = super::wrapper::link_target(&me);
     for name in MASQUERADE_NAMES {
-        std::os::unix::fs::symlink(&me, links.path().join(name))
+        std::os::unix::fs::symlink(&wrapper, links.path().join(name))
             .with_context(|| format!("link {name}"))?;
     }
     // The helper: every wrapper of this build hands its unit to this process, which holds
@@ -229,6 +230,7 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         // Cargo runs every rustc call through the rustc wrapper (`crate::rustc`).
         .env("RUSTC_WRAPPER", &me)
         .env(ENV_WRAPPER_DIR, links.path())
+        .env(super::wrapper::ENV_FULL_BINARY, &me)
         .env(ENV_BUILD_ID, &build_id)
         .env(super::helper::ENV_HELPER_SOCKET, &socket)
         .env(ENV_LOCAL_LOG, &local_log)

@@ -57,6 +57,37 @@ pub fn note_local(reason: &str) {
     }
 }
 
+/// The small wrapper binary (`client/src/bin/vgas-cc.rs`): the links of `vgas build` point
+/// at it when it is installed beside `vgas`.
+pub const SMALL_BINARY: &str = "vgas-cc";
+
+/// The full `vgas` binary, for what the small wrapper's fast path declines: set by `vgas
+/// build` for the commands it runs.
+pub const ENV_FULL_BINARY: &str = "VGAS_BIN";
+
+/// What the masquerade links point at: the small wrapper beside the `vgas` binary `me` when
+/// it is there, `me` itself otherwise.
+pub fn link_target(me: &Path) -> PathBuf {
+    let small = me.with_file_name(SMALL_BINARY);
+    if small.is_file() {
+        small
+    } else {
+        me.to_owned()
+    }
+}
+
+/// The full `vgas` binary for the small wrapper: [`ENV_FULL_BINARY`], or `vgas` beside it.
+pub fn full_binary() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let full = match std::env::var_os(ENV_FULL_BINARY).filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => me.with_file_name("vgas"),
+    };
+    // Never itself: that would exec in a loop.
+    let same = |a: &Path, b: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok();
+    (full.is_file() && !same(&full, &me)).then_some(full)
+}
+
 /// Names under which the `vgas` binary acts as a compiler.
 pub const MASQUERADE_NAMES: &[&str] = &["cc", "gcc", "c++", "g++", "clang", "clang++"];
 
