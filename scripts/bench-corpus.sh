@@ -54,6 +54,9 @@ mkdir -p "$swarm"
 cp "$root/nats.conf" "$swarm/nats.conf"     # its paths are relative to where it runs
 export VGAS_STATE_DIR="$state" VGAS_NATS_URL="nats://127.0.0.1:$port" VGAS_NO_MDNS=true
 "$bin/vgas" init >/dev/null
+# The compiler launcher for CMake and Meson: the small wrapper binary when it is built.
+launcher="$bin/vgas"
+[ -x "$bin/vgas-cc" ] && launcher="$bin/vgas-cc"
 (cd "$swarm" && exec "$NATS_SERVER_BIN" -c nats.conf -a 127.0.0.1 -p "$port" -m "$mport") >"$work/nats.log" 2>&1 & pids+=($!)
 sleep 1
 "$bin/vgas-master" >"$work/master.log" 2>&1 & pids+=($!)
@@ -109,7 +112,7 @@ for p in $projects; do
       esac
       b="$dir/build"; mkdir -p "$dir"
       setup() { local l=() w="$1"; rm -rf "$b"
-                [ "$w" = vgas ] && w="$bin/vgas"
+                [ "$w" = vgas ] && w=$launcher
                 # Both languages' launchers: a C++ project may have C units (libzmq's tweetnacl).
                 [ -n "$w" ] && l=("-DCMAKE_C_COMPILER_LAUNCHER=$w" "-DCMAKE_CXX_COMPILER_LAUNCHER=$w")
                 "$VGAS_CMAKE" -S "$src" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release "${opts[@]}" \
@@ -128,7 +131,7 @@ for p in $projects; do
       system="Meson + Ninja"
       cp -a "$src" "$dir"; b="$dir/build"
       cc=$(command -v gcc)
-      setup() { local w="$1"; [ "$w" = vgas ] && w="$bin/vgas"; rm -rf "$b"
+      setup() { local w="$1"; [ "$w" = vgas ] && w=$launcher; rm -rf "$b"
                 (cd "$dir" && PATH="$(dirname "$VGAS_NINJA"):$PATH" CC="${w:+$w }$cc" "$VGAS_MESON" setup build \
                   -Dbuildtype=release -Dtests=false >"$work/$p.setup.log" 2>&1) || die "$p: meson setup failed"; }
       build() { (cd "$b" && "$@" "$VGAS_NINJA" -j"$jobs" >>"$work/$p.out" 2>>"$work/$p.log"); }
