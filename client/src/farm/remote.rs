@@ -4,7 +4,7 @@
 //! time, past which the segment compiles here. [`submit_and_follow`] is that submit and
 //! follow for every build unit's task, a Rust crate's (`crate::rustc::remote`) too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -112,7 +112,10 @@ pub struct Followed {
 
 /// Submits a build unit's task (a `compile` or `rustc` task that needs its compiler) as unit
 /// `unit` of a build, announces it (`queued`, `compiling`, `retried`) on `updates`, and
-/// follows it until its result, a lost attempt's output and files dropped. `Ok(Err(why))`:
+/// follows it until its result, a lost attempt's output and files dropped, or until every
+/// file in `wanted` has come: a worker sends a unit's files only after the compiler exited 0,
+/// and after all of its output, so the unit is done then, `Exited 0`, without waiting for the
+/// result to be stored and the master's `finished` (a millisecond or two of every unit). `Ok(Err(why))`:
 /// the swarm could not (not accepted, or gone past every attempt's deadline and the grace),
 /// and the unit compiles here.
 pub async fn submit_and_follow(
@@ -121,7 +124,7 @@ pub async fn submit_and_follow(
     unit: &str,
     spec: TaskSpec,
     deadline: Duration,
-    wanted: impl Fn(&str) -> bool,
+    wanted: &BTreeSet<String>,
     on_started: impl Fn(),
 ) -> Result<Result<Followed, String>> {
     spec.validate()?;
@@ -174,9 +177,12 @@ pub async fn submit_and_follow(
             }
             Step::Stdout(d) => stdout.push_str(&d),
             Step::Stderr(d) => stderr.push_str(&d),
-            Step::Artifact(art) if wanted(&art.path) => {
+            Step::Artifact(art) if wanted.contains(&art.path) => {
                 compiled_at.get_or_insert_with(Instant::now);
                 files.insert(art.path.clone(), swarm.artifact_bytes(&art).await?);
+                if files.len() == wanted.len() {
+                    break TaskOutcome::Exited { exit_code: 0 };
+                }
             }
             Step::Artifact(_) => {}
             Step::Finished { outcome, worker: w } => {
@@ -233,14 +239,18 @@ pub async fn remote(
         wait_for_worker_s: Some(0),
         ..Default::default()
     };
-    let wanted = |path: &str| path == SEGMENT_OBJECT || sides.contains_key(path);
+    let wanted: BTreeSet<String> = sides
+        .keys()
+        .cloned()
+        .chain([SEGMENT_OBJECT.to_owned()])
+        .collect();
     let followed = submit_and_follow(
         &ctx.swarm,
         &ctx.updates,
         &seg.name,
         spec,
         ctx.segment_deadline,
-        wanted,
+        &wanted,
         || out.started(),
     )
     .await?;

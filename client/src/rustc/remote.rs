@@ -149,14 +149,14 @@ impl RemoteCrate<'_> {
             wait_for_worker_s: Some(0),
             ..Default::default()
         };
-        let wanted = |path: &str| self.outputs.iter().any(|o| o == path);
+        let wanted: std::collections::BTreeSet<String> = self.outputs.iter().cloned().collect();
         let followed = submit_and_follow(
             self.swarm,
             self.updates,
             self.unit,
             task,
             self.deadline,
-            wanted,
+            &wanted,
             || (),
         )
         .await?;
