@@ -51,6 +51,18 @@ pub struct Swarm {
 }
 
 impl Swarm {
+    /// A round trip the server answers itself (`$JS.API.INFO`): when it returns, every
+    /// message this connection published before has been processed by the server, and every
+    /// message the server routed to this connection before has been read and handed to its
+    /// subscription. (`Client::flush` only empties the socket's write buffer.) False when the
+    /// server did not answer within `limit`.
+    pub async fn sync(&self, limit: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(limit, self.js.query_account()).await,
+            Ok(Ok(_))
+        )
+    }
+
     pub fn new(client: Client, subjects: Subjects) -> Self {
         let js = jetstream::new(client.clone());
         Swarm {

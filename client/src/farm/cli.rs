@@ -26,9 +26,10 @@ use super::wrapper::{
 };
 use crate::api::{Swarm, REQUEST_TIMEOUT};
 
-/// How long the build keeps reading updates after its command ended and a flush returned.
-/// Every compiler process flushed its updates to the server before it exited, so they are
-/// queued to us ahead of our flush's PONG; this is only a margin for the subscription task.
+/// How long the build keeps reading updates after its command ended when the server did not
+/// answer its round trip (`Swarm::sync`); after that round trip every update is already
+/// read (a wrapper that compiled alone made the same round trip before it exited), and the
+/// build ends without waiting.
 const UPDATE_DRAIN: Duration = Duration::from_millis(20);
 
 /// How long the build waits for its own tasks (cache writes) after its command ended (30 s: a
@@ -276,10 +277,12 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
     // running finish, so the next build finds them.
     drop(stop_on_exit);
     wait_for(tasks).await;
-    if let Err(e) = swarm.client.flush().await {
-        tracing::debug!("flush after the build: {e}");
-    }
-    while let Ok(Some(msg)) = tokio::time::timeout(UPDATE_DRAIN, updates.next()).await {
+    let drain = match swarm.sync(REQUEST_TIMEOUT).await {
+        true => Duration::ZERO,
+        false => UPDATE_DRAIN,
+    };
+    // A zero timeout still takes every update already read.
+    while let Ok(Some(msg)) = tokio::time::timeout(drain, updates.next()).await {
         if let Ok(u) = decode_as::<BuildUpdate>(Encoding::detect(&msg.payload), &msg.payload) {
             progress.on(u);
         }

@@ -319,7 +319,9 @@ async fn distribute(
         identities: &identities,
     };
     let out = compile_unit(&u, invoked_as, compiler, cwd, args, job, None).await?;
-    let _ = client.flush().await;
+    // The build's updates reach the server before this process ends: `vgas build` counts
+    // them once its command has ended.
+    ctx.swarm.sync(crate::api::REQUEST_TIMEOUT).await;
     eprint!("{}", out.diagnostics);
     Ok(out.exit_code)
 }

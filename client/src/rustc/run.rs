@@ -91,7 +91,6 @@ fn keyed(rustc: &str, c: &CrateCall, cwd: &Path) -> Result<Keyed> {
 
 /// One call's connection to the swarm.
 struct Conn {
-    client: async_nats::Client,
     swarm: Swarm,
     cache: BuildCache,
     updates: Updates,
@@ -110,7 +109,6 @@ async fn cached(call: &AsRustc, c: &CrateCall, cwd: &Path) -> Result<i32> {
         let cache = BuildCache::open(&swarm.js, &conn.subjects).await?;
         let updates = Updates::new(client.clone(), build_updates_subject(&conn), None);
         anyhow::Ok(Conn {
-            client,
             swarm,
             cache,
             updates,
@@ -139,14 +137,16 @@ async fn cached(call: &AsRustc, c: &CrateCall, cwd: &Path) -> Result<i32> {
                     })
                     .await;
                 done(&conn, &unit, Origin::Cache, 0, 0).await;
-                let _ = conn.client.flush().await;
+                // The build's updates reach the server before this process ends: `vgas
+                // build` counts them once its command has ended.
+                conn.swarm.sync(crate::api::REQUEST_TIMEOUT).await;
                 return Ok(0);
             }
             Err(e) => tracing::warn!(key = k.key, "a cached rustc output did not restore ({e:#})"),
         }
     }
     let code = miss(call, c, cwd, &k, &conn, &unit).await;
-    let _ = conn.client.flush().await;
+    conn.swarm.sync(crate::api::REQUEST_TIMEOUT).await;
     code
 }
 
