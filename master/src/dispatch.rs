@@ -88,6 +88,8 @@ pub enum Command {
         worker: WorkerId,
         task_id: TaskId,
         payload: Bytes,
+        /// Its sequence in the results stream (`wire::HEADER_EVENT_SEQ`).
+        seq: u64,
         done: oneshot::Sender<()>,
     },
     /// A worker refused or did not acknowledge an assignment.
@@ -410,9 +412,10 @@ impl Dispatcher {
                 worker,
                 task_id,
                 payload,
+                seq,
                 done,
             } => {
-                self.relay(worker, task_id, payload).await;
+                self.relay(worker, task_id, payload, seq).await;
                 let _ = done.send(());
             }
             Command::AssignFailed {

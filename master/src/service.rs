@@ -494,10 +494,12 @@ pub async fn results(
                 if let Some((worker, task_id)) = subjects.parse_worker_events(&msg.subject) {
                     let (done, relayed) = oneshot::channel();
                     let payload = msg.payload.clone();
+                    let seq = msg.info().map_or(0, |i| i.stream_sequence);
                     let event = Command::Event {
                         worker,
                         task_id,
                         payload,
+                        seq,
                         done,
                     };
                     if tx.send(event).await.is_err() {

@@ -327,6 +327,13 @@ impl TaskOutcome {
     }
 }
 
+/// Header on every worker event the master relays to `vgas.task.<id>.events` (`stdout`,
+/// `stderr`, `artifact`): the event's sequence in the results stream. The master relays an
+/// event at least once (a master killed after relaying one and before acknowledging it
+/// relays it again once restarted), and a task's relayed events come in stream order, so a
+/// follower drops a relayed event whose sequence is not above the highest it has seen.
+pub const HEADER_EVENT_SEQ: &str = "Vgas-Event-Seq";
+
 /// One event on `vgas.task.<id>.events`. Output chunks carry the attempt they belong to, so a
 /// reader can drop a lost attempt's output when a `retrying` event says a new one began.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -112,6 +112,9 @@ pub struct Following {
     events: Subscriber,
     /// The newest attempt seen; output of older (lost) attempts is dropped.
     attempt: u32,
+    /// The highest relayed event's sequence seen (`wire::HEADER_EVENT_SEQ`): an event
+    /// relayed again by a restarted master is dropped.
+    relayed: u64,
     poll: Interval,
     /// Past this, the follower cancels the task and gives up; until then, a failed poll (the
     /// master restarting) is tried again at the next tick.
@@ -133,6 +136,7 @@ impl Following {
             id,
             events,
             attempt: 0,
+            relayed: 0,
             poll: tokio::time::interval(POLL_INTERVAL),
             give_up: None,
             finishing: None,
@@ -161,7 +165,7 @@ impl Following {
                 let until = *until;
                 let msg = tokio::time::timeout_at(until, self.events.next()).await;
                 if let Ok(Some(msg)) = msg {
-                    if let Some(step) = self.on_event(&msg.payload)? {
+                    if let Some(step) = self.on_message(&msg)? {
                         return Ok(self.seen(step));
                     }
                     continue;
@@ -172,7 +176,7 @@ impl Following {
             tokio::select! {
                 msg = self.events.next() => {
                     let Some(msg) = msg else { bail!("the event subscription of task {} closed", self.id) };
-                    if let Some(step) = self.on_event(&msg.payload)? {
+                    if let Some(step) = self.on_message(&msg)? {
                         return Ok(self.seen(step));
                     }
                 }
@@ -217,6 +221,22 @@ impl Following {
             Err(_) if self.give_up.is_some() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The step a message makes, if any: a relayed event seen already is dropped.
+    fn on_message(&mut self, msg: &async_nats::Message) -> Result<Option<Step>> {
+        let seq = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(vgas_shared::wire::HEADER_EVENT_SEQ))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        if let Some(seq) = seq {
+            if seq <= self.relayed {
+                return Ok(None);
+            }
+            self.relayed = seq;
+        }
+        self.on_event(&msg.payload)
     }
 
     /// The step an event makes, if any: stale attempts' output and undecodable events are

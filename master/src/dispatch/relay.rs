@@ -51,7 +51,13 @@ impl Dispatcher {
     }
 
     /// Relays one worker event to its task's subject if that worker runs that attempt now.
-    pub(super) async fn relay(&mut self, worker: WorkerId, task_id: TaskId, payload: Bytes) {
+    pub(super) async fn relay(
+        &mut self,
+        worker: WorkerId,
+        task_id: TaskId,
+        payload: Bytes,
+        seq: u64,
+    ) {
         let Some(t) = self.tasks.get(&task_id) else {
             debug!(%task_id, %worker, "dropping an event for a task no longer running");
             return;
@@ -97,7 +103,16 @@ impl Dispatcher {
             return;
         }
         let subject = self.subjects.task_events(&task_id);
-        if let Err(e) = self.client.publish(subject, payload).await {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            vgas_shared::wire::HEADER_EVENT_SEQ,
+            seq.to_string().as_str(),
+        );
+        if let Err(e) = self
+            .client
+            .publish_with_headers(subject, headers, payload)
+            .await
+        {
             warn!(%task_id, "could not relay a task event: {e}");
         }
     }
