@@ -100,7 +100,7 @@ pub async fn collect(
     let mut linger_end: Option<tokio::time::Instant> = None;
     // As the protocol tells followers: a relayed event seen already (a restarted master
     // relays what its predecessor had not acknowledged) is dropped by its sequence.
-    let mut relayed = 0u64;
+    let mut relayed = vgas_client::api::RelayedSeen::default();
     loop {
         let until = linger_end.unwrap_or(end);
         let msg = match tokio::time::timeout_at(until, sub.next()).await {
@@ -109,16 +109,8 @@ pub async fn collect(
             Err(_) if linger_end.is_some() => return Ok(c),
             Err(_) => bail!("no finished event within {timeout:?}; got {:?}", c.events),
         };
-        let seq = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(vgas_shared::wire::HEADER_EVENT_SEQ))
-            .and_then(|v| v.as_str().parse::<u64>().ok());
-        if let Some(seq) = seq {
-            if seq <= relayed {
-                continue;
-            }
-            relayed = seq;
+        if !relayed.is_new(&msg) {
+            continue;
         }
         let ev: TaskEvent = decode_as(Encoding::detect(&msg.payload), &msg.payload)?;
         // The master relays a worker's events before it announces the end, never after.

@@ -50,6 +50,32 @@ pub enum Step {
     },
 }
 
+/// The relayed events of one task seen so far, by their `wire::HEADER_EVENT_SEQ`: the master
+/// relays a worker's event at least once, in stream order, so one whose sequence is not
+/// above the highest seen is a repeat.
+#[derive(Debug, Default)]
+pub struct RelayedSeen(u64);
+
+impl RelayedSeen {
+    /// False for a relayed event seen already; true for anything else (the master's own
+    /// events carry no sequence).
+    pub fn is_new(&mut self, msg: &async_nats::Message) -> bool {
+        let seq = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(vgas_shared::wire::HEADER_EVENT_SEQ))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        match seq {
+            Some(seq) if seq <= self.0 => false,
+            Some(seq) => {
+                self.0 = seq;
+                true
+            }
+            None => true,
+        }
+    }
+}
+
 /// A file a task wrote, as its event announced it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Artifact {
@@ -112,9 +138,8 @@ pub struct Following {
     events: Subscriber,
     /// The newest attempt seen; output of older (lost) attempts is dropped.
     attempt: u32,
-    /// The highest relayed event's sequence seen (`wire::HEADER_EVENT_SEQ`): an event
-    /// relayed again by a restarted master is dropped.
-    relayed: u64,
+    /// Relayed events seen: one relayed again by a restarted master is dropped.
+    relayed: RelayedSeen,
     poll: Interval,
     /// Past this, the follower cancels the task and gives up; until then, a failed poll (the
     /// master restarting) is tried again at the next tick.
@@ -136,7 +161,7 @@ impl Following {
             id,
             events,
             attempt: 0,
-            relayed: 0,
+            relayed: RelayedSeen::default(),
             poll: tokio::time::interval(POLL_INTERVAL),
             give_up: None,
             finishing: None,
@@ -225,16 +250,8 @@ impl Following {
 
     /// The step a message makes, if any: a relayed event seen already is dropped.
     fn on_message(&mut self, msg: &async_nats::Message) -> Result<Option<Step>> {
-        let seq = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(vgas_shared::wire::HEADER_EVENT_SEQ))
-            .and_then(|v| v.as_str().parse::<u64>().ok());
-        if let Some(seq) = seq {
-            if seq <= self.relayed {
-                return Ok(None);
-            }
-            self.relayed = seq;
+        if !self.relayed.is_new(msg) {
+            return Ok(None);
         }
         self.on_event(&msg.payload)
     }
@@ -300,5 +317,42 @@ impl Following {
                 outcome, worker, ..
             } => Some(Step::Finished { outcome, worker }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: Option<&str>) -> async_nats::Message {
+        let headers = seq.map(|s| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(vgas_shared::wire::HEADER_EVENT_SEQ, s);
+            h
+        });
+        async_nats::Message {
+            subject: "vgas.task.t.events".into(),
+            reply: None,
+            payload: bytes::Bytes::new(),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_relayed_event_seen_already_is_a_repeat() {
+        let mut seen = RelayedSeen::default();
+        assert!(seen.is_new(&message(Some("7"))));
+        assert!(seen.is_new(&message(Some("9"))));
+        assert!(!seen.is_new(&message(Some("9"))), "relayed again");
+        assert!(
+            !seen.is_new(&message(Some("7"))),
+            "an older one relayed again"
+        );
+        assert!(seen.is_new(&message(None)), "the master's own events");
+        assert!(seen.is_new(&message(Some("not a number"))));
+        assert!(seen.is_new(&message(Some("10"))));
     }
 }

@@ -22,7 +22,7 @@ use vgas_shared::error::WireError;
 use vgas_shared::wire::{CancelReply, TaskQuery};
 use vgas_shared::{Encoding, Subjects, TaskId};
 
-pub use follow::{Artifact, ArtifactBody, Following, Step, Submitted};
+pub use follow::{Artifact, ArtifactBody, Following, RelayedSeen, Step, Submitted};
 
 /// How long a request waits for the master's answer by default: long enough for a master
 /// busy with a burst of submits, short enough that a dead master is reported, not waited on.

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use super::child::private_mounts;
 use super::mounts::{self, MountEntry};
+use super::netns::held_by_thread;
 use super::taskdir;
 
 /// Prefix of a slot's directory in the work directory (task directories are `task-...`).
@@ -119,33 +120,15 @@ fn prepare_slot_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A new mount namespace in which `dir` is the one writable place, held by a descriptor: a
-/// short-lived thread unshares its own (namespaces belong to a thread, so the worker's other
-/// threads keep theirs), sets it up as a task's child would and opens it.
+/// A new mount namespace in which `dir` is the one writable place, set up as a task's child
+/// would, held by a descriptor (`netns::held_by_thread`).
 fn create(dir: &Path, table: &[MountEntry]) -> Result<OwnedFd, String> {
     let (bind_flags, readonly) = mounts::writable_only(table, dir)?;
     let c_dir = CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| "slot directory path contains NUL".to_owned())?;
-    let made = std::thread::Builder::new()
-        .name("vgas-mntns".into())
-        .spawn(move || {
-            private_mounts(&c_dir, bind_flags, &readonly)?;
-            // SAFETY: a static C string; the descriptor is owned right below.
-            let fd = unsafe {
-                libc::open(
-                    c"/proc/thread-self/ns/mnt".as_ptr(),
-                    libc::O_RDONLY | libc::O_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: `fd` was just opened and is owned by nothing else.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        })
-        .map_err(|e| format!("cannot start the namespace thread: {e}"))?
-        .join()
-        .map_err(|_| "the namespace thread panicked".to_owned())?;
+    let made = held_by_thread("vgas-mntns", c"/proc/thread-self/ns/mnt", move || {
+        private_mounts(&c_dir, bind_flags, &readonly)
+    });
     made.map_err(
         |e| match e.raw_os_error().and_then(super::child::decode_failure) {
             Some((stage, _, errno)) => {

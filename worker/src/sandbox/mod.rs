@@ -94,7 +94,8 @@ impl SandboxConfig {
 
 /// Task directories in `work_dir` (the worker's, or a slot's in it), for checks that none is
 /// left behind: a slot's own directory (`mntns`) stays while it is empty.
-pub fn task_dirs_left(work_dir: &Path) -> Vec<PathBuf> {
+#[cfg(test)]
+pub(crate) fn task_dirs_left(work_dir: &Path) -> Vec<PathBuf> {
     let entries = |dir: &Path| {
         std::fs::read_dir(dir)
             .into_iter()

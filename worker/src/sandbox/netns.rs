@@ -44,23 +44,31 @@ pub(crate) fn forget(uid: u32) {
     kept().lock().expect("netns lock").remove(&uid);
 }
 
-/// A new, empty network namespace, held by a descriptor: a short-lived thread unshares its
-/// own (namespaces belong to a thread, so the worker's other threads keep theirs) and opens it.
+/// A new, empty network namespace, held by a descriptor (see [`held_by_thread`]).
 fn create() -> std::io::Result<OwnedFd> {
+    held_by_thread("vgas-netns", c"/proc/thread-self/ns/net", || {
+        // SAFETY: unshare affects only this thread, which ends right after.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
+/// A namespace made by `make` in a short-lived thread of its own (namespaces belong to a
+/// thread, so the worker's other threads keep theirs), then held by a close-on-exec
+/// descriptor of `ns` (the thread's `/proc/thread-self/ns/...` entry) once the thread ends.
+pub(super) fn held_by_thread(
+    name: &str,
+    ns: &'static std::ffi::CStr,
+    make: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<OwnedFd> {
     std::thread::Builder::new()
-        .name("vgas-netns".into())
-        .spawn(|| {
-            // SAFETY: unshare affects only this thread, which ends right after.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+        .name(name.into())
+        .spawn(move || {
+            make()?;
             // SAFETY: a static C string; the descriptor is owned right below.
-            let fd = unsafe {
-                libc::open(
-                    c"/proc/thread-self/ns/net".as_ptr(),
-                    libc::O_RDONLY | libc::O_CLOEXEC,
-                )
-            };
+            let fd = unsafe { libc::open(ns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
