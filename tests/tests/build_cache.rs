@@ -1,6 +1,8 @@
 //! The build cache's size bound through real processes: a master started with a 1 MiB bound
 //! evicts the oldest objects once the objects pass it, a rebuild compiles exactly the evicted
-//! units again, and `vgas build --stats` reports what the cache holds.
+//! units again, and `vgas build --stats` reports what the cache holds. This host's tier in
+//! front of it (`VGAS_HOST_CACHE_MB`) still serves what the swarm evicted, and
+//! `--purge-cache` empties both.
 
 use std::process::Command;
 use std::time::Duration;
@@ -54,11 +56,14 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
         makefile.push_str(&format!("{u}.o: {u}.c\n\t$(CC) -c {u}.c -o {u}.o\n"));
     }
     std::fs::write(dir.join("Makefile"), makefile).unwrap();
-    let build = || {
+    let build_with = |env: &[(&str, &str)]| {
         swarm
-            .cli_in(&dir, &["build", "--json", "--", "make", "-j3"], &[])
+            .cli_in(&dir, &["build", "--json", "--", "make", "-j3"], env)
             .unwrap()
     };
+    let build = || build_with(&[]);
+    // The swarm's cache alone: this host's tier off.
+    let swarm_only = || build_with(&[("VGAS_HOST_CACHE_MB", "0")]);
     let clean = || {
         for u in ["a", "b", "c"] {
             let _ = std::fs::remove_file(dir.join(format!("{u}.o")));
@@ -80,7 +85,7 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
     .unwrap();
 
     clean();
-    let again = build();
+    let again = swarm_only();
     let (remote, cached, here) = origins(&updates(ok(&again)));
     assert_eq!(here, 0);
     assert_eq!(remote + cached, 3);
@@ -88,4 +93,16 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
         (1..3).contains(&remote),
         "the evicted units compile again, the kept ones come from the cache: {remote} compiled, {cached} cached"
     );
+
+    // This host kept all three from the first build.
+    clean();
+    assert_eq!(origins(&updates(ok(&build()))), (0, 3, 0));
+    let stats = swarm.cli(&["build", "--stats"]).unwrap();
+    let text = String::from_utf8_lossy(&ok(&stats).stdout).into_owned();
+    assert!(text.contains("on this host: "), "{text}");
+
+    // A purge empties the swarm's cache and this host's: everything compiles again.
+    ok(&swarm.cli(&["build", "--purge-cache"]).unwrap());
+    clean();
+    assert_eq!(origins(&updates(ok(&build()))), (3, 0, 0));
 }

@@ -42,12 +42,7 @@ pub const OBJECT_FILE: &str = vgas_shared::farm::SEGMENT_OBJECT;
 
 /// The build sources bucket, read for segments whose source is sent by reference.
 pub fn sources_bucket(js: async_nats::jetstream::Context, bucket: String) -> ObjectStoreSource {
-    ObjectStoreSource {
-        js,
-        bucket,
-        what: "source",
-        max_bytes: MAX_SOURCE_BYTES as u64,
-    }
+    ObjectStoreSource::new(js, bucket, "source", MAX_SOURCE_BYTES as u64)
 }
 
 /// Bytes of small objects (a segment's files) a worker keeps from the build sources bucket:

@@ -48,6 +48,9 @@ pub struct Swarm {
     pub client: Client,
     pub js: jetstream::Context,
     pub subjects: Subjects,
+    /// Object Store buckets opened so far, shared by the clones: opening one is a
+    /// `STREAM.INFO` round trip, which a build would otherwise make for every file it ships.
+    buckets: objects::OpenBuckets,
 }
 
 impl Swarm {
@@ -69,6 +72,7 @@ impl Swarm {
             client,
             js,
             subjects,
+            buckets: Default::default(),
         }
     }
 

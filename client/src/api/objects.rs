@@ -2,7 +2,9 @@
 //! build cache): fetched with a size cap and a length check, uploaded by content name only
 //! when missing, and artifacts saved under a directory with their permission bits.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::object_store::{InfoErrorKind, Object, ObjectStore};
@@ -24,13 +26,37 @@ pub fn content_name(bytes: &[u8]) -> String {
     format!("{MODULE_REF_PREFIX}{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The Object Store buckets a [`Swarm`] and its clones have opened, by name. A bucket's
+/// handle is its stream's name and subjects, which stay valid while the swarm runs (the
+/// master makes each bucket once and never deletes it).
+#[derive(Clone, Default)]
+pub(crate) struct OpenBuckets(Arc<Mutex<HashMap<String, ObjectStore>>>);
+
+impl std::fmt::Debug for OpenBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.0.lock().expect("buckets lock");
+        f.debug_set().entries(open.keys()).finish()
+    }
+}
+
 impl Swarm {
-    /// Opens Object Store bucket `bucket`, saying which one failed.
+    /// Opens Object Store bucket `bucket` (once per swarm handle; later calls reuse it),
+    /// saying which one failed.
     pub async fn bucket(&self, bucket: &str) -> Result<ObjectStore> {
-        self.js
+        if let Some(store) = self.buckets.0.lock().expect("buckets lock").get(bucket) {
+            return Ok(store.clone());
+        }
+        let store = self
+            .js
             .get_object_store(bucket)
             .await
-            .with_context(|| format!("open the bucket {bucket} (is vgas-master running?)"))
+            .with_context(|| format!("open the bucket {bucket} (is vgas-master running?)"))?;
+        self.buckets
+            .0
+            .lock()
+            .expect("buckets lock")
+            .insert(bucket.to_owned(), store.clone());
+        Ok(store)
     }
 
     /// Opens object `name` of `bucket` for reading, refusing one announced over `cap`.

@@ -9,6 +9,8 @@
 //! miss, and a hit whose bytes do not hash to the entry's digest is a miss and is removed.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,6 +24,8 @@ use tracing::{debug, info, warn};
 use vgas_shared::codec::{decode_as, encode};
 use vgas_shared::farm::CacheEntry;
 use vgas_shared::{now_ms, Encoding, Subjects};
+
+use super::host_cache::HostCache;
 
 /// Default size bound of the cached objects (1 GiB): a large C++ project's objects fit,
 /// and it stays well inside `max_file_store` in `nats.conf` beside the other buckets.
@@ -100,11 +104,13 @@ pub async fn open_buckets(
     Ok(())
 }
 
-/// A handle on the cache for one submitter.
+/// A handle on the cache for one submitter: the swarm's buckets, and this host's tier in
+/// front of them when [`BuildCache::on_host`] added it.
 #[derive(Clone)]
 pub struct BuildCache {
     index: kv::Store,
     objects: object_store::ObjectStore,
+    host: Option<Arc<HostCache>>,
 }
 
 impl std::fmt::Debug for BuildCache {
@@ -152,11 +158,46 @@ impl BuildCache {
         })?;
         let objects =
             objects.with_context(|| format!("open the build objects bucket {objects_name}"))?;
-        Ok(BuildCache { index, objects })
+        Ok(BuildCache {
+            index,
+            objects,
+            host: None,
+        })
     }
 
-    /// The cached object for `key`, if the cache has it whole.
+    /// The same cache with this host's tier under `state_dir` in front (unless
+    /// `VGAS_HOST_CACHE_MB=0`): read first, written with every write.
+    pub fn on_host(self, state_dir: &Path) -> BuildCache {
+        BuildCache {
+            host: HostCache::under(state_dir).map(Arc::new),
+            ..self
+        }
+    }
+
+    /// This host's tier, if it has one.
+    pub fn host(&self) -> Option<&HostCache> {
+        self.host.as_deref()
+    }
+
+    /// The cached object for `key`, if the cache has it whole: from this host's tier, or
+    /// from the swarm's (and then kept on this host too).
     pub async fn lookup(&self, key: &str) -> Result<Option<Hit>> {
+        if let Some(hit) = self.host_object(key).await {
+            return Ok(Some(hit));
+        }
+        let hit = self.swarm_lookup(key).await?;
+        if let (Some(host), Some(hit)) = (&self.host, &hit) {
+            host.put_object(key, &hit.entry, &hit.object).await;
+        }
+        Ok(hit)
+    }
+
+    async fn host_object(&self, key: &str) -> Option<Hit> {
+        let hit = self.host.as_ref()?.object(key).await?;
+        (hit.entry.size <= MAX_CACHED_OBJECT).then_some(hit)
+    }
+
+    async fn swarm_lookup(&self, key: &str) -> Result<Option<Hit>> {
         let Some(bytes) = self.index.get(key).await.context("read the build cache")? else {
             return Ok(None);
         };
@@ -195,8 +236,9 @@ impl BuildCache {
         Ok(None)
     }
 
-    /// Stores an object under `key`: the object first, then the index entry, so an entry
-    /// never points at nothing (short of eviction, which a lookup treats as a miss).
+    /// Stores an object under `key`: on this host's tier, then in the swarm's, the object
+    /// first and the index entry after, so an entry never points at nothing (short of
+    /// eviction, which a lookup treats as a miss).
     pub async fn store(
         &self,
         key: &str,
@@ -209,11 +251,6 @@ impl BuildCache {
         if object.len() as u64 > MAX_CACHED_OBJECT || side_bytes > MAX_CACHED_SIDE_OUTPUTS {
             return Ok(());
         }
-        let mut reader = object;
-        self.objects
-            .put(key, &mut reader)
-            .await
-            .context("put the object into the build cache")?;
         let mut stderr = stderr.to_owned();
         if stderr.len() > MAX_CACHED_STDERR {
             let mut cut = MAX_CACHED_STDERR;
@@ -231,6 +268,14 @@ impl BuildCache {
             created_ms: now_ms(),
             side: side.clone(),
         };
+        if let Some(host) = &self.host {
+            host.put_object(key, &entry, object).await;
+        }
+        let mut reader = object;
+        self.objects
+            .put(key, &mut reader)
+            .await
+            .context("put the object into the build cache")?;
         let bytes = Bytes::from(encode(Encoding::MsgPack, &entry)?);
         self.index
             .put(key, bytes)
@@ -239,13 +284,23 @@ impl BuildCache {
         Ok(())
     }
 
-    /// The direct-mode manifest stored under `direct_key`, if any.
+    /// The direct-mode manifest stored under `direct_key`, if any
+    /// (This host's tier first; one found in the swarm's is kept on this host too.)
     pub async fn manifest(&self, direct_key: &str) -> Option<Manifest> {
-        let bytes = self.index.get(direct_key).await.ok()??;
-        if bytes.len() > MAX_ENTRY_BYTES {
-            return None;
+        if let Some(bytes) = match &self.host {
+            Some(host) => host.manifest(direct_key).await,
+            None => None,
+        } {
+            if let Some(m) = decode_manifest(&bytes) {
+                return Some(m);
+            }
         }
-        decode_as(Encoding::MsgPack, &bytes).ok()
+        let bytes = self.index.get(direct_key).await.ok()??;
+        let m = decode_manifest(&bytes)?;
+        if let Some(host) = &self.host {
+            host.put_manifest(direct_key, &bytes).await;
+        }
+        Some(m)
     }
 
     /// Stores a direct-mode manifest; a failure only costs the next build a preprocessing run.
@@ -254,14 +309,21 @@ impl BuildCache {
             return;
         };
         if bytes.len() <= MAX_ENTRY_BYTES {
+            if let Some(host) = &self.host {
+                host.put_manifest(direct_key, &bytes).await;
+            }
             if let Err(e) = self.index.put(direct_key, Bytes::from(bytes)).await {
                 debug!("manifest not stored: {e}");
             }
         }
     }
 
-    /// Empties the cache (`vgas build --purge-cache`); returns the objects removed.
+    /// Empties the cache, the swarm's and this host's tier (`vgas build --purge-cache`);
+    /// returns the objects removed from the swarm's. Other hosts' tiers keep theirs.
     pub async fn purge(&self) -> Result<u64> {
+        if let Some(host) = &self.host {
+            host.purge();
+        }
         let names: Vec<String> = self
             .objects
             .list()
@@ -287,6 +349,13 @@ impl BuildCache {
         }
         Ok(names.len() as u64)
     }
+}
+
+fn decode_manifest(bytes: &[u8]) -> Option<Manifest> {
+    if bytes.len() > MAX_ENTRY_BYTES {
+        return None;
+    }
+    decode_as(Encoding::MsgPack, bytes).ok()
 }
 
 /// Bytes the objects bucket holds now.

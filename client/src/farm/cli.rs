@@ -85,7 +85,9 @@ fn absolute(p: &Path) -> PathBuf {
 pub async fn run(swarm: &Swarm, conn: &Resolved, args: BuildArgs) -> Result<i32> {
     let js = &swarm.js;
     if args.purge_cache {
-        let cache = BuildCache::open(js, &conn.subjects).await?;
+        let cache = BuildCache::open(js, &conn.subjects)
+            .await?
+            .on_host(&conn.state_dir);
         let n = cache.purge().await?;
         eprintln!("vgas: build cache emptied ({n} objects)");
     }
@@ -102,6 +104,12 @@ pub async fn run(swarm: &Swarm, conn: &Resolved, args: BuildArgs) -> Result<i32>
             "build cache: {:.1} MiB of objects",
             bytes as f64 / (1 << 20) as f64
         );
+        if let Some(host) = super::host_cache::HostCache::under(&conn.state_dir) {
+            println!(
+                "on this host: {:.1} MiB",
+                host.stored_bytes() as f64 / (1 << 20) as f64
+            );
+        }
         0
     } else if args.purge_cache {
         0
@@ -161,7 +169,10 @@ async fn context(
     BuildContext {
         swarm: swarm.clone(),
         conn: conn.clone(),
-        cache: BuildCache::open(&swarm.js, &swarm.subjects).await.ok(),
+        cache: BuildCache::open(&swarm.js, &swarm.subjects)
+            .await
+            .ok()
+            .map(|c| c.on_host(&conn.state_dir)),
         updates: Updates::new(
             swarm.client.clone(),
             Some(swarm.subjects.build_updates(build_id)),

@@ -16,6 +16,7 @@ pub mod compdb;
 pub mod context;
 pub mod direct;
 pub mod helper;
+pub mod host_cache;
 pub mod in_place;
 pub mod local;
 pub mod placement;

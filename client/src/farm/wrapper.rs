@@ -298,7 +298,8 @@ async fn distribute(
     let swarm = crate::api::Swarm::new(client.clone(), conn.subjects.clone());
     let cache = super::cache::BuildCache::open(&swarm.js, &conn.subjects)
         .await
-        .ok();
+        .ok()
+        .map(|c| c.on_host(&conn.state_dir));
     let subject = build_updates_subject(&conn);
     let ctx = BuildContext {
         updates: Updates::new(client.clone(), subject, None),

@@ -106,7 +106,9 @@ async fn cached(call: &AsRustc, c: &CrateCall, cwd: &Path) -> Result<i32> {
         let conn = settings_from_env()?;
         let client = crate::connect::connect(&conn, "vgas-rustc").await?;
         let swarm = Swarm::new(client.clone(), conn.subjects.clone());
-        let cache = BuildCache::open(&swarm.js, &conn.subjects).await?;
+        let cache = BuildCache::open(&swarm.js, &conn.subjects)
+            .await?
+            .on_host(&conn.state_dir);
         let updates = Updates::new(client.clone(), build_updates_subject(&conn), None);
         anyhow::Ok(Conn {
             swarm,

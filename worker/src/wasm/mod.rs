@@ -106,17 +106,43 @@ pub struct ObjectStoreSource {
     pub what: &'static str,
     /// Largest object read; a larger one is an error before any byte is read.
     pub max_bytes: u64,
+    /// The bucket, once opened (a `STREAM.INFO` round trip, made once, not per fetch).
+    store: OpenedStore,
+}
+
+/// An Object Store bucket opened at most once, shared by the clones of its source.
+#[derive(Clone, Default)]
+struct OpenedStore(Arc<tokio::sync::OnceCell<async_nats::jetstream::object_store::ObjectStore>>);
+
+impl std::fmt::Debug for OpenedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.initialized() {
+            "open"
+        } else {
+            "not open"
+        })
+    }
 }
 
 impl ObjectStoreSource {
-    /// The wasm modules bucket.
-    pub fn modules(js: async_nats::jetstream::Context, bucket: String) -> ObjectStoreSource {
+    pub fn new(
+        js: async_nats::jetstream::Context,
+        bucket: String,
+        what: &'static str,
+        max_bytes: u64,
+    ) -> ObjectStoreSource {
         ObjectStoreSource {
             js,
             bucket,
-            what: "module",
-            max_bytes: MAX_MODULE_BYTES,
+            what,
+            max_bytes,
+            store: Default::default(),
         }
+    }
+
+    /// The wasm modules bucket.
+    pub fn modules(js: async_nats::jetstream::Context, bucket: String) -> ObjectStoreSource {
+        ObjectStoreSource::new(js, bucket, "module", MAX_MODULE_BYTES)
     }
 }
 
@@ -124,8 +150,9 @@ impl ModuleSource for ObjectStoreSource {
     async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
         use async_nats::jetstream::object_store::GetErrorKind;
         let store = self
-            .js
-            .get_object_store(&self.bucket)
+            .store
+            .0
+            .get_or_try_init(|| self.js.get_object_store(&self.bucket))
             .await
             .map_err(|e| format!("cannot open the bucket {}: {e}", self.bucket))?;
         let mut object = match store.get(name).await {
