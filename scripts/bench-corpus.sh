@@ -10,7 +10,8 @@
 # For each: a clean local build (after a warm-up); ccache cold (emptied) and after the build
 # system's clean; distcc cold (a distccd on 127.0.0.1 with N jobs); vgas cold (cache purged)
 # with its one worker as another host (VGAS_HOST_ID: the units go to it, as on a LAN), vgas's
-# rebuild after the build system's clean (every unit from the cache), vgas's no-change rebuild
+# rebuild after the build system's clean (every unit from the cache: from this host's tier,
+# and from the swarm's cache alone with VGAS_HOST_CACHE_MB=0), vgas's no-change rebuild
 # (the same build again, nothing touched: the build system finds nothing to do, and `vgas
 # build` adds its own start and stop), and vgas cold on one machine (the worker on the submitter's
 # own host: units compile in place); the units distributed, and whether every object of
@@ -164,6 +165,10 @@ for p in $projects; do
   "$bin/vgas" build --purge-cache >/dev/null 2>&1
   cold_s=$(timed build vgas_json "$work/$p.cold.json")
   remote=$(remote_of "$work/$p.cold.json"); object_sums "$b" "$p.cold"
+  # After clean from the swarm's cache alone (this host's tier off), then with the tier.
+  clean; export VGAS_HOST_CACHE_MB=0
+  swarm_warm_s=$(timed build vgas_json "$work/$p.swarmwarm.json"); object_sums "$b" "$p.swarmwarm"
+  unset VGAS_HOST_CACHE_MB
   clean
   warm_s=$(timed build vgas_json "$work/$p.warm.json"); object_sums "$b" "$p.warm"
   nochange_s=$(timed build vgas_json "$work/$p.nochange.json")
@@ -175,16 +180,16 @@ for p in $projects; do
   unset VGAS_HOST_ID
 
   same=yes
-  for k in cold warm one; do
+  for k in cold swarmwarm warm one; do
     if ! cmp -s "$work/$p.local.sums" "$work/$p.$k.sums"; then
       same=no; say "$p: objects of the vgas $k build that differ from the local build's: $(differing "$p.local" "$p.$k")"
     fi
   done
   pct=$(python3 -c "print(f'{100*$remote/$units:.0f}%' if $units else '-')")
-  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) | $nochange_s s ($(x "$local_s" "$nochange_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
+  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) / $swarm_warm_s s ($(x "$local_s" "$swarm_warm_s") faster) | $nochange_s s ($(x "$local_s" "$nochange_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
 done
 
-echo "| project | build system | units | distributed (vgas cold) | clean local build | ccache cold / after clean | distcc cold (to local) | vgas cold, worker as another host (to local) | vgas after clean | vgas no-change rebuild | vgas cold, one machine: in place (to local) | vgas objects identical to local |"
+echo "| project | build system | units | distributed (vgas cold) | clean local build | ccache cold / after clean | distcc cold (to local) | vgas cold, worker as another host (to local) | vgas after clean: this host's tier / the swarm's cache only | vgas no-change rebuild | vgas cold, one machine: in place (to local) | vgas objects identical to local |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
 echo "(JOBS=$jobs; one vgas worker and one distccd, each $jobs slots, on this machine; $(nproc) cores)"

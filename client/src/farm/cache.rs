@@ -193,8 +193,11 @@ impl BuildCache {
     }
 
     async fn host_object(&self, key: &str) -> Option<Hit> {
-        let hit = self.host.as_ref()?.object(key).await?;
-        (hit.entry.size <= MAX_CACHED_OBJECT).then_some(hit)
+        let kept = self.host.as_ref()?.object(key).await?;
+        (kept.entry.size <= MAX_CACHED_OBJECT).then_some(Hit {
+            entry: kept.entry,
+            object: kept.object,
+        })
     }
 
     async fn swarm_lookup(&self, key: &str) -> Result<Option<Hit>> {

@@ -21,8 +21,6 @@ use vgas_shared::codec::{decode_as, encode};
 use vgas_shared::farm::CacheEntry;
 use vgas_shared::Encoding;
 
-use super::cache::Hit;
-
 /// Sets the tier's bound in MiB; 0 turns it off.
 pub const ENV_HOST_CACHE_MB: &str = "VGAS_HOST_CACHE_MB";
 
@@ -44,6 +42,13 @@ const MAX_ENTRY_BYTES: usize = 512 * 1024;
 /// Folders under the tier's root: objects with their entries, and direct-mode manifests.
 const OBJECTS: &str = "o";
 const MANIFESTS: &str = "m";
+
+/// An object read back whole, with its entry.
+#[derive(Debug)]
+pub struct Kept {
+    pub entry: CacheEntry,
+    pub object: Vec<u8>,
+}
 
 /// The tier on this host.
 #[derive(Debug)]
@@ -107,7 +112,7 @@ impl HostCache {
 
     /// The object cached under `key`, checked against its entry; `None` on a miss, and on a
     /// damaged file (removed).
-    pub async fn object(&self, key: &str) -> Option<Hit> {
+    pub async fn object(&self, key: &str) -> Option<Kept> {
         let path = self.path(OBJECTS, key)?;
         let bytes = tokio::fs::read(&path).await.ok()?;
         match parse_object(&bytes) {
@@ -197,7 +202,7 @@ impl HostCache {
 }
 
 /// An object file: a 4-byte big-endian length, the entry (MessagePack), the object's bytes.
-fn parse_object(bytes: &[u8]) -> Option<Hit> {
+fn parse_object(bytes: &[u8]) -> Option<Kept> {
     let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     if len > MAX_ENTRY_BYTES {
         return None;
@@ -205,7 +210,7 @@ fn parse_object(bytes: &[u8]) -> Option<Hit> {
     let head = bytes.get(4..4 + len)?;
     let object = bytes.get(4 + len..)?;
     let entry: CacheEntry = decode_as(Encoding::MsgPack, head).ok()?;
-    (entry.size == object.len() as u64 && entry.sha256 == sha256(object)).then(|| Hit {
+    (entry.size == object.len() as u64 && entry.sha256 == sha256(object)).then(|| Kept {
         entry,
         object: object.to_vec(),
     })
