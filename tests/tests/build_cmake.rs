@@ -4,11 +4,13 @@
 //! Release build with the project's own `-Werror` and CMake's `-MD -MT -MF` dependency
 //! files): every compile unit goes to a worker, the objects and the shared library are
 //! byte-identical to a plain local build in the same directory, and after `ninja -t clean`
-//! every unit comes from the cache.
+//! every unit comes from the cache, in direct mode (no preprocessing) although ninja deletes
+//! each dependency file as soon as its compile returns.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use vgas_shared::farm::BuildUpdate;
 use vgas_tests::build::{
     c_project, cold_then_cached, finished_stats as stats, object_count, ok, outputs,
     skip_without_gcc, updates,
@@ -84,6 +86,12 @@ async fn a_cmake_ninja_project_distributes_every_unit_through_the_compiler_launc
             .unwrap());
     };
     let cold = cold_then_cached(&build, &local, units, run, clean);
+    clean();
+    let direct = run()
+        .iter()
+        .filter(|u| matches!(u, BuildUpdate::Cached { direct: true, .. }))
+        .count();
+    assert_eq!(direct, units, "every hit in direct mode");
     let s = stats(&cold);
     assert!(
         s.here_reasons

@@ -231,10 +231,25 @@ impl Direct {
         Some(manifest.key)
     }
 
+    /// The unit's dependency file as it is now, for its manifest; `None` when the unit has one
+    /// that cannot be read (then it gets no manifest). Read before the unit answers its
+    /// build tool, which may delete the file as soon as the compile returns: ninja reads a
+    /// `deps = gcc` file (CMake's and Meson's rules) into its own log and removes it.
+    pub async fn deps_now(&self) -> Option<DepsNow> {
+        match &self.deps_file {
+            None => Some(DepsNow(None)),
+            Some(p) => {
+                let text = tokio::fs::read_to_string(self.cwd.join(p)).await.ok()?;
+                Some(DepsNow(Some((p.clone(), text))))
+            }
+        }
+    }
+
     /// Stores the manifest of a unit just compiled from preprocessed text `pp` with cache key
-    /// `key`, preprocessed from `started` on. Quietly does nothing when a file cannot be read,
-    /// uses a volatile macro, or was modified since `started` (its bytes now may not be the
-    /// ones preprocessed).
+    /// `key`, preprocessed from `started` on, with its dependency file as read by
+    /// [`Direct::deps_now`]. Quietly does nothing when a file cannot be read, uses a volatile
+    /// macro, or was modified since `started` (its bytes now may not be the ones
+    /// preprocessed).
     pub async fn record(
         &self,
         cache: &BuildCache,
@@ -242,26 +257,28 @@ impl Direct {
         pp: &[u8],
         started: SystemTime,
         hashes: &FileHashes,
+        deps: DepsNow,
     ) {
         let names: Vec<String> = line_marker_files(pp)
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        if let Some(read) = self.files_read(names, started, hashes).await {
+        if let Some(read) = self.files_read(names, started, hashes, deps).await {
             cache.put_manifest(&self.key, &read.manifest(key)).await;
         }
     }
 
     /// The files a unit read (`names`, relative to its directory or absolute) with their
-    /// hashes, and its dependency file; `None` when one cannot be read, uses a volatile macro,
-    /// or was modified since `started`.
+    /// hashes, and its dependency file (`deps`); `None` when one cannot be read, uses a
+    /// volatile macro, or was modified since `started`.
     pub async fn files_read(
         &self,
         names: Vec<String>,
         started: SystemTime,
         hashes: &FileHashes,
+        deps: DepsNow,
     ) -> Option<FilesRead> {
-        let (cwd, deps_file) = (self.cwd.clone(), self.deps_file.clone());
+        let cwd = self.cwd.clone();
         let hashes = hashes.clone();
         tokio::task::spawn_blocking(move || {
             if names.len() > MAX_MANIFEST_FILES {
@@ -276,11 +293,10 @@ impl Direct {
                 }
                 files.push((path.to_str()?.to_owned(), f.sha256));
             }
-            let deps = match deps_file {
-                Some(p) => Some((p.clone(), std::fs::read_to_string(cwd.join(&p)).ok()?)),
-                None => None,
-            };
-            Some(FilesRead { files, deps })
+            Some(FilesRead {
+                files,
+                deps: deps.0,
+            })
         })
         .await
         .ok()
@@ -316,6 +332,11 @@ impl Direct {
         self.deps_file.as_deref().map(|f| (f, self.deps_complete))
     }
 }
+
+/// A unit's dependency file (its path relative to the unit's directory, and its text) as
+/// [`Direct::deps_now`] read it, or `None` when the unit writes none.
+#[derive(Debug, Clone)]
+pub struct DepsNow(Option<(String, String)>);
 
 /// What a unit read, for its manifest.
 #[derive(Debug, Clone)]

@@ -75,7 +75,10 @@ impl InPlace<'_> {
         let Some(names) = deps_text.and_then(|t| dependencies(&t)) else {
             return Ok(Some(result));
         };
-        let Some(read) = direct.files_read(names, started, hashes).await else {
+        let Some(deps) = direct.deps_now().await else {
+            return Ok(Some(result));
+        };
+        let Some(read) = direct.files_read(names, started, hashes, deps).await else {
             return Ok(Some(result));
         };
         let key = direct.depend_key(&read);

@@ -142,15 +142,21 @@ pub async fn compile_unit(
         }
     };
     let prepare_ms = ms(t1);
+    // The dependency file the preprocessing wrote, read now: the build tool may delete it
+    // as soon as this unit answers (ninja does), before the manifest is recorded.
+    let deps = match &direct {
+        Some(d) => d.deps_now().await,
+        None => None,
+    };
     let t2 = std::time::Instant::now();
     let out = compile_segment(u.ctx, &seg).await;
     let segment_ms = ms(t2);
     let t3 = std::time::Instant::now();
     if out.exit_code == 0 {
-        if let (Some(d), Some(cache)) = (direct, u.ctx.cache.clone()) {
+        if let (Some(d), Some(cache), Some(deps)) = (direct, u.ctx.cache.clone(), deps) {
             let (key, hashes) = (seg.key.clone(), u.hashes.clone());
             u.ctx
-                .later(async move { d.record(&cache, &key, &pp, started, &hashes).await })
+                .later(async move { d.record(&cache, &key, &pp, started, &hashes, deps).await })
                 .await;
         }
     }
