@@ -50,6 +50,11 @@ pub fn sources_bucket(js: async_nats::jetstream::Context, bucket: String) -> Obj
 /// it the memo starts over.
 const MEMO_MAX_BYTES: usize = 32 * 1024 * 1024;
 
+/// A segment's files fetched from the build sources bucket at once, in groups of this many: a
+/// build's first unit on a worker names most of the build's headers, each a look-up and a
+/// consumer of its own, which one after the other added up on that unit's path.
+const FETCHES_IN_FLIGHT: usize = 8;
+
 /// A source bucket that keeps what it fetched of objects up to
 /// [`vgas_shared::limits::MAX_SEGMENT_FILE_BYTES`] (content-addressed, so never stale);
 /// larger ones (the units' own sources, each read once) pass through.
@@ -175,11 +180,15 @@ impl<S: ModuleSource> Compiler<'_, S> {
             ));
         }
         let mut extra = vec![(input, source)];
-        for f in &c.files {
-            let bytes = tokio::select! {
-                b = fetch_checked(self.sources, &f.object) => b,
+        let mut fetched = Vec::with_capacity(c.files.len());
+        for some in c.files.chunks(FETCHES_IN_FLIGHT) {
+            let fetches = some.iter().map(|f| fetch_checked(self.sources, &f.object));
+            tokio::select! {
+                bytes = futures::future::join_all(fetches) => fetched.extend(some.iter().zip(bytes)),
                 _ = cancel.cancelled() => return CompileRun::ended(TaskOutcome::Cancelled),
-            };
+            }
+        }
+        for (f, bytes) in fetched {
             match bytes {
                 Ok(Some(b)) if b.len() as u64 <= MAX_SEGMENT_FILE_BYTES => {
                     extra.push((f.path.clone(), b))

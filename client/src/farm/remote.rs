@@ -13,7 +13,7 @@ use vgas_shared::limits::DEADLINE_GRACE;
 use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
 use vgas_shared::{TaskId, WorkerId};
 
-use super::context::{BuildContext, Segment};
+use super::context::{BuildContext, Segment, ShippedFile};
 use super::placement::OutOnSwarm;
 use crate::api::objects::content_name;
 use crate::api::Step;
@@ -74,26 +74,38 @@ async fn upload_source(ctx: &BuildContext, source: &Source) -> Result<Source> {
     })
 }
 
-/// The segment's files put into the build sources bucket (each once a build: `ctx.uploaded`)
-/// and named by content, as the worker fetches them.
+/// Uploads of a segment's files in flight at once: the first unit of a build names most of
+/// its headers, each a look-up and two acknowledged writes; one after the other they took
+/// Lua's first unit (20 headers) 11 to 12 ms, eight at a time 5 to 7 ms.
+const UPLOADS_IN_FLIGHT: usize = 8;
+
+/// The segment's files put into the build sources bucket (each once a build: `ctx.uploaded`;
+/// several at once) and named by content, as the worker fetches them.
 async fn ship_files(ctx: &BuildContext, seg: &Segment) -> Result<Vec<SegmentFile>> {
     let bucket = ctx.swarm.subjects.build_sources_bucket();
     let mut named = Vec::with_capacity(seg.files.len());
-    for f in &seg.files {
-        let object = content_name(&f.bytes);
-        if !ctx.uploaded.contains(&object) {
-            ctx.swarm
-                .upload_if_missing(&bucket, &object, &mut &f.bytes[..])
-                .await
-                .with_context(|| format!("upload {}", f.path))?;
-            ctx.uploaded.insert(object.clone());
-        }
-        named.push(SegmentFile {
-            path: f.path.clone(),
-            object,
-        });
+    for some in seg.files.chunks(UPLOADS_IN_FLIGHT) {
+        let uploads = some.iter().map(|f| ship_one(ctx, &bucket, f));
+        named.extend(futures::future::try_join_all(uploads).await?);
     }
     Ok(named)
+}
+
+/// One of a segment's files in the build sources bucket, uploaded unless this build (or the
+/// bucket) has it already.
+async fn ship_one(ctx: &BuildContext, bucket: &str, f: &ShippedFile) -> Result<SegmentFile> {
+    let object = content_name(&f.bytes);
+    if !ctx.uploaded.contains(&object) {
+        ctx.swarm
+            .upload_if_missing(bucket, &object, &mut &f.bytes[..])
+            .await
+            .with_context(|| format!("upload {}", f.path))?;
+        ctx.uploaded.insert(object.clone());
+    }
+    Ok(SegmentFile {
+        path: f.path.clone(),
+        object,
+    })
 }
 
 /// A build unit's task followed to its end: what it printed, the files it sent back that the
@@ -133,6 +145,7 @@ pub async fn submit_and_follow(
         Ok(s) => s,
         Err(e) => return Ok(Err(format!("not accepted: {e:#}"))),
     };
+    let accepted_at = Instant::now();
     updates
         .send(BuildUpdate::Queued {
             segment: unit.to_owned(),
@@ -192,6 +205,15 @@ pub async fn submit_and_follow(
         }
     };
     let total_ms = submitted_at.elapsed().as_millis() as u64;
+    let since = |at: Option<Instant>| at.map(|t| t.saturating_duration_since(submitted_at));
+    tracing::debug!(
+        unit,
+        accepted = ?accepted_at.saturating_duration_since(submitted_at),
+        started = ?since(started_at),
+        first_file = ?since(compiled_at),
+        total = ?submitted_at.elapsed(),
+        "unit followed"
+    );
     let compile_ms = match (started_at, compiled_at) {
         (Some(s), Some(c)) => c.saturating_duration_since(s).as_millis() as u64,
         _ => 0,
