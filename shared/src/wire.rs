@@ -379,6 +379,10 @@ pub enum TaskEvent {
         /// submitter's copy keeps them; set-id and sticky bits are never applied there.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
+        /// Microseconds the task's own process ran on the worker (spawn to exit), on the
+        /// files of a compile: the work itself, apart from the path around it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ran_us: Option<u64>,
     },
     /// The one final result, published once by the master.
     Finished {

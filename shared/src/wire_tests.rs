@@ -80,6 +80,7 @@ fn wasm_specs_parse_and_keep_exec_json_unchanged() {
         object: None,
         size: None,
         mode: None,
+        ran_us: None,
     };
     assert_eq!(
         serde_json::to_string(&art).unwrap(),
@@ -93,11 +94,12 @@ fn wasm_specs_parse_and_keep_exec_json_unchanged() {
         object: Some("t/2/big.bin".into()),
         size: Some(5 << 20),
         mode: None,
+        ran_us: Some(15_250),
     };
     let json = serde_json::to_string(&by_ref).unwrap();
     assert_eq!(
         json,
-        r#"{"type":"artifact","attempt":2,"path":"big.bin","base64":"","object":"t/2/big.bin","size":5242880}"#
+        r#"{"type":"artifact","attempt":2,"path":"big.bin","base64":"","object":"t/2/big.bin","size":5242880,"ran_us":15250}"#
     );
     assert_eq!(serde_json::from_str::<TaskEvent>(&json).unwrap(), by_ref);
     let mp = encode(crate::Encoding::MsgPack, &by_ref).unwrap();

@@ -6,10 +6,9 @@
 //! fault.
 //!
 //! The compiler runs in `compile.workdir` inside the task directory, where the user's files
-//! (the segment's `files`, fetched by content from the build sources bucket and kept in
-//! memory for the next unit, or the task's inline `files`) sit at their relative paths, so
-//! diagnostics quote source lines
-//! as a local compile would; the input is `.vgas-input/<the main file's name>` there
+//! (the segment's `files`, the headers, fetched by content from the build sources bucket and
+//! kept in memory for the next unit; the task's inline `files`, the unit's own source) sit
+//! at their relative paths, so diagnostics quote source lines as a local compile would; the input is `.vgas-input/<the main file's name>` there
 //! (`vgas-segment.i`/`.ii` in preprocessed mode; see `input_file`), and debug
 //! info names the submitter's directory (`-fdebug-prefix-map`) instead of the task directory.
 //! Preprocessed text is compiled as ordinary source where it can be
@@ -57,7 +56,7 @@ const FETCHES_IN_FLIGHT: usize = 8;
 
 /// A source bucket that keeps what it fetched of objects up to
 /// [`vgas_shared::limits::MAX_SEGMENT_FILE_BYTES`] (content-addressed, so never stale);
-/// larger ones (the units' own sources, each read once) pass through.
+/// larger ones (a unit's preprocessed text sent by reference, read once) pass through.
 #[derive(Debug)]
 pub struct Memoized<S> {
     inner: S,
@@ -108,8 +107,11 @@ pub struct CompileRun {
     pub outcome: TaskOutcome,
     /// The files handed back, on success.
     pub artifacts: Vec<Artifact>,
-    /// The task directory, kept while a large file in it is uploaded; removed on drop.
+    /// The task directory, kept until the files are sent (a large one is uploaded from
+    /// it); removed on drop.
     pub dir: Option<KeptDir>,
+    /// How long the compiler's own process ran ([`sandbox::NativeRun::ran`]).
+    pub ran: Option<std::time::Duration>,
 }
 
 impl CompileRun {
@@ -118,11 +120,27 @@ impl CompileRun {
             outcome,
             artifacts: Vec::new(),
             dir: None,
+            ran: None,
         }
     }
 
     pub(crate) fn error(message: String) -> CompileRun {
         CompileRun::ended(TaskOutcome::Error { message })
+    }
+
+    /// A finished native run as a compile's result: `collect` reads what a run that exited 0
+    /// left in its directory; a failed run's directory goes at once (dropped in
+    /// [`sandbox::NativeRun::succeeded`]). The compiler's own run time comes along.
+    pub(crate) fn after(
+        run: sandbox::NativeRun,
+        collect: impl FnOnce(KeptDir) -> CompileRun,
+    ) -> CompileRun {
+        let ran = run.ran;
+        let collected = match run.succeeded() {
+            Ok(dir) => collect(dir),
+            Err(outcome) => CompileRun::ended(outcome),
+        };
+        CompileRun { ran, ..collected }
     }
 }
 
@@ -238,11 +256,9 @@ impl<S: ModuleSource> Compiler<'_, S> {
             out,
             cancel,
         );
-        // A failed compile's directory goes at once (dropped in `succeeded`).
-        match run.await.succeeded() {
-            Ok(dir) => collect_outputs(dir, &c.workdir, &c.side_outputs),
-            Err(outcome) => CompileRun::ended(outcome),
-        }
+        CompileRun::after(run.await, |dir| {
+            collect_outputs(dir, &c.workdir, &c.side_outputs)
+        })
     }
 
     /// The source's bytes: inline, or fetched from the build sources bucket and checked
@@ -334,8 +350,8 @@ fn collect_object(dir: KeptDir, rel: &str) -> CompileRun {
 }
 
 /// The files a successful run left at `(path in dir, artifact name)`, as its artifacts: inline
-/// when small, by reference to the kept directory when large (which then stays until they
-/// are uploaded); `missing` words a file the run did not leave. A file over
+/// when small, by reference to the kept directory when large; the directory stays until
+/// they are sent (and the large ones uploaded); `missing` words a file the run did not leave. A file over
 /// `MAX_ARTIFACT_BYTES` ends the run `limit_exceeded` `artifact`. (A compile's object, a cuda
 /// task's PTX or output buffers.)
 pub(crate) fn collect_files(
@@ -344,7 +360,6 @@ pub(crate) fn collect_files(
     missing: impl Fn(&str) -> String,
 ) -> CompileRun {
     let mut artifacts = Vec::with_capacity(files.len());
-    let mut large = false;
     for (rel, name) in files {
         let (path, size) = match dir.regular_file(rel) {
             Ok(Some(found)) => found,
@@ -361,7 +376,6 @@ pub(crate) fn collect_files(
             });
         }
         let body = if size > MAX_INLINE_ARTIFACT_BYTES {
-            large = true;
             ArtifactBody::Large { file: path, size }
         } else {
             match crate::wasm::read_inline(&path) {
@@ -378,7 +392,9 @@ pub(crate) fn collect_files(
     CompileRun {
         outcome: TaskOutcome::Exited { exit_code: 0 },
         artifacts,
-        dir: large.then_some(dir),
+        // Removed once the files are sent, not before: off the path to the submitter.
+        dir: Some(dir),
+        ran: None,
     }
 }
 

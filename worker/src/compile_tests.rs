@@ -197,9 +197,13 @@ async fn a_preprocessed_segment_compiles_to_the_same_object_as_a_local_compile()
         "the object differs from a local gcc -c"
     );
     assert!(
-        done.run.dir.is_none(),
-        "a small object's directory goes at once"
+        done.run.ran.is_some_and(|d| !d.is_zero()),
+        "the compiler's own run time comes with the files"
     );
+    let kept = done.run.dir.as_ref().map(|d| d.path().to_path_buf());
+    let kept = kept.expect("the directory stays until the files are sent");
+    drop(done);
+    assert!(!kept.exists(), "and goes once the run is dropped");
 
     // With debug info too, DW_AT_producer and the names included: the text is compiled as
     // ordinary source, not with -fdirectives-only, which GCC would record. With -pedantic
@@ -250,6 +254,7 @@ async fn a_preprocessed_segment_compiles_to_the_same_object_as_a_local_compile()
     let store = Sources([(name.clone(), pp.clone())].into());
     let done = compile(&cfg, 1, &task(gcc, by_ref.clone(), Vec::new()), &store).await;
     assert!(inline_object(&done.run) == local, "{:?}", done.run.outcome);
+    drop(done); // its directory goes with it
     let liar = Sources([(name.clone(), b"int x;".to_vec())].into());
     let done = compile(&cfg, 1, &task(gcc, by_ref.clone(), Vec::new()), &liar).await;
     assert!(

@@ -510,7 +510,7 @@ impl Worker {
                     self.run_work(&task.work, &task.bounds, &a.gpus, slot, tx, cancel)
                         .await
                 }
-                Err(refused) => refused,
+                Err(refused) => *refused,
             }
         };
         let (run, ()) = tokio::join!(run, forward);
@@ -519,9 +519,14 @@ impl Worker {
             mut outcome,
             artifacts,
             workdir,
+            ran,
         } = run;
+        let ran_us = ran.map(|d| d.as_micros() as u64);
         for art in artifacts {
-            let ev = match self.artifact_event(&a.task_id, a.attempt, art).await {
+            let ev = match self
+                .artifact_event(&a.task_id, a.attempt, art, ran_us)
+                .await
+            {
                 Ok(ev) => ev,
                 Err(message) => {
                     if outcome.succeeded() {

@@ -275,10 +275,7 @@ impl<S: ModuleSource> RustcRunner<'_, S> {
             out,
             cancel,
         );
-        match run.await.succeeded() {
-            Ok(dir) => outputs(dir, spec),
-            Err(outcome) => CompileRun::ended(outcome),
-        }
+        CompileRun::after(run.await, |dir| outputs(dir, spec))
     }
 
     /// Every input's bytes at its place under `root/`: inline, or fetched and checked.

@@ -84,6 +84,8 @@ pub struct Artifact {
     /// The file's permission bits on the worker (`None` from a worker that does not send them).
     pub mode: Option<u32>,
     pub body: ArtifactBody,
+    /// How long the task's own process ran on the worker, when the worker said (compiles).
+    pub ran: Option<Duration>,
 }
 
 /// Where an artifact's bytes are.
@@ -295,6 +297,7 @@ impl Following {
                 object,
                 size,
                 mode,
+                ran_us,
             } => {
                 if !current(attempt, self) {
                     return Ok(None);
@@ -311,7 +314,12 @@ impl Following {
                             .with_context(|| format!("artifact {path}: bad base64"))?,
                     ),
                 };
-                Some(Step::Artifact(Artifact { path, mode, body }))
+                Some(Step::Artifact(Artifact {
+                    path,
+                    mode,
+                    body,
+                    ran: ran_us.map(Duration::from_micros),
+                }))
             }
             TaskEvent::Finished {
                 outcome, worker, ..

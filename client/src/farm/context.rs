@@ -36,11 +36,15 @@ pub struct Segment {
 }
 
 /// A user's file shipped for diagnostics: where it goes under the task directory, its bytes.
-/// It travels by content name through the build sources bucket (`remote::ship_files`).
+/// A header travels by content name through the build sources bucket, once a build however
+/// many units name it (`remote::ship_files`); the unit's own source, which no other unit
+/// names, rides inside the task instead of costing a write here and a fetch on the worker.
 #[derive(Debug, Clone)]
 pub struct ShippedFile {
     pub path: String,
     pub bytes: std::sync::Arc<[u8]>,
+    /// The unit's own source (the preprocessed text's first line marker names it).
+    pub own: bool,
 }
 
 /// The content names this build has put into the build sources bucket (or found there): each

@@ -106,33 +106,33 @@ pub async fn prepare(
 /// names with escapes are left out.
 pub fn line_marker_files(pp: &[u8]) -> Vec<(String, bool)> {
     let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for line in pp.split(|&b| b == b'\n') {
-        let Some(rest) = line.strip_prefix(b"# ") else {
-            continue;
-        };
-        let Ok(rest) = std::str::from_utf8(rest) else {
-            continue;
-        };
-        let Some((num, rest)) = rest.split_once(' ') else {
-            continue;
-        };
+    markers(pp)
+        .filter(|(name, _)| seen.insert(*name))
+        .map(|(name, system)| (name.to_owned(), system))
+        .collect()
+}
+
+/// The file the preprocessed text's first line marker names: the unit's own source.
+fn main_file(pp: &[u8]) -> Option<&str> {
+    markers(pp).next().map(|(name, _)| name)
+}
+
+/// Each line marker's file and whether it is a system header, in order, repeats included.
+fn markers(pp: &[u8]) -> impl Iterator<Item = (&str, bool)> {
+    pp.split(|&b| b == b'\n').filter_map(|line| {
+        let rest = std::str::from_utf8(line.strip_prefix(b"# ")?).ok()?;
+        let (num, rest) = rest.split_once(' ')?;
         if num.parse::<u64>().is_err() || !rest.starts_with('"') {
-            continue;
+            return None;
         }
-        let Some(end) = rest[1..].find('"') else {
-            continue;
-        };
+        let end = rest[1..].find('"')?;
         let name = &rest[1..1 + end];
         if name.starts_with('<') || name.contains('\\') {
-            continue;
+            return None;
         }
         let system = rest[2 + end..].split_whitespace().any(|f| f == "3");
-        if seen.insert(name.to_owned()) {
-            out.push((name.to_owned(), system));
-        }
-    }
-    out
+        Some((name, system))
+    })
 }
 
 /// The user's files named by line markers: not system headers, given by relative path.
@@ -166,6 +166,7 @@ fn placed(rel: &str, depth: usize) -> Option<String> {
 /// The workdir and the files to ship, within the size caps.
 fn ship_user_files(pp: &[u8], cwd: &Path) -> (String, Vec<ShippedFile>) {
     let names = user_files(pp);
+    let own = main_file(pp);
     let depth = names
         .iter()
         .map(|n| {
@@ -202,6 +203,7 @@ fn ship_user_files(pp: &[u8], cwd: &Path) -> (String, Vec<ShippedFile>) {
         files.push(ShippedFile {
             path: at,
             bytes: bytes.into(),
+            own: own == Some(n.as_str()),
         });
     }
     (workdir, files)
@@ -239,5 +241,20 @@ mod tests {
         }
         let (_, files) = ship_user_files(pp.as_bytes(), dir.path());
         assert_eq!(files.len(), vgas_shared::limits::MAX_INPUT_FILES);
+    }
+
+    #[test]
+    fn the_units_own_source_is_told_from_its_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("inc")).unwrap();
+        std::fs::write(dir.path().join("main.c"), "#include \"inc/a.h\"\n").unwrap();
+        std::fs::write(dir.path().join("inc/a.h"), "int a;\n").unwrap();
+        // The header sorts first and is named again after the source's own marker.
+        let pp = b"# 0 \"main.c\"\n# 0 \"<built-in>\"\n# 1 \"inc/a.h\" 1\nint a;\n\
+                   # 2 \"main.c\" 2\n";
+        let (_, files) = ship_user_files(pp, dir.path());
+        let own: Vec<(&str, bool)> = files.iter().map(|f| (f.path.as_str(), f.own)).collect();
+        assert_eq!(own, [("src/inc/a.h", false), ("src/main.c", true)]);
+        assert_eq!(main_file(b"int x;\n"), None, "no marker, no own source");
     }
 }

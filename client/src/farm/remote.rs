@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use vgas_shared::farm::{side_output_name, BuildUpdate, SegmentFile, Source, SEGMENT_OBJECT};
 use vgas_shared::limits::DEADLINE_GRACE;
-use vgas_shared::wire::{Needs, TaskKind, TaskOutcome, TaskSpec};
+use vgas_shared::wire::{InputFile, Needs, TaskKind, TaskOutcome, TaskSpec};
 use vgas_shared::{TaskId, WorkerId};
 
 use super::context::{BuildContext, Segment, ShippedFile};
@@ -79,12 +80,13 @@ async fn upload_source(ctx: &BuildContext, source: &Source) -> Result<Source> {
 /// Lua's first unit (20 headers) 11 to 12 ms, eight at a time 5 to 7 ms.
 const UPLOADS_IN_FLIGHT: usize = 8;
 
-/// The segment's files put into the build sources bucket (each once a build: `ctx.uploaded`;
-/// several at once) and named by content, as the worker fetches them.
+/// The segment's headers put into the build sources bucket (each once a build:
+/// `ctx.uploaded`; several at once) and named by content, as the worker fetches them.
 async fn ship_files(ctx: &BuildContext, seg: &Segment) -> Result<Vec<SegmentFile>> {
     let bucket = ctx.swarm.subjects.build_sources_bucket();
-    let mut named = Vec::with_capacity(seg.files.len());
-    for some in seg.files.chunks(UPLOADS_IN_FLIGHT) {
+    let shared: Vec<&ShippedFile> = seg.files.iter().filter(|f| !f.own).collect();
+    let mut named = Vec::with_capacity(shared.len());
+    for some in shared.chunks(UPLOADS_IN_FLIGHT) {
         let uploads = some.iter().map(|f| ship_one(ctx, &bucket, f));
         named.extend(futures::future::try_join_all(uploads).await?);
     }
@@ -108,9 +110,33 @@ async fn ship_one(ctx: &BuildContext, bucket: &str, f: &ShippedFile) -> Result<S
     })
 }
 
+/// The unit's own source, inside the task: no other unit names it, so a trip through the
+/// bucket (a look-up and two acknowledged writes here, a look-up and a consumer on the
+/// worker, about a millisecond on each side for a small unit) would buy nothing. It is at
+/// most [`vgas_shared::limits::MAX_SEGMENT_FILE_BYTES`], which the task's room past
+/// [`super::prepare::MAX_INLINE_SOURCE`] holds even in base64.
+fn own_files(seg: &Segment) -> Vec<InputFile> {
+    seg.files
+        .iter()
+        .filter(|f| f.own)
+        .map(|f| {
+            let (text, base64) = match std::str::from_utf8(&f.bytes) {
+                Ok(text) => (Some(text.to_owned()), None),
+                Err(_) => (None, Some(BASE64.encode(&f.bytes))),
+            };
+            InputFile {
+                path: f.path.clone(),
+                text,
+                base64,
+                mode: None,
+            }
+        })
+        .collect()
+}
+
 /// A build unit's task followed to its end: what it printed, the files it sent back that the
-/// caller wanted (by artifact name), which worker ran it, and the compile's time on the
-/// worker (its start to its first file) against the whole round trip.
+/// caller wanted (by artifact name), which worker ran it, and how long the compile itself
+/// took there.
 #[derive(Debug)]
 pub struct Followed {
     pub outcome: TaskOutcome,
@@ -118,8 +144,21 @@ pub struct Followed {
     pub stderr: String,
     pub files: BTreeMap<String, Vec<u8>>,
     pub worker: WorkerId,
-    pub compile_ms: u64,
-    pub overhead_ms: u64,
+    /// The compiler's own process on the worker, spawn to exit, as the worker measured it
+    /// (from a worker that does not say: its `started` to its first file, as seen here).
+    pub compile: Duration,
+}
+
+impl Followed {
+    pub fn compile_ms(&self) -> u64 {
+        self.compile.as_millis() as u64
+    }
+
+    /// What the swarm added around the compile itself for a unit whose submission (its
+    /// files shipped, its task submitted) began at `began`: the segment overhead.
+    pub fn overhead_ms(&self, began: Instant) -> u64 {
+        began.elapsed().saturating_sub(self.compile).as_millis() as u64
+    }
 }
 
 /// Submits a build unit's task (a `compile` or `rustc` task that needs its compiler) as unit
@@ -159,6 +198,7 @@ pub async fn submit_and_follow(
     let (mut stdout, mut stderr) = (String::new(), String::new());
     let mut files = BTreeMap::new();
     let (mut started_at, mut compiled_at, mut worker) = (None, None, None);
+    let mut ran = None;
     let outcome = loop {
         let step = match following.next().await {
             Ok(step) => step,
@@ -192,6 +232,7 @@ pub async fn submit_and_follow(
             Step::Stderr(d) => stderr.push_str(&d),
             Step::Artifact(art) if wanted.contains(&art.path) => {
                 compiled_at.get_or_insert_with(Instant::now);
+                ran = ran.or(art.ran);
                 files.insert(art.path.clone(), swarm.artifact_bytes(&art).await?);
                 if files.len() == wanted.len() {
                     break TaskOutcome::Exited { exit_code: 0 };
@@ -204,7 +245,6 @@ pub async fn submit_and_follow(
             }
         }
     };
-    let total_ms = submitted_at.elapsed().as_millis() as u64;
     let since = |at: Option<Instant>| at.map(|t| t.saturating_duration_since(submitted_at));
     tracing::debug!(
         unit,
@@ -212,11 +252,12 @@ pub async fn submit_and_follow(
         started = ?since(started_at),
         first_file = ?since(compiled_at),
         total = ?submitted_at.elapsed(),
+        ?ran,
         "unit followed"
     );
-    let compile_ms = match (started_at, compiled_at) {
-        (Some(s), Some(c)) => c.saturating_duration_since(s).as_millis() as u64,
-        _ => 0,
+    let seen = match (started_at, compiled_at) {
+        (Some(s), Some(c)) => c.saturating_duration_since(s),
+        _ => Duration::ZERO,
     };
     Ok(Ok(Followed {
         outcome,
@@ -224,8 +265,7 @@ pub async fn submit_and_follow(
         stderr,
         files,
         worker: worker.unwrap_or_else(unknown_worker),
-        compile_ms,
-        overhead_ms: total_ms.saturating_sub(compile_ms),
+        compile: ran.unwrap_or(seen),
     }))
 }
 
@@ -237,6 +277,7 @@ pub async fn remote(
     task_id: TaskId,
     out: &OutOnSwarm,
 ) -> Result<Remote> {
+    let began = Instant::now();
     let mut compile = seg.spec.clone();
     if source_too_large(&compile.source) {
         compile.source = upload_source(ctx, &compile.source).await?;
@@ -256,6 +297,7 @@ pub async fn remote(
             gpus: None,
         },
         compile: Some(compile),
+        files: own_files(seg),
         deadline_s: Some(ctx.segment_deadline.as_secs().max(1)),
         max_attempts: Some(SEGMENT_ATTEMPTS),
         wait_for_worker_s: Some(0),
@@ -280,6 +322,7 @@ pub async fn remote(
         Ok(f) => f,
         Err(why) => return Ok(Remote::Unavailable(why)),
     };
+    let (compile_ms, overhead_ms) = (f.compile_ms(), f.overhead_ms(began));
     let object = f.files.remove(SEGMENT_OBJECT);
     let side: BTreeMap<String, Vec<u8>> = f
         .files
@@ -295,9 +338,9 @@ pub async fn remote(
                 object,
                 side,
                 stderr: f.stderr,
+                compile_ms,
+                overhead_ms,
                 worker: f.worker,
-                compile_ms: f.compile_ms,
-                overhead_ms: f.overhead_ms,
             },
             None => Remote::Unavailable("the worker sent no object".into()),
         },

@@ -126,6 +126,7 @@ impl RemoteCrate<'_> {
 
     /// Submits the crate and follows it to its end.
     pub async fn compile(&self) -> Result<Remote> {
+        let began = std::time::Instant::now();
         let out_dir = resolve(self.cwd, &self.call.out_dir);
         let spec = RustcSpec {
             compiler: self.compiler.identity.clone(),
@@ -164,6 +165,7 @@ impl RemoteCrate<'_> {
             Ok(f) => f,
             Err(why) => return Ok(Remote::Unavailable(why)),
         };
+        let (compile_ms, overhead_ms) = (f.compile_ms(), f.overhead_ms(began));
         match f.outcome {
             TaskOutcome::Exited { exit_code: 0 } if f.files.len() == self.outputs.len() => {
                 for (name, bytes) in &f.files {
@@ -173,9 +175,9 @@ impl RemoteCrate<'_> {
                 Ok(Remote::Compiled {
                     stdout: f.stdout,
                     stderr: local_paths(&f.stderr, &out_dir),
+                    compile_ms,
+                    overhead_ms,
                     worker: f.worker,
-                    compile_ms: f.compile_ms,
-                    overhead_ms: f.overhead_ms,
                 })
             }
             TaskOutcome::Exited { exit_code: 0 } => Ok(Remote::Unavailable(

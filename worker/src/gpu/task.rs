@@ -147,6 +147,7 @@ impl CudaRunner<'_> {
                     body: ArtifactBody::Inline(ptx.clone()),
                 }],
                 dir: None,
+                ran: None,
             };
         }
         if cached.is_some() {

@@ -27,6 +27,7 @@ impl Worker {
         task: &TaskId,
         attempt: u32,
         art: Artifact,
+        ran_us: Option<u64>,
     ) -> Result<TaskEvent, String> {
         Ok(match art.body {
             ArtifactBody::Inline(bytes) => TaskEvent::Artifact {
@@ -36,6 +37,7 @@ impl Worker {
                 object: None,
                 size: None,
                 mode: art.mode,
+                ran_us,
             },
             ArtifactBody::Large { file, size } => {
                 let bucket = self.cfg.conn.subjects.artifacts_bucket();
@@ -48,6 +50,7 @@ impl Worker {
                     object: Some(object),
                     size: Some(size),
                     mode: art.mode,
+                    ran_us,
                 }
             }
         })

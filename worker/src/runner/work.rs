@@ -35,6 +35,9 @@ pub(super) struct Run {
     pub(super) artifacts: Vec<Artifact>,
     /// Kept until the large artifacts are uploaded; dropping it removes it.
     pub(super) workdir: Option<Workdir>,
+    /// How long the task's own process ran, where one did (compiles): sent with the
+    /// artifacts, so a follower can tell the work from the path around it.
+    pub(super) ran: Option<std::time::Duration>,
 }
 
 /// A run's directory, as its kind's runner kept it; removed when dropped.
@@ -65,6 +68,7 @@ impl Run {
             outcome,
             artifacts: Vec::new(),
             workdir: None,
+            ran: None,
         }
     }
 
@@ -79,6 +83,7 @@ impl From<WasmRun> for Run {
             outcome: r.outcome,
             artifacts: r.artifacts,
             workdir: r.dir.map(Workdir::Wasm),
+            ran: None,
         }
     }
 }
@@ -89,6 +94,7 @@ impl From<CompileRun> for Run {
             outcome: r.outcome,
             artifacts: r.artifacts,
             workdir: r.dir.map(Workdir::Kept),
+            ran: r.ran,
         }
     }
 }
@@ -96,8 +102,9 @@ impl From<CompileRun> for Run {
 /// The assignment's spec as the task it runs. The master parsed it before accepting it; the
 /// worker parses it again rather than trust the wire, and one that does not parse here (a
 /// master of another version, a damaged record) is a run that ended with the reason.
-pub(super) fn task_of(spec: &TaskSpec) -> Result<Task, Run> {
-    spec.parse().map_err(|e| Run::error(e.to_string()))
+pub(super) fn task_of(spec: &TaskSpec) -> Result<Task, Box<Run>> {
+    spec.parse()
+        .map_err(|e| Box::new(Run::error(e.to_string())))
 }
 
 /// Tells the task who runs it: `VGAS_TASK_ID`, `VGAS_ATTEMPT` and `VGAS_WORKER_ID`, over the
@@ -237,6 +244,7 @@ impl Worker {
                     outcome,
                     artifacts,
                     workdir: workspace.map(Workdir::Temp),
+                    ran: None,
                 }
             }
         }

@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
@@ -270,6 +271,9 @@ pub struct NativeRun {
     /// The task directory, once every process of the task is dead; `None` when it was not
     /// kept or never made.
     pub dir: Option<KeptDir>,
+    /// How long the task's own process ran, from its spawn to its exit (not the sandbox's
+    /// set-up and clean-up around it); `None` when it did not start or was killed.
+    pub ran: Option<Duration>,
 }
 
 impl NativeRun {
@@ -334,6 +338,7 @@ pub async fn run_native(
     let error = |message: String| NativeRun {
         outcome: TaskOutcome::Error { message },
         dir: None,
+        ran: None,
     };
     let mut limits = cfg.ceilings.for_task(&job.bounds.limits);
     let hidden: &[PathBuf] = match opts.devices {
@@ -355,6 +360,7 @@ pub async fn run_native(
         return NativeRun {
             outcome: TaskOutcome::Cancelled,
             dir: None,
+            ran: None,
         };
     }
     // Processes a crashed earlier run of this slot left behind would share the uid's limits.
@@ -441,7 +447,8 @@ pub async fn run_native(
             return error(message);
         }
     };
-    let outcome = match spawn::spawn(&found, &c_argv, &c_env, &plan) {
+    let spawned_at = std::time::Instant::now();
+    let (outcome, ran) = match spawn::spawn(&found, &c_argv, &c_env, &plan) {
         Ok(child) => {
             let supervised = run::Job {
                 uid,
@@ -449,9 +456,16 @@ pub async fn run_native(
                 deadline: job.bounds.deadline,
                 stdin: job.stdin.to_owned(),
             };
-            run::supervise(child, supervised, out, cancel).await
+            let run = run::supervise(child, supervised, out, cancel).await;
+            let ran = run
+                .exited
+                .map(|at| at.saturating_duration_since(spawned_at));
+            (run.outcome, ran)
         }
-        Err(e) => outcome::spawn_error(&e, &program, &plan, task_path.as_deref()),
+        Err(e) => (
+            outcome::spawn_error(&e, &program, &plan, task_path.as_deref()),
+            None,
+        ),
     };
     // `supervise` has killed everything the task started; a failed spawn started nothing.
     if opts.keep_dir {
@@ -463,10 +477,15 @@ pub async fn run_native(
             Ok(kept) => NativeRun {
                 outcome,
                 dir: Some(kept),
+                ran,
             },
             Err(message) => error(message),
         };
     }
     taskdir::remove(dir);
-    NativeRun { outcome, dir: None }
+    NativeRun {
+        outcome,
+        dir: None,
+        ran,
+    }
 }

@@ -4,7 +4,7 @@
 //! uid) is killed, so nothing the task started outlives it.
 
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
@@ -36,7 +36,8 @@ pub(crate) struct Job {
 /// How supervision ended.
 #[derive(Debug)]
 enum Ended {
-    Exited(ExitStatus),
+    /// The main process exited by itself, at that instant.
+    Exited(ExitStatus, Instant),
     OutputCap,
     TimedOut,
     Cancelled,
@@ -53,13 +54,21 @@ async fn kill_all(pgid: Option<i32>, uid: Option<u32>) {
     }
 }
 
+/// How a supervised task ended.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    pub(crate) outcome: TaskOutcome,
+    /// When the main process exited by itself (not killed): the end of the task's own run.
+    pub(crate) exited: Option<Instant>,
+}
+
 /// Supervises `child` until it ends one way or another; see the module doc.
 pub(crate) async fn supervise(
     mut child: Spawned,
     job: Job,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
-) -> TaskOutcome {
+) -> Supervised {
     // The child called setsid, so its pid is its process group.
     let pgid = i32::try_from(child.id()).ok();
     // Stdin is fed beside the watch, on this task; what is left of it is dropped (the pipe
@@ -89,7 +98,7 @@ pub(crate) async fn supervise(
     };
 
     // `watch` already killed the stragglers of a task whose main process exited.
-    if !matches!(ended, Ended::Exited(_)) {
+    if !matches!(ended, Ended::Exited(..)) {
         kill_all(pgid, job.uid).await;
     }
     if tokio::time::timeout(REAP_TIMEOUT, child.wait())
@@ -102,8 +111,12 @@ pub(crate) async fn supervise(
         );
     }
 
-    match ended {
-        Ended::Exited(status) => outcome::from_status(status, &job.limits),
+    let exited = match ended {
+        Ended::Exited(_, at) => Some(at),
+        _ => None,
+    };
+    let outcome = match ended {
+        Ended::Exited(status, _) => outcome::from_status(status, &job.limits),
         Ended::OutputCap => TaskOutcome::LimitExceeded {
             limit: "output".into(),
             message: format!(
@@ -118,7 +131,8 @@ pub(crate) async fn supervise(
         Ended::WaitFailed(message) => TaskOutcome::Error {
             message: format!("lost track of the task's process: {message}"),
         },
-    }
+    };
+    Supervised { outcome, exited }
 }
 
 /// Streams the output until the main process has exited and its pipes are drained, or the
@@ -156,21 +170,23 @@ async fn watch(
             }
             // Both pipes closed; the main process may still be running.
             let status = child.wait().await;
+            let exited = Instant::now();
             kill_all(pgid, uid).await;
-            status
+            (status, exited)
         }
         status = child.wait() => {
+            let exited = Instant::now();
             kill_all(pgid, uid).await;
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut pumps).await {
                 Ok(Err(CapExceeded)) => return Ended::OutputCap,
                 Ok(Ok(())) => {}
                 Err(_) => tracing::warn!(?pgid, "task output still open after its processes were killed; dropping the rest"),
             }
-            status
+            (status, exited)
         }
     };
     match status {
-        Ok(status) => Ended::Exited(status),
-        Err(e) => Ended::WaitFailed(e.to_string()),
+        (Ok(status), at) => Ended::Exited(status, at),
+        (Err(e), _) => Ended::WaitFailed(e.to_string()),
     }
 }
