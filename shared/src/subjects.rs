@@ -108,6 +108,12 @@ impl Subjects {
         format!("{}.worker.{worker}.events.*", self.prefix)
     }
 
+    /// Wildcard over one task's events on every worker's subject: a client reads its
+    /// task's files from here too, believing only the worker the master named.
+    pub fn any_worker_events(&self, task: &TaskId) -> String {
+        format!("{}.worker.*.events.{task}", self.prefix)
+    }
+
     /// Wildcard over every worker's event subjects (the master relays from this).
     pub fn all_worker_events(&self) -> String {
         format!("{}.worker.*.events.*", self.prefix)

@@ -383,6 +383,13 @@ pub enum TaskEvent {
         /// files of a compile: the work itself, apart from the path around it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ran_us: Option<u64>,
+        /// Bytes of stdout and of stderr the attempt sent before this file: a client that
+        /// reads the worker's events directly (`vgas.worker.<id>.events.<task>`) as well as
+        /// the relayed ones knows from them when it has all of the output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdout_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stderr_bytes: Option<u64>,
     },
     /// The one final result, published once by the master.
     Finished {

@@ -81,6 +81,8 @@ fn wasm_specs_parse_and_keep_exec_json_unchanged() {
         size: None,
         mode: None,
         ran_us: None,
+        stdout_bytes: None,
+        stderr_bytes: None,
     };
     assert_eq!(
         serde_json::to_string(&art).unwrap(),
@@ -95,11 +97,13 @@ fn wasm_specs_parse_and_keep_exec_json_unchanged() {
         size: Some(5 << 20),
         mode: None,
         ran_us: Some(15_250),
+        stdout_bytes: Some(0),
+        stderr_bytes: Some(12),
     };
     let json = serde_json::to_string(&by_ref).unwrap();
     assert_eq!(
         json,
-        r#"{"type":"artifact","attempt":2,"path":"big.bin","base64":"","object":"t/2/big.bin","size":5242880,"ran_us":15250}"#
+        r#"{"type":"artifact","attempt":2,"path":"big.bin","base64":"","object":"t/2/big.bin","size":5242880,"ran_us":15250,"stdout_bytes":0,"stderr_bytes":12}"#
     );
     assert_eq!(serde_json::from_str::<TaskEvent>(&json).unwrap(), by_ref);
     let mp = encode(crate::Encoding::MsgPack, &by_ref).unwrap();

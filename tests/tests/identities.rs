@@ -187,6 +187,71 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
         "{:?}",
         done.events
     );
+    // A client reading b's task's files straight from the workers' subjects too
+    // (`submit_direct`) believes only the worker the master named: a file node a puts on
+    // its own subject for the task is never taken, one on b's is refused by the server.
+    let api = vgas_client::api::Swarm::new(client.clone(), s.clone());
+    let id = TaskId::random();
+    let mut spec = sh("sleep 1; echo real");
+    spec.task_id = Some(id.clone());
+    // What the follower's own subscription sees there, read beside it.
+    let mut seen_there = client.subscribe(s.any_worker_events(&id)).await.unwrap();
+    let mut following = api.submit_direct(spec, WAIT).await.unwrap().following;
+    let forged_file = TaskEvent::Artifact {
+        attempt: 1,
+        path: "out.txt".into(),
+        base64: "Zm9yZ2Vk".into(),
+        object: None,
+        size: None,
+        mode: None,
+        ran_us: None,
+        stdout_bytes: Some(0),
+        stderr_bytes: Some(0),
+    };
+    let mut steps = Vec::new();
+    loop {
+        let step = tokio::time::timeout(WAIT, following.next())
+            .await
+            .expect("the task ends")
+            .unwrap();
+        if let vgas_client::api::Step::Started { worker, .. } = &step {
+            assert_eq!(*worker, wb);
+            // The master has named b; a forges a file for the running attempt.
+            for worker in [&wa, &wb] {
+                let bytes = vgas_shared::codec::encode(Encoding::Json, &forged_file).unwrap();
+                spy.publish(s.worker_events(worker, &id), bytes.into())
+                    .await
+                    .unwrap();
+            }
+            spy.flush().await.unwrap();
+        }
+        let end = matches!(step, vgas_client::api::Step::Finished { .. });
+        steps.push(step);
+        if end {
+            break;
+        }
+    }
+    assert!(
+        !steps
+            .iter()
+            .any(|s| matches!(s, vgas_client::api::Step::Artifact(_))),
+        "a forged file was taken: {steps:?}"
+    );
+    let mut forged_seen = false;
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(500), seen_there.next()).await
+    {
+        forged_seen |= m.subject.as_str() == s.worker_events(&wa, &id);
+    }
+    assert!(
+        forged_seen,
+        "a client reads the workers' subjects: the forged file reached it"
+    );
+    assert!(
+        steps.contains(&vgas_client::api::Step::Stdout("real\n".into())),
+        "{steps:?}"
+    );
+
     // Other nodes' replies are not a's to read: its inboxes are its own.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), every_inbox.next())

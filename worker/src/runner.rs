@@ -42,6 +42,8 @@ mod ahead;
 mod report;
 mod work;
 
+use report::{FileNote, OutputSent};
+
 pub use ahead::{AheadPolicy, QueueAhead};
 
 /// How long leaving waits for the server to confirm what was sent.
@@ -482,25 +484,34 @@ impl Worker {
     ) {
         let started = Instant::now();
         // `started` is the master's to say, on the acknowledgement; output goes to this
-        // worker's own event subject, which the master relays.
+        // worker's own event subject, which the master relays (and a client may read
+        // directly: each file says how much output came before it).
         let subjects = &self.cfg.conn.subjects;
         let events = subjects.worker_events(&self.cfg.id, &a.task_id);
         info!(cmd = ?a.spec.cmd, "started");
         let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let forward = async {
+            let mut sent = OutputSent::default();
             while let Some(chunk) = rx.recv().await {
                 let ev = match chunk {
-                    OutputChunk::Stdout(data) => TaskEvent::Stdout {
-                        attempt: a.attempt,
-                        data,
-                    },
-                    OutputChunk::Stderr(data) => TaskEvent::Stderr {
-                        attempt: a.attempt,
-                        data,
-                    },
+                    OutputChunk::Stdout(data) => {
+                        sent.stdout += data.len() as u64;
+                        TaskEvent::Stdout {
+                            attempt: a.attempt,
+                            data,
+                        }
+                    }
+                    OutputChunk::Stderr(data) => {
+                        sent.stderr += data.len() as u64;
+                        TaskEvent::Stderr {
+                            attempt: a.attempt,
+                            data,
+                        }
+                    }
                 };
                 self.emit(&events, a.encoding, &ev).await;
             }
+            sent
         };
         // A spec that does not parse here ends as an error, like any run that could not start.
         let run = async {
@@ -513,7 +524,7 @@ impl Worker {
                 Err(refused) => *refused,
             }
         };
-        let (run, ()) = tokio::join!(run, forward);
+        let (run, sent) = tokio::join!(run, forward);
         // The work directory stays until the large artifacts in it are uploaded.
         let work::Run {
             mut outcome,
@@ -521,12 +532,12 @@ impl Worker {
             workdir,
             ran,
         } = run;
-        let ran_us = ran.map(|d| d.as_micros() as u64);
+        let note = FileNote {
+            ran_us: ran.map(|d| d.as_micros() as u64),
+            sent,
+        };
         for art in artifacts {
-            let ev = match self
-                .artifact_event(&a.task_id, a.attempt, art, ran_us)
-                .await
-            {
+            let ev = match self.artifact_event(&a.task_id, a.attempt, art, note).await {
                 Ok(ev) => ev,
                 Err(message) => {
                     if outcome.succeeded() {

@@ -1,7 +1,11 @@
 //! Submit a task and follow it to its end. The events of a task carry the attempt they belong
 //! to; [`Following`] drops what a lost attempt printed or wrote once a newer attempt has begun,
 //! and asks the master for the task's record every [`POLL_INTERVAL`], so a follower that
-//! missed the final event (a master restart, a reconnect) still ends.
+//! missed the final event (a master restart, a reconnect) still ends. One that asked for it
+//! ([`Swarm::submit_direct`]) also takes the task's files straight from its worker
+//! (`super::direct`), whichever of the two copies of a file comes first.
+
+use std::collections::{HashSet, VecDeque};
 
 use std::time::Duration;
 
@@ -17,6 +21,7 @@ use vgas_shared::wire::{
 };
 use vgas_shared::{Encoding, TaskId, WorkerId};
 
+use super::direct::Direct;
 use super::Swarm;
 
 /// How often a follower asks for the task's record, in case it missed the final event.
@@ -86,6 +91,9 @@ pub struct Artifact {
     pub body: ArtifactBody,
     /// How long the task's own process ran on the worker, when the worker said (compiles).
     pub ran: Option<Duration>,
+    /// Bytes of stdout and of stderr the attempt sent before this file, when the worker
+    /// said: the output is complete once that much of it has come.
+    pub output_before: Option<(u64, u64)>,
 }
 
 /// Where an artifact's bytes are.
@@ -124,6 +132,25 @@ impl Swarm {
         Ok(Submitted { reply, following })
     }
 
+    /// [`Swarm::submit`], and the task's files read straight from the worker that runs it
+    /// as well as through the master's relay (`super::direct`): a build unit is done a
+    /// relay hop sooner. The worker subscription goes first, on the same connection as the
+    /// submit, so the server has it before any worker can have the task.
+    pub async fn submit_direct(&self, spec: TaskSpec, timeout: Duration) -> Result<Submitted> {
+        let id = spec.task_id.clone().unwrap_or_else(TaskId::random);
+        let direct = self
+            .client
+            .subscribe(self.subjects.any_worker_events(&id))
+            .await?;
+        let spec = TaskSpec {
+            task_id: Some(id),
+            ..spec
+        };
+        let mut submitted = self.submit(spec, timeout).await?;
+        submitted.following.direct = Some(Direct::new(direct));
+        Ok(submitted)
+    }
+
     /// Follows a task submitted earlier (`vgas watch`): its record is asked for at once, so a
     /// task that has already finished ends the follow without waiting.
     pub async fn follow(&self, id: &TaskId) -> Result<Following> {
@@ -142,6 +169,13 @@ pub struct Following {
     attempt: u32,
     /// Relayed events seen: one relayed again by a restarted master is dropped.
     relayed: RelayedSeen,
+    /// The worker's own events, when asked for ([`Swarm::submit_direct`]).
+    direct: Option<Direct>,
+    /// The files given so far, by attempt: the second copy of one (relayed, or direct) is
+    /// dropped.
+    files_given: HashSet<(u32, String)>,
+    /// Steps found together (files held for the master's word), given one at a time.
+    ready: VecDeque<Step>,
     poll: Interval,
     /// Past this, the follower cancels the task and gives up; until then, a failed poll (the
     /// master restarting) is tried again at the next tick.
@@ -164,6 +198,9 @@ impl Following {
             events,
             attempt: 0,
             relayed: RelayedSeen::default(),
+            direct: None,
+            files_given: HashSet::new(),
+            ready: VecDeque::new(),
             poll: tokio::time::interval(POLL_INTERVAL),
             give_up: None,
             finishing: None,
@@ -188,6 +225,9 @@ impl Following {
             bail!("task {} has already finished", self.id);
         }
         loop {
+            if let Some(step) = self.ready.pop_front() {
+                return Ok(self.seen(step));
+            }
             if let Some((_, _, until)) = &self.finishing {
                 let until = *until;
                 let msg = tokio::time::timeout_at(until, self.events.next()).await;
@@ -200,6 +240,12 @@ impl Following {
                 let (outcome, worker, _) = self.finishing.take().expect("finishing");
                 return Ok(self.seen(Step::Finished { outcome, worker }));
             }
+            let direct = async {
+                match self.direct.as_mut() {
+                    Some(d) => d.events.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 msg = self.events.next() => {
                     let Some(msg) = msg else { bail!("the event subscription of task {} closed", self.id) };
@@ -207,6 +253,11 @@ impl Following {
                         return Ok(self.seen(step));
                     }
                 }
+                msg = direct => match msg {
+                    Some(msg) => self.on_direct(&msg)?,
+                    // Closed (a reconnect gone wrong): the relay still brings everything.
+                    None => self.direct = None,
+                },
                 _ = self.poll.tick() => self.poll_record().await?,
             }
         }
@@ -258,12 +309,47 @@ impl Following {
         self.on_event(&msg.payload)
     }
 
+    /// A message on the worker's own subject: a file of the current attempt from the worker
+    /// the master named for it joins the steps.
+    fn on_direct(&mut self, msg: &async_nats::Message) -> Result<()> {
+        let subjects = self.swarm.subjects.clone();
+        let Some(ev) = self
+            .direct
+            .as_mut()
+            .and_then(|d| d.on_message(&subjects, msg))
+        else {
+            return Ok(());
+        };
+        if let Some(step) = self.on_decoded(ev)? {
+            self.ready.push_back(step);
+        }
+        Ok(())
+    }
+
+    /// The master named `worker` for `attempt`: files the worker sent before that was known
+    /// join the steps, after the one that named it.
+    fn named(&mut self, attempt: u32, worker: &WorkerId) -> Result<()> {
+        let Some(d) = self.direct.as_mut() else {
+            return Ok(());
+        };
+        for ev in d.runs(attempt, worker.clone()) {
+            if let Some(step) = self.on_decoded(ev)? {
+                self.ready.push_back(step);
+            }
+        }
+        Ok(())
+    }
+
     /// The step an event makes, if any: stale attempts' output and undecodable events are
     /// dropped.
     fn on_event(&mut self, payload: &[u8]) -> Result<Option<Step>> {
         let Ok(ev) = decode_as::<TaskEvent>(Encoding::detect(payload), payload) else {
             return Ok(None);
         };
+        self.on_decoded(ev)
+    }
+
+    fn on_decoded(&mut self, ev: TaskEvent) -> Result<Option<Step>> {
         let current = |a: u32, me: &mut Self| {
             if a >= me.attempt {
                 me.attempt = a;
@@ -273,11 +359,13 @@ impl Following {
             }
         };
         Ok(match ev {
-            TaskEvent::Assigned { attempt, .. } => {
+            TaskEvent::Assigned { attempt, worker } => {
                 self.attempt = self.attempt.max(attempt);
+                self.named(attempt, &worker)?;
                 None
             }
             TaskEvent::Started { worker, attempt } => {
+                self.named(attempt, &worker)?;
                 current(attempt, self).then_some(Step::Started { worker, attempt })
             }
             TaskEvent::Stdout { attempt, data } => {
@@ -298,8 +386,10 @@ impl Following {
                 size,
                 mode,
                 ran_us,
+                stdout_bytes,
+                stderr_bytes,
             } => {
-                if !current(attempt, self) {
+                if !current(attempt, self) || !self.files_given.insert((attempt, path.clone())) {
                     return Ok(None);
                 }
                 check_relative_path(&path)?;
@@ -319,6 +409,7 @@ impl Following {
                     mode,
                     body,
                     ran: ran_us.map(Duration::from_micros),
+                    output_before: stdout_bytes.zip(stderr_bytes),
                 }))
             }
             TaskEvent::Finished {

@@ -7,6 +7,7 @@
 //! One copy of each, so a fix (a missed final event, a lost attempt's output) lands once.
 
 pub mod batch;
+mod direct;
 pub mod follow;
 pub mod objects;
 pub mod plan;

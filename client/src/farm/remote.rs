@@ -164,9 +164,11 @@ impl Followed {
 /// Submits a build unit's task (a `compile` or `rustc` task that needs its compiler) as unit
 /// `unit` of a build, announces it (`queued`, `compiling`, `retried`) on `updates`, and
 /// follows it until its result, a lost attempt's output and files dropped, or until every
-/// file in `wanted` has come: a worker sends a unit's files only after the compiler exited 0,
-/// and after all of its output, so the unit is done then, `Exited 0`, without waiting for the
-/// result to be stored and the master's `finished` (a millisecond or two of every unit). `Ok(Err(why))`:
+/// file in `wanted` has come with all the output sent before them: a worker sends a unit's
+/// files only after the compiler exited 0, and after all of its output, so the unit is done
+/// then, `Exited 0`, without waiting for the result to be stored and the master's `finished`
+/// (a millisecond or two of every unit). The files are read from the worker's own subject as
+/// well as through the master's relay ([`crate::api::Swarm::submit_direct`]). `Ok(Err(why))`:
 /// the swarm could not (not accepted, or gone past every attempt's deadline and the grace),
 /// and the unit compiles here.
 pub async fn submit_and_follow(
@@ -180,7 +182,7 @@ pub async fn submit_and_follow(
 ) -> Result<Result<Followed, String>> {
     spec.validate()?;
     let submitted_at = Instant::now();
-    let submitted = match swarm.submit(spec, SUBMIT_TIMEOUT).await {
+    let submitted = match swarm.submit_direct(spec, SUBMIT_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => return Ok(Err(format!("not accepted: {e:#}"))),
     };
@@ -198,7 +200,15 @@ pub async fn submit_and_follow(
     let (mut stdout, mut stderr) = (String::new(), String::new());
     let mut files = BTreeMap::new();
     let (mut started_at, mut compiled_at, mut worker) = (None, None, None);
-    let mut ran = None;
+    let (mut ran, mut output_before) = (None, None);
+    // Every wanted file has come, and all the output sent before them (a file read straight
+    // from the worker can pass output still on its way through the relay).
+    let complete =
+        |files: &BTreeMap<String, Vec<u8>>, out: &str, err: &str, before: Option<(u64, u64)>| {
+            !wanted.is_empty()
+                && files.len() == wanted.len()
+                && before.is_none_or(|(o, e)| out.len() as u64 >= o && err.len() as u64 >= e)
+        };
     let outcome = loop {
         let step = match following.next().await {
             Ok(step) => step,
@@ -220,6 +230,7 @@ pub async fn submit_and_follow(
             Step::Retrying { attempt, reason } => {
                 (stdout, stderr) = (String::new(), String::new());
                 files.clear();
+                output_before = None;
                 updates
                     .send(BuildUpdate::Retried {
                         segment: unit.to_owned(),
@@ -233,16 +244,17 @@ pub async fn submit_and_follow(
             Step::Artifact(art) if wanted.contains(&art.path) => {
                 compiled_at.get_or_insert_with(Instant::now);
                 ran = ran.or(art.ran);
+                output_before = output_before.max(art.output_before);
                 files.insert(art.path.clone(), swarm.artifact_bytes(&art).await?);
-                if files.len() == wanted.len() {
-                    break TaskOutcome::Exited { exit_code: 0 };
-                }
             }
             Step::Artifact(_) => {}
             Step::Finished { outcome, worker: w } => {
                 worker = w.or(worker);
                 break outcome;
             }
+        }
+        if complete(&files, &stdout, &stderr, output_before) {
+            break TaskOutcome::Exited { exit_code: 0 };
         }
     };
     let since = |at: Option<Instant>| at.map(|t| t.saturating_duration_since(submitted_at));

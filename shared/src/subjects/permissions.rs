@@ -180,9 +180,13 @@ impl Subjects {
                 .chain(object_write(&sources, &sources_stream))
                 .chain(agents_rw)
                 .collect(),
+                // Workers' own event subjects: the same output a task's subject relays (a
+                // client may read every task's), a relay hop sooner; a client believes only
+                // the worker the master named (`client::api::direct`).
                 subscribe: vec![
                     INBOXES.into(),
                     self.all_task_subjects(),
+                    self.all_worker_events(),
                     self.all_build_updates(),
                 ],
                 allow_responses: false,

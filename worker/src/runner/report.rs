@@ -19,6 +19,22 @@ use crate::wasm::{Artifact, ArtifactBody};
 /// minute in all): long enough to ride out a nats-server restart.
 const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
 
+/// Bytes of stdout and stderr an attempt has sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct OutputSent {
+    pub(super) stdout: u64,
+    pub(super) stderr: u64,
+}
+
+/// What each file of an attempt says about the run that wrote it: how long the task's own
+/// process ran (compiles), and how much output the attempt sent before its files, so a
+/// client that reads the files straight from the worker knows when it has all the output.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct FileNote {
+    pub(super) ran_us: Option<u64>,
+    pub(super) sent: OutputSent,
+}
+
 impl Worker {
     /// The event for one artifact: inline, or by reference once uploaded to the artifacts
     /// bucket. The error is a sentence for the task's outcome.
@@ -27,8 +43,10 @@ impl Worker {
         task: &TaskId,
         attempt: u32,
         art: Artifact,
-        ran_us: Option<u64>,
+        note: FileNote,
     ) -> Result<TaskEvent, String> {
+        let (ran_us, stdout_bytes, stderr_bytes) =
+            (note.ran_us, Some(note.sent.stdout), Some(note.sent.stderr));
         Ok(match art.body {
             ArtifactBody::Inline(bytes) => TaskEvent::Artifact {
                 attempt,
@@ -38,6 +56,8 @@ impl Worker {
                 size: None,
                 mode: art.mode,
                 ran_us,
+                stdout_bytes,
+                stderr_bytes,
             },
             ArtifactBody::Large { file, size } => {
                 let bucket = self.cfg.conn.subjects.artifacts_bucket();
@@ -51,6 +71,8 @@ impl Worker {
                     size: Some(size),
                     mode: art.mode,
                     ran_us,
+                    stdout_bytes,
+                    stderr_bytes,
                 }
             }
         })
