@@ -240,7 +240,14 @@ mod tests {
         let c = s.permissions(Role::Client);
         assert!(c.publish.contains(&"team.vgas.task.submit".to_owned()));
         assert!(c.publish.contains(&"$O.team_vgas_modules.>".to_owned()));
-        assert!(!c.subscribe.iter().any(|p| p.contains(".worker.")));
+        // Of the workers' subjects a client reads only their events (the output task
+        // subjects relay), never their assignments (a task's secrets) or cancels.
+        let of_workers: Vec<&String> = c
+            .subscribe
+            .iter()
+            .filter(|p| p.contains(".worker."))
+            .collect();
+        assert_eq!(of_workers, ["team.vgas.worker.*.events.*"]);
         assert_eq!(s.permissions(Role::Master).publish, [">"]);
     }
 
