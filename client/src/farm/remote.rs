@@ -230,7 +230,7 @@ pub async fn submit_and_follow(
             Step::Retrying { attempt, reason } => {
                 (stdout, stderr) = (String::new(), String::new());
                 files.clear();
-                output_before = None;
+                (ran, output_before, compiled_at) = (None, None, None);
                 updates
                     .send(BuildUpdate::Retried {
                         segment: unit.to_owned(),
