@@ -8,9 +8,10 @@
 //! The compiler runs in `compile.workdir` inside the task directory, where the user's files
 //! (the segment's `files`, the headers, fetched by content from the build sources bucket and
 //! kept in memory for the next unit; the task's inline `files`, the unit's own source) sit
-//! at their relative paths, so diagnostics quote source lines as a local compile would; the input is `.vgas-input/<the main file's name>` there
-//! (`vgas-segment.i`/`.ii` in preprocessed mode; see `input_file`), and debug
-//! info names the submitter's directory (`-fdebug-prefix-map`) instead of the task directory.
+//! at their relative paths, so diagnostics quote source lines as a local compile would; the
+//! input is `.vgas-input/<the main file's name>` there (`vgas-segment.i`/`.ii` in
+//! preprocessed mode; see `input_file`), and debug info names the submitter's directory
+//! (`-fdebug-prefix-map`) instead of the task directory.
 //! Preprocessed text is compiled as ordinary source where it can be
 //! ([`vgas_shared::farm::reparse`]), so that even `DW_AT_producer` is a local compile's.
 
@@ -351,9 +352,9 @@ fn collect_object(dir: KeptDir, rel: &str) -> CompileRun {
 
 /// The files a successful run left at `(path in dir, artifact name)`, as its artifacts: inline
 /// when small, by reference to the kept directory when large; the directory stays until
-/// they are sent (and the large ones uploaded); `missing` words a file the run did not leave. A file over
-/// `MAX_ARTIFACT_BYTES` ends the run `limit_exceeded` `artifact`. (A compile's object, a cuda
-/// task's PTX or output buffers.)
+/// they are sent (and the large ones uploaded); `missing` words a file the run did not
+/// leave. A file over `MAX_ARTIFACT_BYTES` ends the run `limit_exceeded` `artifact`. (A
+/// compile's object, a cuda task's PTX or output buffers.)
 pub(crate) fn collect_files(
     dir: KeptDir,
     files: &[(&str, &str)],

@@ -312,11 +312,11 @@ impl Following {
     /// A message on the worker's own subject: a file of the current attempt from the worker
     /// the master named for it joins the steps.
     fn on_direct(&mut self, msg: &async_nats::Message) -> Result<()> {
-        let subjects = self.swarm.subjects.clone();
+        let subjects = &self.swarm.subjects;
         let Some(ev) = self
             .direct
             .as_mut()
-            .and_then(|d| d.on_message(&subjects, msg))
+            .and_then(|d| d.on_message(subjects, msg))
         else {
             return Ok(());
         };
