@@ -27,6 +27,7 @@ use crate::retention::{FinalWrite, Retention};
 use crate::scheduler::AgentScheduler;
 
 mod assign;
+pub mod direct;
 mod finish;
 pub mod gpu;
 mod lapse;
@@ -73,6 +74,9 @@ pub enum Command {
         result: WorkerResult,
         ack: ResultAck,
     },
+    /// A worker's result read straight from its subject ([`direct`]): acted on only when the
+    /// stream has brought everything before it; the stream's copy comes anyway.
+    DirectResult { result: WorkerResult },
     /// A worker acknowledged an assignment: it starts the attempt, or (`queued`) queues it
     /// ahead of its slots and says `started` itself later.
     Started {
@@ -160,6 +164,10 @@ struct Finishing {
     event: TaskEvent,
     /// Acknowledgements of the results that led to it, sent once the record is written.
     acks: Vec<ResultAck>,
+    /// Ended by a result read straight from the worker: once written it is announced with
+    /// the stream's copy of that result, so the announcement and the acknowledgement still
+    /// leave together (see [`direct`]).
+    direct: bool,
     /// `task.run` callers, answered with the event once it is announced.
     waiters: Vec<Waiter>,
 }
@@ -178,6 +186,8 @@ struct Tracked {
     waiters: Vec<Waiter>,
     /// Where the current attempt's deadline counts from.
     clock: Clock,
+    /// What the worker said of the current attempt so far, for its direct result.
+    heard: direct::Heard,
 }
 
 /// Where an attempt's deadline counts from, for the master's check that its result is not
@@ -227,6 +237,9 @@ pub struct Dispatcher {
     unwritten: Vec<Finishing>,
     /// When the unwritten records are tried next.
     rewrite_at: Option<tokio::time::Instant>,
+    /// Final records written from a direct result, each announced when the stream's copy of
+    /// its result comes (or after [`finish::HOLD_FOR`] without it).
+    held: Vec<finish::Held>,
     /// Assignments recorded before a restart, sent again when the actor starts: the master
     /// may have died between recording one and sending it. A worker that has it already
     /// acknowledges without running it twice.
@@ -266,6 +279,7 @@ impl Dispatcher {
             recorded: Vec::new(),
             unwritten: Vec::new(),
             rewrite_at: None,
+            held: Vec::new(),
             resend: Vec::new(),
             gpus: ResourceManager::default(),
             observe,
@@ -323,6 +337,7 @@ impl Dispatcher {
                     waiters: Vec::new(),
                     // The worker may have queued or started it meanwhile: from now.
                     clock: Clock::Assigned(now_ms()),
+                    heard: direct::Heard::default(),
                 },
             );
         }
@@ -398,10 +413,13 @@ impl Dispatcher {
             }
             Command::Result { result, ack: done } => {
                 let id = result.task_id.clone();
-                self.on_result(result).await;
+                if self.on_result(result).await {
+                    self.observe.metrics.result_used(false);
+                }
                 // Acknowledged once this turn's records are written (`flush_finished`).
                 self.recorded.push((id, done));
             }
+            Command::DirectResult { result } => self.on_direct_result(result).await,
             Command::Started {
                 task_id,
                 attempt,
@@ -470,30 +488,33 @@ impl Dispatcher {
                 cancel_requested: false,
                 waiters: waiter.into_iter().collect(),
                 clock: Clock::Assigned(now_ms()),
+                heard: direct::Heard::default(),
             },
         );
         id
     }
 
-    async fn on_result(&mut self, r: WorkerResult) {
+    /// Ends the current attempt with its worker's result; whether `r` was that result.
+    async fn on_result(&mut self, r: WorkerResult) -> bool {
         let Some(t) = self.tasks.get(&r.task_id) else {
             self.announce_again(&r).await;
-            return;
+            return false;
         };
         let current =
             matches!(&t.rec.state, TaskState::Assigned { worker, .. } if *worker == r.worker);
         if !current || t.rec.attempt != r.attempt {
             debug!(task_id = %r.task_id, attempt = r.attempt, "stale result ignored");
-            return;
+            return false;
         }
         self.free(&r.task_id, &r.worker);
         if r.handed_back && !t.cancel_requested {
             let reason = format!("worker {} handed the task back while draining", r.worker);
             self.requeue(&r.task_id, Some(reason)).await;
-            return;
+            return true;
         }
         self.sched.count_done(&r.worker);
         self.finalize(&r.task_id, r.outcome, Some(r.worker)).await;
+        true
     }
 
     /// Gives back what an attempt held on `worker`: its slot and its GPU leases.

@@ -450,6 +450,19 @@ async fn lead(
             _ = stop.cancelled() => {}
         }
     });
+    // Each result straight from its worker too, beside the stream's copy (dispatch::direct).
+    let direct = client
+        .subscribe(subjects.all_results())
+        .await
+        .context("subscribe to the workers' results")?;
+    let stop = shutdown.clone();
+    let (tx2, s2) = (tx.clone(), subjects.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            () = dispatch::direct::read(direct, s2, tx2) => {}
+            _ = stop.cancelled() => {}
+        }
+    });
     let stop = shutdown.clone();
     let (tx2, s2) = (tx.clone(), subjects.clone());
     tracker.spawn(async move {

@@ -33,6 +33,7 @@ pub struct MasterMetrics {
     accepted: Counter,
     finished: Family<Labels, Counter>,
     retried: Counter,
+    results: Family<Labels, Counter>,
     dispatch: Histogram,
     end_to_end: Histogram,
     queue_depth: Gauge,
@@ -75,6 +76,7 @@ impl MasterMetrics {
             accepted: Counter::default(),
             finished: Family::default(),
             retried: Counter::default(),
+            results: Family::default(),
             dispatch: Histogram::new(latency_buckets()),
             end_to_end: Histogram::new(latency_buckets()),
             queue_depth: Gauge::default(),
@@ -109,6 +111,11 @@ impl MasterMetrics {
             "tasks_retried",
             "Attempts lost and queued again",
             m.retried.clone(),
+        );
+        r.register(
+            "results_used",
+            "Worker results that ended an attempt, by the copy read: direct (straight from the worker) or stream (the results stream)",
+            m.results.clone(),
         );
         r.register_with_unit(
             "task_dispatch",
@@ -214,6 +221,15 @@ impl MasterMetrics {
 
     pub fn retried(&self) {
         self.retried.inc();
+    }
+
+    /// A worker's result ended an attempt, read straight from the worker (`direct`) or from
+    /// the results stream.
+    pub fn result_used(&self, direct: bool) {
+        let copy = if direct { "direct" } else { "stream" };
+        self.results
+            .get_or_create(&vec![("copy", copy.to_owned())])
+            .inc();
     }
 
     /// An attempt sent to a worker after `waited_ms` in the queue.

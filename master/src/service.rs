@@ -437,6 +437,22 @@ pub fn parse_heartbeat(msg: &async_nats::Message) -> Option<(WorkerId, Heartbeat
     Some((from, hb))
 }
 
+/// A worker's result from a message on `subject`. It counts only on the subject of the
+/// worker it names: a node's key publishes on its own subjects only, so it cannot speak for
+/// another worker.
+pub fn result_of(
+    subjects: &Subjects,
+    subject: &str,
+    payload: &[u8],
+) -> Result<vgas_shared::wire::WorkerResult, String> {
+    let (r, _) = decode::<vgas_shared::wire::WorkerResult>(payload, MAX_SUBMIT_BYTES)
+        .map_err(|e| e.to_string())?;
+    match subjects.worker_of_result(subject) {
+        Some(w) if w == r.worker => Ok(r),
+        _ => Err(format!("it claims worker {}", r.worker)),
+    }
+}
+
 /// A stream message to acknowledge here once `done` fires (`None`: the actor acknowledges
 /// it itself), with whether it fired (false: the actor is gone).
 async fn once_done(
@@ -460,7 +476,6 @@ pub async fn results(
     tx: mpsc::Sender<Command>,
 ) -> anyhow::Result<()> {
     use futures::stream::FuturesUnordered;
-    use vgas_shared::wire::WorkerResult;
     let mut messages = consumer.messages().await?;
     // Results handed to the dispatcher and not yet recorded: each is acknowledged once its
     // record is written, so one round of writes covers a burst; a master killed before that
@@ -508,15 +523,7 @@ pub async fn results(
                     recording.push(once_done(Some(msg), relayed));
                     continue;
                 }
-                // A result counts only on the subject of the worker it names: a node's key
-                // publishes on its own subjects only, so it cannot speak for another worker.
-                let decoded = decode::<WorkerResult>(&msg.payload, MAX_SUBMIT_BYTES)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(r, _)| match subjects.worker_of_result(&msg.subject) {
-                        Some(w) if w == r.worker => Ok(r),
-                        _ => Err(format!("it claims worker {}", r.worker)),
-                    });
-                match decoded {
+                match result_of(&subjects, &msg.subject, &msg.payload) {
                     Ok(result) => {
                         let (done, recorded) = oneshot::channel();
                         let ack = crate::dispatch::ResultAck {

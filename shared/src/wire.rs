@@ -440,6 +440,14 @@ pub struct WorkerResult {
     /// attempt.
     #[serde(default)]
     pub handed_back: bool,
+    /// How many events the worker published on its own event subject for this attempt
+    /// before this result (its `started` for an attempt it queued, output, artifacts). A
+    /// master that reads the result straight from the worker's subject acts on that copy
+    /// only once it has had exactly that many from the results stream, so nothing overtakes
+    /// the output; absent (older workers, an attempt that never ran), it waits for the
+    /// stream's copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u32>,
 }
 
 /// The state of one task, as kept in the tasks bucket and answered by `vgas.task.info`.

@@ -140,6 +140,7 @@ async fn a_worker_node_reaches_only_its_own_subjects_and_a_revoked_one_is_cut_of
             outcome: TaskOutcome::Exited { exit_code: 42 },
             duration_ms: 1,
             handed_back: false,
+            events: Some(0),
         };
         let bytes = vgas_shared::codec::encode(Encoding::MsgPack, &forged).unwrap();
         spy.publish(subject, bytes.into()).await.unwrap();

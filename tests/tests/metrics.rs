@@ -295,6 +295,14 @@ async fn metrics_are_complete_monotonic_and_agree_with_status() {
     histograms_consistent(&after, "vgas_task_dispatch_seconds");
     histograms_consistent(&after, "vgas_task_end_to_end_seconds");
     assert_eq!(after.get("vgas_task_end_to_end_seconds_count"), 4.0);
+    // Each of those ended by one copy of its result, whichever came first usable.
+    assert_eq!(after.sum("vgas_results_used_total", &[]), 4.0);
+    // None printed anything: the master can act on the copy straight from the worker.
+    assert!(
+        after.sum("vgas_results_used_total", &["copy=\"direct\""]) >= 1.0,
+        "no result was taken straight from its worker:\n{}",
+        after.text
+    );
     // Build units by origin, the cache's ratio.
     assert_eq!(
         after.get("vgas_build_units_total{origin=\"worker\",result=\"ok\"}"),

@@ -410,16 +410,17 @@ impl Worker {
                 let queued = slot.is_none();
                 if let Some(permit) = me.take_slot(&a, slot, &cancel, &handed_back).await {
                     let n = me.free_slots.lock().expect("slots lock").pop().unwrap_or(0);
+                    let mut sent = 0;
                     if queued {
                         let started = TaskEvent::Started {
                             worker: me.cfg.id.clone(),
                             attempt: a.attempt,
                         };
                         let events = me.cfg.conn.subjects.worker_events(&me.cfg.id, &a.task_id);
-                        me.emit(&events, a.encoding, &started).await;
+                        sent += u32::from(me.emit(&events, a.encoding, &started).await);
                     }
                     let held = Instant::now();
-                    me.run_attempt(&a, n, cancel, handed_back).await;
+                    me.run_attempt(&a, n, cancel, handed_back, sent).await;
                     me.ahead.record(held.elapsed());
                     me.free_slots.lock().expect("slots lock").push(n);
                     drop(permit);
@@ -470,6 +471,7 @@ impl Worker {
             outcome: TaskOutcome::Cancelled,
             duration_ms: 0,
             handed_back,
+            events: None,
         };
         self.publish_result(&result).await;
         None
@@ -481,6 +483,7 @@ impl Worker {
         slot: usize,
         cancel: CancellationToken,
         handed_back: Arc<AtomicBool>,
+        sent_before: u32,
     ) {
         let started = Instant::now();
         // `started` is the master's to say, on the acknowledgement; output goes to this
@@ -491,7 +494,7 @@ impl Worker {
         info!(cmd = ?a.spec.cmd, "started");
         let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let forward = async {
-            let mut sent = OutputSent::default();
+            let (mut sent, mut published) = (OutputSent::default(), 0u32);
             while let Some(chunk) = rx.recv().await {
                 let ev = match chunk {
                     OutputChunk::Stdout(data) => {
@@ -509,9 +512,9 @@ impl Worker {
                         }
                     }
                 };
-                self.emit(&events, a.encoding, &ev).await;
+                published += u32::from(self.emit(&events, a.encoding, &ev).await);
             }
-            sent
+            (sent, published)
         };
         // A spec that does not parse here ends as an error, like any run that could not start.
         let run = async {
@@ -524,7 +527,8 @@ impl Worker {
                 Err(refused) => *refused,
             }
         };
-        let (run, sent) = tokio::join!(run, forward);
+        let (run, (sent, mut published)) = tokio::join!(run, forward);
+        published += sent_before;
         // The work directory stays until the large artifacts in it are uploaded.
         let work::Run {
             mut outcome,
@@ -546,7 +550,7 @@ impl Worker {
                     continue;
                 }
             };
-            self.emit(&events, a.encoding, &ev).await;
+            published += u32::from(self.emit(&events, a.encoding, &ev).await);
         }
         // Uploaded: the work directory goes now.
         if let Some(dir) = workdir {
@@ -565,6 +569,7 @@ impl Worker {
             outcome,
             duration_ms: started.elapsed().as_millis() as u64,
             handed_back,
+            events: Some(published),
         };
         self.publish_result(&result).await;
     }

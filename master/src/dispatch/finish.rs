@@ -43,6 +43,21 @@ const ANNOUNCED_FOR: Duration = Duration::from_secs(12 * RESULT_ACK_WAIT.as_secs
 /// acknowledgement of one of those could announce its task twice.
 const ANNOUNCED_MAX: usize = 200_000;
 
+/// How long a final record written from a direct result waits for the stream's copy of
+/// that result before it is announced without it. The copy comes a fraction of a
+/// millisecond after the direct one unless the stream cannot store it (a server between
+/// restarts, which the final write would have noticed as well); then the announcement goes
+/// out alone, and only a kill before that copy is acknowledged could announce it twice.
+pub(super) const HOLD_FOR: Duration = Duration::from_secs(5);
+
+/// A final record written from a direct result, waiting for the stream's copy.
+#[derive(Debug)]
+pub(super) struct Held {
+    f: Finishing,
+    later: Option<tokio::sync::mpsc::OwnedPermit<TaskRecord>>,
+    since: Instant,
+}
+
 /// The tasks this master process announced lately, oldest first, shared by its terms.
 #[derive(Clone, Debug, Default)]
 pub struct Announced(Arc<Mutex<AnnouncedInner>>);
@@ -113,6 +128,7 @@ impl Dispatcher {
             rec: t.rec,
             event,
             acks: Vec::new(),
+            direct: false,
             waiters: t.waiters,
         });
     }
@@ -127,6 +143,7 @@ impl Dispatcher {
         if self.announced.contains(&r.task_id)
             || self.unwritten.iter().any(ours)
             || self.finishing.iter().any(ours)
+            || self.held.iter().any(|h| ours(&h.f))
         {
             debug!(task_id = %r.task_id, "result again for a task this master announces");
             return;
@@ -171,7 +188,8 @@ impl Dispatcher {
             && self
                 .rewrite_at
                 .is_none_or(|at| tokio::time::Instant::now() >= at);
-        if self.finishing.is_empty() && self.recorded.is_empty() && !rewrite {
+        let held_out = self.held.iter().any(|h| h.since.elapsed() >= HOLD_FOR);
+        if self.finishing.is_empty() && self.recorded.is_empty() && !rewrite && !held_out {
             return;
         }
         let mut finishing = std::mem::take(&mut self.finishing);
@@ -186,6 +204,18 @@ impl Dispatcher {
                 f.acks.extend(a);
             }
         }
+        // Records written from a direct result whose stream copy came: announced with it.
+        let now = now_ms();
+        let (ready, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| acks.contains_key(&h.f.rec.task_id) || h.since.elapsed() >= HOLD_FOR);
+        self.held = held;
+        for mut h in ready {
+            if let Some(a) = acks.remove(&h.f.rec.task_id) {
+                h.f.acks.extend(a);
+            }
+            self.announce(h.f, h.later, now).await;
+        }
         for done in acks.into_values().flatten() {
             done.send().await;
         }
@@ -197,7 +227,6 @@ impl Dispatcher {
         }
         // Each final record is written with its spec, to be dropped later by the retention
         // loop, or without it now.
-        let now = now_ms();
         let mut later = Vec::with_capacity(finishing.len());
         let written = {
             let records: Vec<Cow<'_, TaskRecord>> = finishing
@@ -222,27 +251,43 @@ impl Dispatcher {
                 self.unwritten.push(f);
                 continue;
             }
-            // Observed before it is announced: whoever reacts to the event finds it done.
-            if let TaskEvent::Finished {
-                outcome, worker, ..
-            } = &f.event
-            {
-                self.observe.finished(&f.rec, outcome, worker.as_ref());
+            if f.direct && f.acks.is_empty() {
+                let since = Instant::now();
+                self.held.push(Held { f, later, since });
+                continue;
             }
-            self.counters.finished.fetch_add(1, Ordering::Relaxed);
-            self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
-            self.announced.insert(&f.rec.task_id);
-            self.answer_waiters(&f.rec.task_id, &f.event, f.waiters)
-                .await;
-            // After the announcement: the record's spec goes later.
-            if let Some(permit) = later {
-                permit.send(f.rec.without_spec(now));
-            }
-            for done in f.acks {
-                done.send().await;
-            }
+            self.announce(f, later, now).await;
         }
         self.rewrite_at =
             (!self.unwritten.is_empty()).then(|| tokio::time::Instant::now() + REWRITE_AFTER);
+    }
+
+    /// Announces a task whose final record is written, answers its `task.run` callers, and
+    /// then acknowledges the results that led to it, on the same connection right after.
+    async fn announce(
+        &mut self,
+        f: Finishing,
+        later: Option<tokio::sync::mpsc::OwnedPermit<TaskRecord>>,
+        now: u64,
+    ) {
+        // Observed before it is announced: whoever reacts to the event finds it done.
+        if let TaskEvent::Finished {
+            outcome, worker, ..
+        } = &f.event
+        {
+            self.observe.finished(&f.rec, outcome, worker.as_ref());
+        }
+        self.counters.finished.fetch_add(1, Ordering::Relaxed);
+        self.emit(&f.rec.task_id, f.rec.encoding, &f.event).await;
+        self.announced.insert(&f.rec.task_id);
+        self.answer_waiters(&f.rec.task_id, &f.event, f.waiters)
+            .await;
+        // After the announcement: the record's spec goes later.
+        if let Some(permit) = later {
+            permit.send(f.rec.without_spec(now));
+        }
+        for done in f.acks {
+            done.send().await;
+        }
     }
 }

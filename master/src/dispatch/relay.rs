@@ -45,6 +45,7 @@ impl Dispatcher {
             }
             return;
         }
+        t.heard.started(attempt);
         let enc = t.rec.encoding;
         self.emit(id, enc, &TaskEvent::Started { worker, attempt })
             .await;
@@ -58,7 +59,7 @@ impl Dispatcher {
         payload: Bytes,
         seq: u64,
     ) {
-        let Some(t) = self.tasks.get(&task_id) else {
+        let Some(t) = self.tasks.get_mut(&task_id) else {
             debug!(%task_id, %worker, "dropping an event for a task no longer running");
             return;
         };
@@ -81,9 +82,9 @@ impl Dispatcher {
             TaskEvent::Started { worker: w, attempt } if *w == worker => {
                 if assigned && *attempt == current {
                     let (attempt, enc) = (*attempt, t.rec.encoding);
-                    if let Some(t) = self.tasks.get_mut(&task_id) {
-                        t.clock = Clock::Started(now_ms());
-                    }
+                    t.clock = Clock::Started(now_ms());
+                    t.heard.started(attempt);
+                    t.heard.event(attempt);
                     self.emit(&task_id, enc, &TaskEvent::Started { worker, attempt })
                         .await;
                 }
@@ -102,6 +103,7 @@ impl Dispatcher {
             debug!(%task_id, %worker, attempt, current, "dropping an event of another attempt");
             return;
         }
+        t.heard.event(attempt);
         let subject = self.subjects.task_events(&task_id);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(

@@ -78,14 +78,22 @@ impl Worker {
         })
     }
 
-    pub(super) async fn emit(&self, subject: &str, enc: Encoding, ev: &TaskEvent) {
-        let Ok(bytes) = encode(enc, ev) else { return };
-        if let Err(e) = self
+    /// Publishes one event of an attempt on this worker's own event subject; whether it was
+    /// handed to the connection (what the result's `events` counts).
+    pub(super) async fn emit(&self, subject: &str, enc: Encoding, ev: &TaskEvent) -> bool {
+        let Ok(bytes) = encode(enc, ev) else {
+            return false;
+        };
+        match self
             .client
             .publish(subject.to_owned(), Bytes::from(bytes))
             .await
         {
-            warn!("could not publish an event: {e}");
+            Ok(()) => true,
+            Err(e) => {
+                warn!("could not publish an event: {e}");
+                false
+            }
         }
     }
 
