@@ -19,6 +19,11 @@
 #
 #   scripts/bench-corpus.sh                 # JOBS = nproc
 #   JOBS=4 PROJECTS="json-c" scripts/bench-corpus.sh
+#   REPS=5 PROJECTS="pkgconf-meson" scripts/bench-corpus.sh
+#
+# REPS=N (default 1): the one-machine comparison (clean local build, distcc cold, vgas cold in
+# place) runs N rounds in all, each round starting one tool further on, so the machine's drift
+# reaches each alike; those three cells are the medians, with the range.
 #
 # Release binaries (cargo build --release --workspace --bins, or VGAS_BIN_DIR). Installs
 # ccache and distcc with apt-get when missing. Every process it starts is stopped on exit.
@@ -26,6 +31,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${JOBS:-$(nproc)}
+reps=${REPS:-1}
 projects=${PROJECTS:-lua json-c pkgconf pkgconf-meson leveldb zeromq}
 bin=${VGAS_BIN_DIR:-$root/target/release}
 say() { echo "bench-corpus: $*" >&2; }
@@ -179,6 +185,33 @@ for p in $projects; do
   one_s=$(timed build vgas_json "$work/$p.one.json"); object_sums "$b" "$p.one"
   unset VGAS_HOST_ID
 
+  # More rounds of the one-machine comparison, interleaved (REPS).
+  locals=("$local_s") distccs=("${distcc_s:-}") ones=("$one_s")
+  for ((r = 1; r < reps; r++)); do
+    for k in $(printf '%s\n' local distcc one local distcc | tail -n +$((r % 3 + 1)) | head -n 3); do
+      clean
+      case "$k" in
+        local) setup ""; locals+=("$(timed build)") ;;
+        distcc) [ -n "${distcc_s:-}" ] || continue
+                setup distcc; distccs+=("$(timed build)") ;;
+        one) setup vgas; "$bin/vgas" build --purge-cache >/dev/null 2>&1
+             export VGAS_HOST_ID=$worker_host
+             ones+=("$(timed build vgas_json "$work/$p.one.json")"); unset VGAS_HOST_ID ;;
+      esac
+    done
+  done
+  if [ "$reps" -gt 1 ]; then
+    med() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:] if x]; print(f"{statistics.median(v):.2f}")' "$@"; }
+    span() { python3 -c 'import sys; v=[float(x) for x in sys.argv[1:] if x]; print(f"{min(v):.2f}-{max(v):.2f}")' "$@"; }
+    say "$p: rounds: local ${locals[*]}; distcc ${distccs[*]}; vgas in place ${ones[*]}"
+    local_s=$(med "${locals[@]}"); one_s=$(med "${ones[@]}")
+    local_range=" (${#locals[@]} builds $(span "${locals[@]}") s)"
+    one_range=", $(span "${ones[@]}") s"
+    if [ -n "${distcc_s:-}" ]; then
+      distcc_s=$(med "${distccs[@]}")
+      distcc_cell="$distcc_s s ($(x "$distcc_s" "$local_s"); $(span "${distccs[@]}") s)"
+    fi
+  fi
   same=yes
   for k in cold swarmwarm warm one; do
     if ! cmp -s "$work/$p.local.sums" "$work/$p.$k.sums"; then
@@ -186,10 +219,10 @@ for p in $projects; do
     fi
   done
   pct=$(python3 -c "print(f'{100*$remote/$units:.0f}%' if $units else '-')")
-  rows+=("| $p | $system | $units | $pct | $local_s s | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) / $swarm_warm_s s ($(x "$local_s" "$swarm_warm_s") faster) | $nochange_s s ($(x "$local_s" "$nochange_s") faster) | $one_s s ($(x "$one_s" "$local_s")) | $same |")
+  rows+=("| $p | $system | $units | $pct | $local_s s${local_range:-} | $ccache_cold s / $ccache_warm s ($(x "$local_s" "$ccache_warm") faster) | $distcc_cell | $cold_s s ($(x "$cold_s" "$local_s")) | $warm_s s ($(x "$local_s" "$warm_s") faster) / $swarm_warm_s s ($(x "$local_s" "$swarm_warm_s") faster) | $nochange_s s ($(x "$local_s" "$nochange_s") faster) | $one_s s ($(x "$one_s" "$local_s")${one_range:-}) | $same |")
 done
 
 echo "| project | build system | units | distributed (vgas cold) | clean local build | ccache cold / after clean | distcc cold (to local) | vgas cold, worker as another host (to local) | vgas after clean: this host's tier / the swarm's cache only | vgas no-change rebuild | vgas cold, one machine: in place (to local) | vgas objects identical to local |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
-echo "(JOBS=$jobs; one vgas worker and one distccd, each $jobs slots, on this machine; $(nproc) cores)"
+echo "(JOBS=$jobs, REPS=$reps; one vgas worker and one distccd, each $jobs slots, on this machine; $(nproc) cores)"
