@@ -26,7 +26,7 @@ use crate::observe::{Counters, Observe};
 use crate::retention::{FinalWrite, Retention};
 use crate::scheduler::AgentScheduler;
 
-mod assign;
+pub mod assign;
 pub mod direct;
 mod finish;
 pub mod gpu;
@@ -56,7 +56,8 @@ pub enum Command {
     },
     /// A task written to the store already assigned: submit found a worker with a free slot
     /// (reserved) and nothing queued, so the record went in once, as `Assigned`. The
-    /// actor announces and sends it.
+    /// actor announces it; the submit sends it ([`assign::send`]) right after handing it
+    /// over, so the worker's answers come after this command.
     Placed {
         record: Box<TaskRecord>,
         waiter: Option<Waiter>,
@@ -407,7 +408,7 @@ impl Dispatcher {
                 };
                 let id = self.track(*record, None, waiter);
                 match worker {
-                    Some(worker) => self.dispatch_task(&id, worker).await,
+                    Some(worker) => self.announce_assignment(&id, &worker).await,
                     None => self.pending.push_back(id),
                 }
             }

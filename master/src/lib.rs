@@ -335,6 +335,8 @@ async fn lead(
         leases,
         master: me,
         replicas,
+        client: client.clone(),
+        tracker: tracker.clone(),
     };
     let service = client
         .service_builder()

@@ -16,7 +16,8 @@ use vgas_shared::codec::{decode, encode, encode_error};
 use vgas_shared::error::WireError;
 use vgas_shared::limits::{MAX_CONTROL_BYTES, MAX_HEARTBEAT_BYTES, MAX_SUBMIT_BYTES};
 use vgas_shared::wire::{
-    CancelReply, Heartbeat, SubmitReply, SwarmPulse, TaskQuery, TaskRecord, TaskSpec, TaskState,
+    Assignment, CancelReply, Heartbeat, SubmitReply, SwarmPulse, TaskQuery, TaskRecord, TaskSpec,
+    TaskState,
 };
 use vgas_shared::{now_ms, Encoding, ErrorCode, Subjects, TaskId, VgaError, WorkerId};
 
@@ -49,6 +50,10 @@ pub struct Handlers {
     pub master: vgas_shared::wire::MasterLease,
     /// Copies JetStream keeps of the swarm's streams, shown in status.
     pub replicas: vgas_shared::config::Replicas,
+    /// Sends the assignment of a task placed at submit, and waits for its acknowledgement
+    /// on `tracker`.
+    pub client: async_nats::Client,
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 type Answer = Result<Vec<u8>, WireError>;
@@ -219,6 +224,18 @@ impl Handlers {
             }
         }
         info!(task_id = %task_id, cmd = ?record.spec.cmd, placed = placed.is_some(), "accepted");
+        // Placed: sent from here, not by the dispatcher, so the worker has it without waiting
+        // for the actor's turn (which may be writing other records).
+        let assignment = placed.as_ref().map(|w| {
+            let a = Assignment {
+                task_id: task_id.clone(),
+                attempt: record.attempt,
+                spec: record.spec.clone(),
+                encoding: enc,
+                gpus: Vec::new(),
+            };
+            (w.id.clone(), a)
+        });
         let cmd = match placed {
             // Its queue place is given back at once: it never waits in the queue.
             Some(_) => Command::Placed {
@@ -236,6 +253,17 @@ impl Handlers {
                 ErrorCode::Internal,
                 "the master is shutting down; the task is recorded and resumes on restart",
             ));
+        }
+        if let Some((worker, a)) = assignment {
+            let subject = self.subjects.worker_task(&worker);
+            crate::dispatch::assign::send(
+                &self.tracker,
+                &self.client,
+                subject,
+                a,
+                worker,
+                &self.tx,
+            );
         }
         Ok(SubmitReply {
             task_id,

@@ -82,6 +82,44 @@ async fn every_output_chunk_comes_before_the_finished_event() {
 }
 
 #[tokio::test]
+async fn quiet_tasks_at_once_each_announce_assigned_started_finished_once_in_order() {
+    // A quiet task may end on its result read straight from the worker, which under load
+    // can reach the master before the worker's acknowledgement: `started` must still come
+    // once, between `assigned` and `finished` (docs/protocol.md, `vgas.result`).
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 4)]).await.unwrap();
+    let runs = (0..48).map(|_| {
+        run_task(
+            &client,
+            &swarm.subjects,
+            sh("true"),
+            Duration::from_millis(300),
+        )
+    });
+    for c in futures::future::join_all(runs).await {
+        let c = c.unwrap();
+        assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+        // A worker whose queue ahead is full refuses an assignment and the task is assigned
+        // again (no attempt lost, no `retrying`): one or more `assigned`, then one `started`
+        // and the `finished` of the last of them.
+        let (last, tail) = c.events.split_at(c.events.len() - 2);
+        let last_assigned = last.iter().map(|e| match e {
+            TaskEvent::Assigned { attempt, .. } => *attempt,
+            other => panic!("{other:?} before `started`: {:?}", c.events),
+        });
+        let attempt = last_assigned.last().expect("no `assigned`");
+        assert!(
+            matches!(
+                tail,
+                [TaskEvent::Started { attempt: s, .. }, TaskEvent::Finished { attempts: f, .. }]
+                    if *s == attempt && *f == attempt
+            ),
+            "{:?}",
+            c.events
+        );
+    }
+}
+
+#[tokio::test]
 async fn stdin_env_and_input_files_reach_the_command() {
     let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
     let mut spec =

@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 
 use async_nats::Client;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 use vgas_shared::codec::{decode_as, encode};
 use vgas_shared::limits::ASSIGN_ACK_TIMEOUT;
@@ -157,66 +159,40 @@ impl Dispatcher {
         let Some(t) = self.tasks.get(id) else {
             return;
         };
-        let attempt = t.rec.attempt;
-        let enc = t.rec.encoding;
-        self.observe
-            .dispatched(id, &worker, attempt, t.entered_queue_ms);
-        let gpus = match &t.rec.state {
-            TaskState::Assigned { gpus, .. } => gpus.clone(),
-            _ => Vec::new(),
-        };
         let assignment = Assignment {
             task_id: id.clone(),
-            attempt,
+            attempt: t.rec.attempt,
             spec: t.rec.spec.clone(),
-            encoding: enc,
-            gpus,
-        };
-        self.emit(
-            id,
-            enc,
-            &TaskEvent::Assigned {
-                worker: worker.clone(),
-                attempt,
+            encoding: t.rec.encoding,
+            gpus: match &t.rec.state {
+                TaskState::Assigned { gpus, .. } => gpus.clone(),
+                _ => Vec::new(),
             },
-        )
-        .await;
-        let (client, subject, tx) = (
-            self.client.clone(),
-            self.subjects.worker_task(&worker),
-            self.tx.clone(),
+        };
+        self.announce_assignment(id, &worker).await;
+        let subject = self.subjects.worker_task(&worker);
+        send(
+            &self.tracker,
+            &self.client,
+            subject,
+            assignment,
+            worker,
+            &self.tx,
         );
-        let span = info_span!("task", task_id = %id, worker = %worker, attempt);
-        let task_id = id.clone();
-        self.tracker.spawn(
-            async move {
-                let (reason, unanswered) =
-                    match send_assignment(&client, subject, &assignment).await {
-                        Ok(queued) => {
-                            // Announced by the actor, which owns the task's events.
-                            let _ = tx
-                                .send(Command::Started {
-                                    task_id,
-                                    attempt,
-                                    worker,
-                                    queued,
-                                })
-                                .await;
-                            return;
-                        }
-                        Err(failed) => failed,
-                    };
-                let _ = tx
-                    .send(Command::AssignFailed {
-                        task_id,
-                        attempt,
-                        reason,
-                        unanswered,
-                    })
-                    .await;
-            }
-            .instrument(span),
-        );
+    }
+
+    /// Counts and announces (`assigned`) the current attempt of `id` on `worker`. A task
+    /// placed at submit had its assignment sent by the submit itself ([`send`]) already.
+    pub(super) async fn announce_assignment(&mut self, id: &TaskId, worker: &WorkerId) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        let (attempt, enc) = (t.rec.attempt, t.rec.encoding);
+        self.observe
+            .dispatched(id, worker, attempt, t.entered_queue_ms);
+        let worker = worker.clone();
+        self.emit(id, enc, &TaskEvent::Assigned { worker, attempt })
+            .await;
     }
 
     /// A worker refused an assignment or did not acknowledge it: give its slot back and queue
@@ -250,6 +226,50 @@ impl Dispatcher {
             self.requeue(id, None).await;
         }
     }
+}
+
+/// Sends `assignment` to `worker` (its `subject`) and reports the acknowledgement to the
+/// dispatcher (`tx`): `Started` when the worker took it, `AssignFailed` otherwise. The wait
+/// runs on `tracker`, off the caller.
+pub fn send(
+    tracker: &TaskTracker,
+    client: &Client,
+    subject: String,
+    assignment: Assignment,
+    worker: WorkerId,
+    tx: &mpsc::Sender<Command>,
+) {
+    let (client, tx) = (client.clone(), tx.clone());
+    let (task_id, attempt) = (assignment.task_id.clone(), assignment.attempt);
+    let span = info_span!("task", task_id = %task_id, worker = %worker, attempt);
+    tracker.spawn(
+        async move {
+            let (reason, unanswered) = match send_assignment(&client, subject, &assignment).await {
+                Ok(queued) => {
+                    // Announced by the actor, which owns the task's events.
+                    let _ = tx
+                        .send(Command::Started {
+                            task_id,
+                            attempt,
+                            worker,
+                            queued,
+                        })
+                        .await;
+                    return;
+                }
+                Err(failed) => failed,
+            };
+            let _ = tx
+                .send(Command::AssignFailed {
+                    task_id,
+                    attempt,
+                    reason,
+                    unanswered,
+                })
+                .await;
+        }
+        .instrument(span),
+    );
 }
 
 /// Sends an assignment and waits for its acknowledgement: `Ok(queued)`, whether the worker

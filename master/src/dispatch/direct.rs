@@ -3,10 +3,12 @@
 //! The results stream is what makes a result durable and ordered after the attempt's
 //! events; reading it costs a store and a delivery (about a quarter of a no-op task's
 //! round trip here). The master also subscribes to the result subjects themselves and acts
-//! on such a copy at once, but only when the stream has already brought everything the
-//! attempt sent before it: the worker's acknowledgement of the assignment (so `started` is
-//! announced first) and as many of its events as the result says it published. Otherwise
-//! the copy is dropped and the stream's, which comes anyway, ends the task as before.
+//! on such a copy at once, but only when the stream has already brought as many of the
+//! attempt's events as the result says the worker published before it. Otherwise the copy
+//! is dropped and the stream's, which comes anyway, ends the task as before. The worker
+//! acknowledged the attempt before it ran, but under load that acknowledgement may reach the
+//! actor after the direct copy: `started` is then announced from the copy, first, and the
+//! late acknowledgement finds the task gone and announces nothing.
 //!
 //! Once the task is finished from a direct copy, the stream's copy is a result again for a
 //! task this master announces: acknowledged, announced nothing (see `finish.rs`). A master
@@ -17,13 +19,13 @@ use async_nats::Subscriber;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::debug;
-use vgas_shared::wire::{TaskState, WorkerResult};
+use vgas_shared::wire::{TaskEvent, TaskState, WorkerResult};
 use vgas_shared::Subjects;
 
 use super::{Command, Dispatcher};
 
-/// What the master has heard of a task's current attempt before its result: whether the
-/// worker acknowledged it as running, and how many of its events came through the stream.
+/// What the master has heard of a task's current attempt before its result: whether its
+/// `started` was announced, and how many of the worker's events came through the stream.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Heard {
     attempt: u32,
@@ -54,9 +56,18 @@ impl Heard {
         h.events = h.events.saturating_add(1);
     }
 
-    /// Everything the worker sent before a result of `attempt` that counts `events` has come.
-    fn caught_up(&self, attempt: u32, events: u32) -> bool {
-        self.attempt == attempt && self.started && self.events == events
+    /// Events of `attempt` that came through the stream.
+    fn events_of(&self, attempt: u32) -> u32 {
+        if self.attempt == attempt {
+            self.events
+        } else {
+            0
+        }
+    }
+
+    /// Whether `started` was announced for `attempt`.
+    fn started_of(&self, attempt: u32) -> bool {
+        self.attempt == attempt && self.started
     }
 }
 
@@ -70,12 +81,17 @@ impl Dispatcher {
         };
         let current = matches!(&t.rec.state, TaskState::Assigned { worker, .. } if *worker == r.worker)
             && t.rec.attempt == r.attempt;
-        let caught_up = r.events.is_some_and(|n| t.heard.caught_up(r.attempt, n));
+        let caught_up = r.events == Some(t.heard.events_of(r.attempt));
         if !current || !caught_up {
             debug!(task_id = %r.task_id, attempt = r.attempt, current, "a direct result waits for the stream's copy");
             return;
         }
         let id = r.task_id.clone();
+        if !t.heard.started_of(r.attempt) {
+            let (worker, attempt, enc) = (r.worker.clone(), r.attempt, t.rec.encoding);
+            self.emit(&id, enc, &TaskEvent::Started { worker, attempt })
+                .await;
+        }
         if !self.on_result(r).await {
             return;
         }
