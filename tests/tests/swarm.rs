@@ -102,11 +102,14 @@ async fn quiet_tasks_at_once_each_announce_assigned_started_finished_once_in_ord
         // again (no attempt lost, no `retrying`): one or more `assigned`, then one `started`
         // and the `finished` of the last of them.
         let (last, tail) = c.events.split_at(c.events.len() - 2);
-        let last_assigned = last.iter().map(|e| match e {
-            TaskEvent::Assigned { attempt, .. } => *attempt,
-            other => panic!("{other:?} before `started`: {:?}", c.events),
-        });
-        let attempt = last_assigned.last().expect("no `assigned`");
+        let assigned: Vec<u32> = last
+            .iter()
+            .map(|e| match e {
+                TaskEvent::Assigned { attempt, .. } => *attempt,
+                other => panic!("{other:?} before `started`: {:?}", c.events),
+            })
+            .collect();
+        let attempt = *assigned.last().expect("no `assigned`");
         assert!(
             matches!(
                 tail,
