@@ -190,3 +190,61 @@ async fn a_worker_offers_its_queue_in_heartbeats_and_takes_no_more_than_it_offer
     assert!(!acks[2].accepted, "{acks:?}");
     assert_eq!(acks[2].reason, "no free slot");
 }
+
+#[tokio::test]
+async fn a_cancel_that_overtakes_its_assignment_still_stops_the_attempt() {
+    // The master's cancel and its assignment leave from different tasks; a cancel that comes
+    // first must not be lost: the attempt ends cancelled and never runs. No master here: the
+    // test speaks for it.
+    let mut swarm = Swarm::start().await.unwrap();
+    let _w1 = swarm.worker("w1", 1, &[]).unwrap();
+    let observer = swarm.connect(Role::Master).await.unwrap();
+    let w1 = WorkerId::parse("w1").unwrap();
+    next_beat(&observer, &swarm, &w1).await;
+    let id = TaskId::random();
+    let mut results = observer
+        .subscribe(swarm.subjects.result(&w1, &id))
+        .await
+        .unwrap();
+    let mut events = observer
+        .subscribe(swarm.subjects.worker_events(&w1, &id))
+        .await
+        .unwrap();
+    let cancel = vgas_shared::wire::CancelAttempt {
+        task_id: id.clone(),
+        attempt: 1,
+    };
+    let bytes = encode(Encoding::MsgPack, &cancel).unwrap();
+    observer
+        .publish(swarm.subjects.worker_cancel(&w1), bytes.into())
+        .await
+        .unwrap();
+    observer.flush().await.unwrap();
+    let a = Assignment {
+        task_id: id.clone(),
+        attempt: 1,
+        spec: sh("echo ran"),
+        encoding: Encoding::Json,
+        gpus: Vec::new(),
+    };
+    let bytes = encode(Encoding::MsgPack, &a).unwrap();
+    let reply = observer
+        .request(swarm.subjects.worker_task(&w1), bytes.into())
+        .await
+        .unwrap();
+    let ack: AssignAck = decode_as(Encoding::MsgPack, &reply.payload).unwrap();
+    assert!(ack.accepted, "{ack:?}");
+    let msg = tokio::time::timeout(WAIT, results.next())
+        .await
+        .expect("a result")
+        .unwrap();
+    let r: vgas_shared::wire::WorkerResult = decode_as(Encoding::MsgPack, &msg.payload).unwrap();
+    assert_eq!(r.outcome, TaskOutcome::Cancelled, "{r:?}");
+    assert!(!r.handed_back, "{r:?}");
+    // It never ran: no output came.
+    let late = tokio::time::timeout(Duration::from_millis(300), events.next()).await;
+    assert!(
+        late.is_err(),
+        "an event of an attempt that never ran: {late:?}"
+    );
+}

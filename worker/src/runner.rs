@@ -104,6 +104,11 @@ pub struct Worker {
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
     /// Attempts taken lately, running or done ([`RECENT_ATTEMPTS`]).
     taken: Arc<Mutex<RecentAttempts>>,
+    /// Attempts cancelled before their assignment was taken here: the master's cancel and
+    /// its assignment leave from different tasks and the cancel can come first. Read and
+    /// written with `running` locked, so an attempt is either found running by its cancel
+    /// or finds its cancel here.
+    cancelled_early: Arc<Mutex<RecentAttempts>>,
     draining: Arc<AtomicBool>,
     tracker: TaskTracker,
     /// Set before shutdown to skip the drain: running tasks are handed back at once (the
@@ -199,6 +204,7 @@ impl Worker {
             isolation: Arc::new(isolation),
             running: Arc::default(),
             taken: Arc::default(),
+            cancelled_early: Arc::default(),
             draining: Arc::default(),
             tracker: TaskTracker::new(),
             hand_back_now: Arc::default(),
@@ -335,9 +341,15 @@ impl Worker {
         let Ok((c, _)) = decode::<CancelAttempt>(&msg.payload, 1024) else {
             return;
         };
-        if let Some(r) = self.running.lock().expect("running lock").get(&c.task_id) {
-            if r.attempt == c.attempt {
-                r.cancel.cancel();
+        let running = self.running.lock().expect("running lock");
+        match running.get(&c.task_id) {
+            Some(r) if r.attempt == c.attempt => r.cancel.cancel(),
+            _ => {
+                let early = (c.task_id, c.attempt);
+                self.cancelled_early
+                    .lock()
+                    .expect("cancelled lock")
+                    .insert(early);
             }
         }
     }
@@ -395,14 +407,28 @@ impl Worker {
         };
         let cancel = CancellationToken::new();
         let handed_back = Arc::new(AtomicBool::new(false));
-        self.running.lock().expect("running lock").insert(
-            a.task_id.clone(),
-            Running {
-                attempt: a.attempt,
-                cancel: cancel.clone(),
-                handed_back: handed_back.clone(),
-            },
-        );
+        {
+            let mut running = self.running.lock().expect("running lock");
+            running.insert(
+                a.task_id.clone(),
+                Running {
+                    attempt: a.attempt,
+                    cancel: cancel.clone(),
+                    handed_back: handed_back.clone(),
+                },
+            );
+            let key = (a.task_id.clone(), a.attempt);
+            if self
+                .cancelled_early
+                .lock()
+                .expect("cancelled lock")
+                .set
+                .contains(&key)
+            {
+                // Its cancel came first: it ends cancelled, without running.
+                cancel.cancel();
+            }
+        }
         let me = self.clone();
         let span = info_span!("task", task_id = %a.task_id, attempt = a.attempt);
         self.tracker.spawn(
@@ -451,12 +477,16 @@ impl Worker {
         cancel: &CancellationToken,
         handed_back: &AtomicBool,
     ) -> Option<OwnedSemaphorePermit> {
-        if slot.is_some() {
+        let permit = if cancel.is_cancelled() {
+            // Cancelled before it arrived: never started, even with a slot free.
+            None
+        } else if slot.is_some() {
             return slot;
-        }
-        let permit = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.ok(),
-            () = cancel.cancelled() => None,
+        } else {
+            tokio::select! {
+                p = self.slots.clone().acquire_owned() => p.ok(),
+                () = cancel.cancelled() => None,
+            }
         };
         let draining = self.draining.load(Ordering::Acquire);
         if permit.is_some() && !draining {
