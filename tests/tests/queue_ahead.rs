@@ -147,10 +147,22 @@ async fn next_beat(observer: &async_nats::Client, swarm: &Swarm, worker: &Worker
 
 /// Sends `worker` an assignment as the master does and returns its answer.
 async fn assign(observer: &async_nats::Client, swarm: &Swarm, worker: &WorkerId) -> AssignAck {
+    send_assignment(observer, swarm, worker, TaskId::random(), sh("sleep 2")).await
+}
+
+/// Sends `worker` attempt 1 of task `id` with `spec`, as the master does, and returns its
+/// answer.
+async fn send_assignment(
+    observer: &async_nats::Client,
+    swarm: &Swarm,
+    worker: &WorkerId,
+    id: TaskId,
+    spec: vgas_shared::wire::TaskSpec,
+) -> AssignAck {
     let a = Assignment {
-        task_id: TaskId::random(),
+        task_id: id,
         attempt: 1,
-        spec: sh("sleep 2"),
+        spec,
         encoding: Encoding::Json,
         gpus: Vec::new(),
     };
@@ -220,19 +232,7 @@ async fn a_cancel_that_overtakes_its_assignment_still_stops_the_attempt() {
         .await
         .unwrap();
     observer.flush().await.unwrap();
-    let a = Assignment {
-        task_id: id.clone(),
-        attempt: 1,
-        spec: sh("echo ran"),
-        encoding: Encoding::Json,
-        gpus: Vec::new(),
-    };
-    let bytes = encode(Encoding::MsgPack, &a).unwrap();
-    let reply = observer
-        .request(swarm.subjects.worker_task(&w1), bytes.into())
-        .await
-        .unwrap();
-    let ack: AssignAck = decode_as(Encoding::MsgPack, &reply.payload).unwrap();
+    let ack = send_assignment(&observer, &swarm, &w1, id.clone(), sh("echo ran")).await;
     assert!(ack.accepted, "{ack:?}");
     let msg = tokio::time::timeout(WAIT, results.next())
         .await

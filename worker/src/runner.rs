@@ -8,7 +8,6 @@
 //! survives a master that is down at that moment. What one attempt runs, whatever its kind,
 //! is the `work` module's.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,52 +38,17 @@ use crate::wasm::{ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
 
 mod ahead;
+mod attempts;
 mod report;
 mod work;
 
+use attempts::{Attempts, RecentAttempts, Running};
 use report::{FileNote, OutputSent};
 
 pub use ahead::{AheadPolicy, QueueAhead};
 
 /// How long leaving waits for the server to confirm what was sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Attempts this worker remembers having taken, so an assignment sent again (a restarted
-/// master re-sends every one it had recorded) is acknowledged, not run twice: far more than
-/// a worker runs between two master restarts' worth of assignments.
-const RECENT_ATTEMPTS: usize = 4096;
-
-/// The attempts taken lately, oldest forgotten first.
-#[derive(Debug, Default)]
-struct RecentAttempts {
-    order: std::collections::VecDeque<(TaskId, u32)>,
-    set: std::collections::HashSet<(TaskId, u32)>,
-}
-
-impl RecentAttempts {
-    /// Remembers `key`; false when it was already there.
-    fn insert(&mut self, key: (TaskId, u32)) -> bool {
-        if !self.set.insert(key.clone()) {
-            return false;
-        }
-        self.order.push_back(key);
-        if self.order.len() > RECENT_ATTEMPTS {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
-/// One running attempt, as cancel and drain see it.
-#[derive(Debug)]
-struct Running {
-    attempt: u32,
-    cancel: CancellationToken,
-    /// Set when the worker, not the user, stopped the task: report it handed back.
-    handed_back: Arc<AtomicBool>,
-}
 
 /// A started worker.
 #[derive(Debug)]
@@ -101,14 +65,10 @@ pub struct Worker {
     ahead: Arc<QueueAhead>,
     /// Free slot numbers (each maps to its own sandbox uid).
     free_slots: Arc<Mutex<Vec<usize>>>,
-    running: Arc<Mutex<HashMap<TaskId, Running>>>,
-    /// Attempts taken lately, running or done ([`RECENT_ATTEMPTS`]).
+    /// The attempts here, and cancels that came before their assignment.
+    running: Arc<Mutex<Attempts>>,
+    /// Attempts taken lately, running or done ([`attempts::RECENT_ATTEMPTS`]).
     taken: Arc<Mutex<RecentAttempts>>,
-    /// Attempts cancelled before their assignment was taken here: the master's cancel and
-    /// its assignment leave from different tasks and the cancel can come first. Read and
-    /// written with `running` locked, so an attempt is either found running by its cancel
-    /// or finds its cancel here.
-    cancelled_early: Arc<Mutex<RecentAttempts>>,
     draining: Arc<AtomicBool>,
     tracker: TaskTracker,
     /// Set before shutdown to skip the drain: running tasks are handed back at once (the
@@ -204,7 +164,6 @@ impl Worker {
             isolation: Arc::new(isolation),
             running: Arc::default(),
             taken: Arc::default(),
-            cancelled_early: Arc::default(),
             draining: Arc::default(),
             tracker: TaskTracker::new(),
             hand_back_now: Arc::default(),
@@ -221,6 +180,7 @@ impl Worker {
             .running
             .lock()
             .expect("running lock")
+            .running
             .iter()
             .map(|(id, r)| (id.clone(), r.attempt))
             .collect();
@@ -313,7 +273,7 @@ impl Worker {
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, tasks.unsubscribe()).await;
         self.beat(false).await;
         self.tracker.close();
-        let n = self.running.lock().expect("running lock").len();
+        let n = self.running.lock().expect("running lock").running.len();
         info!(running = n, "draining");
         let drain = if self.hand_back_now.load(Ordering::Acquire) {
             Duration::ZERO
@@ -324,7 +284,7 @@ impl Worker {
             .await
             .is_err()
         {
-            for r in self.running.lock().expect("running lock").values() {
+            for r in self.running.lock().expect("running lock").running.values() {
                 r.handed_back.store(true, Ordering::Release);
                 r.cancel.cancel();
             }
@@ -341,17 +301,10 @@ impl Worker {
         let Ok((c, _)) = decode::<CancelAttempt>(&msg.payload, 1024) else {
             return;
         };
-        let running = self.running.lock().expect("running lock");
-        match running.get(&c.task_id) {
-            Some(r) if r.attempt == c.attempt => r.cancel.cancel(),
-            _ => {
-                let early = (c.task_id, c.attempt);
-                self.cancelled_early
-                    .lock()
-                    .expect("cancelled lock")
-                    .insert(early);
-            }
-        }
+        self.running
+            .lock()
+            .expect("running lock")
+            .cancel(c.task_id, c.attempt);
     }
 
     async fn on_assignment(self: &Arc<Self>, msg: Message) {
@@ -367,7 +320,7 @@ impl Worker {
         };
         let taken = |a: &Assignment| {
             let key = (a.task_id.clone(), a.attempt);
-            self.taken.lock().expect("taken lock").set.contains(&key)
+            self.taken.lock().expect("taken lock").contains(&key)
         };
         let (ack, work) = match decode::<Assignment>(&msg.payload, 2 * MAX_SUBMIT_BYTES) {
             Err(e) => (refuse(format!("malformed assignment: {e}")), None),
@@ -407,28 +360,14 @@ impl Worker {
         };
         let cancel = CancellationToken::new();
         let handed_back = Arc::new(AtomicBool::new(false));
-        {
-            let mut running = self.running.lock().expect("running lock");
-            running.insert(
-                a.task_id.clone(),
-                Running {
-                    attempt: a.attempt,
-                    cancel: cancel.clone(),
-                    handed_back: handed_back.clone(),
-                },
-            );
-            let key = (a.task_id.clone(), a.attempt);
-            if self
-                .cancelled_early
-                .lock()
-                .expect("cancelled lock")
-                .set
-                .contains(&key)
-            {
-                // Its cancel came first: it ends cancelled, without running.
-                cancel.cancel();
-            }
-        }
+        self.running.lock().expect("running lock").start(
+            a.task_id.clone(),
+            Running {
+                attempt: a.attempt,
+                cancel: cancel.clone(),
+                handed_back: handed_back.clone(),
+            },
+        );
         let me = self.clone();
         let span = info_span!("task", task_id = %a.task_id, attempt = a.attempt);
         self.tracker.spawn(
@@ -451,7 +390,11 @@ impl Worker {
                     me.free_slots.lock().expect("slots lock").push(n);
                     drop(permit);
                 }
-                me.running.lock().expect("running lock").remove(&a.task_id);
+                me.running
+                    .lock()
+                    .expect("running lock")
+                    .running
+                    .remove(&a.task_id);
                 drop(place);
             }
             .instrument(span),
@@ -602,25 +545,5 @@ impl Worker {
             events: Some(published),
         };
         self.publish_result(&result).await;
-    }
-}
-
-#[cfg(test)]
-mod recent_tests {
-    use super::*;
-
-    #[test]
-    fn an_attempt_is_taken_once_and_the_oldest_are_forgotten_past_the_bound() {
-        let mut r = RecentAttempts::default();
-        let id = |n: usize| TaskId::parse(&format!("t{n}")).unwrap();
-        assert!(r.insert((id(0), 1)));
-        assert!(!r.insert((id(0), 1)), "the same attempt again");
-        assert!(r.insert((id(0), 2)), "a new attempt of the same task");
-        for n in 1..=RECENT_ATTEMPTS {
-            assert!(r.insert((id(n), 1)));
-        }
-        assert_eq!(r.order.len(), RECENT_ATTEMPTS);
-        assert_eq!(r.set.len(), RECENT_ATTEMPTS);
-        assert!(r.insert((id(0), 1)), "the oldest was forgotten");
     }
 }
