@@ -16,8 +16,7 @@ use vgas_shared::codec::{decode, encode, encode_error};
 use vgas_shared::error::WireError;
 use vgas_shared::limits::{MAX_CONTROL_BYTES, MAX_HEARTBEAT_BYTES, MAX_SUBMIT_BYTES};
 use vgas_shared::wire::{
-    Assignment, CancelReply, Heartbeat, SubmitReply, SwarmPulse, TaskQuery, TaskRecord, TaskSpec,
-    TaskState,
+    CancelReply, Heartbeat, SubmitReply, SwarmPulse, TaskQuery, TaskRecord, TaskSpec, TaskState,
 };
 use vgas_shared::{now_ms, Encoding, ErrorCode, Subjects, TaskId, VgaError, WorkerId};
 
@@ -229,14 +228,10 @@ impl Handlers {
         // Placed: sent from here, not by the dispatcher, so the worker has it without waiting
         // for the actor's turn (which may be writing other records).
         let assignment = placed.as_ref().map(|w| {
-            let a = Assignment {
-                task_id: task_id.clone(),
-                attempt: record.attempt,
-                spec: record.spec.clone(),
-                encoding: enc,
-                gpus: Vec::new(),
-            };
-            (w.id.clone(), a)
+            (
+                w.id.clone(),
+                crate::dispatch::assign::assignment_of(&record),
+            )
         });
         let cmd = match placed {
             // Its queue place is given back at once: it never waits in the queue.

@@ -159,16 +159,7 @@ impl Dispatcher {
         let Some(t) = self.tasks.get(id) else {
             return;
         };
-        let assignment = Assignment {
-            task_id: id.clone(),
-            attempt: t.rec.attempt,
-            spec: t.rec.spec.clone(),
-            encoding: t.rec.encoding,
-            gpus: match &t.rec.state {
-                TaskState::Assigned { gpus, .. } => gpus.clone(),
-                _ => Vec::new(),
-            },
-        };
+        let assignment = assignment_of(&t.rec);
         self.announce_assignment(id, &worker).await;
         let subject = self.subjects.worker_task(&worker);
         send(
@@ -225,6 +216,20 @@ impl Dispatcher {
         } else {
             self.requeue(id, None).await;
         }
+    }
+}
+
+/// The assignment of `rec`'s current attempt, as its worker gets it (with its GPU leases).
+pub fn assignment_of(rec: &TaskRecord) -> Assignment {
+    Assignment {
+        task_id: rec.task_id.clone(),
+        attempt: rec.attempt,
+        spec: rec.spec.clone(),
+        encoding: rec.encoding,
+        gpus: match &rec.state {
+            TaskState::Assigned { gpus, .. } => gpus.clone(),
+            _ => Vec::new(),
+        },
     }
 }
 
