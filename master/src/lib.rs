@@ -192,7 +192,24 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
             host: vgas_shared::host::hostname(),
             since_ms: now_ms(),
         };
-        let Some(lease) = leader::acquire(&lease_kv, &me, &shutdown).await? else {
+        // While it waits for the lease, this master hears what the leader announces.
+        let standby = shutdown.child_token();
+        let hearing = match client.subscribe(cfg.conn.subjects.all_task_events()).await {
+            Ok(sub) => Some(tokio::spawn({
+                let (announced, stop) = (base.announced.clone(), standby.clone());
+                async move { announced.hear(sub, stop).await }
+            })),
+            Err(e) => {
+                tracing::warn!("cannot hear the leader's announcements: {e}");
+                None
+            }
+        };
+        let acquired = leader::acquire(&lease_kv, &me, &shutdown).await;
+        standby.cancel();
+        if let Some(hearing) = hearing {
+            let _ = hearing.await;
+        }
+        let Some(lease) = acquired? else {
             break Ok(());
         };
         info!(id = %node_id, %replicas, "leading the swarm");

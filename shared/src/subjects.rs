@@ -76,6 +76,11 @@ impl Subjects {
         format!("{}.task.{id}.events", self.prefix)
     }
 
+    /// Wildcard over every task's events (a standby master hears `finished` on it).
+    pub fn all_task_events(&self) -> String {
+        format!("{}.task.*.events", self.prefix)
+    }
+
     /// A worker's heartbeat.
     pub fn heartbeat(&self, id: &WorkerId) -> String {
         format!("{}.heartbeat.{id}", self.prefix)

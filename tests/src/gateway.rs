@@ -118,13 +118,28 @@ pub async fn complete(
     (text, end)
 }
 
+/// What a completion streamed: its text, its tool calls and how it ended.
+pub type Completion = (String, Vec<ToolCall>, Result<CompletionEvent, WireError>);
+
 /// Like [`complete`], also collecting the `tool_call` events (which must all come after the
 /// text and before the end).
 pub async fn complete_with_tools(
     client: &async_nats::Client,
     subjects: &Subjects,
     r: &CompletionRequest,
-) -> (String, Vec<ToolCall>, Result<CompletionEvent, WireError>) {
+) -> Completion {
+    try_complete(client, subjects, r)
+        .await
+        .expect("gateway answered")
+}
+
+/// Like [`complete_with_tools`], but a gateway that falls silent for [`WAIT`] is an `Err`
+/// (the caller can show the masters' logs before it fails).
+pub async fn try_complete(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    r: &CompletionRequest,
+) -> Result<Completion, tokio::time::error::Elapsed> {
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await.unwrap();
     let bytes = encode(Encoding::MsgPack, r).unwrap();
@@ -135,10 +150,7 @@ pub async fn complete_with_tools(
     let mut text = String::new();
     let mut calls = Vec::new();
     loop {
-        let msg = tokio::time::timeout(WAIT, sub.next())
-            .await
-            .expect("gateway answered")
-            .unwrap();
+        let msg = tokio::time::timeout(WAIT, sub.next()).await?.unwrap();
         let ev: Reply<CompletionEvent> = decode_as(Encoding::MsgPack, &msg.payload).unwrap();
         match ev.into_result() {
             Ok(CompletionEvent::Delta { text: t }) => {
@@ -146,8 +158,8 @@ pub async fn complete_with_tools(
                 text.push_str(&t)
             }
             Ok(CompletionEvent::ToolCall(c)) => calls.push(c),
-            Ok(done) => return (text, calls, Ok(done)),
-            Err(e) => return (text, calls, Err(e)),
+            Ok(done) => return Ok((text, calls, Ok(done))),
+            Err(e) => return Ok((text, calls, Err(e))),
         }
     }
 }

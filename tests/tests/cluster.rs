@@ -113,7 +113,13 @@ async fn all_finished_once(
     let counts = finished.lock().unwrap();
     for id in ids {
         let n = counts.get(id.as_str()).copied().unwrap_or(0);
-        assert!(n <= 1, "task {id} finished {n} times");
+        if n > 1 {
+            let one = HashSet::from([id.clone()]);
+            panic!(
+                "task {id} finished {n} times; what the logs say of it:\n{}",
+                log_lines(swarm, &one)
+            );
+        }
     }
 }
 

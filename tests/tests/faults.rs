@@ -9,7 +9,7 @@ use vgas_shared::codec::decode_as;
 use vgas_shared::config::Role;
 use vgas_shared::wire::{SubmitReply, TaskEvent, TaskOutcome, TaskSpec};
 use vgas_shared::{Encoding, TaskId};
-use vgas_tests::{collect, request, run_task, sh, Swarm, WAIT};
+use vgas_tests::{collect, request, run_task, sh, wait_for, Swarm, WAIT};
 
 /// Submits `spec` and returns its event subscription and the worker that started it.
 async fn submit_until_started(
@@ -278,6 +278,76 @@ async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_maste
     assert!(
         republished_in_silence(&client, &swarm, &js, &id, payload.into()).await,
         "an event for a stale attempt's result"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_that_heard_a_task_announced_stays_silent_when_it_takes_over() {
+    // The state a leader leaves when killed between announcing a task and acknowledging the
+    // result that ended it: the task announced, the result still in the results stream.
+    // Made here by running a task to its end with a second master standing by, then killing
+    // the leader and putting the very result the worker sent back into the stream. The
+    // standby heard the announcement: when it takes over and gets the result, it announces
+    // nothing again (before it listened, it announced the task a second time).
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let standby = swarm.master(&[]).unwrap();
+    wait_for("the second master standing by", WAIT, || {
+        let standing = standby
+            .log_text()
+            .contains("another master leads: standing by");
+        async move { standing.then_some(()) }
+    })
+    .await
+    .unwrap();
+    let master = swarm.connect(Role::Master).await.unwrap();
+    let id = TaskId::random();
+    let worker = vgas_shared::WorkerId::parse("w1").unwrap();
+    let mut results = master
+        .subscribe(swarm.subjects.result(&worker, &id))
+        .await
+        .unwrap();
+    let mut spec = sh("echo once");
+    spec.task_id = Some(id.clone());
+    let first = run_task(&client, &swarm.subjects, spec, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    let sent = tokio::time::timeout(WAIT, results.next())
+        .await
+        .expect("the worker's result")
+        .unwrap();
+
+    procs[0].signal(libc::SIGKILL);
+    procs[0].wait_exit(WAIT).await.unwrap();
+    let mut events = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(master.clone());
+    js.publish(sent.subject.clone(), sent.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // The standby takes over once the lease lapses, and takes the result: nothing left in
+    // the results stream (acknowledged results leave it).
+    let results_stream = swarm.subjects.results_stream();
+    wait_for("the standby to take the result", WAIT * 2, || async {
+        let mut stream = js.get_stream(&results_stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        (info.state.messages == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        standby.log_text().contains("leading the swarm"),
+        "the standby leads now"
+    );
+    let heard = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
+    assert!(
+        heard.is_err(),
+        "the task was announced again: {heard:?}\n{}",
+        standby.log_text()
     );
 }
 

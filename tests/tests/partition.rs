@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use vgas_shared::config::Role;
 use vgas_shared::crdt::view::ViewReport;
-use vgas_shared::llm::{ProviderQuota, UsageReport};
+use vgas_shared::error::WireError;
+use vgas_shared::llm::{CompletionEvent, ProviderQuota, UsageReport};
 use vgas_tests::cluster::Cluster;
-use vgas_tests::gateway::{complete, llm_toml, req, vault_store, OPENAI_KEY, PASS};
+use vgas_tests::gateway::{llm_toml, req, try_complete, vault_store, OPENAI_KEY, PASS};
 use vgas_tests::netns::Lan;
 use vgas_tests::provider::{openai_stream, FakeProvider};
 use vgas_tests::{request, wait_for, Placement, WAIT};
@@ -37,14 +38,31 @@ async fn openai(client: &async_nats::Client, s: &vgas_shared::Subjects) -> Provi
 async fn spend_until_refused(
     client: &async_nats::Client,
     s: &vgas_shared::Subjects,
+    logs: &dyn Fn() -> String,
 ) -> (usize, String) {
     for n in 0..50 {
-        let (_, end) = complete(client, s, &req("openai", "gpt-4o-mini")).await;
+        let (_, end) = call(client, s, logs).await;
         if let Err(e) = end {
             return (n, e.message);
         }
     }
     panic!("no refusal after 50 calls");
+}
+
+/// One completion as a worker sends it; a gateway that falls silent fails the test with
+/// `logs()` (the masters' and servers' logs: which side dropped it).
+async fn call(
+    client: &async_nats::Client,
+    s: &vgas_shared::Subjects,
+    logs: &dyn Fn() -> String,
+) -> (String, Result<CompletionEvent, WireError>) {
+    match try_complete(client, s, &req("openai", "gpt-4o-mini")).await {
+        Ok((text, calls, end)) => {
+            assert!(calls.is_empty(), "unexpected tool calls: {calls:?}");
+            (text, end)
+        }
+        Err(_) => panic!("the gateway fell silent\n{}", logs()),
+    }
 }
 
 /// Carries connections from `listen` (the test's own end of the LAN) to `to` on loopback,
@@ -124,6 +142,15 @@ async fn two_masters_cut_apart_keep_spend_bounded_and_converge_after_the_heal() 
         callers.push((side[0].clone(), side[1].clone()));
     }
     let s = swarm.subjects.clone();
+    let nodes = &cluster.nodes;
+    let logs = || -> String {
+        let logs: Vec<String> = masters
+            .iter()
+            .map(|m| m.log_text())
+            .chain(nodes.iter().map(|n| n.server.log_text()))
+            .collect();
+        logs.join("\n----\n")
+    };
     for (_, c) in &callers {
         let up = wait_for("a master's usage endpoint", WAIT, || async {
             request::<_, UsageReport>(c, s.llm_usage(), &serde_json::json!({}))
@@ -140,7 +167,7 @@ async fn two_masters_cut_apart_keep_spend_bounded_and_converge_after_the_heal() 
     eprintln!("both masters answer");
     // Before the cut: six calls on one side; the other side's master holds the same total.
     for _ in 0..6 {
-        let (_, end) = complete(&callers[0].0, &s, &req("openai", "gpt-4o-mini")).await;
+        let (_, end) = call(&callers[0].0, &s, &logs).await;
         end.unwrap();
     }
     // Both masters hold the six calls (each served some: the calls are spread over them).
@@ -241,7 +268,7 @@ async fn two_masters_cut_apart_keep_spend_bounded_and_converge_after_the_heal() 
     // Both sides keep serving, each up to its allowance.
     let mut spent_apart = 0.0;
     for (w, c) in &callers {
-        let (calls, refusal) = spend_until_refused(w, &s).await;
+        let (calls, refusal) = spend_until_refused(w, &s, &logs).await;
         assert!(calls > 0, "a side of the partition kept serving");
         assert!(
             refusal.starts_with("partition_allowance:"),
@@ -304,7 +331,7 @@ async fn two_masters_cut_apart_keep_spend_bounded_and_converge_after_the_heal() 
     // (the allowance before); no call goes through.
     for (w, _) in &callers {
         let refused = wait_for("a refusal for the daily budget", WAIT, || async {
-            let (_, end) = complete(w, &s, &req("openai", "gpt-4o-mini")).await;
+            let (_, end) = call(w, &s, &logs).await;
             let e = end.expect_err("no call goes through past the budget");
             e.message.starts_with("daily_budget:").then_some(())
         })

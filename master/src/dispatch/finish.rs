@@ -14,6 +14,12 @@
 //! lease) may get a result again whose acknowledgement was lost with that server: it
 //! remembers what it announced lately ([`Announced`], kept from term to term) and what it
 //! has yet to write, and announces neither again.
+//!
+//! A master standing by hears the leader's `finished` announcements too
+//! ([`Announced::hear`]), so when it takes over from a leader killed between announcing a
+//! task and acknowledging its result, it finds the task announced already and stays silent.
+//! Only a master that takes over without having stood by (the first after a restart of the
+//! only one) can still announce such a task a second time.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -21,9 +27,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::Subscriber;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use vgas_shared::codec::decode_as;
 use vgas_shared::wire::{TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult};
-use vgas_shared::{now_ms, TaskId, WorkerId};
+use vgas_shared::{now_ms, Encoding, TaskId, WorkerId};
 
 use super::{Dispatcher, Finishing, ResultAck};
 use crate::retention::FinalWrite;
@@ -92,6 +102,43 @@ impl Announced {
 
     fn contains(&self, id: &TaskId) -> bool {
         self.lock().ids.contains(id)
+    }
+
+    /// Notes every task whose `finished` event comes on `sub` (a subscription to
+    /// `Subjects::all_task_events`), until `stop`: run while this master stands by, so the
+    /// leader's announcements count as this master's own when it takes over. Only masters
+    /// may publish there (see `Subjects::permissions`), so nothing else can make a task look
+    /// announced.
+    pub async fn hear(&self, mut sub: Subscriber, stop: CancellationToken) {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => break,
+                msg = sub.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            if let Some(id) = finished_task(&msg.payload) {
+                self.insert(&id);
+            }
+        }
+        let _ = sub.unsubscribe().await;
+    }
+}
+
+/// The tag of a `finished` event, as both encodings carry it.
+const FINISHED: &[u8] = b"finished";
+
+/// The task a `finished` event on a task's subject names; `None` for any other event.
+/// Output and the other events are passed over without being decoded: only a payload that
+/// holds the tag's bytes is.
+fn finished_task(payload: &[u8]) -> Option<TaskId> {
+    if !payload.windows(FINISHED.len()).any(|w| w == FINISHED) {
+        return None;
+    }
+    match decode_as(Encoding::detect(payload), payload) {
+        Ok(TaskEvent::Finished { task_id, .. }) => Some(task_id),
+        _ => None,
     }
 }
 
@@ -289,5 +336,34 @@ impl Dispatcher {
         for done in f.acks {
             done.send().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgas_shared::codec::encode;
+
+    #[test]
+    fn a_finished_event_is_heard_in_either_encoding_and_nothing_else_is() {
+        let id = TaskId::random();
+        let finished = TaskEvent::Finished {
+            task_id: id.clone(),
+            worker: None,
+            attempts: 1,
+            duration_ms: 3,
+            outcome: TaskOutcome::Exited { exit_code: 0 },
+        };
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            let bytes = encode(enc, &finished).unwrap();
+            assert_eq!(finished_task(&bytes), Some(id.clone()), "{enc:?}");
+            // Output that merely says the word is not a `finished` event.
+            let said = TaskEvent::Started {
+                worker: WorkerId::parse("finished").unwrap(),
+                attempt: 1,
+            };
+            assert_eq!(finished_task(&encode(enc, &said).unwrap()), None, "{enc:?}");
+        }
+        assert_eq!(finished_task(b"finished, but not an event"), None);
     }
 }
