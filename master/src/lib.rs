@@ -195,7 +195,7 @@ pub async fn run(cfg: MasterConfig, shutdown: CancellationToken) -> Result<()> {
         // While it waits for the lease, this master hears what the leader announces.
         let standby = shutdown.child_token();
         let hearing = match client.subscribe(cfg.conn.subjects.all_task_events()).await {
-            Ok(sub) => Some(tokio::spawn({
+            Ok(sub) => Some(tracker.spawn({
                 let (announced, stop) = (base.announced.clone(), standby.clone());
                 async move { announced.hear(sub, stop).await }
             })),
