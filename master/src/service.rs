@@ -11,7 +11,7 @@ use async_nats::service::{endpoint::Endpoint, Request};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use vgas_shared::codec::{decode, encode, encode_error};
 use vgas_shared::error::WireError;
 use vgas_shared::limits::{MAX_CONTROL_BYTES, MAX_HEARTBEAT_BYTES, MAX_SUBMIT_BYTES};
@@ -224,7 +224,7 @@ impl Handlers {
                 ))
             }
         }
-        info!(task_id = %task_id, cmd = ?record.spec.cmd, placed = placed.is_some(), "accepted");
+        debug!(target: vgas_shared::logging::TASKS_TARGET, task_id = %task_id, cmd = ?record.spec.cmd, placed = placed.is_some(), "accepted");
         // Placed: sent from here, not by the dispatcher, so the worker has it without waiting
         // for the actor's turn (which may be writing other records).
         let assignment = placed.as_ref().map(|w| {

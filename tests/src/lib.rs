@@ -453,7 +453,8 @@ impl Swarm {
             .env("VGAS_STATE_DIR", self.state_dir())
             .env(
                 "RUST_LOG",
-                std::env::var("VGAS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                // Every task's life too: what a failing test's logs are read for.
+                std::env::var("VGAS_TEST_LOG").unwrap_or_else(|_| "info,vgas_tasks=debug".into()),
             )
             .current_dir(self.dir.path())
             .stdin(Stdio::null())

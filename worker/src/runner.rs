@@ -464,7 +464,7 @@ impl Worker {
         // directly: each file says how much output came before it).
         let subjects = &self.cfg.conn.subjects;
         let events = subjects.worker_events(&self.cfg.id, &a.task_id);
-        info!(cmd = ?a.spec.cmd, "started");
+        tracing::debug!(target: vgas_shared::logging::TASKS_TARGET, cmd = ?a.spec.cmd, "started");
         let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let forward = async {
             let (mut sent, mut published) = (OutputSent::default(), 0u32);
@@ -531,7 +531,11 @@ impl Worker {
             drop(dir);
         }
         let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
-        info!(handed_back, "ended: {}", outcome.describe());
+        if outcome.succeeded() {
+            tracing::debug!(target: vgas_shared::logging::TASKS_TARGET, handed_back, "ended: {}", outcome.describe());
+        } else {
+            info!(target: vgas_shared::logging::TASKS_TARGET, handed_back, "ended: {}", outcome.describe());
+        }
         self.cfg
             .metrics
             .finished(a.spec.kind, &outcome, started.elapsed().as_millis() as u64);

@@ -163,7 +163,11 @@ impl Dispatcher {
             outcome: outcome.clone(),
             finished_ms: now,
         };
-        info!(task_id = %id, attempts = t.rec.attempt, "finished: {}", outcome.describe());
+        if outcome.succeeded() {
+            debug!(target: vgas_shared::logging::TASKS_TARGET, task_id = %id, attempts = t.rec.attempt, "finished: {}", outcome.describe());
+        } else {
+            info!(target: vgas_shared::logging::TASKS_TARGET, task_id = %id, attempts = t.rec.attempt, "finished: {}", outcome.describe());
+        }
         let event = TaskEvent::Finished {
             task_id: id.clone(),
             worker,
