@@ -252,15 +252,8 @@ impl Handlers {
             ));
         }
         if let Some((worker, a)) = assignment {
-            let subject = self.subjects.worker_task(&worker);
-            crate::dispatch::assign::send(
-                &self.tracker,
-                &self.client,
-                subject,
-                a,
-                worker,
-                &self.tx,
-            );
+            let (tracker, client, tx) = (&self.tracker, &self.client, &self.tx);
+            crate::dispatch::assign::send(tracker, client, &self.subjects, a, worker, tx);
         }
         Ok(SubmitReply {
             task_id,

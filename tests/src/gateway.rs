@@ -113,9 +113,21 @@ pub async fn complete(
     subjects: &Subjects,
     r: &CompletionRequest,
 ) -> (String, Result<CompletionEvent, WireError>) {
-    let (text, calls, end) = complete_with_tools(client, subjects, r).await;
+    try_complete_text(client, subjects, r)
+        .await
+        .expect("gateway answered")
+}
+
+/// Like [`complete`], but a gateway that falls silent for [`WAIT`] is an `Err` (the caller
+/// can show the masters' logs before it fails).
+pub async fn try_complete_text(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    r: &CompletionRequest,
+) -> Result<(String, Result<CompletionEvent, WireError>), tokio::time::error::Elapsed> {
+    let (text, calls, end) = try_complete(client, subjects, r).await?;
     assert!(calls.is_empty(), "unexpected tool calls: {calls:?}");
-    (text, end)
+    Ok((text, end))
 }
 
 /// What a completion streamed: its text, its tool calls and how it ended.

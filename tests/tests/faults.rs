@@ -212,14 +212,13 @@ async fn a_task_run_whose_master_is_killed_is_answered_on_a_rerun_by_the_next_ma
     assert_eq!(seen.stdout, "ran\n", "the task ran once");
 }
 
-#[tokio::test]
-async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_master() {
-    // The state a master leaves when killed after writing a task's final record and before
-    // announcing it: the record finished, the worker's result still in the results stream.
-    // It is made here by running a task to its end, then putting the very result the
-    // worker sent back into the stream while no master runs.
-    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
-    let master = swarm.connect(Role::Master).await.unwrap();
+/// Runs `echo once` on worker w1 to its end and returns its id and the result message the
+/// worker sent (caught on its subject by `master`), to be put back into the results stream.
+async fn run_once_on_w1(
+    client: &async_nats::Client,
+    master: &async_nats::Client,
+    swarm: &Swarm,
+) -> (TaskId, async_nats::Message) {
     let id = TaskId::random();
     let worker = vgas_shared::WorkerId::parse("w1").unwrap();
     let mut results = master
@@ -228,7 +227,7 @@ async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_maste
         .unwrap();
     let mut spec = sh("echo once");
     spec.task_id = Some(id.clone());
-    let first = run_task(&client, &swarm.subjects, spec, Duration::ZERO)
+    let first = run_task(client, &swarm.subjects, spec, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(first.outcome(), TaskOutcome::Exited { exit_code: 0 });
@@ -236,6 +235,18 @@ async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_maste
         .await
         .expect("the worker's result")
         .unwrap();
+    (id, sent)
+}
+
+#[tokio::test]
+async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_master() {
+    // The state a master leaves when killed after writing a task's final record and before
+    // announcing it: the record finished, the worker's result still in the results stream.
+    // It is made here by running a task to its end, then putting the very result the
+    // worker sent back into the stream while no master runs.
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let master = swarm.connect(Role::Master).await.unwrap();
+    let (id, sent) = run_once_on_w1(&client, &master, &swarm).await;
     // The master that announced it gets the same result once more (its acknowledgement
     // lost with a server of a cluster, say): it announces nothing again.
     let js = async_nats::jetstream::new(master.clone());
@@ -300,22 +311,7 @@ async fn a_standby_that_heard_a_task_announced_stays_silent_when_it_takes_over()
     .await
     .unwrap();
     let master = swarm.connect(Role::Master).await.unwrap();
-    let id = TaskId::random();
-    let worker = vgas_shared::WorkerId::parse("w1").unwrap();
-    let mut results = master
-        .subscribe(swarm.subjects.result(&worker, &id))
-        .await
-        .unwrap();
-    let mut spec = sh("echo once");
-    spec.task_id = Some(id.clone());
-    let first = run_task(&client, &swarm.subjects, spec, Duration::ZERO)
-        .await
-        .unwrap();
-    assert_eq!(first.outcome(), TaskOutcome::Exited { exit_code: 0 });
-    let sent = tokio::time::timeout(WAIT, results.next())
-        .await
-        .expect("the worker's result")
-        .unwrap();
+    let (id, sent) = run_once_on_w1(&client, &master, &swarm).await;
 
     procs[0].signal(libc::SIGKILL);
     procs[0].wait_exit(WAIT).await.unwrap();

@@ -13,7 +13,7 @@ use vgas_shared::crdt::view::ViewReport;
 use vgas_shared::error::WireError;
 use vgas_shared::llm::{CompletionEvent, ProviderQuota, UsageReport};
 use vgas_tests::cluster::Cluster;
-use vgas_tests::gateway::{llm_toml, req, try_complete, vault_store, OPENAI_KEY, PASS};
+use vgas_tests::gateway::{llm_toml, req, try_complete_text, vault_store, OPENAI_KEY, PASS};
 use vgas_tests::netns::Lan;
 use vgas_tests::provider::{openai_stream, FakeProvider};
 use vgas_tests::{request, wait_for, Placement, WAIT};
@@ -56,11 +56,8 @@ async fn call(
     s: &vgas_shared::Subjects,
     logs: &dyn Fn() -> String,
 ) -> (String, Result<CompletionEvent, WireError>) {
-    match try_complete(client, s, &req("openai", "gpt-4o-mini")).await {
-        Ok((text, calls, end)) => {
-            assert!(calls.is_empty(), "unexpected tool calls: {calls:?}");
-            (text, end)
-        }
+    match try_complete_text(client, s, &req("openai", "gpt-4o-mini")).await {
+        Ok(answer) => answer,
         Err(_) => panic!("the gateway fell silent\n{}", logs()),
     }
 }

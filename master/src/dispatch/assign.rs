@@ -13,7 +13,7 @@ use vgas_shared::limits::ASSIGN_ACK_TIMEOUT;
 use vgas_shared::wire::{
     AssignAck, Assignment, Needs, TaskEvent, TaskOutcome, TaskRecord, TaskState,
 };
-use vgas_shared::{now_ms, Encoding, TaskId, WorkerId};
+use vgas_shared::{now_ms, Encoding, Subjects, TaskId, WorkerId};
 
 use super::{Command, Dispatcher};
 use crate::scheduler::NoWorker;
@@ -161,15 +161,8 @@ impl Dispatcher {
         };
         let assignment = assignment_of(&t.rec);
         self.announce_assignment(id, &worker).await;
-        let subject = self.subjects.worker_task(&worker);
-        send(
-            &self.tracker,
-            &self.client,
-            subject,
-            assignment,
-            worker,
-            &self.tx,
-        );
+        let (tracker, client, tx) = (&self.tracker, &self.client, &self.tx);
+        send(tracker, client, &self.subjects, assignment, worker, tx);
     }
 
     /// Counts and announces (`assigned`) the current attempt of `id` on `worker`. A task
@@ -233,18 +226,19 @@ pub fn assignment_of(rec: &TaskRecord) -> Assignment {
     }
 }
 
-/// Sends `assignment` to `worker` (its `subject`) and reports the acknowledgement to the
-/// dispatcher (`tx`): `Started` when the worker took it, `AssignFailed` otherwise. The wait
-/// runs on `tracker`, off the caller.
+/// Sends `assignment` to `worker` and reports the acknowledgement to the dispatcher (`tx`):
+/// `Started` when the worker took it, `AssignFailed` otherwise. The wait runs on `tracker`,
+/// off the caller.
 pub fn send(
     tracker: &TaskTracker,
     client: &Client,
-    subject: String,
+    subjects: &Subjects,
     assignment: Assignment,
     worker: WorkerId,
     tx: &mpsc::Sender<Command>,
 ) {
     let (client, tx) = (client.clone(), tx.clone());
+    let subject = subjects.worker_task(&worker);
     let (task_id, attempt) = (assignment.task_id.clone(), assignment.attempt);
     let span = info_span!("task", task_id = %task_id, worker = %worker, attempt);
     tracker.spawn(

@@ -37,14 +37,14 @@ async fn once_done(
     (msg, done.await.is_ok())
 }
 
-/// Reads worker results, and the events workers send before them, from the durable stream,
-/// in order. An event is acknowledged here once relayed; a result goes to the dispatcher
-/// with its message, which acknowledges it right after the task's `finished` event
-/// ([`crate::dispatch::ResultAck`]).
 /// Results the consumer hands to the dispatcher before the first of them is recorded: enough
 /// that a burst shares one round of writes, bounded so a flood waits in the stream.
 const MAX_RESULTS_IN_FLIGHT: usize = 256;
 
+/// Reads worker results, and the events workers send before them, from the durable stream,
+/// in order. An event is acknowledged here once relayed; a result goes to the dispatcher
+/// with its message, which acknowledges it right after the task's `finished` event
+/// ([`crate::dispatch::ResultAck`]).
 pub async fn results(
     consumer: async_nats::jetstream::consumer::PullConsumer,
     subjects: Subjects,
