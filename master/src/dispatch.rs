@@ -189,6 +189,13 @@ struct Tracked {
     clock: Clock,
     /// What the worker said of the current attempt so far, for its direct result.
     heard: direct::Heard,
+    /// The worker and attempt last lost or handed back, while the task waits to run again:
+    /// that attempt may still end (a worker that only paused, a requeue that could not be
+    /// recorded), and its result, if it comes first, is the task's (see
+    /// [`Dispatcher::on_result`]).
+    lost: Option<(WorkerId, u32)>,
+    /// Why the last attempt was lost, announced as `retrying` when the next one is sent.
+    retry: Option<String>,
 }
 
 /// Where an attempt's deadline counts from, for the master's check that its result is not
@@ -212,6 +219,16 @@ impl Clock {
             Clock::Queued(at) => at + MAX_DEADLINE.as_millis() as u64 + deadline_ms,
         }
     }
+}
+
+/// Whether `r` is the result of `t`'s lost attempt, come while the task waits to run again.
+fn late_result_of_lost_attempt(t: &Tracked, r: &WorkerResult) -> bool {
+    matches!(t.rec.state, TaskState::Queued)
+        && !t.cancel_requested
+        && t.rec.attempt == r.attempt
+        && t.lost.as_ref() == Some(&(r.worker.clone(), r.attempt))
+        && !r.handed_back
+        && r.outcome != vgas_shared::wire::TaskOutcome::Cancelled
 }
 
 /// The actor.
@@ -339,6 +356,8 @@ impl Dispatcher {
                     // The worker may have queued or started it meanwhile: from now.
                     clock: Clock::Assigned(now_ms()),
                     heard: direct::Heard::default(),
+                    lost: None,
+                    retry: None,
                 },
             );
         }
@@ -490,17 +509,32 @@ impl Dispatcher {
                 waiters: waiter.into_iter().collect(),
                 clock: Clock::Assigned(now_ms()),
                 heard: direct::Heard::default(),
+                lost: None,
+                retry: None,
             },
         );
         id
     }
 
     /// Ends the current attempt with its worker's result; whether `r` was that result.
+    ///
+    /// A task queued again after its attempt was lost takes that attempt's result too, as
+    /// long as no new attempt has been sent: the worker had only paused, or the requeue
+    /// could not be recorded (the tasks stream between leaders), and the stored record, still
+    /// naming that attempt, must not outlive the one result that can end it. Only a result
+    /// the worker ended on its own counts: one cancelled or handed back is the lapse's echo.
     async fn on_result(&mut self, r: WorkerResult) -> bool {
         let Some(t) = self.tasks.get(&r.task_id) else {
             self.announce_again(&r).await;
             return false;
         };
+        if late_result_of_lost_attempt(t, &r) {
+            info!(task_id = %r.task_id, attempt = r.attempt, worker = %r.worker, "the lost attempt's result came: the task ends with it");
+            self.pending.retain(|p| *p != r.task_id);
+            self.sched.count_done(&r.worker);
+            self.finalize(&r.task_id, r.outcome, Some(r.worker)).await;
+            return true;
+        }
         let current =
             matches!(&t.rec.state, TaskState::Assigned { worker, .. } if *worker == r.worker);
         if !current || t.rec.attempt != r.attempt {

@@ -156,10 +156,15 @@ impl Dispatcher {
     /// `dispatch_task`). The acknowledgement is awaited off the actor; a refusal comes back as
     /// `AssignFailed`.
     pub(super) async fn dispatch_task(&mut self, id: &TaskId, worker: WorkerId) {
-        let Some(t) = self.tasks.get(id) else {
+        let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
         let assignment = assignment_of(&t.rec);
+        if let Some(reason) = t.retry.take() {
+            let (attempt, enc) = (t.rec.attempt, t.rec.encoding);
+            self.emit(id, enc, &TaskEvent::Retrying { attempt, reason })
+                .await;
+        }
         self.announce_assignment(id, &worker).await;
         let (tracker, client, tx) = (&self.tracker, &self.client, &self.tx);
         send(tracker, client, &self.subjects, assignment, worker, tx);

@@ -1,12 +1,12 @@
 //! Attempts that end without a result: a worker that stopped heartbeating, a deadline that
 //! passed, a cancel. Each lost attempt counts against the task's attempt budget: the task goes
-//! back to the head of the queue (announced as `retrying`) or is given up with the last
-//! reason; a cancel stops the running attempt on its worker, or ends a queued task at once.
+//! back to the head of the queue (announced as `retrying` when its next attempt is sent) or
+//! is given up with the last reason; a cancel stops the running attempt on its worker, or ends a queued task at once.
 
 use tracing::warn;
 use vgas_shared::codec::encode;
 use vgas_shared::limits::{ABNORMAL_AFTER, DEADLINE_GRACE};
-use vgas_shared::wire::{CancelAttempt, TaskEvent, TaskOutcome, TaskState};
+use vgas_shared::wire::{CancelAttempt, TaskOutcome, TaskState};
 use vgas_shared::{now_ms, Encoding, TaskId, WorkerId};
 
 use super::Dispatcher;
@@ -78,24 +78,24 @@ impl Dispatcher {
         }
     }
 
-    /// Puts a task back at the head of the queue; `reason` is announced as a retry.
+    /// Puts a task back at the head of the queue; `reason` is announced as a retry when the
+    /// next attempt is sent ([`Dispatcher::dispatch_task`]), not before: the lost attempt may
+    /// still end the task first, and then no other attempt begins (see `on_result`).
     pub(super) async fn requeue(&mut self, id: &TaskId, reason: Option<String>) {
         let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
+        if let TaskState::Assigned { worker, .. } = &t.rec.state {
+            t.lost = Some((worker.clone(), t.rec.attempt));
+        }
         t.rec.state = TaskState::Queued;
         t.entered_queue_ms = now_ms();
         self.observe.retried(id);
         if let Err(e) = self.store.put(&t.rec).await {
             warn!(task_id = %id, "could not record requeue: {e:#}");
         }
-        if let Some(reason) = reason {
-            let ev = TaskEvent::Retrying {
-                attempt: t.rec.attempt + 1,
-                reason,
-            };
-            let enc = t.rec.encoding;
-            self.emit(id, enc, &ev).await;
+        if reason.is_some() {
+            t.retry = reason;
         }
         self.pending.push_front(id.clone());
     }

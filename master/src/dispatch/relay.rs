@@ -1,7 +1,8 @@
 //! Worker events to task events: a worker publishes its attempt's output and artifacts on its
 //! own subject, `vgas.worker.<id>.events.<task>`, which a node's grants allow only for
 //! itself; the master relays one to `vgas.task.<id>.events` only while the task is assigned
-//! to that worker and the event is of that attempt. So no worker can put output, or a
+//! to that worker and the event is of that attempt (or that attempt was lost and the task
+//! waits to run again: its result may yet end the task). So no worker can put output, or a
 //! `finished`, into another's task. `assigned`, `started`, `retrying` and `finished` are the
 //! master's alone; a worker's own `started` (an attempt it queued ahead of its slots took a
 //! slot) is taken as word that the attempt runs, and announced as the master's.
@@ -98,8 +99,13 @@ impl Dispatcher {
                 return;
             }
         };
-        if !assigned || attempt != current {
-            // Late output of a lost attempt, or a worker speaking for a task not its own.
+        // Output of the lost attempt, while the task waits to run again: that attempt may
+        // still end the task (see `Dispatcher::on_result`), so what it printed is relayed.
+        let lost_waiting = matches!(t.rec.state, TaskState::Queued)
+            && t.lost.as_ref() == Some(&(worker.clone(), attempt));
+        if !(assigned || lost_waiting) || attempt != current {
+            // Output of a lost attempt overtaken by another, or a worker speaking for a task
+            // not its own.
             debug!(%task_id, %worker, attempt, current, "dropping an event of another attempt");
             return;
         }
