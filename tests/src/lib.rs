@@ -18,7 +18,10 @@ pub mod provider;
 pub mod tasks;
 pub mod wasi;
 
-pub use tasks::{collect, request, run_task, sh, subscribe_events, Collected};
+pub use tasks::{
+    collect, finished_worker, request, run_task, sh, submit_until_started, subscribe_events,
+    Collected,
+};
 
 use anyhow::{bail, Context, Result};
 use vgas_shared::config::{Credentials, Role};

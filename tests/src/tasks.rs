@@ -136,3 +136,40 @@ pub fn sh(script: &str) -> TaskSpec {
         ..Default::default()
     }
 }
+
+/// Submits `spec` (with a random id unless it has one) and returns its event subscription
+/// and the worker that started it.
+pub async fn submit_until_started(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    mut spec: TaskSpec,
+) -> (async_nats::Subscriber, String, Vec<TaskEvent>) {
+    let id = spec.task_id.get_or_insert_with(TaskId::random).clone();
+    let mut sub = client.subscribe(subjects.task_events(&id)).await.unwrap();
+    let _: SubmitReply = request(client, subjects.submit(), &spec).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut sub))
+            .await
+            .expect("started event")
+            .unwrap();
+        let ev: TaskEvent = decode_as(Encoding::MsgPack, &msg.payload).unwrap();
+        seen.push(ev.clone());
+        if let TaskEvent::Started { worker, .. } = ev {
+            return (sub, worker.to_string(), seen);
+        }
+    }
+}
+
+/// The worker a task's `finished` event names.
+pub fn finished_worker(events: &[TaskEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            TaskEvent::Finished {
+                worker: Some(w), ..
+            } => Some(w.to_string()),
+            _ => None,
+        })
+        .expect("finished with a worker")
+}

@@ -7,58 +7,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use vgas_shared::codec::decode_as;
 use vgas_shared::config::Role;
-use vgas_shared::wire::{
-    SubmitReply, TaskEvent, TaskOutcome, TaskQuery, TaskRecord, TaskSpec, TaskState,
-};
+use vgas_shared::wire::{SubmitReply, TaskEvent, TaskOutcome, TaskSpec};
 use vgas_shared::{Encoding, TaskId};
-use vgas_tests::{collect, request, run_task, sh, wait_for, Swarm, WAIT};
-
-/// Submits `spec` (with a random id unless it has one) and returns its event subscription
-/// and the worker that started it.
-async fn submit_until_started(
-    client: &async_nats::Client,
-    swarm: &Swarm,
-    mut spec: TaskSpec,
-) -> (async_nats::Subscriber, String, Vec<TaskEvent>) {
-    let id = spec.task_id.get_or_insert_with(TaskId::random).clone();
-    let mut sub = client
-        .subscribe(swarm.subjects.task_events(&id))
-        .await
-        .unwrap();
-    let _: SubmitReply = request(client, swarm.subjects.submit(), &spec)
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(WAIT, sub.next())
-            .await
-            .expect("started event")
-            .unwrap();
-        let ev: TaskEvent = decode_as(Encoding::MsgPack, &msg.payload).unwrap();
-        seen.push(ev.clone());
-        if let TaskEvent::Started { worker, .. } = ev {
-            return (sub, worker.to_string(), seen);
-        }
-    }
-}
-
-fn finished_worker(events: &[TaskEvent]) -> String {
-    events
-        .iter()
-        .find_map(|e| match e {
-            TaskEvent::Finished {
-                worker: Some(w), ..
-            } => Some(w.to_string()),
-            _ => None,
-        })
-        .expect("finished with a worker")
-}
+use vgas_tests::{
+    collect, finished_worker, request, run_task, sh, submit_until_started, wait_for, Swarm, WAIT,
+};
 
 #[tokio::test]
 async fn worker_killed_mid_task_the_task_completes_elsewhere() {
     let (swarm, procs, client) = Swarm::with_workers(&[("w1", 1), ("w2", 1)]).await.unwrap();
 
-    let (sub, first, _) = submit_until_started(&client, &swarm, sh("sleep 2; echo done")).await;
+    let (sub, first, _) =
+        submit_until_started(&client, &swarm.subjects, sh("sleep 2; echo done")).await;
     if first == "w1" {
         procs[1].signal(libc::SIGKILL)
     } else {
@@ -91,7 +51,8 @@ async fn master_killed_and_restarted_resumes_every_accepted_task() {
     let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
 
     // One task running, one queued behind it (the worker has one slot).
-    let (running, _, _) = submit_until_started(&client, &swarm, sh("sleep 3; echo first")).await;
+    let (running, _, _) =
+        submit_until_started(&client, &swarm.subjects, sh("sleep 3; echo first")).await;
     let queued_id = TaskId::random();
     let mut queued = sh("echo second");
     queued.task_id = Some(queued_id.clone());
@@ -349,100 +310,6 @@ async fn a_standby_that_heard_a_task_announced_stays_silent_when_it_takes_over()
     );
 }
 
-#[tokio::test]
-async fn a_lost_attempt_whose_result_comes_before_the_retry_ends_the_task() {
-    // A worker that stops heartbeating loses its attempt and the task waits to run again;
-    // if that attempt's result comes before any other attempt is sent (the worker had only
-    // paused, or the requeue could not be recorded with the tasks stream between leaders),
-    // it ends the task. Ignored as stale, it had left a record still naming the attempt
-    // whose result was gone: a new term re-sent it, the worker had run it already, and the
-    // task waited out its whole deadline. Made here with w1 frozen mid-task (so the retry
-    // has nowhere to go) and its attempt's output and result put into the results stream.
-    let (swarm, procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
-    let master = swarm.connect(Role::Master).await.unwrap();
-    let id = TaskId::random();
-    let spec = TaskSpec {
-        task_id: Some(id.clone()),
-        ..sh("sleep 60")
-    };
-    let (events, worker, _) = submit_until_started(&client, &swarm, spec).await;
-    assert_eq!(worker, "w1");
-    procs[1].signal(libc::SIGSTOP);
-    // The attempt is lost once the record says queued again (no `retrying` yet: that is
-    // announced when the next attempt is sent).
-    wait_for("w1's attempt to be lost", WAIT, || {
-        let (client, q) = (
-            client.clone(),
-            TaskQuery {
-                task_id: id.clone(),
-            },
-        );
-        let subject = swarm.subjects.task_info();
-        async move {
-            let rec: TaskRecord = request(&client, subject, &q).await.ok()?;
-            (rec.state == TaskState::Queued).then_some(())
-        }
-    })
-    .await
-    .unwrap();
-    let w1 = vgas_shared::WorkerId::parse("w1").unwrap();
-    let js = async_nats::jetstream::new(master.clone());
-    let late = TaskEvent::Stdout {
-        attempt: 1,
-        data: "late\n".into(),
-    };
-    let result = vgas_shared::wire::WorkerResult {
-        task_id: id.clone(),
-        attempt: 1,
-        worker: w1.clone(),
-        outcome: TaskOutcome::Exited { exit_code: 0 },
-        duration_ms: 5_000,
-        handed_back: false,
-        events: Some(1),
-    };
-    for (subject, payload) in [
-        (
-            swarm.subjects.worker_events(&w1, &id),
-            vgas_shared::codec::encode(Encoding::MsgPack, &late).unwrap(),
-        ),
-        (
-            swarm.subjects.result(&w1, &id),
-            vgas_shared::codec::encode(Encoding::MsgPack, &result).unwrap(),
-        ),
-    ] {
-        js.publish(subject, payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    let rest = collect(events, WAIT, Duration::from_secs(1)).await;
-    procs[1].signal(libc::SIGCONT);
-    let rest = rest.expect("the task to end with its lost attempt's result");
-    assert_eq!(rest.finished_count(), 1, "{:?}", rest.events);
-    assert_eq!(rest.outcome(), TaskOutcome::Exited { exit_code: 0 });
-    assert_eq!(finished_worker(&rest.events), "w1");
-    assert_eq!(
-        rest.stdout, "late\n",
-        "the lost attempt's output is relayed"
-    );
-    assert!(
-        rest.events
-            .iter()
-            .any(|e| matches!(e, TaskEvent::Finished { attempts, .. } if *attempts == 1)),
-        "{:?}",
-        rest.events
-    );
-    assert!(
-        !rest.events.iter().any(|e| matches!(
-            e,
-            TaskEvent::Assigned { attempt: 2.., .. } | TaskEvent::Retrying { .. }
-        )),
-        "no second attempt began: {:?}",
-        rest.events
-    );
-}
-
 /// Puts `payload` into the results stream as worker w1's result for `id`, and says whether
 /// no event of that task followed within two seconds.
 async fn republished_in_silence(
@@ -524,8 +391,12 @@ async fn a_master_killed_in_the_middle_of_a_burst_loses_no_accepted_task() {
 async fn sigterm_drains_running_tasks_then_leaves() {
     let (swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
 
-    let (sub, _, _) =
-        submit_until_started(&client, &swarm, sh("sleep 2; echo finished anyway")).await;
+    let (sub, _, _) = submit_until_started(
+        &client,
+        &swarm.subjects,
+        sh("sleep 2; echo finished anyway"),
+    )
+    .await;
     procs[1].signal(libc::SIGTERM);
     let c = collect(sub, WAIT, Duration::ZERO).await.unwrap();
     assert_eq!(c.stdout, "finished anyway\n");
@@ -546,7 +417,8 @@ async fn a_draining_worker_hands_back_what_it_cannot_finish() {
     let client = swarm.connect(Role::Client).await.unwrap();
     swarm.wait_workers(&client, 1).await.unwrap();
 
-    let (sub, first, _) = submit_until_started(&client, &swarm, sh("sleep 3; echo done")).await;
+    let (sub, first, _) =
+        submit_until_started(&client, &swarm.subjects, sh("sleep 3; echo done")).await;
     assert_eq!(first, "w1");
     let _w2 = swarm.worker("w2", 1, &[]).unwrap();
     swarm.wait_workers(&client, 2).await.unwrap();

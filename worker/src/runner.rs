@@ -318,14 +318,21 @@ impl Worker {
             reason: String::new(),
             queued,
         };
+        // Sent again (a restarted master): taken already, and its result, if it has ended.
         let taken = |a: &Assignment| {
             let key = (a.task_id.clone(), a.attempt);
-            self.taken.lock().expect("taken lock").contains(&key)
+            let taken = self.taken.lock().expect("taken lock");
+            taken.contains(&key).then(|| taken.result(&key).cloned())
         };
+        let mut again = None;
         let (ack, work) = match decode::<Assignment>(&msg.payload, 2 * MAX_SUBMIT_BYTES) {
             Err(e) => (refuse(format!("malformed assignment: {e}")), None),
-            // Sent again (a restarted master): it runs or ran here; its result is on its way.
-            Ok((a, _)) if taken(&a) => (accept(false), None),
+            // It runs here still (its result comes when it ends), or it has ended and its
+            // result goes out again below.
+            Ok((a, _)) if let Some(result) = taken(&a) => {
+                again = result;
+                (accept(false), None)
+            }
             Ok(_) if self.draining.load(Ordering::Acquire) => {
                 (refuse("worker is draining".into()), None)
             }
@@ -354,6 +361,12 @@ impl Worker {
                     warn!("could not acknowledge an assignment: {e}");
                 }
             }
+        }
+        if let Some(result) = again {
+            // Off the assignment loop: storing it may wait out a server restart.
+            let me = self.clone();
+            self.tracker
+                .spawn(async move { me.publish_result_again(&result).await });
         }
         let Some((a, place, slot)) = work else {
             return;

@@ -1,45 +1,61 @@
 //! The attempts a worker keeps track of: the ones running or queued here (for cancel, drain
 //! and heartbeats), the ones taken lately (an assignment sent again is acknowledged, not run
-//! twice) and the ones cancelled before their assignment came (the master sends the cancel
+//! twice, and answered with the attempt's result again if it has ended) and the ones cancelled before their assignment came (the master sends the cancel
 //! and the assignment from different tasks, and the cancel can come first).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use vgas_shared::wire::WorkerResult;
 use vgas_shared::TaskId;
 
 /// Attempts this worker remembers having taken, so an assignment sent again (a restarted
-/// master re-sends every one it had recorded) is acknowledged, not run twice: far more than
-/// a worker runs between two master restarts' worth of assignments. Early cancels are
-/// remembered as many.
+/// master re-sends every one it had recorded) is acknowledged, not run twice, and one that
+/// has ended is answered with its result again: far more than a worker runs between two
+/// master restarts' worth of assignments. Early cancels are remembered as many. A result is
+/// a few hundred bytes (the outcome and counts; output and files travel as events), so the
+/// results kept stay near a megabyte.
 pub(super) const RECENT_ATTEMPTS: usize = 4096;
 
-/// The attempts seen lately, oldest forgotten first.
+/// The attempts seen lately, oldest forgotten first, each with its result once it ended.
 #[derive(Debug, Default)]
 pub(super) struct RecentAttempts {
     order: VecDeque<(TaskId, u32)>,
-    set: HashSet<(TaskId, u32)>,
+    seen: HashMap<(TaskId, u32), Option<WorkerResult>>,
 }
 
 impl RecentAttempts {
     /// Remembers `key`; false when it was already there.
     pub(super) fn insert(&mut self, key: (TaskId, u32)) -> bool {
-        if !self.set.insert(key.clone()) {
+        if self.seen.contains_key(&key) {
             return false;
         }
+        self.seen.insert(key.clone(), None);
         self.order.push_back(key);
         if self.order.len() > RECENT_ATTEMPTS {
             if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+                self.seen.remove(&old);
             }
         }
         true
     }
 
     pub(super) fn contains(&self, key: &(TaskId, u32)) -> bool {
-        self.set.contains(key)
+        self.seen.contains_key(key)
+    }
+
+    /// Keeps the result of an attempt remembered here (one forgotten meanwhile stays so).
+    pub(super) fn ended(&mut self, r: &WorkerResult) {
+        if let Some(kept) = self.seen.get_mut(&(r.task_id.clone(), r.attempt)) {
+            *kept = Some(r.clone());
+        }
+    }
+
+    /// The result of an attempt that ended here, if it is still remembered.
+    pub(super) fn result(&self, key: &(TaskId, u32)) -> Option<&WorkerResult> {
+        self.seen.get(key)?.as_ref()
     }
 }
 
@@ -97,7 +113,35 @@ mod tests {
             assert!(r.insert((id(n), 1)));
         }
         assert_eq!(r.order.len(), RECENT_ATTEMPTS);
-        assert_eq!(r.set.len(), RECENT_ATTEMPTS);
+        assert_eq!(r.seen.len(), RECENT_ATTEMPTS);
         assert!(r.insert((id(0), 1)), "the oldest was forgotten");
+    }
+
+    #[test]
+    fn an_ended_attempt_keeps_its_result_until_it_is_forgotten() {
+        let mut r = RecentAttempts::default();
+        let id = |n: usize| TaskId::parse(&format!("t{n}")).unwrap();
+        let result = |n: usize| WorkerResult {
+            task_id: id(n),
+            attempt: 1,
+            worker: vgas_shared::WorkerId::parse("w1").unwrap(),
+            outcome: vgas_shared::wire::TaskOutcome::Exited { exit_code: 3 },
+            duration_ms: 1,
+            handed_back: false,
+            events: Some(0),
+        };
+        r.insert((id(0), 1));
+        assert_eq!(r.result(&(id(0), 1)), None, "still running");
+        r.ended(&result(0));
+        assert_eq!(r.result(&(id(0), 1)), Some(&result(0)));
+        r.ended(&result(1));
+        assert!(
+            !r.contains(&(id(1), 1)),
+            "an attempt never taken is not remembered"
+        );
+        for n in 2..=RECENT_ATTEMPTS + 1 {
+            r.insert((id(n), 1));
+        }
+        assert_eq!(r.result(&(id(0), 1)), None, "forgotten past the bound");
     }
 }

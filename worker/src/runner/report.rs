@@ -97,9 +97,28 @@ impl Worker {
         }
     }
 
-    /// Stores the result in JetStream, retrying through a server restart. The message id
-    /// makes a retried publish of the same attempt a duplicate JetStream drops.
+    /// Stores the result in JetStream, retrying through a server restart, and remembers it
+    /// for an assignment of the same attempt sent again ([`Worker::publish_result_again`]).
+    /// The message id makes a retried publish of the same attempt a duplicate JetStream
+    /// drops.
     pub(super) async fn publish_result(&self, r: &WorkerResult) {
+        self.taken.lock().expect("taken lock").ended(r);
+        self.store_result(r, format!("{}-{}", r.task_id, r.attempt))
+            .await;
+    }
+
+    /// Stores an attempt's result once more: its assignment came again (a master that
+    /// recovered the task's record still naming this attempt), and the first copy may have
+    /// been taken and dropped meanwhile. A message id of its own, so JetStream does not take
+    /// it for the first copy; a master that had that one ignores this one.
+    pub(super) async fn publish_result_again(&self, r: &WorkerResult) {
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(task_id = %r.task_id, attempt = r.attempt, "assigned again after it ended: sending its result again");
+        self.store_result(r, format!("{}-{}-again-{n}", r.task_id, r.attempt))
+            .await;
+    }
+
+    async fn store_result(&self, r: &WorkerResult, msg_id: String) {
         let subject = self.cfg.conn.subjects.result(&self.cfg.id, &r.task_id);
         let Ok(bytes) = encode(Encoding::MsgPack, r) else {
             return;
@@ -108,10 +127,7 @@ impl Worker {
         let mut delay = Duration::from_millis(100);
         for n in 1..=RESULT_PUBLISH_ATTEMPTS {
             let mut headers = HeaderMap::new();
-            headers.insert(
-                "Nats-Msg-Id",
-                format!("{}-{}", r.task_id, r.attempt).as_str(),
-            );
+            headers.insert("Nats-Msg-Id", msg_id.as_str());
             let sent = async {
                 self.js
                     .publish_with_headers(subject.clone(), headers, bytes.clone())
