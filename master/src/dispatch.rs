@@ -27,6 +27,7 @@ use crate::retention::{FinalWrite, Retention};
 use crate::scheduler::AgentScheduler;
 
 pub mod assign;
+mod audit;
 pub mod direct;
 mod finish;
 pub mod gpu;
@@ -196,6 +197,9 @@ struct Tracked {
     lost: Option<(WorkerId, u32)>,
     /// Why the last attempt was lost, announced as `retrying` when the next one is sent.
     retry: Option<String>,
+    /// Since when the current attempt's live worker has not listed it in its heartbeats,
+    /// with no result come ([`audit`]).
+    unlisted_since: Option<u64>,
 }
 
 /// Where an attempt's deadline counts from, for the master's check that its result is not
@@ -212,6 +216,13 @@ enum Clock {
 }
 
 impl Clock {
+    /// When the attempt was sent, queued or started, whichever came last.
+    fn since_ms(self) -> u64 {
+        match self {
+            Clock::Assigned(at) | Clock::Queued(at) | Clock::Started(at) => at,
+        }
+    }
+
     /// When an attempt of `deadline_ms` is past its deadline.
     fn due_ms(self, deadline_ms: u64) -> u64 {
         match self {
@@ -270,6 +281,8 @@ pub struct Dispatcher {
     /// The tasks this process announced lately, never announced again from a result that
     /// comes twice.
     announced: Announced,
+    /// When the next audit of assigned attempts against heartbeats runs ([`audit`]).
+    audit_at: u64,
 }
 
 impl Dispatcher {
@@ -303,6 +316,7 @@ impl Dispatcher {
             observe,
             retention: None,
             announced: Announced::default(),
+            audit_at: 0,
         }
     }
 
@@ -358,6 +372,7 @@ impl Dispatcher {
                     heard: direct::Heard::default(),
                     lost: None,
                     retry: None,
+                    unlisted_since: None,
                 },
             );
         }
@@ -511,6 +526,7 @@ impl Dispatcher {
                 heard: direct::Heard::default(),
                 lost: None,
                 retry: None,
+                unlisted_since: None,
             },
         );
         id

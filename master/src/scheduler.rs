@@ -43,7 +43,8 @@ pub struct WorkerEntry {
     unanswered: AtomicBool,
     last_active_ms: AtomicU64,
     tasks_done: AtomicU64,
-    /// The latest heartbeat, for `vgas status` only.
+    /// The latest heartbeat, for `vgas status` and the dispatcher's audit of the attempts a
+    /// worker holds (`dispatch::audit`).
     last_beat: ArcSwapOption<Heartbeat>,
 }
 
@@ -390,6 +391,19 @@ impl AgentScheduler {
             .lock()
             .expect("restored lock")
             .insert(worker.clone(), n);
+    }
+
+    /// Each live worker's latest heartbeat and when it came (ms since the epoch).
+    pub fn latest_beats(&self) -> HashMap<WorkerId, (u64, Arc<Heartbeat>)> {
+        let nodes = self.nodes.lock().expect("nodes lock");
+        nodes
+            .iter()
+            .filter(|(_, n)| matches!(n.health, Health::Live))
+            .filter_map(|(id, n)| {
+                let at = n.entry.last_active_ms.load(Ordering::Acquire);
+                Some((id.clone(), (at, n.entry.last_beat.load_full()?)))
+            })
+            .collect()
     }
 
     pub fn is_live(&self, worker: &WorkerId) -> bool {

@@ -258,6 +258,16 @@ pub async fn results_consumer(
         .context("create the master's results consumer")
 }
 
+/// Results in the results stream not yet delivered to the master's consumer.
+pub async fn results_not_delivered(js: &jetstream::Context, subjects: &Subjects) -> Result<u64> {
+    let mut consumer: consumer::PullConsumer = js
+        .get_consumer_from_stream(RESULTS_CONSUMER, subjects.results_stream())
+        .await
+        .context("open the results consumer")?;
+    let info = consumer.info().await.context("read the results consumer")?;
+    Ok(info.num_pending)
+}
+
 /// Opens the wasm modules Object Store bucket, creating it (file storage, bounded by
 /// `MODULES_BUCKET_MAX_BYTES`) if it does not exist yet. Clients put modules into it by hash;
 /// workers read them.

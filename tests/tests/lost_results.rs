@@ -184,3 +184,108 @@ async fn next_result(results: &mut async_nats::Subscriber) -> WorkerResult {
         .unwrap();
     decode_as(Encoding::MsgPack, &msg.payload).unwrap()
 }
+
+#[tokio::test]
+async fn an_attempt_its_live_worker_no_longer_holds_is_assigned_again() {
+    // A worker restarted under the same id faster than its silence shows (a service manager
+    // restarting it at once) heartbeats on without the attempts its old process held, and
+    // their results never come: the master sends such an attempt's assignment again once
+    // the worker has not listed it for a while, instead of waiting out the deadline. The
+    // test plays worker w9: it heartbeats listing nothing, acknowledges every assignment,
+    // and sends the attempt's result only when it is assigned a second time.
+    let (swarm, _procs, client) = Swarm::with_workers(&[]).await.unwrap();
+    let fake = swarm.connect(Role::Worker).await.unwrap();
+    let w9 = WorkerId::parse("w9").unwrap();
+    let mut assignments = fake
+        .subscribe(swarm.subjects.worker_task(&w9))
+        .await
+        .unwrap();
+    let beats = {
+        let (fake, subject) = (fake.clone(), swarm.subjects.heartbeat(&w9));
+        let beat = vgas_shared::wire::Heartbeat {
+            worker: Some(w9.clone()),
+            slots: 1,
+            free_slots: 1,
+            cpus: 1,
+            hostname: "w9".into(),
+            ..Default::default()
+        };
+        let bytes = bytes::Bytes::from(encode(Encoding::MsgPack, &beat).unwrap());
+        tokio::spawn(async move {
+            for _ in 0..120 {
+                fake.publish(subject.clone(), bytes.clone()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let id = TaskId::random();
+    let events = client
+        .subscribe(swarm.subjects.task_events(&id))
+        .await
+        .unwrap();
+    let spec = TaskSpec {
+        task_id: Some(id.clone()),
+        ..sh("true")
+    };
+    let _: vgas_shared::wire::SubmitReply = request(&client, swarm.subjects.submit(), &spec)
+        .await
+        .unwrap();
+    assert_eq!(take(&fake, &mut assignments).await, (id.clone(), 1));
+    let again = std::time::Instant::now();
+    assert_eq!(
+        take(&fake, &mut assignments).await,
+        (id.clone(), 1),
+        "the same attempt, sent again"
+    );
+    eprintln!("assigned again {:?} after the first", again.elapsed());
+    let result = WorkerResult {
+        task_id: id.clone(),
+        attempt: 1,
+        worker: w9.clone(),
+        outcome: TaskOutcome::Exited { exit_code: 0 },
+        duration_ms: 1,
+        handed_back: false,
+        events: Some(0),
+    };
+    let js = async_nats::jetstream::new(fake.clone());
+    js.publish(
+        swarm.subjects.result(&w9, &id),
+        encode(Encoding::MsgPack, &result).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let seen = collect(events, WAIT, Duration::from_millis(500))
+        .await
+        .unwrap();
+    beats.abort();
+    assert_eq!(seen.finished_count(), 1, "{:?}", seen.events);
+    assert_eq!(seen.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert_eq!(finished_worker(&seen.events), "w9");
+}
+
+/// Takes the next assignment on `assignments` as a worker would (acknowledged, accepted);
+/// its task and attempt.
+async fn take(
+    worker: &async_nats::Client,
+    assignments: &mut async_nats::Subscriber,
+) -> (TaskId, u32) {
+    let msg = tokio::time::timeout(Duration::from_secs(40), assignments.next())
+        .await
+        .expect("an assignment")
+        .unwrap();
+    let a: Assignment = decode_as(Encoding::MsgPack, &msg.payload).unwrap();
+    let ack = AssignAck {
+        accepted: true,
+        reason: String::new(),
+        queued: false,
+    };
+    let reply = msg.reply.expect("a request");
+    worker
+        .publish(reply, encode(Encoding::MsgPack, &ack).unwrap().into())
+        .await
+        .unwrap();
+    (a.task_id, a.attempt)
+}

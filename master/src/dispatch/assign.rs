@@ -139,6 +139,7 @@ impl Dispatcher {
             };
             t.permit = None;
             t.clock = super::Clock::Assigned(now_ms());
+            t.unlisted_since = None;
         }
     }
 

@@ -12,7 +12,8 @@ use vgas_shared::{now_ms, Encoding, TaskId, WorkerId};
 use super::Dispatcher;
 
 impl Dispatcher {
-    /// Retries attempts whose worker is gone or whose deadline passed with no result.
+    /// Retries attempts whose worker is gone or whose deadline passed with no result, and
+    /// audits the others against their workers' heartbeats (`audit`).
     pub(super) async fn check_assigned(&mut self) {
         let now = now_ms();
         let beat_window = ABNORMAL_AFTER.as_millis() as u64;
@@ -51,6 +52,10 @@ impl Dispatcher {
             warn!(task_id = %id, "attempt lost: {reason}");
             self.free(&id, &worker);
             self.lose_attempt(&id, reason).await;
+        }
+        if now >= self.audit_at {
+            self.audit_at = now + super::audit::AUDIT_EVERY.as_millis() as u64;
+            self.audit_attempts().await;
         }
     }
 

@@ -38,8 +38,10 @@ pub struct Heartbeat {
     #[serde(default)]
     pub queue_ahead: usize,
     pub free_slots: usize,
-    /// Attempts running now (task id, attempt), for operators and tools; the master itself
-    /// relies on results and heartbeat silence, not on this list.
+    /// Attempts held now (task id, attempt): running, or queued ahead of the slots, until
+    /// their result is stored. For operators and tools, and for the master's audit: an
+    /// attempt its live worker stops listing, whose result does not come, has its
+    /// assignment sent again.
     pub running: Vec<(TaskId, u32)>,
     pub cpus: usize,
     pub memory_mb: u64,
