@@ -1,7 +1,8 @@
-//! Results that a master could lose between two records: a lost attempt's result that comes
-//! while its task waits to run again, and the result of an attempt whose assignment a
-//! recovering master sends again after the first copy was taken. Each ends its task once,
-//! without running it again.
+//! Results that a master could wait for in vain: a lost attempt's result that comes while
+//! its task waits to run again; the result of an attempt whose assignment a recovering
+//! master sends again after the first copy was taken; an attempt its live worker no longer
+//! holds (a worker restarted under its id faster than its silence shows). Each task ends
+//! once, without waiting out its deadline.
 
 use std::time::Duration;
 
@@ -288,4 +289,28 @@ async fn take(
         .await
         .unwrap();
     (a.task_id, a.attempt)
+}
+
+#[tokio::test]
+async fn a_worker_restarted_at_once_under_its_id_leaves_no_task_waiting_for_its_deadline() {
+    // The same as a real worker: w1 is killed mid-task and started again under its id at
+    // once. Whether the master saw it fall silent (the lapse) or not (the audit), the task
+    // ends well before its 300 s deadline, once.
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let id = TaskId::random();
+    let spec = TaskSpec {
+        task_id: Some(id.clone()),
+        ..sh("sleep 2; echo done")
+    };
+    let (events, worker, _) = submit_until_started(&client, &swarm.subjects, spec).await;
+    assert_eq!(worker, "w1");
+    procs[1].signal(libc::SIGKILL);
+    procs[1].wait_exit(WAIT).await.unwrap();
+    let _w1 = swarm.worker("w1", 1, &[]).unwrap();
+    let seen = collect(events, Duration::from_secs(60), Duration::from_millis(500))
+        .await
+        .expect("the task to end within a minute");
+    assert_eq!(seen.finished_count(), 1, "{:?}", seen.events);
+    assert_eq!(seen.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    assert!(seen.stdout.ends_with("done\n"), "{:?}", seen.stdout);
 }
