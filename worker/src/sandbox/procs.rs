@@ -150,11 +150,12 @@ fn with_status(e: std::fs::DirEntry) -> Option<ProcInfo> {
 
 /// Processes of `uid` (a `/proc/<pid>` directory belongs to the process's effective uid, which
 /// equals the real one for sandboxed tasks), with their status. One `stat` per process
-/// filters first, so a scan costs little when the uid has none.
+/// filters first, so a scan costs little when the uid has none; each is asked relative to
+/// the open `/proc` (the entry's own `metadata`), not by a path walked from the root.
 fn processes_of(uid: u32) -> Vec<ProcInfo> {
     use std::os::unix::fs::MetadataExt;
     proc_dirs()
-        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.uid() == uid))
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
         .filter_map(with_status)
         .filter(|(_, u, _, _)| *u == uid)
         .collect()
