@@ -265,6 +265,16 @@ async fn an_attempt_its_live_worker_no_longer_holds_is_assigned_again() {
     assert_eq!(seen.finished_count(), 1, "{:?}", seen.events);
     assert_eq!(seen.outcome(), TaskOutcome::Exited { exit_code: 0 });
     assert_eq!(finished_worker(&seen.events), "w9");
+    let started = seen
+        .events
+        .iter()
+        .filter(|e| matches!(e, TaskEvent::Started { .. }))
+        .count();
+    assert_eq!(
+        started, 1,
+        "acknowledged twice, started once: {:?}",
+        seen.events
+    );
 }
 
 /// Takes the next assignment on `assignments` as a worker would (acknowledged, accepted);

@@ -66,7 +66,7 @@ impl Heard {
     }
 
     /// Whether `started` was announced for `attempt`.
-    fn started_of(&self, attempt: u32) -> bool {
+    pub(super) fn started_of(&self, attempt: u32) -> bool {
         self.attempt == attempt && self.started
     }
 }

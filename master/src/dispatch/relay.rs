@@ -46,6 +46,11 @@ impl Dispatcher {
             }
             return;
         }
+        // An assignment sent again (a restart, the audit) is acknowledged again: announced
+        // once.
+        if t.heard.started_of(attempt) {
+            return;
+        }
         t.heard.started(attempt);
         let enc = t.rec.encoding;
         self.emit(id, enc, &TaskEvent::Started { worker, attempt })
