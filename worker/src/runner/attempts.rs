@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use vgas_shared::wire::WorkerResult;
+use vgas_shared::wire::{TaskOutcome, WorkerResult};
 use vgas_shared::TaskId;
 
 /// Attempts this worker remembers having taken, so an assignment sent again (a restarted
@@ -16,8 +16,38 @@ use vgas_shared::TaskId;
 /// has ended is answered with its result again: far more than a worker runs between two
 /// master restarts' worth of assignments. Early cancels are remembered as many. A result is
 /// a few hundred bytes (the outcome and counts; output and files travel as events), so the
-/// results kept stay near a megabyte.
+/// results kept stay near a megabyte (16 MiB at worst, see [`KEPT_MESSAGE_BYTES`]).
 pub(super) const RECENT_ATTEMPTS: usize = 4096;
+
+/// The longest outcome message a kept result holds: results are a few hundred bytes, but an
+/// error's message (a trap's backtrace) can be long, and 4,096 kept results must stay near a
+/// few megabytes at worst (16 MiB). A result sent again carries the message cut here.
+const KEPT_MESSAGE_BYTES: usize = 4096;
+
+/// The message an outcome carries, if any.
+fn message_of(outcome: &mut TaskOutcome) -> Option<&mut String> {
+    match outcome {
+        TaskOutcome::Signaled { message, .. }
+        | TaskOutcome::LimitExceeded { message, .. }
+        | TaskOutcome::Error { message }
+        | TaskOutcome::Abandoned { message } => Some(message),
+        TaskOutcome::Exited { .. } | TaskOutcome::TimedOut { .. } | TaskOutcome::Cancelled => None,
+    }
+}
+
+/// Cuts `message` to at most `max` bytes at a character boundary, saying so.
+fn cut(message: &mut String, max: usize) {
+    const MORE: &str = " (cut)";
+    if message.len() <= max {
+        return;
+    }
+    let mut end = max - MORE.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(MORE);
+}
 
 /// The attempts seen lately, oldest forgotten first, each with its result once it ended.
 #[derive(Debug, Default)]
@@ -46,10 +76,15 @@ impl RecentAttempts {
         self.seen.contains_key(key)
     }
 
-    /// Keeps the result of an attempt remembered here (one forgotten meanwhile stays so).
+    /// Keeps the result of an attempt remembered here (one forgotten meanwhile stays so), its
+    /// message cut to [`KEPT_MESSAGE_BYTES`].
     pub(super) fn ended(&mut self, r: &WorkerResult) {
         if let Some(kept) = self.seen.get_mut(&(r.task_id.clone(), r.attempt)) {
-            *kept = Some(r.clone());
+            let mut r = r.clone();
+            if let Some(message) = message_of(&mut r.outcome) {
+                cut(message, KEPT_MESSAGE_BYTES);
+            }
+            *kept = Some(r);
         }
     }
 
@@ -125,7 +160,7 @@ mod tests {
             task_id: id(n),
             attempt: 1,
             worker: vgas_shared::WorkerId::parse("w1").unwrap(),
-            outcome: vgas_shared::wire::TaskOutcome::Exited { exit_code: 3 },
+            outcome: TaskOutcome::Exited { exit_code: 3 },
             duration_ms: 1,
             handed_back: false,
             events: Some(0),
@@ -143,5 +178,28 @@ mod tests {
             r.insert((id(n), 1));
         }
         assert_eq!(r.result(&(id(0), 1)), None, "forgotten past the bound");
+    }
+
+    #[test]
+    fn a_kept_result_has_its_long_message_cut_at_a_character() {
+        let mut r = RecentAttempts::default();
+        let id = TaskId::parse("t1").unwrap();
+        r.insert((id.clone(), 1));
+        let long = "é".repeat(KEPT_MESSAGE_BYTES);
+        r.ended(&WorkerResult {
+            task_id: id.clone(),
+            attempt: 1,
+            worker: vgas_shared::WorkerId::parse("w1").unwrap(),
+            outcome: TaskOutcome::Error { message: long },
+            duration_ms: 1,
+            handed_back: false,
+            events: Some(0),
+        });
+        let Some(TaskOutcome::Error { message }) = r.result(&(id, 1)).map(|k| &k.outcome) else {
+            panic!("no kept error");
+        };
+        assert!(message.len() <= KEPT_MESSAGE_BYTES, "{}", message.len());
+        assert!(message.ends_with(" (cut)"));
+        assert!(message.starts_with("éé"));
     }
 }
