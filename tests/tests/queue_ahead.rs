@@ -96,15 +96,27 @@ async fn a_draining_worker_hands_back_what_it_queued_and_another_runs_it() {
     let subs = subscribe_events(&client, &swarm.subjects, &ids)
         .await
         .unwrap();
-    for (id, script) in ids.iter().zip(["sleep 1; echo running", "echo queued"]) {
+    // The first runs, the second waits in w1's queue: each submitted once w1 lists the one
+    // before in its heartbeat (submitted together, the two assignments could reach w1 in
+    // either order under load, and the second could take the slot).
+    let observer = swarm.connect(Role::Master).await.unwrap();
+    let w1_id = WorkerId::parse("w1").unwrap();
+    for (id, script) in ids.iter().zip(["sleep 5; echo running", "echo queued"]) {
         let mut spec = sh(script);
         spec.task_id = Some(id.clone());
         let _: SubmitReply = request(&client, swarm.subjects.submit(), &spec)
             .await
             .unwrap();
+        let held = Instant::now();
+        while !next_beat(&observer, &swarm, &w1_id)
+            .await
+            .running
+            .contains(&(id.clone(), 1))
+        {
+            assert!(held.elapsed() < WAIT, "w1 never listed {id}");
+        }
     }
     // SIGTERM: the running task finishes; the queued one goes back, to the next worker.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     w1.signal(libc::SIGTERM);
     let _w2 = swarm.worker("w2", 1, &[]).unwrap();
     let mut subs = subs.into_iter();
