@@ -40,6 +40,11 @@ impl Dispatcher {
     /// Sends again the assignments of attempts unlisted for [`UNLISTED_FOR`] by their live
     /// workers (see the module's notes).
     pub(super) async fn audit_attempts(&mut self) {
+        // Between turns every tracked task is queued or assigned: nothing assigned, nothing
+        // to audit (and no copy of every worker's latest heartbeat to make).
+        if self.tasks.len() == self.pending.len() {
+            return;
+        }
         let now = now_ms();
         let beats = self.sched.latest_beats();
         let mut listed: HashMap<&WorkerId, HashSet<(&TaskId, u32)>> = HashMap::new();
