@@ -1,7 +1,8 @@
 //! Attempts that end without a result: a worker that stopped heartbeating, a deadline that
 //! passed, a cancel. Each lost attempt counts against the task's attempt budget: the task goes
 //! back to the head of the queue (announced as `retrying` when its next attempt is sent) or
-//! is given up with the last reason; a cancel stops the running attempt on its worker, or ends a queued task at once.
+//! is given up with the last reason; a cancel stops the running attempt on its worker, or
+//! ends a queued task at once.
 
 use tracing::warn;
 use vgas_shared::codec::encode;
