@@ -328,6 +328,10 @@ pub struct UsageReport {
     /// The master that answered (every master serves LLM calls and keeps the merged usage).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub answered_by: String,
+    /// Other masters whose usage this one has heard lately (each publishes it every 0.5 s):
+    /// the masters a partition would be noticed against.
+    #[serde(default)]
+    pub masters_heard: usize,
 }
 
 /// A provider's name: 1 to 64 letters, digits, `-` or `_` (also the vault's entry name).

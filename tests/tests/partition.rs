@@ -188,6 +188,29 @@ async fn two_masters_cut_apart_keep_spend_bounded_and_converge_after_the_heal() 
         }
     }
 
+    // Each master has heard the other before the cut: one that never had cannot see it fall
+    // silent (the six calls may all have been served by one master, which then holds them
+    // without ever having heard the other).
+    let heard_by = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let both = wait_for("each master to hear the other", WAIT, || {
+        let asks: Vec<_> = callers.iter().map(|(_, c)| c.clone()).collect();
+        let (subject, heard_by) = (s.llm_usage(), heard_by.clone());
+        async move {
+            for c in asks {
+                let r: UsageReport = request(&c, subject.clone(), &serde_json::json!({}))
+                    .await
+                    .ok()?;
+                if r.masters_heard >= 1 {
+                    heard_by.lock().unwrap().insert(r.answered_by);
+                }
+            }
+            (heard_by.lock().unwrap().len() == 2).then_some(())
+        }
+    })
+    .await;
+    if let Err(e) = both {
+        panic!("{e:#}\n{}", logs());
+    }
     eprintln!("cutting the network between the two hosts");
     let routes_closed: Vec<usize> = cluster.nodes.iter().map(|n| n.routes_closed()).collect();
     lan.cut_between(0, 1).unwrap();

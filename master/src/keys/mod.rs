@@ -452,6 +452,7 @@ impl ApiKeyManager {
             rates: self.usage.rates(now),
             providers,
             answered_by: self.usage.node().to_owned(),
+            masters_heard: self.usage.peers(),
         }
     }
 }
