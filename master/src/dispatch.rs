@@ -76,9 +76,12 @@ pub enum Command {
         result: WorkerResult,
         ack: ResultAck,
     },
-    /// A worker's result read straight from its subject ([`direct`]): acted on only when the
-    /// stream has brought everything before it; the stream's copy comes anyway.
-    DirectResult { result: WorkerResult },
+    /// A worker's result offered straight to this master ([`direct`]): taken only when the
+    /// stream has brought everything before it, and answered on `reply` either way.
+    DirectResult {
+        result: WorkerResult,
+        reply: Option<async_nats::Subject>,
+    },
     /// A worker acknowledged an assignment: it starts the attempt, or (`queued`) queues it
     /// ahead of its slots and says `started` itself later.
     Started {
@@ -113,24 +116,44 @@ pub enum Command {
     },
 }
 
-/// The acknowledgement of one result in the results stream, sent by the actor itself right
-/// after the task's `finished` event on the same connection: a master killed in between
-/// (the one moment that makes the next master announce it again) is as short as it can be.
-/// `done` then tells the results consumer that one more may come.
+/// What answers one result once its task is recorded and announced, sent by the actor itself
+/// right after the task's `finished` event on the same connection: a master killed in
+/// between (the one moment that makes the next master announce it again) is as short as it
+/// can be.
 #[derive(Debug)]
-pub struct ResultAck {
-    pub msg: Option<Box<async_nats::jetstream::Message>>,
-    pub done: oneshot::Sender<()>,
+pub enum ResultAck {
+    /// A result read from the results stream: its message acknowledged (unless the consumer
+    /// does that itself), then `done` tells the results consumer that one more may come.
+    Stream {
+        msg: Option<Box<async_nats::jetstream::Message>>,
+        done: oneshot::Sender<()>,
+    },
+    /// A result its worker offered straight to this master ([`direct`]): answered
+    /// [`vgas_shared::wire::RESULT_TAKEN`], so the worker does not store it.
+    Direct {
+        client: async_nats::Client,
+        reply: async_nats::Subject,
+    },
 }
 
 impl ResultAck {
     pub async fn send(self) {
-        if let Some(msg) = self.msg {
-            if let Err(e) = msg.ack().await {
-                warn!("could not acknowledge a result: {e}");
+        match self {
+            ResultAck::Stream { msg, done } => {
+                if let Some(msg) = msg {
+                    if let Err(e) = msg.ack().await {
+                        warn!("could not acknowledge a result: {e}");
+                    }
+                }
+                let _ = done.send(());
+            }
+            ResultAck::Direct { client, reply } => {
+                let taken = Bytes::from_static(vgas_shared::wire::RESULT_TAKEN);
+                if let Err(e) = client.publish(reply, taken).await {
+                    warn!("could not tell a worker its result was taken: {e}");
+                }
             }
         }
-        let _ = self.done.send(());
     }
 }
 
@@ -166,10 +189,6 @@ struct Finishing {
     event: TaskEvent,
     /// Acknowledgements of the results that led to it, sent once the record is written.
     acks: Vec<ResultAck>,
-    /// Ended by a result read straight from the worker: once written it is announced with
-    /// the stream's copy of that result, so the announcement and the acknowledgement still
-    /// leave together (see [`direct`]).
-    direct: bool,
     /// `task.run` callers, answered with the event once it is announced.
     waiters: Vec<Waiter>,
 }
@@ -266,9 +285,6 @@ pub struct Dispatcher {
     unwritten: Vec<Finishing>,
     /// When the unwritten records are tried next.
     rewrite_at: Option<tokio::time::Instant>,
-    /// Final records written from a direct result, each announced when the stream's copy of
-    /// its result comes (or after [`finish::HOLD_FOR`] without it).
-    held: Vec<finish::Held>,
     /// Assignments recorded before a restart, sent again when the actor starts: the master
     /// may have died between recording one and sending it. A worker that has it already
     /// acknowledges without running it twice.
@@ -310,7 +326,6 @@ impl Dispatcher {
             recorded: Vec::new(),
             unwritten: Vec::new(),
             rewrite_at: None,
-            held: Vec::new(),
             resend: Vec::new(),
             gpus: ResourceManager::default(),
             observe,
@@ -454,7 +469,7 @@ impl Dispatcher {
                 // Acknowledged once this turn's records are written (`flush_finished`).
                 self.recorded.push((id, done));
             }
-            Command::DirectResult { result } => self.on_direct_result(result).await,
+            Command::DirectResult { result, reply } => self.on_direct_result(result, reply).await,
             Command::Started {
                 task_id,
                 attempt,

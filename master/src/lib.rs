@@ -469,16 +469,16 @@ async fn lead(
             _ = stop.cancelled() => {}
         }
     });
-    // Each result straight from its worker too, beside the stream's copy (dispatch::direct).
+    // Results offered straight by their workers, outside the stream (dispatch::direct).
     let direct = client
-        .subscribe(subjects.all_results())
+        .subscribe(subjects.all_results_direct())
         .await
-        .context("subscribe to the workers' results")?;
+        .context("subscribe to the workers' direct results")?;
     let stop = shutdown.clone();
-    let (tx2, s2) = (tx.clone(), subjects.clone());
+    let (tx2, s2, c2) = (tx.clone(), subjects.clone(), client.clone());
     tracker.spawn(async move {
         tokio::select! {
-            () = dispatch::direct::read(direct, s2, tx2) => {}
+            () = dispatch::direct::read(direct, c2, s2, tx2) => {}
             _ = stop.cancelled() => {}
         }
     });

@@ -150,11 +150,31 @@ impl Subjects {
         format!("{}.result.*.*", self.prefix)
     }
 
-    /// The worker whose result subject `subject` is.
+    /// Worker to master, a request outside JetStream: the same result offered to the
+    /// leading master first. Its answer [`crate::wire::RESULT_TAKEN`] means the task's final
+    /// record is written and announced; any other answer, or none, and the worker stores the
+    /// result on [`Subjects::result`] as before. One token more than a result subject, so
+    /// the results stream's wildcard does not capture it.
+    pub fn result_direct(&self, worker: &WorkerId, task: &TaskId) -> String {
+        format!("{}.result.{worker}.{task}.direct", self.prefix)
+    }
+
+    /// Wildcard over one worker's direct result subjects.
+    pub fn results_direct_of(&self, worker: &WorkerId) -> String {
+        format!("{}.result.{worker}.*.direct", self.prefix)
+    }
+
+    /// Wildcard over every direct result subject (the leading master answers these).
+    pub fn all_results_direct(&self) -> String {
+        format!("{}.result.*.*.direct", self.prefix)
+    }
+
+    /// The worker whose result subject `subject` is, stored or direct.
     pub fn worker_of_result(&self, subject: &str) -> Option<WorkerId> {
         let rest = subject
             .strip_prefix(&self.prefix)?
             .strip_prefix(".result.")?;
+        let rest = rest.strip_suffix(".direct").unwrap_or(rest);
         let (worker, task) = rest.split_once('.')?;
         TaskId::parse(task).ok()?;
         WorkerId::parse(worker).ok()
@@ -338,6 +358,11 @@ mod tests {
         assert_eq!(s.heartbeat(&w), "team.vgas.heartbeat.w1");
         assert_eq!(s.worker_task(&w), "team.vgas.worker.w1.task");
         assert_eq!(s.results_stream(), "TEAM_VGAS_RESULTS");
+        let (stored, direct) = (s.result(&w, &t), s.result_direct(&w, &t));
+        assert_eq!(direct, "team.vgas.result.w1.t1.direct");
+        assert_eq!(s.worker_of_result(&stored), Some(w.clone()));
+        assert_eq!(s.worker_of_result(&direct), Some(w.clone()));
+        assert_eq!(s.worker_of_result("team.vgas.result.w1.t1.other"), None);
         assert_eq!(s.tasks_bucket(), "team_vgas_tasks");
         assert_eq!(Subjects::default().status(), "vgas.status");
         assert_eq!(s.llm_complete(), "team.vgas.llm.complete");

@@ -334,6 +334,12 @@ impl TaskOutcome {
 /// follower drops a relayed event whose sequence is not above the highest it has seen.
 pub const HEADER_EVENT_SEQ: &str = "Vgas-Event-Seq";
 
+/// The leading master's answer to a result offered on [`crate::Subjects::result_direct`]
+/// when that result ended its task: the final record is written and `finished` announced,
+/// so the worker stores nothing in the results stream. Any other answer (or none, or no
+/// master listening) and the worker stores the result there, as it always could.
+pub const RESULT_TAKEN: &[u8] = b"taken";
+
 /// One event on `vgas.task.<id>.events`. Output chunks carry the attempt they belong to, so a
 /// reader can drop a lost attempt's output when a `retrying` event says a new one began.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,75 +1,92 @@
-//! A worker's result reaches the master twice: straight from its subject and through the
-//! results stream. When the stream cannot store it for a while (here its subjects are
-//! changed under it, as a stream being recreated would be), the task still finishes from
-//! the direct copy and is announced once the master's hold for the stream's copy runs out;
-//! when the worker's retried publish is stored at last, that copy is acknowledged and
-//! announces nothing again.
+//! A worker offers each result straight to the leading master first (`Subjects::result_direct`)
+//! and stores it in the results stream only when the master does not take it. Quiet tasks
+//! end without their results ever entering the stream; a result nobody takes (no answer in
+//! time, or an answer that declines it) is stored, and a master started later ends its task
+//! from the stream, once.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use vgas_shared::codec::decode_as;
 use vgas_shared::config::Role;
-use vgas_shared::wire::{SubmitReply, TaskEvent, TaskOutcome};
-use vgas_shared::{Encoding, TaskId};
-use vgas_tests::{request, sh, wait_for, Swarm, WAIT};
+use vgas_shared::wire::TaskOutcome;
+use vgas_tests::{collect, run_task, sh, submit_until_started, wait_for, Swarm, WAIT};
+
+/// Results ever stored in the results stream (its last sequence counts workers' events too).
+async fn stored(js: &async_nats::jetstream::Context, swarm: &Swarm) -> u64 {
+    let mut stream = js
+        .get_stream(swarm.subjects.results_stream())
+        .await
+        .unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
 
 #[tokio::test]
-async fn a_result_the_stream_cannot_store_yet_is_announced_once_from_its_direct_copy() {
-    let (swarm, procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+async fn quiet_tasks_end_without_their_results_entering_the_stream() {
+    let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
+    let master = swarm.connect(Role::Master).await.unwrap();
+    let js = async_nats::jetstream::new(master);
+    let before = stored(&js, &swarm).await;
+    for _ in 0..5 {
+        let c = run_task(
+            &client,
+            &swarm.subjects,
+            sh("true"),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.finished_count(), 1, "{:?}", c.events);
+        assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+    }
+    // Taken straight by the master, each one: nothing went into the stream.
+    assert_eq!(stored(&js, &swarm).await, before);
+}
+
+#[tokio::test]
+async fn results_no_master_takes_are_stored_and_end_their_tasks_once() {
+    let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 2)]).await.unwrap();
+    let (a, ..) = submit_until_started(&client, &swarm.subjects, sh("sleep 2; echo a")).await;
+    let (b, ..) = submit_until_started(&client, &swarm.subjects, sh("sleep 2; echo b")).await;
+    procs[0].signal(libc::SIGKILL);
+    procs[0].wait_exit(WAIT).await.unwrap();
+
+    // The test stands where the master was: it leaves the first offer unanswered and
+    // declines the second, as a master does a result it cannot take.
     let master = swarm.connect(Role::Master).await.unwrap();
     let js = async_nats::jetstream::new(master.clone());
-    let name = swarm.subjects.results_stream();
-    let mut stream = js.get_stream(&name).await.unwrap();
-    let info = stream.info().await.unwrap().clone();
-    let (config, stored_before) = (info.config.clone(), info.state.last_sequence);
-    let mut without = config.clone();
-    without
-        .subjects
-        .retain(|s| *s != swarm.subjects.all_results());
-    assert_ne!(
-        without.subjects, config.subjects,
-        "the stream takes results"
-    );
-    js.update_stream(&without).await.unwrap();
-
-    let id = TaskId::random();
-    let mut events = client
-        .subscribe(swarm.subjects.task_events(&id))
+    let before = stored(&js, &swarm).await;
+    let mut offers = master
+        .subscribe(swarm.subjects.all_results_direct())
         .await
         .unwrap();
-    let mut spec = sh("true");
-    spec.task_id = Some(id.clone());
-    let _: SubmitReply = request(&client, swarm.subjects.submit(), &spec)
+    let first = tokio::time::timeout(WAIT, offers.next())
+        .await
+        .expect("a result offered")
+        .unwrap();
+    assert!(first.reply.is_some(), "offered as a request");
+    let second = tokio::time::timeout(WAIT, offers.next())
+        .await
+        .expect("a second result offered")
+        .unwrap();
+    master
+        .publish(second.reply.unwrap(), "stream".into())
         .await
         .unwrap();
-    // Finished while the stream still cannot store the result: from the direct copy alone.
-    loop {
-        let msg = tokio::time::timeout(WAIT, events.next())
-            .await
-            .expect("the task announced without the stream's copy")
-            .unwrap();
-        let ev: TaskEvent = decode_as(Encoding::detect(&msg.payload), &msg.payload).unwrap();
-        if let TaskEvent::Finished { outcome, .. } = ev {
-            assert_eq!(outcome, TaskOutcome::Exited { exit_code: 0 });
-            break;
-        }
-    }
-    assert!(
-        procs[1].log_text().contains("result not stored yet"),
-        "the worker's publish was refused meanwhile"
-    );
-
-    // The stream takes results again: the worker's next try is stored, the master takes it
-    // (an acknowledged result leaves the work queue) and announces nothing.
-    js.update_stream(&config).await.unwrap();
-    wait_for("the result stored and taken", WAIT * 2, || async {
-        let mut stream = js.get_stream(&name).await.ok()?;
-        let state = stream.info().await.ok()?.state.clone();
-        (state.last_sequence > stored_before && state.messages == 0).then_some(())
+    wait_for("both results stored", WAIT, || async {
+        // Each attempt's output event and its result.
+        (stored(&js, &swarm).await >= before + 4).then_some(())
     })
     .await
     .unwrap();
-    let again = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
-    assert!(again.is_err(), "announced again: {again:?}");
+    drop(offers);
+
+    let _master2 = swarm.master(&[]).unwrap();
+    for (sub, out) in [(a, "a\n"), (b, "b\n")] {
+        let c = collect(sub, WAIT * 2, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(c.finished_count(), 1, "{:?}", c.events);
+        assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+        assert_eq!(c.stdout, out);
+    }
 }

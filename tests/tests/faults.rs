@@ -176,7 +176,8 @@ async fn a_task_run_whose_master_is_killed_is_answered_on_a_rerun_by_the_next_ma
 }
 
 /// Runs `echo once` on worker w1 to its end and returns its id and the result message the
-/// worker sent (caught on its subject by `master`), to be put back into the results stream.
+/// worker sent (offered to the master, caught on its direct subject by `master`), to be put
+/// into the results stream as the worker's stored copy would be.
 async fn run_once_on_w1(
     client: &async_nats::Client,
     master: &async_nats::Client,
@@ -185,7 +186,7 @@ async fn run_once_on_w1(
     let id = TaskId::random();
     let worker = vgas_shared::WorkerId::parse("w1").unwrap();
     let mut results = master
-        .subscribe(swarm.subjects.result(&worker, &id))
+        .subscribe(swarm.subjects.result_direct(&worker, &id))
         .await
         .unwrap();
     let mut spec = sh("echo once");
@@ -210,6 +211,7 @@ async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_maste
     let (mut swarm, mut procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
     let master = swarm.connect(Role::Master).await.unwrap();
     let (id, sent) = run_once_on_w1(&client, &master, &swarm).await;
+    let w1 = vgas_shared::WorkerId::parse("w1").unwrap();
     // The master that announced it gets the same result once more (its acknowledgement
     // lost with a server of a cluster, say): it announces nothing again.
     let js = async_nats::jetstream::new(master.clone());
@@ -220,7 +222,7 @@ async fn a_task_recorded_finished_but_unannounced_is_announced_by_the_next_maste
 
     procs[0].signal(libc::SIGKILL);
     procs[0].wait_exit(WAIT).await.unwrap();
-    js.publish(sent.subject.clone(), sent.payload.clone())
+    js.publish(swarm.subjects.result(&w1, &id), sent.payload.clone())
         .await
         .unwrap()
         .await
@@ -275,6 +277,7 @@ async fn a_standby_that_heard_a_task_announced_stays_silent_when_it_takes_over()
     .unwrap();
     let master = swarm.connect(Role::Master).await.unwrap();
     let (id, sent) = run_once_on_w1(&client, &master, &swarm).await;
+    let w1 = vgas_shared::WorkerId::parse("w1").unwrap();
 
     procs[0].signal(libc::SIGKILL);
     procs[0].wait_exit(WAIT).await.unwrap();
@@ -283,7 +286,7 @@ async fn a_standby_that_heard_a_task_announced_stays_silent_when_it_takes_over()
         .await
         .unwrap();
     let js = async_nats::jetstream::new(master.clone());
-    js.publish(sent.subject.clone(), sent.payload.clone())
+    js.publish(swarm.subjects.result(&w1, &id), sent.payload.clone())
         .await
         .unwrap()
         .await

@@ -398,10 +398,13 @@ impl Worker {
                         sent += u32::from(me.emit(&events, a.encoding, &started).await);
                     }
                     let held = Instant::now();
-                    me.run_attempt(&a, n, cancel, handed_back, sent).await;
+                    let result = me.run_attempt(&a, n, cancel, handed_back, sent).await;
                     me.ahead.record(held.elapsed());
                     me.free_slots.lock().expect("slots lock").push(n);
                     drop(permit);
+                    // The slot is free while the result goes out; the place it took stays
+                    // taken until then, which bounds the results on their way.
+                    me.publish_result(&result).await;
                 }
                 me.running
                     .lock()
@@ -463,6 +466,8 @@ impl Worker {
         None
     }
 
+    /// Runs one attempt in slot `slot` and says how it ended; the caller sends the result
+    /// once the slot is free again.
     async fn run_attempt(
         &self,
         a: &Assignment,
@@ -470,7 +475,7 @@ impl Worker {
         cancel: CancellationToken,
         handed_back: Arc<AtomicBool>,
         sent_before: u32,
-    ) {
+    ) -> WorkerResult {
         let started = Instant::now();
         // `started` is the master's to say, on the acknowledgement; output goes to this
         // worker's own event subject, which the master relays (and a client may read
@@ -552,7 +557,7 @@ impl Worker {
         self.cfg
             .metrics
             .finished(a.spec.kind, &outcome, started.elapsed().as_millis() as u64);
-        let result = WorkerResult {
+        WorkerResult {
             task_id: a.task_id.clone(),
             attempt: a.attempt,
             worker: self.cfg.id.clone(),
@@ -560,7 +565,6 @@ impl Worker {
             duration_ms: started.elapsed().as_millis() as u64,
             handed_back,
             events: Some(published),
-        };
-        self.publish_result(&result).await;
+        }
     }
 }

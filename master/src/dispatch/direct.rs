@@ -1,28 +1,31 @@
-//! A worker's result read straight from its subject, beside the results stream's copy.
+//! A worker's result offered straight to the leading master, outside JetStream.
 //!
-//! The results stream is what makes a result durable and ordered after the attempt's
-//! events; reading it costs a store and a delivery (about a quarter of a no-op task's
-//! round trip here). The master also subscribes to the result subjects themselves and acts
-//! on such a copy at once, but only when the stream has already brought as many of the
-//! attempt's events as the result says the worker published before it. Otherwise the copy
-//! is dropped and the stream's, which comes anyway, ends the task as before. The worker
-//! acknowledged the attempt before it ran, but under load that acknowledgement may reach the
-//! actor after the direct copy: `started` is then announced from the copy, first, and the
-//! late acknowledgement finds the task gone and announces nothing.
+//! The results stream is what makes a result durable while no master takes it, and orders
+//! it after the attempt's events; storing it, delivering it and acknowledging it cost about
+//! a quarter of a no-op task's round trip here. So a worker first offers each result on its
+//! direct subject (`Subjects::result_direct`, a request). The master takes it only when it
+//! is the current attempt's and the stream has already brought as many of the attempt's
+//! events as the result says the worker published before it; then the task's final record
+//! is written, `finished` announced, and the worker answered `RESULT_TAKEN` right after, as
+//! a stream result is acknowledged (`finish.rs`). Any other case is answered at once with
+//! anything else, and the worker stores the result in the stream, which ends the task as it
+//! always did. A master killed before answering leaves the worker unanswered: it stores the
+//! result, and the next master finds the task either still assigned (finished by it) or
+//! finished by this very result (announced again, as after any kill, see `finish.rs`).
 //!
-//! Once the task is finished from a direct copy, the stream's copy is a result again for a
-//! task this master announces: acknowledged, announced nothing (see `finish.rs`). A master
-//! killed after acting on a direct copy has either written the final record (the stream's
-//! copy then announces it again, as after any kill) or not (the stream's copy finishes it).
+//! The worker acknowledged the attempt before it ran, but under load that acknowledgement
+//! may reach the actor after the result: `started` is then announced from the result, first,
+//! and the late acknowledgement finds the task gone and announces nothing.
 
 use async_nats::Subscriber;
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::debug;
 use vgas_shared::wire::{TaskEvent, TaskState, WorkerResult};
 use vgas_shared::Subjects;
 
-use super::{Command, Dispatcher};
+use super::{Command, Dispatcher, ResultAck};
 
 /// What the master has heard of a task's current attempt before its result: whether its
 /// `started` was announced, and how many of the worker's events came through the stream.
@@ -72,48 +75,90 @@ impl Heard {
 }
 
 impl Dispatcher {
-    /// A result read straight from the worker's subject: acted on only when it is the
-    /// current attempt's and nothing the worker sent before it is still in the stream.
-    pub(super) async fn on_direct_result(&mut self, r: WorkerResult) {
+    /// A result offered straight by its worker: taken only when it is the current attempt's
+    /// and nothing the worker sent before it is still in the stream, and answered on `reply`
+    /// (taken once the task is recorded and announced; declined at once otherwise).
+    pub(super) async fn on_direct_result(
+        &mut self,
+        r: WorkerResult,
+        reply: Option<async_nats::Subject>,
+    ) {
+        let id = r.task_id.clone();
+        if self.take_direct(r).await {
+            if let Some(f) = self.finishing.iter_mut().find(|f| f.rec.task_id == id) {
+                if let Some(reply) = reply {
+                    let client = self.client.clone();
+                    f.acks.push(ResultAck::Direct { client, reply });
+                }
+                self.observe.metrics.result_used(true);
+                return;
+            }
+        }
+        // Declined: the worker stores it in the stream, whose copy decides.
+        if let Some(reply) = reply {
+            if let Err(e) = self
+                .client
+                .publish(reply, Bytes::from_static(DECLINED))
+                .await
+            {
+                debug!(task_id = %id, "could not decline a direct result: {e}");
+            }
+        }
+    }
+
+    /// Acts on a direct result if it may: whether it ended its task's attempt.
+    async fn take_direct(&mut self, r: WorkerResult) -> bool {
         let Some(t) = self.tasks.get(&r.task_id) else {
             // Finished already, or not (yet) ours: the stream's copy decides.
-            return;
+            return false;
         };
         let current = matches!(&t.rec.state, TaskState::Assigned { worker, .. } if *worker == r.worker)
             && t.rec.attempt == r.attempt;
         let caught_up = r.events == Some(t.heard.events_of(r.attempt));
-        if !current || !caught_up {
-            debug!(task_id = %r.task_id, attempt = r.attempt, current, "a direct result waits for the stream's copy");
-            return;
+        if !current || !caught_up || r.handed_back {
+            debug!(task_id = %r.task_id, attempt = r.attempt, current, "a direct result goes through the stream");
+            return false;
         }
-        let id = r.task_id.clone();
         if !t.heard.started_of(r.attempt) {
             let (worker, attempt, enc) = (r.worker.clone(), r.attempt, t.rec.encoding);
-            self.emit(&id, enc, &TaskEvent::Started { worker, attempt })
+            self.emit(&r.task_id, enc, &TaskEvent::Started { worker, attempt })
                 .await;
         }
-        if !self.on_result(r).await {
-            return;
-        }
-        self.observe.metrics.result_used(true);
-        if let Some(f) = self.finishing.iter_mut().find(|f| f.rec.task_id == id) {
-            f.direct = true;
-        }
+        self.on_result(r).await
     }
 }
 
-/// Reads results straight from the workers' result subjects and hands each well-formed one
-/// to the dispatcher (`Command::DirectResult`). Ends with the subscription or the actor.
-pub async fn read(mut sub: Subscriber, subjects: Subjects, tx: mpsc::Sender<Command>) {
+/// The answer to a direct result this master did not take (anything but `RESULT_TAKEN`).
+const DECLINED: &[u8] = b"stream";
+
+/// Reads the results workers offer straight to this master and hands each well-formed one
+/// to the dispatcher (`Command::DirectResult`); a malformed one is declined here, and its
+/// worker's stored copy is logged and dropped by the results consumer. Ends with the
+/// subscription or the actor.
+pub async fn read(
+    mut sub: Subscriber,
+    client: async_nats::Client,
+    subjects: Subjects,
+    tx: mpsc::Sender<Command>,
+) {
     while let Some(msg) = sub.next().await {
         match crate::service::result_of(&subjects, &msg.subject, &msg.payload) {
             Ok(result) => {
-                if tx.send(Command::DirectResult { result }).await.is_err() {
+                let reply = msg.reply;
+                if tx
+                    .send(Command::DirectResult { result, reply })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
-            // The stream's copy of the same message is logged when it is dropped.
-            Err(e) => debug!(subject = %msg.subject, "ignoring a direct result: {e}"),
+            Err(e) => {
+                debug!(subject = %msg.subject, "declining a direct result: {e}");
+                if let Some(reply) = msg.reply {
+                    let _ = client.publish(reply, Bytes::from_static(DECLINED)).await;
+                }
+            }
         }
     }
 }

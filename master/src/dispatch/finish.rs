@@ -53,21 +53,6 @@ const ANNOUNCED_FOR: Duration = Duration::from_secs(12 * RESULT_ACK_WAIT.as_secs
 /// acknowledgement of one of those could announce its task twice.
 const ANNOUNCED_MAX: usize = 200_000;
 
-/// How long a final record written from a direct result waits for the stream's copy of
-/// that result before it is announced without it. The copy comes a fraction of a
-/// millisecond after the direct one unless the stream cannot store it (a server between
-/// restarts, which the final write would have noticed as well); then the announcement goes
-/// out alone, and only a kill before that copy is acknowledged could announce it twice.
-pub(super) const HOLD_FOR: Duration = Duration::from_secs(5);
-
-/// A final record written from a direct result, waiting for the stream's copy.
-#[derive(Debug)]
-pub(super) struct Held {
-    f: Finishing,
-    later: Option<tokio::sync::mpsc::OwnedPermit<TaskRecord>>,
-    since: Instant,
-}
-
 /// The tasks this master process announced lately, oldest first, shared by its terms.
 #[derive(Clone, Debug, Default)]
 pub struct Announced(Arc<Mutex<AnnouncedInner>>);
@@ -179,7 +164,6 @@ impl Dispatcher {
             rec: t.rec,
             event,
             acks: Vec::new(),
-            direct: false,
             waiters: t.waiters,
         });
     }
@@ -194,7 +178,6 @@ impl Dispatcher {
         if self.announced.contains(&r.task_id)
             || self.unwritten.iter().any(ours)
             || self.finishing.iter().any(ours)
-            || self.held.iter().any(|h| ours(&h.f))
         {
             debug!(task_id = %r.task_id, "result again for a task this master announces");
             return;
@@ -239,8 +222,7 @@ impl Dispatcher {
             && self
                 .rewrite_at
                 .is_none_or(|at| tokio::time::Instant::now() >= at);
-        let held_out = self.held.iter().any(|h| h.since.elapsed() >= HOLD_FOR);
-        if self.finishing.is_empty() && self.recorded.is_empty() && !rewrite && !held_out {
+        if self.finishing.is_empty() && self.recorded.is_empty() && !rewrite {
             return;
         }
         let mut finishing = std::mem::take(&mut self.finishing);
@@ -255,18 +237,7 @@ impl Dispatcher {
                 f.acks.extend(a);
             }
         }
-        // Records written from a direct result whose stream copy came: announced with it.
         let now = now_ms();
-        let (ready, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|h| acks.contains_key(&h.f.rec.task_id) || h.since.elapsed() >= HOLD_FOR);
-        self.held = held;
-        for mut h in ready {
-            if let Some(a) = acks.remove(&h.f.rec.task_id) {
-                h.f.acks.extend(a);
-            }
-            self.announce(h.f, h.later, now).await;
-        }
         for done in acks.into_values().flatten() {
             done.send().await;
         }
@@ -300,11 +271,6 @@ impl Dispatcher {
             if let Err(e) = w {
                 warn!(task_id = %f.rec.task_id, "could not record the final result, kept to write again: {e:#}");
                 self.unwritten.push(f);
-                continue;
-            }
-            if f.direct && f.acks.is_empty() {
-                let since = Instant::now();
-                self.held.push(Held { f, later, since });
                 continue;
             }
             self.announce(f, later, now).await;

@@ -101,7 +101,7 @@ pub async fn results(
                 match result_of(&subjects, &msg.subject, &msg.payload) {
                     Ok(result) => {
                         let (done, recorded) = oneshot::channel();
-                        let ack = crate::dispatch::ResultAck {
+                        let ack = crate::dispatch::ResultAck::Stream {
                             msg: Some(Box::new(msg)),
                             done,
                         };

@@ -133,6 +133,7 @@ impl Subjects {
                     self.all_heartbeats(),
                     self.all_worker_events(),
                     self.all_results(),
+                    self.all_results_direct(),
                     self.llm_complete(),
                     self.build_submit(),
                 ]
@@ -216,6 +217,11 @@ impl Subjects {
             swap(&mut p.publish, &self.all_results(), self.results_of(node));
             swap(
                 &mut p.publish,
+                &self.all_results_direct(),
+                self.results_direct_of(node),
+            );
+            swap(
+                &mut p.publish,
                 &self.all_worker_events(),
                 self.worker_events_of(node),
             );
@@ -261,6 +267,8 @@ mod tests {
         assert!(p.publish.contains(&"vgas.heartbeat.a".to_owned()));
         assert!(p.publish.contains(&"vgas.result.a.*".to_owned()));
         assert!(!p.publish.contains(&"vgas.result.*.*".to_owned()));
+        assert!(p.publish.contains(&"vgas.result.a.*.direct".to_owned()));
+        assert!(!p.publish.contains(&"vgas.result.*.*.direct".to_owned()));
         assert!(p.publish.contains(&"vgas.worker.a.events.*".to_owned()));
         assert!(p.subscribe.contains(&"_INBOX.a.>".to_owned()));
         assert!(!p.subscribe.contains(&"_INBOX.>".to_owned()));

@@ -1,6 +1,7 @@
 //! What leaves the worker for an attempt: its events (an artifact inline, or by reference
-//! once uploaded to the artifacts bucket) and its result, stored in JetStream through a
-//! nats-server restart, with a message id that makes a retried publish a duplicate.
+//! once uploaded to the artifacts bucket) and its result, taken by the leading master
+//! straight away or else stored in JetStream through a nats-server restart, with a message
+//! id that makes a retried publish a duplicate.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use tracing::warn;
 use vgas_shared::codec::encode;
-use vgas_shared::wire::{TaskEvent, WorkerResult};
+use vgas_shared::wire::{TaskEvent, WorkerResult, RESULT_TAKEN};
 use vgas_shared::{Encoding, TaskId};
 
 use super::Worker;
@@ -18,6 +19,14 @@ use crate::wasm::{Artifact, ArtifactBody};
 /// Attempts to store a result in JetStream before giving up on it (with back-off, about a
 /// minute in all): long enough to ride out a nats-server restart.
 const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
+
+/// How long a worker waits for the master to take a result offered straight to it before
+/// storing it in the results stream instead. The master answers once it has written the
+/// task's final record, a fraction of a millisecond here and seconds at worst while a
+/// cluster elects a stream leader; a result stored after a late answer is a duplicate the
+/// master acknowledges and announces nothing for, so waiting longer only delays a result
+/// whose master died.
+const DIRECT_RESULT_WAIT: Duration = Duration::from_secs(2);
 
 /// Bytes of stdout and stderr an attempt has sent.
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,14 +106,44 @@ impl Worker {
         }
     }
 
-    /// Stores the result in JetStream, retrying through a server restart, and remembers it
-    /// for an assignment of the same attempt sent again ([`Worker::publish_result_again`]).
-    /// The message id makes a retried publish of the same attempt a duplicate JetStream
-    /// drops.
+    /// Hands the result to the leading master, remembering it for an assignment of the same
+    /// attempt sent again ([`Worker::publish_result_again`]): offered straight to the master
+    /// first, which answers [`RESULT_TAKEN`] once the task's final record is written and
+    /// announced; otherwise (no master, an answer of any other kind, none in
+    /// [`DIRECT_RESULT_WAIT`]) stored in JetStream, retrying through a server restart. The
+    /// message id makes a retried publish of the same attempt a duplicate JetStream drops.
     pub(super) async fn publish_result(&self, r: &WorkerResult) {
         self.taken.lock().expect("taken lock").ended(r);
+        if self.offer_result(r).await {
+            return;
+        }
         self.store_result(r, format!("{}-{}", r.task_id, r.attempt))
             .await;
+    }
+
+    /// Offers a result to the leading master outside JetStream; whether it took it.
+    async fn offer_result(&self, r: &WorkerResult) -> bool {
+        let subject = self
+            .cfg
+            .conn
+            .subjects
+            .result_direct(&self.cfg.id, &r.task_id);
+        let Ok(bytes) = encode(Encoding::MsgPack, r) else {
+            return false;
+        };
+        let asked = self.client.request(subject, Bytes::from(bytes));
+        match tokio::time::timeout(DIRECT_RESULT_WAIT, asked).await {
+            Ok(Ok(answer)) => answer.payload.as_ref() == RESULT_TAKEN,
+            Ok(Err(e)) => {
+                // No responders: no master leads now; the stream keeps the result for one.
+                tracing::debug!(task_id = %r.task_id, "result not taken directly: {e}");
+                false
+            }
+            Err(_) => {
+                warn!(task_id = %r.task_id, "the master did not take the result in {DIRECT_RESULT_WAIT:?}; storing it");
+                false
+            }
+        }
     }
 
     /// Stores an attempt's result once more: its assignment came again (a master that
