@@ -114,7 +114,7 @@ impl MasterMetrics {
         );
         r.register(
             "results_used",
-            "Worker results that ended an attempt, by the copy read: direct (straight from the worker) or stream (the results stream)",
+            "Worker results that ended an attempt, by how they came: direct (offered straight to the master and taken) or stream (the results stream)",
             m.results.clone(),
         );
         r.register_with_unit(

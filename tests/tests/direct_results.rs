@@ -2,7 +2,8 @@
 //! and stores it in the results stream only when the master does not take it. Quiet tasks
 //! end without their results ever entering the stream; a result nobody takes (no answer in
 //! time, or an answer that declines it) is stored, and a master started later ends its task
-//! from the stream, once.
+//! from the stream, once; after an unanswered offer the worker stores results unoffered for
+//! a while.
 
 use std::time::Duration;
 
@@ -89,4 +90,20 @@ async fn results_no_master_takes_are_stored_and_end_their_tasks_once() {
         assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
         assert_eq!(c.stdout, out);
     }
+
+    // An offer went unanswered: for a while the worker stores its results without offering
+    // them (the next master may take them from the stream alone, or old grants may refuse
+    // every offer), and they end their tasks all the same.
+    let before = stored(&js, &swarm).await;
+    let c = run_task(
+        &client,
+        &swarm.subjects,
+        sh("true"),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.finished_count(), 1, "{:?}", c.events);
+    assert_eq!(stored(&js, &swarm).await, before + 1);
+    assert!(procs[1].log_text().contains("no answer from the master"));
 }

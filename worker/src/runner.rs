@@ -75,6 +75,9 @@ pub struct Worker {
     /// master moved and this connection is dead, so they could not report anyway).
     hand_back_now: Arc<AtomicBool>,
     seq: Arc<AtomicU64>,
+    /// Until when results go straight to the stream, unoffered: set when an offer went
+    /// unanswered ([`report::OFFERS_PAUSED_FOR`]).
+    offers_paused_until: Arc<Mutex<Option<Instant>>>,
     /// What every heartbeat repeats (identity, slots, CPUs, memory, toolchains, capabilities,
     /// isolation), worked out once at start; each beat fills in only what changes.
     beat_template: Heartbeat,
@@ -168,6 +171,7 @@ impl Worker {
             tracker: TaskTracker::new(),
             hand_back_now: Arc::default(),
             seq: Arc::default(),
+            offers_paused_until: Arc::default(),
             beat_template,
             gpus: Arc::new(gpus),
             rust: Arc::new(rust),

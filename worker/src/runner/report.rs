@@ -3,7 +3,7 @@
 //! straight away or else stored in JetStream through a nats-server restart, with a message
 //! id that makes a retried publish a duplicate.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use base64::Engine as _;
@@ -27,6 +27,13 @@ const RESULT_PUBLISH_ATTEMPTS: u32 = 30;
 /// master acknowledges and announces nothing for, so waiting longer only delays a result
 /// whose master died.
 const DIRECT_RESULT_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a worker stores its results without offering them after an offer went
+/// unanswered: the master that did not answer may be dead (its successor takes results from
+/// the stream as fast), or the server's grants may predate the direct subject, when every
+/// offer would wait out [`DIRECT_RESULT_WAIT`]. Half a minute bounds that cost to one
+/// result in that time.
+pub(super) const OFFERS_PAUSED_FOR: Duration = Duration::from_secs(30);
 
 /// Bytes of stdout and stderr an attempt has sent.
 #[derive(Debug, Clone, Copy, Default)]
@@ -123,6 +130,10 @@ impl Worker {
 
     /// Offers a result to the leading master outside JetStream; whether it took it.
     async fn offer_result(&self, r: &WorkerResult) -> bool {
+        let paused = *self.offers_paused_until.lock().expect("offers lock");
+        if paused.is_some_and(|until| Instant::now() < until) {
+            return false;
+        }
         let subject = self
             .cfg
             .conn
@@ -140,7 +151,15 @@ impl Worker {
                 false
             }
             Err(_) => {
-                warn!(task_id = %r.task_id, "the master did not take the result in {DIRECT_RESULT_WAIT:?}; storing it");
+                *self.offers_paused_until.lock().expect("offers lock") =
+                    Some(Instant::now() + OFFERS_PAUSED_FOR);
+                warn!(
+                    task_id = %r.task_id,
+                    "no answer from the master in {DIRECT_RESULT_WAIT:?}: the result is stored in \
+                     the results stream, and so are the next {OFFERS_PAUSED_FOR:?} of results \
+                     (a master killed or frozen, or server grants older than this worker: \
+                     run `vgas init` again to add <prefix>.result.<worker>.*.direct)"
+                );
                 false
             }
         }
