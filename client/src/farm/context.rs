@@ -160,13 +160,9 @@ impl BuildContext {
         let Some(cache) = self.cache.clone() else {
             return;
         };
-        let mut text = BTreeMap::new();
-        for (ext, bytes) in side {
-            match String::from_utf8(bytes) {
-                Ok(t) => text.insert(ext, t),
-                Err(_) => return,
-            };
-        }
+        let Some(text) = side_text(side) else {
+            return;
+        };
         let key = key.to_owned();
         self.later(async move {
             if let Err(e) = cache.store(&key, &object, &text, &stderr, compile_ms).await {
@@ -175,4 +171,11 @@ impl BuildContext {
         })
         .await;
     }
+}
+
+/// Side outputs as the cache keeps them, text; `None` when one is not (nothing is cached).
+pub(super) fn side_text(side: BTreeMap<String, Vec<u8>>) -> Option<BTreeMap<String, String>> {
+    side.into_iter()
+        .map(|(ext, bytes)| String::from_utf8(bytes).ok().map(|t| (ext, t)))
+        .collect()
 }

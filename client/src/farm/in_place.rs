@@ -4,7 +4,9 @@
 //! mode): the compile writes a dependency file (the unit's own `-MD` one, or one of ours in
 //! a temporary directory), every file it names is hashed, and the object is stored under a
 //! key over the unit's direct key and those hashes, with a manifest that lets the next
-//! build's direct lookup find it without preprocessing.
+//! build's direct lookup find it without preprocessing. Only the dependency file and the
+//! outputs are read before the unit answers its wrapper; the hashing and the stores come
+//! after, off the build's path.
 //!
 //! Not in place (the unit takes the usual path): units without a direct key (`VGAS_DIRECT=0`,
 //! `__DATE__` in the source), and units whose dependency file leaves system headers out
@@ -17,10 +19,11 @@ use anyhow::{Context, Result};
 use vgas_shared::farm::{side_outputs_of, Origin};
 
 use super::args::CompileJob;
+use super::context::side_text;
 use super::context::BuildContext;
 use super::direct::{dependencies, Direct, FileHashes};
 use super::local::{run_captured, CompilerEnv, LocalResult};
-use super::segment::{cache_written, report_here};
+use super::segment::{read_written, report_here};
 
 /// A unit about to compile in place.
 #[derive(Debug)]
@@ -71,6 +74,9 @@ impl InPlace<'_> {
         if result.exit_code != 0 || ctx.cache.is_none() {
             return Ok(Some(result));
         }
+        // Read before the unit answers (the build tool may remove the dependency file, ninja
+        // does, or move the object); what is read is hashed and stored after the answer, off
+        // the build's path. A file modified after the compile started is refused then too.
         let deps_text = tokio::fs::read_to_string(&deps_path).await.ok();
         let Some(names) = deps_text.and_then(|t| dependencies(&t)) else {
             return Ok(Some(result));
@@ -78,18 +84,26 @@ impl InPlace<'_> {
         let Some(deps) = direct.deps_now().await else {
             return Ok(Some(result));
         };
-        let Some(read) = direct.files_read(names, started, hashes, deps).await else {
-            return Ok(Some(result));
-        };
-        let key = direct.depend_key(&read);
         let output = self.cwd.join(&job.output);
         let sides = side_outputs_of(&job.compile_args);
-        let stored = cache_written(ctx, &key, &output, &sides, &result.stderr, compile_ms).await;
-        if let (true, Some(cache)) = (stored, ctx.cache.clone()) {
-            let direct = direct.clone();
-            ctx.later(async move { direct.put(&cache, &key, &read).await })
-                .await;
-        }
+        let Some((object, side)) = read_written(&output, &sides).await else {
+            return Ok(Some(result));
+        };
+        let (Some(cache), Some(side)) = (ctx.cache.clone(), side_text(side)) else {
+            return Ok(Some(result));
+        };
+        let (direct, hashes, stderr) = (direct.clone(), hashes.clone(), result.stderr.clone());
+        ctx.later(async move {
+            let Some(read) = direct.files_read(names, started, &hashes, deps).await else {
+                return;
+            };
+            let key = direct.depend_key(&read);
+            match cache.store(&key, &object, &side, &stderr, compile_ms).await {
+                Ok(_) => direct.put(&cache, &key, &read).await,
+                Err(e) => tracing::debug!("not cached: {e:#}"),
+            }
+        })
+        .await;
         Ok(Some(result))
     }
 }

@@ -82,6 +82,17 @@ async fn write_outputs(
 }
 
 /// The side outputs a local compile wrote beside `output`; `None` when one is missing.
+/// A compile's object and its side outputs, read from where it wrote them: the build tool may
+/// move or remove them once the unit answers, so a unit reads them before it does.
+pub(super) async fn read_written(
+    output: &Path,
+    sides: &[String],
+) -> Option<(Vec<u8>, BTreeMap<String, Vec<u8>>)> {
+    let object = tokio::fs::read(output).await.ok()?;
+    let side = read_side_outputs(output, sides).await?;
+    Some((object, side))
+}
+
 async fn read_side_outputs(output: &Path, exts: &[String]) -> Option<BTreeMap<String, Vec<u8>>> {
     let mut side = BTreeMap::new();
     for ext in exts {
@@ -347,10 +358,7 @@ pub(super) async fn cache_written(
     if ctx.cache.is_none() {
         return false;
     }
-    let Ok(object) = tokio::fs::read(output).await else {
-        return false;
-    };
-    let Some(side) = read_side_outputs(output, sides).await else {
+    let Some((object, side)) = read_written(output, sides).await else {
         return false;
     };
     ctx.cache_object(key, object, side, stderr.to_owned(), compile_ms)
