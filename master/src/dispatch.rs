@@ -34,7 +34,7 @@ pub mod gpu;
 mod lapse;
 mod relay;
 use crate::store::TaskStore;
-pub use finish::Announced;
+pub use finish::{Announced, ResultAck};
 use gpu::{LeaseTable, ResourceManager};
 
 /// How often the actor checks deadlines, lost workers and the queue.
@@ -114,47 +114,6 @@ pub enum Command {
         task_id: TaskId,
         reply: oneshot::Sender<bool>,
     },
-}
-
-/// What answers one result once its task is recorded and announced, sent by the actor itself
-/// right after the task's `finished` event on the same connection: a master killed in
-/// between (the one moment that makes the next master announce it again) is as short as it
-/// can be.
-#[derive(Debug)]
-pub enum ResultAck {
-    /// A result read from the results stream: its message acknowledged (unless the consumer
-    /// does that itself), then `done` tells the results consumer that one more may come.
-    Stream {
-        msg: Option<Box<async_nats::jetstream::Message>>,
-        done: oneshot::Sender<()>,
-    },
-    /// A result its worker offered straight to this master ([`direct`]): answered
-    /// [`vgas_shared::wire::RESULT_TAKEN`], so the worker does not store it.
-    Direct {
-        client: async_nats::Client,
-        reply: async_nats::Subject,
-    },
-}
-
-impl ResultAck {
-    pub async fn send(self) {
-        match self {
-            ResultAck::Stream { msg, done } => {
-                if let Some(msg) = msg {
-                    if let Err(e) = msg.ack().await {
-                        warn!("could not acknowledge a result: {e}");
-                    }
-                }
-                let _ = done.send(());
-            }
-            ResultAck::Direct { client, reply } => {
-                let taken = Bytes::from_static(vgas_shared::wire::RESULT_TAKEN);
-                if let Err(e) = client.publish(reply, taken).await {
-                    warn!("could not tell a worker its result was taken: {e}");
-                }
-            }
-        }
-    }
 }
 
 /// A `task.run` caller waiting for a task's `finished` event: its request's reply subject,

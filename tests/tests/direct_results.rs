@@ -21,6 +21,20 @@ async fn stored(js: &async_nats::jetstream::Context, swarm: &Swarm) -> u64 {
     stream.info().await.unwrap().state.last_sequence
 }
 
+/// Runs `true` to its end: one `finished`, exit code 0.
+async fn run_true(client: &async_nats::Client, swarm: &Swarm) {
+    let c = run_task(
+        client,
+        &swarm.subjects,
+        sh("true"),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.finished_count(), 1, "{:?}", c.events);
+    assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+}
+
 #[tokio::test]
 async fn quiet_tasks_end_without_their_results_entering_the_stream() {
     let (swarm, _procs, client) = Swarm::with_workers(&[("w1", 1)]).await.unwrap();
@@ -28,16 +42,7 @@ async fn quiet_tasks_end_without_their_results_entering_the_stream() {
     let js = async_nats::jetstream::new(master);
     let before = stored(&js, &swarm).await;
     for _ in 0..5 {
-        let c = run_task(
-            &client,
-            &swarm.subjects,
-            sh("true"),
-            Duration::from_millis(200),
-        )
-        .await
-        .unwrap();
-        assert_eq!(c.finished_count(), 1, "{:?}", c.events);
-        assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+        run_true(&client, &swarm).await;
     }
     // Taken straight by the master, each one: nothing went into the stream.
     assert_eq!(stored(&js, &swarm).await, before);
@@ -95,15 +100,7 @@ async fn results_no_master_takes_are_stored_and_end_their_tasks_once() {
     // them (the next master may take them from the stream alone, or old grants may refuse
     // every offer), and they end their tasks all the same.
     let before = stored(&js, &swarm).await;
-    let c = run_task(
-        &client,
-        &swarm.subjects,
-        sh("true"),
-        Duration::from_millis(200),
-    )
-    .await
-    .unwrap();
-    assert_eq!(c.finished_count(), 1, "{:?}", c.events);
+    run_true(&client, &swarm).await;
     assert_eq!(stored(&js, &swarm).await, before + 1);
     assert!(procs[1].log_text().contains("no answer from the master"));
 }

@@ -245,6 +245,13 @@ impl Direct {
         }
     }
 
+    /// [`Direct::deps_now`] from a dependency file's text the caller has read already: the
+    /// unit's own file's (`None` when the unit writes none, and the text was of a file of
+    /// ours).
+    pub fn deps_read(&self, text: String) -> DepsNow {
+        DepsNow(self.deps_file.clone().map(|p| (p, text)))
+    }
+
     /// Stores the manifest of a unit just compiled from preprocessed text `pp` with cache key
     /// `key`, preprocessed from `started` on, with its dependency file as read by
     /// [`Direct::deps_now`]. Quietly does nothing when a file cannot be read, uses a volatile

@@ -19,8 +19,7 @@ use anyhow::{Context, Result};
 use vgas_shared::farm::{side_outputs_of, Origin};
 
 use super::args::CompileJob;
-use super::context::side_text;
-use super::context::BuildContext;
+use super::context::{side_text, BuildContext};
 use super::direct::{dependencies, Direct, FileHashes};
 use super::local::{run_captured, CompilerEnv, LocalResult};
 use super::segment::{read_written, report_here};
@@ -77,13 +76,13 @@ impl InPlace<'_> {
         // Read before the unit answers (the build tool may remove the dependency file, ninja
         // does, or move the object); what is read is hashed and stored after the answer, off
         // the build's path. A file modified after the compile started is refused then too.
-        let deps_text = tokio::fs::read_to_string(&deps_path).await.ok();
-        let Some(names) = deps_text.and_then(|t| dependencies(&t)) else {
+        let Ok(deps_text) = tokio::fs::read_to_string(&deps_path).await else {
             return Ok(Some(result));
         };
-        let Some(deps) = direct.deps_now().await else {
+        let Some(names) = dependencies(&deps_text) else {
             return Ok(Some(result));
         };
+        let deps = direct.deps_read(deps_text);
         let output = self.cwd.join(&job.output);
         let sides = side_outputs_of(&job.compile_args);
         let Some((object, side)) = read_written(&output, &sides).await else {

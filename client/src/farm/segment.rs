@@ -81,7 +81,6 @@ async fn write_outputs(
     write_object(output, object).await
 }
 
-/// The side outputs a local compile wrote beside `output`; `None` when one is missing.
 /// A compile's object and its side outputs, read from where it wrote them: the build tool may
 /// move or remove them once the unit answers, so a unit reads them before it does.
 pub(super) async fn read_written(
@@ -93,6 +92,7 @@ pub(super) async fn read_written(
     Some((object, side))
 }
 
+/// The side outputs a local compile wrote beside `output`; `None` when one is missing.
 async fn read_side_outputs(output: &Path, exts: &[String]) -> Option<BTreeMap<String, Vec<u8>>> {
     let mut side = BTreeMap::new();
     for ext in exts {

@@ -96,13 +96,7 @@ impl Dispatcher {
         }
         // Declined: the worker stores it in the stream, whose copy decides.
         if let Some(reply) = reply {
-            if let Err(e) = self
-                .client
-                .publish(reply, Bytes::from_static(DECLINED))
-                .await
-            {
-                debug!(task_id = %id, "could not decline a direct result: {e}");
-            }
+            decline(&self.client, reply).await;
         }
     }
 
@@ -131,6 +125,13 @@ impl Dispatcher {
 /// The answer to a direct result this master did not take (anything but `RESULT_TAKEN`).
 const DECLINED: &[u8] = b"stream";
 
+/// Tells a worker its offered result was not taken: it stores it in the results stream.
+async fn decline(client: &async_nats::Client, reply: async_nats::Subject) {
+    if let Err(e) = client.publish(reply, Bytes::from_static(DECLINED)).await {
+        debug!("could not decline a direct result: {e}");
+    }
+}
+
 /// Reads the results workers offer straight to this master and hands each well-formed one
 /// to the dispatcher (`Command::DirectResult`); a malformed one is declined here, and its
 /// worker's stored copy is logged and dropped by the results consumer. Ends with the
@@ -156,7 +157,7 @@ pub async fn read(
             Err(e) => {
                 debug!(subject = %msg.subject, "declining a direct result: {e}");
                 if let Some(reply) = msg.reply {
-                    let _ = client.publish(reply, Bytes::from_static(DECLINED)).await;
+                    decline(&client, reply).await;
                 }
             }
         }

@@ -28,14 +28,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::Subscriber;
+use bytes::Bytes;
 use futures::StreamExt;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use vgas_shared::codec::decode_as;
 use vgas_shared::wire::{TaskEvent, TaskOutcome, TaskRecord, TaskState, WorkerResult};
 use vgas_shared::{now_ms, Encoding, TaskId, WorkerId};
 
-use super::{Dispatcher, Finishing, ResultAck};
+use super::{Dispatcher, Finishing};
 use crate::retention::FinalWrite;
 use crate::store::RESULT_ACK_WAIT;
 
@@ -52,6 +54,47 @@ const ANNOUNCED_FOR: Duration = Duration::from_secs(12 * RESULT_ACK_WAIT.as_secs
 /// task rate measured here, with room. Past it the oldest go first, and a lost
 /// acknowledgement of one of those could announce its task twice.
 const ANNOUNCED_MAX: usize = 200_000;
+
+/// What answers one result once its task is recorded and announced, sent by the actor itself
+/// right after the task's `finished` event on the same connection: a master killed in
+/// between (the one moment that makes the next master announce it again) is as short as it
+/// can be.
+#[derive(Debug)]
+pub enum ResultAck {
+    /// A result read from the results stream: its message acknowledged (unless the consumer
+    /// does that itself), then `done` tells the results consumer that one more may come.
+    Stream {
+        msg: Option<Box<async_nats::jetstream::Message>>,
+        done: oneshot::Sender<()>,
+    },
+    /// A result its worker offered straight to this master ([`super::direct`]): answered
+    /// [`vgas_shared::wire::RESULT_TAKEN`], so the worker does not store it.
+    Direct {
+        client: async_nats::Client,
+        reply: async_nats::Subject,
+    },
+}
+
+impl ResultAck {
+    pub async fn send(self) {
+        match self {
+            ResultAck::Stream { msg, done } => {
+                if let Some(msg) = msg {
+                    if let Err(e) = msg.ack().await {
+                        warn!("could not acknowledge a result: {e}");
+                    }
+                }
+                let _ = done.send(());
+            }
+            ResultAck::Direct { client, reply } => {
+                let taken = Bytes::from_static(vgas_shared::wire::RESULT_TAKEN);
+                if let Err(e) = client.publish(reply, taken).await {
+                    warn!("could not tell a worker its result was taken: {e}");
+                }
+            }
+        }
+    }
+}
 
 /// The tasks this master process announced lately, oldest first, shared by its terms.
 #[derive(Clone, Debug, Default)]
