@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
                 &job.compile_args,
                 "lapi.c",
                 "",
-                &pp,
+                &vgas_shared::names::ModuleRef::of(&pp),
             )
         })
     });

@@ -200,7 +200,8 @@ impl Language {
 
 /// The bytes of a source: exactly one of plain `text`, `lz4` (a size-prefixed LZ4 block, as
 /// `lz4_flex::compress_prepend_size` writes; base64 in JSON), or `object`: `sha256:<hex>` of the
-/// bytes, stored under that name in the build sources Object Store bucket.
+/// bytes, stored under that name in the build sources Object Store bucket, or, with
+/// `offered_by`, served by the submitter of that build (see [`Source::offered`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
@@ -211,6 +212,12 @@ pub struct Source {
     pub lz4: Option<packed::Base64Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// With `object` only: the build whose submitter serves the object, as a size-prefixed
+    /// LZ4 block, to a request on `<prefix>.build.<id>.source` carrying the name
+    /// ([`crate::subjects::Subjects::build_source`]). The bytes then cross the server once,
+    /// submitter to worker, and never enter the task's record or a bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_by: Option<crate::ids::BuildId>,
 }
 
 impl Source {
@@ -221,7 +228,13 @@ impl Source {
             _ => Err(VgaError::InvalidTask(
                 "a source gives exactly one of \"text\", \"lz4\" or \"object\"".into(),
             )),
+        }?;
+        if self.offered_by.is_some() && self.object.is_none() {
+            return Err(VgaError::InvalidTask(
+                "a source's \"offered_by\" names who serves its \"object\": it needs one".into(),
+            ));
         }
+        Ok(())
     }
 
     /// The bytes of an inline source; `None` for an object reference.
@@ -244,6 +257,15 @@ impl Source {
         lz4_flex::decompress_size_prepended(packed)
             .map(Some)
             .map_err(|e| bad(format!("source: bad lz4 block: {e}")))
+    }
+
+    /// A source the submitter of build `build` serves by its name `object`.
+    pub fn offered(object: crate::names::ModuleRef, build: crate::ids::BuildId) -> Source {
+        Source {
+            object: Some(object.as_str().to_owned()),
+            offered_by: Some(build),
+            ..Default::default()
+        }
     }
 
     /// An inline, compressed source.
@@ -435,15 +457,16 @@ pub fn is_forbidden_compile_arg(a: &str) -> bool {
 }
 
 /// The cache key of one segment: SHA-256 over everything that shapes the object. The
-/// preprocessed text already holds every header and macro; the source name reaches debug info
-/// and `__FILE__`; the directory matters only with debug info.
+/// preprocessed text (`source`, by its content name: the text is hashed once, for the key
+/// and for the name a worker fetches it by) already holds every header and macro; the source
+/// name reaches debug info and `__FILE__`; the directory matters only with debug info.
 pub fn cache_key(
     compiler: &str,
     language: Language,
     args: &[String],
     source_name: &str,
     cwd: &str,
-    preprocessed: &[u8],
+    source: &crate::names::ModuleRef,
 ) -> String {
     let mut h = Sha256::new();
     let field = |h: &mut Sha256, b: &[u8]| {
@@ -451,8 +474,9 @@ pub fn cache_key(
         h.update(b);
     };
     // 2: a worker's input carries the unit's own name (`command::input_file`); objects
-    // cached before named their static constructors after `vgas-segment.ii`.
-    field(&mut h, b"vgas-build-cache-2");
+    // cached before named their static constructors after `vgas-segment.ii`. 3: the text by
+    // its content name.
+    field(&mut h, b"vgas-build-cache-3");
     field(&mut h, compiler.as_bytes());
     field(&mut h, language.x_arg().as_bytes());
     for a in args {
@@ -462,7 +486,7 @@ pub fn cache_key(
     if args.iter().any(|a| a.starts_with("-g") && a != "-g0") {
         field(&mut h, cwd.as_bytes());
     }
-    field(&mut h, preprocessed);
+    field(&mut h, source.as_str().as_bytes());
     hex::encode(h.finalize())
 }
 

@@ -76,9 +76,28 @@ fn sources_round_trip_and_refuse_bombs() {
     let both = Source {
         text: Some("x".into()),
         lz4: s.lz4.clone(),
-        object: None,
+        ..Default::default()
     };
     assert!(both.validate().is_err());
+    // Offered by a build's submitter: by name, and only with one.
+    let name = crate::names::ModuleRef::of(text.as_bytes());
+    let build = crate::ids::BuildId::parse("b1").unwrap();
+    let offered = Source::offered(name.clone(), build.clone());
+    offered.validate().unwrap();
+    assert_eq!(offered.object.as_deref(), Some(name.as_str()));
+    assert_eq!(offered.inline_bytes(1 << 20).unwrap(), None);
+    let json = serde_json::to_string(&offered).unwrap();
+    assert_eq!(serde_json::from_str::<Source>(&json).unwrap(), offered);
+    let without_name = Source {
+        offered_by: Some(build),
+        ..s.clone()
+    };
+    assert!(without_name.validate().is_err());
+    let bad_build = json.replace("\"b1\"", "\"b.1\"");
+    assert!(
+        serde_json::from_str::<Source>(&bad_build).is_err(),
+        "a build id is one subject token"
+    );
     assert!(Source::default().validate().is_err());
     let garbage = Source {
         lz4: Some(packed::Base64Bytes(vec![0; 6])),
@@ -91,7 +110,7 @@ fn sources_round_trip_and_refuse_bombs() {
 fn cache_keys_change_with_what_shapes_the_object() {
     let args = vec!["-O2".to_string()];
     let k = |c: &str, l: Language, a: &[String], n: &str, cwd: &str, src: &[u8]| {
-        cache_key(c, l, a, n, cwd, src)
+        cache_key(c, l, a, n, cwd, &crate::names::ModuleRef::of(src))
     };
     let base = k("sha256:a", Language::C, &args, "a.c", "/x", b"int x;");
     assert_eq!(base.len(), 64);

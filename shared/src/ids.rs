@@ -92,7 +92,21 @@ token_id!(
     "worker id"
 );
 
+token_id!(
+    /// A build's id (`vgas build` makes one per build): its updates subject and the subject
+    /// its submitter offers the build's sources on.
+    BuildId,
+    "build id"
+);
+
 impl TaskId {
+    /// A fresh random id (UUID v4, simple form).
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl BuildId {
     /// A fresh random id (UUID v4, simple form).
     pub fn random() -> Self {
         Self(uuid::Uuid::new_v4().simple().to_string())

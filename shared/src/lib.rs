@@ -31,7 +31,7 @@ pub mod wire;
 
 pub use codec::Encoding;
 pub use error::{CodecError, ErrorCode, VgaError};
-pub use ids::{TaskId, WorkerId};
+pub use ids::{BuildId, TaskId, WorkerId};
 pub use subjects::Subjects;
 
 /// Milliseconds since the Unix epoch, the one clock every wire type uses.

@@ -59,6 +59,15 @@ impl ModuleRef {
         }
     }
 
+    /// The reference of `bytes`: their SHA-256, the name they have in a content bucket.
+    pub fn of(bytes: &[u8]) -> ModuleRef {
+        use sha2::{Digest as _, Sha256};
+        ModuleRef(format!(
+            "{MODULE_REF_PREFIX}{}",
+            hex::encode(Sha256::digest(bytes))
+        ))
+    }
+
     /// The whole reference, `sha256:<hex>`.
     pub fn as_str(&self) -> &str {
         &self.0

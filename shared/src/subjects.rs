@@ -270,6 +270,12 @@ impl Subjects {
         format!("{}.build.{build_id}.updates", self.prefix)
     }
 
+    /// Where the submitter of build `build_id` serves the build's sources to workers: a
+    /// request carrying a source's name, answered with its LZ4 block (empty: not offered).
+    pub fn build_source(&self, build_id: &crate::ids::BuildId) -> String {
+        format!("{}.build.{build_id}.source", self.prefix)
+    }
+
     /// The build id in a subject of [`Subjects::build_updates`], `None` for any other.
     pub fn build_of_updates<'a>(&self, subject: &'a str) -> Option<&'a str> {
         subject
@@ -376,6 +382,8 @@ mod tests {
         assert_eq!(s.artifacts_stream(), "OBJ_team_vgas_artifacts");
         assert_eq!(s.build_submit(), "team.vgas.build.submit");
         assert_eq!(s.build_updates("b1"), "team.vgas.build.b1.updates");
+        let b1 = crate::ids::BuildId::parse("b1").unwrap();
+        assert_eq!(s.build_source(&b1), "team.vgas.build.b1.source");
         assert_eq!(s.build_of_updates("team.vgas.build.b1.updates"), Some("b1"));
         assert_eq!(s.build_of_updates("team.vgas.build.b.1.updates"), None);
         assert_eq!(s.build_of_updates("vgas.build.b1.updates"), None);

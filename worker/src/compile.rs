@@ -11,7 +11,9 @@
 //! at their relative paths, so diagnostics quote source lines as a local compile would; the
 //! input is `.vgas-input/<the main file's name>` there (`vgas-segment.i`/`.ii` in
 //! preprocessed mode; see `input_file`), and debug info names the submitter's directory
-//! (`-fdebug-prefix-map`) instead of the task directory.
+//! (`-fdebug-prefix-map`) instead of the task directory. The input itself rides in the task,
+//! sits in the build sources bucket, or is asked from the submitter that offers it
+//! ([`crate::offered`]).
 //! Preprocessed text is compiled as ordinary source where it can be
 //! ([`vgas_shared::farm::reparse`]), so that even `DW_AT_producer` is a local compile's.
 
@@ -27,6 +29,7 @@ use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES, MAX_SEG
 use vgas_shared::wire::{CompileTask, TaskOutcome};
 
 use crate::env::EnvironmentManager;
+use crate::offered::OfferedSources;
 use crate::sandbox::{
     self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
 };
@@ -145,7 +148,8 @@ impl CompileRun {
     }
 }
 
-/// What a compile runs with: the sandbox, the compilers, and the build sources bucket.
+/// What a compile runs with: the sandbox, the compilers, the build sources bucket and where
+/// offered sources are asked for.
 #[derive(Debug)]
 pub struct Compiler<'a, S> {
     pub sandbox: &'a SandboxConfig,
@@ -153,6 +157,9 @@ pub struct Compiler<'a, S> {
     pub envs: &'a EnvironmentManager,
     /// Where sources sent by reference (`source.object`) are fetched from.
     pub sources: &'a S,
+    /// Where sources a submitter offers (`source.offered_by`) are asked for; `None` where
+    /// there is no connection (such a task then fails with a reason).
+    pub offered: Option<&'a OfferedSources>,
 }
 
 impl<S: ModuleSource> Compiler<'_, S> {
@@ -262,8 +269,8 @@ impl<S: ModuleSource> Compiler<'_, S> {
         })
     }
 
-    /// The source's bytes: inline, or fetched from the build sources bucket and checked
-    /// against its name. A self-contained source gets a `#line` naming it, so diagnostics and
+    /// The source's bytes: inline, or fetched from the build sources bucket or asked from the
+    /// submitter that offers it, and checked against its name. A self-contained source gets a `#line` naming it, so diagnostics and
     /// `__FILE__` say `source_name` rather than the input file; preprocessed output carries
     /// its own line markers.
     async fn source(&self, c: &CompileSpec) -> Result<Vec<u8>, String> {
@@ -273,9 +280,19 @@ impl<S: ModuleSource> Compiler<'_, S> {
                 let Some(name) = &c.source.object else {
                     return Err("the segment's source is empty".into());
                 };
-                fetch_checked(self.sources, name)
-                    .await?
-                    .ok_or_else(|| format!("source {name} is not in the build sources bucket"))?
+                match (&c.source.offered_by, self.offered) {
+                    (Some(build), Some(offered)) => {
+                        offered.fetch(name, build, MAX_SOURCE_BYTES).await?
+                    }
+                    (Some(build), None) => {
+                        return Err(format!(
+                            "source {name} is offered by build {build}, which this run cannot ask"
+                        ))
+                    }
+                    (None, _) => fetch_checked(self.sources, name).await?.ok_or_else(|| {
+                        format!("source {name} is not in the build sources bucket")
+                    })?,
+                }
             }
             Err(e) => return Err(e.to_string()),
         };

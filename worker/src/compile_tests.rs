@@ -128,6 +128,7 @@ async fn compile(cfg: &SandboxConfig, slot: usize, spec: &TaskSpec, sources: &So
         isolation: isolation(),
         envs: envs(),
         sources,
+        offered: None,
     };
     let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let collect = async move {

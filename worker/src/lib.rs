@@ -10,6 +10,7 @@ pub mod env;
 pub mod gpu;
 pub mod join;
 pub mod metrics;
+pub mod offered;
 pub mod probe;
 pub mod runner;
 pub mod rustc;

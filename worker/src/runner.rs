@@ -89,6 +89,8 @@ pub struct Worker {
     envs: Arc<EnvironmentManager>,
     /// The build sources bucket, read for segments whose source is sent by reference.
     sources: crate::compile::Memoized<ObjectStoreSource>,
+    /// Where sources a build's submitter offers are asked for.
+    offered: crate::offered::OfferedSources,
     /// The GPUs and NVRTC found here.
     gpus: Arc<Gpus>,
     /// The Rust toolchains found here, for `rustc` tasks.
@@ -151,12 +153,17 @@ impl Worker {
             js.clone(),
             cfg.conn.subjects.build_sources_bucket(),
         ));
+        let offered = crate::offered::OfferedSources {
+            client: client.clone(),
+            subjects: cfg.conn.subjects.clone(),
+        };
         info!(worker = %cfg.id, slots = cfg.slots, isolation = %isolation.describe(), compilers = envs.compilers().len(), "worker starting");
         Ok(Worker {
             wasm,
             modules,
             envs,
             sources,
+            offered,
             slots: Arc::new(Semaphore::new(cfg.slots)),
             places: Arc::new(Semaphore::new(cfg.slots + ahead.max())),
             ahead,

@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::object_store::{InfoErrorKind, Object, ObjectStore};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use vgas_shared::limits::MAX_ARTIFACT_BYTES;
-use vgas_shared::wire::{check_relative_path, MODULE_REF_PREFIX};
+use vgas_shared::wire::check_relative_path;
 
 use super::follow::{Artifact, ArtifactBody};
 use super::Swarm;
@@ -23,7 +22,7 @@ pub const ARTIFACT_MODE_MASK: u32 = 0o777;
 /// The content name of `bytes`: `sha256:` and its SHA-256 in lowercase hex (the name modules
 /// and build sources have in their buckets).
 pub fn content_name(bytes: &[u8]) -> String {
-    format!("{MODULE_REF_PREFIX}{}", hex::encode(Sha256::digest(bytes)))
+    vgas_shared::names::ModuleRef::of(bytes).as_str().to_owned()
 }
 
 /// The Object Store buckets a [`Swarm`] and its clones have opened, by name. A bucket's

@@ -13,11 +13,12 @@ use tokio_util::task::TaskTracker;
 use vgas_shared::codec::decode_as;
 use vgas_shared::config::{Resolved, Role};
 use vgas_shared::farm::{BuildPlan, BuildUpdate};
-use vgas_shared::{Encoding, TaskId};
+use vgas_shared::{BuildId, Encoding};
 
 use super::aggregate::{aggregate_artifacts, LinkStep};
 use super::cache::BuildCache;
 use super::compdb::{self, Unit};
+use super::offers::Offers;
 use super::progress::{self, Mode, Progress};
 use super::segment::{dispatch_build_segments, BuildContext, Updates, DEFAULT_SEGMENT_DEADLINE};
 use super::wrapper::{
@@ -156,26 +157,38 @@ async fn announce_update(swarm: &Swarm, build_id: &str, u: &BuildUpdate) {
     }
 }
 
+/// Turns offering a build's sources off (`0` or `false`): they ride inside the tasks, as a
+/// wrapper on its own sends them. For comparisons, and for a server whose grants are older.
+pub const ENV_OFFER_SOURCES: &str = "VGAS_OFFER_SOURCES";
+
 /// What the segments of build `build_id` share: the connection, the cache (when it opens),
-/// the build's updates subject and the user's settings.
+/// the build's updates subject, the sources it offers workers and the user's settings.
 async fn context(
     swarm: &Swarm,
     conn: &Resolved,
     args: &BuildArgs,
-    build_id: &str,
+    build_id: &BuildId,
     tasks: &TaskTracker,
     write_behind: bool,
 ) -> BuildContext {
+    let offer = !matches!(
+        std::env::var(ENV_OFFER_SOURCES).as_deref(),
+        Ok("0" | "false")
+    );
+    let offers = async {
+        match offer {
+            true => Offers::start(swarm, build_id.clone(), tasks).await,
+            false => None,
+        }
+    };
+    let (cache, offers) = tokio::join!(BuildCache::open(&swarm.js, &swarm.subjects), offers);
     BuildContext {
         swarm: swarm.clone(),
         conn: conn.clone(),
-        cache: BuildCache::open(&swarm.js, &swarm.subjects)
-            .await
-            .ok()
-            .map(|c| c.on_host(&conn.state_dir)),
+        cache: cache.ok().map(|c| c.on_host(&conn.state_dir)),
         updates: Updates::new(
             swarm.client.clone(),
-            Some(swarm.subjects.build_updates(build_id)),
+            Some(swarm.subjects.build_updates(build_id.as_str())),
             None,
         ),
         local_fallback: !args.no_local_fallback,
@@ -184,6 +197,7 @@ async fn context(
         write_behind,
         placement: super::placement::Placement::from_env(),
         uploaded: Default::default(),
+        offers,
     }
 }
 
@@ -200,17 +214,17 @@ async fn wait_for(tasks: TaskTracker) {
 
 /// The wrapper way: the user's command with the compiler pointed at `vgas`.
 async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mode) -> Result<i32> {
-    let build_id = TaskId::random().to_string();
+    let build_id = BuildId::random();
     let mut updates = swarm
         .client
-        .subscribe(swarm.subjects.build_updates(&build_id))
+        .subscribe(swarm.subjects.build_updates(build_id.as_str()))
         .await?;
     // The number of units is not known before the command has run them all.
     let started = BuildUpdate::Started {
-        build_id: build_id.clone(),
+        build_id: build_id.to_string(),
         segments: 0,
     };
-    announce_update(swarm, &build_id, &started).await;
+    announce_update(swarm, build_id.as_str(), &started).await;
     let links = tempfile::Builder::new()
         .prefix("vgas-wrap-")
         .tempdir()
@@ -243,7 +257,7 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         .env("RUSTC_WRAPPER", &me)
         .env(ENV_WRAPPER_DIR, links.path())
         .env(super::wrapper::ENV_FULL_BINARY, &me)
-        .env(ENV_BUILD_ID, &build_id)
+        .env(ENV_BUILD_ID, build_id.as_str())
         .env(super::helper::ENV_HELPER_SOCKET, &socket)
         .env(ENV_LOCAL_LOG, &local_log)
         .env(ENV_SEGMENT_DEADLINE, args.segment_deadline.to_string())
@@ -303,7 +317,7 @@ async fn run_command(swarm: &Swarm, conn: &Resolved, args: &BuildArgs, mode: Mod
         progress.not_distributed(log.lines());
     }
     let code = status.code().unwrap_or(1);
-    finish(progress, args, code, Some((swarm, &build_id))).await;
+    finish(progress, args, code, Some((swarm, build_id.as_str()))).await;
     Ok(code)
 }
 
@@ -343,7 +357,7 @@ async fn run_compdb(
     });
     let entries = compdb::read(db)?;
     let units = compdb::prepare_all(entries, &absolute(&conn.state_dir), jobs).await?;
-    let build_id = TaskId::random().to_string();
+    let build_id = BuildId::random();
     let tasks = TaskTracker::new();
     let ctx = context(swarm, conn, args, &build_id, &tasks, false).await;
     let mut progress = Progress::new(mode);
@@ -407,7 +421,13 @@ async fn run_compdb(
             println!("{line}");
         }
     }
-    finish(progress, args, agg.exit_code, Some((swarm, &build_id))).await;
+    finish(
+        progress,
+        args,
+        agg.exit_code,
+        Some((swarm, build_id.as_str())),
+    )
+    .await;
     Ok(agg.exit_code)
 }
 

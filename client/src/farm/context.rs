@@ -13,6 +13,7 @@ use tracing::debug;
 use vgas_shared::codec::encode;
 use vgas_shared::config::Resolved;
 use vgas_shared::farm::{BuildUpdate, CompileSpec};
+use vgas_shared::names::ModuleRef;
 use vgas_shared::Encoding;
 
 use super::cache::BuildCache;
@@ -29,6 +30,9 @@ pub struct Segment {
     pub files: Vec<ShippedFile>,
     /// The cache key.
     pub key: String,
+    /// The source's content name: the cache key hashes it, and a worker asks for an offered
+    /// source by it (`offers`).
+    pub source: ModuleRef,
     /// Where the object goes.
     pub output: PathBuf,
     /// How to compile it here if the swarm cannot.
@@ -132,6 +136,9 @@ pub struct BuildContext {
     pub placement: super::placement::Placement,
     /// What this build has put into the build sources bucket.
     pub uploaded: Uploaded,
+    /// Where this process serves its segments' sources to workers; `None`: they ride inside
+    /// the tasks (a wrapper on its own, the master's plans, grants from an older `vgas init`).
+    pub offers: Option<super::offers::Offers>,
 }
 
 impl BuildContext {

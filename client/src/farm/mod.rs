@@ -1,7 +1,8 @@
 //! The build farm's submitting side. A compile job is read like distcc reads it (`args`),
 //! preprocessed here (`prepare`), looked up in the swarm-wide cache (`cache`, and before
 //! preprocessing by its direct-mode manifest, `direct`), compiled on a worker with the
-//! identical compiler (`remote`, through the task API) or, failing that, here (`segment`,
+//! identical compiler (`remote`, through the task API, its source served from here by
+//! `offers`) or, failing that, here (`segment`,
 //! `local`), and linked here with one merged diagnostics report (`aggregate`). The ways in:
 //! the compiler wrapper (`wrapper`, one `unit` each, handed to `vgas build`'s `helper`),
 //! `vgas build` with a command, a compilation database (`compdb`) or a plan (`cli`).
@@ -19,6 +20,7 @@ pub mod helper;
 pub mod host_cache;
 pub mod in_place;
 pub mod local;
+pub mod offers;
 pub mod placement;
 pub mod prepare;
 pub mod progress;

@@ -9,6 +9,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use vgas_shared::farm::{cache_key, side_outputs_of, CompileSpec, CompilerIdentity, Source};
+use vgas_shared::names::ModuleRef;
 
 use super::args::CompileJob;
 use super::context::{Segment, ShippedFile};
@@ -68,13 +69,14 @@ pub async fn prepare(
     }
     let pp = out.stdout;
     let cwd_s = cwd.display().to_string();
+    let source = ModuleRef::of(&pp);
     let key = cache_key(
         &identity.hash,
         job.language,
         &job.compile_args,
         &job.source,
         &cwd_s,
-        &pp,
+        &source,
     );
     let (workdir, files) = ship_user_files(&pp, cwd);
     let spec = CompileSpec {
@@ -95,6 +97,7 @@ pub async fn prepare(
         spec,
         files,
         key,
+        source,
         output: cwd.join(&job.output),
         local,
     };

@@ -75,6 +75,18 @@ async fn upload_source(ctx: &BuildContext, source: &Source) -> Result<Source> {
     })
 }
 
+/// Offers an inline LZ4 source from this process ([`super::offers`]) and names it in the
+/// task instead; `None` (the source left as it is) for plain text.
+fn offer_source(
+    offers: &super::offers::Offers,
+    seg: &Segment,
+    source: &mut Source,
+) -> Option<super::offers::Offered> {
+    let packed = source.lz4.take()?;
+    *source = Source::offered(seg.source.clone(), offers.build().clone());
+    Some(offers.offer(&seg.source, bytes::Bytes::from(packed.0)))
+}
+
 /// Uploads of a segment's files in flight at once: the first unit of a build names most of
 /// its headers, each a look-up and two acknowledged writes; one after the other they took
 /// Lua's first unit (20 headers) 11 to 12 ms, eight at a time 5 to 7 ms.
@@ -291,8 +303,12 @@ pub async fn remote(
 ) -> Result<Remote> {
     let began = Instant::now();
     let mut compile = seg.spec.clone();
+    // Held until the unit ends: every attempt's worker may ask for the source.
+    let mut _offered = None;
     if source_too_large(&compile.source) {
         compile.source = upload_source(ctx, &compile.source).await?;
+    } else if let Some(offers) = &ctx.offers {
+        _offered = offer_source(offers, seg, &mut compile.source);
     }
     compile.files = ship_files(ctx, seg).await?;
     let sides: BTreeMap<String, String> = seg

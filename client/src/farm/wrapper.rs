@@ -311,6 +311,7 @@ async fn distribute(
         write_behind: false,
         placement: super::placement::Placement::from_env(),
         uploaded: Default::default(),
+        offers: None,
         conn,
     };
     let (hashes, identities) = (FileHashes::uncached(), Identities::default());

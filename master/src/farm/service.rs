@@ -25,6 +25,7 @@ use vgas_shared::farm::{
     cache_key, BuildAccepted, BuildOutput, BuildPlan, BuildUpdate, CompileSpec, CompilerIdentity,
     Diagnostic, DiagnosticReport, EnvSpec, PlanSegment, VersionReq,
 };
+use vgas_shared::names::ModuleRef;
 use vgas_shared::wire::SwarmPulse;
 use vgas_shared::{Encoding, ErrorCode, TaskId};
 
@@ -196,6 +197,7 @@ async fn run_plan(
         write_behind: false,
         placement: Placement::off(),
         uploaded: Default::default(),
+        offers: None,
     };
     let result = run_plan_inner(&ctx, &build_id, &plan, &identity).await;
     let finished = match result {
@@ -264,13 +266,14 @@ async fn run_plan_inner(
     let mut segments = Vec::with_capacity(all.len());
     for (i, s) in all.iter().enumerate() {
         let args: Vec<String> = plan.args.iter().chain(&s.args).cloned().collect();
+        // An object's name is the content name of its bytes.
         let content = match (
             &s.source.object,
             s.source
                 .inline_bytes(vgas_client::farm::prepare::MAX_PREPROCESSED)?,
         ) {
-            (Some(o), _) => o.as_bytes().to_vec(),
-            (None, Some(b)) => b,
+            (Some(o), _) => ModuleRef::parse(o)?,
+            (None, Some(b)) => ModuleRef::of(&b),
             (None, None) => anyhow::bail!("segment {} has no source", s.name),
         };
         let spec = CompileSpec {
@@ -288,6 +291,7 @@ async fn run_plan_inner(
         segments.push(Segment {
             name: s.name.clone(),
             key: cache_key(&identity.hash, s.language, &args, &s.name, "", &content),
+            source: content,
             spec,
             files: Vec::new(),
             output: dir.path().join(format!("{i}.o")),

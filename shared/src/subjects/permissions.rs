@@ -13,7 +13,8 @@ use crate::ids::WorkerId;
 pub struct Permissions {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
-    /// It may answer requests sent to it (the worker answers its assignments).
+    /// It may answer requests sent to it (the worker answers its assignments, a client the
+    /// requests for its build's sources).
     pub allow_responses: bool,
 }
 
@@ -96,6 +97,11 @@ impl Subjects {
         format!("{}.build.*.updates", self.prefix)
     }
 
+    /// Wildcard over every build's offered sources.
+    pub fn all_build_sources(&self) -> String {
+        format!("{}.build.*.source", self.prefix)
+    }
+
     /// Wildcard over everything under every task (its events).
     pub fn all_task_subjects(&self) -> String {
         format!("{}.task.*.>", self.prefix)
@@ -136,6 +142,7 @@ impl Subjects {
                     self.all_results_direct(),
                     self.llm_complete(),
                     self.build_submit(),
+                    self.all_build_sources(),
                 ]
                 .into_iter()
                 .chain(object_read(&modules_stream))
@@ -155,7 +162,9 @@ impl Subjects {
                 allow_responses: true,
             },
             // Clients put modules, read artifacts, read and write the build cache (a
-            // submitter stores what it compiled) and put segment sources too large for a task.
+            // submitter stores what it compiled), put segment sources too large for a task
+            // and offer the others to workers (answering requests on a build's source subject,
+            // which `vgas build` first sends itself to see that the grants allow it).
             Role::Client => Permissions {
                 publish: [
                     self.submit(),
@@ -172,7 +181,11 @@ impl Subjects {
                 .chain(object_read(&modules_stream))
                 .chain(object_write(&modules, &modules_stream))
                 .chain(object_read(&artifacts_stream))
-                .chain([self.build_submit(), self.all_build_updates()])
+                .chain([
+                    self.build_submit(),
+                    self.all_build_updates(),
+                    self.all_build_sources(),
+                ])
                 .chain(kv_read(&cache))
                 .chain([kv_write(&cache)])
                 .chain(object_read(&objects_stream))
@@ -189,8 +202,10 @@ impl Subjects {
                     self.all_task_subjects(),
                     self.all_worker_events(),
                     self.all_build_updates(),
+                    self.all_build_sources(),
                 ],
-                allow_responses: false,
+                // To answer those requests for its build's sources, on their reply subjects.
+                allow_responses: true,
             },
         }
     }
@@ -254,6 +269,14 @@ mod tests {
             .filter(|p| p.contains(".worker."))
             .collect();
         assert_eq!(of_workers, ["team.vgas.worker.*.events.*"]);
+        // Offered sources: a client serves them (and asks itself once), a worker asks.
+        let offered = "team.vgas.build.*.source".to_owned();
+        assert!(c.subscribe.contains(&offered) && c.publish.contains(&offered));
+        assert!(
+            c.allow_responses,
+            "a client answers requests for its build's sources"
+        );
+        assert!(w.publish.contains(&offered) && !w.subscribe.contains(&offered));
         assert_eq!(s.permissions(Role::Master).publish, [">"]);
     }
 

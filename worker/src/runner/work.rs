@@ -208,6 +208,7 @@ impl Worker {
                     isolation: &self.isolation,
                     envs: &self.envs,
                     sources: &self.sources,
+                    offered: Some(&self.offered),
                 };
                 let job = Job {
                     task: compile,
