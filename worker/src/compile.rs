@@ -281,9 +281,7 @@ impl<S: ModuleSource> Compiler<'_, S> {
                     return Err("the segment's source is empty".into());
                 };
                 match (&c.source.offered_by, self.offered) {
-                    (Some(build), Some(offered)) => {
-                        offered.fetch(name, build, MAX_SOURCE_BYTES).await?
-                    }
+                    (Some(build), Some(offered)) => offered.fetch(name, build).await?,
                     (Some(build), None) => {
                         return Err(format!(
                             "source {name} is offered by build {build}, which this run cannot ask"

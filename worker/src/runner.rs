@@ -153,10 +153,11 @@ impl Worker {
             js.clone(),
             cfg.conn.subjects.build_sources_bucket(),
         ));
-        let offered = crate::offered::OfferedSources {
-            client: client.clone(),
-            subjects: cfg.conn.subjects.clone(),
-        };
+        let offered = crate::offered::OfferedSources::new(
+            client.clone(),
+            cfg.conn.subjects.clone(),
+            crate::compile::MAX_SOURCE_BYTES,
+        );
         info!(worker = %cfg.id, slots = cfg.slots, isolation = %isolation.describe(), compilers = envs.compilers().len(), "worker starting");
         Ok(Worker {
             wasm,
@@ -392,10 +393,14 @@ impl Worker {
                 handed_back: handed_back.clone(),
             },
         );
+        // An offered source is asked for now, while the attempt starts or waits its turn.
+        let prefetched =
+            (a.spec.compile.as_ref()).and_then(|c| self.offered.prefetch(c, &self.tracker));
         let me = self.clone();
         let span = info_span!("task", task_id = %a.task_id, attempt = a.attempt);
         self.tracker.spawn(
             async move {
+                let _prefetched = prefetched;
                 let queued = slot.is_none();
                 if let Some(permit) = me.take_slot(&a, slot, &cancel, &handed_back).await {
                     let n = me.free_slots.lock().expect("slots lock").pop().unwrap_or(0);
