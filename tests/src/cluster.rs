@@ -175,11 +175,7 @@ impl Cluster {
             });
         }
         let urls: Vec<String> = nodes.iter().map(Node::url).collect();
-        let stand_in = Proc {
-            name: "cluster".into(),
-            child: None,
-            log: nodes[0].server.log.clone(),
-        };
+        let stand_in = Proc::stand_in("cluster", nodes[0].server.log.clone());
         let cluster = Cluster {
             swarm: Swarm {
                 dir: root,
