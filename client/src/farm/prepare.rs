@@ -120,9 +120,22 @@ fn main_file(pp: &[u8]) -> Option<&str> {
     markers(pp).next().map(|(name, _)| name)
 }
 
+/// The lines that start with `# ` (the line markers, and whatever else does), in order,
+/// found by a vectorised search for `\n# ` rather than line by line: a unit's text is hundreds
+/// of kilobytes and its markers a few hundred lines (the line-by-line scan was a tenth of
+/// `vgas build`'s CPU in a Lua build).
+fn hash_lines(pp: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let first = pp.starts_with(b"# ").then_some(0);
+    let rest = memchr::memmem::find_iter(pp, b"\n# ").map(|i| i + 1);
+    first.into_iter().chain(rest).map(move |start| {
+        let end = memchr::memchr(b'\n', &pp[start..]).map_or(pp.len(), |n| start + n);
+        &pp[start..end]
+    })
+}
+
 /// Each line marker's file and whether it is a system header, in order, repeats included.
 fn markers(pp: &[u8]) -> impl Iterator<Item = (&str, bool)> {
-    pp.split(|&b| b == b'\n').filter_map(|line| {
+    hash_lines(pp).filter_map(|line| {
         let rest = std::str::from_utf8(line.strip_prefix(b"# ")?).ok()?;
         let (num, rest) = rest.split_once(' ')?;
         if num.parse::<u64>().is_err() || !rest.starts_with('"') {
@@ -222,6 +235,34 @@ mod tests {
                    int x;\n# 3 \"../inc/b.h\" 1\n# 4 \"src/a.c\" 2\n# 9 \"weird\\\\name.h\"\n";
         let names: Vec<String> = user_files(pp).into_iter().collect();
         assert_eq!(names, ["../inc/b.h", "src/a.c"]);
+    }
+
+    #[test]
+    fn the_search_finds_the_lines_a_line_by_line_scan_finds() {
+        let texts: [&[u8]; 5] = [
+            b"# 1 \"a.c\"\nint x; # 2 \"no\"\n#define A 1\n# 3 \"b.h\" 1\r\n\n# 4 \"end.h\"",
+            b"int y;\n# 5 \"c.h\"\n",
+            b"",
+            b"# ",
+            b"\n\n# 1 \"x\"\n\n",
+        ];
+        for pp in texts {
+            let by_line: Vec<&[u8]> = pp
+                .split(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b"# "))
+                .collect();
+            assert_eq!(
+                hash_lines(pp).collect::<Vec<_>>(),
+                by_line,
+                "{:?}",
+                String::from_utf8_lossy(pp)
+            );
+        }
+        let names: Vec<String> = line_marker_files(texts[0])
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["a.c", "b.h", "end.h"]);
     }
 
     #[test]
