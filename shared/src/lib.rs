@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod error;
 pub mod farm;
 pub mod gpu;
+pub mod holds;
 pub mod host;
 pub mod identity;
 pub mod ids;

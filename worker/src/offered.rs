@@ -9,14 +9,14 @@
 //! so its round trip (0.5 to 0.9 ms for a Lua unit on one machine) overlaps the attempt's
 //! start, or its whole wait in the queue ahead of the slots, instead of delaying the compile.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
 use tokio::sync::OnceCell;
 use tokio_util::task::TaskTracker;
 use vgas_shared::farm::{packed::Base64Bytes, CompileSpec, Source};
+use vgas_shared::holds::{Hold, Holds};
 use vgas_shared::names::ModuleRef;
 use vgas_shared::subjects::Subjects;
 use vgas_shared::BuildId;
@@ -29,42 +29,20 @@ pub const OFFER_WAIT: Duration = Duration::from_secs(5);
 /// A source asked for ahead of its compile, shared by the attempts that name it.
 type Fetched = Arc<OnceCell<Result<Vec<u8>, String>>>;
 
-/// Sources asked for ahead, by name, with how many accepted attempts hold each (bounded by
-/// the worker's places: every attempt holds one [`Prefetched`] guard at most).
-type Ahead = Arc<Mutex<HashMap<String, (Fetched, usize)>>>;
-
-/// Where offered sources are asked for: the worker's connection and the swarm's subjects.
+/// Where offered sources are asked for: the worker's connection and the swarm's subjects,
+/// and the sources asked for ahead, by name, held by the accepted attempts that name them
+/// (bounded by the worker's places: every attempt holds one [`Prefetched`] at most).
 #[derive(Debug, Clone)]
 pub struct OfferedSources {
     client: Client,
     subjects: Subjects,
     max: usize,
-    ahead: Ahead,
+    ahead: Holds<Fetched>,
 }
 
 /// An accepted attempt's hold on the source it asked for ahead: dropped when the attempt
 /// ends, used or not.
-#[derive(Debug)]
-pub struct Prefetched {
-    ahead: Ahead,
-    name: String,
-}
-
-impl Drop for Prefetched {
-    fn drop(&mut self) {
-        let mut ahead = lock(&self.ahead);
-        if let Some((_, holders)) = ahead.get_mut(&self.name) {
-            *holders -= 1;
-            if *holders == 0 {
-                ahead.remove(&self.name);
-            }
-        }
-    }
-}
-
-fn lock(ahead: &Ahead) -> std::sync::MutexGuard<'_, HashMap<String, (Fetched, usize)>> {
-    ahead.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub type Prefetched = Hold<Fetched>;
 
 impl OfferedSources {
     /// Sources of at most `max` bytes unpacked, asked on `client`.
@@ -73,7 +51,7 @@ impl OfferedSources {
             client,
             subjects,
             max,
-            ahead: Ahead::default(),
+            ahead: Holds::default(),
         }
     }
 
@@ -83,29 +61,20 @@ impl OfferedSources {
         let (Some(name), Some(build)) = (&compile.source.object, &compile.source.offered_by) else {
             return None;
         };
-        let (cell, first) = {
-            let mut ahead = lock(&self.ahead);
-            let entry = ahead.entry(name.clone()).or_default();
-            entry.1 += 1;
-            (entry.0.clone(), entry.1 == 1)
-        };
+        let (cell, first, held) = self.ahead.hold(name, Fetched::default);
         if first {
             let (me, name, build) = (self.clone(), name.clone(), build.clone());
             tracker.spawn(async move {
                 cell.get_or_init(|| me.ask(&name, &build)).await;
             });
         }
-        Some(Prefetched {
-            ahead: self.ahead.clone(),
-            name: name.clone(),
-        })
+        Some(held)
     }
 
     /// The bytes named `name` (`sha256:<hex>`) that build `build`'s submitter offers,
     /// checked against the name: asked for ahead, or now.
     pub async fn fetch(&self, name: &str, build: &BuildId) -> Result<Vec<u8>, String> {
-        let ahead = lock(&self.ahead).get(name).map(|(cell, _)| cell.clone());
-        match ahead {
+        match self.ahead.get(name) {
             Some(cell) => cell.get_or_init(|| self.ask(name, build)).await.clone(),
             None => self.ask(name, build).await,
         }

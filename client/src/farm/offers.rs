@@ -10,8 +10,7 @@
 //! subject: a round trip to itself at the start finds that, and the build's sources then ride
 //! inside the tasks as before.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +18,7 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+use vgas_shared::holds::{Hold, Holds};
 use vgas_shared::names::ModuleRef;
 use vgas_shared::BuildId;
 
@@ -30,9 +30,12 @@ use crate::api::Swarm;
 /// of grants from an older `vgas init` loses this once at its start.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
 
-/// The sources on offer, by content name: the LZ4 block and how many units hold it (two units
-/// of one build can preprocess to the same text).
-type Held = Arc<Mutex<HashMap<String, (Bytes, usize)>>>;
+/// The sources on offer, by content name: the LZ4 block, held while a unit with that text
+/// (two units of one build can preprocess to the same text) is on the swarm.
+type Held = Holds<Bytes>;
+
+/// One unit's hold on its offered source: dropped, the source goes when no unit holds it.
+pub type Offered = Hold<Bytes>;
 
 /// Serves this build's sources while a clone lives; see the module doc.
 #[derive(Debug, Clone)]
@@ -97,47 +100,17 @@ impl Offers {
     /// Offers `packed` (a size-prefixed LZ4 block of the text named `name`) until the guard
     /// drops.
     pub fn offer(&self, name: &ModuleRef, packed: Bytes) -> Offered {
-        let mut held = lock(&self.inner.held);
-        held.entry(name.as_str().to_owned())
-            .or_insert_with(|| (packed, 0))
-            .1 += 1;
-        Offered {
-            held: self.inner.held.clone(),
-            name: name.as_str().to_owned(),
-        }
+        self.inner.held.hold(name.as_str(), || packed).2
     }
 
     /// How many sources are on offer.
     pub fn len(&self) -> usize {
-        lock(&self.inner.held).len()
+        self.inner.held.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// One unit's hold on its offered source: dropped, the source goes when no unit holds it.
-#[derive(Debug)]
-pub struct Offered {
-    held: Held,
-    name: String,
-}
-
-impl Drop for Offered {
-    fn drop(&mut self) {
-        let mut held = lock(&self.held);
-        if let Some((_, holders)) = held.get_mut(&self.name) {
-            *holders -= 1;
-            if *holders == 0 {
-                held.remove(&self.name);
-            }
-        }
-    }
-}
-
-fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<String, (Bytes, usize)>> {
-    held.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Answers each request with the named source's block, or an empty body when it is not on
@@ -161,7 +134,7 @@ async fn serve(
         };
         let body = std::str::from_utf8(&msg.payload)
             .ok()
-            .and_then(|name| lock(&held).get(name).map(|(b, _)| b.clone()))
+            .and_then(|name| held.get(name))
             .unwrap_or_default();
         if let Err(e) = client.publish(reply, body).await {
             debug!("answer a request for a source: {e}");
