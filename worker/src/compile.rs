@@ -13,7 +13,9 @@
 //! preprocessed mode; see `input_file`), and debug info names the submitter's directory
 //! (`-fdebug-prefix-map`) instead of the task directory. The input itself rides in the task,
 //! sits in the build sources bucket, or is asked from the submitter that offers it
-//! ([`crate::offered`]).
+//! ([`crate::offered`]); it is the sandbox's late file ([`sandbox::RunOptions::late_file`]),
+//! written after the headers, so an offered source's transfer overlaps the writing of the
+//! rest of the directory instead of preceding it.
 //! Preprocessed text is compiled as ordinary source where it can be
 //! ([`vgas_shared::farm::reparse`]), so that even `DW_AT_producer` is a local compile's.
 
@@ -33,7 +35,7 @@ use crate::offered::OfferedSources;
 use crate::sandbox::{
     self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
 };
-use crate::wasm::{fetch_checked, Artifact, ArtifactBody, ModuleSource, ObjectStoreSource};
+use crate::wasm::{Artifact, ArtifactBody, ModuleSource, ObjectStoreSource};
 
 /// Largest source a segment may have, inline or fetched: preprocessed C++ translation units
 /// of template-heavy code reach tens of MiB; past this it is a mistake, and each running
@@ -58,9 +60,11 @@ const MEMO_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// consumer of its own, which one after the other added up on that unit's path.
 const FETCHES_IN_FLIGHT: usize = 8;
 
-/// A source bucket that keeps what it fetched of objects up to
+/// A source bucket that keeps what it fetched and checked of objects up to
 /// [`vgas_shared::limits::MAX_SEGMENT_FILE_BYTES`] (content-addressed, so never stale);
-/// larger ones (a unit's preprocessed text sent by reference, read once) pass through.
+/// larger ones (a unit's preprocessed text sent by reference, read once) pass through. What
+/// it keeps passed the hash check when it was fetched, and is not hashed again: a build's
+/// units name the same headers, and hashing them all again was most of a unit's look-ups.
 #[derive(Debug)]
 pub struct Memoized<S> {
     inner: S,
@@ -77,18 +81,27 @@ impl<S> Memoized<S> {
             kept: std::sync::Mutex::default(),
         }
     }
+
+    fn kept(&self, name: &str) -> Option<Vec<u8>> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.0.get(name).map(|bytes| bytes.to_vec())
+    }
 }
 
 impl<S: ModuleSource + Send + Sync> ModuleSource for Memoized<S> {
+    /// Unchecked bytes are not kept: only [`ModuleSource::fetch_checked`] fills the memo.
     async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
-        let hit = {
-            let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-            kept.0.get(name).cloned()
-        };
-        if let Some(bytes) = hit {
-            return Ok(Some(bytes.to_vec()));
+        match self.kept(name) {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.inner.fetch(name).await,
         }
-        let fetched = self.inner.fetch(name).await?;
+    }
+
+    async fn fetch_checked(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        if let Some(bytes) = self.kept(name) {
+            return Ok(Some(bytes));
+        }
+        let fetched = self.inner.fetch_checked(name).await?;
         if let Some(bytes) = fetched
             .as_ref()
             .filter(|b| b.len() as u64 <= MAX_SEGMENT_FILE_BYTES)
@@ -185,30 +198,12 @@ impl<S: ModuleSource> Compiler<'_, S> {
         if let Err(message) = self.envs.verify(compiler) {
             return CompileRun::error(message);
         }
-        let source = tokio::select! {
-            s = self.source(c) => s,
-            _ = cancel.cancelled() => return CompileRun::ended(TaskOutcome::Cancelled),
-        };
-        let source = match source {
-            Ok(s) => s,
-            Err(message) => return CompileRun::error(message),
-        };
-        let (source, primary) = compile_input(c, source);
-        let input = in_workdir(&c.workdir, &input_file(c.language, primary.as_deref()));
-        let object = in_workdir(&c.workdir, OBJECT_FILE);
-        // The task's inline files and the segment's files by name land in the same place.
-        let shipped = task.files.iter().map(|f| f.path());
-        let mut shipped = shipped.chain(c.files.iter().map(|f| f.path.as_str()));
-        if let Some(path) = shipped.find(|p| *p == input || *p == object) {
-            return CompileRun::error(format!(
-                "file {path:?} is where the segment's input or object goes; ship it under another \
-                 name"
-            ));
-        }
-        let mut extra = vec![(input, source)];
+        // The user's files first: a source asked from its submitter is on its way meanwhile
+        // (asked when the assignment came), and the sandbox writes it last.
+        let mut extra = Vec::with_capacity(c.files.len());
         let mut fetched = Vec::with_capacity(c.files.len());
         for some in c.files.chunks(FETCHES_IN_FLIGHT) {
-            let fetches = some.iter().map(|f| fetch_checked(self.sources, &f.object));
+            let fetches = some.iter().map(|f| self.sources.fetch_checked(&f.object));
             tokio::select! {
                 bytes = futures::future::join_all(fetches) => fetched.extend(some.iter().zip(bytes)),
                 _ = cancel.cancelled() => return CompileRun::ended(TaskOutcome::Cancelled),
@@ -235,12 +230,31 @@ impl<S: ModuleSource> Compiler<'_, S> {
                 Err(message) => return CompileRun::error(message),
             }
         }
+        // The main file's name, known once the source has come; the command needs it.
+        let primary = std::sync::OnceLock::<Option<String>>::new();
+        let input = async {
+            let (source, main) = compile_input(c, self.source(c).await?);
+            let input = in_workdir(&c.workdir, &input_file(c.language, main.as_deref()));
+            let object = in_workdir(&c.workdir, OBJECT_FILE);
+            // The task's inline files and the segment's files by name land in the same place.
+            let shipped = task.files.iter().map(|f| f.path());
+            let mut shipped = shipped.chain(c.files.iter().map(|f| f.path.as_str()));
+            if let Some(path) = shipped.find(|p| *p == input || *p == object) {
+                return Err(format!(
+                    "file {path:?} is where the segment's input or object goes; ship it under \
+                     another name"
+                ));
+            }
+            let _ = primary.set(main);
+            Ok((input, source))
+        };
         let command = |cwd: &Path| {
             if !c.cwd.is_empty() && cwd.to_string_lossy().contains('=') {
                 // GCC splits a prefix map at its first '=': debug info names the task directory.
                 tracing::warn!(dir = %cwd.display(), "cannot map a directory with '=' in debug info");
             }
-            compile_argv(&compiler.path, c, cwd, primary.as_deref())
+            let main = primary.get().and_then(Option::as_deref);
+            compile_argv(&compiler.path, c, cwd, main)
         };
         let native = NativeJob {
             command: &command,
@@ -254,13 +268,14 @@ impl<S: ModuleSource> Compiler<'_, S> {
             extra_files: &extra,
             keep_dir: true,
             devices: None,
+            late_file: Some(Box::pin(input)),
         };
         let run = sandbox::run_native(
             self.sandbox,
             self.isolation,
             slot,
             &native,
-            &opts,
+            opts,
             out,
             cancel,
         );
@@ -287,7 +302,7 @@ impl<S: ModuleSource> Compiler<'_, S> {
                             "source {name} is offered by build {build}, which this run cannot ask"
                         ))
                     }
-                    (None, _) => fetch_checked(self.sources, name).await?.ok_or_else(|| {
+                    (None, _) => self.sources.fetch_checked(name).await?.ok_or_else(|| {
                         format!("source {name} is not in the build sources bucket")
                     })?,
                 }

@@ -473,26 +473,58 @@ impl ModuleSource for Counting {
 }
 
 #[tokio::test]
-async fn a_segment_file_is_fetched_once_and_a_large_source_every_time() {
+async fn a_checked_segment_file_is_fetched_once_and_a_large_source_or_a_bad_one_every_time() {
+    let name = |bytes: &[u8]| format!("sha256:{}", sha256_hex(bytes));
     let small = vec![1u8; 100];
     let large = vec![2u8; MAX_SEGMENT_FILE_BYTES as usize + 1];
+    let (s, l) = (name(&small), name(&large));
+    // Stored under the name of other bytes.
+    let forged = name(b"what the name promises");
+    let missing = name(b"nobody stored this");
     let memo = Memoized::new(Counting {
         objects: [
-            ("s".to_owned(), small.clone()),
-            ("l".to_owned(), large.clone()),
+            (s.clone(), small.clone()),
+            (l.clone(), large.clone()),
+            (forged.clone(), b"something else".to_vec()),
         ]
         .into(),
         ..Counting::default()
     });
     for _ in 0..3 {
-        assert_eq!(memo.fetch("s").await.unwrap(), Some(small.clone()));
-        assert_eq!(memo.fetch("l").await.unwrap(), Some(large.clone()));
-        assert_eq!(memo.fetch("missing").await.unwrap(), None);
+        assert_eq!(memo.fetch_checked(&s).await.unwrap(), Some(small.clone()));
+        assert_eq!(memo.fetch_checked(&l).await.unwrap(), Some(large.clone()));
+        assert_eq!(memo.fetch_checked(&missing).await.unwrap(), None);
+        let refused = memo.fetch_checked(&forged).await.unwrap_err();
+        assert!(refused.contains("refusing"), "{refused}");
     }
-    // One fetch of the small object; three of the large one and of the missing one.
+    // One fetch of the small object; three each of the large, the missing and the forged one
+    // (refused bytes are never kept).
     let fetches = memo
         .inner
         .fetches
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(fetches, 1 + 3 + 3);
+    assert_eq!(fetches, 1 + 3 + 3 + 3);
+    // A plain fetch keeps nothing: the next checked one still fetches and checks.
+    let other = vec![3u8; 10];
+    let memo = Memoized::new(Counting {
+        objects: [(name(&other), other.clone())].into(),
+        ..Counting::default()
+    });
+    assert_eq!(
+        memo.fetch(&name(&other)).await.unwrap(),
+        Some(other.clone())
+    );
+    assert_eq!(
+        memo.fetch_checked(&name(&other)).await.unwrap(),
+        Some(other.clone())
+    );
+    assert_eq!(
+        memo.fetch_checked(&name(&other)).await.unwrap(),
+        Some(other)
+    );
+    let fetches = memo
+        .inner
+        .fetches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fetches, 2);
 }

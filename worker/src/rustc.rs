@@ -31,7 +31,7 @@ use crate::env::EnvironmentManager;
 use crate::sandbox::{
     self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
 };
-use crate::wasm::{fetch_checked, ModuleSource};
+use crate::wasm::ModuleSource;
 
 /// Where inputs sit in the task directory, at their absolute paths.
 const ROOT: &str = "root";
@@ -265,13 +265,14 @@ impl<S: ModuleSource> RustcRunner<'_, S> {
             extra_files: &extra,
             keep_dir: true,
             devices: None,
+            late_file: None,
         };
         let run = sandbox::run_native(
             self.sandbox,
             self.isolation,
             slot,
             &native,
-            &opts,
+            opts,
             out,
             cancel,
         );
@@ -286,11 +287,9 @@ impl<S: ModuleSource> RustcRunner<'_, S> {
                 (Some(b), _) => base64::engine::general_purpose::STANDARD
                     .decode(b)
                     .map_err(|e| format!("input {}: {e}", i.path))?,
-                (None, Some(name)) => {
-                    fetch_checked(self.sources, name).await?.ok_or_else(|| {
-                        format!("input {} ({name}) is not in the sources bucket", i.path)
-                    })?
-                }
+                (None, Some(name)) => self.sources.fetch_checked(name).await?.ok_or_else(|| {
+                    format!("input {} ({name}) is not in the sources bucket", i.path)
+                })?,
                 (None, None) => return Err(format!("input {} has no bytes", i.path)),
             };
             files.push((under_root(&i.path), bytes));

@@ -201,13 +201,14 @@ impl CudaRunner<'_> {
             extra_files: &extra,
             keep_dir: true,
             devices: access.as_ref(),
+            late_file: None,
         };
         let run = sandbox::run_native(
             self.sandbox,
             self.isolation,
             slot,
             &native,
-            &opts,
+            opts,
             out,
             cancel,
         )

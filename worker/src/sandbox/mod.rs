@@ -35,6 +35,7 @@ mod tests_containment;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,7 +238,17 @@ pub struct RunOptions<'a> {
     pub keep_dir: bool,
     /// The task leased GPUs: these are the device nodes it must not see.
     pub devices: Option<&'a DeviceAccess>,
+    /// One more file that may still be on its way (a compile's input asked from its
+    /// submitter): awaited once the rest of the directory is written, so its transfer
+    /// overlaps that work, then written like `extra_files`. Its error ends the run as an
+    /// `error` with that sentence.
+    pub late_file: Option<LateFile<'a>>,
 }
+
+/// A file still on its way: its path relative to the task directory and its bytes, or why
+/// it cannot come ([`RunOptions::late_file`]).
+pub type LateFile<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(String, Vec<u8>), String>> + Send + 'a>>;
 
 /// What a task that leased GPUs may touch. The device nodes of every other GPU on the host
 /// are covered by `/dev/null` in the task's mount namespace (so opening one finds no GPU),
@@ -260,6 +271,7 @@ impl std::fmt::Debug for RunOptions<'_> {
             )
             .field("keep_dir", &self.keep_dir)
             .field("devices", &self.devices)
+            .field("late_file", &self.late_file.is_some())
             .finish()
     }
 }
@@ -318,20 +330,21 @@ pub async fn run_exec(
         devices,
         ..RunOptions::default()
     };
-    run_native(cfg, isolation, slot, &native, &opts, out, cancel)
+    run_native(cfg, isolation, slot, &native, opts, out, cancel)
         .await
         .outcome
 }
 
 /// [`run_exec`] for a [`NativeJob`] with [`RunOptions`]: the same limits, uid, namespaces,
-/// deadline, cancel and output streaming, in `opts.workdir` with `opts.extra_files`. A kept
-/// directory is handed back only after supervision killed everything the task started.
+/// deadline, cancel and output streaming, in `opts.workdir` with `opts.extra_files` and then
+/// `opts.late_file`. A kept directory is handed back only after supervision killed
+/// everything the task started.
 pub async fn run_native(
     cfg: &SandboxConfig,
     isolation: &Isolation,
     slot: usize,
     job: &NativeJob<'_>,
-    opts: &RunOptions<'_>,
+    mut opts: RunOptions<'_>,
     out: Sender<OutputChunk>,
     cancel: CancellationToken,
 ) -> NativeRun {
@@ -388,10 +401,31 @@ pub async fn run_native(
         _ => None,
     };
     let parent = slot.as_ref().map_or(&work_root, |s| &s.dir);
-    let dir = match taskdir::prepare(parent, job.files, opts, uid) {
+    let dir = match taskdir::prepare(parent, job.files, &opts, uid) {
         Ok(dir) => dir,
         Err(message) => return error(format!("sandbox setup failed: {message}")),
     };
+    if let Some(late) = opts.late_file.take() {
+        let came = tokio::select! {
+            came = late => came.map_err(|message| TaskOutcome::Error { message }),
+            () = cancel.cancelled() => Err(TaskOutcome::Cancelled),
+        };
+        let written = came.and_then(|(path, bytes)| {
+            taskdir::write_owned(dir.path(), &path, &bytes, uid).map_err(|message| {
+                TaskOutcome::Error {
+                    message: format!("sandbox setup failed: {message}"),
+                }
+            })
+        });
+        if let Err(outcome) = written {
+            taskdir::remove(dir);
+            return NativeRun {
+                outcome,
+                dir: None,
+                ran: None,
+            };
+        }
+    }
     let cwd = match opts.workdir {
         "" => dir.path().to_path_buf(),
         sub => dir.path().join(sub),

@@ -75,25 +75,28 @@ impl WasmConfig {
 pub trait ModuleSource: Sync {
     /// The bytes stored under `name` (`sha256:<hex>`); `Ok(None)` if there is no such object.
     fn fetch(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send;
-}
 
-/// [`ModuleSource::fetch`], then a check that the bytes hash to their name: bytes stored
-/// under the wrong name are refused, never used. The error is a sentence for the outcome.
-pub async fn fetch_checked(
-    source: &impl ModuleSource,
-    name: &str,
-) -> Result<Option<Vec<u8>>, String> {
-    let checked = ModuleRef::parse(name).map_err(|e| e.to_string())?;
-    let Some(bytes) = source.fetch(name).await? else {
-        return Ok(None);
-    };
-    let got = sha256_hex(&bytes);
-    if got != checked.hex() {
-        return Err(format!(
-            "the bytes stored as {name} have hash sha256:{got}; refusing to use them"
-        ));
+    /// [`ModuleSource::fetch`], then a check that the bytes hash to their name: bytes stored
+    /// under the wrong name are refused, never used. The error is a sentence for the
+    /// outcome. A source that keeps bytes it checked before may hand them out unhashed.
+    fn fetch_checked(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send {
+        async move {
+            let checked = ModuleRef::parse(name).map_err(|e| e.to_string())?;
+            let Some(bytes) = self.fetch(name).await? else {
+                return Ok(None);
+            };
+            let got = sha256_hex(&bytes);
+            if got != checked.hex() {
+                return Err(format!(
+                    "the bytes stored as {name} have hash sha256:{got}; refusing to use them"
+                ));
+            }
+            Ok(Some(bytes))
+        }
     }
-    Ok(Some(bytes))
 }
 
 /// An Object Store bucket of the swarm holding objects named by the SHA-256 of their bytes,
@@ -291,7 +294,7 @@ impl WasmRuntime {
         };
         let bytes = match cached_bytes {
             Some(b) => b,
-            None => fetch_checked(source, name.as_str()).await?.ok_or_else(|| {
+            None => source.fetch_checked(name.as_str()).await?.ok_or_else(|| {
                 format!(
                     "module {name} is not in the modules bucket; upload it first \
                      (`vgas submit --wasm FILE` does, or `nats object put`)"
