@@ -559,10 +559,12 @@ impl Worker {
             };
             published += u32::from(self.emit(&events, a.encoding, &ev).await);
         }
-        // Uploaded: the work directory goes now.
+        // Uploaded: the work directory goes now, off this thread: removing a compile's
+        // directory (its headers, its input) takes a good part of a millisecond, and the
+        // files just published wait on this thread for the connection to write them.
         if let Some(dir) = workdir {
             tracing::debug!(dir = %dir.path().display(), "removing the work directory");
-            drop(dir);
+            let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
         }
         let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
         if outcome.succeeded() {

@@ -401,6 +401,11 @@ pub async fn run_native(
         _ => None,
     };
     let parent = slot.as_ref().map_or(&work_root, |s| &s.dir);
+    // Writing the directory holds this thread for a while (a compile's headers: half a
+    // millisecond); what this task set going just before (the request for an offered
+    // source, the assignment's acknowledgement) waits on this thread to be written to the
+    // connection, so it goes first.
+    tokio::task::yield_now().await;
     let dir = match taskdir::prepare(parent, job.files, &opts, uid) {
         Ok(dir) => dir,
         Err(message) => return error(format!("sandbox setup failed: {message}")),
