@@ -239,24 +239,13 @@ impl Source {
 
     /// The bytes of an inline source; `None` for an object reference.
     pub fn inline_bytes(&self, max: usize) -> Result<Option<Vec<u8>>, VgaError> {
-        let bad = |m: String| VgaError::InvalidTask(m);
         if let Some(t) = &self.text {
             return Ok(Some(t.as_bytes().to_vec()));
         }
-        let Some(packed) = &self.lz4 else {
-            return Ok(None);
-        };
-        let packed = &packed.0;
-        if packed.len() < 4 {
-            return Err(bad("source: lz4 block too short".into()));
+        match &self.lz4 {
+            Some(packed) => unpack_source(&packed.0, max).map(Some),
+            None => Ok(None),
         }
-        let size = u32::from_le_bytes([packed[0], packed[1], packed[2], packed[3]]) as usize;
-        if size > max {
-            return Err(bad(format!("source: {size} bytes unpacked, over {max}")));
-        }
-        lz4_flex::decompress_size_prepended(packed)
-            .map(Some)
-            .map_err(|e| bad(format!("source: bad lz4 block: {e}")))
     }
 
     /// A source the submitter of build `build` serves by its name `object`.
@@ -508,6 +497,21 @@ pub struct CacheEntry {
     /// on a hit.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub side: BTreeMap<String, String>,
+}
+
+/// A source's size-prefixed LZ4 block (`Source::lz4`, or an offered source's answer)
+/// unpacked, refused before any byte is unpacked when it says it holds more than `max`.
+pub fn unpack_source(packed: &[u8], max: usize) -> Result<Vec<u8>, VgaError> {
+    let bad = |m: String| VgaError::InvalidTask(m);
+    let Some(size) = packed.first_chunk::<4>() else {
+        return Err(bad("source: lz4 block too short".into()));
+    };
+    let size = u32::from_le_bytes(*size) as usize;
+    if size > max {
+        return Err(bad(format!("source: {size} bytes unpacked, over {max}")));
+    }
+    lz4_flex::decompress_size_prepended(packed)
+        .map_err(|e| bad(format!("source: bad lz4 block: {e}")))
 }
 
 #[cfg(test)]

@@ -326,3 +326,18 @@ fn plans_are_checked() {
     )
     .is_err());
 }
+
+#[test]
+fn an_lz4_block_is_unpacked_within_its_cap_or_refused_before_unpacking() {
+    let text = b"static int x;\n".repeat(1000);
+    let packed = lz4_flex::compress_prepend_size(&text);
+    assert_eq!(super::unpack_source(&packed, 1 << 20).unwrap(), text);
+    let short = super::unpack_source(&packed[..3], 1 << 20).unwrap_err();
+    assert!(short.to_string().contains("too short"), "{short}");
+    // A prefix that promises 4 GiB is refused by the cap alone, whatever follows it.
+    let bomb = [0xff, 0xff, 0xff, 0xff, 0x00];
+    let refused = super::unpack_source(&bomb, 1 << 20).unwrap_err();
+    assert!(refused.to_string().contains("over 1048576"), "{refused}");
+    let cut = super::unpack_source(&packed[..packed.len() / 2], 1 << 20).unwrap_err();
+    assert!(cut.to_string().contains("bad lz4 block"), "{cut}");
+}

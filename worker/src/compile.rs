@@ -19,10 +19,12 @@
 //! Preprocessed text is compiled as ordinary source where it can be
 //! ([`vgas_shared::farm::reparse`]), so that even `DW_AT_producer` is a local compile's.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use vgas_shared::farm::command::{compile_argv, compile_input, input_file};
@@ -233,7 +235,8 @@ impl<S: ModuleSource> Compiler<'_, S> {
         // The main file's name, known once the source has come; the command needs it.
         let primary = std::sync::OnceLock::<Option<String>>::new();
         let input = async {
-            let (source, main) = compile_input(c, self.source(c).await?);
+            let source = self.source(c).await?;
+            let (source, main) = compile_input(c, Cow::Borrowed(&source));
             let input = in_workdir(&c.workdir, &input_file(c.language, main.as_deref()));
             let object = in_workdir(&c.workdir, OBJECT_FILE);
             // The task's inline files and the segment's files by name land in the same place.
@@ -287,10 +290,11 @@ impl<S: ModuleSource> Compiler<'_, S> {
     /// The source's bytes: inline, or fetched from the build sources bucket or asked from the
     /// submitter that offers it, and checked against its name. A self-contained source gets a `#line` naming it, so diagnostics and
     /// `__FILE__` say `source_name` rather than the input file; preprocessed output carries
-    /// its own line markers.
-    async fn source(&self, c: &CompileSpec) -> Result<Vec<u8>, String> {
+    /// its own line markers. An offered source's bytes are those its prefetch holds, not a
+    /// copy.
+    async fn source(&self, c: &CompileSpec) -> Result<Bytes, String> {
         let bytes = match c.source.inline_bytes(MAX_SOURCE_BYTES) {
-            Ok(Some(b)) => b,
+            Ok(Some(b)) => Bytes::from(b),
             Ok(None) => {
                 let Some(name) = &c.source.object else {
                     return Err("the segment's source is empty".into());
@@ -302,9 +306,14 @@ impl<S: ModuleSource> Compiler<'_, S> {
                             "source {name} is offered by build {build}, which this run cannot ask"
                         ))
                     }
-                    (None, _) => self.sources.fetch_checked(name).await?.ok_or_else(|| {
-                        format!("source {name} is not in the build sources bucket")
-                    })?,
+                    (None, _) => self
+                        .sources
+                        .fetch_checked(name)
+                        .await?
+                        .map(Bytes::from)
+                        .ok_or_else(|| {
+                            format!("source {name} is not in the build sources bucket")
+                        })?,
                 }
             }
             Err(e) => return Err(e.to_string()),
@@ -321,7 +330,7 @@ impl<S: ModuleSource> Compiler<'_, S> {
         }
         let mut named = format!("#line 1 \"{}\"\n", c_string_body(&c.source_name)).into_bytes();
         named.extend_from_slice(&bytes);
-        Ok(named)
+        Ok(Bytes::from(named))
     }
 }
 

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
+use bytes::Bytes;
 use tokio::sync::OnceCell;
 use tokio_util::task::TaskTracker;
-use vgas_shared::farm::{packed::Base64Bytes, CompileSpec, Source};
+use vgas_shared::farm::{unpack_source, CompileSpec};
 use vgas_shared::holds::{Hold, Holds};
 use vgas_shared::names::ModuleRef;
 use vgas_shared::subjects::Subjects;
@@ -27,8 +28,9 @@ use vgas_shared::BuildId;
 /// compiles the unit itself) than held for the task's whole deadline.
 pub const OFFER_WAIT: Duration = Duration::from_secs(5);
 
-/// A source asked for ahead of its compile, shared by the attempts that name it.
-type Fetched = Arc<OnceCell<Result<Vec<u8>, String>>>;
+/// A source asked for ahead of its compile, shared by the attempts that name it (each gets
+/// the same bytes, not a copy).
+type Fetched = Arc<OnceCell<Result<Bytes, String>>>;
 
 /// Where offered sources are asked for: the worker's connection and the swarm's subjects,
 /// and the sources asked for ahead, by name, held by the accepted attempts that name them
@@ -74,14 +76,14 @@ impl OfferedSources {
 
     /// The bytes named `name` (`sha256:<hex>`) that build `build`'s submitter offers,
     /// checked against the name: asked for ahead, or now.
-    pub async fn fetch(&self, name: &str, build: &BuildId) -> Result<Vec<u8>, String> {
+    pub async fn fetch(&self, name: &str, build: &BuildId) -> Result<Bytes, String> {
         match self.ahead.get(name) {
             Some(cell) => cell.get_or_init(|| self.ask(name, build)).await.clone(),
             None => self.ask(name, build).await,
         }
     }
 
-    async fn ask(&self, name: &str, build: &BuildId) -> Result<Vec<u8>, String> {
+    async fn ask(&self, name: &str, build: &BuildId) -> Result<Bytes, String> {
         let want = ModuleRef::parse(name).map_err(|e| e.to_string())?;
         let subject = self.subjects.build_source(build);
         let asked = std::time::Instant::now();
@@ -112,20 +114,14 @@ impl OfferedSources {
                 "the submitter of build {build} no longer offers source {name} (its unit has ended)"
             ));
         }
-        let packed = Source {
-            lz4: Some(Base64Bytes(answer.to_vec())),
-            ..Default::default()
-        };
-        let bytes = packed
-            .inline_bytes(self.max)
-            .map_err(|e| format!("source {name} of build {build}: {e}"))?
-            .unwrap_or_default();
+        let bytes = unpack_source(&answer, self.max)
+            .map_err(|e| format!("source {name} of build {build}: {e}"))?;
         if ModuleRef::of(&bytes) != want {
             return Err(format!(
                 "the bytes sent as source {name} of build {build} have another hash; refusing them"
             ));
         }
         tracing::debug!(%build, packed = answer.len(), bytes = bytes.len(), ?answered, checked = ?asked.elapsed(), "offered source fetched");
-        Ok(bytes)
+        Ok(Bytes::from(bytes))
     }
 }

@@ -149,7 +149,7 @@ pub async fn compile_aside(
         "" => dir.path().to_path_buf(),
         w => dir.path().join(w),
     };
-    let (text, primary) = compile_input(spec, source);
+    let (text, primary) = compile_input(spec, source.into());
     let input = cwd.join(input_file(spec.language, primary.as_deref()));
     if let Some(parent) = input.parent() {
         tokio::fs::create_dir_all(parent)

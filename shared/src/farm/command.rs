@@ -3,6 +3,7 @@
 //! the flags around the user's, and the prefix maps that make debug info name the
 //! submitter's files and directory rather than where the compile ran.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use super::reparse::reparse;
@@ -34,10 +35,10 @@ pub fn input_file(language: Language, primary: Option<&str>) -> String {
 /// What goes in the input file for `source` (the segment's bytes), and the main file's name
 /// when preprocessed text is compiled as ordinary source (see [`reparse`]); pass that name
 /// to [`compile_argv`].
-pub fn compile_input(c: &CompileSpec, source: Vec<u8>) -> (Vec<u8>, Option<String>) {
+pub fn compile_input(c: &CompileSpec, source: Cow<'_, [u8]>) -> (Vec<u8>, Option<String>) {
     match c.preprocessed.then(|| reparse(&source, &c.args)).flatten() {
         Some(r) => (r.text, Some(r.primary)),
-        None => (source, None),
+        None => (source.into_owned(), None),
     }
 }
 
