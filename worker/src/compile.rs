@@ -33,7 +33,7 @@ use vgas_shared::limits::{MAX_ARTIFACT_BYTES, MAX_INLINE_ARTIFACT_BYTES, MAX_SEG
 use vgas_shared::wire::{CompileTask, TaskOutcome};
 
 use crate::env::EnvironmentManager;
-use crate::offered::{OfferedSources, Unchecked};
+use crate::offered::OfferedSources;
 use crate::sandbox::{
     self, Isolation, Job, KeptDir, NativeJob, OutputChunk, RunOptions, SandboxConfig,
 };
@@ -235,18 +235,8 @@ impl<S: ModuleSource> Compiler<'_, S> {
         // The main file's name, known once the source has come; the command needs it.
         let primary = std::sync::OnceLock::<Option<String>>::new();
         let input = async {
-            let (source, unchecked) = self.source(c).await?;
-            let input = || compile_input(c, Cow::Borrowed(&source));
-            // An offered source is hashed against its name while its input is made from it;
-            // nothing made from it is written before the hash matched.
-            let (source, main) = match unchecked {
-                Some(unchecked) => {
-                    let (checked, made) = tokio::join!(unchecked.checked(), async { input() });
-                    checked?;
-                    made
-                }
-                None => input(),
-            };
+            let source = self.source(c).await?;
+            let (source, main) = compile_input(c, Cow::Borrowed(&source));
             let input = in_workdir(&c.workdir, &input_file(c.language, main.as_deref()));
             let object = in_workdir(&c.workdir, OBJECT_FILE);
             // The task's inline files and the segment's files by name land in the same place.
@@ -301,9 +291,8 @@ impl<S: ModuleSource> Compiler<'_, S> {
     /// submitter that offers it, and checked against its name. A self-contained source gets a `#line` naming it, so diagnostics and
     /// `__FILE__` say `source_name` rather than the input file; preprocessed output carries
     /// its own line markers. An offered source's bytes are those its prefetch holds, not a
-    /// copy, and come with their check still to make ([`Unchecked::checked`]).
-    async fn source(&self, c: &CompileSpec) -> Result<(Bytes, Option<Unchecked>), String> {
-        let mut unchecked = None;
+    /// copy.
+    async fn source(&self, c: &CompileSpec) -> Result<Bytes, String> {
         let bytes = match c.source.inline_bytes(MAX_SOURCE_BYTES) {
             Ok(Some(b)) => Bytes::from(b),
             Ok(None) => {
@@ -311,12 +300,7 @@ impl<S: ModuleSource> Compiler<'_, S> {
                     return Err("the segment's source is empty".into());
                 };
                 match (&c.source.offered_by, self.offered) {
-                    (Some(build), Some(offered)) => {
-                        let fetched = offered.fetch(name, build).await?;
-                        let bytes = fetched.bytes.clone();
-                        unchecked = Some(fetched);
-                        bytes
-                    }
+                    (Some(build), Some(offered)) => offered.fetch(name, build).await?,
                     (Some(build), None) => {
                         return Err(format!(
                             "source {name} is offered by build {build}, which this run cannot ask"
@@ -342,11 +326,11 @@ impl<S: ModuleSource> Compiler<'_, S> {
             ));
         }
         if c.preprocessed {
-            return Ok((bytes, unchecked));
+            return Ok(bytes);
         }
         let mut named = format!("#line 1 \"{}\"\n", c_string_body(&c.source_name)).into_bytes();
         named.extend_from_slice(&bytes);
-        Ok((Bytes::from(named), unchecked))
+        Ok(Bytes::from(named))
     }
 }
 

@@ -1,9 +1,7 @@
 //! A build segment's source asked from the submitter that offers it (`source.offered_by`):
 //! a request on the build's source subject carrying the source's content name, answered
 //! with the size-prefixed LZ4 block, which is unpacked (its size capped before it is) and
-//! checked against the name before the compiler sees it ([`Unchecked::checked`]: the compile
-//! hashes it on a blocking thread while it makes its input from it, and writes that input
-//! only once the hash matched). Every failure is a sentence for
+//! checked against the name before the compiler sees it. Every failure is a sentence for
 //! the attempt's outcome: the build that offered it has ended, the submitter does not answer,
 //! or the bytes are not what the name says.
 //!
@@ -32,38 +30,7 @@ pub const OFFER_WAIT: Duration = Duration::from_secs(5);
 
 /// A source asked for ahead of its compile, shared by the attempts that name it (each gets
 /// the same bytes, not a copy).
-type Fetched = Arc<OnceCell<Result<Unchecked, String>>>;
-
-/// An offered source's bytes, unpacked but not yet checked against their name. Reading them
-/// is allowed (a compile prepares its input from them meanwhile); using what came of them
-/// is not until [`Unchecked::checked`] has said they are the bytes the name promises.
-#[derive(Debug, Clone)]
-pub struct Unchecked {
-    pub bytes: Bytes,
-    want: ModuleRef,
-    build: BuildId,
-}
-
-impl Unchecked {
-    /// The bytes, if they hash to their name: hashed on a blocking thread, so the caller's
-    /// thread can go on with them meanwhile (a Lua unit's 350 KB: 0.2 ms).
-    pub async fn checked(self) -> Result<Bytes, String> {
-        let (bytes, want) = (self.bytes.clone(), self.want.clone());
-        let hashed = tokio::task::spawn_blocking(move || ModuleRef::of(&bytes) == want);
-        let matches = match hashed.await {
-            Ok(matches) => matches,
-            Err(_) => ModuleRef::of(&self.bytes) == self.want,
-        };
-        if !matches {
-            return Err(format!(
-                "the bytes sent as source {} of build {} have another hash; refusing them",
-                self.want.as_str(),
-                self.build
-            ));
-        }
-        Ok(self.bytes)
-    }
-}
+type Fetched = Arc<OnceCell<Result<Bytes, String>>>;
 
 /// Where offered sources are asked for: the worker's connection and the swarm's subjects,
 /// and the sources asked for ahead, by name, held by the accepted attempts that name them
@@ -107,16 +74,16 @@ impl OfferedSources {
         Some(held)
     }
 
-    /// The bytes named `name` (`sha256:<hex>`) that build `build`'s submitter offers, to be
+    /// The bytes named `name` (`sha256:<hex>`) that build `build`'s submitter offers,
     /// checked against the name: asked for ahead, or now.
-    pub async fn fetch(&self, name: &str, build: &BuildId) -> Result<Unchecked, String> {
+    pub async fn fetch(&self, name: &str, build: &BuildId) -> Result<Bytes, String> {
         match self.ahead.get(name) {
             Some(cell) => cell.get_or_init(|| self.ask(name, build)).await.clone(),
             None => self.ask(name, build).await,
         }
     }
 
-    async fn ask(&self, name: &str, build: &BuildId) -> Result<Unchecked, String> {
+    async fn ask(&self, name: &str, build: &BuildId) -> Result<Bytes, String> {
         let want = ModuleRef::parse(name).map_err(|e| e.to_string())?;
         let subject = self.subjects.build_source(build);
         let asked = std::time::Instant::now();
@@ -149,11 +116,12 @@ impl OfferedSources {
         }
         let bytes = unpack_source(&answer, self.max)
             .map_err(|e| format!("source {name} of build {build}: {e}"))?;
-        tracing::debug!(%build, packed = answer.len(), bytes = bytes.len(), ?answered, unpacked = ?asked.elapsed(), "offered source fetched");
-        Ok(Unchecked {
-            bytes: Bytes::from(bytes),
-            want,
-            build: build.clone(),
-        })
+        if ModuleRef::of(&bytes) != want {
+            return Err(format!(
+                "the bytes sent as source {name} of build {build} have another hash; refusing them"
+            ));
+        }
+        tracing::debug!(%build, packed = answer.len(), bytes = bytes.len(), ?answered, checked = ?asked.elapsed(), "offered source fetched");
+        Ok(Bytes::from(bytes))
     }
 }
