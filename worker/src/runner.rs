@@ -559,12 +559,15 @@ impl Worker {
             };
             published += u32::from(self.emit(&events, a.encoding, &ev).await);
         }
-        // Uploaded: the work directory goes now, off this thread: removing a compile's
-        // directory (its headers, its input) takes a good part of a millisecond, and the
-        // files just published wait on this thread for the connection to write them.
+        // Uploaded: the work directory goes now, once the files just published are written
+        // to the connection (its writer waits on this thread, and removing a compile's
+        // directory, its headers and input, holds the thread for a good part of a
+        // millisecond). Not on a blocking thread: a wasm task's empty directory goes in
+        // microseconds, and the hand-off cost it more than that.
         if let Some(dir) = workdir {
             tracing::debug!(dir = %dir.path().display(), "removing the work directory");
-            let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+            tokio::task::yield_now().await;
+            drop(dir);
         }
         let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
         if outcome.succeeded() {
