@@ -412,3 +412,75 @@ async fn background_children_do_not_outlive_the_task() {
     assert!(ran.elapsed < Duration::from_secs(5), "{:?}", ran.elapsed);
     assert_nothing_left(7, &marker);
 }
+
+/// A late file (a compile's input still on its way) is written once it comes, owned like the
+/// rest, before the command starts; one that cannot come ends the run as an error with its
+/// reason, and a cancel while it is awaited ends it cancelled; neither leaves a directory.
+#[tokio::test]
+async fn a_late_file_is_written_before_the_command_or_ends_the_run() {
+    use super::{run_native, task_dirs_left, NativeJob, OutputChunk, RunOptions};
+    let h = harness();
+    let task = sh("stat -c %u in/late.txt; cat in/late.txt")
+        .parse()
+        .unwrap();
+    let job = exec_job(&task);
+    let argv = |_: &std::path::Path| job.task.argv.as_slice().to_vec();
+    let native = NativeJob {
+        command: &argv,
+        env: &job.task.env,
+        stdin: "",
+        files: &[],
+        bounds: job.bounds,
+    };
+    let run = |late: super::LateFile<'static>, cancel: tokio_util::sync::CancellationToken| {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let opts = RunOptions {
+            late_file: Some(late),
+            ..RunOptions::default()
+        };
+        let native = &native;
+        let h = &h;
+        async move {
+            let ran = run_native(&h.cfg, isolation(), 21, native, opts, tx, cancel).await;
+            (ran, rx)
+        }
+    };
+    let came = Box::pin(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(("in/late.txt".to_owned(), b"late bytes".to_vec()))
+    });
+    let (ran, mut rx) = run(came, CancellationToken::new()).await;
+    assert_eq!(ran.outcome, TaskOutcome::Exited { exit_code: 0 });
+    let mut out = Vec::new();
+    while let Ok(chunk) = rx.try_recv() {
+        if let OutputChunk::Stdout(s) = chunk {
+            out.push(s);
+        }
+    }
+    let owner = sandbox_uid(21).unwrap_or(0);
+    assert_eq!(out.concat(), format!("{owner}\nlate bytes"));
+
+    let refused = Box::pin(async { Err("the submitter has gone".to_owned()) });
+    let (ran, _) = run(refused, CancellationToken::new()).await;
+    assert_eq!(
+        ran.outcome,
+        TaskOutcome::Error {
+            message: "the submitter has gone".into()
+        }
+    );
+
+    let cancel = CancellationToken::new();
+    let never = Box::pin(std::future::pending());
+    let cancelling = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancelling.cancel();
+    });
+    let (ran, _) = run(never, cancel).await;
+    assert_eq!(ran.outcome, TaskOutcome::Cancelled);
+    assert!(ran.dir.is_none());
+    assert_eq!(
+        task_dirs_left(h.work.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
