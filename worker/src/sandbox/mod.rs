@@ -210,6 +210,20 @@ pub struct NativeJob<'a> {
     pub bounds: &'a Bounds,
 }
 
+impl<'a> NativeJob<'a> {
+    /// An exec task's job: its env, stdin, files and bounds, run as `command` (its argv,
+    /// wherever it runs).
+    pub(crate) fn of_exec(job: Job<'a, ExecTask>, command: &'a CommandFor<'a>) -> NativeJob<'a> {
+        NativeJob {
+            command,
+            env: &job.task.env,
+            stdin: &job.task.stdin,
+            files: &job.task.files,
+            bounds: job.bounds,
+        }
+    }
+}
+
 impl std::fmt::Debug for NativeJob<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeJob")
@@ -319,13 +333,7 @@ pub async fn run_exec(
     cancel: CancellationToken,
 ) -> TaskOutcome {
     let argv = |_: &Path| job.task.argv.as_slice().to_vec();
-    let native = NativeJob {
-        command: &argv,
-        env: &job.task.env,
-        stdin: &job.task.stdin,
-        files: &job.task.files,
-        bounds: job.bounds,
-    };
+    let native = NativeJob::of_exec(job, &argv);
     let opts = RunOptions {
         devices,
         ..RunOptions::default()

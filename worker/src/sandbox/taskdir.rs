@@ -92,12 +92,7 @@ pub(crate) fn write_owned(
     contents: &[u8],
     uid: Option<u32>,
 ) -> Result<(), String> {
-    let mut fill = Filler {
-        dir,
-        uid,
-        made: HashSet::new(),
-    };
-    fill.file(rel, contents, None)
+    Filler::within(dir, uid).file(rel, contents, None)
 }
 
 /// The sandbox uid must be able to pass through the work directory to reach its own.
@@ -132,11 +127,16 @@ impl<'a> Filler<'a> {
         if let Some(uid) = uid {
             own(dir, uid).map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
         }
-        Ok(Filler {
+        Ok(Filler::within(dir, uid))
+    }
+
+    /// A filler for `dir` as it is (already owned by `uid` when set).
+    fn within(dir: &'a Path, uid: Option<u32>) -> Filler<'a> {
+        Filler {
             dir,
             uid,
             made: HashSet::new(),
-        })
+        }
     }
 
     /// Makes the directory `rel` and those above it that are missing, each owned by the uid.

@@ -425,13 +425,7 @@ async fn a_late_file_is_written_before_the_command_or_ends_the_run() {
         .unwrap();
     let job = exec_job(&task);
     let argv = |_: &std::path::Path| job.task.argv.as_slice().to_vec();
-    let native = NativeJob {
-        command: &argv,
-        env: &job.task.env,
-        stdin: "",
-        files: &[],
-        bounds: job.bounds,
-    };
+    let native = NativeJob::of_exec(job, &argv);
     let run = |late: super::LateFile<'static>, cancel: tokio_util::sync::CancellationToken| {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let opts = RunOptions {

@@ -529,13 +529,7 @@ async fn a_kept_directory_is_moved_out_of_reach_of_the_slots_next_task() {
     let task = sh("echo object > out.o").parse().unwrap();
     let job = exec_job(&task);
     let argv = |_: &std::path::Path| job.task.argv.as_slice().to_vec();
-    let native = NativeJob {
-        command: &argv,
-        env: &job.task.env,
-        stdin: "",
-        files: &[],
-        bounds: job.bounds,
-    };
+    let native = NativeJob::of_exec(job, &argv);
     let opts = RunOptions {
         keep_dir: true,
         ..RunOptions::default()
