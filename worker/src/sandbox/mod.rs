@@ -16,6 +16,7 @@
 //! running tree (deadline, cancel, output cap), `output` streams the pipes, `procs` finds and
 //! kills processes, `outcome` turns endings into words, and `isolation` probes the host.
 
+mod adopted;
 mod child;
 mod isolation;
 mod mntns;

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::adopted;
+
 /// Kill-and-check rounds before giving up on a uid that still has live processes.
 const UID_KILL_ROUNDS: u32 = 100;
 /// Pause between those rounds: SIGKILLed processes need a moment to become zombies.
@@ -73,16 +75,19 @@ pub(crate) async fn ensure_clean(uid: u32) -> bool {
     if !killable_uid(uid) {
         return false;
     }
+    adopted::enable();
     known_clean().lock().expect("clean uids lock").remove(&uid) || kill_uid_rounds(uid).await
 }
 
-/// Kills every process of `uid` and waits (bounded) until none is alive. Returns whether none
-/// is. Zombies do not count: they are dead, only not yet reaped by init.
+/// After a task whose main process has been reaped: kills every process of `uid` and waits
+/// (bounded) until none is alive, then reaps those the worker adopted. Returns whether none
+/// is. When the worker adopts what tasks leave behind, a uid with no child of the worker is
+/// known clean without a scan (see [`adopted`]); a scan of `/proc` decides otherwise.
 pub(crate) async fn kill_uid(uid: u32) -> bool {
     if !killable_uid(uid) {
         return false;
     }
-    let clean = kill_uid_rounds(uid).await;
+    let clean = adopted::none_left(uid) == Some(true) || kill_uid_rounds(uid).await;
     if clean {
         known_clean().lock().expect("clean uids lock").insert(uid);
     }
@@ -106,6 +111,8 @@ async fn kill_uid_rounds(uid: u32) -> bool {
             Err(_) => round(),
         };
         if left == 0 {
+            // Dead, but a zombie the worker adopted still counts against the uid's limit.
+            adopted::reap(uid);
             return true;
         }
         tokio::time::sleep(UID_KILL_RETRY).await;
@@ -115,7 +122,7 @@ async fn kill_uid_rounds(uid: u32) -> bool {
 }
 
 /// What /proc/<pid>/status says about a process: real uid, state letter, thread count.
-fn status_of(pid_dir: &std::path::Path) -> Option<(u32, char, u64)> {
+pub(super) fn status_of(pid_dir: &std::path::Path) -> Option<(u32, char, u64)> {
     let text = std::fs::read_to_string(pid_dir.join("status")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -218,9 +225,34 @@ mod tests {
 }
 
 #[cfg(test)]
-mod clean_tests {
+pub(super) mod clean_tests {
     use super::*;
+    use std::io::Read as _;
     use std::os::unix::process::CommandExt as _;
+
+    /// Starts `sleep 60` as `uid`, orphaned (its shell exits at once), as a task's straggler
+    /// is; returns its pid.
+    pub(in crate::sandbox) fn orphan_of(uid: u32) -> i32 {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"])
+            .uid(uid)
+            .gid(uid)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh as the sandbox uid");
+        let mut out = String::new();
+        sh.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(sh.wait().unwrap().success());
+        out.trim().parse().expect("the orphan's pid")
+    }
+
+    /// Whether `pid` is a child of this process still to be reaped (a zombie or alive).
+    pub(in crate::sandbox) fn unreaped_child(pid: i32) -> bool {
+        let mut status = 0;
+        // SAFETY: a non-blocking wait; `status` outlives the call. It reaps only a zombie,
+        // which the callers assert there is none of.
+        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) >= 0 }
+    }
 
     /// Needs root (to start a process as another uid); skipped elsewhere.
     #[tokio::test]
@@ -231,19 +263,14 @@ mod clean_tests {
             return;
         }
         let uid = 4_000_311;
-        let mut left = std::process::Command::new("sleep")
-            .arg("60")
-            .uid(uid)
-            .gid(uid)
-            .spawn()
-            .expect("sleep as the sandbox uid");
+        let adopting = adopted::enable();
+        let left = orphan_of(uid);
         assert_eq!(live_processes_of_uid(uid), 1);
         assert!(ensure_clean(uid).await, "not known clean: swept");
-        let status = left.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL)
-        );
+        assert_eq!(live_processes_of_uid(uid), 0);
+        if adopting {
+            assert!(!unreaped_child(left), "the adopted straggler was reaped");
+        }
         assert!(kill_uid(uid).await);
         assert!(ensure_clean(uid).await, "left clean by the last kill");
         assert!(

@@ -97,9 +97,12 @@ pub(crate) async fn supervise(
         () = feed => unreachable!("the feed never ends on its own"),
     };
 
-    // `watch` already killed the stragglers of a task whose main process exited.
-    if !matches!(ended, Ended::Exited(..)) {
-        kill_all(pgid, job.uid).await;
+    // `watch` already killed the stragglers of a task whose main process exited. Otherwise
+    // the group goes first and the main process is reaped before the uid's processes are
+    // swept: the sweep reaps the uid's other zombies, the worker's adopted children.
+    let by_itself = matches!(ended, Ended::Exited(..));
+    if !by_itself {
+        kill_all(pgid, None).await;
     }
     if tokio::time::timeout(REAP_TIMEOUT, child.wait())
         .await
@@ -109,6 +112,9 @@ pub(crate) async fn supervise(
             ?pgid,
             "the task's main process was not reaped after SIGKILL"
         );
+    }
+    if !by_itself {
+        kill_all(None, job.uid).await;
     }
 
     let exited = match ended {

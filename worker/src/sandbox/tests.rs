@@ -154,6 +154,11 @@ pub(super) fn assert_nothing_left(slot: usize, marker: &str) {
             0,
             "processes of uid {uid} survived"
         );
+        assert_ne!(
+            adopted::none_left(uid),
+            Some(false),
+            "the worker adopted a process of uid {uid} and did not reap it"
+        );
     }
 }
 
