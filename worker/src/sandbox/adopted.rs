@@ -12,8 +12,6 @@
 
 use std::sync::OnceLock;
 
-use super::procs;
-
 /// Passes over the worker's children lists before giving up on a consistent view (threads
 /// started or ended, or children reaped, between two passes). Each pass is a few reads; the
 /// caller falls back to the scan of `/proc` after these.
@@ -75,7 +73,7 @@ fn children_once() -> Option<(Vec<u32>, Vec<i32>)> {
 /// The worker's children, from two passes that agree. A list read while a child is reaped
 /// can skip another child (the kernel walks it by position), so one pass alone could miss
 /// one; a reaped pid does not come back, so two equal passes saw a list that held still.
-fn children() -> Option<Vec<i32>> {
+pub(super) fn children() -> Option<Vec<i32>> {
     let mut last = children_once()?;
     for _ in 0..CONSISTENT_READ_TRIES {
         let next = children_once()?;
@@ -87,14 +85,27 @@ fn children() -> Option<Vec<i32>> {
     None
 }
 
+/// What /proc/<pid>/status says about a process: real uid, state letter, thread count.
+pub(super) fn status_of(pid_dir: &std::path::Path) -> Option<(u32, char, u64)> {
+    let text = std::fs::read_to_string(pid_dir.join("status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.trim().to_owned())
+    };
+    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+    let state = field("State:")?.chars().next()?;
+    let threads = field("Threads:").and_then(|t| t.parse().ok()).unwrap_or(1);
+    Some((uid, state, threads))
+}
+
 /// The worker's children that run (or ran: zombies) as `uid`, with their state letters.
 fn children_of(uid: u32) -> Option<Vec<(i32, char)>> {
     let pids = children()?;
     Some(
         pids.into_iter()
             .filter_map(|pid| {
-                let (real, state, _) =
-                    procs::status_of(std::path::Path::new(&format!("/proc/{pid}")))?;
+                let (real, state, _) = status_of(std::path::Path::new(&format!("/proc/{pid}")))?;
                 (real == uid).then_some((pid, state))
             })
             .collect(),
@@ -126,32 +137,5 @@ pub(crate) fn reap(uid: u32) {
             // SAFETY: a non-blocking wait for one zombie child of ours; `status` outlives it.
             unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sandbox::procs::clean_tests::{orphan_of, unreaped_child};
-
-    /// Needs root (to start a process as another uid) and a kernel with children lists;
-    /// skipped elsewhere.
-    #[tokio::test]
-    async fn a_straggler_is_found_among_the_workers_children_killed_and_reaped() {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 || !enable() {
-            println!("skipped: needs root and a child subreaper with children lists");
-            return;
-        }
-        let uid = 4_000_312;
-        assert_eq!(none_left(uid), Some(true), "nothing of the uid yet");
-        let left = orphan_of(uid);
-        // Its shell has exited: the straggler is this process's child now, not init's.
-        assert!(children().unwrap().contains(&left));
-        assert_eq!(none_left(uid), Some(false));
-        assert!(procs::kill_uid(uid).await, "swept");
-        assert!(!unreaped_child(left), "killed and reaped");
-        assert_eq!(none_left(uid), Some(true));
-        assert!(procs::kill_uid(uid).await, "and clean without a sweep");
     }
 }

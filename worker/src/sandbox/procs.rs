@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::adopted;
+use super::adopted::{self, status_of};
 
 /// Kill-and-check rounds before giving up on a uid that still has live processes.
 const UID_KILL_ROUNDS: u32 = 100;
@@ -121,20 +121,6 @@ async fn kill_uid_rounds(uid: u32) -> bool {
     false
 }
 
-/// What /proc/<pid>/status says about a process: real uid, state letter, thread count.
-pub(super) fn status_of(pid_dir: &std::path::Path) -> Option<(u32, char, u64)> {
-    let text = std::fs::read_to_string(pid_dir.join("status")).ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|rest| rest.trim().to_owned())
-    };
-    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
-    let state = field("State:")?.chars().next()?;
-    let threads = field("Threads:").and_then(|t| t.parse().ok()).unwrap_or(1);
-    Some((uid, state, threads))
-}
-
 /// The numeric entries of /proc: one per process.
 fn proc_dirs() -> impl Iterator<Item = std::fs::DirEntry> {
     std::fs::read_dir("/proc")
@@ -225,14 +211,14 @@ mod tests {
 }
 
 #[cfg(test)]
-pub(super) mod clean_tests {
+mod clean_tests {
     use super::*;
     use std::io::Read as _;
     use std::os::unix::process::CommandExt as _;
 
     /// Starts `sleep 60` as `uid`, orphaned (its shell exits at once), as a task's straggler
     /// is; returns its pid.
-    pub(in crate::sandbox) fn orphan_of(uid: u32) -> i32 {
+    fn orphan_of(uid: u32) -> i32 {
         let mut sh = std::process::Command::new("sh")
             .args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"])
             .uid(uid)
@@ -247,7 +233,7 @@ pub(super) mod clean_tests {
     }
 
     /// Whether `pid` is a child of this process still to be reaped (a zombie or alive).
-    pub(in crate::sandbox) fn unreaped_child(pid: i32) -> bool {
+    fn unreaped_child(pid: i32) -> bool {
         let mut status = 0;
         // SAFETY: a non-blocking wait; `status` outlives the call. It reaps only a zombie,
         // which the callers assert there is none of.
@@ -277,5 +263,30 @@ pub(super) mod clean_tests {
             !known_clean().lock().unwrap().contains(&uid),
             "taken by the task about to start"
         );
+    }
+
+    /// Needs root (to start a process as another uid) and a kernel with children lists;
+    /// skipped elsewhere.
+    #[tokio::test]
+    async fn a_straggler_is_found_among_the_workers_children_killed_and_reaped() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 || !adopted::enable() {
+            println!("skipped: needs root and a child subreaper with children lists");
+            return;
+        }
+        let uid = 4_000_312;
+        assert_eq!(
+            adopted::none_left(uid),
+            Some(true),
+            "nothing of the uid yet"
+        );
+        let left = orphan_of(uid);
+        // Its shell has exited: the straggler is this process's child now, not init's.
+        assert!(adopted::children().unwrap().contains(&left));
+        assert_eq!(adopted::none_left(uid), Some(false));
+        assert!(kill_uid(uid).await, "swept");
+        assert!(!unreaped_child(left), "killed and reaped");
+        assert_eq!(adopted::none_left(uid), Some(true));
+        assert!(kill_uid(uid).await, "and clean without a sweep");
     }
 }
