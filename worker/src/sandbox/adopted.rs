@@ -12,9 +12,9 @@
 
 use std::sync::OnceLock;
 
-/// Passes over the worker's children lists before giving up on a consistent view (threads
-/// started or ended, or children reaped, between two passes). Each pass is a few reads; the
-/// caller falls back to the scan of `/proc` after these.
+/// Tries at a consistent view of the worker's children before giving up (threads started or
+/// ended, or children reaped, while the lists were read). Each is a few reads; the caller
+/// falls back to the scan of `/proc` after these.
 const CONSISTENT_READ_TRIES: usize = 4;
 
 /// Makes the worker the reaper of whatever its tasks leave behind, once, before its first
@@ -25,7 +25,7 @@ pub(crate) fn enable() -> bool {
     *ADOPTING.get_or_init(|| {
         // SAFETY: a prctl with integer arguments; it changes only this process's attribute.
         let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0;
-        let listed = set && children_once().is_some();
+        let listed = set && children().is_some();
         if !listed {
             tracing::info!(
                 "cannot adopt what tasks leave behind (no child subreaper or no /proc children lists): each task ends with a scan of /proc"
@@ -53,34 +53,59 @@ fn threads() -> Option<Vec<u32>> {
     Some(tids)
 }
 
-/// One pass over every thread's children list (a child is listed under the thread that
-/// started it, an adopted one under whichever thread the kernel picked), with the thread
-/// list it read. A list missing (a thread that ended meanwhile) gives `None`.
-fn children_once() -> Option<(Vec<u32>, Vec<i32>)> {
-    let tids = threads()?;
-    let mut pids = Vec::new();
-    for tid in &tids {
-        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok()?;
-        pids.extend(
-            text.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
+/// One thread's children list (`/proc/self/task/<tid>/children`); `None` when it cannot be
+/// read (the thread ended meanwhile). Read with one buffer, without the size probe of
+/// `read_to_string`: this runs at the end of every task.
+fn children_of_thread(tid: u32) -> Option<Vec<i32>> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(format!("/proc/self/task/{tid}/children")).ok()?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        text.extend_from_slice(&buf[..n]);
+        // A seq_file read fills the buffer unless the list ended.
+        if n < buf.len() {
+            break;
+        }
     }
-    pids.sort_unstable();
-    Some((tids, pids))
+    Some(
+        text.split(|b| b.is_ascii_whitespace())
+            .filter_map(|p| std::str::from_utf8(p).ok()?.parse().ok())
+            .collect(),
+    )
 }
 
-/// The worker's children, from two passes that agree. A list read while a child is reaped
-/// can skip another child (the kernel walks it by position), so one pass alone could miss
-/// one; a reaped pid does not come back, so two equal passes saw a list that held still.
+/// The worker's children (a child is listed under the thread that started it, an adopted
+/// one under the first live thread, the main one), when a consistent view can be had.
+///
+/// The kernel walks a list from the entry it showed last, or by position when that entry
+/// was reaped meanwhile, which can skip the next one: only a list that showed an entry can
+/// have skipped one. So the lists that were not empty are read again and must come out the
+/// same (a reaped pid does not come back), and the thread list must not have changed (a
+/// thread that ends hands its children to another). An idle worker's end of task reads
+/// each list once.
 pub(super) fn children() -> Option<Vec<i32>> {
-    let mut last = children_once()?;
-    for _ in 0..CONSISTENT_READ_TRIES {
-        let next = children_once()?;
-        if next == last {
-            return Some(next.1);
+    'tries: for _ in 0..CONSISTENT_READ_TRIES {
+        let tids = threads()?;
+        let mut lists = Vec::with_capacity(tids.len());
+        for &tid in &tids {
+            match children_of_thread(tid) {
+                Some(list) => lists.push((tid, list)),
+                None => continue 'tries,
+            }
         }
-        last = next;
+        for (tid, list) in lists.iter().filter(|(_, l)| !l.is_empty()) {
+            if children_of_thread(*tid).as_ref() != Some(list) {
+                continue 'tries;
+            }
+        }
+        if threads()? != tids {
+            continue;
+        }
+        let mut pids: Vec<i32> = lists.into_iter().flat_map(|(_, l)| l).collect();
+        pids.sort_unstable();
+        return Some(pids);
     }
     None
 }
