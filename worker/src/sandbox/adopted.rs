@@ -130,7 +130,14 @@ fn children_of(uid: u32) -> Option<Vec<(i32, char)>> {
     Some(
         pids.into_iter()
             .filter_map(|pid| {
-                let (real, state, _) = status_of(std::path::Path::new(&format!("/proc/{pid}")))?;
+                use std::os::unix::fs::MetadataExt as _;
+                // The directory's owner (the effective uid) first: one `stat` passes over
+                // the other slots' tasks without reading their status.
+                let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+                if std::fs::metadata(&dir).ok()?.uid() != uid {
+                    return None;
+                }
+                let (real, state, _) = status_of(&dir)?;
                 (real == uid).then_some((pid, state))
             })
             .collect(),

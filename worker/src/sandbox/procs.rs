@@ -308,7 +308,7 @@ mod clean_tests {
             return;
         }
         let uid = 4_000_313;
-        // Two processes: a shell, and a Python with three threads besides its main one.
+        // One process (the shell execs Python) with three threads besides its main one.
         let mut sh = std::process::Command::new("sh")
             .args([
                 "-c",
