@@ -106,3 +106,104 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
     clean();
     assert_eq!(origins(&updates(ok(&build()))), (3, 0, 0));
 }
+
+/// Bytes of each manifest the next test fills the index with: a few hundred pass the index
+/// bucket's 16 MiB floor (a unit's real manifest is a few KiB: tens of thousands of units).
+const MANIFEST_BYTES: usize = 60 * 1024;
+
+/// Manifests put at most before the index must have refused one (16 MiB of them and room).
+const MAX_FILL: usize = 2 * 16 * 1024 * 1024 / MANIFEST_BYTES;
+
+#[tokio::test]
+async fn a_full_index_is_cut_back_and_a_purge_empties_it() {
+    use vgas_client::farm::cache::BuildCache;
+
+    let mut swarm = Swarm::start().await.unwrap();
+    let config = swarm.dir.path().join("master.toml");
+    std::fs::write(&config, "[master]\nbuild_cache_mb = 1\n").unwrap();
+    let _master = swarm
+        .master(&["--config", config.to_str().unwrap()])
+        .unwrap();
+    let client = swarm
+        .connect(vgas_shared::config::Role::Client)
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subjects = swarm.subjects.clone();
+    let cache = vgas_tests::wait_for("the cache's buckets", Duration::from_secs(20), || async {
+        BuildCache::open(&js, &subjects).await.ok()
+    })
+    .await
+    .unwrap();
+    let index = js
+        .get_key_value(subjects.build_cache_bucket())
+        .await
+        .unwrap();
+
+    // Manifests (the keys direct mode writes) until the bucket refuses one, as it would
+    // after enough distinct units on a long-lived swarm; then smaller ones into what room
+    // is left, until not even a small one fits.
+    let mut put = 0;
+    for size in [MANIFEST_BYTES, 1024, 16] {
+        let body = bytes::Bytes::from(vec![b'm'; size]);
+        loop {
+            assert!(put < MAX_FILL, "the index bucket is bounded");
+            if index
+                .put(format!("direct.fill{put}"), body.clone())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            put += 1;
+        }
+    }
+    assert!(put > 100, "{put} manifests went in first");
+    let object = vec![7u8; 1024];
+    let side = std::collections::BTreeMap::new();
+    assert!(
+        cache.store("unit-a", &object, &side, "", 5).await.is_err(),
+        "a full index takes no entry"
+    );
+
+    // The master's sweep (every 10 s) cuts the oldest entries back: the cache records again.
+    vgas_tests::wait_for("the index cut back", Duration::from_secs(30), || async {
+        cache.store("unit-a", &object, &side, "", 5).await.ok()
+    })
+    .await
+    .unwrap();
+    let hit = cache
+        .lookup("unit-a")
+        .await
+        .unwrap()
+        .expect("stored, found");
+    assert_eq!(hit.object, object);
+    assert!(
+        index.get("direct.fill0").await.unwrap().is_none(),
+        "the oldest manifests went first"
+    );
+    assert!(
+        index
+            .get(format!("direct.fill{}", put - 1))
+            .await
+            .unwrap()
+            .is_some(),
+        "the newest manifests stay"
+    );
+
+    // A purge empties the whole index, manifests included (a client's grants allow it).
+    ok(&swarm.cli(&["build", "--purge-cache"]).unwrap());
+    assert!(index
+        .get(format!("direct.fill{}", put - 1))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(cache.lookup("unit-a").await.unwrap().is_none());
+    let mut stream = js
+        .get_stream(vgas_shared::Subjects::kv_stream(
+            &subjects.build_cache_bucket(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt as _;
@@ -36,6 +36,14 @@ const BUCKET_HEADROOM_PERCENT: u64 = 25;
 
 /// A sweep deletes down to this share of the bound, so it does not run again at once.
 const LOW_WATER_PERCENT: u64 = 80;
+
+/// The index bucket (its entries and direct mode's manifests) is cut back once it holds
+/// more than this share of its room: it refuses every write when full (JetStream's
+/// discard-new), and a sweep every [`SWEEP_INTERVAL`] leaves the rest for the writes between.
+const INDEX_HIGH_WATER_PERCENT: u64 = 80;
+
+/// A cut of the index goes down to this share of its room, its oldest writes first.
+const INDEX_LOW_WATER_PERCENT: u64 = 60;
 
 /// How often the master checks the cache's size.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -108,6 +116,7 @@ pub async fn open_buckets(
 /// front of them when [`BuildCache::on_host`] added it.
 #[derive(Clone)]
 pub struct BuildCache {
+    js: jetstream::Context,
     index: kv::Store,
     objects: object_store::ObjectStore,
     host: Option<Arc<HostCache>>,
@@ -159,6 +168,7 @@ impl BuildCache {
         let objects =
             objects.with_context(|| format!("open the build objects bucket {objects_name}"))?;
         Ok(BuildCache {
+            js: js.clone(),
             index,
             objects,
             host: None,
@@ -336,19 +346,23 @@ impl BuildCache {
             .try_collect()
             .await
             .context("list cached objects")?;
+        // The whole index in one request: entries, manifests and the markers of earlier
+        // deletes alike, so after a purge every unit is preprocessed and compiled again.
+        let index = self.index.stream_name.clone();
+        let emptied = match self.js.get_stream(&index).await {
+            Ok(stream) => stream.purge().await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         for n in &names {
             let _ = self.objects.delete(n).await;
-            let _ = self.index.purge(n).await;
-        }
-        // Manifests too: after a purge every unit is preprocessed and compiled again.
-        if let Ok(keys) = self.index.keys().await {
-            let manifests: Vec<String> = keys
-                .filter_map(|k| async move { k.ok().filter(|k| k.starts_with("direct.")) })
-                .collect()
-                .await;
-            for k in manifests {
-                let _ = self.index.purge(&k).await;
+            if emptied.is_err() {
+                let _ = self.index.purge(n).await;
             }
+        }
+        if let Err(e) = emptied {
+            // Grants written by an older `vgas init` allow neither the index's purge nor
+            // listing its keys: the entries of the objects just removed go one by one.
+            warn!("the build cache index could not be emptied ({e}); its manifests stay until the master's sweep cuts them (`vgas init` again grants the purge)");
         }
         Ok(names.len() as u64)
     }
@@ -376,9 +390,13 @@ pub async fn stored_bytes(js: &jetstream::Context, subjects: &Subjects) -> Resul
         .bytes)
 }
 
-/// One sweep: past `bound`, deletes the oldest objects (and their index entries) until the
-/// objects are under the low-water mark. Returns how many were evicted.
+/// One sweep: cuts the index back when it nears its room ([`trim_index`]); past `bound`,
+/// deletes the oldest objects (and their index entries) until the objects are under the
+/// low-water mark. Returns how many objects were evicted.
 pub async fn sweep(js: &jetstream::Context, subjects: &Subjects, bound: u64) -> Result<u64> {
+    if let Err(e) = trim_index(js, subjects).await {
+        warn!("build cache index: {e:#}");
+    }
     let bytes = stored_bytes(js, subjects).await?;
     if bytes <= bound {
         return Ok(0);
@@ -408,4 +426,67 @@ pub async fn sweep(js: &jetstream::Context, subjects: &Subjects, bound: u64) -> 
     }
     info!(evicted, before = bytes, bound, "build cache swept");
     Ok(evicted)
+}
+
+/// Past [`INDEX_HIGH_WATER_PERCENT`] of its room, removes the index's oldest writes down to
+/// about [`INDEX_LOW_WATER_PERCENT`]: nothing else ever removes a manifest (direct mode
+/// writes one per distinct unit), nor the markers evictions leave, and a full index would
+/// refuse every new entry, so the cache would stop recording for good. The cut is by
+/// stream sequence (the oldest writes go first, whatever their key), sized by the share of
+/// the bytes to shed; overwritten keys leave gaps, so a cut may shed less than that, and
+/// the next sweep cuts again. An entry cut while its object stays is a miss; the object
+/// goes with the objects' own sweep. Returns the messages removed.
+pub async fn trim_index(js: &jetstream::Context, subjects: &Subjects) -> Result<u64> {
+    let name = Subjects::kv_stream(&subjects.build_cache_bucket());
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .context("open the index stream")?;
+    let info = stream.info().await.context("index stream info")?;
+    let room = u64::try_from(info.config.max_bytes).unwrap_or(0);
+    let (bytes, first, last) = (
+        info.state.bytes,
+        info.state.first_sequence,
+        info.state.last_sequence,
+    );
+    let Some(cut) = index_cut(room, bytes, first, last) else {
+        return Ok(0);
+    };
+    let purged = stream
+        .purge()
+        .sequence(cut)
+        .await
+        .context("cut the index back")?
+        .purged;
+    info!(purged, before = bytes, room, "build cache index cut back");
+    Ok(purged)
+}
+
+/// The first stream sequence to keep when an index of `bytes` in `room` spans sequences
+/// `first..=last`; `None` while it is under the high-water mark (or unbounded).
+fn index_cut(room: u64, bytes: u64, first: u64, last: u64) -> Option<u64> {
+    if room == 0 || bytes * 100 <= room * INDEX_HIGH_WATER_PERCENT || last < first {
+        return None;
+    }
+    let shed = bytes - room * INDEX_LOW_WATER_PERCENT / 100;
+    let span = last - first + 1;
+    let drop = (u128::from(span) * u128::from(shed)).div_ceil(u128::from(bytes)) as u64;
+    Some(first + drop.clamp(1, span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index_cut;
+
+    #[test]
+    fn the_index_is_cut_only_past_its_high_water_and_by_the_share_to_shed() {
+        assert_eq!(index_cut(1000, 800, 1, 100), None);
+        assert_eq!(index_cut(0, 800, 1, 100), None);
+        // 900 of 1000 bytes: 300 to shed of 900, a third of sequences 1..=90.
+        assert_eq!(index_cut(1000, 900, 1, 90), Some(31));
+        // Full: down to 600 of 1000, two fifths of 11..=60.
+        assert_eq!(index_cut(1000, 1000, 11, 60), Some(31));
+        // One message left: it goes, never past the last.
+        assert_eq!(index_cut(10, 10, 5, 5), Some(6));
+    }
 }

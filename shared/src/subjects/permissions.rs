@@ -58,6 +58,11 @@ fn kv_write(bucket: &str) -> String {
     format!("$KV.{bucket}.>")
 }
 
+/// Emptying KV bucket `bucket` in one request: a purge of its stream.
+fn kv_purge(bucket: &str) -> String {
+    format!("$JS.API.STREAM.PURGE.{}", Subjects::kv_stream(bucket))
+}
+
 /// Puts `mine` where `grants` has `all`: a grant over every worker narrowed to one.
 fn swap(grants: &mut [String], all: &str, mine: String) {
     for g in grants.iter_mut().filter(|g| g.as_str() == all) {
@@ -162,7 +167,7 @@ impl Subjects {
                 allow_responses: true,
             },
             // Clients put modules, read artifacts, read and write the build cache (a
-            // submitter stores what it compiled), put segment sources too large for a task
+            // submitter stores what it compiled; `--purge-cache` empties its index at once), put segment sources too large for a task
             // and offer the others to workers (answering requests on a build's source subject,
             // which `vgas build` first sends itself to see that the grants allow it).
             Role::Client => Permissions {
@@ -187,7 +192,7 @@ impl Subjects {
                     self.all_build_sources(),
                 ])
                 .chain(kv_read(&cache))
-                .chain([kv_write(&cache)])
+                .chain([kv_write(&cache), kv_purge(&cache)])
                 .chain(object_read(&objects_stream))
                 .chain(object_write(&objects, &objects_stream))
                 .chain(object_read(&sources_stream))
