@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 row=${ROW:-exec-run}
 worker=$(pgrep -f 'vgas-worker --id bench-w1' | head -1)
 master=$(pgrep -f 'vgas-master --queue' | head -1)
-server=$(pgrep -x nats-server | head -1)
+server=$(pgrep -f "nats-server -c ${BENCH_LOGS:-}/nats.conf" | head -1)   # the swarm's, not the raw request-reply one
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 bw=$(ticks "$worker"); bm=$(ticks "$master"); bn=$(ticks "$server")

@@ -531,11 +531,22 @@ impl Dispatcher {
             debug!(task_id = %r.task_id, attempt = r.attempt, "stale result ignored");
             return false;
         }
+        let unheard = !t.heard.started_of(r.attempt) && r.events.is_some();
+        let enc = t.rec.encoding;
         self.free(&r.task_id, &r.worker);
         if r.handed_back && !t.cancel_requested {
             let reason = format!("worker {} handed the task back while draining", r.worker);
             self.requeue(&r.task_id, Some(reason)).await;
             return true;
+        }
+        if unheard {
+            // It ran (a result with `events`) and its `started` was not heard: the worker's
+            // acknowledgement is still on its way, or it queued the attempt and it ended
+            // before it had to say so itself (the worker's `STARTED_AFTER`). Announced
+            // first, so `finished` never comes without it.
+            let (worker, attempt) = (r.worker.clone(), r.attempt);
+            self.emit(&r.task_id, enc, &TaskEvent::Started { worker, attempt })
+                .await;
         }
         self.sched.count_done(&r.worker);
         self.finalize(&r.task_id, r.outcome, Some(r.worker)).await;

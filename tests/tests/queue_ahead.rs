@@ -13,7 +13,7 @@ use vgas_shared::wire::{
     TaskQuery,
 };
 use vgas_shared::{Encoding, TaskId, WorkerId};
-use vgas_tests::{collect, request, sh, subscribe_events, Swarm, WAIT};
+use vgas_tests::{collect, request, sh, subscribe_events, Collected, Swarm, WAIT};
 
 fn starts(events: &[TaskEvent]) -> usize {
     events
@@ -80,6 +80,108 @@ async fn queued_tasks_start_in_turn_and_one_cancelled_while_queued_never_runs() 
     assert_eq!(third.outcome(), TaskOutcome::Cancelled);
     assert_eq!(starts(&third.events), 0, "{:?}", third.events);
     assert_eq!(third.stdout, "");
+}
+
+/// What a task's events say, in order, without their contents.
+fn kinds(events: &[TaskEvent]) -> Vec<&'static str> {
+    events
+        .iter()
+        .map(|e| match e {
+            TaskEvent::Assigned { .. } => "assigned",
+            TaskEvent::Started { .. } => "started",
+            TaskEvent::Stdout { .. } => "stdout",
+            TaskEvent::Finished { .. } => "finished",
+            _ => "other",
+        })
+        .collect()
+}
+
+/// Runs `scripts` on one worker of one slot that queues the rest (`--started-after-ms
+/// ms`), the first taking the slot: each task's collected events, and what the worker
+/// itself said on its event subject for each (a queued attempt's `started`, output).
+async fn queued_behind_one(
+    started_after_ms: &str,
+    scripts: &[&str],
+) -> (Vec<Collected>, Vec<Vec<&'static str>>) {
+    let mut swarm = Swarm::start().await.unwrap();
+    let _master = swarm.master(&[]).unwrap();
+    let args = ["--queue-ahead", "3", "--started-after-ms", started_after_ms];
+    let _worker = swarm.worker("w1", 1, &args).unwrap();
+    let client = swarm.connect(Role::Client).await.unwrap();
+    swarm.wait_workers(&client, 1).await.unwrap();
+    let w1 = WorkerId::parse("w1").unwrap();
+    let mut said = client
+        .subscribe(swarm.subjects.worker_events_of(&w1))
+        .await
+        .unwrap();
+    let ids: Vec<TaskId> = scripts.iter().map(|_| TaskId::random()).collect();
+    let subs = subscribe_events(&client, &swarm.subjects, &ids)
+        .await
+        .unwrap();
+    for (id, script) in ids.iter().zip(scripts) {
+        let mut spec = sh(script);
+        spec.task_id = Some(id.clone());
+        let _: SubmitReply = request(&client, swarm.subjects.submit(), &spec)
+            .await
+            .unwrap();
+    }
+    let mut done = Vec::new();
+    for sub in subs {
+        let c = collect(sub, WAIT, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(c.outcome(), TaskOutcome::Exited { exit_code: 0 });
+        done.push(c);
+    }
+    let mut by_task = vec![Vec::new(); ids.len()];
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), said.next()).await {
+        let ev: TaskEvent = decode_as(Encoding::detect(&msg.payload), &msg.payload).unwrap();
+        let task = ids
+            .iter()
+            .position(|id| msg.subject.ends_with(id.as_str()))
+            .expect("an event of one of these tasks");
+        by_task[task].extend(kinds(std::slice::from_ref(&ev)));
+    }
+    (done, by_task)
+}
+
+/// A queued attempt says `started` itself only once it has run `--started-after-ms`, or
+/// before its first output: one that ends sooner says nothing before its result, and the
+/// master announces its `started` from the result, just before `finished` (one event fewer
+/// through the results stream). Every task's events read the same whichever way its
+/// `started` came.
+#[tokio::test]
+async fn a_queued_task_says_started_only_after_a_while_or_before_its_output() {
+    let scripts = ["sleep 1", "true", "sleep 0.5", "echo said"];
+    let plain = ["assigned", "started", "finished"];
+    let printed = ["assigned", "started", "stdout", "finished"];
+    let read = |done: &[Collected]| {
+        assert_eq!(kinds(&done[0].events), plain);
+        assert_eq!(kinds(&done[1].events), plain);
+        assert_eq!(kinds(&done[2].events), plain);
+        assert_eq!(kinds(&done[3].events), printed);
+    };
+    let none: [&str; 0] = [];
+    // Never within these tasks' time: only the printing one says it, before its output.
+    let (done, said) = queued_behind_one("60000", &scripts).await;
+    read(&done);
+    assert_eq!(said, [&none[..], &none, &none, &["started", "stdout"]]);
+    // At once, as every queued attempt did before: each of the three queued says it.
+    let (done, said) = queued_behind_one("0", &scripts).await;
+    read(&done);
+    assert_eq!(
+        said,
+        [
+            &none[..],
+            &["started"],
+            &["started"],
+            &["started", "stdout"]
+        ]
+    );
+    // After a while: said by a task that runs past it, while it runs.
+    let (done, said) = queued_behind_one("200", &["sleep 0.5", "sleep 0.6"]).await;
+    assert_eq!(kinds(&done[1].events), plain);
+    assert_eq!(said, [&none[..], &["started"]]);
 }
 
 #[tokio::test]

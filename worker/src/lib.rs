@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// Tasks taken beyond the slots, each waiting here for a slot.
     pub queue_ahead: runner::AheadPolicy,
+    /// How long an attempt taken into that queue runs before it says `started` itself
+    /// ([`runner::STARTED_AFTER`]).
+    pub started_after: Duration,
     /// Capability tags offered on top of the toolchains found.
     pub capabilities: Vec<String>,
     pub sandbox: SandboxConfig,
@@ -104,6 +107,7 @@ impl WorkerConfig {
             id,
             slots: f.slots.unwrap_or_else(probe::cpus).clamp(1, MAX_SLOTS),
             queue_ahead: runner::AheadPolicy::Fixed(0),
+            started_after: runner::STARTED_AFTER,
             capabilities: f.capabilities.clone().unwrap_or_default(),
             sandbox: SandboxConfig {
                 work_dir: work_dir.clone(),

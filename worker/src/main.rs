@@ -25,6 +25,11 @@ struct Args {
     /// might start sooner]
     #[arg(long, env = "VGAS_QUEUE_AHEAD")]
     queue_ahead: Option<usize>,
+    /// Milliseconds a task taken into that queue runs before it says `started` itself; one
+    /// that ends or prints sooner gets its `started` from its result or says it then [default:
+    /// 10; 0: at once; at most 60,000]
+    #[arg(long, env = "VGAS_STARTED_AFTER_MS")]
+    started_after_ms: Option<u64>,
     /// Worker id [default: <hostname>-<random>]
     #[arg(long, env = "VGAS_WORKER_ID")]
     id: Option<WorkerId>,
@@ -67,6 +72,10 @@ async fn worker() -> Result<()> {
         Some(n) => AheadPolicy::Fixed(n.min(vgas_worker::MAX_QUEUE_AHEAD)),
         None => AheadPolicy::Auto,
     };
+    if let Some(ms) = args.started_after_ms {
+        cfg.started_after =
+            std::time::Duration::from_millis(ms).min(vgas_worker::runner::MAX_STARTED_AFTER);
+    }
     if let Some(id) = args.id {
         let node = cfg.conn.creds.as_ref().and_then(|c| c.node.as_deref());
         if node.is_some_and(|n| n != id.as_str()) {

@@ -15,16 +15,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use async_nats::{jetstream, Client, Message};
 use futures::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 use vgas_shared::codec::{decode, encode};
-use vgas_shared::limits::{
-    EVENT_CHANNEL_CAPACITY, HEARTBEAT_INTERVAL, MAX_SUBMIT_BYTES, SHUTDOWN_TIMEOUT,
-};
+use vgas_shared::limits::{HEARTBEAT_INTERVAL, MAX_SUBMIT_BYTES, SHUTDOWN_TIMEOUT};
 use vgas_shared::wire::{
-    AssignAck, Assignment, CancelAttempt, Heartbeat, TaskEvent, TaskOutcome, WorkerResult,
+    AssignAck, Assignment, CancelAttempt, Heartbeat, TaskOutcome, WorkerResult,
 };
 use vgas_shared::{Encoding, TaskId};
 
@@ -33,19 +31,20 @@ use crate::env::EnvironmentManager;
 use crate::gpu::Gpus;
 use crate::probe;
 use crate::rustc::RustToolchains;
-use crate::sandbox::{Isolation, OutputChunk};
+use crate::sandbox::Isolation;
 use crate::wasm::{ObjectStoreSource, WasmRuntime};
 use crate::WorkerConfig;
 
 mod ahead;
+mod attempt;
 mod attempts;
 mod report;
 mod work;
 
 use attempts::{Attempts, RecentAttempts, Running};
-use report::{FileNote, OutputSent};
 
 pub use ahead::{AheadPolicy, QueueAhead};
+pub use attempt::{MAX_STARTED_AFTER, STARTED_AFTER};
 
 /// How long leaving waits for the server to confirm what was sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -404,17 +403,9 @@ impl Worker {
                 let queued = slot.is_none();
                 if let Some(permit) = me.take_slot(&a, slot, &cancel, &handed_back).await {
                     let n = me.free_slots.lock().expect("slots lock").pop().unwrap_or(0);
-                    let mut sent = 0;
-                    if queued {
-                        let started = TaskEvent::Started {
-                            worker: me.cfg.id.clone(),
-                            attempt: a.attempt,
-                        };
-                        let events = me.cfg.conn.subjects.worker_events(&me.cfg.id, &a.task_id);
-                        sent += u32::from(me.emit(&events, a.encoding, &started).await);
-                    }
                     let held = Instant::now();
-                    let result = me.run_attempt(&a, n, cancel, handed_back, sent).await;
+                    // Queued, it says `started` itself (the acknowledgement could not).
+                    let result = me.run_attempt(&a, n, cancel, handed_back, queued).await;
                     me.ahead.record(held.elapsed());
                     me.free_slots.lock().expect("slots lock").push(n);
                     drop(permit);
@@ -480,112 +471,5 @@ impl Worker {
         };
         self.publish_result(&result).await;
         None
-    }
-
-    /// Runs one attempt in slot `slot` and says how it ended; the caller sends the result
-    /// once the slot is free again.
-    async fn run_attempt(
-        &self,
-        a: &Assignment,
-        slot: usize,
-        cancel: CancellationToken,
-        handed_back: Arc<AtomicBool>,
-        sent_before: u32,
-    ) -> WorkerResult {
-        let started = Instant::now();
-        // `started` is the master's to say, on the acknowledgement; output goes to this
-        // worker's own event subject, which the master relays (and a client may read
-        // directly: each file says how much output came before it).
-        let subjects = &self.cfg.conn.subjects;
-        let events = subjects.worker_events(&self.cfg.id, &a.task_id);
-        tracing::debug!(target: vgas_shared::logging::TASKS_TARGET, cmd = ?a.spec.cmd, "started");
-        let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let forward = async {
-            let (mut sent, mut published) = (OutputSent::default(), 0u32);
-            while let Some(chunk) = rx.recv().await {
-                let ev = match chunk {
-                    OutputChunk::Stdout(data) => {
-                        sent.stdout += data.len() as u64;
-                        TaskEvent::Stdout {
-                            attempt: a.attempt,
-                            data,
-                        }
-                    }
-                    OutputChunk::Stderr(data) => {
-                        sent.stderr += data.len() as u64;
-                        TaskEvent::Stderr {
-                            attempt: a.attempt,
-                            data,
-                        }
-                    }
-                };
-                published += u32::from(self.emit(&events, a.encoding, &ev).await);
-            }
-            (sent, published)
-        };
-        // A spec that does not parse here ends as an error, like any run that could not start.
-        let run = async {
-            match work::task_of(&a.spec) {
-                Ok(mut task) => {
-                    work::identify(&mut task.work, &a.task_id, a.attempt, &self.cfg.id);
-                    self.run_work(&task.work, &task.bounds, &a.gpus, slot, tx, cancel)
-                        .await
-                }
-                Err(refused) => *refused,
-            }
-        };
-        let (run, (sent, mut published)) = tokio::join!(run, forward);
-        published += sent_before;
-        // The work directory stays until the large artifacts in it are uploaded.
-        let work::Run {
-            mut outcome,
-            artifacts,
-            workdir,
-            ran,
-        } = run;
-        let note = FileNote {
-            ran_us: ran.map(|d| d.as_micros() as u64),
-            sent,
-        };
-        for art in artifacts {
-            let ev = match self.artifact_event(&a.task_id, a.attempt, art, note).await {
-                Ok(ev) => ev,
-                Err(message) => {
-                    if outcome.succeeded() {
-                        outcome = TaskOutcome::Error { message };
-                    }
-                    continue;
-                }
-            };
-            published += u32::from(self.emit(&events, a.encoding, &ev).await);
-        }
-        // Uploaded: the work directory goes now, once the files just published are written
-        // to the connection (its writer waits on this thread, and removing a compile's
-        // directory, its headers and input, holds the thread for a good part of a
-        // millisecond). Not on a blocking thread: a wasm task's empty directory goes in
-        // microseconds, and the hand-off cost it more than that.
-        if let Some(dir) = workdir {
-            tracing::debug!(dir = %dir.path().display(), "removing the work directory");
-            tokio::task::yield_now().await;
-            drop(dir);
-        }
-        let handed_back = handed_back.load(Ordering::Acquire) && outcome == TaskOutcome::Cancelled;
-        if outcome.succeeded() {
-            tracing::debug!(target: vgas_shared::logging::TASKS_TARGET, handed_back, "ended: {}", outcome.describe());
-        } else {
-            info!(target: vgas_shared::logging::TASKS_TARGET, handed_back, "ended: {}", outcome.describe());
-        }
-        self.cfg
-            .metrics
-            .finished(a.spec.kind, &outcome, started.elapsed().as_millis() as u64);
-        WorkerResult {
-            task_id: a.task_id.clone(),
-            attempt: a.attempt,
-            worker: self.cfg.id.clone(),
-            outcome,
-            duration_ms: started.elapsed().as_millis() as u64,
-            handed_back,
-            events: Some(published),
-        }
     }
 }

@@ -14,15 +14,17 @@
 //! finished by this very result (announced again, as after any kill, see `finish.rs`).
 //!
 //! The worker acknowledged the attempt before it ran, but under load that acknowledgement
-//! may reach the actor after the result: `started` is then announced from the result, first,
-//! and the late acknowledgement finds the task gone and announces nothing.
+//! may reach the actor after the result, and an attempt the worker queued ahead of its slots
+//! says `started` itself only if it runs long enough: either way `started` is then
+//! announced from the result, first (`Dispatcher::on_result`, for the stream's copy too),
+//! and a late acknowledgement finds the task gone and announces nothing.
 
 use async_nats::Subscriber;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::debug;
-use vgas_shared::wire::{TaskEvent, TaskState, WorkerResult};
+use vgas_shared::wire::{TaskState, WorkerResult};
 use vgas_shared::Subjects;
 
 use super::{Command, Dispatcher, ResultAck};
@@ -113,11 +115,7 @@ impl Dispatcher {
             debug!(task_id = %r.task_id, attempt = r.attempt, current, "a direct result goes through the stream");
             return false;
         }
-        if !t.heard.started_of(r.attempt) {
-            let (worker, attempt, enc) = (r.worker.clone(), r.attempt, t.rec.encoding);
-            self.emit(&r.task_id, enc, &TaskEvent::Started { worker, attempt })
-                .await;
-        }
+        // Its `started`, if unheard, is announced first there.
         self.on_result(r).await
     }
 }
