@@ -1,7 +1,8 @@
 //! A worker's queue ahead of its slots (`--queue-ahead`): the master hands it tasks beyond
 //! its slots once every slot in the swarm is taken; each waits there for a slot in turn,
-//! its `started` event comes when it really starts, and one cancelled or handed back while
-//! it waits never runs.
+//! its `started` event comes only once it has taken one (said by the worker after it has
+//! run a while or printed, or announced from its result), and one cancelled or handed back
+//! while it waits never runs.
 
 use std::time::{Duration, Instant};
 
