@@ -10,7 +10,7 @@
 //! until someone waits for it. [`reap`] does, for a sandbox uid's children only; any other
 //! child of the worker is waited for by whoever started it.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Tries at a consistent view of the worker's children before giving up (threads started or
 /// ended, or children reaped, while the lists were read). Each is a few reads; the caller
@@ -76,16 +76,97 @@ fn children_of_thread(tid: u32) -> Option<Vec<i32>> {
     )
 }
 
+/// Threads that started a sandbox process ([`note_spawner`]): a task's main process is
+/// listed under one of them, and so is anything it starts with `CLONE_PARENT` (a sibling,
+/// not a child, of the caller). Runtime threads, a handful; one that ended is dropped when
+/// its list cannot be read.
+static SPAWNERS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Records the calling thread as one that starts sandbox processes: called before every
+/// such start, so the check at a task's end reads its children list.
+pub(super) fn note_spawner() {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    let mut spawners = SPAWNERS.lock().unwrap_or_else(|e| e.into_inner());
+    if !spawners.contains(&tid) {
+        spawners.push(tid);
+    }
+}
+
+/// Whether this kernel hands an orphan, and the children of a thread that ends, to the
+/// first live thread of the process that takes them: the main one, for a worker (Linux
+/// 3.19 and later, `find_alive_thread` in `kernel/exit.c`). Older kernels hand them to the
+/// next thread of the group, and there every thread's list is read.
+fn reparents_to_main_thread() -> bool {
+    static FIRST_LIVE: OnceLock<bool> = OnceLock::new();
+    *FIRST_LIVE.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        version >= FIRST_LIVE_THREAD_KERNEL
+    })
+}
+
+/// The first Linux release that hands orphans to the reaper's first live thread.
+const FIRST_LIVE_THREAD_KERNEL: (u32, u32) = (3, 19);
+
 /// The worker's children (a child is listed under the thread that started it, an adopted
 /// one under the first live thread, the main one), when a consistent view can be had.
 ///
 /// The kernel walks a list from the entry it showed last, or by position when that entry
 /// was reaped meanwhile, which can skip the next one: only a list that showed an entry can
 /// have skipped one. So the lists that were not empty are read again and must come out the
-/// same (a reaped pid does not come back), and the thread list must not have changed (a
-/// thread that ends hands its children to another). An idle worker's end of task reads
-/// each list once.
+/// same (a reaped pid does not come back). An idle worker's end of task reads each list
+/// once.
+///
+/// Which lists: where the kernel hands what a thread or a process leaves to the main
+/// thread ([`reparents_to_main_thread`]), those of the threads that start sandbox processes
+/// and then the main thread's, last, so a child handed over from a thread that ended while
+/// they were read is still seen; a sandbox uid has no other way to be a child of the worker
+/// (the worker's helpers that run as one, the sweep's, are waited for before any check).
+/// Elsewhere every thread's, and the thread list must not have changed meanwhile.
 pub(super) fn children() -> Option<Vec<i32>> {
+    if reparents_to_main_thread() {
+        return children_of_spawners();
+    }
+    children_of_every_thread()
+}
+
+/// [`children`] from the spawners' lists and the main thread's.
+fn children_of_spawners() -> Option<Vec<i32>> {
+    let main = std::process::id();
+    'tries: for _ in 0..CONSISTENT_READ_TRIES {
+        let spawners = SPAWNERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut lists = Vec::with_capacity(spawners.len() + 1);
+        for tid in spawners.into_iter().filter(|&t| t != main) {
+            match children_of_thread(tid) {
+                Some(list) => lists.push((tid, list)),
+                // Ended: what it started went to the main thread, read below.
+                None => SPAWNERS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|&t| t != tid),
+            }
+        }
+        lists.push((main, children_of_thread(main)?));
+        for (tid, list) in lists.iter().filter(|(_, l)| !l.is_empty()) {
+            if children_of_thread(*tid).as_ref() != Some(list) {
+                continue 'tries;
+            }
+        }
+        let mut pids: Vec<i32> = lists.into_iter().flat_map(|(_, l)| l).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        return Some(pids);
+    }
+    None
+}
+
+/// [`children`] from every thread's list.
+fn children_of_every_thread() -> Option<Vec<i32>> {
     'tries: for _ in 0..CONSISTENT_READ_TRIES {
         let tids = threads()?;
         let mut lists = Vec::with_capacity(tids.len());

@@ -159,6 +159,8 @@ pub(crate) fn spawn(
         plan,
         error: &error,
     };
+    // Before the clone: the check at the task's end reads this thread's children.
+    super::adopted::note_spawner();
     let mut stack = vec![0u8; CHILD_STACK_BYTES];
     // Stacks grow down on every architecture Linux runs this on; 16-byte aligned top.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK_BYTES) & !0xf;
