@@ -352,6 +352,73 @@ impl Dispatcher {
     }
 }
 
+/// Whether `r` is the result of `t`'s lost attempt, come while the task waits to run again.
+fn late_result_of_lost_attempt(t: &super::Tracked, r: &WorkerResult) -> bool {
+    matches!(t.rec.state, TaskState::Queued)
+        && !t.cancel_requested
+        && t.rec.attempt == r.attempt
+        && t.lost.as_ref() == Some(&(r.worker.clone(), r.attempt))
+        && !r.handed_back
+        && r.outcome != TaskOutcome::Cancelled
+}
+
+impl Dispatcher {
+    /// Ends the current attempt with its worker's result; whether `r` was that result.
+    ///
+    /// A task queued again after its attempt was lost takes that attempt's result too, as
+    /// long as no new attempt has been sent: the worker had only paused, or the requeue
+    /// could not be recorded (the tasks stream between leaders), and the stored record, still
+    /// naming that attempt, must not outlive the one result that can end it. Only a result
+    /// the worker ended on its own counts: one cancelled or handed back is the lapse's echo.
+    pub(super) async fn on_result(&mut self, r: WorkerResult) -> bool {
+        let Some(t) = self.tasks.get(&r.task_id) else {
+            self.announce_again(&r).await;
+            return false;
+        };
+        // It ran (a result with `events`) and its `started` was not heard: the worker's
+        // acknowledgement is still on its way, or it queued the attempt and it ended before
+        // it had to say so itself (the worker's `STARTED_AFTER`). Announced first, so
+        // `finished` never comes without it.
+        let unheard = !t.heard.started_of(r.attempt) && r.events.is_some();
+        let enc = t.rec.encoding;
+        if late_result_of_lost_attempt(t, &r) {
+            info!(task_id = %r.task_id, attempt = r.attempt, worker = %r.worker, "the lost attempt's result came: the task ends with it");
+            self.pending.retain(|p| *p != r.task_id);
+            self.sched.count_done(&r.worker);
+            if unheard {
+                self.announce_started(&r, enc).await;
+            }
+            self.finalize(&r.task_id, r.outcome, Some(r.worker)).await;
+            return true;
+        }
+        let current =
+            matches!(&t.rec.state, TaskState::Assigned { worker, .. } if *worker == r.worker);
+        if !current || t.rec.attempt != r.attempt {
+            debug!(task_id = %r.task_id, attempt = r.attempt, "stale result ignored");
+            return false;
+        }
+        self.free(&r.task_id, &r.worker);
+        if r.handed_back && !t.cancel_requested {
+            let reason = format!("worker {} handed the task back while draining", r.worker);
+            self.requeue(&r.task_id, Some(reason)).await;
+            return true;
+        }
+        if unheard {
+            self.announce_started(&r, enc).await;
+        }
+        self.sched.count_done(&r.worker);
+        self.finalize(&r.task_id, r.outcome, Some(r.worker)).await;
+        true
+    }
+
+    /// Announces `started` for the attempt result `r` ended, from the result itself.
+    async fn announce_started(&self, r: &WorkerResult, enc: Encoding) {
+        let (worker, attempt) = (r.worker.clone(), r.attempt);
+        self.emit(&r.task_id, enc, &TaskEvent::Started { worker, attempt })
+            .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
