@@ -363,3 +363,18 @@ async fn a_cancel_that_overtakes_its_assignment_still_stops_the_attempt() {
         "an event of an attempt that never ran: {late:?}"
     );
 }
+
+/// `--started-after-ms` takes a number of milliseconds up to a minute; anything else is
+/// refused at start with the reason, before the worker connects to anything.
+#[test]
+fn a_started_after_past_a_minute_or_not_a_number_is_refused() {
+    for (value, says) in [("70000", "over the most"), ("soon", "not a number")] {
+        let out = std::process::Command::new(vgas_tests::bin("vgas-worker"))
+            .args(["--started-after-ms", value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{value}: {err}");
+    }
+}

@@ -25,10 +25,10 @@ struct Args {
     /// might start sooner]
     #[arg(long, env = "VGAS_QUEUE_AHEAD")]
     queue_ahead: Option<usize>,
-    /// Milliseconds a task taken into that queue runs before it says `started` itself; one
-    /// that ends or prints sooner gets its `started` from its result or says it then [default:
-    /// 10; 0: at once; at most 60,000]
-    #[arg(long, env = "VGAS_STARTED_AFTER_MS")]
+    /// Milliseconds a task taken into the queue ahead of the slots runs in its slot before it
+    /// says `started` itself; one that ends or prints sooner gets its `started` from its
+    /// result, or says it then [default: 10; 0: at once; at most 60000]
+    #[arg(long, env = "VGAS_STARTED_AFTER_MS", value_parser = started_after_ms)]
     started_after_ms: Option<u64>,
     /// Worker id [default: <hostname>-<random>]
     #[arg(long, env = "VGAS_WORKER_ID")]
@@ -47,6 +47,17 @@ struct Args {
     /// without one only loopback may read it.
     #[arg(long, env = "VGAS_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+}
+
+/// `--started-after-ms`: a number of milliseconds up to `MAX_STARTED_AFTER`, or a clear
+/// error.
+fn started_after_ms(text: &str) -> Result<u64, String> {
+    let most = vgas_worker::runner::MAX_STARTED_AFTER.as_millis() as u64;
+    match text.parse::<u64>() {
+        Ok(ms) if ms <= most => Ok(ms),
+        Ok(ms) => Err(format!("{ms} is over the most, {most} (a minute)")),
+        Err(e) => Err(format!("not a number of milliseconds: {e}")),
+    }
 }
 
 fn main() -> Result<()> {
@@ -73,8 +84,7 @@ async fn worker() -> Result<()> {
         None => AheadPolicy::Auto,
     };
     if let Some(ms) = args.started_after_ms {
-        cfg.started_after =
-            std::time::Duration::from_millis(ms).min(vgas_worker::runner::MAX_STARTED_AFTER);
+        cfg.started_after = std::time::Duration::from_millis(ms);
     }
     if let Some(id) = args.id {
         let node = cfg.conn.creds.as_ref().and_then(|c| c.node.as_deref());
