@@ -22,6 +22,15 @@ fn cached_mib(swarm: &Swarm) -> f64 {
         .unwrap_or_else(|| panic!("no size in {text:?}"))
 }
 
+/// Starts the swarm's master with a build cache bound of 1 MiB (its index the 16 MiB floor).
+fn master_bound_to_one_mib(swarm: &mut Swarm) -> vgas_tests::Proc {
+    let config = swarm.dir.path().join("master.toml");
+    std::fs::write(&config, "[master]\nbuild_cache_mb = 1\n").unwrap();
+    swarm
+        .master(&["--config", config.to_str().unwrap()])
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
     if Command::new("gcc").arg("--version").output().is_err() {
@@ -29,11 +38,7 @@ async fn the_cache_evicts_the_oldest_objects_past_its_bound() {
         return;
     }
     let mut swarm = Swarm::start().await.unwrap();
-    let config = swarm.dir.path().join("master.toml");
-    std::fs::write(&config, "[master]\nbuild_cache_mb = 1\n").unwrap();
-    let _master = swarm
-        .master(&["--config", config.to_str().unwrap()])
-        .unwrap();
+    let _master = master_bound_to_one_mib(&mut swarm);
     let _worker = swarm.worker("w1", 2, &[]).unwrap();
     let client = swarm
         .connect(vgas_shared::config::Role::Client)
@@ -119,11 +124,7 @@ async fn a_full_index_is_cut_back_and_a_purge_empties_it() {
     use vgas_client::farm::cache::BuildCache;
 
     let mut swarm = Swarm::start().await.unwrap();
-    let config = swarm.dir.path().join("master.toml");
-    std::fs::write(&config, "[master]\nbuild_cache_mb = 1\n").unwrap();
-    let _master = swarm
-        .master(&["--config", config.to_str().unwrap()])
-        .unwrap();
+    let _master = master_bound_to_one_mib(&mut swarm);
     let client = swarm
         .connect(vgas_shared::config::Role::Client)
         .await

@@ -23,6 +23,15 @@ fn starts(events: &[TaskEvent]) -> usize {
         .count()
 }
 
+/// Submits shell `script` under task id `id`.
+async fn submit_as(client: &async_nats::Client, swarm: &Swarm, id: &TaskId, script: &str) {
+    let mut spec = sh(script);
+    spec.task_id = Some(id.clone());
+    let _: SubmitReply = request(client, swarm.subjects.submit(), &spec)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn queued_tasks_start_in_turn_and_one_cancelled_while_queued_never_runs() {
     let mut swarm = Swarm::start().await.unwrap();
@@ -38,11 +47,7 @@ async fn queued_tasks_start_in_turn_and_one_cancelled_while_queued_never_runs() 
     let scripts = ["sleep 1.5; echo first", "echo second", "echo never"];
     let t0 = Instant::now();
     for (id, script) in ids.iter().zip(scripts) {
-        let mut spec = sh(script);
-        spec.task_id = Some(id.clone());
-        let _: SubmitReply = request(&client, swarm.subjects.submit(), &spec)
-            .await
-            .unwrap();
+        submit_as(&client, &swarm, id, script).await;
     }
     // All three on the worker (one slot, two queued there), none in the master's queue.
     let pulse: SwarmPulse = request(&client, swarm.subjects.status(), &())
@@ -120,11 +125,7 @@ async fn queued_behind_one(
         .await
         .unwrap();
     for (id, script) in ids.iter().zip(scripts) {
-        let mut spec = sh(script);
-        spec.task_id = Some(id.clone());
-        let _: SubmitReply = request(&client, swarm.subjects.submit(), &spec)
-            .await
-            .unwrap();
+        submit_as(&client, &swarm, id, script).await;
     }
     let mut done = Vec::new();
     for sub in subs {
@@ -205,11 +206,7 @@ async fn a_draining_worker_hands_back_what_it_queued_and_another_runs_it() {
     let observer = swarm.connect(Role::Master).await.unwrap();
     let w1_id = WorkerId::parse("w1").unwrap();
     for (id, script) in ids.iter().zip(["sleep 5; echo running", "echo queued"]) {
-        let mut spec = sh(script);
-        spec.task_id = Some(id.clone());
-        let _: SubmitReply = request(&client, swarm.subjects.submit(), &spec)
-            .await
-            .unwrap();
+        submit_as(&client, &swarm, id, script).await;
         let held = Instant::now();
         while !next_beat(&observer, &swarm, &w1_id)
             .await

@@ -33,6 +33,8 @@ mod taskdir;
 mod tests;
 #[cfg(test)]
 mod tests_containment;
+#[cfg(test)]
+mod tests_escape;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
