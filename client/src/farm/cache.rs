@@ -378,16 +378,12 @@ fn decode_manifest(bytes: &[u8]) -> Option<Manifest> {
 /// Bytes the objects bucket holds now.
 pub async fn stored_bytes(js: &jetstream::Context, subjects: &Subjects) -> Result<u64> {
     let name = Subjects::object_stream(&subjects.build_objects_bucket());
-    let mut stream = js
+    // Opening a stream reads its info: the state is as of now.
+    let stream = js
         .get_stream(&name)
         .await
         .context("open the objects stream")?;
-    Ok(stream
-        .info()
-        .await
-        .context("objects stream info")?
-        .state
-        .bytes)
+    Ok(stream.cached_info().state.bytes)
 }
 
 /// One sweep: cuts the index back when it nears its room ([`trim_index`]); past `bound`,
@@ -438,11 +434,12 @@ pub async fn sweep(js: &jetstream::Context, subjects: &Subjects, bound: u64) -> 
 /// goes with the objects' own sweep. Returns the messages removed.
 pub async fn trim_index(js: &jetstream::Context, subjects: &Subjects) -> Result<u64> {
     let name = Subjects::kv_stream(&subjects.build_cache_bucket());
-    let mut stream = js
+    // Opening a stream reads its info: the state is as of now.
+    let stream = js
         .get_stream(&name)
         .await
         .context("open the index stream")?;
-    let info = stream.info().await.context("index stream info")?;
+    let info = stream.cached_info();
     let room = u64::try_from(info.config.max_bytes).unwrap_or(0);
     let (bytes, first, last) = (
         info.state.bytes,
