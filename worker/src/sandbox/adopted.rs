@@ -138,7 +138,7 @@ pub(super) fn children() -> Option<Vec<i32>> {
 /// [`children`] from the spawners' lists and the main thread's.
 fn children_of_spawners() -> Option<Vec<i32>> {
     let main = std::process::id();
-    'tries: for _ in 0..CONSISTENT_READ_TRIES {
+    for _ in 0..CONSISTENT_READ_TRIES {
         let spawners = SPAWNERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut lists = Vec::with_capacity(spawners.len() + 1);
         for tid in spawners.into_iter().filter(|&t| t != main) {
@@ -152,15 +152,9 @@ fn children_of_spawners() -> Option<Vec<i32>> {
             }
         }
         lists.push((main, children_of_thread(main)?));
-        for (tid, list) in lists.iter().filter(|(_, l)| !l.is_empty()) {
-            if children_of_thread(*tid).as_ref() != Some(list) {
-                continue 'tries;
-            }
+        if let Some(pids) = held_still(lists) {
+            return Some(pids);
         }
-        let mut pids: Vec<i32> = lists.into_iter().flat_map(|(_, l)| l).collect();
-        pids.sort_unstable();
-        pids.dedup();
-        return Some(pids);
     }
     None
 }
@@ -176,19 +170,30 @@ fn children_of_every_thread() -> Option<Vec<i32>> {
                 None => continue 'tries,
             }
         }
-        for (tid, list) in lists.iter().filter(|(_, l)| !l.is_empty()) {
-            if children_of_thread(*tid).as_ref() != Some(list) {
-                continue 'tries;
-            }
-        }
+        let Some(pids) = held_still(lists) else {
+            continue;
+        };
         if threads()? != tids {
             continue;
         }
-        let mut pids: Vec<i32> = lists.into_iter().flat_map(|(_, l)| l).collect();
-        pids.sort_unstable();
         return Some(pids);
     }
     None
+}
+
+/// The children in `lists` (each thread's, as just read), sorted and each once, when every
+/// list that showed a child reads the same again; `None` when one changed (see
+/// [`children`]: a list read while an entry is reaped can skip the next).
+fn held_still(lists: Vec<(u32, Vec<i32>)>) -> Option<Vec<i32>> {
+    for (tid, list) in lists.iter().filter(|(_, l)| !l.is_empty()) {
+        if children_of_thread(*tid).as_ref() != Some(list) {
+            return None;
+        }
+    }
+    let mut pids: Vec<i32> = lists.into_iter().flat_map(|(_, l)| l).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    Some(pids)
 }
 
 /// What /proc/<pid>/status says about a process: real uid, state letter, thread count.
